@@ -1,0 +1,121 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rampart-sec/rampart/internal/ir/compile"
+	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/policy"
+)
+
+// inputFlags are the flags every command that reads manifests shares.
+type inputFlags struct {
+	files        []string
+	allowUnknown bool
+}
+
+func (f *inputFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringArrayVarP(&f.files, "filename", "f", nil, "manifest file, directory (recursive) or - for stdin; repeatable")
+	cmd.Flags().BoolVar(&f.allowUnknown, "allow-unknown-fields", false, "accept fields the API types do not define (strict by default)")
+}
+
+func (f *inputFlags) load(stdin io.Reader) ([]model.Object, error) {
+	return model.Load(f.files, model.LoadOptions{Stdin: stdin, DecodeOptions: model.DecodeOptions{AllowUnknownFields: f.allowUnknown}})
+}
+
+func (f *inputFlags) evaluator(stdin io.Reader) (*policy.Evaluator, error) {
+	objs, err := f.load(stdin)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := compile.Compile(model.FromObjects(objs))
+	if err != nil {
+		return nil, err
+	}
+	return policy.New(rs), nil
+}
+
+func newPolicyCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "policy", Short: "Validate policies and compute reachability without a cluster"}
+	cmd.AddCommand(newValidateCmd(), newMatrixCmd())
+	return cmd
+}
+
+func newValidateCmd() *cobra.Command {
+	var in inputFlags
+	cmd := &cobra.Command{
+		Use:   "validate -f PATH...",
+		Short: "Check manifests as the API server would, reporting every error",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			objs, err := in.load(cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			counts := map[string]int{}
+			for _, o := range objs {
+				counts[o.Kind]++
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d objects valid", len(objs))
+			sep := ": "
+			for _, k := range []string{model.KindNamespace, model.KindNode, model.KindPod, model.KindService, model.KindEndpointSlice, model.KindNetworkPolicy, model.KindANP, model.KindBANP} {
+				if counts[k] > 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s%d %s", sep, counts[k], k)
+					sep = ", "
+				}
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	in.register(cmd)
+	return cmd
+}
+
+func newMatrixCmd() *cobra.Command {
+	var in inputFlags
+	var ports, output string
+	cmd := &cobra.Command{
+		Use:   "matrix -f PATH... [--ports 80/TCP,81/UDP] [-o table|json]",
+		Short: "Reachability between every ordered pair of pods, as the policies decide it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return fmt.Errorf("--output must be table or json, not %q", output)
+			}
+			var pp []policy.PortProto
+			if ports != "" {
+				var err error
+				if pp, err = policy.ParsePorts(ports); err != nil {
+					return fmt.Errorf("--ports: %w", err)
+				}
+			}
+			ev, err := in.evaluator(cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			cells := ev.Matrix(pp)
+			if output == "json" {
+				if cells == nil {
+					cells = []policy.Cell{}
+				}
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(cells)
+			}
+			if len(cells) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "no pairs of pods with addresses and ports to show")
+				return nil
+			}
+			return policy.WriteTable(cmd.OutOrStdout(), cells)
+		},
+	}
+	in.register(cmd)
+	cmd.Flags().StringVar(&ports, "ports", "", "ports to probe, e.g. 80/TCP,81/UDP (default: every port each destination pod declares)")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return cmd
+}

@@ -1,0 +1,226 @@
+// Package compile turns a model.Cluster into an ir.Ruleset: it resolves every label selector to
+// pods, namespaces and nodes, every named port to (IP, protocol, port) tuples, every Service to
+// its backends, and orders policies into tiers. It is the only place where Kubernetes semantics
+// meet the IR.
+package compile
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+// compiler holds the cluster's resolved indexes while one Ruleset is built.
+type compiler struct {
+	c       *model.Cluster
+	rs      *ir.Ruleset
+	nsLabel map[string]labels.Set // namespace name -> labels (declared or implied)
+	podLbl  []labels.Set          // by PodID
+	nodeLbl map[string]labels.Set
+	setKey  map[string]ir.SetID
+	portKey map[string]ir.SetID
+	tiers   [2][3]ir.Tier // per direction, indexed by TierKind
+}
+
+// Compile resolves the cluster. The model is already validated, so selectors parse; an error
+// here means an inconsistency between objects.
+func Compile(c *model.Cluster) (*ir.Ruleset, error) {
+	k := &compiler{c: c, rs: &ir.Ruleset{}, nsLabel: map[string]labels.Set{}, nodeLbl: map[string]labels.Set{},
+		setKey: map[string]ir.SetID{}, portKey: map[string]ir.SetID{}}
+	for name, ns := range c.Namespaces {
+		k.nsLabel[name] = labels.Set(ns.Labels)
+	}
+	k.nodes()
+	k.pods()
+	if err := k.networkPolicies(); err != nil {
+		return nil, err
+	}
+	if err := k.adminPolicies(); err != nil {
+		return nil, err
+	}
+	k.services()
+	for d := range k.tiers {
+		k.rs.Tiers[d] = k.tiers[d][:]
+	}
+	k.rs.Index()
+	return k.rs, nil
+}
+
+func (k *compiler) nodes() {
+	for _, name := range model.SortedKeys(k.c.Nodes) {
+		n := k.c.Nodes[name]
+		node := ir.Node{Name: name}
+		for _, t := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
+			for _, a := range n.Status.Addresses {
+				if a.Type == t {
+					if ip, err := model.ParseIP(a.Address); err == nil {
+						node.IPs = append(node.IPs, ip)
+					}
+				}
+			}
+		}
+		cidrs := n.Spec.PodCIDRs
+		if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+			cidrs = []string{n.Spec.PodCIDR}
+		}
+		for _, s := range cidrs {
+			if p, err := model.ParseCIDR(s); err == nil {
+				node.PodCIDRs = append(node.PodCIDRs, p)
+			}
+		}
+		k.rs.Nodes = append(k.rs.Nodes, node)
+		k.nodeLbl[name] = labels.Set(n.Labels)
+	}
+}
+
+func (k *compiler) nodeIPs(name string) []netip.Addr {
+	for _, n := range k.rs.Nodes {
+		if n.Name == name {
+			return n.IPs
+		}
+	}
+	return nil
+}
+
+func (k *compiler) pods() {
+	for _, key := range model.SortedKeys(k.c.Pods) {
+		p := k.c.Pods[key]
+		pod := ir.Pod{ID: ir.PodID(len(k.rs.Pods)), Namespace: p.Namespace, Name: p.Name, Node: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork}
+		for _, pip := range p.Status.PodIPs {
+			if ip, err := model.ParseIP(pip.IP); err == nil {
+				pod.IPs = append(pod.IPs, ip)
+			}
+		}
+		if pod.HostNetwork && len(pod.IPs) == 0 {
+			pod.IPs = slices.Clone(k.nodeIPs(pod.Node))
+		}
+		for _, c := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
+			for _, cp := range c.Ports {
+				proto, _ := ir.ParseProtocol(string(cp.Protocol))
+				pod.Ports = append(pod.Ports, ir.ContainerPort{Name: cp.Name, Port: uint16(cp.ContainerPort), Protocol: proto})
+			}
+		}
+		k.rs.Pods = append(k.rs.Pods, pod)
+		k.podLbl = append(k.podLbl, labels.Set(p.Labels))
+		if _, ok := k.nsLabel[p.Namespace]; !ok {
+			// A pod in a namespace the input does not declare: the namespace exists implicitly,
+			// with the label the API server would give it.
+			k.nsLabel[p.Namespace] = labels.Set{model.NamespaceNameLabel: p.Namespace}
+		}
+	}
+}
+
+func selector(s *metav1.LabelSelector) (labels.Selector, error) {
+	return metav1.LabelSelectorAsSelector(s)
+}
+
+// policyPods returns the pods (never host-network ones: they are not subject to, nor selected
+// as, pod policy peers) accepted by nsMatch and podSel.
+func (k *compiler) policyPods(nsMatch func(ns string) bool, podSel labels.Selector) []ir.PodID {
+	var ids []ir.PodID
+	for i := range k.rs.Pods {
+		p := &k.rs.Pods[i]
+		if p.HostNetwork || !nsMatch(p.Namespace) {
+			continue
+		}
+		if podSel == nil || podSel.Matches(k.podLbl[i]) {
+			ids = append(ids, p.ID)
+		}
+	}
+	return ids
+}
+
+func (k *compiler) nsSelector(s *metav1.LabelSelector) (func(string) bool, error) {
+	sel, err := selector(s)
+	if err != nil {
+		return nil, err
+	}
+	return func(ns string) bool { return sel.Matches(k.nsLabel[ns]) }, nil
+}
+
+// podSet interns an address set of pods.
+func (k *compiler) podSet(ids []ir.PodID, desc string) ir.SetID {
+	var ips []netip.Addr
+	for _, id := range ids {
+		ips = append(ips, k.rs.Pods[id].IPs...)
+	}
+	return k.addrSet(ips, ids, nil, desc)
+}
+
+func (k *compiler) addrSet(ips []netip.Addr, pods []ir.PodID, blocks []ir.Block, desc string) ir.SetID {
+	slices.SortFunc(ips, func(a, b netip.Addr) int { return a.Compare(b) })
+	ips = slices.Compact(ips)
+	var key strings.Builder
+	for _, ip := range ips {
+		key.WriteString(ip.String() + ",")
+	}
+	for _, id := range pods {
+		fmt.Fprintf(&key, "p%d,", id)
+	}
+	for _, b := range blocks {
+		key.WriteString(b.CIDR.String())
+		for _, e := range b.Except {
+			key.WriteString("!" + e.String())
+		}
+		key.WriteString(";")
+	}
+	if id, ok := k.setKey[key.String()]; ok {
+		return id
+	}
+	id := ir.SetID(len(k.rs.Sets))
+	k.rs.Sets = append(k.rs.Sets, ir.AddrSet{ID: id, Name: "a" + shortHash(key.String()), Desc: desc, IPs: ips, Pods: pods, Blocks: blocks})
+	k.setKey[key.String()] = id
+	return id
+}
+
+// namedPortSet interns the resolution of a port name: every non-host pod declaring name with
+// protocol proto (any protocol when proto is 0).
+func (k *compiler) namedPortSet(name string, proto ir.Protocol) ir.SetID {
+	key := fmt.Sprintf("%s/%d", name, proto)
+	if id, ok := k.portKey[key]; ok {
+		return id
+	}
+	var entries []ir.IPPort
+	for _, p := range k.rs.Pods {
+		if p.HostNetwork {
+			continue
+		}
+		for _, cp := range p.Ports {
+			if cp.Name == name && (proto == 0 || cp.Protocol == proto) {
+				for _, ip := range p.IPs {
+					entries = append(entries, ir.IPPort{IP: ip, Protocol: cp.Protocol, Port: cp.Port})
+				}
+			}
+		}
+	}
+	id := ir.SetID(len(k.rs.PortSets))
+	k.rs.PortSets = append(k.rs.PortSets, ir.PortSet{ID: id, Name: "n" + shortHash(key), Entries: entries})
+	k.portKey[key] = id
+	return id
+}
+
+func shortHash(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:])[:12]
+}
+
+func describeSelector(s *metav1.LabelSelector) string {
+	if s == nil {
+		return "<none>"
+	}
+	str := metav1.FormatLabelSelector(s)
+	if str == "<none>" {
+		return "all"
+	}
+	return str
+}

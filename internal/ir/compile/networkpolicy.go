@@ -1,0 +1,138 @@
+package compile
+
+import (
+	"fmt"
+	"strings"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+// networkPolicies compiles networking.k8s.io/v1 NetworkPolicies into the NetworkPolicy tier of
+// each direction named in the (defaulted) policyTypes. Rules of a direction not listed in
+// policyTypes are ignored, as upstream specifies.
+func (k *compiler) networkPolicies() error {
+	var tiers [2][]ir.Policy
+	for _, key := range model.SortedKeys(k.c.NetworkPolicies) {
+		np := k.c.NetworkPolicies[key]
+		podSel, err := selector(&np.Spec.PodSelector)
+		if err != nil {
+			return fmt.Errorf("NetworkPolicy %s: spec.podSelector: %w", key, err)
+		}
+		subjects := k.policyPods(func(ns string) bool { return ns == np.Namespace }, podSel)
+		for _, t := range np.Spec.PolicyTypes {
+			pol := ir.Policy{Tier: ir.TierNetworkPolicy, Namespace: np.Namespace, Name: np.Name, Subjects: subjects}
+			switch t {
+			case networkingv1.PolicyTypeIngress:
+				pol.Direction = ir.Ingress
+				for i, r := range np.Spec.Ingress {
+					rule, err := k.npRule(np.Namespace, i, r.From, r.Ports)
+					if err != nil {
+						return fmt.Errorf("NetworkPolicy %s: spec.ingress[%d]: %w", key, i, err)
+					}
+					pol.Rules = append(pol.Rules, rule)
+				}
+			case networkingv1.PolicyTypeEgress:
+				pol.Direction = ir.Egress
+				for i, r := range np.Spec.Egress {
+					rule, err := k.npRule(np.Namespace, i, r.To, r.Ports)
+					if err != nil {
+						return fmt.Errorf("NetworkPolicy %s: spec.egress[%d]: %w", key, i, err)
+					}
+					pol.Rules = append(pol.Rules, rule)
+				}
+			}
+			tiers[pol.Direction] = append(tiers[pol.Direction], pol)
+		}
+	}
+	for d := range tiers {
+		k.tiers[d][ir.TierNetworkPolicy] = ir.Tier{Kind: ir.TierNetworkPolicy, Policies: tiers[d]}
+	}
+	return nil
+}
+
+func (k *compiler) npRule(ns string, index int, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (ir.Rule, error) {
+	rule := ir.Rule{Index: index, Action: ir.Allow, AnyPeer: len(peers) == 0, Ports: k.npPorts(ports)}
+	for _, p := range peers {
+		peer, err := k.npPeer(ns, p)
+		if err != nil {
+			return ir.Rule{}, err
+		}
+		rule.Peers = append(rule.Peers, peer)
+	}
+	return rule, nil
+}
+
+// npPeer resolves one peer: an ipBlock, or pods chosen by podSelector within the policy's
+// namespace, by namespaceSelector (all pods there), or by both at once (pods matching the pod
+// selector inside namespaces matching the namespace selector).
+func (k *compiler) npPeer(ns string, p networkingv1.NetworkPolicyPeer) (ir.Peer, error) {
+	if b := p.IPBlock; b != nil {
+		cidr, err := model.ParseCIDR(b.CIDR)
+		if err != nil {
+			return ir.Peer{}, err
+		}
+		block := ir.Block{CIDR: cidr}
+		desc := "ipBlock " + cidr.String()
+		for _, e := range b.Except {
+			ex, err := model.ParseCIDR(e)
+			if err != nil {
+				return ir.Peer{}, err
+			}
+			block.Except = append(block.Except, ex)
+		}
+		if len(block.Except) > 0 {
+			desc += " except " + strings.Join(b.Except, ", ")
+		}
+		return ir.Peer{Set: k.addrSet(nil, nil, []ir.Block{block}, desc), Desc: desc}, nil
+	}
+	nsMatch := func(n string) bool { return n == ns }
+	nsDesc := "namespace " + ns
+	if p.NamespaceSelector != nil {
+		m, err := k.nsSelector(p.NamespaceSelector)
+		if err != nil {
+			return ir.Peer{}, fmt.Errorf("namespaceSelector: %w", err)
+		}
+		nsMatch = m
+		nsDesc = "namespaces matching " + describeSelector(p.NamespaceSelector)
+	}
+	var podSel labels.Selector
+	podDesc := "all pods"
+	if p.PodSelector != nil {
+		s, err := selector(p.PodSelector)
+		if err != nil {
+			return ir.Peer{}, fmt.Errorf("podSelector: %w", err)
+		}
+		podSel = s
+		podDesc = "pods matching " + describeSelector(p.PodSelector)
+	}
+	desc := podDesc + " in " + nsDesc
+	return ir.Peer{Set: k.podSet(k.policyPods(nsMatch, podSel), desc), Desc: desc}, nil
+}
+
+func (k *compiler) npPorts(ports []networkingv1.NetworkPolicyPort) ir.Ports {
+	if len(ports) == 0 {
+		return ir.Ports{All: true}
+	}
+	var out ir.Ports
+	for _, p := range ports {
+		proto, _ := ir.ParseProtocol(string(*p.Protocol))
+		switch {
+		case p.Port == nil:
+			out.Ranges = append(out.Ranges, ir.PortRange{Protocol: proto, First: 0, Last: 65535})
+		case p.Port.Type == intstr.String:
+			out.Named = append(out.Named, ir.NamedPort{Name: p.Port.StrVal, Protocol: proto, Set: k.namedPortSet(p.Port.StrVal, proto)})
+		default:
+			last := p.Port.IntVal
+			if p.EndPort != nil {
+				last = *p.EndPort
+			}
+			out.Ranges = append(out.Ranges, ir.PortRange{Protocol: proto, First: uint16(p.Port.IntVal), Last: uint16(last)})
+		}
+	}
+	return out
+}
