@@ -15,7 +15,6 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	kjson "sigs.k8s.io/json"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
-	"sigs.k8s.io/yaml"
 )
 
 // Kind names of the supported objects.
@@ -143,7 +142,7 @@ func decodeDocument(raw []byte, file string, doc int, opts DecodeOptions) ([]Obj
 	if len(bytes.TrimSpace(stripComments(raw))) == 0 {
 		return nil, nil
 	}
-	js, err := yaml.YAMLToJSONStrict(raw)
+	js, err := yamlToJSON(raw)
 	if err != nil {
 		return nil, Errors{{File: file, Doc: doc, Msg: "malformed YAML: " + err.Error()}}
 	}

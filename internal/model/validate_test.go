@@ -1,0 +1,158 @@
+package model
+
+import (
+	"strings"
+	"testing"
+)
+
+func decodeString(s string) ([]Object, error) {
+	return Decode(strings.NewReader(s), "in.yaml", DecodeOptions{})
+}
+
+func TestValidationErrors(t *testing.T) {
+	np := func(spec string) string {
+		return "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n" + spec
+	}
+	anp := func(spec string) string {
+		return "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: a}\nspec:\n" + spec
+	}
+	tests := []struct {
+		name string
+		in   string
+		want []string // substrings, each must appear in the error text
+	}{
+		{"invalid cidr", np("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]"),
+			[]string{"NetworkPolicy x/p", "spec.ingress[0].from[0].ipBlock.cidr", "valid CIDR"}},
+		{"except equal to cidr", np("  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]}]"),
+			[]string{"spec.egress[0].to[0].ipBlock.except[0]", "strict subset"}},
+		{"except outside cidr", np("  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]"),
+			[]string{"except[0]", "strict subset"}},
+		{"port out of range", np("  podSelector: {}\n  ingress: [{ports: [{port: 70000}]}]"),
+			[]string{"spec.ingress[0].ports[0].port", "between 1 and 65535"}},
+		{"endPort without port", np("  podSelector: {}\n  ingress: [{ports: [{endPort: 90}]}]"),
+			[]string{"endPort", "not specified"}},
+		{"endPort with named port", np("  podSelector: {}\n  ingress: [{ports: [{port: http, endPort: 90}]}]"),
+			[]string{"endPort", "non-numeric"}},
+		{"endPort below port", np("  podSelector: {}\n  ingress: [{ports: [{port: 100, endPort: 90}]}]"),
+			[]string{"endPort", "greater than or equal"}},
+		{"bad protocol", np("  podSelector: {}\n  ingress: [{ports: [{port: 1, protocol: ICMP}]}]"),
+			[]string{"protocol", "Unsupported value"}},
+		{"bad port name", np("  podSelector: {}\n  ingress: [{ports: [{port: Not_A_Name}]}]"),
+			[]string{"ports[0].port"}},
+		{"selector operator needs values", np("  podSelector: {matchExpressions: [{key: a, operator: In}]}"),
+			[]string{"spec.podSelector.matchExpressions[0].values"}},
+		{"selector unknown operator", np("  podSelector: {matchExpressions: [{key: a, operator: Near, values: [b]}]}"),
+			[]string{"spec.podSelector.matchExpressions[0].operator"}},
+		{"selector bad label value", np("  podSelector: {matchLabels: {a: 'has space'}}"),
+			[]string{"spec.podSelector.matchLabels"}},
+		{"empty peer", np("  podSelector: {}\n  ingress: [{from: [{}]}]"),
+			[]string{"spec.ingress[0].from[0]", "must specify a peer"}},
+		{"ipBlock with selector", np("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, namespaceSelector: {}}]}]"),
+			[]string{"may not specify both ipBlock and another peer"}},
+		{"policyTypes", np("  podSelector: {}\n  policyTypes: [Ingress, Sideways]"),
+			[]string{"spec.policyTypes[1]", "Sideways"}},
+		{"unknown field", np("  podSelector: {}\n  ingres: []"), []string{`unknown field "spec.ingres"`}},
+		{"duplicate field", np("  podSelector: {}\n  podSelector: {}"), []string{"podSelector"}},
+		{"malformed yaml", "kind: [", []string{"in.yaml (document 1)", "malformed YAML"}},
+		{"unsupported kind", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}", []string{"unsupported kind"}},
+		{"wrong apiVersion", "apiVersion: v2\nkind: Pod\nmetadata: {name: d}", []string{"apiVersion"}},
+		{"missing name", "apiVersion: v1\nkind: Pod\nmetadata: {namespace: x}", []string{"metadata.name"}},
+		{"anp priority", anp("  priority: 1001\n  subject: {namespaces: {}}"), []string{"spec.priority", "between 0 and 1000"}},
+		{"anp subject both", anp("  priority: 1\n  subject: {namespaces: {}, pods: {namespaceSelector: {}, podSelector: {}}}"),
+			[]string{"spec.subject", "exactly one"}},
+		{"anp bad action", anp("  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Drop, from: [{namespaces: {}}]}]"),
+			[]string{"spec.ingress[0].action", "Drop"}},
+		{"anp no peers", anp("  priority: 1\n  subject: {namespaces: {}}\n  egress: [{action: Deny, to: []}]"),
+			[]string{"spec.egress[0].to"}},
+		{"anp too many rules", anp("  priority: 1\n  subject: {namespaces: {}}\n  ingress:\n" + strings.Repeat("  - {action: Deny, from: [{namespaces: {}}]}\n", 101)),
+			[]string{"spec.ingress", "must have at most 100 items"}},
+		{"anp named port with networks", anp("  priority: 1\n  subject: {namespaces: {}}\n  egress: [{action: Allow, to: [{networks: [10.0.0.0/8]}], ports: [{namedPort: http}]}]"),
+			[]string{"spec.egress[0].ports[0].namedPort"}},
+		{"anp bad network", anp("  priority: 1\n  subject: {namespaces: {}}\n  egress: [{action: Allow, to: [{networks: [10.0.0.0/99]}]}]"),
+			[]string{"spec.egress[0].to[0].networks[0]"}},
+		{"anp port range reversed", anp("  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Allow, from: [{namespaces: {}}], ports: [{portRange: {start: 90, end: 80}}]}]"),
+			[]string{"portRange.end"}},
+		{"anp port with two fields", anp("  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Allow, from: [{namespaces: {}}], ports: [{namedPort: a, portNumber: {port: 80}}]}]"),
+			[]string{"spec.ingress[0].ports[0]", "exactly one of portNumber"}},
+		{"anp legacy sameLabels", anp("  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Allow, from: [{namespaces: {sameLabels: [a]}}]}]"),
+			[]string{"sameLabels", "not supported"}},
+		{"banp name", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: other}\nspec: {subject: {namespaces: {}}}",
+			[]string{"metadata.name", `"default"`}},
+		{"banp pass", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec:\n  subject: {namespaces: {}}\n  ingress: [{action: Pass, from: [{namespaces: {}}]}]",
+			[]string{"spec.ingress[0].action"}},
+		{"pod bad ip", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIP: 10.0.0.300}", []string{"status.podIP"}},
+		{"pod duplicate port name", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, ports: [{name: a, containerPort: 1}, {name: a, containerPort: 2}]}]}",
+			[]string{"spec.containers[0].ports[1].name", "Duplicate"}},
+		{"namespace with namespace", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, namespace: b}", []string{"cluster-scoped"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			objs, err := decodeString(tc.in)
+			if err == nil {
+				t.Fatalf("no error; decoded %d objects", len(objs))
+			}
+			if objs != nil {
+				t.Errorf("objects returned together with an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestValidObjects(t *testing.T) {
+	tests := []struct{ name, in string }{
+		{"nested except", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16, 10.1.2.0/24]}}]}]"},
+		{"host bits in cidr", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.1/8}}]}]"},
+		{"legacy anp peers", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: a}\nspec:\n  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Allow, from: [{namespaces: {namespaceSelector: {}}}, {pods: {namespaces: {namespaceSelector: {matchLabels: {a: b}}}, podSelector: {}}}]}]"},
+		{"namespace named y", "apiVersion: v1\nkind: Namespace\nmetadata: {name: y}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: n, namespace: y}"},
+		{"json list", `{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"a"}}]}`},
+		{"comments only", "# nothing\n---\n# here\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := decodeString(tc.in); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	objs, err := decodeString(`apiVersion: v1
+kind: Namespace
+metadata: {name: y}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  egress: [{ports: [{port: 53}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: q}
+spec: {podSelector: {}}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := FromObjects(objs)
+	if got := c.Namespaces["y"].Labels[NamespaceNameLabel]; got != "y" {
+		t.Errorf("namespace label = %q", got)
+	}
+	p := c.NetworkPolicies["default/p"]
+	if len(p.Spec.PolicyTypes) != 2 || p.Spec.PolicyTypes[1] != "Egress" {
+		t.Errorf("policyTypes = %v, want [Ingress Egress]", p.Spec.PolicyTypes)
+	}
+	if *p.Spec.Egress[0].Ports[0].Protocol != "TCP" {
+		t.Errorf("port protocol not defaulted to TCP")
+	}
+	if q := c.NetworkPolicies["default/q"]; len(q.Spec.PolicyTypes) != 1 || q.Spec.PolicyTypes[0] != "Ingress" {
+		t.Errorf("policyTypes = %v, want [Ingress]", q.Spec.PolicyTypes)
+	}
+}
