@@ -1,0 +1,40 @@
+# rampart: `make demo` shows it working, `make test` runs every test. Both install what they need.
+SHELL := /bin/bash
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+BIN := bin/rampart
+# Debian packages the lab, the dataplanes and the tests use.
+APT_PACKAGES := iproute2 iptables ipset conntrack clang llvm libbpf-dev
+
+.PHONY: all build deps demo test test-unit test-privileged vet fmt-check fuzz clean
+
+all: build
+
+deps:
+	@scripts/deps.sh $(APT_PACKAGES)
+
+build:
+	@test -x "$(GO)" || { echo "Go is required (looked for go in PATH and /usr/local/go/bin)"; exit 1; }
+	$(GO) build -o $(BIN) ./cmd/rampart
+
+demo: deps build
+	@scripts/demo.sh $(BIN)
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# Unit, property and (as root) privileged tests, with the root network namespace snapshotted
+# before and compared after: the run fails if anything in it changed.
+test: deps build vet fmt-check
+	@scripts/test.sh "$(GO)"
+
+fuzz:
+	$(GO) test ./internal/model -run XXX -fuzz FuzzDecode -fuzztime 30s
+	$(GO) test ./internal/model -run XXX -fuzz FuzzParseCIDR -fuzztime 15s
+	$(GO) test ./internal/policy -run XXX -fuzz FuzzParsePorts -fuzztime 15s
+
+clean:
+	rm -rf bin

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run the whole test suite. As root, snapshot the root network namespace first and fail if the
+# tests changed it (links, addresses, routes, iptables, nft, ipsets, tc, XDP).
+set -euo pipefail
+GO=${1:-go}
+here=$(cd "$(dirname "$0")/.." && pwd)
+hostcheck=""
+for c in "$here/../shared/tools/hostcheck" "$here/shared/tools/hostcheck"; do
+  [ -x "$c" ] && hostcheck=$c && break
+done
+snap=""
+if [ "$(id -u)" -eq 0 ] && [ -n "$hostcheck" ]; then
+  snap=$(mktemp)
+  "$hostcheck" save "$snap"
+fi
+status=0
+"$GO" test -count=1 -timeout 18m ./... || status=$?
+if [ -n "$snap" ]; then
+  if ! "$hostcheck" diff "$snap"; then
+    echo "FAIL: the tests changed the host's root network namespace" >&2
+    status=1
+  fi
+  rm -f "$snap"
+fi
+exit $status
