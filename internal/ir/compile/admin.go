@@ -135,7 +135,7 @@ func (k *compiler) adminPeer(p anpv1alpha1.AdminNetworkPolicyEgressPeer) (ir.Pee
 			return ir.Peer{}, fmt.Errorf("namespaces: %w", err)
 		}
 		desc := "all pods in namespaces matching " + describeSelector(p.Namespaces)
-		return ir.Peer{Set: k.podSet(k.policyPods(m, nil), desc), Desc: desc}, nil
+		return ir.Peer{Set: k.podSet("pods|nssel="+describeSelector(p.Namespaces), k.policyPods(m, nil), desc), Desc: desc}, nil
 	case p.Pods != nil:
 		m, err := k.nsSelector(&p.Pods.NamespaceSelector)
 		if err != nil {
@@ -146,18 +146,19 @@ func (k *compiler) adminPeer(p anpv1alpha1.AdminNetworkPolicyEgressPeer) (ir.Pee
 			return ir.Peer{}, fmt.Errorf("pods.podSelector: %w", err)
 		}
 		desc := "pods matching " + describeSelector(&p.Pods.PodSelector) + " in namespaces matching " + describeSelector(&p.Pods.NamespaceSelector)
-		return ir.Peer{Set: k.podSet(k.policyPods(m, s), desc), Desc: desc}, nil
+		return ir.Peer{Set: k.podSet("pods|nssel="+describeSelector(&p.Pods.NamespaceSelector)+"|podsel="+describeSelector(&p.Pods.PodSelector), k.policyPods(m, s), desc), Desc: desc}, nil
 	case p.Nodes != nil:
 		s, err := selector(p.Nodes)
 		if err != nil {
 			return ir.Peer{}, fmt.Errorf("nodes: %w", err)
 		}
 		ips, names := k.matchingNodes(s)
+		def := "nodes|sel=" + describeSelector(p.Nodes)
 		desc := "nodes matching " + describeSelector(p.Nodes)
 		if len(names) > 0 {
 			desc += " (" + strings.Join(names, ", ") + ")"
 		}
-		return ir.Peer{Set: k.addrSet(ips, nil, nil, desc), Desc: desc}, nil
+		return ir.Peer{Set: k.addrSet(def, ips, nil, nil, desc), Desc: desc}, nil
 	case len(p.Networks) > 0:
 		var blocks []ir.Block
 		var strs []string
@@ -170,11 +171,11 @@ func (k *compiler) adminPeer(p anpv1alpha1.AdminNetworkPolicyEgressPeer) (ir.Pee
 			strs = append(strs, pfx.String())
 		}
 		desc := "networks " + strings.Join(strs, ", ")
-		return ir.Peer{Set: k.addrSet(nil, nil, blocks, desc), Desc: desc}, nil
+		return ir.Peer{Set: k.addrSet(blockDef(blocks), nil, nil, blocks, desc), Desc: desc}, nil
 	}
 	// Upstream: a peer with no known field comes from a newer CRD; fail closed by matching
 	// nothing. Validation rejects such peers, so this is only reached through the Go API.
-	return ir.Peer{Set: k.addrSet(nil, nil, nil, "nothing"), Desc: "nothing"}, nil
+	return ir.Peer{Set: k.addrSet("nothing", nil, nil, nil, "nothing"), Desc: "nothing"}, nil
 }
 
 func (k *compiler) matchingNodes(s labels.Selector) ([]netip.Addr, []string) {

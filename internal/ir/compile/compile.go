@@ -148,39 +148,40 @@ func (k *compiler) nsSelector(s *metav1.LabelSelector) (func(string) bool, error
 	return func(ns string) bool { return sel.Matches(k.nsLabel[ns]) }, nil
 }
 
-// podSet interns an address set of pods.
-func (k *compiler) podSet(ids []ir.PodID, desc string) ir.SetID {
+// podSet interns an address set of pods. def identifies the selection (not its members), so
+// the set keeps its name while pods come and go: dataplanes then update members in place.
+func (k *compiler) podSet(def string, ids []ir.PodID, desc string) ir.SetID {
 	var ips []netip.Addr
 	for _, id := range ids {
 		ips = append(ips, k.rs.Pods[id].IPs...)
 	}
-	return k.addrSet(ips, ids, nil, desc)
+	return k.addrSet(def, ips, ids, nil, desc)
 }
 
-func (k *compiler) addrSet(ips []netip.Addr, pods []ir.PodID, blocks []ir.Block, desc string) ir.SetID {
-	slices.SortFunc(ips, func(a, b netip.Addr) int { return a.Compare(b) })
-	ips = slices.Compact(ips)
-	var key strings.Builder
-	for _, ip := range ips {
-		key.WriteString(ip.String() + ",")
-	}
-	for _, id := range pods {
-		fmt.Fprintf(&key, "p%d,", id)
-	}
-	for _, b := range blocks {
-		key.WriteString(b.CIDR.String())
-		for _, e := range b.Except {
-			key.WriteString("!" + e.String())
-		}
-		key.WriteString(";")
-	}
-	if id, ok := k.setKey[key.String()]; ok {
+func (k *compiler) addrSet(def string, ips []netip.Addr, pods []ir.PodID, blocks []ir.Block, desc string) ir.SetID {
+	if id, ok := k.setKey[def]; ok {
 		return id
 	}
+	slices.SortFunc(ips, func(a, b netip.Addr) int { return a.Compare(b) })
+	ips = slices.Compact(ips)
 	id := ir.SetID(len(k.rs.Sets))
-	k.rs.Sets = append(k.rs.Sets, ir.AddrSet{ID: id, Name: "a" + shortHash(key.String()), Desc: desc, IPs: ips, Pods: pods, Blocks: blocks})
-	k.setKey[key.String()] = id
+	k.rs.Sets = append(k.rs.Sets, ir.AddrSet{ID: id, Name: "a" + shortHash(def), Desc: desc, IPs: ips, Pods: pods, Blocks: blocks})
+	k.setKey[def] = id
 	return id
+}
+
+// blockDef identifies a set of CIDR blocks.
+func blockDef(blocks []ir.Block) string {
+	var b strings.Builder
+	b.WriteString("blocks|")
+	for _, bl := range blocks {
+		b.WriteString(bl.CIDR.String())
+		for _, e := range bl.Except {
+			b.WriteString("!" + e.String())
+		}
+		b.WriteString(";")
+	}
+	return b.String()
 }
 
 // namedPortSet interns the resolution of a port name: every non-host pod declaring name with

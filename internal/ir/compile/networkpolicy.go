@@ -88,10 +88,11 @@ func (k *compiler) npPeer(ns string, p networkingv1.NetworkPolicyPeer) (ir.Peer,
 		if len(block.Except) > 0 {
 			desc += " except " + strings.Join(b.Except, ", ")
 		}
-		return ir.Peer{Set: k.addrSet(nil, nil, []ir.Block{block}, desc), Desc: desc}, nil
+		return ir.Peer{Set: k.addrSet(blockDef([]ir.Block{block}), nil, nil, []ir.Block{block}, desc), Desc: desc}, nil
 	}
 	nsMatch := func(n string) bool { return n == ns }
 	nsDesc := "namespace " + ns
+	def := "pods|ns=" + ns
 	if p.NamespaceSelector != nil {
 		m, err := k.nsSelector(p.NamespaceSelector)
 		if err != nil {
@@ -99,6 +100,7 @@ func (k *compiler) npPeer(ns string, p networkingv1.NetworkPolicyPeer) (ir.Peer,
 		}
 		nsMatch = m
 		nsDesc = "namespaces matching " + describeSelector(p.NamespaceSelector)
+		def = "pods|nssel=" + describeSelector(p.NamespaceSelector)
 	}
 	var podSel labels.Selector
 	podDesc := "all pods"
@@ -109,9 +111,10 @@ func (k *compiler) npPeer(ns string, p networkingv1.NetworkPolicyPeer) (ir.Peer,
 		}
 		podSel = s
 		podDesc = "pods matching " + describeSelector(p.PodSelector)
+		def += "|podsel=" + describeSelector(p.PodSelector)
 	}
 	desc := podDesc + " in " + nsDesc
-	return ir.Peer{Set: k.podSet(k.policyPods(nsMatch, podSel), desc), Desc: desc}, nil
+	return ir.Peer{Set: k.podSet(def, k.policyPods(nsMatch, podSel), desc), Desc: desc}, nil
 }
 
 func (k *compiler) npPorts(ports []networkingv1.NetworkPolicyPort) ir.Ports {

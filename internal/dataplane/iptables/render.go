@@ -1,0 +1,277 @@
+package iptables
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/ir"
+)
+
+// Chain and set name prefixes. Everything rampart creates starts with these, which is how
+// Apply finds what it owns after a restart (mark and sweep).
+const (
+	ChainPrefix = "RAMPART-"
+	SetPrefix   = "rampart-"
+)
+
+// Mark bits through which policy chains report a verdict to the pod chain that called them.
+// They sit above the bits kube-proxy (0x4000, 0x8000) and Calico (0xffff0000 is configurable
+// there) use by default.
+const (
+	markAllow = 0x01000000
+	markDeny  = 0x02000000
+	markPass  = 0x04000000
+	markMask  = 0x07000000
+	// markMasq asks POSTROUTING to masquerade (a pod reaching itself through a Service).
+	markMasq = 0x08000000
+)
+
+var actionMark = map[ir.Action]uint32{ir.Allow: markAllow, ir.Deny: markDeny, ir.Pass: markPass}
+
+// Render computes the spec that makes node enforce rs. It is pure and deterministic.
+func Render(rs *ir.Ruleset, node dataplane.Node) (*Spec, error) {
+	r := &renderer{rs: rs, node: node, spec: &Spec{Tables: map[string][]Chain{}}, usedSets: map[string]bool{}, policyChains: map[string]string{}}
+	if err := r.filter(); err != nil {
+		return nil, err
+	}
+	r.nat()
+	r.sets()
+	return r.spec, nil
+}
+
+type renderer struct {
+	rs           *ir.Ruleset
+	node         dataplane.Node
+	spec         *Spec
+	usedSets     map[string]bool   // ipset names referenced by rules
+	policyChains map[string]string // policy key -> chain name, rendered once per node
+}
+
+func hash(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return strings.ToUpper(hex.EncodeToString(h[:]))[:10]
+}
+
+func (r *renderer) addChain(table string, c Chain) {
+	r.spec.Tables[table] = append(r.spec.Tables[table], c)
+}
+
+// filter renders policy enforcement: dispatch chains hooked into FORWARD (pod to pod, and pod
+// to other nodes), INPUT (pod to this node) and OUTPUT (this node to pod), per-pod tier chains,
+// and per-policy chains.
+func (r *renderer) filter() error {
+	fwd := Chain{Name: ChainPrefix + "FORWARD", Rules: []string{establishedRule}}
+	in := Chain{Name: ChainPrefix + "INPUT", Rules: []string{establishedRule}}
+	out := Chain{Name: ChainPrefix + "OUTPUT", Rules: []string{establishedRule}}
+	for i := range r.rs.Pods {
+		pod := &r.rs.Pods[i]
+		ifname, ok := r.node.Interface(pod)
+		if !ok || pod.HostNetwork {
+			continue
+		}
+		if chain, ok := r.podChain(pod, ir.Egress); ok {
+			rule := fmt.Sprintf("-i %s -j %s", ifname, chain)
+			fwd.Rules = append(fwd.Rules, rule)
+			in.Rules = append(in.Rules, rule)
+		}
+		if chain, ok := r.podChain(pod, ir.Ingress); ok {
+			rule := fmt.Sprintf("-o %s -j %s", ifname, chain)
+			fwd.Rules = append(fwd.Rules, rule)
+			out.Rules = append(out.Rules, rule)
+		}
+	}
+	r.addChain("filter", fwd)
+	r.addChain("filter", in)
+	r.addChain("filter", out)
+	r.spec.Jumps = append(r.spec.Jumps, Jump{"filter", "FORWARD", fwd.Name}, Jump{"filter", "INPUT", in.Name}, Jump{"filter", "OUTPUT", out.Name})
+	return nil
+}
+
+// Replies of allowed connections pass without another policy decision.
+const establishedRule = "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+
+// podChain renders the chain deciding one direction for a local pod, or reports false when no
+// policy selects the pod in that direction (default allow: no chain, no dispatch rule).
+func (r *renderer) podChain(pod *ir.Pod, dir ir.Direction) (string, bool) {
+	refs := r.rs.PoliciesFor(pod.ID, dir)
+	if len(refs) == 0 {
+		return "", false
+	}
+	var admin, np, baseline []*ir.Policy
+	for _, ref := range refs {
+		p := r.rs.Policy(dir, ref)
+		switch p.Tier {
+		case ir.TierAdmin:
+			admin = append(admin, p)
+		case ir.TierNetworkPolicy:
+			np = append(np, p)
+		case ir.TierBaseline:
+			baseline = append(baseline, p)
+		}
+	}
+	d := "I"
+	if dir == ir.Egress {
+		d = "E"
+	}
+	id := hash(pod.Key())
+	name := ChainPrefix + d + "-" + id
+	// The second stage holds the NetworkPolicy and baseline tiers; ANP Pass jumps straight to it.
+	stage2 := Chain{Name: ChainPrefix + d + "2-" + id}
+	if len(np) > 0 {
+		stage2.Rules = append(stage2.Rules, clearMark)
+		for _, p := range np {
+			stage2.Rules = append(stage2.Rules, "-j "+r.policyChain(p), fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", markAllow, markMask))
+		}
+		stage2.Rules = append(stage2.Rules, dropTarget(pod, dir, "isolated by NetworkPolicy"))
+	} else {
+		for _, p := range baseline {
+			stage2.Rules = append(stage2.Rules, clearMark, "-j "+r.policyChain(p),
+				fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", markAllow, markMask),
+				fmt.Sprintf("-m mark --mark %#x/%#x %s", markDeny, markMask, dropTarget(pod, dir, "baseline deny")))
+		}
+	}
+	if len(admin) == 0 {
+		stage2.Name = name
+		r.addChain("filter", stage2)
+		return name, true
+	}
+	first := Chain{Name: name}
+	for _, p := range admin {
+		first.Rules = append(first.Rules, clearMark, "-j "+r.policyChain(p),
+			fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", markAllow, markMask),
+			fmt.Sprintf("-m mark --mark %#x/%#x %s", markDeny, markMask, dropTarget(pod, dir, "admin deny")),
+			fmt.Sprintf("-m mark --mark %#x/%#x -g %s", markPass, markMask, stage2.Name))
+	}
+	first.Rules = append(first.Rules, "-g "+stage2.Name)
+	r.addChain("filter", first)
+	r.addChain("filter", stage2)
+	return name, true
+}
+
+var clearMark = fmt.Sprintf("-j MARK --set-xmark 0x0/%#x", markMask)
+
+func dropTarget(pod *ir.Pod, dir ir.Direction, why string) string {
+	return fmt.Sprintf("-m comment --comment %q -j DROP", fmt.Sprintf("%s %s: %s", pod.Key(), dir, why))
+}
+
+// policyChain renders a policy's rules once per node and returns its chain. Each rule that
+// matches sets its action's mark bit and returns, so the first matching rule decides.
+func (r *renderer) policyChain(p *ir.Policy) string {
+	key := fmt.Sprintf("%s|%s|%s|%s", p.Tier, p.Namespace, p.Name, p.Direction)
+	if name, ok := r.policyChains[key]; ok {
+		return name
+	}
+	name := ChainPrefix + "P-" + hash(key)
+	r.policyChains[key] = name
+	c := Chain{Name: name, Rules: []string{fmt.Sprintf("-m comment --comment %q", p.Ref()+" "+p.Direction.String())}}
+	for _, rule := range p.Rules {
+		mark := actionMark[rule.Action]
+		for _, m := range r.matches(p.Direction, &rule) {
+			c.Rules = append(c.Rules, strings.TrimSpace(m+fmt.Sprintf(" -j MARK --set-xmark %#x/%#x", mark, markMask)))
+		}
+		c.Rules = append(c.Rules, fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", mark, markMask))
+	}
+	r.addChain("filter", c)
+	return name
+}
+
+// matches renders a rule's condition as alternative iptables matches: one per (peer, port)
+// combination, since both peers and ports are ORed lists.
+func (r *renderer) matches(dir ir.Direction, rule *ir.Rule) []string {
+	peerDir := "src"
+	if dir == ir.Egress {
+		peerDir = "dst"
+	}
+	peers := []string{""}
+	if !rule.AnyPeer {
+		peers = nil
+		for _, p := range rule.Peers {
+			set := &r.rs.Sets[p.Set]
+			peers = append(peers, fmt.Sprintf("-m set --match-set %s %s", r.addrSetName(set), peerDir))
+		}
+	}
+	ports := []string{""}
+	if !rule.Ports.All {
+		ports = nil
+		for _, pr := range rule.Ports.Ranges {
+			proto := strings.ToLower(pr.Protocol.String())
+			switch {
+			case pr.First == 0 && pr.Last == 65535:
+				ports = append(ports, "-p "+proto)
+			case pr.First == pr.Last:
+				ports = append(ports, fmt.Sprintf("-p %s -m %s --dport %d", proto, proto, pr.First))
+			default:
+				ports = append(ports, fmt.Sprintf("-p %s -m %s --dport %d:%d", proto, proto, pr.First, pr.Last))
+			}
+		}
+		for _, n := range rule.Ports.Named {
+			set := &r.rs.PortSets[n.Set]
+			ports = append(ports, fmt.Sprintf("-m set --match-set %s dst,dst", r.portSetName(set)))
+		}
+	}
+	var out []string
+	for _, p := range peers {
+		for _, q := range ports {
+			out = append(out, strings.TrimSpace(p+" "+q))
+		}
+	}
+	return out
+}
+
+func (r *renderer) addrSetName(s *ir.AddrSet) string {
+	name := SetPrefix + s.Name
+	r.usedSets[name] = true
+	return name
+}
+
+func (r *renderer) portSetName(s *ir.PortSet) string {
+	name := SetPrefix + s.Name
+	r.usedSets[name] = true
+	return name
+}
+
+// sets renders the members of every set a rule references.
+func (r *renderer) sets() {
+	for i := range r.rs.Sets {
+		s := &r.rs.Sets[i]
+		name := SetPrefix + s.Name
+		if !r.usedSets[name] {
+			continue
+		}
+		set := IPSet{Name: name, Type: "hash:ip", Family: "inet"}
+		if len(s.Blocks) > 0 {
+			set.Type = "hash:net"
+		}
+		for _, p := range s.Prefixes() {
+			if !p.Addr().Is4() {
+				continue // IPv4 only for now: pods and nodes in the lab are IPv4
+			}
+			switch {
+			case set.Type == "hash:ip":
+				set.Entries = append(set.Entries, p.Addr().String())
+			case p.Bits() == 0: // hash:net takes prefixes of length 1 to 32 only
+				set.Entries = append(set.Entries, "0.0.0.0/1", "128.0.0.0/1")
+			default:
+				set.Entries = append(set.Entries, p.String())
+			}
+		}
+		r.spec.Sets = append(r.spec.Sets, set)
+	}
+	for i := range r.rs.PortSets {
+		s := &r.rs.PortSets[i]
+		name := SetPrefix + s.Name
+		if !r.usedSets[name] {
+			continue
+		}
+		set := IPSet{Name: name, Type: "hash:ip,port", Family: "inet"}
+		for _, e := range s.Entries {
+			if e.IP.Is4() {
+				set.Entries = append(set.Entries, fmt.Sprintf("%s,%s:%d", e.IP, strings.ToLower(e.Protocol.String()), e.Port))
+			}
+		}
+		r.spec.Sets = append(r.spec.Sets, set)
+	}
+}

@@ -1,0 +1,118 @@
+package iptables
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/ir/compile"
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+// cluster builds n pods in namespace x (labels pod=p<i>, role=even/odd) on node n1 plus the
+// given policies.
+func cluster(t *testing.T, n int, policies string) *ir.Ruleset {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+	for i := 0; i < n; i++ {
+		role := []string{"even", "odd"}[i%2]
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p%d, namespace: x, labels: {pod: p%d, role: %s}}\nspec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: %d}]}]}\nstatus: {podIP: 10.0.%d.%d}\n", i, i, role, 8000+i%3, i/250, i%250+1)
+	}
+	b.WriteString("---\n" + policies)
+	objs, err := model.Decode(strings.NewReader(b.String()), "test", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := compile.Compile(model.FromObjects(objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+func allLocal(n int) dataplane.Node {
+	return dataplane.Node{Name: "n1", Interface: func(p *ir.Pod) (string, bool) { return "v" + p.Name, true }}
+}
+
+const policies = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: even-from-odd, namespace: x}
+spec:
+  podSelector: {matchLabels: {role: even}}
+  ingress: [{from: [{podSelector: {matchLabels: {role: odd}}}, {ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}], ports: [{port: http}, {port: 9000, endPort: 9010, protocol: UDP}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: guard}
+spec:
+  priority: 1
+  subject: {namespaces: {}}
+  egress: [{action: Pass, to: [{networks: [10.0.0.0/8]}]}, {action: Deny, to: [{networks: [0.0.0.0/0]}]}]
+`
+
+func TestRenderDeterministic(t *testing.T) {
+	a, err := Render(cluster(t, 10, policies), allLocal(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := Render(cluster(t, 10, policies), allLocal(10))
+	if a.String() != b.String() {
+		t.Fatal("rendering the same ruleset twice differs")
+	}
+	s := a.String()
+	for _, want := range []string{
+		"-m set --match-set rampart-", " src -m set --match-set rampart-n", "dst,dst",
+		"-p udp -m udp --dport 9000:9010", "0.0.0.0/1", "128.0.0.0/1", "-j DROP", "-g RAMPART-E2-",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("spec lacks %q", want)
+		}
+	}
+}
+
+// TestRuleCountIndependentOfPeers: peers live in ipsets, so growing the selected pods changes
+// set members, not the rules of any chain of a given pod.
+func TestRuleCountIndependentOfPeers(t *testing.T) {
+	count := func(n int) (int, int) {
+		spec, err := Render(cluster(t, n, policies), allLocal(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules := 0
+		for _, c := range spec.Tables["filter"] {
+			if strings.Contains(c.Name, "-P-") || strings.Contains(c.Name, hash("x/p0")) {
+				rules += len(c.Rules)
+			}
+		}
+		members := 0
+		for _, s := range spec.Sets {
+			members += len(s.Entries)
+		}
+		return rules, members
+	}
+	r10, m10 := count(10)
+	r500, m500 := count(500)
+	if r10 != r500 {
+		t.Errorf("rules for pod p0 and its policies: %d with 10 pods, %d with 500", r10, r500)
+	}
+	if m500 <= m10 {
+		t.Errorf("set members did not grow: %d vs %d", m10, m500)
+	}
+}
+
+func TestSetNamesStableAcrossMembership(t *testing.T) {
+	names := func(n int) string {
+		spec, _ := Render(cluster(t, n, policies), allLocal(n))
+		var s []string
+		for _, set := range spec.Sets {
+			s = append(s, set.Name)
+		}
+		return strings.Join(s, ",")
+	}
+	if a, b := names(4), names(7); a != b {
+		t.Errorf("set names changed with membership: %s vs %s", a, b)
+	}
+}
