@@ -1,0 +1,65 @@
+package iptables
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/rampart-sec/rampart/internal/netnstest"
+)
+
+func TestApplyInNetns(t *testing.T) {
+	netnstest.RequireRoot(t, "iptables-restore", "ipset")
+	ns := netnstest.New(t, "rt-ipt")
+	ctx := context.Background()
+	dp := New(allLocal(0), NetnsRunner{Netns: ns})
+	t.Cleanup(func() { _ = dp.Close() })
+
+	save := func() string { return netnstest.Run(t, ns, "iptables-save") + netnstest.Run(t, ns, "ipset", "list") }
+	if err := dp.Sync(ctx, cluster(t, 6, policies)); err != nil {
+		t.Fatalf("first sync: %v", err)
+	}
+	first := save()
+	for _, want := range []string{"-A FORWARD -m comment --comment rampart -j RAMPART-FORWARD", "RAMPART-P-", "Name: rampart-n", "10.0.0.3,tcp:8002"} {
+		if !strings.Contains(first, want) {
+			t.Errorf("after sync, state lacks %q", want)
+		}
+	}
+
+	// More pods: set members change, chain rules for existing pods do not.
+	if err := dp.Sync(ctx, cluster(t, 9, policies)); err != nil {
+		t.Fatalf("second sync: %v", err)
+	}
+	second := save()
+	if !strings.Contains(second, "10.0.0.9") || strings.Count(second, "-j RAMPART-FORWARD") != 1 {
+		t.Errorf("second sync: new pod missing from sets, or jump duplicated:\n%s", second)
+	}
+
+	// A spec the kernel rejects must leave everything as it was.
+	bad, err := Render(cluster(t, 9, ""), allLocal(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.Tables["filter"] = append(bad.Tables["filter"], Chain{Name: ChainPrefix + "BAD", Rules: []string{"-m nosuchmatch -j ACCEPT"}})
+	if err := dp.Apply(ctx, bad); err == nil {
+		t.Fatal("applying an invalid spec succeeded")
+	}
+	if after := save(); after != second {
+		t.Errorf("failed apply changed the state:\n--- before\n%s\n--- after\n%s", second, after)
+	}
+
+	// Dropping all policy removes policy chains and sets, keeps the hooks.
+	if err := dp.Sync(ctx, cluster(t, 9, "")); err != nil {
+		t.Fatalf("sync without policy: %v", err)
+	}
+	if s := save(); strings.Contains(s, "RAMPART-P-") || strings.Contains(s, "Name: rampart-") {
+		t.Errorf("stale policy chains or sets remain:\n%s", s)
+	}
+
+	if err := dp.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if s := save(); strings.Contains(s, "RAMPART") || strings.Contains(s, "rampart") {
+		t.Errorf("close left state behind:\n%s", s)
+	}
+}
