@@ -1,0 +1,108 @@
+package policy_test
+
+import (
+	"math/rand"
+	"strings"
+	"testing"
+
+	"github.com/rampart-sec/rampart/internal/ir/compile"
+	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/policy"
+	"github.com/rampart-sec/rampart/internal/randpolicy"
+)
+
+func matrixOf(t *testing.T, objs []model.Object) map[policy.Cell]bool {
+	t.Helper()
+	rs, err := compile.Compile(model.FromObjects(objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[policy.Cell]bool{}
+	for _, c := range policy.New(rs).Matrix(nil) {
+		allowed := c.Allowed
+		c.Allowed = false
+		out[c] = allowed
+	}
+	return out
+}
+
+func decode(t *testing.T, y string) []model.Object {
+	t.Helper()
+	objs, err := model.Decode(strings.NewReader(y), "gen", model.DecodeOptions{})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, y)
+	}
+	return objs
+}
+
+func diff(t *testing.T, seed int64, what string, a, b map[policy.Cell]bool, policies string) {
+	t.Helper()
+	for c, v := range a {
+		if b[c] != v {
+			t.Fatalf("seed %d: %s: %s -> %s %d/%s: %v vs %v\n%s", seed, what, c.From, c.To, c.Port, c.Protocol, v, b[c], policies)
+		}
+	}
+}
+
+const seeds = 150
+
+// The order objects arrive in never changes a verdict.
+func TestPropertyOrderIndependent(t *testing.T) {
+	base := decode(t, randpolicy.Cluster())
+	for seed := int64(0); seed < seeds; seed++ {
+		r := rand.New(rand.NewSource(seed))
+		y := randpolicy.Generate(r, randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+		objs := append(append([]model.Object{}, base...), decode(t, y)...)
+		want := matrixOf(t, objs)
+		r.Shuffle(len(objs), func(i, j int) { objs[i], objs[j] = objs[j], objs[i] })
+		diff(t, seed, "shuffled", want, matrixOf(t, objs), y)
+	}
+}
+
+// An AdminNetworkPolicy that passes everything, ahead of every other, is the same as having
+// no AdminNetworkPolicies at all.
+func TestPropertyPassAllEqualsNoAdmin(t *testing.T) {
+	base := decode(t, randpolicy.Cluster())
+	passAll := decode(t, `apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: aaa-pass-all}
+spec:
+  priority: 0
+  subject: {namespaces: {}}
+  ingress: [{action: Pass, from: [{namespaces: {}}]}]
+  egress: [{action: Pass, to: [{namespaces: {}}, {networks: [0.0.0.0/0]}]}]`)
+	for seed := int64(0); seed < seeds; seed++ {
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+		policies := decode(t, y)
+		var withoutAdmin []model.Object
+		for _, o := range policies {
+			if o.Kind != model.KindANP {
+				withoutAdmin = append(withoutAdmin, o)
+			}
+		}
+		want := matrixOf(t, append(append([]model.Object{}, base...), withoutAdmin...))
+		got := matrixOf(t, append(append(append([]model.Object{}, base...), passAll...), policies...))
+		diff(t, seed, "pass-all ANP", want, got, y)
+	}
+}
+
+// Selecting every pod with a policy that allows nothing never allows a flow that was denied.
+func TestPropertyIsolationOnlyDenies(t *testing.T) {
+	base := decode(t, randpolicy.Cluster())
+	var deny strings.Builder
+	for _, ns := range randpolicy.Namespaces {
+		deny.WriteString("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: zz-deny, namespace: " + ns + "}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n")
+	}
+	denyAll := decode(t, deny.String())
+	for seed := int64(0); seed < seeds; seed++ {
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+		objs := append(append([]model.Object{}, base...), decode(t, y)...)
+		before := matrixOf(t, objs)
+		after := matrixOf(t, append(objs, denyAll...))
+		for c, allowed := range after {
+			if allowed && !before[c] {
+				t.Fatalf("seed %d: %s -> %s %d/%s became allowed after isolating every pod\n%s", seed, c.From, c.To, c.Port, c.Protocol, y)
+			}
+		}
+	}
+}
