@@ -1,0 +1,84 @@
+package controller
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+func TestPlace(t *testing.T) {
+	objs, err := model.Decode(strings.NewReader(`apiVersion: v1
+kind: Node
+metadata: {name: worker, labels: {zone: a}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+status: {podIP: 10.9.9.9}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x}
+spec: {nodeName: worker}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x}
+status: {podIP: 10.9.9.9}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: h, namespace: x}
+spec: {hostNetwork: true, nodeName: node-2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: x}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: t, namespace: x}
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+`), "t", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := model.FromObjects(objs)
+	if err := Place(c, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Nodes["worker"].Labels["zone"]; got != "a" {
+		t.Errorf("declared node lost its labels")
+	}
+	if _, ok := c.Nodes["node-2"]; !ok {
+		t.Fatalf("nodes: %v", model.SortedKeys(c.Nodes))
+	}
+	if ip := c.Pods["x/a"].Status.PodIP; ip != "10.9.9.9" {
+		t.Errorf("declared pod IP not kept: %s", ip)
+	}
+	if ip := c.Pods["x/c"].Status.PodIP; ip == "10.9.9.9" || ip == "" {
+		t.Errorf("duplicate declared IP kept or none assigned: %q", ip)
+	}
+	if n := c.Pods["x/b"].Spec.NodeName; n != "worker" {
+		t.Errorf("x/b moved to %s", n)
+	}
+	if ip := c.Pods["x/h"].Status.PodIP; ip != NodeIP(0).String() && ip != NodeIP(1).String() {
+		t.Errorf("host-network pod got %s, not its node's address", ip)
+	}
+	if s := c.Services["x/s"].Spec.ClusterIP; s != "10.96.0.2" {
+		t.Errorf("service got ClusterIP %q, want the first free one 10.96.0.2", s)
+	}
+	// Placing again changes nothing.
+	before := c.Pods["x/c"].Status.PodIP
+	if err := Place(c, 2); err != nil {
+		t.Fatal(err)
+	}
+	if after := c.Pods["x/c"].Status.PodIP; after != before {
+		t.Errorf("re-placing moved x/c from %s to %s", before, after)
+	}
+	if err := Place(c, 1); err != nil || len(c.Nodes) != 2 {
+		t.Errorf("placing with fewer nodes than declared: %v, %d nodes", err, len(c.Nodes))
+	}
+}
