@@ -82,3 +82,28 @@ spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
 		t.Errorf("placing with fewer nodes than declared: %v, %d nodes", err, len(c.Nodes))
 	}
 }
+
+func TestStateRoundTrip(t *testing.T) {
+	StateRoot = t.TempDir()
+	objs, err := model.Load([]string{"../../../examples"}, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := model.FromObjects(objs)
+	if err := Place(c, 2); err != nil {
+		t.Fatal(err)
+	}
+	s := Settings{Name: "demo", Nodes: 2, Dataplane: "iptables"}
+	if err := SaveState(s, c); err != nil {
+		t.Fatal(err)
+	}
+	s2, c2, err := LoadState("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := MarshalCluster(c)
+	b, _ := MarshalCluster(c2)
+	if s2 != s || string(a) != string(b) {
+		t.Errorf("state changed in a round trip")
+	}
+}

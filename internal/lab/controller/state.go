@@ -1,0 +1,143 @@
+package controller
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+// StateRoot holds one directory per lab: its objects, settings, daemon socket and PID.
+var StateRoot = "/run/rampart/lab"
+
+// Settings are fixed when a lab comes up.
+type Settings struct {
+	Name      string `json:"name"`
+	Nodes     int    `json:"nodes"`
+	Dataplane string `json:"dataplane"` // iptables, ebpf or none
+}
+
+var labName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?$`)
+
+// ValidateName checks a lab name: it prefixes every namespace and link the lab creates.
+func ValidateName(name string) error {
+	if !labName.MatchString(name) {
+		return fmt.Errorf("lab name %q: use 1 to 16 lower-case letters, digits and '-'", name)
+	}
+	return nil
+}
+
+// Dir returns the lab's state directory.
+func Dir(name string) string { return filepath.Join(StateRoot, name) }
+
+// SaveState writes the settings and the cluster's objects, replacing the files atomically.
+func SaveState(s Settings, c *model.Cluster) error {
+	dir := Dir(s.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b, err := yaml.Marshal(s)
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(filepath.Join(dir, "settings.yaml"), b); err != nil {
+		return err
+	}
+	objs, err := MarshalCluster(c)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(filepath.Join(dir, "objects.yaml"), objs)
+}
+
+// LoadState reads what SaveState wrote.
+func LoadState(name string) (Settings, *model.Cluster, error) {
+	var s Settings
+	b, err := os.ReadFile(filepath.Join(Dir(name), "settings.yaml"))
+	if err != nil {
+		return s, nil, fmt.Errorf("lab %q: %w", name, err)
+	}
+	if err := yaml.UnmarshalStrict(b, &s); err != nil {
+		return s, nil, fmt.Errorf("lab %q settings: %w", name, err)
+	}
+	f, err := os.Open(filepath.Join(Dir(name), "objects.yaml"))
+	if err != nil {
+		return s, nil, err
+	}
+	defer f.Close()
+	objs, err := model.Decode(f, f.Name(), model.DecodeOptions{})
+	if err != nil {
+		return s, nil, err
+	}
+	return s, model.FromObjects(objs), nil
+}
+
+func writeAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// MarshalCluster renders every object as multi-document YAML, in a stable order.
+func MarshalCluster(c *model.Cluster) ([]byte, error) {
+	var buf bytes.Buffer
+	add := func(apiVersion, kind string, obj any, tm *metav1.TypeMeta) error {
+		tm.APIVersion, tm.Kind = apiVersion, kind
+		b, err := yaml.Marshal(obj)
+		if err != nil {
+			return err
+		}
+		buf.WriteString("---\n")
+		buf.Write(b)
+		return nil
+	}
+	var err error
+	for _, k := range model.SortedKeys(c.Namespaces) {
+		o := c.Namespaces[k]
+		err = firstErr(err, add("v1", model.KindNamespace, o, &o.TypeMeta))
+	}
+	for _, k := range model.SortedKeys(c.Nodes) {
+		o := c.Nodes[k]
+		err = firstErr(err, add("v1", model.KindNode, o, &o.TypeMeta))
+	}
+	for _, k := range model.SortedKeys(c.Pods) {
+		o := c.Pods[k]
+		err = firstErr(err, add("v1", model.KindPod, o, &o.TypeMeta))
+	}
+	for _, k := range model.SortedKeys(c.Services) {
+		o := c.Services[k]
+		err = firstErr(err, add("v1", model.KindService, o, &o.TypeMeta))
+	}
+	for _, k := range model.SortedKeys(c.EndpointSlices) {
+		o := c.EndpointSlices[k]
+		err = firstErr(err, add("discovery.k8s.io/v1", model.KindEndpointSlice, o, &o.TypeMeta))
+	}
+	for _, k := range model.SortedKeys(c.NetworkPolicies) {
+		o := c.NetworkPolicies[k]
+		err = firstErr(err, add("networking.k8s.io/v1", model.KindNetworkPolicy, o, &o.TypeMeta))
+	}
+	for _, k := range model.SortedKeys(c.ANPs) {
+		o := c.ANPs[k]
+		err = firstErr(err, add("policy.networking.k8s.io/v1alpha1", model.KindANP, o, &o.TypeMeta))
+	}
+	for _, k := range model.SortedKeys(c.BANPs) {
+		o := c.BANPs[k]
+		err = firstErr(err, add("policy.networking.k8s.io/v1alpha1", model.KindBANP, o, &o.TypeMeta))
+	}
+	return buf.Bytes(), err
+}
+
+func firstErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
