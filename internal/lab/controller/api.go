@@ -1,0 +1,429 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+// Requests and answers of the lab daemon's API (JSON over a unix socket in the state dir).
+type (
+	ApplyRequest struct {
+		YAML string `json:"yaml"`
+	}
+	DeleteRequest struct {
+		YAML        string `json:"yaml,omitempty"`
+		Kind        string `json:"kind,omitempty"`
+		Ref         string `json:"ref,omitempty"`
+		AllPolicies bool   `json:"allPolicies,omitempty"`
+	}
+	LabelRequest struct {
+		Kind   string            `json:"kind"` // pod or namespace
+		Name   string            `json:"name"` // ns/pod or ns
+		Set    map[string]string `json:"set,omitempty"`
+		Remove []string          `json:"remove,omitempty"`
+	}
+	ExecRequest struct {
+		Pod  string   `json:"pod"`
+		Argv []string `json:"argv"`
+	}
+	apiError struct {
+		Error string `json:"error"`
+	}
+)
+
+// Socket returns the path of a lab's API socket.
+func Socket(name string) string { return filepath.Join(Dir(name), "api.sock") }
+
+// Handler serves the API; down is called (once the answer is sent) when a client asks the lab
+// to go down.
+func (l *Lab) Handler(down func()) http.Handler {
+	mux := http.NewServeMux()
+	handle := func(path string, fn func(ctx context.Context, body []byte) (any, error)) {
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			body, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			out, err := fn(r.Context(), body)
+			w.Header().Set("Content-Type", "application/json")
+			if err != nil {
+				w.WriteHeader(http.StatusBadRequest)
+				_ = json.NewEncoder(w).Encode(apiError{Error: err.Error()})
+				return
+			}
+			_ = json.NewEncoder(w).Encode(out)
+		})
+	}
+	handle("/healthz", func(context.Context, []byte) (any, error) { return "ok", nil })
+	handle("/apply", func(ctx context.Context, b []byte) (any, error) {
+		var req ApplyRequest
+		if err := json.Unmarshal(b, &req); err != nil {
+			return nil, err
+		}
+		return "applied", l.Apply(ctx, req.YAML)
+	})
+	handle("/delete", func(ctx context.Context, b []byte) (any, error) {
+		var req DeleteRequest
+		if err := json.Unmarshal(b, &req); err != nil {
+			return nil, err
+		}
+		return "deleted", l.Delete(ctx, req)
+	})
+	handle("/label", func(ctx context.Context, b []byte) (any, error) {
+		var req LabelRequest
+		if err := json.Unmarshal(b, &req); err != nil {
+			return nil, err
+		}
+		return "labelled", l.Label(ctx, req)
+	})
+	handle("/get", func(_ context.Context, b []byte) (any, error) {
+		var what string
+		if err := json.Unmarshal(b, &what); err != nil {
+			return nil, err
+		}
+		return l.Get(what)
+	})
+	handle("/probe", func(ctx context.Context, b []byte) (any, error) {
+		var req ProbeRequest
+		if err := json.Unmarshal(b, &req); err != nil {
+			return nil, err
+		}
+		return l.Probe(ctx, req)
+	})
+	handle("/exec", func(ctx context.Context, b []byte) (any, error) {
+		var req ExecRequest
+		if err := json.Unmarshal(b, &req); err != nil {
+			return nil, err
+		}
+		ns, name, err := splitKey(req.Pod)
+		if err != nil {
+			return nil, err
+		}
+		out, err := l.fabric.Exec(ctx, ns, name, req.Argv)
+		return string(out), err
+	})
+	handle("/down", func(context.Context, []byte) (any, error) {
+		go func() { time.Sleep(50 * time.Millisecond); down() }()
+		return "going down", nil
+	})
+	return mux
+}
+
+// Apply creates or updates objects. Pods and Services that exist keep their node and addresses
+// unless the manifest sets them.
+func (l *Lab) Apply(ctx context.Context, y string) error {
+	objs, err := model.Decode(strings.NewReader(y), "apply", model.DecodeOptions{})
+	if err != nil {
+		return err
+	}
+	return l.Change(ctx, func(c *model.Cluster) error {
+		for _, o := range objs {
+			carryOver(c, o)
+			c.Apply(o)
+		}
+		return nil
+	})
+}
+
+// carryOver keeps what the lab assigned to an object that a manifest updates.
+func carryOver(c *model.Cluster, o model.Object) {
+	switch o.Kind {
+	case model.KindPod:
+		old, ok := c.Pods[o.Ref()]
+		if !ok {
+			return
+		}
+		pod := o.Obj.(*corev1.Pod)
+		if pod.Spec.NodeName == "" {
+			pod.Spec.NodeName = old.Spec.NodeName
+		}
+		if pod.Status.PodIP == "" {
+			pod.Status = old.Status
+		}
+	case model.KindService:
+		old, ok := c.Services[o.Ref()]
+		if !ok {
+			return
+		}
+		if svc := o.Obj.(*corev1.Service); svc.Spec.ClusterIP == "" {
+			svc.Spec.ClusterIP, svc.Spec.ClusterIPs = old.Spec.ClusterIP, old.Spec.ClusterIPs
+		}
+	}
+}
+
+// Delete removes objects named by manifests, by kind and name, or every policy.
+func (l *Lab) Delete(ctx context.Context, req DeleteRequest) error {
+	var targets [][2]string
+	if req.YAML != "" {
+		objs, err := model.Decode(strings.NewReader(req.YAML), "delete", model.DecodeOptions{AllowUnknownFields: true})
+		if err != nil {
+			return err
+		}
+		for _, o := range objs {
+			targets = append(targets, [2]string{o.Kind, o.Ref()})
+		}
+	}
+	if req.Kind != "" {
+		kind, ok := model.IsKind(req.Kind)
+		if !ok {
+			return fmt.Errorf("unsupported kind %q", req.Kind)
+		}
+		targets = append(targets, [2]string{kind, req.Ref})
+	}
+	return l.Change(ctx, func(c *model.Cluster) error {
+		if req.AllPolicies {
+			for _, k := range model.SortedKeys(c.NetworkPolicies) {
+				targets = append(targets, [2]string{model.KindNetworkPolicy, k})
+			}
+			for _, k := range model.SortedKeys(c.ANPs) {
+				targets = append(targets, [2]string{model.KindANP, k})
+			}
+			for _, k := range model.SortedKeys(c.BANPs) {
+				targets = append(targets, [2]string{model.KindBANP, k})
+			}
+		}
+		if len(targets) == 0 {
+			return fmt.Errorf("nothing to delete: give -f, KIND NS/NAME or --all-policies")
+		}
+		var errs []error
+		for _, t := range targets {
+			if err := c.Delete(t[0], t[1]); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// Label sets and removes labels on a pod or namespace.
+func (l *Lab) Label(ctx context.Context, req LabelRequest) error {
+	return l.Change(ctx, func(c *model.Cluster) error {
+		var labels *map[string]string
+		switch strings.ToLower(req.Kind) {
+		case "pod", "pods", "po":
+			p, ok := c.Pods[req.Name]
+			if !ok {
+				return fmt.Errorf("no pod %s", req.Name)
+			}
+			labels = &p.Labels
+		case "namespace", "namespaces", "ns":
+			n, ok := c.Namespaces[req.Name]
+			if !ok {
+				return fmt.Errorf("no namespace %s", req.Name)
+			}
+			labels = &n.Labels
+			for _, k := range req.Remove {
+				if k == model.NamespaceNameLabel {
+					return fmt.Errorf("label %s is set by the API server and cannot be removed", k)
+				}
+			}
+		default:
+			return fmt.Errorf("label: kind %q must be pod or namespace", req.Kind)
+		}
+		if *labels == nil {
+			*labels = map[string]string{}
+		}
+		for k, v := range req.Set {
+			(*labels)[k] = v
+		}
+		for _, k := range req.Remove {
+			delete(*labels, k)
+		}
+		// Validate as the API server would.
+		_, err := model.Decode(strings.NewReader(labelCheckDoc(*labels)), "label", model.DecodeOptions{})
+		return err
+	})
+}
+
+func labelCheckDoc(labels map[string]string) string {
+	b, _ := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "label-check", "labels": labels}})
+	return string(b)
+}
+
+// Get lists pods, services, nodes or policies.
+func (l *Lab) Get(what string) (any, error) {
+	c, rs := l.Snapshot()
+	if rs == nil {
+		return nil, fmt.Errorf("lab is not up")
+	}
+	switch strings.ToLower(what) {
+	case "pods", "pod", "po":
+		return podsView(c, rs), nil
+	case "services", "service", "svc":
+		return servicesView(rs), nil
+	case "nodes", "node", "no":
+		nodes := nodesView(c, rs)
+		for i := range nodes {
+			nodes[i].Netns = l.fabric.NodeNetns(nodes[i].Name)
+		}
+		return nodes, nil
+	case "policies", "policy", "netpol":
+		return policiesView(c), nil
+	}
+	return nil, fmt.Errorf("get: want pods, services, nodes or policies, not %q", what)
+}
+
+// PodView is one pod as `lab get pods -o json` shows it.
+type PodView struct {
+	Namespace   string            `json:"namespace"`
+	Name        string            `json:"name"`
+	Node        string            `json:"node"`
+	IP          string            `json:"ip"`
+	HostNetwork bool              `json:"hostNetwork,omitempty"`
+	Labels      map[string]string `json:"labels"`
+	Ports       []TopoPort        `json:"ports"`
+}
+
+func podsView(c *model.Cluster, rs *ir.Ruleset) []PodView {
+	var out []PodView
+	for _, p := range rs.Pods {
+		v := PodView{Namespace: p.Namespace, Name: p.Name, Node: p.Node, HostNetwork: p.HostNetwork, Labels: c.Pods[p.Key()].Labels, Ports: []TopoPort{}}
+		if len(p.IPs) > 0 {
+			v.IP = p.IP().String()
+		}
+		if v.Labels == nil {
+			v.Labels = map[string]string{}
+		}
+		for _, cp := range p.Ports {
+			v.Ports = append(v.Ports, TopoPort{Name: cp.Name, Port: cp.Port, Protocol: cp.Protocol.String()})
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// ServiceView is one Service port as `lab get services` shows it.
+type ServiceView struct {
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	ClusterIP string   `json:"clusterIP"`
+	Port      uint16   `json:"port"`
+	Protocol  string   `json:"protocol"`
+	Backends  []string `json:"backends"`
+}
+
+func servicesView(rs *ir.Ruleset) []ServiceView {
+	out := []ServiceView{}
+	for _, s := range rs.Services {
+		for _, sp := range s.Ports {
+			v := ServiceView{Namespace: s.Namespace, Name: s.Name, Port: sp.Port, Protocol: sp.Protocol.String(), Backends: []string{}}
+			if len(s.ClusterIPs) > 0 {
+				v.ClusterIP = s.ClusterIPs[0].String()
+			}
+			for _, b := range sp.Backends {
+				v.Backends = append(v.Backends, fmt.Sprintf("%s:%d", b.IP, b.Port))
+			}
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// NodeView is one node.
+type NodeView struct {
+	Name    string            `json:"name"`
+	IP      string            `json:"ip"`
+	PodCIDR string            `json:"podCIDR"`
+	Labels  map[string]string `json:"labels"`
+	Netns   string            `json:"netns"`
+}
+
+func nodesView(c *model.Cluster, rs *ir.Ruleset) []NodeView {
+	var out []NodeView
+	for _, n := range rs.Nodes {
+		v := NodeView{Name: n.Name, Labels: c.Nodes[n.Name].Labels}
+		if len(n.IPs) > 0 {
+			v.IP = n.IPs[0].String()
+		}
+		if len(n.PodCIDRs) > 0 {
+			v.PodCIDR = n.PodCIDRs[0].String()
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// PolicyView is one policy object.
+type PolicyView struct {
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name"`
+	Priority  *int32 `json:"priority,omitempty"`
+}
+
+func policiesView(c *model.Cluster) []PolicyView {
+	out := []PolicyView{}
+	for _, k := range model.SortedKeys(c.ANPs) {
+		p := c.ANPs[k].Spec.Priority
+		out = append(out, PolicyView{Kind: model.KindANP, Name: k, Priority: &p})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return *out[i].Priority < *out[j].Priority })
+	for _, k := range model.SortedKeys(c.NetworkPolicies) {
+		np := c.NetworkPolicies[k]
+		out = append(out, PolicyView{Kind: model.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name})
+	}
+	for _, k := range model.SortedKeys(c.BANPs) {
+		out = append(out, PolicyView{Kind: model.KindBANP, Name: k})
+	}
+	return out
+}
+
+// Client talks to a lab daemon.
+type Client struct {
+	name string
+	http *http.Client
+}
+
+// NewClient returns a client for the named lab.
+func NewClient(name string) *Client {
+	sock := Socket(name)
+	return &Client{name: name, http: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}}
+}
+
+// Call posts req to path and decodes the answer into out.
+func (c *Client) Call(ctx context.Context, path string, req, out any) error {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://lab"+path, strings.NewReader(string(b)))
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(hreq)
+	if err != nil {
+		return fmt.Errorf("lab %q is not running (no answer on %s): %w", c.name, Socket(c.name), err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e apiError
+		if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+			return fmt.Errorf("lab %q: %s", c.name, resp.Status)
+		}
+		return errors.New(e.Error)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}

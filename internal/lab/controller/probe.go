@@ -1,0 +1,134 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/policy"
+)
+
+// ProbeRequest selects probes: empty fields mean "all".
+type ProbeRequest struct {
+	From     string        `json:"from,omitempty"` // ns/pod
+	To       string        `json:"to,omitempty"`   // ns/pod
+	Port     uint16        `json:"port,omitempty"`
+	Protocol string        `json:"protocol,omitempty"`
+	Via      string        `json:"via,omitempty"` // service (default) or pod
+	Timeout  time.Duration `json:"timeout,omitempty"`
+}
+
+// Probe is one probe's outcome, in the JSON users and tests read.
+type Probe struct {
+	From      string  `json:"from"`
+	To        string  `json:"to"`
+	Port      uint16  `json:"port"`
+	Protocol  string  `json:"protocol"`
+	Via       string  `json:"via"`
+	Target    string  `json:"target"`
+	Connected bool    `json:"connected"`
+	Ms        float64 `json:"ms"`
+	Error     string  `json:"error,omitempty"`
+}
+
+// Probe runs the selected probes: every ordered pair of distinct pods (host-network pods
+// included) on every port the destination declares, narrowed by the request's filters.
+func (l *Lab) Probe(ctx context.Context, req ProbeRequest) ([]Probe, error) {
+	_, rs := l.Snapshot()
+	if rs == nil {
+		return nil, fmt.Errorf("lab is not up")
+	}
+	if req.Via == "" {
+		req.Via = "service"
+	}
+	if req.Via != "service" && req.Via != "pod" {
+		return nil, fmt.Errorf("--via must be service or pod, not %q", req.Via)
+	}
+	if req.Timeout <= 0 {
+		req.Timeout = time.Second
+	}
+	var proto ir.Protocol
+	if req.Protocol != "" {
+		p, err := ir.ParseProtocol(req.Protocol)
+		if err != nil {
+			return nil, err
+		}
+		proto = p
+	}
+	pods := sortedPods(rs)
+	for _, k := range []string{req.From, req.To} {
+		if k != "" && rs.PodByKey(k) == nil {
+			return nil, fmt.Errorf("no pod %s in the lab", k)
+		}
+	}
+	var out []Probe
+	var specs []ProbeSpec
+	for _, from := range pods {
+		if req.From != "" && from.Key() != req.From {
+			continue
+		}
+		for _, to := range pods {
+			if from == to || (req.To != "" && to.Key() != req.To) {
+				continue
+			}
+			ports := policy.DeclaredPorts(to)
+			if req.Port != 0 {
+				pp := policy.PortProto{Port: req.Port, Protocol: proto}
+				if proto == 0 {
+					pp.Protocol = ir.TCP
+				}
+				ports = []policy.PortProto{pp}
+			}
+			for _, pp := range ports {
+				if proto != 0 && pp.Protocol != proto {
+					continue
+				}
+				p := Probe{From: from.Key(), To: to.Key(), Port: pp.Port, Protocol: pp.Protocol.String(), Via: req.Via}
+				dst := netip.AddrPortFrom(to.IP(), pp.Port)
+				if req.Via == "service" {
+					if svc, ok := serviceTarget(rs, to, pp.Port, pp.Protocol); ok {
+						dst = svc
+					} else {
+						p.Via = "pod" // no Service reaches exactly this pod and port
+					}
+				}
+				p.Target = dst.String()
+				out = append(out, p)
+				specs = append(specs, ProbeSpec{FromNamespace: from.Namespace, FromName: from.Name, Dst: dst, Protocol: p.Protocol, Timeout: req.Timeout})
+			}
+		}
+	}
+	results := l.fabric.Probe(ctx, specs)
+	for i := range out {
+		out[i].Connected, out[i].Ms, out[i].Error = results[i].Connected, results[i].Ms, results[i].Err
+	}
+	return out, nil
+}
+
+// CompareProbes returns a line for each probe in want whose outcome differs from got (or that
+// got lacks). Probes are matched on from, to, port and protocol.
+func CompareProbes(got, want []Probe) []string {
+	type key struct {
+		from, to string
+		port     uint16
+		proto    string
+	}
+	have := map[key]Probe{}
+	for _, p := range got {
+		have[key{p.From, p.To, p.Port, strings.ToUpper(p.Protocol)}] = p
+	}
+	var diffs []string
+	for _, w := range want {
+		g, ok := have[key{w.From, w.To, w.Port, strings.ToUpper(w.Protocol)}]
+		switch {
+		case !ok:
+			diffs = append(diffs, fmt.Sprintf("%s -> %s %d/%s: not probed", w.From, w.To, w.Port, w.Protocol))
+		case g.Connected != w.Connected:
+			diffs = append(diffs, fmt.Sprintf("%s -> %s %d/%s via %s (%s): connected=%v, expected %v", w.From, w.To, w.Port, w.Protocol, g.Via, g.Target, g.Connected, w.Connected))
+		}
+	}
+	return diffs
+}
