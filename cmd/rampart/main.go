@@ -33,6 +33,6 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newPolicyCmd(), newExplainCmd())
+	root.AddCommand(newPolicyCmd(), newExplainCmd(), newLabCmd())
 	return root
 }
