@@ -1,0 +1,111 @@
+package fabric
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+const netnsDir = "/run/netns"
+
+func run(argv ...string) error {
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// addNetns creates a named network namespace (as `ip netns add` does) with loopback up and
+// forwarding-friendly sysctls.
+func addNetns(name string, forward bool) error {
+	if err := run("ip", "netns", "add", name); err != nil {
+		return err
+	}
+	args := []string{"ip", "netns", "exec", name, "sysctl", "-q", "-w",
+		"net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"}
+	if forward {
+		args = append(args, "net.ipv4.ip_forward=1")
+	}
+	if err := run(args...); err != nil {
+		return err
+	}
+	h, err := handle(name)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	return h.LinkSetUp(lo)
+}
+
+func delNetns(name string) error {
+	if _, err := os.Stat(netnsDir + "/" + name); os.IsNotExist(err) {
+		return nil
+	}
+	return run("ip", "netns", "del", name)
+}
+
+// listNetns returns the named namespaces starting with prefix.
+func listNetns(prefix string) ([]string, error) {
+	entries, err := os.ReadDir(netnsDir)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// handle returns a netlink handle working inside the named namespace.
+func handle(name string) (*netlink.Handle, error) {
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", name, err)
+	}
+	defer ns.Close()
+	return netlink.NewHandleAt(ns)
+}
+
+// inNetns runs fn on an OS thread switched into the named namespace. Sockets fn creates belong
+// to that namespace for their whole life and may be used from any goroutine afterwards. If the
+// thread cannot be switched back, it is left locked so the runtime discards it.
+func inNetns(name string, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(name)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("open netns %s: %w", name, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err == nil {
+		runtime.UnlockOSThread()
+	}
+	return ferr
+}

@@ -1,0 +1,164 @@
+package fabric
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/rampart-sec/rampart/internal/lab/controller"
+)
+
+// maxParallel bounds concurrent probes (each holds an OS thread inside a namespace).
+const maxParallel = 256
+
+// Probe runs probes in parallel from their pods' namespaces.
+func (f *Fabric) Probe(ctx context.Context, specs []controller.ProbeSpec) []controller.ProbeResult {
+	f.mu.Lock()
+	nsOf := map[string]string{}
+	for k, p := range f.pods {
+		nsOf[k] = p.netns
+	}
+	f.mu.Unlock()
+	out := make([]controller.ProbeResult, len(specs))
+	sem := make(chan struct{}, maxParallel)
+	var wg sync.WaitGroup
+	for i, s := range specs {
+		ns, ok := nsOf[s.FromNamespace+"/"+s.FromName]
+		if !ok {
+			out[i] = controller.ProbeResult{Err: "no such pod in the lab"}
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int, s controller.ProbeSpec, ns string) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out[i] = probe(ctx, ns, s.Dst, s.Protocol, s.Timeout)
+		}(i, s, ns)
+	}
+	wg.Wait()
+	return out
+}
+
+// probe makes one connection attempt from namespace ns; it counts as connected only when the
+// server answered.
+func probe(ctx context.Context, ns string, dst netip.AddrPort, proto string, timeout time.Duration) controller.ProbeResult {
+	start := time.Now()
+	var ok bool
+	var perr error
+	err := inNetns(ns, func() error {
+		switch proto {
+		case "TCP":
+			ok, perr = probeTCP(ctx, dst, timeout)
+		case "UDP":
+			ok, perr = probeUDP(dst, timeout)
+		case "SCTP":
+			ok, perr = probeSCTP(dst, timeout)
+		default:
+			perr = fmt.Errorf("unsupported protocol %q", proto)
+		}
+		return nil
+	})
+	r := controller.ProbeResult{Connected: ok, Ms: float64(time.Since(start).Microseconds()) / 1000}
+	if err = errors.Join(err, perr); err != nil {
+		r.Err = err.Error()
+	}
+	return r
+}
+
+func probeTCP(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (bool, error) {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp4", dst.String())
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+		return false, fmt.Errorf("connected but no answer: %w", err)
+	}
+	return true, nil
+}
+
+func probeUDP(dst netip.AddrPort, timeout time.Duration) (bool, error) {
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	deadline := time.Now().Add(timeout)
+	_ = c.SetDeadline(deadline)
+	buf := make([]byte, 512)
+	// Resend a few times within the timeout: the first datagram can be lost while ARP resolves.
+	for time.Now().Before(deadline) {
+		if _, err := c.Write([]byte("probe")); err != nil {
+			return false, err
+		}
+		_ = c.SetReadDeadline(minTime(deadline, time.Now().Add(timeout/3)))
+		if _, err := c.Read(buf); err == nil {
+			return true, nil
+		} else if !isTimeout(err) {
+			return false, err
+		}
+	}
+	return false, fmt.Errorf("no answer within %s", timeout)
+}
+
+func probeSCTP(dst netip.AddrPort, timeout time.Duration) (bool, error) {
+	c, err := net.ListenIP("ip4:132", nil)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	src := uint16(32768 + rand.Intn(28000))
+	tag := rand.Uint32() | 1
+	to := &net.IPAddr{IP: dst.Addr().AsSlice()}
+	deadline := time.Now().Add(timeout)
+	buf := make([]byte, 2048)
+	for attempt := 0; time.Now().Before(deadline); attempt++ {
+		if attempt < 3 {
+			if _, err := c.WriteTo(encodeInit(src, dst.Port(), tag, tag), to); err != nil {
+				return false, err
+			}
+		}
+		_ = c.SetReadDeadline(minTime(deadline, time.Now().Add(timeout/3)))
+		for {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				if isTimeout(err) {
+					break
+				}
+				return false, err
+			}
+			p, err := decodeSCTP(buf[:n])
+			if err != nil || p.SrcPort != dst.Port() || p.DstPort != src || p.VTag != tag {
+				continue
+			}
+			switch p.ChunkType {
+			case chunkInitAck:
+				return true, nil
+			case chunkAbort:
+				return false, errors.New("ABORT: port not served")
+			}
+		}
+	}
+	return false, fmt.Errorf("no INIT-ACK within %s", timeout)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}

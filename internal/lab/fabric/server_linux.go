@@ -1,0 +1,143 @@
+package fabric
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"net"
+	"sync"
+
+	"github.com/rampart-sec/rampart/internal/lab/controller"
+)
+
+// servers holds one pod's listeners. Sockets are opened inside the pod's namespace and then
+// served by ordinary goroutines: a socket keeps the namespace it was created in.
+type servers struct {
+	closers []io.Closer
+	wg      sync.WaitGroup
+}
+
+// startServers listens on every declared port: TCP answers each connection with the pod's
+// name, UDP answers each datagram with it, and SCTP is answered on a raw socket.
+func startServers(nsName, who string, ports []controller.TopoPort) (*servers, error) {
+	s := &servers{}
+	sctpPorts := map[uint16]bool{}
+	seen := map[controller.TopoPort]bool{}
+	err := inNetns(nsName, func() error {
+		for _, p := range ports {
+			// A pod may declare one port under several names; serve it once.
+			if k := (controller.TopoPort{Port: p.Port, Protocol: p.Protocol}); seen[k] {
+				continue
+			} else {
+				seen[k] = true
+			}
+			switch p.Protocol {
+			case "TCP":
+				l, err := net.Listen("tcp4", fmt.Sprintf(":%d", p.Port))
+				if err != nil {
+					return err
+				}
+				s.closers = append(s.closers, l)
+				s.wg.Add(1)
+				go s.serveTCP(l, who)
+			case "UDP":
+				c, err := net.ListenPacket("udp4", fmt.Sprintf(":%d", p.Port))
+				if err != nil {
+					return err
+				}
+				s.closers = append(s.closers, c)
+				s.wg.Add(1)
+				go s.serveUDP(c, who)
+			case "SCTP":
+				sctpPorts[p.Port] = true
+			}
+		}
+		if len(sctpPorts) == 0 {
+			return nil
+		}
+		c, err := net.ListenIP("ip4:132", nil)
+		if err != nil {
+			return fmt.Errorf("raw SCTP socket: %w", err)
+		}
+		s.closers = append(s.closers, c)
+		s.wg.Add(1)
+		go s.serveSCTP(c, sctpPorts)
+		return nil
+	})
+	if err != nil {
+		s.close()
+		return nil, fmt.Errorf("serve ports of %s: %w", who, err)
+	}
+	return s, nil
+}
+
+func (s *servers) close() {
+	if s == nil {
+		return
+	}
+	for _, c := range s.closers {
+		_ = c.Close()
+	}
+	s.wg.Wait()
+}
+
+func (s *servers) serveTCP(l net.Listener, who string) {
+	defer s.wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		go func() {
+			defer c.Close()
+			_, _ = c.Write([]byte(who + "\n"))
+		}()
+	}
+}
+
+func (s *servers) serveUDP(c net.PacketConn, who string) {
+	defer s.wg.Done()
+	buf := make([]byte, 2048)
+	for {
+		_, from, err := c.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		_, _ = c.WriteTo([]byte(who+"\n"), from)
+	}
+}
+
+// serveSCTP answers INITs: INIT-ACK for a served port, ABORT otherwise. Every raw SCTP socket
+// in the namespace sees every SCTP packet (probes running from this pod have their own), so
+// everything but INIT is ignored here.
+func (s *servers) serveSCTP(c *net.IPConn, ports map[uint16]bool) {
+	defer s.wg.Done()
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		p, err := decodeSCTP(buf[:n])
+		if err != nil || p.ChunkType != chunkInit || p.VTag != 0 {
+			continue
+		}
+		var reply []byte
+		if ports[p.DstPort] {
+			reply = encodeInitAck(p.DstPort, p.SrcPort, p.InitiateTag, rand.Uint32()|1)
+		} else {
+			reply = encodeAbort(p.DstPort, p.SrcPort, p.InitiateTag)
+		}
+		_, _ = c.WriteTo(reply, from)
+	}
+}
