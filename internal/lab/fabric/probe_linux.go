@@ -162,3 +162,21 @@ func minTime(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// DialTCP opens a TCP connection from a pod's namespace; tests use it to hold a connection
+// open across policy changes.
+func (f *Fabric) DialTCP(ctx context.Context, ns, name string, dst netip.AddrPort) (net.Conn, error) {
+	f.mu.Lock()
+	p, ok := f.pods[ns+"/"+name]
+	f.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("no pod %s/%s", ns, name)
+	}
+	var c net.Conn
+	err := inNetns(p.netns, func() error {
+		var err error
+		c, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "tcp4", dst.String())
+		return err
+	})
+	return c, err
+}

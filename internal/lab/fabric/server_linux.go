@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 )
@@ -16,6 +17,8 @@ import (
 type servers struct {
 	closers []io.Closer
 	wg      sync.WaitGroup
+	mu      sync.Mutex
+	conns   map[net.Conn]bool // open TCP connections, closed with the servers so the namespace can go
 }
 
 // startServers listens on every declared port: TCP answers each connection with the pod's
@@ -80,6 +83,11 @@ func (s *servers) close() {
 		_ = c.Close()
 	}
 	s.wg.Wait()
+	s.mu.Lock()
+	for c := range s.conns {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
 }
 
 func (s *servers) serveTCP(l net.Listener, who string) {
@@ -92,9 +100,26 @@ func (s *servers) serveTCP(l net.Listener, who string) {
 			}
 			continue
 		}
+		s.mu.Lock()
+		if s.conns == nil {
+			s.conns = map[net.Conn]bool{}
+		}
+		s.conns[c] = true
+		s.mu.Unlock()
 		go func() {
+			defer func() {
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+			}()
+			// Greet with the pod's name, then echo until the client closes (or goes quiet for
+			// ten minutes), so tests can hold a connection open across policy changes.
 			defer c.Close()
-			_, _ = c.Write([]byte(who + "\n"))
+			if _, err := c.Write([]byte(who + "\n")); err != nil {
+				return
+			}
+			_ = c.SetDeadline(time.Now().Add(10 * time.Minute))
+			_, _ = io.Copy(c, c)
 		}()
 	}
 }

@@ -1,0 +1,187 @@
+package fabric_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math/rand"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rampart-sec/rampart/internal/lab/controller"
+	"github.com/rampart-sec/rampart/internal/lab/fabric"
+	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/netnstest"
+	"github.com/rampart-sec/rampart/internal/policy"
+	"github.com/rampart-sec/rampart/internal/randpolicy"
+)
+
+// clusterYAML is the upstream e2e model (x/y/z × a/b/c, ports 80 and 81 on TCP, UDP and SCTP)
+// with one Service per pod, as the e2e suite creates.
+func clusterYAML() string {
+	var b strings.Builder
+	b.WriteString(randpolicy.Cluster())
+	for _, ns := range randpolicy.Namespaces {
+		for _, p := range randpolicy.PodNames {
+			var ports []string
+			for _, port := range randpolicy.Ports {
+				for _, proto := range []string{"TCP", "UDP", "SCTP"} {
+					ports = append(ports, fmt.Sprintf("{name: p%d-%s, port: %d, protocol: %s}", port, strings.ToLower(proto), port, proto))
+				}
+			}
+			fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Service\nmetadata: {name: s-%s-%s, namespace: %s}\nspec:\n  selector: {pod: %s}\n  ports: [%s]\n", ns, p, ns, p, strings.Join(ports, ", "))
+		}
+	}
+	return b.String()
+}
+
+type testLab struct {
+	*controller.Lab
+	fabric *fabric.Fabric
+}
+
+// newLab brings up a lab with a unique name and tears it down when the test ends, checking
+// that no namespace of it is left.
+func newLab(t *testing.T, nodes int, dataplane, manifests string) testLab {
+	t.Helper()
+	netnstest.RequireRoot(t, "ip", "iptables-restore", "ipset")
+	controller.StateRoot = t.TempDir()
+	name := fmt.Sprintf("t%d-%d", os.Getpid()%100000, rand.Intn(1000))
+	objs, err := model.Decode(strings.NewReader(manifests), "test", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := fabric.New(name)
+	l := controller.New(controller.Settings{Name: name, Nodes: nodes, Dataplane: dataplane}, model.FromObjects(objs), f)
+	t.Cleanup(func() {
+		if err := l.Teardown(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+		out, _ := runCmd("ip", "netns", "list")
+		if strings.Contains(out, fabric.Prefix(name)) {
+			t.Errorf("namespaces left behind:\n%s", out)
+		}
+	})
+	if err := l.Reconcile(context.Background()); err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	return testLab{l, f}
+}
+
+func TestLabWithoutPolicyEverythingConnects(t *testing.T) {
+	for _, nodes := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d-nodes", nodes), func(t *testing.T) {
+			l := newLab(t, nodes, "iptables", clusterYAML())
+			for _, via := range []string{"service", "pod"} {
+				probes, err := l.Probe(context.Background(), controller.ProbeRequest{Via: via, Timeout: 2 * time.Second})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(probes) != 9*8*6 {
+					t.Fatalf("%d probes, want %d", len(probes), 9*8*6)
+				}
+				for _, p := range probes {
+					if !p.Connected || p.Via != via {
+						t.Errorf("via %s: %s -> %s %d/%s (%s, via %s): not connected: %s", via, p.From, p.To, p.Port, p.Protocol, p.Target, p.Via, p.Error)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestLabRandomPoliciesMatchEvaluator: for random policy sets, what the kernel lets through
+// (iptables dataplane, 2 nodes) equals the reference evaluator's matrix, probe for probe.
+func TestLabRandomPoliciesMatchEvaluator(t *testing.T) {
+	l := newLab(t, 2, "iptables", clusterYAML())
+	ctx := context.Background()
+	for seed := int64(1); seed <= 8; seed++ {
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+		if err := l.Delete(ctx, controller.DeleteRequest{AllPolicies: true}); err != nil && !strings.Contains(err.Error(), "nothing to delete") {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(y) != "" {
+			if err := l.Apply(ctx, y); err != nil {
+				t.Fatalf("seed %d: apply: %v", seed, err)
+			}
+		}
+		_, rs := l.Snapshot()
+		want := map[string]bool{}
+		for _, cell := range policy.New(rs).Matrix(nil) {
+			want[fmt.Sprintf("%s>%s:%d/%s", cell.From, cell.To, cell.Port, cell.Protocol)] = cell.Allowed
+		}
+		probes, err := l.Probe(ctx, controller.ProbeRequest{Via: "service", Timeout: 700 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wrong []string
+		for _, p := range probes {
+			k := fmt.Sprintf("%s>%s:%d/%s", p.From, p.To, p.Port, p.Protocol)
+			if want[k] != p.Connected {
+				wrong = append(wrong, fmt.Sprintf("%s via %s: kernel connected=%v, evaluator allowed=%v", k, p.Target, p.Connected, want[k]))
+			}
+		}
+		if len(wrong) > 0 {
+			if len(wrong) > 10 {
+				wrong = wrong[:10]
+			}
+			t.Fatalf("seed %d: %d disagreements:\n%s\npolicies:\n%s", seed, len(wrong), strings.Join(wrong, "\n"), y)
+		}
+	}
+}
+
+// TestLabEstablishedConnections: an update that does not concern a connection leaves it
+// working; an update that denies it breaks it.
+func TestLabEstablishedConnections(t *testing.T) {
+	l := newLab(t, 2, "iptables", clusterYAML())
+	ctx := context.Background()
+	dst := netip.MustParseAddrPort(randpolicy.PodIP("y", "b") + ":80")
+	conn, err := l.fabric.DialTCP(ctx, "x", "a", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	roundTrip := func(msg string) error {
+		_ = conn.SetDeadline(time.Now().Add(time.Second))
+		if _, err := conn.Write([]byte(msg + "\n")); err != nil {
+			return err
+		}
+		got, err := r.ReadString('\n')
+		if err == nil && got != msg+"\n" {
+			err = fmt.Errorf("echo %q, want %q", got, msg)
+		}
+		return err
+	}
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip("before"); err != nil {
+		t.Fatal(err)
+	}
+	unrelated := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: unrelated, namespace: z}
+spec: {podSelector: {}, ingress: []}`
+	if err := l.Apply(ctx, unrelated); err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip("after-unrelated"); err != nil {
+		t.Fatalf("connection broken by an unrelated policy: %v", err)
+	}
+	deny := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-from-x, namespace: y}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]`
+	if err := l.Apply(ctx, deny); err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip("after-deny"); err == nil {
+		t.Fatal("connection still works after policy denied it")
+	}
+}
