@@ -1,22 +1,53 @@
 #!/usr/bin/env bash
-# The demo: the example application's reachability before and after its policies, and why one
-# flow is denied.
+# The demo: the example application in a lab of network namespaces, its reachability as the
+# kernel enforces it before and after its policies, why one flow is denied, then teardown.
 set -euo pipefail
 BIN=${1:-bin/rampart}
 cd "$(dirname "$0")/.."
+LAB=demo
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+cleanup() { "$BIN" lab down --name "$LAB" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+cleanup
 
-bold "The example cluster (examples/cluster): 5 namespaces, 7 pods, no policy yet"
-"$BIN" policy validate -f examples/cluster
-bold "Reachability without policy: everything is open"
-"$BIN" policy matrix -f examples/cluster --ports 8080/TCP,5432/TCP
+if [ "$(id -u)" -ne 0 ]; then
+  echo "The lab needs root (it creates network namespaces). Showing the evaluator's view instead."
+  "$BIN" policy matrix -f examples --ports 8080/TCP,5432/TCP,53/UDP
+  "$BIN" explain -f examples --from frontend/web-0 --to db/postgres-0 --port 5432
+  exit 0
+fi
 
-bold "Policies (examples/policies): default deny, DNS, the request path, admin guard rails"
-"$BIN" policy validate -f examples/policies
-bold "Reachability with policy"
-"$BIN" policy matrix -f examples --ports 8080/TCP,5432/TCP,53/UDP
+probe() {
+  for p in "8080 TCP" "5432 TCP" "53 UDP"; do
+    set -- $p
+    "$BIN" lab probe --name "$LAB" --port "$1" --protocol "$2" --timeout 700ms -o matrix
+    echo
+  done
+}
 
-bold "Why can't the frontend talk to the database directly?"
+bold "A lab of 2 nodes from examples/cluster: 5 namespaces, 7 pods serving their ports, 4 Services"
+"$BIN" lab up --name "$LAB" --nodes 2 --dataplane iptables -f examples/cluster
+"$BIN" lab get pods --name "$LAB"
+
+bold "Reachability the kernel enforces before any policy: everything is open"
+probe
+
+bold "Applying examples/policies: default deny, DNS, the request path, admin guard rails"
+"$BIN" lab apply --name "$LAB" -f examples/policies
+"$BIN" lab get policies --name "$LAB"
+
+bold "Reachability the kernel enforces now (probes through the kernel, not a simulation)"
+probe
+
+bold "Why can't the frontend reach the database directly?"
 "$BIN" explain -f examples --from frontend/web-0 --to db/postgres-0 --port 5432
-bold "Why can the api reach the database?"
-"$BIN" explain -f examples --from backend/api-0 --to db/postgres-0 --port 5432
+
+bold "Does the kernel agree with the evaluator on every pod, port and protocol?"
+"$BIN" policy matrix -f examples -o json > /tmp/rampart-demo-expect.json
+sed -i 's/"allowed"/"connected"/' /tmp/rampart-demo-expect.json
+"$BIN" lab probe --name "$LAB" --via pod --timeout 700ms --expect /tmp/rampart-demo-expect.json -o json > /dev/null
+
+bold "Tearing the lab down"
+"$BIN" lab down --name "$LAB"
+trap - EXIT
+echo "done: no namespace, link or rule of the lab is left"

@@ -21,6 +21,7 @@ import (
 
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/policy"
 )
 
 func newLabCmd() *cobra.Command {
@@ -136,8 +137,8 @@ func newLabProbeCmd(client func() *controller.Client) *cobra.Command {
 		Short: "Try connections between pods and report which the kernel let through",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "table" && output != "json" {
-				return fmt.Errorf("--output must be table or json, not %q", output)
+			if output != "table" && output != "json" && output != "matrix" {
+				return fmt.Errorf("--output must be table, matrix or json, not %q", output)
 			}
 			var want []controller.Probe
 			if expect != "" {
@@ -154,12 +155,21 @@ func newLabProbeCmd(client func() *controller.Client) *cobra.Command {
 			if err := client().Call(cmd.Context(), "/probe", req, &got); err != nil {
 				return err
 			}
-			if output == "json" {
+			switch output {
+			case "json":
 				b, _ := json.Marshal(got)
 				if err := writeIndented(cmd.OutOrStdout(), b); err != nil {
 					return err
 				}
-			} else {
+			case "matrix":
+				cells := make([]policy.Cell, len(got))
+				for i, p := range got {
+					cells[i] = policy.Cell{From: p.From, To: p.To, Port: p.Port, Protocol: p.Protocol, Allowed: p.Connected}
+				}
+				if err := policy.WriteTable(cmd.OutOrStdout(), cells); err != nil {
+					return err
+				}
+			default:
 				writeProbeTable(cmd.OutOrStdout(), got)
 			}
 			if expect != "" {
@@ -181,7 +191,7 @@ func newLabProbeCmd(client func() *controller.Client) *cobra.Command {
 	cmd.Flags().StringVar(&req.Via, "via", "service", "service (the destination's ClusterIP) or pod (its IP)")
 	cmd.Flags().DurationVar(&timeout, "timeout", time.Second, "how long a probe waits for an answer")
 	cmd.Flags().StringVar(&expect, "expect", "", "JSON file of expected probes (same format as -o json); exit non-zero on any difference")
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table (one line per probe), matrix (a truth table per port) or json")
 	return cmd
 }
 

@@ -74,18 +74,8 @@ func (l *Lab) Probe(ctx context.Context, req ProbeRequest) ([]Probe, error) {
 			if from == to || (req.To != "" && to.Key() != req.To) {
 				continue
 			}
-			ports := policy.DeclaredPorts(to)
-			if req.Port != 0 {
-				pp := policy.PortProto{Port: req.Port, Protocol: proto}
-				if proto == 0 {
-					pp.Protocol = ir.TCP
-				}
-				ports = []policy.PortProto{pp}
-			}
+			ports := selectPorts(to, req.Port, proto, req.To != "")
 			for _, pp := range ports {
-				if proto != 0 && pp.Protocol != proto {
-					continue
-				}
 				p := Probe{From: from.Key(), To: to.Key(), Port: pp.Port, Protocol: pp.Protocol.String(), Via: req.Via}
 				dst := netip.AddrPortFrom(to.IP(), pp.Port)
 				if req.Via == "service" {
@@ -106,6 +96,25 @@ func (l *Lab) Probe(ctx context.Context, req ProbeRequest) ([]Probe, error) {
 		out[i].Connected, out[i].Ms, out[i].Error = results[i].Connected, results[i].Ms, results[i].Err
 	}
 	return out, nil
+}
+
+// selectPorts returns the destination's declared ports narrowed to port and proto (0: any).
+// A port the destination does not declare is probed only when the destination was named
+// explicitly (proto defaulting to TCP): a matrix over every pod skips pods without it.
+func selectPorts(to *ir.Pod, port uint16, proto ir.Protocol, explicit bool) []policy.PortProto {
+	var out []policy.PortProto
+	for _, pp := range policy.DeclaredPorts(to) {
+		if (port == 0 || pp.Port == port) && (proto == 0 || pp.Protocol == proto) {
+			out = append(out, pp)
+		}
+	}
+	if len(out) == 0 && port != 0 && explicit {
+		if proto == 0 {
+			proto = ir.TCP
+		}
+		out = []policy.PortProto{{Port: port, Protocol: proto}}
+	}
+	return out
 }
 
 // CompareProbes returns a line for each probe in want whose outcome differs from got (or that
