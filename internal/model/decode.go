@@ -142,7 +142,7 @@ func decodeDocument(raw []byte, file string, doc int, opts DecodeOptions) ([]Obj
 	if len(bytes.TrimSpace(stripComments(raw))) == 0 {
 		return nil, nil
 	}
-	js, err := yamlToJSON(raw)
+	js, err := YAMLToJSON(raw)
 	if err != nil {
 		return nil, Errors{{File: file, Doc: doc, Msg: "malformed YAML: " + err.Error()}}
 	}

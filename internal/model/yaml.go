@@ -7,11 +7,11 @@ import (
 	yaml3 "go.yaml.in/yaml/v3"
 )
 
-// yamlToJSON converts one YAML document to JSON with YAML 1.2 rules, where only true and false
+// YAMLToJSON converts one YAML document to JSON with YAML 1.2 rules, where only true and false
 // are booleans. The YAML 1.1 rules of sigs.k8s.io/yaml read y, n, yes, no, on and off as
 // booleans, which breaks namespaces named "y" or "n" (the upstream e2e suite's x, y, z).
 // Duplicate keys are errors.
-func yamlToJSON(raw []byte) ([]byte, error) {
+func YAMLToJSON(raw []byte) ([]byte, error) {
 	var v any
 	if err := yaml3.Unmarshal(raw, &v); err != nil {
 		return nil, err

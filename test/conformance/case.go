@@ -4,13 +4,15 @@
 package conformance
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 
-	"sigs.k8s.io/yaml"
+	"github.com/rampart-sec/rampart/internal/model"
 )
 
 // Case is one upstream test, as a sequence of steps over a base cluster.
@@ -90,7 +92,13 @@ func Load(dir string) ([]Case, error) {
 			return nil, err
 		}
 		var c Case
-		if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		js, err := model.YAMLToJSON(b) // YAML 1.2: namespaces named y and n stay strings
+		if err != nil {
+			return nil, fmt.Errorf("case %s: %w", p, err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(js))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c); err != nil {
 			return nil, fmt.Errorf("case %s: %w", p, err)
 		}
 		if c.Name == "" || c.Base == "" || len(c.Steps) == 0 {

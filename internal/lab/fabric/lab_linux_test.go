@@ -6,15 +6,12 @@ import (
 	"fmt"
 	"math/rand"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rampart-sec/rampart/internal/lab/controller"
-	"github.com/rampart-sec/rampart/internal/lab/fabric"
-	"github.com/rampart-sec/rampart/internal/model"
-	"github.com/rampart-sec/rampart/internal/netnstest"
+	"github.com/rampart-sec/rampart/internal/lab/labtest"
 	"github.com/rampart-sec/rampart/internal/policy"
 	"github.com/rampart-sec/rampart/internal/randpolicy"
 )
@@ -38,37 +35,8 @@ func clusterYAML() string {
 	return b.String()
 }
 
-type testLab struct {
-	*controller.Lab
-	fabric *fabric.Fabric
-}
-
-// newLab brings up a lab with a unique name and tears it down when the test ends, checking
-// that no namespace of it is left.
-func newLab(t *testing.T, nodes int, dataplane, manifests string) testLab {
-	t.Helper()
-	netnstest.RequireRoot(t, "ip", "iptables-restore", "ipset")
-	controller.StateRoot = t.TempDir()
-	name := fmt.Sprintf("t%d-%d", os.Getpid()%100000, rand.Intn(1000))
-	objs, err := model.Decode(strings.NewReader(manifests), "test", model.DecodeOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := fabric.New(name)
-	l := controller.New(controller.Settings{Name: name, Nodes: nodes, Dataplane: dataplane}, model.FromObjects(objs), f)
-	t.Cleanup(func() {
-		if err := l.Teardown(); err != nil {
-			t.Errorf("teardown: %v", err)
-		}
-		out, _ := runCmd("ip", "netns", "list")
-		if strings.Contains(out, fabric.Prefix(name)) {
-			t.Errorf("namespaces left behind:\n%s", out)
-		}
-	})
-	if err := l.Reconcile(context.Background()); err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	return testLab{l, f}
+func newLab(t *testing.T, nodes int, dataplane, manifests string) labtest.Lab {
+	return labtest.New(t, nodes, dataplane, manifests)
 }
 
 func TestLabWithoutPolicyEverythingConnects(t *testing.T) {
@@ -139,7 +107,7 @@ func TestLabEstablishedConnections(t *testing.T) {
 	l := newLab(t, 2, "iptables", clusterYAML())
 	ctx := context.Background()
 	dst := netip.MustParseAddrPort(randpolicy.PodIP("y", "b") + ":80")
-	conn, err := l.fabric.DialTCP(ctx, "x", "a", dst)
+	conn, err := l.Fabric.DialTCP(ctx, "x", "a", dst)
 	if err != nil {
 		t.Fatal(err)
 	}

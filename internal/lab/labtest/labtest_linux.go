@@ -1,0 +1,52 @@
+// Package labtest brings up throwaway labs for privileged tests: a unique name, the full stack
+// (controller, fabric, dataplane) in the test process, and a teardown in t.Cleanup that also
+// checks no namespace of the lab is left.
+package labtest
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/rampart-sec/rampart/internal/lab/controller"
+	"github.com/rampart-sec/rampart/internal/lab/fabric"
+	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/netnstest"
+)
+
+// Lab is a running test lab.
+type Lab struct {
+	*controller.Lab
+	Fabric *fabric.Fabric
+}
+
+// New brings up a lab of nodes nodes with the given dataplane from manifests.
+func New(t testing.TB, nodes int, dataplane, manifests string) Lab {
+	t.Helper()
+	netnstest.RequireRoot(t, "ip", "iptables-restore", "ipset")
+	controller.StateRoot = t.TempDir()
+	name := fmt.Sprintf("t%d-%d", os.Getpid()%100000, rand.Intn(100000))
+	objs, err := model.Decode(strings.NewReader(manifests), "test", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := fabric.New(name)
+	l := controller.New(controller.Settings{Name: name, Nodes: nodes, Dataplane: dataplane}, model.FromObjects(objs), f)
+	t.Cleanup(func() {
+		if err := l.Teardown(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+		out, _ := exec.Command("ip", "netns", "list").CombinedOutput()
+		if strings.Contains(string(out), fabric.Prefix(name)) {
+			t.Errorf("namespaces left behind:\n%s", out)
+		}
+	})
+	if err := l.Reconcile(context.Background()); err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	return Lab{l, f}
+}
