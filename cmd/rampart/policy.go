@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -24,7 +25,8 @@ func (f *inputFlags) register(cmd *cobra.Command) {
 }
 
 func (f *inputFlags) load(stdin io.Reader) ([]model.Object, error) {
-	return model.Load(f.files, model.LoadOptions{Stdin: stdin, DecodeOptions: model.DecodeOptions{AllowUnknownFields: f.allowUnknown}})
+	warn := func(msg string) { fmt.Fprintln(os.Stderr, "warning:", msg) }
+	return model.Load(f.files, model.LoadOptions{Stdin: stdin, DecodeOptions: model.DecodeOptions{AllowUnknownFields: f.allowUnknown, Warn: warn}})
 }
 
 func (f *inputFlags) evaluator(stdin io.Reader) (*policy.Evaluator, error) {

@@ -110,6 +110,10 @@ func metaOf(obj any) *metav1.ObjectMeta {
 type DecodeOptions struct {
 	// AllowUnknownFields turns off strict decoding (unknown and duplicate fields are errors by default).
 	AllowUnknownFields bool
+	// Warn, when set, receives a message for each well-formed object of a kind rampart does not
+	// model (a Deployment, a ConfigMap ...), which is then skipped. Without it such objects are
+	// errors.
+	Warn func(msg string)
 }
 
 // Decode reads a stream of YAML documents (or one JSON document, or a List) and returns the
@@ -200,6 +204,10 @@ func decodeJSON(js []byte, file string, doc int, opts DecodeOptions) ([]Object, 
 	}
 	info, ok := kinds[tm.Kind]
 	if !ok {
+		if opts.Warn != nil && tm.APIVersion != "" && tm.Metadata.Name != "" {
+			opts.Warn(fmt.Sprintf("%s (document %d): skipping %s %s %s: rampart does not model this kind", file, doc, tm.APIVersion, tm.Kind, ref))
+			return nil, nil
+		}
 		return nil, fail("kind", fmt.Sprintf("unsupported kind %q (supported: Namespace, Node, Pod, Service, EndpointSlice, NetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy)", tm.Kind))
 	}
 	if tm.APIVersion != info.apiVersion {

@@ -121,6 +121,21 @@ func TestValidObjects(t *testing.T) {
 	}
 }
 
+func TestUnknownKindsWarnWhenAsked(t *testing.T) {
+	var warnings []string
+	objs, err := Decode(strings.NewReader("apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: s, namespace: x}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n"),
+		"in.yaml", DecodeOptions{Warn: func(m string) { warnings = append(warnings, m) }})
+	if err != nil || len(objs) != 1 {
+		t.Fatalf("objects %d, err %v", len(objs), err)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "StatefulSet x/s") {
+		t.Errorf("warnings %v", warnings)
+	}
+	if _, err := Decode(strings.NewReader("kind: Mystery\nmetadata: {name: m}\n"), "in.yaml", DecodeOptions{Warn: func(string) {}}); err == nil {
+		t.Error("a document without apiVersion was skipped instead of rejected")
+	}
+}
+
 func TestDefaults(t *testing.T) {
 	objs, err := decodeString(`apiVersion: v1
 kind: Namespace
