@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -110,9 +111,31 @@ func checkProbes(t *testing.T, ctx context.Context, l labtest.Lab, si int, s Ste
 		if err != nil {
 			t.Fatalf("step %d: %v", si, err)
 		}
-		got, err := l.Probe(ctx, controller.ProbeRequest{Port: uint16(ps.Port), Protocol: ps.Protocol, Via: "service", Timeout: 600 * time.Millisecond})
-		if err != nil {
-			t.Fatalf("step %d: probe: %v", si, err)
+		var got []controller.Probe
+		if ps.Default != nil { // a whole truth table: probe every pair at once
+			got, err = l.Probe(ctx, controller.ProbeRequest{Port: uint16(ps.Port), Protocol: ps.Protocol, Via: "service", Timeout: 600 * time.Millisecond})
+			if err != nil {
+				t.Fatalf("step %d: probe: %v", si, err)
+			}
+		}
+		if ps.Default == nil { // single connections: probe just those, in parallel
+			results := make([][]controller.Probe, len(ps.Expect))
+			errs := make([]error, len(ps.Expect))
+			var wg sync.WaitGroup
+			for i, e := range ps.Expect {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					results[i], errs[i] = l.Probe(ctx, controller.ProbeRequest{From: e.From, To: e.To, Port: uint16(ps.Port), Protocol: ps.Protocol, Via: "service", Timeout: 600 * time.Millisecond})
+				}()
+			}
+			wg.Wait()
+			for i := range results {
+				if errs[i] != nil {
+					t.Fatalf("step %d: probe: %v", si, errs[i])
+				}
+				got = append(got, results[i]...)
+			}
 		}
 		have := map[Pair]controller.Probe{}
 		for _, p := range got {
