@@ -5,7 +5,7 @@ BIN := bin/rampart
 # Debian packages the lab, the dataplanes and the tests use.
 APT_PACKAGES := iproute2 iptables ipset conntrack clang llvm libbpf-dev
 
-.PHONY: all build deps demo test test-unit test-privileged vet fmt-check fuzz clean
+.PHONY: all build deps demo test vet fmt-check fuzz bench clean
 
 all: build
 
@@ -30,6 +30,11 @@ fmt-check:
 # before and compared after: the run fails if anything in it changed.
 test: deps build vet fmt-check
 	@scripts/test.sh "$(GO)"
+
+# Benchmarks (root: they build network namespaces). Results land in bench/results/.
+bench: deps build
+	RAMPART_BENCH=1 $(GO) test ./bench/ -run 'TestScale' -v -count=1 -timeout 15m
+	$(GO) test ./bench/ -run XXX -bench . -benchtime 20x
 
 fuzz:
 	$(GO) test ./internal/model -run XXX -fuzz FuzzDecode -fuzztime 30s

@@ -46,15 +46,11 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 //  5. on failure the sets are swapped back and the previous tables restored; on success the
 //     old members and unreferenced sets are destroyed, and missing jump rules are added.
 func (d *Dataplane) Apply(ctx context.Context, spec *Spec) error {
-	existingSets, err := d.listSets(ctx)
+	// What exists: known from the last successful apply, read from the kernel otherwise
+	// (first sync, restart, or after a failure).
+	existingSets, existingChains, err := d.existing(ctx)
 	if err != nil {
 		return err
-	}
-	existingChains := map[string][]string{}
-	for _, t := range []string{"filter", "nat"} {
-		if existingChains[t], err = d.listChains(ctx, t); err != nil {
-			return err
-		}
 	}
 
 	// 1. Stage set contents.
@@ -81,14 +77,14 @@ func (d *Dataplane) Apply(ctx context.Context, spec *Spec) error {
 		}
 	}
 
-	// 2. Check the new chains before changing anything.
-	inputs := map[string]string{}
+	// 2. Check the new chains of both tables before changing anything.
+	var input strings.Builder
 	for _, t := range []string{"filter", "nat"} {
-		inputs[t] = d.restoreInput(spec, t, existingChains[t])
-		if _, err := d.run.Run(ctx, inputs[t], "iptables-restore", "--noflush", "--test"); err != nil {
-			d.destroyStaged(ctx, swaps)
-			return fmt.Errorf("check %s rules: %w", t, err)
-		}
+		input.WriteString(d.restoreInput(spec, t, existingChains[t]))
+	}
+	if _, err := d.run.Run(ctx, input.String(), "iptables-restore", "--noflush", "--test"); err != nil {
+		d.destroyStaged(ctx, swaps)
+		return fmt.Errorf("check rules: %w", err)
 	}
 
 	// 3. Swap in new set members.
@@ -98,34 +94,69 @@ func (d *Dataplane) Apply(ctx context.Context, spec *Spec) error {
 		return fmt.Errorf("swap ipsets: %w", err)
 	}
 
-	// 4. Replace chains.
-	var done []string
-	for _, t := range []string{"filter", "nat"} {
-		if _, err := d.run.Run(ctx, inputs[t], "iptables-restore", "--noflush"); err != nil {
-			err = fmt.Errorf("apply %s rules: %w", t, err)
-			return errors.Join(err, d.rollback(ctx, swaps, done))
-		}
-		done = append(done, t)
+	// 4. Replace chains: one transaction per table, in one restore run.
+	if _, err := d.run.Run(ctx, input.String(), "iptables-restore", "--noflush"); err != nil {
+		err = fmt.Errorf("apply rules: %w", err)
+		return errors.Join(err, d.rollback(ctx, swaps, []string{"filter", "nat"}))
 	}
+	first := d.applied == nil
 	d.applied = spec
 
-	// 5. Hook in, then clean up what nothing references any more.
-	if err := d.ensureJumps(ctx, spec); err != nil {
-		return err
+	// 5. Hook in (once; the jumps are never removed while running), then clean up what
+	// nothing references any more.
+	if first {
+		if err := d.ensureJumps(ctx, spec); err != nil {
+			d.applied = nil
+			return err
+		}
 	}
-	d.destroyStaged(ctx, swaps)
 	keep := map[string]bool{}
 	for _, s := range spec.Sets {
 		keep[s.Name] = true
 	}
+	var cleanup strings.Builder
+	for _, n := range swaps {
+		fmt.Fprintf(&cleanup, "destroy %s-n\n", n)
+	}
 	for name := range existingSets {
 		if strings.HasPrefix(name, SetPrefix) && !keep[name] && !strings.HasSuffix(name, "-n") {
-			if _, err := d.run.Run(ctx, "", "ipset", "destroy", name); err != nil {
-				return fmt.Errorf("remove unused ipset: %w", err)
-			}
+			fmt.Fprintf(&cleanup, "destroy %s\n", name)
+		}
+	}
+	if cleanup.Len() > 0 {
+		if _, err := d.run.Run(ctx, cleanup.String(), "ipset", "restore"); err != nil {
+			return fmt.Errorf("remove unused ipsets: %w", err)
 		}
 	}
 	return nil
+}
+
+// existing returns the rampart sets and chains in the namespace.
+func (d *Dataplane) existing(ctx context.Context) (map[string]bool, map[string][]string, error) {
+	if d.applied != nil {
+		sets := map[string]bool{}
+		for _, s := range d.applied.Sets {
+			sets[s.Name] = true
+		}
+		chains := map[string][]string{}
+		for t, cs := range d.applied.Tables {
+			for _, c := range cs {
+				chains[t] = append(chains[t], c.Name)
+			}
+		}
+		return sets, chains, nil
+	}
+	sets, err := d.listSets(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	chains := map[string][]string{}
+	for _, t := range []string{"filter", "nat"} {
+		if chains[t], err = d.listChains(ctx, t); err != nil {
+			return nil, nil, err
+		}
+	}
+	return sets, chains, nil
 }
 
 func setUnchanged(prev *Spec, s IPSet) bool {
@@ -172,11 +203,19 @@ func (d *Dataplane) restoreInput(spec *Spec, table string, existing []string) st
 }
 
 func (d *Dataplane) swap(ctx context.Context, names []string) error {
-	for i, n := range names {
-		if _, err := d.run.Run(ctx, "", "ipset", "swap", n+"-n", n); err != nil {
-			_ = d.swap(ctx, names[:i]) // swap back what was swapped
-			return err
+	if len(names) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "swap %s-n %s\n", n, n)
+	}
+	// ipset restore stops at the first failing line; swap back whatever went through.
+	if _, err := d.run.Run(ctx, b.String(), "ipset", "restore"); err != nil {
+		for _, n := range names {
+			_, _ = d.run.Run(ctx, "", "ipset", "swap", n+"-n", n)
 		}
+		return err
 	}
 	return nil
 }
@@ -194,6 +233,8 @@ func (d *Dataplane) rollback(ctx context.Context, swaps, tables []string) error 
 				errs = append(errs, fmt.Errorf("roll back %s rules: %w", t, err))
 			}
 		}
+	} else {
+		errs = append(errs, fmt.Errorf("no previous rules to roll back to"))
 	}
 	d.destroyStaged(ctx, swaps)
 	if len(errs) > 0 {
@@ -203,8 +244,12 @@ func (d *Dataplane) rollback(ctx context.Context, swaps, tables []string) error 
 }
 
 func (d *Dataplane) destroyStaged(ctx context.Context, names []string) {
+	var b strings.Builder
 	for _, n := range names {
-		_, _ = d.run.Run(ctx, "", "ipset", "destroy", n+"-n")
+		fmt.Fprintf(&b, "destroy %s-n\n", n)
+	}
+	if b.Len() > 0 {
+		_, _ = d.run.Run(ctx, b.String(), "ipset", "restore")
 	}
 }
 

@@ -13,15 +13,16 @@ type Runner interface {
 	Run(ctx context.Context, stdin string, name string, args ...string) (string, error)
 }
 
-// NetnsRunner runs commands inside a named network namespace (ip netns exec), or in the
-// current one when Netns is empty (the agent on a real node).
+// NetnsRunner runs commands inside a named network namespace, or in the current one when
+// Netns is empty (the agent on a real node). It uses nsenter, which only switches the network
+// namespace; `ip netns exec` also remounts /sys, which costs more than the command itself.
 type NetnsRunner struct{ Netns string }
 
 // Run executes the command and returns its stdout; a failure carries stderr.
 func (n NetnsRunner) Run(ctx context.Context, stdin, name string, args ...string) (string, error) {
 	argv := append([]string{name}, args...)
 	if n.Netns != "" {
-		argv = append([]string{"ip", "netns", "exec", n.Netns}, argv...)
+		argv = append([]string{"nsenter", "--net=/run/netns/" + n.Netns, "--"}, argv...)
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var out, errb bytes.Buffer

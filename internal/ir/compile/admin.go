@@ -60,7 +60,7 @@ func (k *compiler) adminPolicy(tier ir.TierKind, name string, prio int32, subj a
 		if err != nil {
 			return nil, fmt.Errorf("spec.subject.pods.namespaceSelector: %w", err)
 		}
-		s, err := selector(&subj.Pods.PodSelector)
+		s, err := k.selector(&subj.Pods.PodSelector)
 		if err != nil {
 			return nil, fmt.Errorf("spec.subject.pods.podSelector: %w", err)
 		}
@@ -134,27 +134,27 @@ func (k *compiler) adminPeer(p anpv1alpha1.AdminNetworkPolicyEgressPeer) (ir.Pee
 		if err != nil {
 			return ir.Peer{}, fmt.Errorf("namespaces: %w", err)
 		}
-		desc := "all pods in namespaces matching " + describeSelector(p.Namespaces)
-		return ir.Peer{Set: k.podSet("pods|nssel="+describeSelector(p.Namespaces), k.policyPods(m, nil), desc), Desc: desc}, nil
+		desc := "all pods in namespaces matching " + k.describeSelector(p.Namespaces)
+		return ir.Peer{Set: k.podSet("pods|nssel="+k.describeSelector(p.Namespaces), func() []ir.PodID { return k.policyPods(m, nil) }, desc), Desc: desc}, nil
 	case p.Pods != nil:
 		m, err := k.nsSelector(&p.Pods.NamespaceSelector)
 		if err != nil {
 			return ir.Peer{}, fmt.Errorf("pods.namespaceSelector: %w", err)
 		}
-		s, err := selector(&p.Pods.PodSelector)
+		s, err := k.selector(&p.Pods.PodSelector)
 		if err != nil {
 			return ir.Peer{}, fmt.Errorf("pods.podSelector: %w", err)
 		}
-		desc := "pods matching " + describeSelector(&p.Pods.PodSelector) + " in namespaces matching " + describeSelector(&p.Pods.NamespaceSelector)
-		return ir.Peer{Set: k.podSet("pods|nssel="+describeSelector(&p.Pods.NamespaceSelector)+"|podsel="+describeSelector(&p.Pods.PodSelector), k.policyPods(m, s), desc), Desc: desc}, nil
+		desc := "pods matching " + k.describeSelector(&p.Pods.PodSelector) + " in namespaces matching " + k.describeSelector(&p.Pods.NamespaceSelector)
+		return ir.Peer{Set: k.podSet("pods|nssel="+k.describeSelector(&p.Pods.NamespaceSelector)+"|podsel="+k.describeSelector(&p.Pods.PodSelector), func() []ir.PodID { return k.policyPods(m, s) }, desc), Desc: desc}, nil
 	case p.Nodes != nil:
-		s, err := selector(p.Nodes)
+		s, err := k.selector(p.Nodes)
 		if err != nil {
 			return ir.Peer{}, fmt.Errorf("nodes: %w", err)
 		}
 		ips, names := k.matchingNodes(s)
-		def := "nodes|sel=" + describeSelector(p.Nodes)
-		desc := "nodes matching " + describeSelector(p.Nodes)
+		def := "nodes|sel=" + k.describeSelector(p.Nodes)
+		desc := "nodes matching " + k.describeSelector(p.Nodes)
 		if len(names) > 0 {
 			desc += " (" + strings.Join(names, ", ") + ")"
 		}

@@ -30,18 +30,32 @@ type compiler struct {
 	setKey  map[string]ir.SetID
 	portKey map[string]ir.SetID
 	tiers   [2][3]ir.Tier // per direction, indexed by TierKind
+	// nsPods lists each namespace's pods that policy can select (not host-network), in ID
+	// order, so selectors scan one namespace instead of the whole cluster.
+	nsPods map[string][]ir.PodID
+	nsList []string // namespaces with pods, sorted
+	// sels memoizes selector conversions: converting and formatting a LabelSelector costs
+	// more than matching it, and policies share selectors by pointer within one cluster.
+	sels map[*metav1.LabelSelector]selEntry
+}
+
+type selEntry struct {
+	sel  labels.Selector
+	desc string
+	err  error
 }
 
 // Compile resolves the cluster. The model is already validated, so selectors parse; an error
 // here means an inconsistency between objects.
 func Compile(c *model.Cluster) (*ir.Ruleset, error) {
 	k := &compiler{c: c, rs: &ir.Ruleset{}, nsLabel: map[string]labels.Set{}, nodeLbl: map[string]labels.Set{},
-		setKey: map[string]ir.SetID{}, portKey: map[string]ir.SetID{}}
+		setKey: map[string]ir.SetID{}, portKey: map[string]ir.SetID{}, sels: map[*metav1.LabelSelector]selEntry{}}
 	for name, ns := range c.Namespaces {
 		k.nsLabel[name] = labels.Set(ns.Labels)
 	}
 	k.nodes()
 	k.pods()
+	k.indexPods()
 	if err := k.networkPolicies(); err != nil {
 		return nil, err
 	}
@@ -120,28 +134,68 @@ func (k *compiler) pods() {
 	}
 }
 
-func selector(s *metav1.LabelSelector) (labels.Selector, error) {
-	return metav1.LabelSelectorAsSelector(s)
+func (k *compiler) indexPods() {
+	k.nsPods = map[string][]ir.PodID{}
+	for _, p := range k.rs.Pods {
+		if !p.HostNetwork {
+			k.nsPods[p.Namespace] = append(k.nsPods[p.Namespace], p.ID)
+		}
+	}
+	k.nsList = model.SortedKeys(k.nsPods)
 }
+
+func (k *compiler) lookup(s *metav1.LabelSelector) selEntry {
+	if e, ok := k.sels[s]; ok {
+		return e
+	}
+	var e selEntry
+	e.sel, e.err = metav1.LabelSelectorAsSelector(s)
+	switch {
+	case s == nil:
+		e.desc = "<none>"
+	case e.err == nil && e.sel.Empty():
+		e.desc = "all"
+	case e.err == nil:
+		e.desc = e.sel.String()
+	}
+	k.sels[s] = e
+	return e
+}
+
+func (k *compiler) selector(s *metav1.LabelSelector) (labels.Selector, error) {
+	e := k.lookup(s)
+	return e.sel, e.err
+}
+
+// describeSelector renders a selector canonically ("all" when it selects everything); it
+// identifies selections (set definitions) as well as describing them.
+func (k *compiler) describeSelector(s *metav1.LabelSelector) string { return k.lookup(s).desc }
 
 // policyPods returns the pods (never host-network ones: they are not subject to, nor selected
 // as, pod policy peers) accepted by nsMatch and podSel.
 func (k *compiler) policyPods(nsMatch func(ns string) bool, podSel labels.Selector) []ir.PodID {
 	var ids []ir.PodID
-	for i := range k.rs.Pods {
-		p := &k.rs.Pods[i]
-		if p.HostNetwork || !nsMatch(p.Namespace) {
+	for _, ns := range k.nsList {
+		if !nsMatch(ns) {
 			continue
 		}
-		if podSel == nil || podSel.Matches(k.podLbl[i]) {
-			ids = append(ids, p.ID)
+		for _, id := range k.nsPods[ns] {
+			if podSel == nil || podSel.Matches(k.podLbl[id]) {
+				ids = append(ids, id)
+			}
 		}
 	}
+	slices.Sort(ids)
 	return ids
 }
 
+// podsIn returns the policy-selectable pods of one namespace matching podSel.
+func (k *compiler) podsIn(ns string, podSel labels.Selector) []ir.PodID {
+	return k.policyPods(func(n string) bool { return n == ns }, podSel)
+}
+
 func (k *compiler) nsSelector(s *metav1.LabelSelector) (func(string) bool, error) {
-	sel, err := selector(s)
+	sel, err := k.selector(s)
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +204,11 @@ func (k *compiler) nsSelector(s *metav1.LabelSelector) (func(string) bool, error
 
 // podSet interns an address set of pods. def identifies the selection (not its members), so
 // the set keeps its name while pods come and go: dataplanes then update members in place.
-func (k *compiler) podSet(def string, ids []ir.PodID, desc string) ir.SetID {
+func (k *compiler) podSet(def string, resolve func() []ir.PodID, desc string) ir.SetID {
+	if id, ok := k.setKey[def]; ok {
+		return id // the same selection was resolved already
+	}
+	ids := resolve()
 	var ips []netip.Addr
 	for _, id := range ids {
 		ips = append(ips, k.rs.Pods[id].IPs...)
@@ -213,15 +271,4 @@ func (k *compiler) namedPortSet(name string, proto ir.Protocol) ir.SetID {
 func shortHash(s string) string {
 	h := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(h[:])[:12]
-}
-
-func describeSelector(s *metav1.LabelSelector) string {
-	if s == nil {
-		return "<none>"
-	}
-	str := metav1.FormatLabelSelector(s)
-	if str == "<none>" {
-		return "all"
-	}
-	return str
 }

@@ -19,11 +19,11 @@ func (k *compiler) networkPolicies() error {
 	var tiers [2][]ir.Policy
 	for _, key := range model.SortedKeys(k.c.NetworkPolicies) {
 		np := k.c.NetworkPolicies[key]
-		podSel, err := selector(&np.Spec.PodSelector)
+		podSel, err := k.selector(&np.Spec.PodSelector)
 		if err != nil {
 			return fmt.Errorf("NetworkPolicy %s: spec.podSelector: %w", key, err)
 		}
-		subjects := k.policyPods(func(ns string) bool { return ns == np.Namespace }, podSel)
+		subjects := k.podsIn(np.Namespace, podSel)
 		for _, t := range np.Spec.PolicyTypes {
 			pol := ir.Policy{Tier: ir.TierNetworkPolicy, Namespace: np.Namespace, Name: np.Name, Subjects: subjects}
 			switch t {
@@ -99,22 +99,22 @@ func (k *compiler) npPeer(ns string, p networkingv1.NetworkPolicyPeer) (ir.Peer,
 			return ir.Peer{}, fmt.Errorf("namespaceSelector: %w", err)
 		}
 		nsMatch = m
-		nsDesc = "namespaces matching " + describeSelector(p.NamespaceSelector)
-		def = "pods|nssel=" + describeSelector(p.NamespaceSelector)
+		nsDesc = "namespaces matching " + k.describeSelector(p.NamespaceSelector)
+		def = "pods|nssel=" + k.describeSelector(p.NamespaceSelector)
 	}
 	var podSel labels.Selector
 	podDesc := "all pods"
 	if p.PodSelector != nil {
-		s, err := selector(p.PodSelector)
+		s, err := k.selector(p.PodSelector)
 		if err != nil {
 			return ir.Peer{}, fmt.Errorf("podSelector: %w", err)
 		}
 		podSel = s
-		podDesc = "pods matching " + describeSelector(p.PodSelector)
-		def += "|podsel=" + describeSelector(p.PodSelector)
+		podDesc = "pods matching " + k.describeSelector(p.PodSelector)
+		def += "|podsel=" + k.describeSelector(p.PodSelector)
 	}
 	desc := podDesc + " in " + nsDesc
-	return ir.Peer{Set: k.podSet(def, k.policyPods(nsMatch, podSel), desc), Desc: desc}, nil
+	return ir.Peer{Set: k.podSet(def, func() []ir.PodID { return k.policyPods(nsMatch, podSel) }, desc), Desc: desc}, nil
 }
 
 func (k *compiler) npPorts(ports []networkingv1.NetworkPolicyPort) ir.Ports {
