@@ -78,9 +78,15 @@ func (r *renderer) filter() error {
 			in.Rules = append(in.Rules, rule)
 		}
 		if chain, ok := r.podChain(pod, ir.Ingress); ok {
-			rule := fmt.Sprintf("-o %s -j %s", ifname, chain)
-			fwd.Rules = append(fwd.Rules, rule)
-			out.Rules = append(out.Rules, rule)
+			fwd.Rules = append(fwd.Rules, fmt.Sprintf("-o %s -j %s", ifname, chain))
+			// Locally generated traffic is matched by destination, not output device: when NAT
+			// in OUTPUT re-routes a packet (node -> ClusterIP -> local pod), the filter hook still
+			// sees the device of the route taken before NAT.
+			for _, ip := range pod.IPs {
+				if ip.Is4() {
+					out.Rules = append(out.Rules, fmt.Sprintf("-d %s/32 -j %s", ip, chain))
+				}
+			}
 		}
 	}
 	r.addChain("filter", fwd)

@@ -21,6 +21,10 @@ import (
 func clusterYAML() string {
 	var b strings.Builder
 	b.WriteString(randpolicy.Cluster())
+	// A host-network pod on the second node: not subject to policy, reachable at its node's
+	// address, and a source whose traffic to a local pod is generated in the node itself.
+	b.WriteString("---\napiVersion: v1\nkind: Pod\nmetadata: {name: agent, namespace: z, labels: {pod: agent}}\n" +
+		"spec: {hostNetwork: true, nodeName: node-2, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 81, protocol: UDP}]}]}\n")
 	for _, ns := range randpolicy.Namespaces {
 		for _, p := range randpolicy.PodNames {
 			var ports []string
@@ -48,12 +52,17 @@ func TestLabWithoutPolicyEverythingConnects(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if len(probes) != 9*8*6 {
-					t.Fatalf("%d probes, want %d", len(probes), 9*8*6)
+				// 9 pods probe the 8 others on 6 ports and the agent on 2; the agent probes 9 on 6.
+				if want := 9*8*6 + 9*2 + 9*6; len(probes) != want {
+					t.Fatalf("%d probes, want %d", len(probes), want)
 				}
 				for _, p := range probes {
-					if !p.Connected || p.Via != via {
+					if !p.Connected {
 						t.Errorf("via %s: %s -> %s %d/%s (%s, via %s): not connected: %s", via, p.From, p.To, p.Port, p.Protocol, p.Target, p.Via, p.Error)
+					}
+					// Every pod but the host-network agent has a Service of its own.
+					if wantVia := map[bool]string{true: "pod", false: via}[p.To == "z/agent"]; p.Via != wantVia {
+						t.Errorf("%s -> %s probed via %s, want %s", p.From, p.To, p.Via, wantVia)
 					}
 				}
 			}
