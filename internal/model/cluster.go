@@ -130,32 +130,24 @@ func delIn[T any](m map[string]T, ns string) {
 // Clone returns a deep copy, so a change can be prepared and checked before it replaces the
 // running state.
 func (c *Cluster) Clone() *Cluster {
-	n := NewCluster()
-	for k, v := range c.Namespaces {
-		n.Namespaces[k] = v.DeepCopy()
+	return &Cluster{
+		Namespaces:      cloneMap(c.Namespaces),
+		Nodes:           cloneMap(c.Nodes),
+		Pods:            cloneMap(c.Pods),
+		Services:        cloneMap(c.Services),
+		EndpointSlices:  cloneMap(c.EndpointSlices),
+		NetworkPolicies: cloneMap(c.NetworkPolicies),
+		ANPs:            cloneMap(c.ANPs),
+		BANPs:           cloneMap(c.BANPs),
 	}
-	for k, v := range c.Nodes {
-		n.Nodes[k] = v.DeepCopy()
+}
+
+func cloneMap[T interface{ DeepCopy() T }](m map[string]T) map[string]T {
+	out := make(map[string]T, len(m))
+	for k, v := range m {
+		out[k] = v.DeepCopy()
 	}
-	for k, v := range c.Pods {
-		n.Pods[k] = v.DeepCopy()
-	}
-	for k, v := range c.Services {
-		n.Services[k] = v.DeepCopy()
-	}
-	for k, v := range c.EndpointSlices {
-		n.EndpointSlices[k] = v.DeepCopy()
-	}
-	for k, v := range c.NetworkPolicies {
-		n.NetworkPolicies[k] = v.DeepCopy()
-	}
-	for k, v := range c.ANPs {
-		n.ANPs[k] = v.DeepCopy()
-	}
-	for k, v := range c.BANPs {
-		n.BANPs[k] = v.DeepCopy()
-	}
-	return n
+	return out
 }
 
 // SortedKeys returns a map's keys in order, for deterministic iteration.

@@ -2,12 +2,14 @@ package controller
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/yaml"
 
 	"github.com/rampart-sec/rampart/internal/model"
@@ -89,55 +91,31 @@ func writeAtomic(path string, b []byte) error {
 // MarshalCluster renders every object as multi-document YAML, in a stable order.
 func MarshalCluster(c *model.Cluster) ([]byte, error) {
 	var buf bytes.Buffer
-	add := func(apiVersion, kind string, obj any, tm *metav1.TypeMeta) error {
-		tm.APIVersion, tm.Kind = apiVersion, kind
-		b, err := yaml.Marshal(obj)
-		if err != nil {
-			return err
-		}
-		buf.WriteString("---\n")
-		buf.Write(b)
-		return nil
-	}
-	var err error
-	for _, k := range model.SortedKeys(c.Namespaces) {
-		o := c.Namespaces[k]
-		err = firstErr(err, add("v1", model.KindNamespace, o, &o.TypeMeta))
-	}
-	for _, k := range model.SortedKeys(c.Nodes) {
-		o := c.Nodes[k]
-		err = firstErr(err, add("v1", model.KindNode, o, &o.TypeMeta))
-	}
-	for _, k := range model.SortedKeys(c.Pods) {
-		o := c.Pods[k]
-		err = firstErr(err, add("v1", model.KindPod, o, &o.TypeMeta))
-	}
-	for _, k := range model.SortedKeys(c.Services) {
-		o := c.Services[k]
-		err = firstErr(err, add("v1", model.KindService, o, &o.TypeMeta))
-	}
-	for _, k := range model.SortedKeys(c.EndpointSlices) {
-		o := c.EndpointSlices[k]
-		err = firstErr(err, add("discovery.k8s.io/v1", model.KindEndpointSlice, o, &o.TypeMeta))
-	}
-	for _, k := range model.SortedKeys(c.NetworkPolicies) {
-		o := c.NetworkPolicies[k]
-		err = firstErr(err, add("networking.k8s.io/v1", model.KindNetworkPolicy, o, &o.TypeMeta))
-	}
-	for _, k := range model.SortedKeys(c.ANPs) {
-		o := c.ANPs[k]
-		err = firstErr(err, add("policy.networking.k8s.io/v1alpha1", model.KindANP, o, &o.TypeMeta))
-	}
-	for _, k := range model.SortedKeys(c.BANPs) {
-		o := c.BANPs[k]
-		err = firstErr(err, add("policy.networking.k8s.io/v1alpha1", model.KindBANP, o, &o.TypeMeta))
-	}
+	err := errors.Join(
+		marshalAll(&buf, "v1", model.KindNamespace, c.Namespaces),
+		marshalAll(&buf, "v1", model.KindNode, c.Nodes),
+		marshalAll(&buf, "v1", model.KindPod, c.Pods),
+		marshalAll(&buf, "v1", model.KindService, c.Services),
+		marshalAll(&buf, "discovery.k8s.io/v1", model.KindEndpointSlice, c.EndpointSlices),
+		marshalAll(&buf, "networking.k8s.io/v1", model.KindNetworkPolicy, c.NetworkPolicies),
+		marshalAll(&buf, "policy.networking.k8s.io/v1alpha1", model.KindANP, c.ANPs),
+		marshalAll(&buf, "policy.networking.k8s.io/v1alpha1", model.KindBANP, c.BANPs),
+	)
 	return buf.Bytes(), err
 }
 
-func firstErr(a, b error) error {
-	if a != nil {
-		return a
+// marshalAll appends one kind's objects, setting the apiVersion and kind the typed objects
+// leave empty.
+func marshalAll[T runtime.Object](buf *bytes.Buffer, apiVersion, kind string, m map[string]T) error {
+	for _, k := range model.SortedKeys(m) {
+		o := m[k]
+		o.GetObjectKind().SetGroupVersionKind(schema.FromAPIVersionAndKind(apiVersion, kind))
+		b, err := yaml.Marshal(o)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", kind, k, err)
+		}
+		buf.WriteString("---\n")
+		buf.Write(b)
 	}
-	return b
+	return nil
 }
