@@ -39,7 +39,8 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 
 // Apply installs spec atomically:
 //  1. new content goes into fresh "-n" sets; sets that do not exist yet are created full;
-//  2. iptables-restore --test checks the new chains against the kernel, before anything changes;
+//  2. iptables-restore --test checks the new chains against the kernel, before anything changes
+//     (when the current state was not written by this applier);
 //  3. changed sets are swapped with their "-n" twins (which then hold the old members);
 //  4. changed chains are replaced with iptables-restore --noflush, one transaction per table,
 //     and stale rampart chains are deleted in the same transaction;
@@ -77,14 +78,18 @@ func (d *Dataplane) Apply(ctx context.Context, spec *Spec) error {
 		}
 	}
 
-	// 2. Check the new chains of both tables before changing anything.
+	// 2. When adopting state we did not write (first sync, restart, after a failure), check the
+	// new chains before changing anything. From a known state a failed restore is rolled back
+	// below, so the extra pass (a full ruleset read with the nft backend) is skipped.
 	var input strings.Builder
 	for _, t := range []string{"filter", "nat"} {
 		input.WriteString(d.restoreInput(spec, t, existingChains[t]))
 	}
-	if _, err := d.run.Run(ctx, input.String(), "iptables-restore", "--noflush", "--test"); err != nil {
-		d.destroyStaged(ctx, swaps)
-		return fmt.Errorf("check rules: %w", err)
+	if d.applied == nil {
+		if _, err := d.run.Run(ctx, input.String(), "iptables-restore", "--noflush", "--test"); err != nil {
+			d.destroyStaged(ctx, swaps)
+			return fmt.Errorf("check rules: %w", err)
+		}
 	}
 
 	// 3. Swap in new set members.
