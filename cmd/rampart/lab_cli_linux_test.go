@@ -1,0 +1,113 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/rampart-sec/rampart/internal/netnstest"
+)
+
+// TestLabCLI drives a lab only through the rampart binary, as users and the acceptance checks
+// do: up, probe, apply, probe --expect against `policy matrix`, label, delete, down.
+func TestLabCLI(t *testing.T) {
+	netnstest.RequireRoot(t, "ip", "iptables-restore", "ipset")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "rampart")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	name := fmt.Sprintf("c%d", rand.Intn(1000000))
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(bin, append(args, "--name", name)...).CombinedOutput()
+		return string(out), err
+	}
+	must := func(args ...string) string {
+		t.Helper()
+		out, err := run(args...)
+		if err != nil {
+			t.Fatalf("rampart %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	t.Cleanup(func() {
+		if out, err := run("lab", "down"); err != nil {
+			t.Errorf("lab down: %v\n%s", err, out)
+		}
+		out, _ := exec.Command("ip", "netns", "list").CombinedOutput()
+		if strings.Contains(string(out), "rl-"+name+"-") {
+			t.Errorf("namespaces left after lab down:\n%s", out)
+		}
+	})
+	base := "../../test/conformance/cases/netpol/base.yaml"
+	must("lab", "up", "--nodes", "2", "-f", base)
+
+	var probes []struct {
+		From, To, Protocol, Via string
+		Port                    int
+		Connected               bool
+	}
+	if err := json.Unmarshal([]byte(must("lab", "probe", "-o", "json")), &probes); err != nil {
+		t.Fatal(err)
+	}
+	if len(probes) != 9*8*6 {
+		t.Fatalf("%d probes, want %d", len(probes), 9*8*6)
+	}
+	for _, p := range probes {
+		if !p.Connected || p.Via != "service" {
+			t.Fatalf("without policy: %+v", p)
+		}
+	}
+
+	policy := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policy, []byte(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: x-from-team, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}], ports: [{port: serve-80-tcp}, {port: 81, protocol: UDP}]}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	must("lab", "apply", "-f", policy)
+	must("lab", "label", "namespace", "y", "team=blue")
+
+	// What the evaluator says for the same objects, as a probe expectation file.
+	labeled := filepath.Join(dir, "labeled.yaml")
+	b, _ := os.ReadFile(base)
+	if err := os.WriteFile(labeled, []byte(strings.Replace(string(b), "name: y\n  labels:\n    ns: y", "name: y\n  labels:\n    ns: y\n    team: blue", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "policy", "matrix", "-o", "json", "-f", labeled, "-f", policy).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect := filepath.Join(dir, "expect.json")
+	if err := os.WriteFile(expect, []byte(strings.ReplaceAll(string(out), `"allowed"`, `"connected"`)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run("lab", "probe", "--via", "pod", "--timeout", "700ms", "--expect", expect, "-o", "json"); err != nil {
+		t.Fatalf("kernel disagrees with the evaluator: %v\n%s", err, tail(out))
+	}
+
+	must("lab", "delete", "networkpolicy", "x/x-from-team")
+	if out, err := run("lab", "probe", "--from", "z/a", "--to", "x/a", "--port", "80", "--protocol", "TCP"); err != nil || !strings.Contains(out, "1 of 1 connected") {
+		t.Fatalf("after delete: %v\n%s", err, out)
+	}
+	if out, err := run("lab", "apply", "-f", "/nonexistent.yaml"); err == nil {
+		t.Fatalf("apply of a missing file succeeded:\n%s", out)
+	}
+}
+
+func tail(s string) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > 20 {
+		lines = lines[len(lines)-20:]
+	}
+	return strings.Join(lines, "\n")
+}
