@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN := bin/rampart
-# Debian packages the lab, the dataplanes and the tests use.
-APT_PACKAGES := iproute2 iptables ipset conntrack clang llvm libbpf-dev
+# Debian packages the lab, the iptables dataplane and the tests use (util-linux: nsenter).
+# clang, llvm and libbpf-dev join when the eBPF programs are built (make generate).
+APT_PACKAGES := iproute2 iptables ipset util-linux
 
 .PHONY: all build deps demo test vet fmt-check fuzz bench clean
 
