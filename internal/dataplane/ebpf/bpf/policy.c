@@ -1,0 +1,205 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Policy enforcement on the host side of a pod's veth (docs/ebpf-design.md).
+//   from_pod: TC ingress of the host-side veth; decides the pod's egress.
+//   to_pod:   TC egress of the host-side veth; decides the pod's ingress.
+// A new flow is looked up by remote identity (LPM on the address) and then by (endpoint,
+// identity, protocol, direction, destination port) in an LPM trie whose prefix covers the port;
+// allowed flows are remembered per endpoint so replies and later packets pass.
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+#define EP_SELECTED_INGRESS 1
+#define EP_SELECTED_EGRESS 2
+
+struct endpoint {
+	__u32 id;
+	__u32 ifindex; // 0: not bound to an interface (tests)
+	__u32 flags;   // EP_SELECTED_*: directions some policy selects
+};
+
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 addr; // network order
+};
+
+struct policy_key {
+	__u32 prefixlen; // 80 + port bits
+	__u32 endpoint;
+	__u32 identity;
+	__u8 protocol;
+	__u8 direction;
+	__u16 port; // network order, so its prefix is its high bits
+};
+
+struct policy_value {
+	__u32 allow;
+};
+
+struct ct_key {
+	__u32 endpoint;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u32 protocol;
+};
+
+struct ct_value {
+	__u64 seen_ns;
+};
+
+// Counters read by the observability layer, indexed by enum counter.
+enum counter {
+	C_PASS_NOT_IP,
+	C_PASS_NO_ENDPOINT,
+	C_PASS_NOT_SELECTED,
+	C_PASS_CT,
+	C_ALLOW,
+	C_DROP_POLICY,
+	C_DROP_SPOOF,
+	C_PASS_OTHER_PROTO,
+	C_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32); // pod IPv4 address, network order
+	__type(value, struct endpoint);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache_key);
+	__type(value, __u32);
+} ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 22);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+} policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+} conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 c)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &c);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int decide(struct __sk_buff *skb, int dir)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP)) {
+		count(C_PASS_NOT_IP);
+		return TC_ACT_OK;
+	}
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl < 5) {
+		count(C_PASS_NOT_IP);
+		return TC_ACT_OK;
+	}
+	__u8 proto = ip->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP) {
+		count(C_PASS_OTHER_PROTO);
+		return TC_ACT_OK; // policy speaks of TCP, UDP and SCTP only
+	}
+	// TCP, UDP and SCTP all start with source and destination ports.
+	__u16 *ports = (void *)ip + ip->ihl * 4;
+	if ((void *)(ports + 2) > end)
+		return TC_ACT_SHOT;
+	__u16 sport = ports[0], dport = ports[1];
+
+	__u32 local = dir == DIR_EGRESS ? ip->saddr : ip->daddr;
+	__u32 remote = dir == DIR_EGRESS ? ip->daddr : ip->saddr;
+	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &local);
+	if (!ep) {
+		count(C_PASS_NO_ENDPOINT);
+		return TC_ACT_OK;
+	}
+	if (ep->ifindex && ep->ifindex != skb->ifindex) {
+		count(C_DROP_SPOOF); // a pod sending with another pod's address
+		return TC_ACT_SHOT;
+	}
+	struct ct_key ck = {.endpoint = ep->id, .saddr = ip->saddr, .daddr = ip->daddr, .sport = sport, .dport = dport, .protocol = proto};
+	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &ck);
+	if (!cv) {
+		struct ct_key rk = {.endpoint = ep->id, .saddr = ip->daddr, .daddr = ip->saddr, .sport = dport, .dport = sport, .protocol = proto};
+		cv = bpf_map_lookup_elem(&conntrack, &rk);
+	}
+	if (cv) {
+		cv->seen_ns = bpf_ktime_get_ns();
+		count(C_PASS_CT);
+		return TC_ACT_OK;
+	}
+
+	// Every flow of a local endpoint is tracked, policed or not: its replies come back in the
+	// other direction, which may be policed, and must not be judged as new flows.
+	struct ct_value nv = {.seen_ns = bpf_ktime_get_ns()};
+	__u32 flag = dir == DIR_EGRESS ? EP_SELECTED_EGRESS : EP_SELECTED_INGRESS;
+	if (!(ep->flags & flag)) {
+		bpf_map_update_elem(&conntrack, &ck, &nv, BPF_ANY);
+		count(C_PASS_NOT_SELECTED);
+		return TC_ACT_OK;
+	}
+
+	struct ipcache_key ik = {.prefixlen = 32, .addr = remote};
+	__u32 *identity = bpf_map_lookup_elem(&ipcache, &ik);
+	struct policy_key pk = {
+		.prefixlen = 96,
+		.endpoint = ep->id,
+		.identity = identity ? *identity : 0,
+		.protocol = proto,
+		.direction = dir,
+		.port = dport,
+	};
+	struct policy_value *pv = bpf_map_lookup_elem(&policy, &pk);
+	if (!pv || !pv->allow) {
+		count(C_DROP_POLICY);
+		return TC_ACT_SHOT;
+	}
+	bpf_map_update_elem(&conntrack, &ck, &nv, BPF_ANY);
+	count(C_ALLOW);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int from_pod(struct __sk_buff *skb)
+{
+	return decide(skb, DIR_EGRESS);
+}
+
+SEC("tc")
+int to_pod(struct __sk_buff *skb)
+{
+	return decide(skb, DIR_INGRESS);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,76 @@
+package ebpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"net/netip"
+
+	"github.com/rampart-sec/rampart/internal/ir"
+)
+
+// Objects are the loaded programs and maps of one node.
+type Objects struct {
+	objs policyObjects
+}
+
+// Load loads the programs and creates their maps (not pinned, not attached).
+func Load() (*Objects, error) {
+	o := &Objects{}
+	if err := loadPolicyObjects(&o.objs, nil); err != nil {
+		return nil, fmt.Errorf("load BPF objects: %w", err)
+	}
+	return o, nil
+}
+
+// Close releases programs and maps.
+func (o *Objects) Close() error { return o.objs.Close() }
+
+// ipv4Key returns an address as the native-endian integer whose bytes are the address in
+// network order, which is how the program reads ip->saddr.
+func ipv4Key(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+// Fill writes the tables into the maps. Interfaces maps endpoints to the ifindex of their
+// host-side veth (0 to skip the anti-spoofing check). It writes entries in place: the atomic
+// double-buffered update of the design is the next step.
+func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, ifindex func(ir.PodID) uint32) error {
+	var errs []error
+	for id, ep := range t.Endpoints {
+		flags := uint32(0)
+		if t.Selected[[2]uint32{ep, uint32(ir.Ingress)}] {
+			flags |= 1
+		}
+		if t.Selected[[2]uint32{ep, uint32(ir.Egress)}] {
+			flags |= 2
+		}
+		v := policyEndpoint{Id: ep, Ifindex: ifindex(id), Flags: flags}
+		errs = append(errs, o.objs.Endpoints.Put(ipv4Key(rs.Pods[id].IP()), v))
+	}
+	for _, c := range t.IPCache {
+		k := policyIpcacheKey{Prefixlen: uint32(c.Prefix.Bits()), Addr: ipv4Key(c.Prefix.Addr())}
+		errs = append(errs, o.objs.Ipcache.Put(k, uint32(c.Identity)))
+	}
+	for _, p := range t.Policy {
+		k := policyPolicyKey{Prefixlen: 80 + uint32(p.PortBits), Endpoint: p.Endpoint, Identity: uint32(p.Identity),
+			Protocol: uint8(p.Protocol), Direction: uint8(p.Direction), Port: portKey16(p.Port)}
+		v := policyPolicyValue{}
+		if p.Allow {
+			v.Allow = 1
+		}
+		errs = append(errs, o.objs.Policy.Put(k, v))
+	}
+	return errors.Join(errs...)
+}
+
+// portKey16 stores a port so that its bytes are in network order, as the packet carries it
+// and as the LPM trie compares them (high bits first).
+func portKey16(p uint16) uint16 {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) == 1 { // little endian
+		return bits.ReverseBytes16(p)
+	}
+	return p
+}
