@@ -2,11 +2,11 @@
 SHELL := /bin/bash
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN := bin/rampart
-# Debian packages the lab, the iptables dataplane and the tests use (util-linux: nsenter).
-# clang, llvm and libbpf-dev join when the eBPF programs are built (make generate).
-APT_PACKAGES := iproute2 iptables ipset util-linux
+# Debian packages the lab, the dataplanes and the tests use (util-linux: nsenter; clang, llvm and
+# libbpf-dev: make generate, which compiles the BPF programs; the build itself needs none of them).
+APT_PACKAGES := iproute2 iptables ipset util-linux clang llvm libbpf-dev linux-libc-dev
 
-.PHONY: all build deps demo test vet fmt-check fuzz bench clean
+.PHONY: all build deps demo test vet fmt-check generate check-generate fuzz bench clean
 
 all: build
 
@@ -27,9 +27,17 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
+# Compile the BPF programs and regenerate their Go bindings (committed).
+generate: deps
+	$(GO) generate ./internal/dataplane/ebpf/
+
+# Fail when the committed BPF objects are not what the sources compile to.
+check-generate: generate
+	@git diff --quiet -- internal/dataplane/ebpf/ || { echo "BPF objects are stale: run make generate and commit"; git diff --stat -- internal/dataplane/ebpf/; exit 1; }
+
 # Unit, property and (as root) privileged tests, with the root network namespace snapshotted
 # before and compared after: the run fails if anything in it changed.
-test: deps build vet fmt-check
+test: deps build vet fmt-check check-generate
 	@scripts/test.sh "$(GO)"
 
 # Benchmarks (root: they build network namespaces). Results land in bench/results/.
