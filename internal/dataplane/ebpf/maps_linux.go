@@ -7,6 +7,8 @@ import (
 	"math/bits"
 	"net/netip"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/rampart-sec/rampart/internal/ir"
 )
 
@@ -15,10 +17,15 @@ type Objects struct {
 	objs policyObjects
 }
 
-// Load loads the programs and creates their maps (not pinned, not attached).
-func Load() (*Objects, error) {
+// Load loads the programs and creates their maps (not pinned, not attached). A non-nil
+// conntrack map is reused instead of a new one, so flows survive a new generation of tables.
+func Load(conntrack *ebpf.Map) (*Objects, error) {
 	o := &Objects{}
-	if err := loadPolicyObjects(&o.objs, nil); err != nil {
+	var opts *ebpf.CollectionOptions
+	if conntrack != nil {
+		opts = &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"conntrack": conntrack}}
+	}
+	if err := loadPolicyObjects(&o.objs, opts); err != nil {
 		return nil, fmt.Errorf("load BPF objects: %w", err)
 	}
 	return o, nil
@@ -34,9 +41,8 @@ func ipv4Key(a netip.Addr) uint32 {
 	return binary.NativeEndian.Uint32(b[:])
 }
 
-// Fill writes the tables into the maps. Interfaces maps endpoints to the ifindex of their
-// host-side veth (0 to skip the anti-spoofing check). It writes entries in place: the atomic
-// double-buffered update of the design is the next step.
+// Fill writes the tables into freshly loaded maps. ifindex maps endpoints to the ifindex of
+// their host-side veth (0 skips the anti-spoofing check).
 func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, ifindex func(ir.PodID) uint32) error {
 	var errs []error
 	for id, ep := range t.Endpoints {

@@ -75,7 +75,7 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		o, err := Load()
+		o, err := Load(nil)
 		if err != nil {
 			t.Fatal(err)
 		}
