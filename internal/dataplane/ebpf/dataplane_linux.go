@@ -21,8 +21,10 @@ import (
 //
 // Each Sync loads a new generation of programs and maps, fills the maps completely, and then
 // switches every TCX link to the new programs (link.Update), so a packet sees either the old
-// tables or the new ones, never a half-written state. The conntrack map is carried from one
-// generation to the next, so established flows keep passing.
+// tables or the new ones, never a half-written state. Flow state (conntrack, reverse NAT) is
+// carried from one generation to the next, so established flows keep passing. Services are
+// load-balanced by the programs too (DNAT on the client's veth, reverse NAT on its replies):
+// a node under this dataplane has no iptables rules at all.
 type Dataplane struct {
 	node  dataplane.Node
 	netns string
@@ -48,11 +50,7 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	if err != nil {
 		return err
 	}
-	var ct *ebpf.Map
-	if d.objs != nil {
-		ct = d.objs.objs.Conntrack
-	}
-	next, err := Load(ct)
+	next, err := Load(d.objs)
 	if err != nil {
 		return err
 	}

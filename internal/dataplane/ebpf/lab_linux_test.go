@@ -1,4 +1,4 @@
-package ebpf
+package ebpf_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/dataplane/ebpf"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/lab/labtest"
@@ -23,10 +24,10 @@ func TestLabEnforcement(t *testing.T) {
 	l := labtest.New(t, 2, "none", randpolicy.Cluster())
 	ctx := context.Background()
 	_, rs := l.Snapshot()
-	planes := map[string]*Dataplane{}
+	planes := map[string]*ebpf.Dataplane{}
 	for _, n := range rs.Nodes {
 		node := n.Name
-		dp := New(dataplane.Node{Name: node, Interface: func(p *ir.Pod) (string, bool) {
+		dp := ebpf.New(dataplane.Node{Name: node, Interface: func(p *ir.Pod) (string, bool) {
 			if p.Node != node || p.HostNetwork {
 				return "", false
 			}

@@ -17,13 +17,14 @@ type Objects struct {
 	objs policyObjects
 }
 
-// Load loads the programs and creates their maps (not pinned, not attached). A non-nil
-// conntrack map is reused instead of a new one, so flows survive a new generation of tables.
-func Load(conntrack *ebpf.Map) (*Objects, error) {
+// Load loads the programs and creates their maps (not pinned, not attached). Given the previous
+// generation, its flow state (conntrack and reverse NAT) is reused, so flows survive new tables.
+func Load(prev *Objects) (*Objects, error) {
 	o := &Objects{}
 	var opts *ebpf.CollectionOptions
-	if conntrack != nil {
-		opts = &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"conntrack": conntrack}}
+	if prev != nil {
+		opts = &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+			"conntrack": prev.objs.Conntrack, "revnat": prev.objs.Revnat}}
 	}
 	if err := loadPolicyObjects(&o.objs, opts); err != nil {
 		return nil, fmt.Errorf("load BPF objects: %w", err)
@@ -68,6 +69,34 @@ func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, ifindex func(ir.PodID) uint32)
 			v.Allow = 1
 		}
 		errs = append(errs, o.objs.Policy.Put(k, v))
+	}
+	errs = append(errs, o.fillServices(rs))
+	return errors.Join(errs...)
+}
+
+// fillServices writes every ClusterIP frontend and its backends.
+func (o *Objects) fillServices(rs *ir.Ruleset) error {
+	var errs []error
+	id := uint32(0)
+	for _, s := range rs.Services {
+		for _, sp := range s.Ports {
+			for _, vip := range s.ClusterIPs {
+				if !vip.Is4() {
+					continue
+				}
+				id++
+				var n uint32
+				for _, b := range sp.Backends {
+					if !b.IP.Is4() {
+						continue
+					}
+					errs = append(errs, o.objs.Backends.Put(policyBackendKey{Id: id, Index: n}, policyBackendValue{Addr: ipv4Key(b.IP), Port: portKey16(b.Port)}))
+					n++
+				}
+				k := policySvcKey{Vip: ipv4Key(vip), Port: portKey16(sp.Port), Protocol: uint8(sp.Protocol)}
+				errs = append(errs, o.objs.Services.Put(k, policySvcValue{Id: id, Count: n}))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -12,6 +12,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type policyBackendKey struct {
+	Id    uint32
+	Index uint32
+}
+
+type policyBackendValue struct {
+	Addr uint32
+	Port uint16
+	Pad  uint16
+}
+
 type policyCtKey struct {
 	Endpoint uint32
 	Saddr    uint32
@@ -44,6 +55,32 @@ type policyPolicyKey struct {
 }
 
 type policyPolicyValue struct{ Allow uint32 }
+
+type policyRevnatKey struct {
+	Client   uint32
+	Backend  uint32
+	Cport    uint16
+	Bport    uint16
+	Protocol uint32
+}
+
+type policyRevnatValue struct {
+	Vip   uint32
+	Vport uint16
+	Pad   uint16
+}
+
+type policySvcKey struct {
+	Vip      uint32
+	Port     uint16
+	Protocol uint8
+	Pad      uint8
+}
+
+type policySvcValue struct {
+	Id    uint32
+	Count uint32
+}
 
 // loadPolicy returns the embedded CollectionSpec for policy.
 func loadPolicy() (*ebpf.CollectionSpec, error) {
@@ -95,11 +132,14 @@ type policyProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type policyMapSpecs struct {
+	Backends  *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
 	Policy    *ebpf.MapSpec `ebpf:"policy"`
+	Revnat    *ebpf.MapSpec `ebpf:"revnat"`
+	Services  *ebpf.MapSpec `ebpf:"services"`
 }
 
 // policyVariableSpecs contains global variables before they are loaded into the kernel.
@@ -128,20 +168,26 @@ func (o *policyObjects) Close() error {
 //
 // It can be passed to loadPolicyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type policyMaps struct {
+	Backends  *ebpf.Map `ebpf:"backends"`
 	Conntrack *ebpf.Map `ebpf:"conntrack"`
 	Counters  *ebpf.Map `ebpf:"counters"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
 	Policy    *ebpf.Map `ebpf:"policy"`
+	Revnat    *ebpf.Map `ebpf:"revnat"`
+	Services  *ebpf.Map `ebpf:"services"`
 }
 
 func (m *policyMaps) Close() error {
 	return _PolicyClose(
+		m.Backends,
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
 		m.Ipcache,
 		m.Policy,
+		m.Revnat,
+		m.Services,
 	)
 }
 

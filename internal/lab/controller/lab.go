@@ -11,6 +11,7 @@ import (
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/dataplane/ctsweep"
+	"github.com/rampart-sec/rampart/internal/dataplane/ebpf"
 	"github.com/rampart-sec/rampart/internal/dataplane/iptables"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
@@ -105,6 +106,8 @@ func (l *Lab) plane(node string) (dataplane.Dataplane, error) {
 	switch l.settings.Dataplane {
 	case "iptables":
 		dp = iptables.New(dn, iptables.NetnsRunner{Netns: l.fabric.NodeNetns(node)})
+	case "ebpf":
+		dp = ebpf.New(dn, l.fabric.NodeNetns(node))
 	case "none":
 	default:
 		return nil, fmt.Errorf("dataplane %q is not available", l.settings.Dataplane)

@@ -55,6 +55,45 @@ struct ct_value {
 	__u64 seen_ns;
 };
 
+// Services: a ClusterIP frontend and its backends, chosen per flow by a hash of the client.
+struct svc_key {
+	__u32 vip;
+	__u16 port; // network order
+	__u8 protocol;
+	__u8 pad;
+};
+
+struct svc_value {
+	__u32 id;
+	__u32 count; // backends
+};
+
+struct backend_key {
+	__u32 id;
+	__u32 index;
+};
+
+struct backend_value {
+	__u32 addr;
+	__u16 port; // network order
+	__u16 pad;
+};
+
+// Reverse NAT: the client's flow to a backend, and the frontend the client addressed.
+struct revnat_key {
+	__u32 client;
+	__u32 backend;
+	__u16 cport;
+	__u16 bport;
+	__u32 protocol;
+};
+
+struct revnat_value {
+	__u32 vip;
+	__u16 vport;
+	__u16 pad;
+};
+
 // Counters read by the observability layer, indexed by enum counter.
 enum counter {
 	C_PASS_NOT_IP,
@@ -65,6 +104,9 @@ enum counter {
 	C_DROP_POLICY,
 	C_DROP_SPOOF,
 	C_PASS_OTHER_PROTO,
+	C_DNAT,
+	C_REVNAT,
+	C_NO_BACKEND,
 	C_MAX,
 };
 
@@ -99,6 +141,27 @@ struct {
 } conntrack SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+} services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct backend_key);
+	__type(value, struct backend_value);
+} backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct revnat_key);
+	__type(value, struct revnat_value);
+} revnat SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, C_MAX);
 	__type(key, __u32);
@@ -110,6 +173,96 @@ static __always_inline void count(__u32 c)
 	__u64 *v = bpf_map_lookup_elem(&counters, &c);
 	if (v)
 		*v += 1;
+}
+
+#define IP_OFF sizeof(struct ethhdr)
+#define IP_CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
+#define IP_SRC_OFF (IP_OFF + offsetof(struct iphdr, saddr))
+#define IP_DST_OFF (IP_OFF + offsetof(struct iphdr, daddr))
+
+// rewrite replaces an address (at addr_off) and a port (at l4 + port_off) and fixes the IP
+// and TCP/UDP checksums. SCTP's CRC32c covers ports but not addresses, so for SCTP only the
+// address may change (callers keep the port).
+static __always_inline int rewrite(struct __sk_buff *skb, __u32 l4, __u8 proto, __u32 addr_off, __u32 old_addr,
+				   __u32 new_addr, __u32 port_off, __u16 old_port, __u16 new_port)
+{
+	__u32 csum_off = 0;
+	__u64 flags = BPF_F_PSEUDO_HDR;
+	if (proto == IPPROTO_TCP)
+		csum_off = l4 + 16;
+	else if (proto == IPPROTO_UDP) {
+		csum_off = l4 + 6;
+		flags |= BPF_F_MARK_MANGLED_0;
+	}
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, 4))
+		return -1;
+	if (csum_off) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr, flags | 4))
+			return -1;
+		if (old_port != new_port &&
+		    bpf_l4_csum_replace(skb, csum_off, old_port, new_port, (flags & BPF_F_MARK_MANGLED_0) | 2))
+			return -1;
+	}
+	if (bpf_skb_store_bytes(skb, addr_off, &new_addr, 4, 0))
+		return -1;
+	if (old_port != new_port && bpf_skb_store_bytes(skb, l4 + port_off, &new_port, 2, 0))
+		return -1;
+	return 0;
+}
+
+// dnat sends a packet addressed to a Service frontend to one of its backends, remembering the
+// frontend for the replies. Returns -1 to drop (no backend, or a rewrite failed).
+static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l4, __u16 sport, __u16 dport)
+{
+	struct svc_key sk = {.vip = ip->daddr, .port = dport, .protocol = ip->protocol};
+	struct svc_value *sv = bpf_map_lookup_elem(&services, &sk);
+	if (!sv)
+		return 0;
+	if (!sv->count) {
+		count(C_NO_BACKEND);
+		return -1;
+	}
+	__u32 h = ip->saddr ^ ((__u32)sport << 16 | sport) ^ ip->protocol;
+	h ^= h >> 16;
+	h *= 0x45d9f3b;
+	h ^= h >> 16;
+	struct backend_key bk = {.id = sv->id, .index = h % sv->count};
+	struct backend_value *bv = bpf_map_lookup_elem(&backends, &bk);
+	if (!bv)
+		return -1;
+	__u8 proto = ip->protocol;
+	__u32 client = ip->saddr, vip = ip->daddr, backend = bv->addr;
+	__u16 bport = bv->port;
+	if (proto == IPPROTO_SCTP && bport != dport)
+		return -1; // would need the CRC32c recomputed
+	struct revnat_key rk = {.client = client, .backend = backend, .cport = sport, .bport = bport, .protocol = proto};
+	struct revnat_value rv = {.vip = vip, .vport = dport};
+	bpf_map_update_elem(&revnat, &rk, &rv, BPF_ANY);
+	if (rewrite(skb, l4, proto, IP_DST_OFF, vip, backend, 2, dport, bport))
+		return -1;
+	count(C_DNAT);
+	return 1;
+}
+
+// revnat_reply makes a backend's reply come from the frontend the client addressed.
+static __always_inline void revnat_reply(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > end)
+		return;
+	__u32 l4 = sizeof(struct ethhdr) + ip->ihl * 4;
+	__u16 *ports = data + l4;
+	if ((void *)(ports + 2) > end)
+		return;
+	struct revnat_key rk = {.client = ip->daddr, .backend = ip->saddr, .cport = ports[1], .bport = ports[0], .protocol = ip->protocol};
+	struct revnat_value *rv = bpf_map_lookup_elem(&revnat, &rk);
+	if (!rv)
+		return;
+	struct revnat_value v = *rv;
+	if (!rewrite(skb, l4, ip->protocol, IP_SRC_OFF, ip->saddr, v.vip, 0, ports[0], v.vport))
+		count(C_REVNAT);
 }
 
 static __always_inline int decide(struct __sk_buff *skb, int dir)
@@ -136,6 +289,22 @@ static __always_inline int decide(struct __sk_buff *skb, int dir)
 	if ((void *)(ports + 2) > end)
 		return TC_ACT_SHOT;
 	__u16 sport = ports[0], dport = ports[1];
+	if (dir == DIR_EGRESS) {
+		int nat = dnat(skb, ip, (void *)ports - data, sport, dport);
+		if (nat < 0)
+			return TC_ACT_SHOT;
+		if (nat > 0) { // the packet changed: read it again; policy sees the backend
+			data = (void *)(long)skb->data;
+			end = (void *)(long)skb->data_end;
+			ip = data + sizeof(struct ethhdr);
+			if ((void *)(ip + 1) > end)
+				return TC_ACT_SHOT;
+			ports = (void *)ip + ip->ihl * 4;
+			if ((void *)(ports + 2) > end)
+				return TC_ACT_SHOT;
+			dport = ports[1];
+		}
+	}
 
 	__u32 local = dir == DIR_EGRESS ? ip->saddr : ip->daddr;
 	__u32 remote = dir == DIR_EGRESS ? ip->daddr : ip->saddr;
@@ -199,7 +368,10 @@ int from_pod(struct __sk_buff *skb)
 SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
-	return decide(skb, DIR_INGRESS);
+	int verdict = decide(skb, DIR_INGRESS);
+	if (verdict == TC_ACT_OK)
+		revnat_reply(skb);
+	return verdict;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";
