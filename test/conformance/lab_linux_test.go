@@ -15,12 +15,12 @@ import (
 	"github.com/rampart-sec/rampart/internal/lab/labtest"
 )
 
-// dataplanes under test: RAMPART_CONFORMANCE_DATAPLANES (comma-separated), default iptables.
+// dataplanes under test: RAMPART_CONFORMANCE_DATAPLANES (comma-separated), default both.
 func dataplanes() []string {
 	if v := os.Getenv("RAMPART_CONFORMANCE_DATAPLANES"); v != "" {
 		return strings.Split(v, ",")
 	}
-	return []string{"iptables"}
+	return []string{"iptables", "ebpf"}
 }
 
 // TestLabConformance runs every transcribed upstream case in a real lab, on 1 and 2 nodes,

@@ -83,7 +83,15 @@ func (l *Lab) realise(ctx context.Context, c *model.Cluster) error {
 		if err := dp.Sync(ctx, rs); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
-		if _, err := ctsweep.Sweep(l.fabric.NodeNetns(n.Name), ev); err != nil {
+		// Connections the new policy denies are cut: flows tracked by the dataplane itself
+		// (eBPF), or by the kernel's conntrack (iptables).
+		if s, ok := dp.(interface {
+			Sweep(*policy.Evaluator) (int, error)
+		}); ok {
+			if _, err := s.Sweep(ev); err != nil {
+				return fmt.Errorf("node %s: %w", n.Name, err)
+			}
+		} else if _, err := ctsweep.Sweep(l.fabric.NodeNetns(n.Name), ev); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}

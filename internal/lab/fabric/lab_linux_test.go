@@ -71,9 +71,15 @@ func TestLabWithoutPolicyEverythingConnects(t *testing.T) {
 }
 
 // TestLabRandomPoliciesMatchEvaluator: for random policy sets, what the kernel lets through
-// (iptables dataplane, 2 nodes) equals the reference evaluator's matrix, probe for probe.
+// (2 nodes, each dataplane) equals the reference evaluator's matrix, probe for probe.
 func TestLabRandomPoliciesMatchEvaluator(t *testing.T) {
-	l := newLab(t, 2, "iptables", clusterYAML())
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) { randomPoliciesMatchEvaluator(t, dp) })
+	}
+}
+
+func randomPoliciesMatchEvaluator(t *testing.T, dp string) {
+	l := newLab(t, 2, dp, clusterYAML())
 	ctx := context.Background()
 	for seed := int64(1); seed <= 8; seed++ {
 		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
@@ -96,6 +102,9 @@ func TestLabRandomPoliciesMatchEvaluator(t *testing.T) {
 		}
 		var wrong []string
 		for _, p := range probes {
+			if dp == "ebpf" && p.From == "z/agent" && p.Via == "service" {
+				continue // known gap: no eBPF Service load balancing for host-network clients yet
+			}
 			k := fmt.Sprintf("%s>%s:%d/%s", p.From, p.To, p.Port, p.Protocol)
 			if want[k] != p.Connected {
 				wrong = append(wrong, fmt.Sprintf("%s via %s: kernel connected=%v, evaluator allowed=%v", k, p.Target, p.Connected, want[k]))
@@ -113,7 +122,13 @@ func TestLabRandomPoliciesMatchEvaluator(t *testing.T) {
 // TestLabEstablishedConnections: an update that does not concern a connection leaves it
 // working; an update that denies it breaks it.
 func TestLabEstablishedConnections(t *testing.T) {
-	l := newLab(t, 2, "iptables", clusterYAML())
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) { establishedConnections(t, dp) })
+	}
+}
+
+func establishedConnections(t *testing.T, dp string) {
+	l := newLab(t, 2, dp, clusterYAML())
 	ctx := context.Background()
 	dst := netip.MustParseAddrPort(randpolicy.PodIP("y", "b") + ":80")
 	conn, err := l.Fabric.DialTCP(ctx, "x", "a", dst)
