@@ -180,3 +180,67 @@ func (f *Fabric) DialTCP(ctx context.Context, ns, name string, dst netip.AddrPor
 	})
 	return c, err
 }
+
+// Load measures an established TCP connection from one pod to the echo server at dst, for d:
+// the bytes per second it moves (writing 64 KiB chunks and reading them back) and, on a second
+// connection, how many one-line request/responses per second it completes. Bounded in time.
+func (f *Fabric) Load(ctx context.Context, ns, name string, dst netip.AddrPort, d time.Duration) (bytesPerSec, rrPerSec float64, err error) {
+	stream, err := f.DialTCP(ctx, ns, name, dst)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer stream.Close()
+	r := bufio.NewReaderSize(stream, 1<<16)
+	if _, err := r.ReadString('\n'); err != nil { // greeting
+		return 0, 0, err
+	}
+	chunk := make([]byte, 64<<10)
+	done := make(chan int64)
+	deadline := time.Now().Add(d)
+	_ = stream.SetDeadline(deadline.Add(2 * time.Second))
+	go func() { // read back what the server echoes
+		var n int64
+		buf := make([]byte, 64<<10)
+		for {
+			m, err := r.Read(buf)
+			n += int64(m)
+			if err != nil {
+				done <- n
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	for time.Now().Before(deadline) {
+		if _, err := stream.Write(chunk); err != nil {
+			break
+		}
+	}
+	elapsed := time.Since(start)
+	_ = stream.(*net.TCPConn).CloseWrite()
+	echoed := <-done
+	bytesPerSec = float64(echoed) / elapsed.Seconds()
+
+	rr, err := f.DialTCP(ctx, ns, name, dst)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer rr.Close()
+	rb := bufio.NewReader(rr)
+	if _, err := rb.ReadString('\n'); err != nil {
+		return 0, 0, err
+	}
+	_ = rr.SetDeadline(time.Now().Add(d + 2*time.Second))
+	n := 0
+	start = time.Now()
+	for time.Since(start) < d {
+		if _, err := rr.Write([]byte("ping\n")); err != nil {
+			return 0, 0, err
+		}
+		if _, err := rb.ReadString('\n'); err != nil {
+			return 0, 0, err
+		}
+		n++
+	}
+	return bytesPerSec, float64(n) / time.Since(start).Seconds(), nil
+}

@@ -1,0 +1,110 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rampart-sec/rampart/internal/lab/labtest"
+)
+
+const benchCluster = `apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x, labels: {pod: client}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: x, labels: {pod: server}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.1.11}
+`
+
+// tenThousandRules: 100 NetworkPolicies selecting the server, each with 100 ingress rules
+// (an external /32 on port 80), plus the rule that admits the client.
+func tenThousandRules() string {
+	var b strings.Builder
+	for p := 0; p < 100; p++ {
+		fmt.Fprintf(&b, "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np-%d, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: server}}\n  ingress:\n", p)
+		for r := 0; r < 100; r++ {
+			fmt.Fprintf(&b, "  - {from: [{ipBlock: {cidr: 172.16.%d.%d/32}}], ports: [{port: 80}]}\n", p, r)
+		}
+	}
+	b.WriteString("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-client, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: client}}}], ports: [{port: 80}]}]\n")
+	return b.String()
+}
+
+type dpResult struct {
+	Mode            string  `json:"mode"`
+	Rules           int     `json:"rules"`
+	ThroughputMBps  float64 `json:"throughput_mb_per_s"`
+	RequestsPerSec  float64 `json:"request_response_per_s"`
+	ThroughputRatio float64 `json:"throughput_ratio_to_baseline"`
+	RRRatio         float64 `json:"rr_ratio_to_baseline"`
+	Runs            int     `json:"runs"`
+}
+
+// TestBenchDataplanes measures an established TCP flow between two pods on one node: bulk
+// throughput and one-line request/response rate, for the same topology with no policy (the
+// baseline) and with 10,000 rules under each dataplane. Modes are measured round-robin, three
+// rounds of 2 s each, and medians reported. Results go to bench/results/dataplane.json.
+func TestBenchDataplanes(t *testing.T) {
+	if os.Getenv("RAMPART_BENCH") == "" {
+		t.Skip("set RAMPART_BENCH=1 (make bench) to run the dataplane benchmark")
+	}
+	ctx := context.Background()
+	modes := []struct {
+		name, dataplane string
+		rules           int
+	}{{"baseline: no policy", "none", 0}, {"iptables", "iptables", 10000}, {"ebpf", "ebpf", 10000}}
+	labs := make([]labtest.Lab, len(modes))
+	for i, m := range modes {
+		labs[i] = labtest.New(t, 1, m.dataplane, benchCluster)
+		if m.rules > 0 {
+			start := time.Now()
+			if err := labs[i].Apply(ctx, tenThousandRules()); err != nil {
+				t.Fatalf("%s: apply: %v", m.name, err)
+			}
+			t.Logf("%s: 10,000 rules applied in %s", m.name, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	dst := netip.MustParseAddrPort("10.244.1.11:80")
+	tput := make([][]float64, len(modes))
+	rr := make([][]float64, len(modes))
+	for round := 0; round < 3; round++ {
+		for i, m := range modes {
+			b, r, err := labs[i].Fabric.Load(ctx, "x", "client", dst, 2*time.Second)
+			if err != nil {
+				t.Fatalf("%s: %v", m.name, err)
+			}
+			tput[i] = append(tput[i], b/1e6)
+			rr[i] = append(rr[i], r)
+		}
+	}
+	median := func(v []float64) float64 {
+		s := append([]float64(nil), v...)
+		sort.Float64s(s)
+		return s[len(s)/2]
+	}
+	var results []dpResult
+	for i, m := range modes {
+		results = append(results, dpResult{Mode: m.name, Rules: m.rules, ThroughputMBps: median(tput[i]), RequestsPerSec: median(rr[i]),
+			ThroughputRatio: median(tput[i]) / median(tput[0]), RRRatio: median(rr[i]) / median(rr[0]), Runs: len(tput[i])})
+	}
+	b, _ := json.MarshalIndent(results, "", "  ")
+	t.Logf("\n%s", b)
+	if err := os.WriteFile("results/dataplane.json", append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
