@@ -42,7 +42,7 @@ test: deps build vet fmt-check check-generate
 
 # Benchmarks (root: they build network namespaces). Results land in bench/results/.
 bench: deps build
-	RAMPART_BENCH=1 $(GO) test ./bench/ -run 'TestScale' -v -count=1 -timeout 15m
+	RAMPART_BENCH=1 $(GO) test ./bench/ -run 'TestScale|TestBench' -v -count=1 -timeout 20m
 	$(GO) test ./bench/ -run XXX -bench . -benchtime 20x
 
 fuzz:
