@@ -5,15 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netns"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/nsexec"
 )
 
 // Dataplane enforces policy with the BPF programs on the host side of each local pod's veth,
@@ -134,32 +133,6 @@ func (d *Dataplane) Close() error {
 	return errors.Join(errs...)
 }
 
-// inNetns runs fn on an OS thread in the dataplane's namespace: interface indexes and TCX
-// attachments are resolved in the caller's network namespace.
-func (d *Dataplane) inNetns(fn func() error) error {
-	if d.netns == "" {
-		return fn()
-	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(d.netns)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open netns %s: %w", d.netns, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err == nil {
-		runtime.UnlockOSThread()
-	}
-	return ferr
-}
+// inNetns runs fn in the dataplane's namespace: interface indexes and TCX attachments are
+// resolved in the caller's network namespace.
+func (d *Dataplane) inNetns(fn func() error) error { return nsexec.Do(d.netns, fn) }

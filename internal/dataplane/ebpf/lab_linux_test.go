@@ -52,13 +52,19 @@ func TestLabEnforcement(t *testing.T) {
 			}
 		}
 		_, rs := l.Snapshot()
+		ev := policy.New(rs)
 		for node, dp := range planes {
 			if err := dp.Sync(ctx, rs); err != nil {
 				t.Fatalf("seed %d: sync %s: %v", seed, node, err)
 			}
+			// As the lab does after every change: tracked flows of earlier policy sets that
+			// this one denies must go, or a reused ephemeral port would ride on them.
+			if _, err := dp.Sweep(ev); err != nil {
+				t.Fatalf("seed %d: sweep %s: %v", seed, node, err)
+			}
 		}
 		want := map[string]bool{}
-		for _, c := range policy.New(rs).Matrix(nil) {
+		for _, c := range ev.Matrix(nil) {
 			want[fmt.Sprintf("%s>%s:%d/%s", c.From, c.To, c.Port, c.Protocol)] = c.Allowed
 		}
 		probes, err := l.Probe(ctx, controller.ProbeRequest{Via: "pod", Timeout: 700 * time.Millisecond})

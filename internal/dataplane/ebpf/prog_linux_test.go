@@ -2,7 +2,6 @@ package ebpf
 
 import (
 	"encoding/binary"
-	"math/rand"
 	"net/netip"
 	"strings"
 	"testing"
@@ -10,7 +9,6 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/rampart-sec/rampart/internal/ir"
-	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/netnstest"
 	"github.com/rampart-sec/rampart/internal/policy"
@@ -62,15 +60,7 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 	external := netip.MustParseAddr("8.8.8.8")
 	sport := uint16(10000)
 	for seed := int64(0); seed < 25; seed++ {
-		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
-		objs, err := model.Decode(strings.NewReader(y), "gen", model.DecodeOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rs, err := compile.Compile(model.FromObjects(append(append([]model.Object{}, base...), objs...)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		rs, y := randomRuleset(t, base, seed)
 		tables, err := Build(rs, func(*ir.Pod) bool { return true })
 		if err != nil {
 			t.Fatal(err)

@@ -116,6 +116,22 @@ func (e *emulator) allowed(f policy.Flow) (bool, error) {
 	return eg && in, err
 }
 
+// randomRuleset compiles the random-policy cluster with the policies generated for seed, and
+// returns them as YAML for failure messages.
+func randomRuleset(t *testing.T, base []model.Object, seed int64) (*ir.Ruleset, string) {
+	t.Helper()
+	y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+	objs, err := model.Decode(strings.NewReader(y), "gen", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := compile.Compile(model.FromObjects(append(append([]model.Object{}, base...), objs...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs, y
+}
+
 // TestTablesMatchEvaluator: for random policy sets, looking flows up in the tables (as the BPF
 // programs will) gives the evaluator's verdict, for every pod pair, protocol and a spread of
 // ports, and for addresses outside the cluster in both directions.
@@ -127,15 +143,7 @@ func TestTablesMatchEvaluator(t *testing.T) {
 	external := []netip.Addr{netip.MustParseAddr("8.8.8.8"), netip.MustParseAddr("10.244.1.99"), netip.MustParseAddr("10.244.2.200")}
 	ports := []uint16{1, 79, 80, 81, 82, 443, 65535}
 	for seed := int64(0); seed < 200; seed++ {
-		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
-		objs, err := model.Decode(strings.NewReader(y), "gen", model.DecodeOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rs, err := compile.Compile(model.FromObjects(append(append([]model.Object{}, base...), objs...)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		rs, y := randomRuleset(t, base, seed)
 		tables, err := Build(rs, func(*ir.Pod) bool { return true })
 		if err != nil {
 			t.Fatal(err)

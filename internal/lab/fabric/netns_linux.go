@@ -4,11 +4,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/rampart-sec/rampart/internal/nsexec"
 )
 
 const netnsDir = "/run/netns"
@@ -82,30 +83,5 @@ func handle(name string) (*netlink.Handle, error) {
 	return netlink.NewHandleAt(ns)
 }
 
-// inNetns runs fn on an OS thread switched into the named namespace. Sockets fn creates belong
-// to that namespace for their whole life and may be used from any goroutine afterwards. If the
-// thread cannot be switched back, it is left locked so the runtime discards it.
-func inNetns(name string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open netns %s: %w", name, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err == nil {
-		runtime.UnlockOSThread()
-	}
-	return ferr
-}
+// inNetns runs fn inside the named namespace.
+func inNetns(name string, fn func() error) error { return nsexec.Do(name, fn) }
