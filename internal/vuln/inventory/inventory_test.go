@@ -1,0 +1,96 @@
+package inventory
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/rampart-sec/rampart/internal/vuln"
+	"github.com/rampart-sec/rampart/internal/vuln/vulntest"
+)
+
+// testImage holds vulnerable and fixed versions of packages the test database knows.
+var testImage = vulntest.Image{
+	DebianVersion: "12",
+	Debs: []vulntest.Deb{
+		{Name: "libc6", Source: "glibc", Version: "2.36-9+deb12u1"},       // DSA-5514-1, fixed in +deb12u3
+		{Name: "libssl3", Source: "openssl", Version: "3.0.11-1~deb12u2"}, // DSA-5532-1 fixed exactly here
+		{Name: "base-files", Version: "12.4+deb12u1"},
+	},
+	Python:    map[string]string{"requests": "2.25.0"},
+	GoModules: []vulntest.GoModule{{Path: "golang.org/x/text", Version: "v0.3.6"}, {Path: "golang.org/x/net", Version: "v0.7.0"}},
+}
+
+func TestScanFormats(t *testing.T) {
+	root := t.TempDir()
+	if err := vulntest.WriteRootFS(root, testImage); err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(t.TempDir(), "image.tar")
+	if err := vulntest.WriteDockerArchive(archive, "registry.example/shop/web:1.0", root); err != nil {
+		t.Fatal(err)
+	}
+	oci := filepath.Join(t.TempDir(), "oci")
+	if err := vulntest.WriteOCILayout(oci, root); err != nil {
+		t.Fatal(err)
+	}
+	goVersion := strings.TrimPrefix(runtime.Version(), "go")
+	want := []string{
+		"Debian:12 base-files 12.4+deb12u1",
+		"Debian:12 libc6 2.36-9+deb12u1 (glibc)",
+		"Debian:12 libssl3 3.0.11-1~deb12u2 (openssl)",
+		"Go golang.org/x/net 0.7.0",
+		"Go golang.org/x/text 0.3.6",
+		"Go stdlib " + goVersion,
+		"PyPI requests 2.25.0",
+	}
+	for _, tc := range []struct {
+		target string
+		kind   Kind
+	}{{root, KindRootFS}, {archive, KindDockerArchive}, {oci, KindOCILayout}} {
+		t.Run(string(tc.kind), func(t *testing.T) {
+			res, err := Scan(context.Background(), tc.target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Kind != tc.kind {
+				t.Errorf("kind = %s, want %s", res.Kind, tc.kind)
+			}
+			var got []string
+			for _, p := range res.Packages {
+				if p.Name == "example.com/app" {
+					continue // the binary's main module
+				}
+				s := p.Ecosystem + " " + p.Name + " " + p.Version
+				if p.Source != "" {
+					s += " (" + p.Source + ")"
+				}
+				got = append(got, s)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("packages:\n got %q\nwant %q", got, want)
+			}
+		})
+	}
+}
+
+func TestScanErrors(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "not-an-image.tar")
+	if err := writeFile(bad, "garbage"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Scan(context.Background(), bad); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("Scan(garbage) err = %v, want one naming the file", err)
+	}
+	if _, err := Scan(context.Background(), "/nonexistent/dir/image.tar"); err == nil {
+		t.Error("Scan(missing path) succeeded")
+	}
+}
+
+var _ = vuln.Installed{}
+
+func writeFile(p, s string) error { return os.WriteFile(p, []byte(s), 0o644) }
