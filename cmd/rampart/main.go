@@ -33,6 +33,6 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newPolicyCmd(), newExplainCmd(), newLabCmd())
+	root.AddCommand(newPolicyCmd(), newExplainCmd(), newLabCmd(), newScanCmd(), newDBCmd())
 	return root
 }

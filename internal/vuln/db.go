@@ -133,6 +133,7 @@ func Import(dir string, paths []string, opts ImportOptions) (Info, error) {
 			info.Ecosystems[e]++
 		}
 	}
+	info.Packages = len(perKey)
 	return info, write(dir, perKey, info)
 }
 
@@ -181,7 +182,6 @@ func write(dir string, perKey map[string][]*Advisory, info Info) error {
 	}
 	sort.Strings(keys)
 	idx := index{Info: info, Keys: make(map[string][2]int64, len(keys))}
-	idx.Packages = len(keys)
 	var off int64
 	for _, k := range keys {
 		advs := perKey[k]

@@ -1,0 +1,194 @@
+// Package report joins image findings with the pods that run the images and their network
+// exposure, ranks the findings by severity x exposure, explains each rank in a sentence, and
+// writes reports as a table, JSON or SARIF.
+package report
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/vuln"
+	"github.com/rampart-sec/rampart/internal/vuln/exposure"
+)
+
+// Image is the scan of one image.
+type Image struct {
+	Image           string               `json:"image"`            // reference as pods use it, or the scanned path
+	Target          string               `json:"target,omitempty"` // what was read: file, directory, registry
+	Kind            string               `json:"kind,omitempty"`
+	Packages        int                  `json:"packages"`
+	Vulnerabilities []vuln.Vulnerability `json:"vulnerabilities"`
+	Pods            []string             `json:"pods,omitempty"` // ns/name of the pods running it
+	Error           string               `json:"error,omitempty"`
+}
+
+// Finding is one vulnerability of one image, with the pods it affects.
+type Finding struct {
+	vuln.Vulnerability
+	Image string `json:"image"`
+	// Exposure is the widest exposure among the affected pods.
+	Exposure exposure.Class `json:"exposure"`
+	Pods     []exposure.Pod `json:"pods"`
+	// Rank is severity (CVSS, or its level's band) x exposure weight; higher is more urgent.
+	Rank        float64 `json:"rank"`
+	Explanation string  `json:"explanation"`
+}
+
+// Cluster is the report of `rampart scan cluster`.
+type Cluster struct {
+	Findings  []Finding `json:"findings"`
+	Images    []Image   `json:"images"`
+	Unscanned []Image   `json:"unscanned,omitempty"`
+}
+
+// ImagesInUse maps each image reference to the pods (ns/name) whose containers run it, init
+// containers included (they run, and are exposed while they do).
+func ImagesInUse(c *model.Cluster) map[string][]string {
+	out := map[string][]string{}
+	for _, k := range model.SortedKeys(c.Pods) {
+		p := c.Pods[k]
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		seen := map[string]bool{}
+		for _, ct := range append(append([]corev1.Container{}, p.Spec.InitContainers...), p.Spec.Containers...) {
+			if ct.Image != "" && !seen[ct.Image] {
+				seen[ct.Image] = true
+				out[ct.Image] = append(out[ct.Image], k)
+			}
+		}
+	}
+	return out
+}
+
+// Rank builds the ranked findings of scanned images, whose Pods name the pods running them.
+func Rank(images []Image, a *exposure.Analyzer) []Finding {
+	var out []Finding
+	for _, img := range images {
+		var pods []exposure.Pod
+		for _, k := range img.Pods {
+			if e, ok := a.Of(k); ok {
+				pods = append(pods, e)
+			}
+		}
+		sort.SliceStable(pods, func(i, j int) bool { return pods[i].Class.Weight() > pods[j].Class.Weight() })
+		widest := exposure.None
+		if len(pods) > 0 {
+			widest = pods[0].Class
+		}
+		for _, v := range img.Vulnerabilities {
+			f := Finding{Vulnerability: v, Image: img.Image, Exposure: widest, Pods: pods}
+			f.Rank = round2(v.Severity.RankScore() * widest.Weight())
+			f.Explanation = Explain(v, pods)
+			out = append(out, f)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Rank != b.Rank {
+			return a.Rank > b.Rank
+		}
+		if a.ID != b.ID {
+			return a.ID < b.ID
+		}
+		return a.Image < b.Image
+	})
+	return out
+}
+
+func round2(x float64) float64 { return float64(int(x*100+0.5)) / 100 }
+
+// Explain says in one sentence why a finding ranks where it does: severity, fix, and how the
+// most exposed affected pod can be reached.
+func Explain(v vuln.Vulnerability, pods []exposure.Pod) string {
+	var b strings.Builder
+	b.WriteString(SeverityPhrase(v.Severity))
+	if v.Fixed != "" {
+		fmt.Fprintf(&b, ", fixed in %s", v.Fixed)
+	} else {
+		b.WriteString(", no fix published")
+	}
+	b.WriteString(": ")
+	if len(pods) == 0 {
+		b.WriteString("no running pod uses the image")
+		return b.String()
+	}
+	b.WriteString(podPhrase(pods[0]))
+	if n := len(pods) - 1; n > 0 {
+		fmt.Fprintf(&b, " (and %d more pod%s)", n, plural(n))
+	}
+	return b.String()
+}
+
+// SeverityPhrase is "critical (CVSS 9.8)", "high" or "unrated".
+func SeverityPhrase(s vuln.Severity) string {
+	lvl := s.Level
+	if lvl == vuln.LevelUnknown {
+		lvl = "unrated"
+	}
+	if s.Score > 0 {
+		return fmt.Sprintf("%s (CVSS %.1f)", lvl, s.Score)
+	}
+	return lvl
+}
+
+func podPhrase(p exposure.Pod) string {
+	var widest *exposure.Port
+	for i := range p.Ports {
+		if widest == nil || p.Ports[i].Class.Weight() > widest.Class.Weight() {
+			widest = &p.Ports[i]
+		}
+	}
+	if widest == nil {
+		return fmt.Sprintf("pod %s declares no container ports, so its network exposure is not known", p.Pod)
+	}
+	port := fmt.Sprintf("%s %d", widest.Protocol, widest.Port)
+	if more := countClass(p.Ports, widest.Class) - 1; more > 0 {
+		port += fmt.Sprintf(" (and %d more port%s)", more, plural(more))
+	}
+	var who string
+	switch widest.Class {
+	case exposure.Internet:
+		who = "from any address"
+		if len(widest.FromAddresses) > 0 && widest.FromAddresses[0] != "0.0.0.0/0" && widest.FromAddresses[0] != "::/0" {
+			who = "from the internet (" + strings.Join(first(widest.FromAddresses, 3), ", ") + ")"
+		}
+	case exposure.External:
+		who = "from " + strings.Join(first(widest.FromAddresses, 3), ", ") + " outside the cluster"
+	case exposure.Cluster:
+		who = "from every pod in every namespace"
+	case exposure.Pods:
+		who = fmt.Sprintf("only from %d of %d pods (%s)", widest.PodsAllowed, widest.PodsTotal, strings.Join(first(widest.FromPods, 3), ", "))
+	default:
+		return fmt.Sprintf("pod %s accepts no connections on its ports (%s)", p.Pod, widest.Because)
+	}
+	return fmt.Sprintf("pod %s accepts %s %s (%s)", p.Pod, port, who, widest.Because)
+}
+
+func countClass(ports []exposure.Port, c exposure.Class) int {
+	n := 0
+	for _, p := range ports {
+		if p.Class == c {
+			n++
+		}
+	}
+	return n
+}
+
+func first(l []string, n int) []string {
+	if len(l) > n {
+		return append(l[:n:n], "...")
+	}
+	return l
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
