@@ -1,6 +1,7 @@
 package report
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -45,13 +46,30 @@ func WriteClusterTable(w io.Writer, r Cluster) error {
 		return nil
 	}
 	fmt.Fprintln(w)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	// Align the rows, then print each finding's explanation under its row.
+	var rows bytes.Buffer
+	tw := tabwriter.NewWriter(&rows, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "RANK\tSEVERITY\tEXPOSURE\tID\tPACKAGE\tINSTALLED\tFIXED\tIMAGE")
 	for _, f := range r.Findings {
-		fmt.Fprintf(tw, "%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Rank, f.Severity.Level, f.Exposure, f.ID, pkgName(f.Package), f.Package.Version, orDash(f.Fixed), f.Image)
-		fmt.Fprintf(tw, "\t  %s\n", f.Explanation)
+		fmt.Fprintf(tw, "%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Rank, levelName(f.Severity.Level), f.Exposure, f.ID, pkgName(f.Package), f.Package.Version, orDash(f.Fixed), f.Image)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	lines := strings.Split(strings.TrimSuffix(rows.String(), "\n"), "\n")
+	fmt.Fprintln(w, lines[0])
+	for i, f := range r.Findings {
+		fmt.Fprintln(w, lines[i+1])
+		fmt.Fprintf(w, "      %s\n", f.Explanation)
+	}
+	return nil
+}
+
+func levelName(l string) string {
+	if l == vuln.LevelUnknown {
+		return "unrated"
+	}
+	return l
 }
 
 func pkgName(p vuln.Installed) string {
@@ -79,11 +97,7 @@ func summary(vs []vuln.Vulnerability) string {
 	var parts []string
 	for _, l := range []string{vuln.LevelCritical, vuln.LevelHigh, vuln.LevelMedium, vuln.LevelLow, vuln.LevelUnknown} {
 		if counts[l] > 0 {
-			name := l
-			if l == vuln.LevelUnknown {
-				name = "unrated"
-			}
-			parts = append(parts, fmt.Sprintf("%d %s", counts[l], name))
+			parts = append(parts, fmt.Sprintf("%d %s", counts[l], levelName(l)))
 		}
 	}
 	return fmt.Sprintf("%d vulnerabilit%s (%s)", len(vs), map[bool]string{true: "y", false: "ies"}[len(vs) == 1], strings.Join(parts, ", "))
