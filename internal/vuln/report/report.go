@@ -67,11 +67,15 @@ func ImagesInUse(c *model.Cluster) map[string][]string {
 
 // Rank builds the ranked findings of scanned images, whose Pods name the pods running them.
 func Rank(images []Image, a *exposure.Analyzer) []Finding {
+	return rank(images, a.Of)
+}
+
+func rank(images []Image, of func(string) (exposure.Pod, bool)) []Finding {
 	var out []Finding
 	for _, img := range images {
 		var pods []exposure.Pod
 		for _, k := range img.Pods {
-			if e, ok := a.Of(k); ok {
+			if e, ok := of(k); ok {
 				pods = append(pods, e)
 			}
 		}
