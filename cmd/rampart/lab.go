@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/rampart-sec/rampart/internal/lab/cgroup"
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/policy"
@@ -347,6 +348,10 @@ func newLabDownCmd(name *string) *cobra.Command {
 // cleanupLab removes a lab's kernel objects and state, whether or not its daemon ran.
 func cleanupLab(name string) error {
 	if err := teardownFabric(name); err != nil {
+		return err
+	}
+	// A daemon that died leaves its (empty) socket-hook cgroup behind.
+	if err := cgroup.CleanStale(); err != nil {
 		return err
 	}
 	return os.RemoveAll(controller.Dir(name))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/dataplane/iptables"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
+	"github.com/rampart-sec/rampart/internal/lab/cgroup"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/policy"
 )
@@ -29,6 +31,11 @@ type Lab struct {
 	rs       *ir.Ruleset
 	fabric   Fabric
 	planes   map[string]dataplane.Dataplane // by node name
+
+	// With eBPF, Services are balanced at connect time for the pods' (and nodes') sockets.
+	sock      *ebpf.SockLB
+	releaseCG func() error
+	sockErr   error // why connect-time balancing is off, if it is
 }
 
 // New returns a lab over fabric; Reconcile brings it up.
@@ -95,8 +102,68 @@ func (l *Lab) realise(ctx context.Context, c *model.Cluster) error {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
+	if err := l.syncSockLB(rs); err != nil {
+		return err
+	}
 	l.cluster, l.rs = c, rs
 	return SaveState(l.settings, c)
+}
+
+// syncSockLB brings the connect-time load balancer to rs's Services and the current pods'
+// and nodes' namespaces. Where the host offers no cgroup2 hierarchy, Services stay balanced
+// per packet by the veth programs, and the lab says so once.
+func (l *Lab) syncSockLB(rs *ir.Ruleset) error {
+	if l.settings.Dataplane != "ebpf" || l.sockErr != nil {
+		return nil
+	}
+	if l.sock == nil {
+		path, release, err := cgroup.Acquire()
+		if err == nil {
+			l.sock, err = ebpf.NewSockLB(path)
+			if err != nil {
+				release()
+			} else {
+				l.releaseCG = release
+			}
+		}
+		if err != nil {
+			l.sockErr = err
+			fmt.Fprintf(os.Stderr, "warning: connect-time Service load balancing is off (%v); Services are translated per packet\n", err)
+			return nil
+		}
+	}
+	if err := l.sock.Sync(rs); err != nil {
+		return fmt.Errorf("connect-time load balancer: %w", err)
+	}
+	var cookies []uint64
+	var errs []error
+	add := func(netns string) {
+		c, err := ebpf.NetnsCookie(netns)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("namespace %s: %w", netns, err))
+			return
+		}
+		cookies = append(cookies, c)
+	}
+	for _, n := range rs.Nodes {
+		add(l.fabric.NodeNetns(n.Name))
+	}
+	for i := range rs.Pods {
+		if p := &rs.Pods[i]; !p.HostNetwork && len(p.IPs) > 0 {
+			add(l.fabric.PodNetns(p.Namespace, p.Name))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("connect-time load balancer: %w", err)
+	}
+	return l.sock.SetClients(cookies)
+}
+
+// SockLB returns the connect-time load balancer, nil when the lab has none.
+func (l *Lab) SockLB() *ebpf.SockLB {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.sock
 }
 
 // plane returns the dataplane of a node, creating it on first use (nil for "none").
@@ -150,8 +217,18 @@ func topologyOf(c *model.Cluster, rs *ir.Ruleset) Topology {
 func (l *Lab) Teardown() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	// Deleting the namespaces removes rules, sets and programs with them.
-	return l.fabric.Teardown()
+	// Deleting the namespaces removes rules, sets and programs with them; the socket hooks live
+	// in the process's cgroup and go with it.
+	var errs []error
+	if l.sock != nil {
+		errs = append(errs, l.sock.Close())
+		l.sock = nil
+	}
+	if l.releaseCG != nil {
+		errs = append(errs, l.releaseCG())
+		l.releaseCG = nil
+	}
+	return errors.Join(append(errs, l.fabric.Teardown())...)
 }
 
 // Snapshot returns the current objects and rules for reading.

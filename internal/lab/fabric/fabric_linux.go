@@ -62,6 +62,9 @@ func (f *Fabric) NodeNetns(node string) string {
 	return ""
 }
 
+// PodNetns names a pod's namespace (host-network pods live in their node's).
+func (f *Fabric) PodNetns(ns, name string) string { return f.podNetns(ns, name) }
+
 func (f *Fabric) podNetns(ns, name string) string { return f.prefix + ns + "_" + name }
 
 // PodInterface names the node-side end of a pod's veth: short (IFNAMSIZ is 16) and stable.

@@ -102,8 +102,10 @@ func randomPoliciesMatchEvaluator(t *testing.T, dp string) {
 		}
 		var wrong []string
 		for _, p := range probes {
-			if dp == "ebpf" && p.From == "z/agent" && p.Via == "service" {
-				continue // known gap: no eBPF Service load balancing for host-network clients yet
+			if dp == "ebpf" && p.From == "z/agent" && p.Via == "service" && p.Protocol == "SCTP" {
+				// Known gap: host-network clients are balanced in the socket hooks, which do
+				// not see SCTP (raw sockets here); TCP and UDP are checked.
+				continue
 			}
 			k := fmt.Sprintf("%s>%s:%d/%s", p.From, p.To, p.Port, p.Protocol)
 			if want[k] != p.Connected {

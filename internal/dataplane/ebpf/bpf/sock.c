@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Connect-time Service load balancing in cgroup socket hooks (docs/ebpf-design.md).
+//   connect4:     TCP and connected UDP: the socket connects straight to a backend.
+//   sendmsg4:     unconnected UDP: each datagram to a frontend goes to a backend.
+//   recvmsg4:     UDP replies appear to come from the frontend the client addressed.
+//   getpeername4: the socket's peer reads as the frontend.
+// Packets then carry the backend address from the start, so the veth programs decide policy on
+// the backend and need no per-packet NAT. Only sockets of the network namespaces listed in
+// `clients` are translated: one cgroup may hold the sockets of several clusters.
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+
+struct lb_svc_key {
+	__u32 vip;  // network order
+	__u16 port; // network order
+	__u8 protocol;
+	__u8 pad;
+};
+
+struct lb_svc_value {
+	__u32 id;
+	__u32 count; // backends
+};
+
+struct lb_backend_key {
+	__u32 id;
+	__u32 index;
+};
+
+struct lb_backend_value {
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
+};
+
+// The frontend a socket addressed, by socket and backend.
+struct lb_revnat_key {
+	__u64 cookie;
+	__u32 backend;
+	__u16 port;
+	__u16 pad;
+};
+
+struct lb_revnat_value {
+	__u32 vip;
+	__u16 port;
+	__u16 pad;
+};
+
+enum lb_counter {
+	LB_CONNECT,
+	LB_SENDMSG,
+	LB_RECVMSG,
+	LB_GETPEERNAME,
+	LB_NO_BACKEND,
+	LB_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); // network namespace cookie
+	__type(value, __u32);
+} clients SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb_svc_key);
+	__type(value, struct lb_svc_value);
+} lb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct lb_backend_key);
+	__type(value, struct lb_backend_value);
+} lb_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct lb_revnat_key);
+	__type(value, struct lb_revnat_value);
+} lb_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} lb_counters SEC(".maps");
+
+static __always_inline void lb_count(__u32 c)
+{
+	__u64 *v = bpf_map_lookup_elem(&lb_counters, &c);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int ours(struct bpf_sock_addr *ctx)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	return bpf_map_lookup_elem(&clients, &netns) != NULL;
+}
+
+// translate points the socket address at a backend of the frontend it names. Returns 0 to
+// refuse the operation (a frontend without backends), 1 otherwise.
+static __always_inline int translate(struct bpf_sock_addr *ctx, __u32 counter)
+{
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+		return 1;
+	if (!ours(ctx))
+		return 1;
+	struct lb_svc_key sk = {.vip = ctx->user_ip4, .port = (__u16)ctx->user_port, .protocol = (__u8)ctx->protocol};
+	struct lb_svc_value *sv = bpf_map_lookup_elem(&lb_services, &sk);
+	if (!sv)
+		return 1;
+	if (!sv->count) {
+		lb_count(LB_NO_BACKEND);
+		return 0;
+	}
+	struct lb_backend_key bk = {.id = sv->id, .index = bpf_get_prandom_u32() % sv->count};
+	struct lb_backend_value *bv = bpf_map_lookup_elem(&lb_backends, &bk);
+	if (!bv)
+		return 1;
+	struct lb_revnat_key rk = {.cookie = bpf_get_socket_cookie(ctx), .backend = bv->addr, .port = bv->port};
+	struct lb_revnat_value rv = {.vip = sk.vip, .port = sk.port};
+	bpf_map_update_elem(&lb_revnat, &rk, &rv, BPF_ANY);
+	ctx->user_ip4 = bv->addr;
+	ctx->user_port = bv->port;
+	lb_count(counter);
+	return 1;
+}
+
+// restore shows the frontend instead of the backend a reply or peer address names.
+static __always_inline int restore(struct bpf_sock_addr *ctx, __u32 counter)
+{
+	struct lb_revnat_key rk = {.cookie = bpf_get_socket_cookie(ctx), .backend = ctx->user_ip4, .port = (__u16)ctx->user_port};
+	struct lb_revnat_value *rv = bpf_map_lookup_elem(&lb_revnat, &rk);
+	if (!rv)
+		return 1;
+	ctx->user_ip4 = rv->vip;
+	ctx->user_port = rv->port;
+	lb_count(counter);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int lb_connect4(struct bpf_sock_addr *ctx)
+{
+	return translate(ctx, LB_CONNECT);
+}
+
+SEC("cgroup/sendmsg4")
+int lb_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return translate(ctx, LB_SENDMSG);
+}
+
+SEC("cgroup/recvmsg4")
+int lb_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return restore(ctx, LB_RECVMSG);
+}
+
+SEC("cgroup/getpeername4")
+int lb_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return restore(ctx, LB_GETPEERNAME);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,207 @@
+package ebpf
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/nsexec"
+)
+
+// SockLB is connect-time Service load balancing: programs in a cgroup's socket hooks (connect4,
+// sendmsg4, recvmsg4, getpeername4) send the sockets of the client network namespaces it is
+// given straight to a backend. Traffic from sockets outside the cgroup, or from other network
+// namespaces, is left to the per-packet DNAT of the veth programs.
+//
+// A Service's backends change atomically: the new list is written under a fresh id, then the
+// frontend entry is switched to it in one map update, then the old list is deleted.
+type SockLB struct {
+	mu      sync.Mutex
+	objs    sockObjects
+	links   []link.Link
+	current map[sockLbSvcKey]lbEntry
+	nextID  uint32
+}
+
+type lbEntry struct {
+	id       uint32
+	backends []sockLbBackendValue
+}
+
+// NewSockLB loads the programs and attaches them to the cgroup (v2) directory at cgroupPath.
+// The links belong to this process: they go when Close is called or the process exits.
+func NewSockLB(cgroupPath string) (*SockLB, error) {
+	s := &SockLB{current: map[sockLbSvcKey]lbEntry{}}
+	if err := loadSockObjects(&s.objs, nil); err != nil {
+		return nil, fmt.Errorf("load connect-time load balancer: %w", err)
+	}
+	for _, a := range []struct {
+		prog *ebpf.Program
+		at   ebpf.AttachType
+	}{
+		{s.objs.LbConnect4, ebpf.AttachCGroupInet4Connect},
+		{s.objs.LbSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
+		{s.objs.LbRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg},
+		{s.objs.LbGetpeername4, ebpf.AttachCgroupInet4GetPeername},
+	} {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: a.at, Program: a.prog})
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("attach %s to cgroup %s: %w", a.at, cgroupPath, err)
+		}
+		s.links = append(s.links, l)
+	}
+	return s, nil
+}
+
+// SetClients replaces the set of network namespaces (by cookie) whose sockets are balanced.
+func (s *SockLB) SetClients(cookies []uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want := map[uint64]bool{}
+	var errs []error
+	for _, c := range cookies {
+		want[c] = true
+		errs = append(errs, s.objs.Clients.Put(c, uint32(1)))
+	}
+	var k uint64
+	var v uint32
+	var stale []uint64
+	it := s.objs.Clients.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	errs = append(errs, it.Err())
+	for _, k := range stale {
+		errs = append(errs, s.objs.Clients.Delete(k))
+	}
+	return errors.Join(errs...)
+}
+
+// Sync makes the frontends and backends those of rs's ClusterIP Services (IPv4, TCP and UDP:
+// socket hooks do not see SCTP, which the veth programs translate).
+func (s *SockLB) Sync(rs *ir.Ruleset) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want := map[sockLbSvcKey][]sockLbBackendValue{}
+	for _, svc := range rs.Services {
+		for _, sp := range svc.Ports {
+			if sp.Protocol != ir.TCP && sp.Protocol != ir.UDP {
+				continue
+			}
+			var bs []sockLbBackendValue
+			for _, b := range sp.Backends {
+				if b.IP.Is4() {
+					bs = append(bs, sockLbBackendValue{Addr: ipv4Key(b.IP), Port: portKey16(b.Port)})
+				}
+			}
+			for _, vip := range svc.ClusterIPs {
+				if vip.Is4() {
+					want[sockLbSvcKey{Vip: ipv4Key(vip), Port: portKey16(sp.Port), Protocol: uint8(sp.Protocol)}] = bs
+				}
+			}
+		}
+	}
+	var errs []error
+	for k, bs := range want {
+		cur, ok := s.current[k]
+		if ok && slices.Equal(cur.backends, bs) {
+			continue
+		}
+		s.nextID++
+		id := s.nextID
+		var werr []error
+		for i, b := range bs {
+			werr = append(werr, s.objs.LbBackends.Put(sockLbBackendKey{Id: id, Index: uint32(i)}, b))
+		}
+		if err := errors.Join(werr...); err != nil {
+			errs = append(errs, err)
+			s.dropBackends(id, len(bs))
+			continue // the frontend keeps its previous backends
+		}
+		if err := s.objs.LbServices.Put(k, sockLbSvcValue{Id: id, Count: uint32(len(bs))}); err != nil {
+			errs = append(errs, err)
+			s.dropBackends(id, len(bs))
+			continue
+		}
+		if ok {
+			s.dropBackends(cur.id, len(cur.backends))
+		}
+		s.current[k] = lbEntry{id: id, backends: bs}
+	}
+	for k, cur := range s.current {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		errs = append(errs, s.objs.LbServices.Delete(k))
+		s.dropBackends(cur.id, len(cur.backends))
+		delete(s.current, k)
+	}
+	return errors.Join(errs...)
+}
+
+func (s *SockLB) dropBackends(id uint32, n int) {
+	for i := 0; i < n; i++ {
+		_ = s.objs.LbBackends.Delete(sockLbBackendKey{Id: id, Index: uint32(i)})
+	}
+}
+
+// LBCounters are the connect-time load balancer's counters, summed over CPUs.
+type LBCounters struct {
+	Connect, Sendmsg, Recvmsg, Getpeername, NoBackend uint64
+}
+
+// Counters reads the counters.
+func (s *SockLB) Counters() (LBCounters, error) {
+	var out LBCounters
+	for i, dst := range []*uint64{&out.Connect, &out.Sendmsg, &out.Recvmsg, &out.Getpeername, &out.NoBackend} {
+		var per []uint64
+		if err := s.objs.LbCounters.Lookup(uint32(i), &per); err != nil {
+			return out, err
+		}
+		for _, v := range per {
+			*dst += v
+		}
+	}
+	return out, nil
+}
+
+// Close detaches the programs and releases the maps.
+func (s *SockLB) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, l := range s.links {
+		errs = append(errs, l.Close())
+	}
+	s.links = nil
+	return errors.Join(append(errs, s.objs.Close())...)
+}
+
+// NetnsCookie returns the cookie the kernel gives the named network namespace ("" for the
+// caller's), as bpf_get_netns_cookie reports it to the socket hooks.
+func NetnsCookie(netns string) (uint64, error) {
+	var cookie uint64
+	err := nsexec.Do(netns, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		v, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		if err != nil {
+			return fmt.Errorf("SO_NETNS_COOKIE: %w", err)
+		}
+		cookie = v
+		return nil
+	})
+	return cookie, err
+}

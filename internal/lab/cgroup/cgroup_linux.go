@@ -1,0 +1,143 @@
+// Package cgroup gives the lab's process a cgroup (v2) of its own, where the eBPF dataplane's
+// connect-time load balancer hooks the sockets of the lab's pods. The process moves into
+// "rampart-lab-<pid>" under the cgroup2 mount when the first lab asks, and back to where it was
+// when the last lab releases it; the directory is then removed. Nothing else on the host is in
+// that cgroup, so the hooks see only the lab's own sockets.
+package cgroup
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+const prefix = "rampart-lab-"
+
+var (
+	mu       sync.Mutex
+	refs     int
+	path     string // the process's lab cgroup while refs > 0
+	original string // where the process was
+)
+
+// Acquire moves the process into its lab cgroup (once) and returns the cgroup's path; call
+// release when done.
+func Acquire() (string, func() error, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	if refs == 0 {
+		mnt, err := Mount()
+		if err != nil {
+			return "", nil, err
+		}
+		orig, err := current()
+		if err != nil {
+			return "", nil, err
+		}
+		p := filepath.Join(mnt, fmt.Sprintf("%s%d", prefix, os.Getpid()))
+		if err := os.Mkdir(p, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return "", nil, fmt.Errorf("create cgroup: %w", err)
+		}
+		if err := movePID(p); err != nil {
+			os.Remove(p)
+			return "", nil, fmt.Errorf("join cgroup %s: %w", p, err)
+		}
+		path, original = p, filepath.Join(mnt, orig)
+	}
+	refs++
+	var once sync.Once
+	release := func() error {
+		var err error
+		once.Do(func() { err = releaseOne() })
+		return err
+	}
+	return path, release, nil
+}
+
+func releaseOne() error {
+	mu.Lock()
+	defer mu.Unlock()
+	refs--
+	if refs > 0 {
+		return nil
+	}
+	err := movePID(original)
+	if err == nil {
+		err = os.Remove(path)
+	}
+	path = ""
+	return err
+}
+
+func movePID(cg string) error {
+	return os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644)
+}
+
+// Mount returns where the cgroup2 hierarchy is mounted (/sys/fs/cgroup, or
+// /sys/fs/cgroup/unified on hybrid hosts).
+func Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// ID parent major:minor root mountpoint options ... - fstype source superoptions
+		fields := strings.Fields(sc.Text())
+		for i, fld := range fields {
+			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
+				return fields[4], nil
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	return "", errors.New("no cgroup2 hierarchy is mounted")
+}
+
+// current is the process's cgroup2 path, relative to the mount.
+func current() (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			return rest, nil
+		}
+	}
+	return "", errors.New("the process is in no cgroup2 group")
+}
+
+// CleanStale removes lab cgroups left by processes that died without releasing them.
+func CleanStale() error {
+	mnt, err := Mount()
+	if err != nil {
+		return nil // no cgroup2: nothing can have been left
+	}
+	entries, err := os.ReadDir(mnt)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		pid, err := strconv.Atoi(strings.TrimPrefix(e.Name(), prefix))
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) || err != nil {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			continue // its process is alive: not ours to remove
+		}
+		if err := os.Remove(filepath.Join(mnt, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,71 @@
+package cgroup
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/rampart-sec/rampart/internal/netnstest"
+)
+
+func TestAcquireRelease(t *testing.T) {
+	netnstest.RequireRoot(t)
+	before, err := current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1, rel1, err := Acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, rel2, err := Acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p1 != p2 || !strings.HasPrefix(filepath.Base(p1), prefix) {
+		t.Fatalf("paths %s, %s", p1, p2)
+	}
+	now, _ := current()
+	if "/"+filepath.Base(p1) != now {
+		t.Fatalf("process in %s, want %s", now, p1)
+	}
+	if err := rel1(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rel1(); err != nil { // releasing twice counts once
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p1); err != nil {
+		t.Fatalf("released while still held: %v", err)
+	}
+	if err := rel2(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p1); !os.IsNotExist(err) {
+		t.Errorf("cgroup %s left after the last release", p1)
+	}
+	if after, _ := current(); after != before {
+		t.Errorf("process in %s after release, want %s", after, before)
+	}
+}
+
+func TestCleanStale(t *testing.T) {
+	netnstest.RequireRoot(t)
+	mnt, err := Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A pid that cannot be alive (above pid_max) stands for a daemon that died.
+	dead := filepath.Join(mnt, prefix+"99999999")
+	if err := os.Mkdir(dead, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(dead) })
+	if err := CleanStale(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dead); !os.IsNotExist(err) {
+		t.Errorf("stale cgroup %s not removed", dead)
+	}
+}
