@@ -7,9 +7,6 @@ import (
 	"net"
 	"sync"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/nsexec"
@@ -19,25 +16,36 @@ import (
 // in one network namespace (a lab node, or the host on a real node).
 //
 // Each Sync loads a new generation of programs and maps, fills the maps completely, and then
-// switches every TCX link to the new programs (link.Update), so a packet sees either the old
-// tables or the new ones, never a half-written state. Flow state (conntrack, reverse NAT) is
-// carried from one generation to the next, so established flows keep passing. Services are
-// load-balanced by the programs too (DNAT on the client's veth, reverse NAT on its replies):
-// a node under this dataplane has no iptables rules at all.
+// switches every attachment to the new programs (TCX link.Update, or a clsact filter replaced
+// in place), so a packet sees either the old tables or the new ones, never a half-written
+// state. Flow state (conntrack, reverse NAT) is carried from one generation to the next, so
+// established flows keep passing. Services are load-balanced by the programs too (DNAT on the
+// client's veth, reverse NAT on its replies) for sockets the connect-time balancer (SockLB)
+// does not see: a node under this dataplane has no iptables rules at all.
 type Dataplane struct {
 	node  dataplane.Node
 	netns string
 
+	// Attach is how programs are attached: AttachAuto (TCX, else clsact), AttachTCX or
+	// AttachClsact. Set it before the first Sync.
+	Attach string
+	// PinDir, a directory on a bpffs, makes enforcement outlive the process: TCX links and the
+	// flow-state maps (conntrack, reverse NAT) are pinned there, Close leaves them in force,
+	// and the first Sync of a new Dataplane on the same directory adopts them, so established
+	// flows keep passing across a restart. Remove takes everything away. Set before the first
+	// Sync.
+	PinDir string
+
 	mu    sync.Mutex
 	objs  *Objects
-	links map[string][2]link.Link // by interface: from_pod (TCX ingress), to_pod (TCX egress)
+	links map[string]attachment // by interface
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
 
 // New returns a dataplane for node working in the named network namespace ("" for the current).
 func New(node dataplane.Node, netnsName string) *Dataplane {
-	return &Dataplane{node: node, netns: netnsName, links: map[string][2]link.Link{}}
+	return &Dataplane{node: node, netns: netnsName, links: map[string]attachment{}}
 }
 
 // Sync builds the tables for rs and switches the node to them.
@@ -49,7 +57,12 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	if err != nil {
 		return err
 	}
-	next, err := Load(d.objs)
+	var next *Objects
+	if d.objs == nil && d.PinDir != "" {
+		next, err = d.loadAdopting()
+	} else {
+		next, err = Load(d.objs)
+	}
 	if err != nil {
 		return err
 	}
@@ -68,6 +81,9 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		}
 		return d.attach(rs, tables, ifindex, next)
 	})
+	if err == nil && d.PinDir != "" {
+		err = next.pinFlowState(d.PinDir)
+	}
 	if err != nil {
 		next.Close()
 		return err
@@ -89,42 +105,60 @@ func (d *Dataplane) attach(rs *ir.Ruleset, tables *Tables, ifindex map[ir.PodID]
 	}
 	var errs []error
 	for name, idx := range want {
-		ls, ok := d.links[name]
-		if ok {
-			errs = append(errs, ls[0].Update(o.objs.FromPod), ls[1].Update(o.objs.ToPod))
+		if a, ok := d.links[name]; ok {
+			errs = append(errs, a.Update(o.objs.FromPod, o.objs.ToPod))
 			continue
 		}
-		in, err := link.AttachTCX(link.TCXOptions{Interface: idx, Program: o.objs.FromPod, Attach: ebpf.AttachTCXIngress})
+		if a := d.adoptLink(name); a != nil {
+			if err := a.Update(o.objs.FromPod, o.objs.ToPod); err == nil {
+				d.links[name] = a
+				continue
+			}
+			a.Detach() // its interface is gone (a pod recreated under the same name)
+		}
+		a, err := attach(d.Attach, idx, o.objs.FromPod, o.objs.ToPod)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("attach to %s: %w", name, err))
 			continue
 		}
-		out, err := link.AttachTCX(link.TCXOptions{Interface: idx, Program: o.objs.ToPod, Attach: ebpf.AttachTCXEgress})
-		if err != nil {
-			in.Close()
-			errs = append(errs, fmt.Errorf("attach to %s: %w", name, err))
-			continue
+		if d.PinDir != "" {
+			if err := a.Pin(d.linkPin(name)); err != nil {
+				errs = append(errs, err)
+			}
 		}
-		d.links[name] = [2]link.Link{in, out}
+		d.links[name] = a
 	}
-	for name, ls := range d.links {
+	for name, a := range d.links {
 		if _, ok := want[name]; !ok {
-			ls[0].Close()
-			ls[1].Close()
+			a.Detach()
 			delete(d.links, name)
 		}
 	}
+	errs = append(errs, d.dropStalePins(want))
 	return errors.Join(errs...)
 }
 
-// Close detaches every program and releases the maps.
+// Close releases the programs and maps. Without PinDir the programs are detached; with it they
+// stay in force (Remove takes them away).
 func (d *Dataplane) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error
-	for name, ls := range d.links {
-		errs = append(errs, ls[0].Close(), ls[1].Close())
-		delete(d.links, name)
+	closeAll := func() error {
+		for name, a := range d.links {
+			if d.PinDir != "" {
+				errs = append(errs, a.Release()) // pinned: stays in force for the next process
+			} else {
+				errs = append(errs, a.Detach())
+			}
+			delete(d.links, name)
+		}
+		return nil
+	}
+	// clsact filters are removed through netlink in the node's namespace; TCX links are file
+	// descriptors and close anywhere (also once the namespace is gone).
+	if err := d.inNetns(closeAll); err != nil {
+		closeAll()
 	}
 	if d.objs != nil {
 		errs = append(errs, d.objs.Close())

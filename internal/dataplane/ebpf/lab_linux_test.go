@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -17,10 +18,20 @@ import (
 	"github.com/rampart-sec/rampart/internal/randpolicy"
 )
 
-// TestLabEnforcement attaches the programs (TCX) to the pod veths of a 2-node lab that has no
+// TestLabEnforcement attaches the programs to the pod veths of a 2-node lab that has no
 // iptables dataplane, and checks real TCP, UDP and SCTP connections between pod IPs against the
-// evaluator for random policy sets, each applied as a new generation of tables.
+// evaluator for random policy sets, each applied as a new generation of tables: with TCX links,
+// and with the clsact filters older kernels get.
 func TestLabEnforcement(t *testing.T) {
+	for _, tc := range []struct {
+		attach string
+		seeds  int64
+	}{{ebpf.AttachTCX, 6}, {ebpf.AttachClsact, 2}} {
+		t.Run(tc.attach, func(t *testing.T) { labEnforcement(t, tc.attach, tc.seeds) })
+	}
+}
+
+func labEnforcement(t *testing.T, attach string, seeds int64) {
 	l := labtest.New(t, 2, "none", randpolicy.Cluster())
 	ctx := context.Background()
 	_, rs := l.Snapshot()
@@ -33,6 +44,7 @@ func TestLabEnforcement(t *testing.T) {
 			}
 			return l.Fabric.PodInterface(p.Namespace, p.Name), true
 		}}, l.Fabric.NodeNetns(node))
+		dp.Attach = attach
 		planes[node] = dp
 		t.Cleanup(func() {
 			if err := dp.Close(); err != nil {
@@ -41,7 +53,7 @@ func TestLabEnforcement(t *testing.T) {
 		})
 	}
 	denied := 0
-	for seed := int64(1); seed <= 6; seed++ {
+	for seed := int64(1); seed <= seeds; seed++ {
 		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
 		if err := l.Delete(ctx, controller.DeleteRequest{AllPolicies: true}); err != nil && !strings.Contains(err.Error(), "nothing to delete") {
 			t.Fatal(err)
@@ -61,6 +73,20 @@ func TestLabEnforcement(t *testing.T) {
 			// this one denies must go, or a reused ephemeral port would ride on them.
 			if _, err := dp.Sweep(ev); err != nil {
 				t.Fatalf("seed %d: sweep %s: %v", seed, node, err)
+			}
+		}
+		if seed == 1 && attach == ebpf.AttachClsact {
+			// The programs really sit in clsact filters (not TCX links).
+			for i := range rs.Pods {
+				p := &rs.Pods[i]
+				if p.HostNetwork || p.Node == "" {
+					continue
+				}
+				out, err := exec.Command("ip", "netns", "exec", l.Fabric.NodeNetns(p.Node), "tc", "filter", "show", "dev", l.Fabric.PodInterface(p.Namespace, p.Name), "ingress").CombinedOutput()
+				if err != nil || !strings.Contains(string(out), "rampart_from_pod") {
+					t.Fatalf("no clsact filter on %s's veth: %v\n%s", p.Key(), err, out)
+				}
+				break
 			}
 		}
 		want := map[string]bool{}

@@ -20,11 +20,18 @@ type Objects struct {
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
 // generation, its flow state (conntrack and reverse NAT) is reused, so flows survive new tables.
 func Load(prev *Objects) (*Objects, error) {
+	if prev != nil {
+		return loadWith(prev.objs.Conntrack, prev.objs.Revnat)
+	}
+	return loadWith(nil, nil)
+}
+
+// loadWith loads a generation using the given flow-state maps (nil: new ones).
+func loadWith(conntrack, revnat *ebpf.Map) (*Objects, error) {
 	o := &Objects{}
 	var opts *ebpf.CollectionOptions
-	if prev != nil {
-		opts = &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-			"conntrack": prev.objs.Conntrack, "revnat": prev.objs.Revnat}}
+	if conntrack != nil {
+		opts = &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"conntrack": conntrack, "revnat": revnat}}
 	}
 	if err := loadPolicyObjects(&o.objs, opts); err != nil {
 		return nil, fmt.Errorf("load BPF objects: %w", err)

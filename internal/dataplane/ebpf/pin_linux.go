@@ -1,0 +1,131 @@
+package ebpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+)
+
+// Pinned objects under PinDir: links/<interface>-in|-out, conntrack, revnat.
+const (
+	pinLinks     = "links"
+	pinConntrack = "conntrack"
+	pinRevnat    = "revnat"
+)
+
+func (d *Dataplane) linkPin(iface string) string {
+	return filepath.Join(d.PinDir, pinLinks, iface)
+}
+
+// loadAdopting loads the first generation of this process, reusing the flow-state maps a
+// previous process pinned, if any.
+func (d *Dataplane) loadAdopting() (*Objects, error) {
+	if err := os.MkdirAll(filepath.Join(d.PinDir, pinLinks), 0o700); err != nil {
+		return nil, err
+	}
+	ct, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, pinConntrack), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return Load(nil)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("adopt pinned conntrack: %w", err)
+	}
+	defer ct.Close()
+	rn, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, pinRevnat), nil)
+	if err != nil {
+		return nil, fmt.Errorf("adopt pinned reverse NAT: %w", err)
+	}
+	defer rn.Close()
+	o, err := loadWith(ct, rn)
+	if err != nil {
+		// Maps of an incompatible (older) layout: start afresh rather than not at all.
+		os.Remove(filepath.Join(d.PinDir, pinConntrack))
+		os.Remove(filepath.Join(d.PinDir, pinRevnat))
+		return Load(nil)
+	}
+	return o, nil
+}
+
+// pinFlowState pins the generation's conntrack and reverse-NAT maps, unless they already are
+// (later generations share the first one's maps).
+func (o *Objects) pinFlowState(dir string) error {
+	for name, m := range map[string]*ebpf.Map{pinConntrack: o.objs.Conntrack, pinRevnat: o.objs.Revnat} {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err == nil {
+			continue
+		}
+		if err := m.Pin(p); err != nil {
+			return fmt.Errorf("pin %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// adoptLink returns the pinned attachment of an interface a previous process left, if any.
+func (d *Dataplane) adoptLink(iface string) attachment {
+	if d.PinDir == "" {
+		return nil
+	}
+	a, err := loadPinnedTCX(d.linkPin(iface))
+	if err != nil {
+		return nil
+	}
+	return a
+}
+
+// dropStalePins detaches pinned links of interfaces no longer wanted (pods that left while no
+// process was running).
+func (d *Dataplane) dropStalePins(want map[string]int) error {
+	if d.PinDir == "" {
+		return nil
+	}
+	entries, err := os.ReadDir(filepath.Join(d.PinDir, pinLinks))
+	if err != nil {
+		return nil
+	}
+	var errs []error
+	seen := map[string]bool{}
+	for _, e := range entries {
+		iface := strings.TrimSuffix(strings.TrimSuffix(e.Name(), "-in"), "-out")
+		if _, ok := want[iface]; ok || seen[iface] {
+			continue
+		}
+		seen[iface] = true
+		if a, err := loadPinnedTCX(d.linkPin(iface)); err == nil {
+			errs = append(errs, a.Detach())
+		} else {
+			os.Remove(d.linkPin(iface) + "-in")
+			os.Remove(d.linkPin(iface) + "-out")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Remove detaches every program, releases the maps and deletes the pins.
+func (d *Dataplane) Remove() error {
+	d.mu.Lock()
+	var errs []error
+	detach := func() error {
+		for name, a := range d.links {
+			errs = append(errs, a.Detach())
+			delete(d.links, name)
+		}
+		return nil
+	}
+	if err := d.inNetns(detach); err != nil {
+		detach()
+	}
+	if d.objs != nil {
+		errs = append(errs, d.objs.Close())
+		d.objs = nil
+	}
+	d.mu.Unlock()
+	if d.PinDir != "" {
+		errs = append(errs, d.dropStalePins(nil), os.RemoveAll(d.PinDir))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,187 @@
+package ebpf_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	cebpf "github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/dataplane/ebpf"
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/lab/controller"
+	"github.com/rampart-sec/rampart/internal/lab/labtest"
+	"github.com/rampart-sec/rampart/internal/nsexec"
+)
+
+const pinCluster = `apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x, labels: {pod: client}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: x, labels: {pod: other}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: x, labels: {pod: server}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-client, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: server}}
+  ingress: [{from: [{podSelector: {matchLabels: {pod: client}}}]}]
+`
+
+// TestPinnedRestart: with PinDir, enforcement and established flows outlive the process's
+// handles (an agent restart), a new Dataplane adopts the pinned links and flow state instead of
+// stacking a second attachment, and Remove takes everything away.
+func TestPinnedRestart(t *testing.T) {
+	l := labtest.New(t, 1, "none", pinCluster)
+	ctx := context.Background()
+	bpffs := t.TempDir()
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(bpffs, unix.MNT_DETACH) })
+	pinDir := filepath.Join(bpffs, "node-1")
+	_, rs := l.Snapshot()
+	node := "node-1"
+	newDP := func() *ebpf.Dataplane {
+		dp := ebpf.New(dataplane.Node{Name: node, Interface: func(p *ir.Pod) (string, bool) {
+			if p.Node != node || p.HostNetwork {
+				return "", false
+			}
+			return l.Fabric.PodInterface(p.Namespace, p.Name), true
+		}}, l.Fabric.NodeNetns(node))
+		dp.Attach = ebpf.AttachTCX
+		dp.PinDir = pinDir
+		return dp
+	}
+	reach := func(from string) bool {
+		t.Helper()
+		ps, err := l.Probe(ctx, controller.ProbeRequest{From: "x/" + from, To: "x/server", Via: "pod", Timeout: 700 * time.Millisecond})
+		if err != nil || len(ps) != 1 {
+			t.Fatalf("probe: %v %+v", err, ps)
+		}
+		return ps[0].Connected
+	}
+	attached := func() int {
+		t.Helper()
+		n := 0
+		err := nsexec.Do(l.Fabric.NodeNetns(node), func() error {
+			iface, err := net.InterfaceByName(l.Fabric.PodInterface("x", "server"))
+			if err != nil {
+				return err
+			}
+			for _, at := range []cebpf.AttachType{cebpf.AttachTCXIngress, cebpf.AttachTCXEgress} {
+				r, err := link.QueryPrograms(link.QueryOptions{Target: iface.Index, Attach: at})
+				if err != nil {
+					return err
+				}
+				n += len(r.Programs)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	dp1 := newDP()
+	if err := dp1.Sync(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	if !reach("client") || reach("other") {
+		t.Fatal("policy not enforced after the first sync")
+	}
+	conn, err := l.Fabric.DialTCP(ctx, "x", "client", netip.AddrPortFrom(podIP(rs, "x/server"), 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip := func(msg string) error {
+		_ = conn.SetDeadline(time.Now().Add(time.Second))
+		if _, err := conn.Write([]byte(msg + "\n")); err != nil {
+			return err
+		}
+		got, err := r.ReadString('\n')
+		if err == nil && got != msg+"\n" {
+			err = fmt.Errorf("echo %q", got)
+		}
+		return err
+	}
+
+	// The "agent" stops: its handles go, the pinned programs stay in force.
+	if err := dp1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip("while stopped"); err != nil {
+		t.Fatalf("established connection broke when the process let go: %v", err)
+	}
+	if !reach("client") || reach("other") {
+		t.Fatal("policy not in force while no process holds the programs")
+	}
+	if n := attached(); n != 2 {
+		t.Fatalf("%d programs on the server's veth, want 2 (from_pod, to_pod)", n)
+	}
+
+	// A new process adopts links and flow state.
+	dp2 := newDP()
+	if err := dp2.Sync(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	if n := attached(); n != 2 {
+		t.Fatalf("after adoption %d programs on the server's veth, want 2 (adopted, not stacked)", n)
+	}
+	if err := roundTrip("after restart"); err != nil {
+		t.Fatalf("established connection broke across the restart: %v", err)
+	}
+	if !reach("client") || reach("other") {
+		t.Fatal("policy not enforced after adoption")
+	}
+
+	if err := dp2.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if n := attached(); n != 0 {
+		t.Errorf("%d programs left after Remove", n)
+	}
+	if _, err := os.Stat(pinDir); !os.IsNotExist(err) {
+		t.Errorf("pins left after Remove: %v", err)
+	}
+	if !reach("other") {
+		t.Error("still enforcing after Remove")
+	}
+}
+
+func podIP(rs *ir.Ruleset, key string) netip.Addr {
+	for i := range rs.Pods {
+		if rs.Pods[i].Key() == key {
+			return rs.Pods[i].IP()
+		}
+	}
+	return netip.Addr{}
+}
