@@ -89,8 +89,9 @@ func Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, error) {
 				continue
 			}
 			t.Selected[[2]uint32{ep, uint32(dir)}] = true
+			pr := rulesFor(rs, p, dir)
 			for id, c := range classes {
-				t.verdicts(rs, p, ep, dir, Identity(id), c)
+				t.verdicts(rs, p, ep, dir, Identity(id), c, pr)
 			}
 		}
 	}
@@ -108,7 +109,7 @@ func (t *Tables) identities(rs *ir.Ruleset) ([]class, error) {
 	members := map[netip.Prefix][]member{}
 	for i := range rs.Sets {
 		for _, p := range rs.Sets[i].Prefixes() {
-			if p.Addr().Is4() {
+			if p = p.Masked(); p.Addr().Is4() {
 				members[p] = append(members[p], member{set: rs.Sets[i].ID})
 			}
 		}
@@ -130,18 +131,22 @@ func (t *Tables) identities(rs *ir.Ruleset) ([]class, error) {
 	for p := range members {
 		prefixes = append(prefixes, p)
 	}
-	sort.Slice(prefixes, func(i, j int) bool { return prefixes[i].Bits() < prefixes[j].Bits() })
+	sort.Slice(prefixes, func(i, j int) bool {
+		if prefixes[i].Bits() != prefixes[j].Bits() {
+			return prefixes[i].Bits() < prefixes[j].Bits()
+		}
+		return prefixes[i].Addr().Less(prefixes[j].Addr())
+	})
 
 	byKey := map[string]Identity{}
 	var classes []class
 	for _, p := range prefixes {
 		c := class{named: map[ir.SetID][]portKey{}}
 		seen := map[ir.SetID]bool{}
-		// Every prefix containing p (p itself included) contributes its sets.
-		for _, q := range prefixes {
-			if q.Bits() > p.Bits() || !q.Contains(p.Addr()) {
-				continue
-			}
+		// Every prefix containing p (p itself included) contributes its sets: its ancestors,
+		// found by masking p to each shorter length (33 lookups, not a scan of all prefixes).
+		for bits := 0; bits <= p.Bits(); bits++ {
+			q := netip.PrefixFrom(p.Addr(), bits).Masked()
 			for _, m := range members[q] {
 				if m.named != nil {
 					c.named[m.set] = append(c.named[m.set], portKey{m.named.Protocol, m.named.Port})

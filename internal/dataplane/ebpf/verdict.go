@@ -6,38 +6,96 @@ import (
 	"github.com/rampart-sec/rampart/internal/ir"
 )
 
-// verdicts appends the entries of one endpoint, direction and identity: the port space of each
-// protocol is cut at every boundary a rule of the endpoint's policies uses, each piece is
-// decided once, and equal neighbours are merged before being encoded as prefixes.
-func (t *Tables) verdicts(rs *ir.Ruleset, pod *ir.Pod, ep uint32, dir ir.Direction, id Identity, c class) {
+// podRules are the rules of one endpoint and direction in evaluation order (admin tier by
+// priority, then NetworkPolicy, then baseline), indexed by the peer sets they name, so that a
+// remote class is decided by walking only the rules whose peers can match it: the cost per class
+// is the rules naming its sets, not every rule of every policy.
+type podRules struct {
+	rules    []flatRule
+	isolated bool               // some NetworkPolicy selects the endpoint in this direction
+	anyPeer  []int              // rules that match every peer
+	bySet    map[ir.SetID][]int // peer set -> rules naming it
+}
+
+type flatRule struct {
+	tier ir.TierKind
+	r    *ir.Rule
+}
+
+func rulesFor(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction) *podRules {
+	pr := &podRules{bySet: map[ir.SetID][]int{}}
 	refs := rs.PoliciesFor(pod.ID, dir)
-	for _, proto := range ir.Protocols {
-		bounds := []int{0, 65536}
+	for _, kind := range []ir.TierKind{ir.TierAdmin, ir.TierNetworkPolicy, ir.TierBaseline} {
 		for _, ref := range refs {
-			for _, r := range rs.Policy(dir, ref).Rules {
-				for _, pr := range r.Ports.Ranges {
-					if pr.Protocol == proto {
-						bounds = append(bounds, int(pr.First), int(pr.Last)+1)
+			if rs.Tiers[dir][ref.Tier].Kind != kind {
+				continue
+			}
+			pol := rs.Policy(dir, ref)
+			if kind == ir.TierNetworkPolicy {
+				pr.isolated = true
+			}
+			for i := range pol.Rules {
+				r := &pol.Rules[i]
+				idx := len(pr.rules)
+				pr.rules = append(pr.rules, flatRule{tier: kind, r: r})
+				if r.AnyPeer {
+					pr.anyPeer = append(pr.anyPeer, idx)
+					continue
+				}
+				seen := map[ir.SetID]bool{}
+				for _, p := range r.Peers {
+					if !seen[p.Set] {
+						seen[p.Set] = true
+						pr.bySet[p.Set] = append(pr.bySet[p.Set], idx)
 					}
 				}
-				for _, n := range r.Ports.Named {
-					for _, pk := range namedPorts(rs, pod, dir, c, n) {
-						if pk.proto == proto {
-							bounds = append(bounds, int(pk.port), int(pk.port)+1)
-						}
+			}
+		}
+	}
+	return pr
+}
+
+// candidates lists, in evaluation order, the rules whose peers match class c.
+func (pr *podRules) candidates(c class) []int {
+	out := append([]int(nil), pr.anyPeer...)
+	for _, s := range c.sets {
+		out = append(out, pr.bySet[s]...)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// verdicts appends the entries of one endpoint, direction and identity: the port space of each
+// protocol is cut at every boundary a rule matching the identity uses, each piece is decided
+// once, and equal neighbours are merged before being encoded as prefixes.
+func (t *Tables) verdicts(rs *ir.Ruleset, pod *ir.Pod, ep uint32, dir ir.Direction, id Identity, c class, pr *podRules) {
+	cand := pr.candidates(c)
+	for _, proto := range ir.Protocols {
+		bounds := []int{0, 65536}
+		for _, i := range cand {
+			r := pr.rules[i].r
+			for _, rg := range r.Ports.Ranges {
+				if rg.Protocol == proto {
+					bounds = append(bounds, int(rg.First), int(rg.Last)+1)
+				}
+			}
+			for _, n := range r.Ports.Named {
+				for _, pk := range namedPorts(rs, pod, dir, c, n) {
+					if pk.proto == proto {
+						bounds = append(bounds, int(pk.port), int(pk.port)+1)
 					}
 				}
 			}
 		}
 		slices.Sort(bounds)
 		bounds = slices.Compact(bounds)
-		start, allow := 0, decide(rs, pod, dir, refs, c, proto, 0)
+		start, allow := 0, pr.decide(rs, pod, dir, cand, c, proto, 0)
 		for i := 1; i < len(bounds); i++ {
 			next := 65536
 			nextAllow := allow
 			if bounds[i] < 65536 {
 				next = bounds[i]
-				nextAllow = decide(rs, pod, dir, refs, c, proto, uint16(next))
+				nextAllow = pr.decide(rs, pod, dir, cand, c, proto, uint16(next))
 				if nextAllow == allow {
 					continue
 				}
@@ -65,21 +123,17 @@ func namedPorts(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, c class, n ir.Nam
 	return out
 }
 
-// decide walks the tiers for one (endpoint, remote class, protocol, port).
-func decide(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, refs []ir.PolicyRef, c class, proto ir.Protocol, port uint16) bool {
-	matches := func(r *ir.Rule) bool {
-		peer := r.AnyPeer
-		for _, p := range r.Peers {
-			peer = peer || c.in(p.Set)
-		}
-		if !peer {
-			return false
-		}
+// decide walks the tiers for one (endpoint, remote class, protocol, port) over the candidate
+// rules (those whose peers match the class), in evaluation order: the first admin rule that
+// matches decides (Pass skips the rest of the admin tier); then any NetworkPolicy rule allows;
+// an isolated endpoint denies the rest; then the first baseline rule decides; else allow.
+func (pr *podRules) decide(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, cand []int, c class, proto ir.Protocol, port uint16) bool {
+	portMatches := func(r *ir.Rule) bool {
 		if r.Ports.All {
 			return true
 		}
-		for _, pr := range r.Ports.Ranges {
-			if pr.Contains(proto, port) {
+		for _, rg := range r.Ports.Ranges {
+			if rg.Contains(proto, port) {
 				return true
 			}
 		}
@@ -90,51 +144,35 @@ func decide(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, refs []ir.PolicyRef, 
 		}
 		return false
 	}
-	tier := func(ref ir.PolicyRef) ir.TierKind { return rs.Tiers[dir][ref.Tier].Kind }
-admin:
-	for _, ref := range refs {
-		if tier(ref) != ir.TierAdmin {
-			continue
-		}
-		for _, r := range rs.Policy(dir, ref).Rules {
-			if !matches(&r) {
+	passed := false
+	for _, i := range cand {
+		fr := pr.rules[i]
+		switch fr.tier {
+		case ir.TierAdmin:
+			if passed || !portMatches(fr.r) {
 				continue
 			}
-			switch r.Action {
+			switch fr.r.Action {
 			case ir.Allow:
 				return true
 			case ir.Deny:
 				return false
 			}
-			break admin // Pass: on to NetworkPolicy
-		}
-	}
-	isolated := false
-	for _, ref := range refs {
-		if tier(ref) != ir.TierNetworkPolicy {
-			continue
-		}
-		isolated = true
-		for _, r := range rs.Policy(dir, ref).Rules {
-			if matches(&r) {
+			passed = true // Pass: on to NetworkPolicy
+		case ir.TierNetworkPolicy:
+			if portMatches(fr.r) {
 				return true
 			}
-		}
-	}
-	if isolated {
-		return false
-	}
-	for _, ref := range refs {
-		if tier(ref) != ir.TierBaseline {
-			continue
-		}
-		for _, r := range rs.Policy(dir, ref).Rules {
-			if matches(&r) {
-				return r.Action == ir.Allow
+		case ir.TierBaseline:
+			if pr.isolated {
+				return false
+			}
+			if portMatches(fr.r) {
+				return fr.r.Action == ir.Allow
 			}
 		}
 	}
-	return true
+	return !pr.isolated
 }
 
 type portPrefix struct {
