@@ -118,6 +118,9 @@ func Scan(ctx context.Context, target string) (*Result, error) {
 	case errors.Is(statErr, os.ErrNotExist) && looksLikeRef(target):
 		kind = KindRegistry
 		sr, err = scanRemote(ctx, target, cfg)
+		if err != nil {
+			err = fmt.Errorf("no such file, and pulling it as an image reference failed: %w", err)
+		}
 	default:
 		return nil, statErr
 	}
@@ -135,9 +138,18 @@ func isOCILayout(dir string) bool {
 	return err == nil
 }
 
+// looksLikeRef tells an image reference from a mistyped path.
 func looksLikeRef(s string) bool {
+	if strings.HasPrefix(s, ".") || strings.HasPrefix(s, "/") {
+		return false
+	}
+	for _, ext := range []string{".tar", ".tar.gz", ".tgz"} {
+		if strings.HasSuffix(s, ext) {
+			return false
+		}
+	}
 	_, err := name.ParseReference(s)
-	return err == nil && !strings.HasPrefix(s, ".") && !strings.HasPrefix(s, "/")
+	return err == nil
 }
 
 // scanOCILayout scans the layout's first image (the one an unqualified pull would run).

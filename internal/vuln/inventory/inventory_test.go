@@ -2,12 +2,19 @@ package inventory
 
 import (
 	"context"
+	"io"
+	"log"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/rampart-sec/rampart/internal/vuln"
 	"github.com/rampart-sec/rampart/internal/vuln/vulntest"
@@ -94,3 +101,32 @@ func TestScanErrors(t *testing.T) {
 var _ = vuln.Installed{}
 
 func writeFile(p, s string) error { return os.WriteFile(p, []byte(s), 0o644) }
+
+// TestScanRegistry pulls the image from a registry (an in-process one on loopback).
+func TestScanRegistry(t *testing.T) {
+	root := t.TempDir()
+	if err := vulntest.WriteRootFS(root, vulntest.Image{DebianVersion: "12", Debs: []vulntest.Deb{{Name: "libc6", Source: "glibc", Version: "2.36-9+deb12u1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := vulntest.V1Image(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/shop/web:1.0"
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(tag, img); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Scan(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Kind != KindRegistry || len(res.Packages) != 1 || res.Packages[0].Name != "libc6" {
+		t.Errorf("scan of %s = %+v", ref, res)
+	}
+}
