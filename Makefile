@@ -4,7 +4,7 @@ GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN := bin/rampart
 # Debian packages the lab, the dataplanes and the tests use (util-linux: nsenter; clang, llvm and
 # libbpf-dev: make generate, which compiles the BPF programs; the build itself needs none of them).
-APT_PACKAGES := iproute2 iptables ipset util-linux clang llvm libbpf-dev linux-libc-dev
+APT_PACKAGES := iproute2 iptables ipset util-linux clang llvm libbpf-dev linux-libc-dev python3
 
 .PHONY: all build deps demo test vet fmt-check generate check-generate fuzz bench clean
 
@@ -43,6 +43,7 @@ test: deps build vet fmt-check check-generate
 # Benchmarks (root: they build network namespaces). Results land in bench/results/.
 bench: deps build
 	RAMPART_BENCH=1 $(GO) test ./bench/ -run 'TestScale|TestBench' -v -count=1 -timeout 20m
+	python3 scripts/plot-dataplane.py bench/results/dataplane.json docs/dataplane-ratios.svg
 	$(GO) test ./bench/ -run XXX -bench . -benchtime 20x
 
 fuzz:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"sort"
@@ -53,12 +54,21 @@ type dpResult struct {
 	ThroughputRatio float64 `json:"throughput_ratio_to_baseline"`
 	RRRatio         float64 `json:"rr_ratio_to_baseline"`
 	Runs            int     `json:"runs"`
+	// Per round, this mode over the baseline measured right before it: the spread shows the
+	// machine's noise, and pairing by round cancels slow drift.
+	ThroughputRatioRounds []float64 `json:"throughput_ratio_per_round"`
+	RRRatioRounds         []float64 `json:"rr_ratio_per_round"`
+	// Against the same dataplane without policy, per-round pairs too: what the rules cost.
+	ThroughputRatioSameDataplane float64 `json:"throughput_ratio_to_same_dataplane_without_policy,omitempty"`
+	RRRatioSameDataplane         float64 `json:"rr_ratio_to_same_dataplane_without_policy,omitempty"`
 }
 
 // TestBenchDataplanes measures an established TCP flow between two pods on one node: bulk
 // throughput and one-line request/response rate, for the same topology with no policy (the
-// baseline) and with 10,000 rules under each dataplane. Modes are measured round-robin, three
-// rounds of 2 s each, and medians reported. Results go to bench/results/dataplane.json.
+// baseline), for each dataplane without policy, and with 10,000 rules under each dataplane. Modes are measured round-robin, seven
+// rounds of 2 s each (machines are noisy), and medians reported. Results go to bench/results/dataplane.json.
+func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
+
 func TestBenchDataplanes(t *testing.T) {
 	if os.Getenv("RAMPART_BENCH") == "" {
 		t.Skip("set RAMPART_BENCH=1 (make bench) to run the dataplane benchmark")
@@ -67,7 +77,9 @@ func TestBenchDataplanes(t *testing.T) {
 	modes := []struct {
 		name, dataplane string
 		rules           int
-	}{{"baseline: no policy", "none", 0}, {"iptables", "iptables", 10000}, {"ebpf", "ebpf", 10000}}
+		ref             int // index of the same dataplane without policy, for the cost of the rules alone
+	}{{"baseline: no policy", "none", 0, 0}, {"iptables, no policy", "iptables", 0, 0}, {"iptables", "iptables", 10000, 1},
+		{"ebpf, no policy", "ebpf", 0, 0}, {"ebpf", "ebpf", 10000, 3}}
 	labs := make([]labtest.Lab, len(modes))
 	for i, m := range modes {
 		labs[i] = labtest.New(t, 1, m.dataplane, benchCluster)
@@ -82,7 +94,7 @@ func TestBenchDataplanes(t *testing.T) {
 	dst := netip.MustParseAddrPort("10.244.1.11:80")
 	tput := make([][]float64, len(modes))
 	rr := make([][]float64, len(modes))
-	for round := 0; round < 3; round++ {
+	for round := 0; round < 7; round++ {
 		for i, m := range modes {
 			b, r, err := labs[i].Fabric.Load(ctx, "x", "client", dst, 2*time.Second)
 			if err != nil {
@@ -99,8 +111,22 @@ func TestBenchDataplanes(t *testing.T) {
 	}
 	var results []dpResult
 	for i, m := range modes {
-		results = append(results, dpResult{Mode: m.name, Rules: m.rules, ThroughputMBps: median(tput[i]), RequestsPerSec: median(rr[i]),
-			ThroughputRatio: median(tput[i]) / median(tput[0]), RRRatio: median(rr[i]) / median(rr[0]), Runs: len(tput[i])})
+		var tr, rrr []float64
+		for r := range tput[i] {
+			tr = append(tr, round3(tput[i][r]/tput[0][r]))
+			rrr = append(rrr, round3(rr[i][r]/rr[0][r]))
+		}
+		res := dpResult{Mode: m.name, Rules: m.rules, ThroughputMBps: median(tput[i]), RequestsPerSec: median(rr[i]),
+			ThroughputRatio: median(tr), RRRatio: median(rrr), Runs: len(tput[i]), ThroughputRatioRounds: tr, RRRatioRounds: rrr}
+		if m.ref != 0 {
+			var st, sr []float64
+			for r := range tput[i] {
+				st = append(st, tput[i][r]/tput[m.ref][r])
+				sr = append(sr, rr[i][r]/rr[m.ref][r])
+			}
+			res.ThroughputRatioSameDataplane, res.RRRatioSameDataplane = round3(median(st)), round3(median(sr))
+		}
+		results = append(results, res)
 	}
 	b, _ := json.MarshalIndent(results, "", "  ")
 	t.Logf("\n%s", b)

@@ -81,10 +81,12 @@ func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, ifindex func(ir.PodID) uint32)
 	return errors.Join(errs...)
 }
 
-// fillServices writes every ClusterIP frontend and its backends.
+// fillServices writes every ClusterIP frontend and its backends, and the range holding the
+// frontends.
 func (o *Objects) fillServices(rs *ir.Ruleset) error {
 	var errs []error
 	id := uint32(0)
+	var vips []netip.Addr
 	for _, s := range rs.Services {
 		for _, sp := range s.Ports {
 			for _, vip := range s.ClusterIPs {
@@ -102,10 +104,41 @@ func (o *Objects) fillServices(rs *ir.Ruleset) error {
 				}
 				k := policySvcKey{Vip: ipv4Key(vip), Port: portKey16(sp.Port), Protocol: uint8(sp.Protocol)}
 				errs = append(errs, o.objs.Services.Put(k, policySvcValue{Id: id, Count: n}))
+				vips = append(vips, vip)
 			}
 		}
 	}
+	rg := policySvcRange{Addr: 0, Mask: 0xffffffff} // no frontends: matches only 0.0.0.0
+	if p, ok := covering(vips); ok {
+		m := [4]byte{}
+		for i := 0; i < p.Bits(); i++ {
+			m[i/8] |= 1 << (7 - i%8)
+		}
+		rg = policySvcRange{Addr: ipv4Key(p.Addr()), Mask: binary.NativeEndian.Uint32(m[:])}
+	}
+	errs = append(errs, o.objs.ServiceRange.Put(uint32(0), rg))
 	return errors.Join(errs...)
+}
+
+// covering is the longest prefix holding every address (IPv4).
+func covering(addrs []netip.Addr) (netip.Prefix, bool) {
+	if len(addrs) == 0 {
+		return netip.Prefix{}, false
+	}
+	for bits := 32; bits >= 0; bits-- {
+		p, _ := addrs[0].Prefix(bits)
+		all := true
+		for _, a := range addrs[1:] {
+			if !p.Contains(a) {
+				all = false
+				break
+			}
+		}
+		if all {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
 }
 
 // portKey16 stores a port so that its bytes are in network order, as the packet carries it

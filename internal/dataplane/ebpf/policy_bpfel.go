@@ -32,7 +32,11 @@ type policyCtKey struct {
 	Protocol uint32
 }
 
-type policyCtValue struct{ SeenNs uint64 }
+type policyCtValue struct {
+	SeenNs uint64
+	Flags  uint32
+	Pad    uint32
+}
 
 type policyEndpoint struct {
 	Id      uint32
@@ -75,6 +79,11 @@ type policySvcKey struct {
 	Port     uint16
 	Protocol uint8
 	Pad      uint8
+}
+
+type policySvcRange struct {
+	Addr uint32
+	Mask uint32
 }
 
 type policySvcValue struct {
@@ -132,14 +141,15 @@ type policyProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type policyMapSpecs struct {
-	Backends  *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
-	Policy    *ebpf.MapSpec `ebpf:"policy"`
-	Revnat    *ebpf.MapSpec `ebpf:"revnat"`
-	Services  *ebpf.MapSpec `ebpf:"services"`
+	Backends     *ebpf.MapSpec `ebpf:"backends"`
+	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	Revnat       *ebpf.MapSpec `ebpf:"revnat"`
+	ServiceRange *ebpf.MapSpec `ebpf:"service_range"`
+	Services     *ebpf.MapSpec `ebpf:"services"`
 }
 
 // policyVariableSpecs contains global variables before they are loaded into the kernel.
@@ -168,14 +178,15 @@ func (o *policyObjects) Close() error {
 //
 // It can be passed to loadPolicyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type policyMaps struct {
-	Backends  *ebpf.Map `ebpf:"backends"`
-	Conntrack *ebpf.Map `ebpf:"conntrack"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Ipcache   *ebpf.Map `ebpf:"ipcache"`
-	Policy    *ebpf.Map `ebpf:"policy"`
-	Revnat    *ebpf.Map `ebpf:"revnat"`
-	Services  *ebpf.Map `ebpf:"services"`
+	Backends     *ebpf.Map `ebpf:"backends"`
+	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
+	Policy       *ebpf.Map `ebpf:"policy"`
+	Revnat       *ebpf.Map `ebpf:"revnat"`
+	ServiceRange *ebpf.Map `ebpf:"service_range"`
+	Services     *ebpf.Map `ebpf:"services"`
 }
 
 func (m *policyMaps) Close() error {
@@ -187,6 +198,7 @@ func (m *policyMaps) Close() error {
 		m.Ipcache,
 		m.Policy,
 		m.Revnat,
+		m.ServiceRange,
 		m.Services,
 	)
 }

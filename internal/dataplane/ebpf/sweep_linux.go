@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/bits"
+
+	"github.com/cilium/ebpf"
 	"net/netip"
 
 	"github.com/rampart-sec/rampart/internal/ir"
@@ -11,8 +13,9 @@ import (
 )
 
 // Sweep deletes the tracked flows the evaluator now denies, so a policy change cuts the
-// connections it forbids while the others keep flowing. Entries hold each flow in the
-// direction of its first packet, after Service DNAT: the view policy is decided on.
+// connections it forbids while the others keep flowing. A flow's forward entry holds it in the
+// direction of its first packet, after Service DNAT (the view policy is decided on); its reply
+// entry goes with it.
 func (d *Dataplane) Sweep(ev *policy.Evaluator) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -21,12 +24,17 @@ func (d *Dataplane) Sweep(ev *policy.Evaluator) (int, error) {
 	}
 	ct := d.objs.objs.Conntrack
 	var (
-		k     policyCtKey
-		v     policyCtValue
-		stale []policyCtKey
+		k       policyCtKey
+		v       policyCtValue
+		stale   []policyCtKey
+		replies []policyCtKey
 	)
 	it := ct.Iterate()
 	for it.Next(&k, &v) {
+		if v.Flags&ctReply != 0 {
+			replies = append(replies, k) // judged with its flow's forward entry
+			continue
+		}
 		var proto ir.Protocol
 		switch k.Protocol {
 		case 6:
@@ -49,8 +57,31 @@ func (d *Dataplane) Sweep(ev *policy.Evaluator) (int, error) {
 	var errs []error
 	for _, k := range stale {
 		errs = append(errs, ct.Delete(k))
+		if err := ct.Delete(reverse(k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	// A reply entry whose forward entry is gone (deleted above, or evicted) must not keep
+	// admitting packets on its own.
+	var fv policyCtValue
+	for _, k := range replies {
+		if err := ct.Lookup(reverse(k), &fv); errors.Is(err, ebpf.ErrKeyNotExist) {
+			if err := ct.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, err)
+			}
+		}
 	}
 	return len(stale), errors.Join(errs...)
+}
+
+// ctReply is CT_REPLY of bpf/policy.c: the entry of a flow's reply direction.
+const ctReply = 1
+
+func reverse(k policyCtKey) policyCtKey {
+	r := k
+	r.Saddr, r.Daddr = k.Daddr, k.Saddr
+	r.Sport, r.Dport = k.Dport, k.Sport
+	return r
 }
 
 // addrOf and portOf undo ipv4Key and portKey16.

@@ -51,8 +51,16 @@ struct ct_key {
 	__u32 protocol;
 };
 
+// Each flow has two entries per endpoint, one per direction, so any packet finds its flow in
+// one lookup; the entry for the reply direction carries CT_REPLY. CT_NAT marks flows the
+// per-packet DNAT translated, so only their replies pay for the reverse-NAT lookup.
+#define CT_REPLY 1
+#define CT_NAT 2
+
 struct ct_value {
 	__u64 seen_ns;
+	__u32 flags;
+	__u32 pad;
 };
 
 // Services: a ClusterIP frontend and its backends, chosen per flow by a hash of the client.
@@ -147,6 +155,20 @@ struct {
 	__type(value, struct svc_value);
 } services SEC(".maps");
 
+// The smallest prefix holding every frontend address: packets outside it skip the Service
+// lookup. Written once per generation; {addr 0, mask all ones} when there are no Services.
+struct svc_range {
+	__u32 addr; // network order
+	__u32 mask; // network order
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct svc_range);
+} service_range SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 20);
@@ -214,6 +236,10 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u32 l4, __u8 proto, 
 // frontend for the replies. Returns -1 to drop (no backend, or a rewrite failed).
 static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l4, __u16 sport, __u16 dport)
 {
+	__u32 zero = 0;
+	struct svc_range *rg = bpf_map_lookup_elem(&service_range, &zero);
+	if (!rg || (ip->daddr & rg->mask) != rg->addr)
+		return 0;
 	struct svc_key sk = {.vip = ip->daddr, .port = dport, .protocol = ip->protocol};
 	struct svc_value *sv = bpf_map_lookup_elem(&services, &sk);
 	if (!sv)
@@ -265,8 +291,20 @@ static __always_inline void revnat_reply(struct __sk_buff *skb)
 		count(C_REVNAT);
 }
 
-static __always_inline int decide(struct __sk_buff *skb, int dir)
+// track records a new flow of an endpoint in both directions.
+static __always_inline void track(struct ct_key *ck, __u32 flags)
 {
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_value fwd = {.seen_ns = now, .flags = flags};
+	struct ct_value rev = {.seen_ns = now, .flags = flags | CT_REPLY};
+	struct ct_key rk = {.endpoint = ck->endpoint, .saddr = ck->daddr, .daddr = ck->saddr, .sport = ck->dport, .dport = ck->sport, .protocol = ck->protocol};
+	bpf_map_update_elem(&conntrack, ck, &fwd, BPF_ANY);
+	bpf_map_update_elem(&conntrack, &rk, &rev, BPF_ANY);
+}
+
+static __always_inline int decide(struct __sk_buff *skb, int dir, __u32 *ctflags)
+{
+	__u32 natflag = 0;
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
@@ -294,6 +332,7 @@ static __always_inline int decide(struct __sk_buff *skb, int dir)
 		if (nat < 0)
 			return TC_ACT_SHOT;
 		if (nat > 0) { // the packet changed: read it again; policy sees the backend
+			natflag = CT_NAT;
 			data = (void *)(long)skb->data;
 			end = (void *)(long)skb->data_end;
 			ip = data + sizeof(struct ethhdr);
@@ -319,22 +358,18 @@ static __always_inline int decide(struct __sk_buff *skb, int dir)
 	}
 	struct ct_key ck = {.endpoint = ep->id, .saddr = ip->saddr, .daddr = ip->daddr, .sport = sport, .dport = dport, .protocol = proto};
 	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &ck);
-	if (!cv) {
-		struct ct_key rk = {.endpoint = ep->id, .saddr = ip->daddr, .daddr = ip->saddr, .sport = dport, .dport = sport, .protocol = proto};
-		cv = bpf_map_lookup_elem(&conntrack, &rk);
-	}
 	if (cv) {
 		cv->seen_ns = bpf_ktime_get_ns();
+		*ctflags = cv->flags;
 		count(C_PASS_CT);
 		return TC_ACT_OK;
 	}
 
 	// Every flow of a local endpoint is tracked, policed or not: its replies come back in the
 	// other direction, which may be policed, and must not be judged as new flows.
-	struct ct_value nv = {.seen_ns = bpf_ktime_get_ns()};
 	__u32 flag = dir == DIR_EGRESS ? EP_SELECTED_EGRESS : EP_SELECTED_INGRESS;
 	if (!(ep->flags & flag)) {
-		bpf_map_update_elem(&conntrack, &ck, &nv, BPF_ANY);
+		track(&ck, natflag);
 		count(C_PASS_NOT_SELECTED);
 		return TC_ACT_OK;
 	}
@@ -354,7 +389,7 @@ static __always_inline int decide(struct __sk_buff *skb, int dir)
 		count(C_DROP_POLICY);
 		return TC_ACT_SHOT;
 	}
-	bpf_map_update_elem(&conntrack, &ck, &nv, BPF_ANY);
+	track(&ck, natflag);
 	count(C_ALLOW);
 	return TC_ACT_OK;
 }
@@ -362,14 +397,16 @@ static __always_inline int decide(struct __sk_buff *skb, int dir)
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
-	return decide(skb, DIR_EGRESS);
+	__u32 ctflags = 0;
+	return decide(skb, DIR_EGRESS, &ctflags);
 }
 
 SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
-	int verdict = decide(skb, DIR_INGRESS);
-	if (verdict == TC_ACT_OK)
+	__u32 ctflags = 0;
+	int verdict = decide(skb, DIR_INGRESS, &ctflags);
+	if (verdict == TC_ACT_OK && (ctflags & (CT_REPLY | CT_NAT)) == (CT_REPLY | CT_NAT))
 		revnat_reply(skb);
 	return verdict;
 }
