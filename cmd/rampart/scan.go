@@ -15,6 +15,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/policy"
+	"github.com/rampart-sec/rampart/internal/source/kube"
 	"github.com/rampart-sec/rampart/internal/vuln"
 	"github.com/rampart-sec/rampart/internal/vuln/exposure"
 	"github.com/rampart-sec/rampart/internal/vuln/inventory"
@@ -185,19 +186,26 @@ func newScanClusterCmd() *cobra.Command {
 		f      scanFlags
 		in     inputFlags
 		lab    string
+		kubecf string
 		images []string
 		noPull bool
 	)
 	cmd := &cobra.Command{
-		Use:   "cluster -f PATH... | --lab NAME [--image REF=PATH]...",
+		Use:   "cluster -f PATH... | --lab NAME | --kubeconfig PATH [--image REF=PATH]...",
 		Short: "Scan every image the cluster's pods run and rank findings by how reachable each pod is under the policies",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.check(); err != nil {
 				return err
 			}
-			if (len(in.files) == 0) == (lab == "") {
-				return errors.New("give the cluster's objects with -f PATH... or --lab NAME (one of them)")
+			sources := 0
+			for _, set := range []bool{len(in.files) > 0, lab != "", kubecf != ""} {
+				if set {
+					sources++
+				}
+			}
+			if sources != 1 {
+				return errors.New("give the cluster's objects with one of -f PATH..., --lab NAME or --kubeconfig PATH")
 			}
 			local := map[string]string{}
 			for _, m := range images {
@@ -208,13 +216,20 @@ func newScanClusterCmd() *cobra.Command {
 				local[ref] = path
 			}
 			var c *model.Cluster
-			if lab != "" {
+			switch {
+			case lab != "":
 				_, lc, err := controller.LoadState(lab)
 				if err != nil {
 					return err
 				}
 				c = lc
-			} else {
+			case kubecf != "":
+				objs, err := kube.Load(cmd.Context(), kubecf)
+				if err != nil {
+					return err
+				}
+				c = model.FromObjects(objs)
+			default:
 				objs, err := in.load(cmd.InOrStdin())
 				if err != nil {
 					return err
@@ -250,6 +265,7 @@ func newScanClusterCmd() *cobra.Command {
 	f.register(cmd)
 	in.register(cmd)
 	cmd.Flags().StringVar(&lab, "lab", "", "take the cluster's objects from this lab")
+	cmd.Flags().StringVar(&kubecf, "kubeconfig", "", "take the cluster's objects from the API server this kubeconfig names")
 	cmd.Flags().StringArrayVar(&images, "image", nil, "REF=PATH: scan the local tarball, OCI layout or root filesystem at PATH for image REF; repeatable")
 	cmd.Flags().BoolVar(&noPull, "no-pull", false, "never contact a registry: images without --image are reported as not scanned")
 	return cmd
