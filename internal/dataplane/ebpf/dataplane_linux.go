@@ -143,13 +143,19 @@ func (d *Dataplane) attach(rs *ir.Ruleset, tables *Tables, ifindex map[ir.PodID]
 func (d *Dataplane) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.shutdown(d.PinDir == "")
+}
+
+// shutdown lets go of every attachment (detaching it, or leaving a pinned one in force) and of
+// the maps. The caller holds d.mu.
+func (d *Dataplane) shutdown(detach bool) error {
 	var errs []error
-	closeAll := func() error {
+	all := func() error {
 		for name, a := range d.links {
-			if d.PinDir != "" {
-				errs = append(errs, a.Release()) // pinned: stays in force for the next process
-			} else {
+			if detach {
 				errs = append(errs, a.Detach())
+			} else {
+				errs = append(errs, a.Release())
 			}
 			delete(d.links, name)
 		}
@@ -157,8 +163,8 @@ func (d *Dataplane) Close() error {
 	}
 	// clsact filters are removed through netlink in the node's namespace; TCX links are file
 	// descriptors and close anywhere (also once the namespace is gone).
-	if err := d.inNetns(closeAll); err != nil {
-		closeAll()
+	if err := d.inNetns(all); err != nil {
+		all()
 	}
 	if d.objs != nil {
 		errs = append(errs, d.objs.Close())

@@ -108,24 +108,10 @@ func (d *Dataplane) dropStalePins(want map[string]int) error {
 // Remove detaches every program, releases the maps and deletes the pins.
 func (d *Dataplane) Remove() error {
 	d.mu.Lock()
-	var errs []error
-	detach := func() error {
-		for name, a := range d.links {
-			errs = append(errs, a.Detach())
-			delete(d.links, name)
-		}
-		return nil
-	}
-	if err := d.inNetns(detach); err != nil {
-		detach()
-	}
-	if d.objs != nil {
-		errs = append(errs, d.objs.Close())
-		d.objs = nil
-	}
+	err := d.shutdown(true)
 	d.mu.Unlock()
 	if d.PinDir != "" {
-		errs = append(errs, d.dropStalePins(nil), os.RemoveAll(d.PinDir))
+		err = errors.Join(err, d.dropStalePins(nil), os.RemoveAll(d.PinDir))
 	}
-	return errors.Join(errs...)
+	return err
 }

@@ -1,9 +1,7 @@
 package ebpf_test
 
 import (
-	"bufio"
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -118,21 +116,7 @@ func TestPinnedRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	r := bufio.NewReader(conn)
-	if _, err := r.ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
-	roundTrip := func(msg string) error {
-		_ = conn.SetDeadline(time.Now().Add(time.Second))
-		if _, err := conn.Write([]byte(msg + "\n")); err != nil {
-			return err
-		}
-		got, err := r.ReadString('\n')
-		if err == nil && got != msg+"\n" {
-			err = fmt.Errorf("echo %q", got)
-		}
-		return err
-	}
+	roundTrip := labtest.Echo(t, conn)
 
 	// The "agent" stops: its handles go, the pinned programs stay in force.
 	if err := dp1.Close(); err != nil {

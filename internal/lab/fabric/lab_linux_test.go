@@ -1,7 +1,6 @@
 package fabric_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand"
@@ -138,21 +137,7 @@ func establishedConnections(t *testing.T, dp string) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	r := bufio.NewReader(conn)
-	roundTrip := func(msg string) error {
-		_ = conn.SetDeadline(time.Now().Add(time.Second))
-		if _, err := conn.Write([]byte(msg + "\n")); err != nil {
-			return err
-		}
-		got, err := r.ReadString('\n')
-		if err == nil && got != msg+"\n" {
-			err = fmt.Errorf("echo %q, want %q", got, msg)
-		}
-		return err
-	}
-	if _, err := r.ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
+	roundTrip := labtest.Echo(t, conn)
 	if err := roundTrip("before"); err != nil {
 		t.Fatal(err)
 	}

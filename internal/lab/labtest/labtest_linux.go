@@ -4,13 +4,16 @@
 package labtest
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"math/rand"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/lab/fabric"
@@ -49,4 +52,26 @@ func New(t testing.TB, nodes int, dataplane, manifests string) Lab {
 		t.Fatalf("lab up: %v", err)
 	}
 	return Lab{l, f}
+}
+
+// Echo wraps a TCP connection to a lab server: it reads the server's greeting line, and the
+// returned function sends one line and checks the echo, within a second.
+func Echo(t testing.TB, conn net.Conn) func(msg string) error {
+	t.Helper()
+	r := bufio.NewReader(conn)
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatalf("greeting: %v", err)
+	}
+	return func(msg string) error {
+		_ = conn.SetDeadline(time.Now().Add(time.Second))
+		if _, err := conn.Write([]byte(msg + "\n")); err != nil {
+			return err
+		}
+		got, err := r.ReadString('\n')
+		if err == nil && got != msg+"\n" {
+			err = fmt.Errorf("echo %q, want %q", got, msg)
+		}
+		return err
+	}
 }
