@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The demo: the example application in a lab of network namespaces, its reachability as the
-# kernel enforces it before and after its policies, why one flow is denied, then teardown.
+# kernel enforces it before and after its policies, its images' known vulnerabilities ranked by
+# how reachable each pod is, why one flow is denied, then teardown.
 set -euo pipefail
 BIN=${1:-bin/rampart}
 cd "$(dirname "$0")/.."
 LAB=demo
+GO=${GO:-go}
+WORK=""
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-cleanup() { "$BIN" lab down --name "$LAB" >/dev/null 2>&1 || true; }
+cleanup() { "$BIN" lab down --name "$LAB" >/dev/null 2>&1 || true; [ -z "$WORK" ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 cleanup
+WORK=$(mktemp -d /tmp/rampart-demo.XXXXXX)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "The lab needs root (it creates network namespaces). Showing the evaluator's view instead."
@@ -25,6 +29,17 @@ probe() {
   done
 }
 
+# The example images (docker-save tarballs) and an offline vulnerability database for the
+# "how does this impact my cluster?" part.
+"$GO" run examples/images/build.go "$WORK" >/dev/null
+"$BIN" db import --db "$WORK/db" internal/vuln/testdata/osv >/dev/null
+scan() {
+  local args=()
+  for img in web api postgres coredns prometheus; do args+=(--image "registry.example/$img:1.0=$WORK/$img.tar"); done
+  "$BIN" scan cluster --db "$WORK/db" --lab "$LAB" --no-pull "${args[@]}" > "$WORK/scan.txt"
+  "$@" "$WORK/scan.txt"
+}
+
 bold "A lab of 2 nodes from examples/cluster: 5 namespaces, 7 pods serving their ports, 4 Services"
 "$BIN" lab up --name "$LAB" --nodes 2 --dataplane iptables -f examples/cluster
 "$BIN" lab get pods --name "$LAB"
@@ -32,12 +47,18 @@ bold "A lab of 2 nodes from examples/cluster: 5 namespaces, 7 pods serving their
 bold "Reachability the kernel enforces before any policy: everything is open"
 probe
 
+bold "Known vulnerabilities in the images, ranked by exposure: with no policy every pod is open to any address"
+scan head -n 8
+
 bold "Applying examples/policies: default deny, DNS, the request path, admin guard rails"
 "$BIN" lab apply --name "$LAB" -f examples/policies
 "$BIN" lab get policies --name "$LAB"
 
 bold "Reachability the kernel enforces now (probes through the kernel, not a simulation)"
 probe
+
+bold "How does this impact my cluster? The same findings, ranked by who can reach each pod now"
+scan cat
 
 bold "Why can't the frontend reach the database directly?"
 "$BIN" explain -f examples --from frontend/web-0 --to db/postgres-0 --port 5432
@@ -49,5 +70,6 @@ sed -i 's/"allowed"/"connected"/' /tmp/rampart-demo-expect.json
 
 bold "Tearing the lab down"
 "$BIN" lab down --name "$LAB"
+rm -rf "$WORK"
 trap - EXIT
 echo "done: no namespace, link or rule of the lab is left"
