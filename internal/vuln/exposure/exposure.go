@@ -61,6 +61,9 @@ type Pod struct {
 	IP    string `json:"ip,omitempty"`
 	Class Class  `json:"class"`
 	Ports []Port `json:"ports"`
+	// PortsFrom is "services" when the pod declares no container ports and its ports are the
+	// target ports of the Services selecting it.
+	PortsFrom string `json:"portsFrom,omitempty"`
 }
 
 // listCap bounds the pods and ranges listed per port; counts stay exact.
@@ -111,7 +114,14 @@ func (a *Analyzer) compute(p *ir.Pod) Pod {
 	}
 	dst := p.IP()
 	out.IP = dst.String()
-	for _, pp := range policy.DeclaredPorts(p) {
+	ports := policy.DeclaredPorts(p)
+	if len(ports) == 0 {
+		// Declaring container ports is optional; the ports Services send to the pod are ports
+		// it serves.
+		ports = a.servicePorts(p)
+		out.PortsFrom = "services"
+	}
+	for _, pp := range ports {
 		pe := a.port(p, dst, pp)
 		if pe.Class.Weight() > out.Class.Weight() {
 			out.Class = pe.Class
@@ -187,6 +197,30 @@ func (a *Analyzer) port(p *ir.Pod, dst netip.Addr, pp policy.PortProto) Port {
 		pe.FromPods = capped(allowedPods)
 	}
 	return pe
+}
+
+// servicePorts are the (port, protocol) pairs Services forward to the pod, in a stable order.
+func (a *Analyzer) servicePorts(p *ir.Pod) []policy.PortProto {
+	seen := map[policy.PortProto]bool{}
+	var out []policy.PortProto
+	for _, s := range a.ev.Ruleset().Services {
+		for _, sp := range s.Ports {
+			for _, b := range sp.Backends {
+				pp := policy.PortProto{Port: b.Port, Protocol: sp.Protocol}
+				if b.Pod == p.ID && !seen[pp] {
+					seen[pp] = true
+					out = append(out, pp)
+				}
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Port != out[j].Port {
+			return out[i].Port < out[j].Port
+		}
+		return out[i].Protocol < out[j].Protocol
+	})
+	return out
 }
 
 // why names what decided a flow: the side that denied it, or for an allowed flow the side a

@@ -24,6 +24,17 @@ metadata: {name: other}
 	pod("shop", "internal", "10.244.0.12", "app: internal") + pod("shop", "lb", "10.244.0.13", "app: lb") +
 	pod("shop", "public", "10.244.0.14", "app: public") + pod("other", "client", "10.244.0.20", "app: client") +
 	pod("shop", "pair", "10.244.0.15", "app: pair") + `
+apiVersion: v1
+kind: Pod
+metadata: {namespace: shop, name: bare, labels: {app: bare}}
+spec: {containers: [{name: c, image: shop/bare:1.0}]}
+status: {podIP: 10.244.0.16}
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: shop, name: bare}
+spec: {clusterIP: 10.96.0.16, selector: {app: bare}, ports: [{port: 443, targetPort: 8443}]}
+---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {namespace: shop, name: deny-closed}
@@ -117,10 +128,14 @@ func TestExposureClasses(t *testing.T) {
 			if !reflect.DeepEqual(p.FromPods, tc.fromPods) {
 				t.Errorf("fromPods = %q, want %q", p.FromPods, tc.fromPods)
 			}
-			if p.PodsTotal != 6 {
-				t.Errorf("podsTotal = %d, want 6", p.PodsTotal)
+			if p.PodsTotal != 7 {
+				t.Errorf("podsTotal = %d, want 7", p.PodsTotal)
 			}
 		})
+	}
+	// A pod that declares no ports: the ports its Services send to.
+	if e, _ := a.Of("shop/bare"); e.PortsFrom != "services" || len(e.Ports) != 1 || e.Ports[0].Port != 8443 || e.Class != Internet {
+		t.Errorf("shop/bare = %+v, want 8443/TCP from its Service, internet", e)
 	}
 	// The public policy opens 8080 only: 9090 is isolated.
 	if e, _ := a.Of("shop/public"); e.Ports[1].Port != 9090 || e.Ports[1].Class != None {
