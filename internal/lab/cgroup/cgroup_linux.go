@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 const prefix = "rampart-lab-"
@@ -40,12 +42,19 @@ func Acquire() (string, func() error, error) {
 			return "", nil, err
 		}
 		p := filepath.Join(mnt, fmt.Sprintf("%s%d", prefix, os.Getpid()))
-		if err := os.Mkdir(p, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-			return "", nil, fmt.Errorf("create cgroup: %w", err)
-		}
-		if err := movePID(p); err != nil {
-			os.Remove(p)
-			return "", nil, fmt.Errorf("join cgroup %s: %w", p, err)
+		// Another lab's CleanStale may remove the directory while it is still empty: retry.
+		for try := 0; ; try++ {
+			if err := os.Mkdir(p, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+				return "", nil, fmt.Errorf("create cgroup: %w", err)
+			}
+			err := movePID(p)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, os.ErrNotExist) || try == 2 {
+				os.Remove(p)
+				return "", nil, fmt.Errorf("join cgroup %s: %w", p, err)
+			}
 		}
 		path, original = p, filepath.Join(mnt, orig)
 	}
@@ -116,7 +125,8 @@ func current() (string, error) {
 	return "", errors.New("the process is in no cgroup2 group")
 }
 
-// CleanStale removes lab cgroups left by processes that died without releasing them.
+// CleanStale removes lab cgroups no process is in any more (left by processes that died
+// without releasing them). A cgroup that still holds a process is left alone.
 func CleanStale() error {
 	mnt, err := Mount()
 	if err != nil {
@@ -128,14 +138,15 @@ func CleanStale() error {
 	}
 	var errs []error
 	for _, e := range entries {
-		pid, err := strconv.Atoi(strings.TrimPrefix(e.Name(), prefix))
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) || err != nil {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) {
 			continue
 		}
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
-			continue // its process is alive: not ours to remove
+		dir := filepath.Join(mnt, e.Name())
+		procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil || strings.TrimSpace(string(procs)) != "" {
+			continue // in use (or unreadable): not ours to remove
 		}
-		if err := os.Remove(filepath.Join(mnt, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.EBUSY) {
 			errs = append(errs, err)
 		}
 	}

@@ -26,6 +26,12 @@ func TestAcquireRelease(t *testing.T) {
 	if p1 != p2 || !strings.HasPrefix(filepath.Base(p1), prefix) {
 		t.Fatalf("paths %s, %s", p1, p2)
 	}
+	if err := CleanStale(); err != nil { // must not touch a cgroup a live process is in
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p1); err != nil {
+		t.Fatalf("CleanStale removed a cgroup in use: %v", err)
+	}
 	now, _ := current()
 	if "/"+filepath.Base(p1) != now {
 		t.Fatalf("process in %s, want %s", now, p1)
