@@ -27,6 +27,8 @@ type Vulnerability struct {
 	Severity Severity  `json:"severity"`
 	// Fixed is the lowest version that fixes it ("" when no fix is published).
 	Fixed string `json:"fixed,omitempty"`
+	// FixAvailable says whether a fixed version is published.
+	FixAvailable bool `json:"fixAvailable"`
 }
 
 // CVEs returns the advisory's CVE identifiers (its ID or aliases).
@@ -82,6 +84,7 @@ func (db *DB) matchOne(p Installed) ([]Vulnerability, error) {
 			}
 			v, ok, err := check(adv, q, name)
 			v.Package = p
+			v.FixAvailable = v.Fixed != ""
 			if err != nil {
 				return nil, fmt.Errorf("%s %s %s: %w", p.Ecosystem, p.Name, p.Version, err)
 			}

@@ -130,3 +130,41 @@ func TestScanRegistry(t *testing.T) {
 		t.Errorf("scan of %s = %+v", ref, res)
 	}
 }
+
+// TestScanOtherEcosystems: Alpine packages (with their origin, which advisories name), npm and
+// Cargo lockfiles.
+func TestScanOtherEcosystems(t *testing.T) {
+	root := t.TempDir()
+	err := vulntest.WriteRootFS(root, vulntest.Image{Files: map[string]string{
+		"etc/os-release": "NAME=\"Alpine Linux\"\nID=alpine\nVERSION_ID=3.18.4\n",
+		"lib/apk/db/installed": "P:libcrypto3\nV:3.1.3-r0\nA:x86_64\no:openssl\nm:Maintainer <m@example.org>\n\n" +
+			"P:musl\nV:1.2.4-r2\nA:x86_64\no:musl\n\n",
+		"app/package-lock.json": `{"name": "app", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
+  "packages": {"": {"name": "app", "version": "1.0.0"}, "node_modules/lodash": {"version": "4.17.20"}}}`,
+		"app/Cargo.lock": "version = 3\n\n[[package]]\nname = \"smallvec\"\nversion = \"1.6.0\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Scan(context.Background(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range res.Packages {
+		s := p.Ecosystem + " " + p.Name + " " + p.Version
+		if p.Source != "" {
+			s += " (" + p.Source + ")"
+		}
+		got = append(got, s)
+	}
+	want := []string{
+		"Alpine:v3.18 libcrypto3 3.1.3-r0 (openssl)",
+		"Alpine:v3.18 musl 1.2.4-r2 (musl)",
+		"crates.io smallvec 1.6.0",
+		"npm lodash 4.17.20",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("packages:\n got %q\nwant %q", got, want)
+	}
+}

@@ -35,6 +35,7 @@ type Image struct {
 	Debs          []Deb
 	Python        map[string]string // distribution name -> version, as dist-info directories
 	GoModules     []GoModule        // modules linked into /usr/local/bin/app (needs the go tool)
+	Files         map[string]string // any other files (path -> content): apk database, lockfiles
 }
 
 // WriteRootFS writes img's files under dir.
@@ -57,6 +58,9 @@ func WriteRootFS(dir string, img Image) error {
 	for dist, ver := range img.Python {
 		files[fmt.Sprintf("usr/lib/python3/dist-packages/%s-%s.dist-info/METADATA", dist, ver)] =
 			fmt.Sprintf("Metadata-Version: 2.1\nName: %s\nVersion: %s\nSummary: test\n", dist, ver)
+	}
+	for p, body := range img.Files {
+		files[p] = body
 	}
 	for p, body := range files {
 		full := filepath.Join(dir, p)
