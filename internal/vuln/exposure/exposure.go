@@ -7,6 +7,7 @@ package exposure
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/rampart-sec/rampart/internal/ir"
@@ -71,24 +72,72 @@ const listCap = 10
 
 // Analyzer computes exposures against one evaluator, reusing the external address partition.
 type Analyzer struct {
-	ev    *policy.Evaluator
-	reps  map[bool][]span // by IPv6: external address intervals, each decided alike by policy
-	pods  []*ir.Pod       // pods with addresses, as possible sources
-	cache map[string]Pod
+	ev      *policy.Evaluator
+	reps    map[bool][]span // by IPv6: external address intervals, each decided alike by policy
+	sources []sourceClass   // pods with addresses, as possible sources, grouped
+	cache   map[string]Pod
+}
+
+// sourceClass is a group of pods every policy treats alike as the source of a flow to any
+// given destination: they are in the same address sets (so every ingress rule's peers match
+// all or none of them) and selected by the same egress policies. One verdict decides the class.
+type sourceClass struct {
+	pods []*ir.Pod
 }
 
 // New prepares an analyzer for ev's rule set.
 func New(ev *policy.Evaluator) *Analyzer {
 	rs := ev.Ruleset()
 	a := &Analyzer{ev: ev, reps: map[bool][]span{}, cache: map[string]Pod{}}
-	for i := range rs.Pods {
-		if p := &rs.Pods[i]; len(p.IPs) > 0 && !p.HostNetwork {
-			a.pods = append(a.pods, p)
-		}
-	}
+	a.sources = sourceClasses(rs)
 	a.reps[false] = partition(rs, false)
 	a.reps[true] = partition(rs, true)
 	return a
+}
+
+// sourceClasses groups the pods (with addresses, not host-network) by the address sets holding
+// their address and the egress policies selecting them.
+func sourceClasses(rs *ir.Ruleset) []sourceClass {
+	member := map[netip.Addr][]ir.SetID{}
+	var blockSets []*ir.AddrSet
+	for i := range rs.Sets {
+		s := &rs.Sets[i]
+		for _, ip := range s.IPs {
+			member[ip] = append(member[ip], s.ID)
+		}
+		if len(s.Blocks) > 0 {
+			blockSets = append(blockSets, s)
+		}
+	}
+	byKey := map[string]int{}
+	var out []sourceClass
+	for i := range rs.Pods {
+		p := &rs.Pods[i]
+		if len(p.IPs) == 0 || p.HostNetwork {
+			continue
+		}
+		ip := p.IP()
+		sets := append([]ir.SetID(nil), member[ip]...)
+		for _, s := range blockSets {
+			for _, b := range s.Blocks {
+				if b.Contains(ip) {
+					sets = append(sets, s.ID)
+					break
+				}
+			}
+		}
+		slices.Sort(sets)
+		sets = slices.Compact(sets)
+		k := fmt.Sprintf("%v|%v|%v", ip.Is6(), sets, rs.PoliciesFor(p.ID, ir.Egress))
+		idx, ok := byKey[k]
+		if !ok {
+			idx = len(out)
+			byKey[k] = idx
+			out = append(out, sourceClass{})
+		}
+		out[idx].pods = append(out[idx].pods, p)
+	}
+	return out
 }
 
 // Of returns the exposure of pod (key "ns/name"); ok is false when the pod is unknown.
@@ -159,22 +208,41 @@ func (a *Analyzer) port(p *ir.Pod, dst netip.Addr, pp policy.PortProto) Port {
 			}
 		}
 	}
-	// Pods: every other pod as a source (egress of the source counts too).
+	// Pods: every other pod as a source (egress of the source counts too), one verdict per
+	// class of pods the policies treat alike.
 	var allowedPods []string
 	total := 0
 	podWhy := ""
-	for _, src := range a.pods {
-		if src.ID == p.ID || src.IP().Is6() != dst.Is6() {
+	for _, c := range a.sources {
+		var rep *ir.Pod
+		n := 0
+		for _, src := range c.pods {
+			if src.ID == p.ID || src.IP().Is6() != dst.Is6() {
+				continue
+			}
+			if rep == nil {
+				rep = src
+			}
+			n++
+		}
+		if rep == nil {
 			continue
 		}
-		total++
-		if d := verdict(src.IP()); d.Allowed {
-			allowedPods = append(allowedPods, src.Key())
-			if podWhy == "" {
-				podWhy = why(d)
+		total += n
+		d := verdict(rep.IP())
+		if !d.Allowed {
+			if deniedWhy == "" {
+				deniedWhy = why(d)
 			}
-		} else if deniedWhy == "" {
-			deniedWhy = why(d)
+			continue
+		}
+		for _, src := range c.pods {
+			if src.ID != p.ID && src.IP().Is6() == dst.Is6() {
+				allowedPods = append(allowedPods, src.Key())
+			}
+		}
+		if podWhy == "" {
+			podWhy = why(d)
 		}
 	}
 	pe.PodsAllowed, pe.PodsTotal = len(allowedPods), total
