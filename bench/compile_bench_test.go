@@ -8,6 +8,8 @@ import (
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/policy"
+	"github.com/rampart-sec/rampart/internal/vuln/exposure"
 )
 
 // BenchmarkCompileScale compiles the 10,000-pod, 1,000-policy cluster.
@@ -36,6 +38,23 @@ func BenchmarkEBPFTables10kRules(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if _, err := ebpf.Build(rs, func(*ir.Pod) bool { return true }); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkExposure100Pods computes the exposure of 100 pods of the 10,000-pod, 1,000-policy
+// cluster (what `rampart scan cluster` does for each pod running a vulnerable image).
+func BenchmarkExposure100Pods(b *testing.B) {
+	rs, err := compile.Compile(scaleCluster())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev := policy.New(rs)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		a := exposure.New(ev)
+		for j := 0; j < 100; j++ {
+			a.Of(rs.Pods[j*len(rs.Pods)/100].Key())
 		}
 	}
 }
