@@ -106,6 +106,10 @@ func Scan(ctx context.Context, target string) (*Result, error) {
 			return nil, aerr
 		}
 		cfg.ScanRoots = []*scalibrfs.ScanRoot{scalibrfs.RealFSScanRoot(abs)}
+		// A live system's pseudo-filesystems hold no packages and can be endless.
+		for _, d := range []string{"proc", "sys", "dev"} {
+			cfg.DirsToSkip = append(cfg.DirsToSkip, filepath.Join(abs, d))
+		}
 		sr = scalibr.New().Scan(ctx, cfg)
 	case statErr == nil:
 		kind = KindDockerArchive
