@@ -65,6 +65,8 @@ type Pod struct {
 	// PortsFrom is "services" when the pod declares no container ports and its ports are the
 	// target ports of the Services selecting it.
 	PortsFrom string `json:"portsFrom,omitempty"`
+	// NoAddress says the pod has no IP yet (not running): nothing can reach it for now.
+	NoAddress bool `json:"noAddress,omitempty"`
 }
 
 // listCap bounds the pods and ranges listed per port; counts stay exact.
@@ -159,7 +161,8 @@ func (a *Analyzer) Of(key string) (Pod, bool) {
 func (a *Analyzer) compute(p *ir.Pod) Pod {
 	out := Pod{Pod: p.Key(), Class: None}
 	if len(p.IPs) == 0 {
-		return out // not running with an address: nothing can reach it yet
+		out.NoAddress = true // not running with an address: nothing can reach it yet
+		return out
 	}
 	dst := p.IP()
 	out.IP = dst.String()

@@ -147,8 +147,11 @@ func podPhrase(p exposure.Pod) string {
 			widest = &p.Ports[i]
 		}
 	}
+	if p.NoAddress {
+		return fmt.Sprintf("pod %s has no address yet (not running), so nothing can reach it for now", p.Pod)
+	}
 	if widest == nil {
-		return fmt.Sprintf("pod %s declares no container ports, so its network exposure is not known", p.Pod)
+		return fmt.Sprintf("pod %s declares no container ports and no Service sends to it, so its network exposure is not known", p.Pod)
 	}
 	port := fmt.Sprintf("%s %d", widest.Protocol, widest.Port)
 	if more := countClass(p.Ports, widest.Class) - 1; more > 0 {

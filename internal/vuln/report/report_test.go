@@ -31,6 +31,8 @@ func TestExplain(t *testing.T) {
 			{Pod: "a/c", Class: exposure.None}},
 			"unrated, no fix published: pod a/b accepts TCP 5432 only from 1 of 9 pods (x/y) (why) (and 1 more pod)"},
 		{crit, nil, "critical (CVSS 9.8), fixed in 1.2.3: no running pod uses the image"},
+		{crit, []exposure.Pod{{Pod: "a/pending", Class: exposure.None, NoAddress: true}},
+			"critical (CVSS 9.8), fixed in 1.2.3: pod a/pending has no address yet (not running), so nothing can reach it for now"},
 	}
 	for _, tc := range tests {
 		if got := Explain(tc.v, tc.pods); got != tc.want {
