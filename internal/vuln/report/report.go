@@ -30,7 +30,8 @@ type Image struct {
 type Finding struct {
 	vuln.Vulnerability
 	Image string `json:"image"`
-	// Exposure is the widest exposure among the affected pods.
+	// Exposure is how reachable the affected pods are; pods running the image but reachable
+	// differently make separate findings.
 	Exposure exposure.Class `json:"exposure"`
 	Pods     []exposure.Pod `json:"pods"`
 	// Rank is severity (CVSS, or its level's band) x exposure weight; higher is more urgent.
@@ -79,16 +80,20 @@ func rank(images []Image, of func(string) (exposure.Pod, bool)) []Finding {
 				pods = append(pods, e)
 			}
 		}
-		sort.SliceStable(pods, func(i, j int) bool { return pods[i].Class.Weight() > pods[j].Class.Weight() })
-		widest := exposure.None
-		if len(pods) > 0 {
-			widest = pods[0].Class
-		}
-		for _, v := range img.Vulnerabilities {
-			f := Finding{Vulnerability: v, Image: img.Image, Exposure: widest, Pods: pods}
-			f.Rank = round2(v.Severity.RankScore() * widest.Weight())
-			f.Explanation = Explain(v, pods)
-			out = append(out, f)
+		for _, group := range exposureGroups(pods) {
+			class := exposure.None
+			if len(group) > 0 {
+				class = group[0].Class
+			}
+			for _, v := range img.Vulnerabilities {
+				f := Finding{Vulnerability: v, Image: img.Image, Exposure: class, Pods: group}
+				if f.Pods == nil {
+					f.Pods = []exposure.Pod{}
+				}
+				f.Rank = round2(v.Severity.RankScore() * class.Weight())
+				f.Explanation = Explain(v, group)
+				out = append(out, f)
+			}
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool {
@@ -99,9 +104,36 @@ func rank(images []Image, of func(string) (exposure.Pod, bool)) []Finding {
 		if a.ID != b.ID {
 			return a.ID < b.ID
 		}
-		return a.Image < b.Image
+		if a.Image != b.Image {
+			return a.Image < b.Image
+		}
+		return len(a.Pods) > 0 && len(b.Pods) > 0 && a.Pods[0].Pod < b.Pods[0].Pod
 	})
 	return out
+}
+
+// exposureGroups splits the pods running an image by how they are reachable (the sentence that
+// explains it), so that the same vulnerability ranks high where a pod is exposed and low where
+// it is isolated, while replicas exposed alike make one finding. Widest exposure first; an image
+// no pod runs makes one empty group.
+func exposureGroups(pods []exposure.Pod) [][]exposure.Pod {
+	if len(pods) == 0 {
+		return [][]exposure.Pod{nil}
+	}
+	byKey := map[string]int{}
+	var groups [][]exposure.Pod
+	for _, p := range pods {
+		k := string(p.Class) + "|" + podPhrase(exposure.Pod{Ports: p.Ports, NoAddress: p.NoAddress, Class: p.Class})
+		i, ok := byKey[k]
+		if !ok {
+			i = len(groups)
+			byKey[k] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], p)
+	}
+	sort.SliceStable(groups, func(i, j int) bool { return groups[i][0].Class.Weight() > groups[j][0].Class.Weight() })
+	return groups
 }
 
 func round2(x float64) float64 { return float64(int(x*100+0.5)) / 100 }
