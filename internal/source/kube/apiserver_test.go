@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,10 +22,6 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
-
-	"github.com/rampart-sec/rampart/internal/ir/compile"
-	"github.com/rampart-sec/rampart/internal/model"
-	"github.com/rampart-sec/rampart/internal/policy"
 )
 
 // apiServerBinary builds test/apiserver (a real kube-apiserver with an embedded etcd) once per
@@ -203,29 +198,7 @@ func TestLoadFromAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	counts := map[string]int{}
-	for _, o := range objs {
-		if o.Meta().Namespace == "shop" || o.Kind == model.KindANP || (o.Kind == model.KindNamespace && o.Meta().Name == "shop") {
-			counts[o.Kind]++
-		}
-	}
-	want := map[string]int{model.KindNamespace: 1, model.KindPod: 3, model.KindNetworkPolicy: 1, model.KindANP: 1}
-	for k, n := range want {
-		if counts[k] != n {
-			t.Errorf("%s: %d, want %d (all: %v)", k, counts[k], n, counts)
-		}
-	}
-	rs, err := compile.Compile(model.FromObjects(objs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev := policy.New(rs)
-	flow := func(src, dst string) bool {
-		return ev.Verdict(policy.Flow{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Protocol: 6, Port: 80}).Allowed
-	}
-	if !flow("10.244.0.10", "10.244.0.11") || flow("10.244.0.12", "10.244.0.11") || flow("10.244.0.10", "10.244.0.12") {
-		t.Error("verdicts on the objects read from the API server differ from the policies created there")
-	}
+	checkObjects(t, objs)
 	// A kubeconfig that points nowhere is an error naming it.
 	if _, err := Load(ctx, filepath.Join(t.TempDir(), "missing")); err == nil || !errors.Is(err, os.ErrNotExist) && !strings.Contains(err.Error(), "missing") {
 		t.Errorf("missing kubeconfig: %v", err)
