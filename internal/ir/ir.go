@@ -19,6 +19,16 @@ const (
 // Protocols lists the supported protocols in a stable order.
 var Protocols = []Protocol{TCP, UDP, SCTP}
 
+// ProtocolOf returns the protocol for an IP protocol number; ok is false for protocols policy
+// does not cover (ICMP, ...).
+func ProtocolOf(n uint8) (p Protocol, ok bool) {
+	switch p := Protocol(n); p {
+	case TCP, UDP, SCTP:
+		return p, true
+	}
+	return 0, false
+}
+
 func (p Protocol) String() string {
 	switch p {
 	case TCP:

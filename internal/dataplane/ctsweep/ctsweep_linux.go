@@ -59,15 +59,8 @@ func (f filter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 // source (the real destination after DNAT) on its port. Protocols policy does not cover
 // (ICMP, ...) report false.
 func Flow(c *netlink.ConntrackFlow) (policy.Flow, bool) {
-	var proto ir.Protocol
-	switch c.Forward.Protocol {
-	case 6:
-		proto = ir.TCP
-	case 17:
-		proto = ir.UDP
-	case 132:
-		proto = ir.SCTP
-	default:
+	proto, ok := ir.ProtocolOf(c.Forward.Protocol)
+	if !ok {
 		return policy.Flow{}, false
 	}
 	src, ok1 := netip.AddrFromSlice(c.Forward.SrcIP)

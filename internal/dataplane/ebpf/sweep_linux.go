@@ -35,15 +35,8 @@ func (d *Dataplane) Sweep(ev *policy.Evaluator) (int, error) {
 			replies = append(replies, k) // judged with its flow's forward entry
 			continue
 		}
-		var proto ir.Protocol
-		switch k.Protocol {
-		case 6:
-			proto = ir.TCP
-		case 17:
-			proto = ir.UDP
-		case 132:
-			proto = ir.SCTP
-		default:
+		proto, ok := ir.ProtocolOf(uint8(k.Protocol))
+		if !ok || k.Protocol > 0xff {
 			continue
 		}
 		f := policy.Flow{Src: addrOf(k.Saddr), Dst: addrOf(k.Daddr), Protocol: proto, Port: portOf(k.Dport)}
