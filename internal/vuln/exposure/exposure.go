@@ -147,15 +147,13 @@ func (a *Analyzer) Of(key string) (Pod, bool) {
 	if p, ok := a.cache[key]; ok {
 		return p, true
 	}
-	rs := a.ev.Ruleset()
-	for i := range rs.Pods {
-		if p := &rs.Pods[i]; p.Key() == key {
-			e := a.compute(p)
-			a.cache[key] = e
-			return e, true
-		}
+	p := a.ev.Ruleset().PodByKey(key)
+	if p == nil {
+		return Pod{}, false
 	}
-	return Pod{}, false
+	e := a.compute(p)
+	a.cache[key] = e
+	return e, true
 }
 
 func (a *Analyzer) compute(p *ir.Pod) Pod {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -229,8 +230,8 @@ func convert(pkgs []*extractor.Package) []vuln.Installed {
 			cur = &in
 			byKey[k] = cur
 		}
-		if loc := p.Location.PathOrEmpty(); loc != "" {
-			cur.Location = appendUnique(cur.Location, "/"+strings.TrimPrefix(loc, "/"))
+		if loc := "/" + strings.TrimPrefix(p.Location.PathOrEmpty(), "/"); loc != "/" && !slices.Contains(cur.Location, loc) {
+			cur.Location = append(cur.Location, loc)
 		}
 	}
 	out := make([]vuln.Installed, 0, len(byKey))
@@ -249,13 +250,4 @@ func convert(pkgs []*extractor.Package) []vuln.Installed {
 		return a.Version < b.Version
 	})
 	return out
-}
-
-func appendUnique(l []string, s string) []string {
-	for _, x := range l {
-		if x == s {
-			return l
-		}
-	}
-	return append(l, s)
 }
