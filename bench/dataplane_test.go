@@ -7,7 +7,6 @@ import (
 	"math"
 	"net/netip"
 	"os"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -103,11 +102,6 @@ func TestBenchDataplanes(t *testing.T) {
 			tput[i] = append(tput[i], b/1e6)
 			rr[i] = append(rr[i], r)
 		}
-	}
-	median := func(v []float64) float64 {
-		s := append([]float64(nil), v...)
-		sort.Float64s(s)
-		return s[len(s)/2]
 	}
 	var results []dpResult
 	for i, m := range modes {
