@@ -46,9 +46,23 @@ func (v Vulnerability) CVEs() []string {
 // ecosystem's rules cannot parse is an error naming the package: a silent miss would read as
 // "not vulnerable".
 func (db *DB) Match(pkgs []Installed) ([]Vulnerability, error) {
+	// Binary packages built from one source (libc6, libc-bin, locales: glibc) share its
+	// advisories: read each key once per scan.
+	read := map[string][]Advisory{}
+	lookup := func(eco, name string) ([]Advisory, error) {
+		k := key(eco, name)
+		if advs, ok := read[k]; ok {
+			return advs, nil
+		}
+		advs, err := db.Lookup(eco, name)
+		if err == nil {
+			read[k] = advs
+		}
+		return advs, err
+	}
 	var out []Vulnerability
 	for _, p := range pkgs {
-		vs, err := db.matchOne(p)
+		vs, err := matchOne(p, lookup)
 		if err != nil {
 			return nil, err
 		}
@@ -58,7 +72,7 @@ func (db *DB) Match(pkgs []Installed) ([]Vulnerability, error) {
 	return out, nil
 }
 
-func (db *DB) matchOne(p Installed) ([]Vulnerability, error) {
+func matchOne(p Installed, lookup func(eco, name string) ([]Advisory, error)) ([]Vulnerability, error) {
 	names := []string{p.Name}
 	if p.Source != "" && p.Source != p.Name {
 		names = append(names, p.Source)
@@ -66,29 +80,30 @@ func (db *DB) matchOne(p Installed) ([]Vulnerability, error) {
 	seen := map[string]bool{}
 	var out []Vulnerability
 	for _, name := range names {
-		advs, err := db.Lookup(p.Ecosystem, name)
+		advs, err := lookup(p.Ecosystem, name)
 		if err != nil {
 			return nil, err
+		}
+		// The version the advisories under this name speak of.
+		q := p
+		if BaseEcosystem(p.Ecosystem) == "Go" && (p.Name == "stdlib" || p.Name == "toolchain") {
+			q.Version = strings.TrimPrefix(q.Version, "go") // runtime.Version() spelling
+		}
+		if name == p.Source && p.SourceVersion != "" {
+			q.Version = p.SourceVersion
 		}
 		for i := range advs {
 			adv := &advs[i]
 			if seen[adv.ID] {
 				continue
 			}
-			q := p
-			if BaseEcosystem(p.Ecosystem) == "Go" && (p.Name == "stdlib" || p.Name == "toolchain") {
-				q.Version = strings.TrimPrefix(q.Version, "go") // runtime.Version() spelling
-			}
-			if name == p.Source && p.SourceVersion != "" {
-				q.Version = p.SourceVersion
-			}
 			v, ok, err := check(adv, q, name)
-			v.Package = p
-			v.FixAvailable = v.Fixed != ""
 			if err != nil {
 				return nil, fmt.Errorf("%s %s %s: %w", p.Ecosystem, p.Name, p.Version, err)
 			}
 			if ok {
+				v.Package = p
+				v.FixAvailable = v.Fixed != ""
 				seen[adv.ID] = true
 				out = append(out, v)
 			}
