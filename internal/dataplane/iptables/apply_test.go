@@ -15,7 +15,17 @@ func TestApplyInNetns(t *testing.T) {
 	dp := New(allLocal(0), NetnsRunner{Netns: ns})
 	t.Cleanup(func() { _ = dp.Close() })
 
-	save := func() string { return netnstest.Run(t, ns, "iptables-save") + netnstest.Run(t, ns, "ipset", "list") }
+	// iptables-save stamps "# Generated/Completed on <time>" lines: drop them,
+	// or a run that straddles a second boundary reports a change.
+	save := func() string {
+		var b strings.Builder
+		for _, l := range strings.SplitAfter(netnstest.Run(t, ns, "iptables-save"), "\n") {
+			if !strings.HasPrefix(l, "#") {
+				b.WriteString(l)
+			}
+		}
+		return b.String() + netnstest.Run(t, ns, "ipset", "list")
+	}
 	if err := dp.Sync(ctx, cluster(t, 6, policies)); err != nil {
 		t.Fatalf("first sync: %v", err)
 	}
