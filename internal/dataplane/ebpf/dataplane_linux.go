@@ -68,6 +68,7 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	}
 	err = d.inNetns(func() error {
 		ifindex := map[ir.PodID]uint32{}
+		ifaces := map[ir.PodID]Interface{}
 		for id := range tables.Endpoints {
 			name, _ := d.node.Interface(&rs.Pods[id])
 			iface, err := net.InterfaceByName(name)
@@ -75,8 +76,14 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 				return fmt.Errorf("interface %s: %w", name, err)
 			}
 			ifindex[id] = uint32(iface.Index)
+			i := Interface{Index: uint32(iface.Index)}
+			// Without both MACs the pod is still enforced, only not handed packets directly.
+			if host, pod, err := vethMACs(name); err == nil && len(host) == 6 && len(pod) == 6 {
+				i.HostMAC, i.PodMAC = host, pod
+			}
+			ifaces[id] = i
 		}
-		if err := next.Fill(rs, tables, func(id ir.PodID) uint32 { return ifindex[id] }); err != nil {
+		if err := next.Fill(rs, tables, func(id ir.PodID) Interface { return ifaces[id] }); err != nil {
 			return fmt.Errorf("fill maps: %w", err)
 		}
 		return d.attach(rs, tables, ifindex, next)
@@ -136,6 +143,16 @@ func (d *Dataplane) attach(rs *ir.Ruleset, tables *Tables, ifindex map[ir.PodID]
 	}
 	errs = append(errs, d.dropStalePins(want))
 	return errors.Join(errs...)
+}
+
+// Counters reads the programs' packet counters (CounterNames), kept across generations.
+func (d *Dataplane) Counters() (map[string]uint64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.objs == nil {
+		return nil, errors.New("not synced")
+	}
+	return d.objs.Counters()
 }
 
 // Close releases the programs and maps. Without PinDir the programs are detached; with it they

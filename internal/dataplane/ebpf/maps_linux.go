@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"net"
 	"net/netip"
 
 	"github.com/cilium/ebpf"
@@ -18,20 +19,24 @@ type Objects struct {
 }
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
-// generation, its flow state (conntrack and reverse NAT) is reused, so flows survive new tables.
+// generation, its flow state (conntrack and reverse NAT) and counters are reused, so flows
+// survive new tables and counters keep counting.
 func Load(prev *Objects) (*Objects, error) {
 	if prev != nil {
-		return loadWith(prev.objs.Conntrack, prev.objs.Revnat)
+		return loadWith(prev.objs.Conntrack, prev.objs.Revnat, prev.objs.Counters)
 	}
-	return loadWith(nil, nil)
+	return loadWith(nil, nil, nil)
 }
 
-// loadWith loads a generation using the given flow-state maps (nil: new ones).
-func loadWith(conntrack, revnat *ebpf.Map) (*Objects, error) {
+// loadWith loads a generation using the given flow-state and counter maps (nil: new ones).
+func loadWith(conntrack, revnat, counters *ebpf.Map) (*Objects, error) {
 	o := &Objects{}
 	var opts *ebpf.CollectionOptions
 	if conntrack != nil {
 		opts = &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"conntrack": conntrack, "revnat": revnat}}
+		if counters != nil {
+			opts.MapReplacements["counters"] = counters
+		}
 	}
 	if err := loadPolicyObjects(&o.objs, opts); err != nil {
 		return nil, fmt.Errorf("load BPF objects: %w", err)
@@ -42,6 +47,30 @@ func loadWith(conntrack, revnat *ebpf.Map) (*Objects, error) {
 // Close releases programs and maps.
 func (o *Objects) Close() error { return o.objs.Close() }
 
+// CounterNames name the programs' counters, in the order of enum counter in bpf/policy.c.
+var CounterNames = []string{
+	"pass_not_ip", "pass_no_endpoint", "pass_not_selected", "pass_tracked", "allow", "drop_policy",
+	"drop_spoof", "pass_other_protocol", "dnat", "reverse_nat", "no_backend", "redirect_peer",
+}
+
+// Counters sums each counter over CPUs.
+func (o *Objects) Counters() (map[string]uint64, error) {
+	if n := o.objs.Counters.MaxEntries(); n != uint32(len(CounterNames)) {
+		return nil, fmt.Errorf("the programs have %d counters, CounterNames %d", n, len(CounterNames))
+	}
+	out := map[string]uint64{}
+	for i, name := range CounterNames {
+		var per []uint64
+		if err := o.objs.Counters.Lookup(uint32(i), &per); err != nil {
+			return nil, fmt.Errorf("counter %s: %w", name, err)
+		}
+		for _, v := range per {
+			out[name] += v
+		}
+	}
+	return out, nil
+}
+
 // ipv4Key returns an address as the native-endian integer whose bytes are the address in
 // network order, which is how the program reads ip->saddr.
 func ipv4Key(a netip.Addr) uint32 {
@@ -49,9 +78,18 @@ func ipv4Key(a netip.Addr) uint32 {
 	return binary.NativeEndian.Uint32(b[:])
 }
 
-// Fill writes the tables into freshly loaded maps. ifindex maps endpoints to the ifindex of
-// their host-side veth (0 skips the anti-spoofing check).
-func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, ifindex func(ir.PodID) uint32) error {
+// Interface is a local pod's host-side veth.
+type Interface struct {
+	Index uint32 // 0: not bound to an interface (skips the anti-spoofing check)
+	// Both ends' MACs, when known, let other local pods hand packets straight to this pod.
+	HostMAC, PodMAC net.HardwareAddr
+}
+
+// epFast marks endpoints whose MACs are known (EP_FAST).
+const epFast = 4
+
+// Fill writes the tables into freshly loaded maps; iface describes each endpoint's veth.
+func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, iface func(ir.PodID) Interface) error {
 	var errs []error
 	for id, ep := range t.Endpoints {
 		flags := uint32(0)
@@ -61,7 +99,14 @@ func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, ifindex func(ir.PodID) uint32)
 		if t.Selected[[2]uint32{ep, uint32(ir.Egress)}] {
 			flags |= 2
 		}
-		v := policyEndpoint{Id: ep, Ifindex: ifindex(id), Flags: flags}
+		i := iface(id)
+		v := policyEndpoint{Id: ep, Ifindex: i.Index}
+		if i.Index != 0 && len(i.HostMAC) == 6 && len(i.PodMAC) == 6 {
+			flags |= epFast
+			copy(v.Mac[:], i.PodMAC)
+			copy(v.HostMac[:], i.HostMAC)
+		}
+		v.Flags = flags
 		errs = append(errs, o.objs.Endpoints.Put(ipv4Key(rs.Pods[id].IP()), v))
 	}
 	for _, c := range t.IPCache {

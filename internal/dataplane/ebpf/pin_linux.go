@@ -40,7 +40,7 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 		return nil, fmt.Errorf("adopt pinned reverse NAT: %w", err)
 	}
 	defer rn.Close()
-	o, err := loadWith(ct, rn)
+	o, err := loadWith(ct, rn, nil)
 	if err != nil {
 		// Maps of an incompatible (older) layout: start afresh rather than not at all.
 		os.Remove(filepath.Join(d.PinDir, pinConntrack))

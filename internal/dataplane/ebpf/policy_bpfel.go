@@ -42,6 +42,8 @@ type policyEndpoint struct {
 	Id      uint32
 	Ifindex uint32
 	Flags   uint32
+	Mac     [6]uint8
+	HostMac [6]uint8
 }
 
 type policyIpcacheKey struct {

@@ -69,7 +69,7 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := o.Fill(rs, tables, func(ir.PodID) uint32 { return 0 }); err != nil {
+		if err := o.Fill(rs, tables, func(ir.PodID) Interface { return Interface{} }); err != nil {
 			o.Close()
 			t.Fatal(err)
 		}

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // Policy enforcement on the host side of a pod's veth (docs/ebpf-design.md).
-//   from_pod: TC ingress of the host-side veth; decides the pod's egress.
-//   to_pod:   TC egress of the host-side veth; decides the pod's ingress.
+//   from_pod: TC ingress of the host-side veth; decides the pod's egress, and for a local
+//             destination pod its ingress too, handing the packet straight to it.
+//   to_pod:   TC egress of the host-side veth; decides the pod's ingress for everything else.
 // A new flow is looked up by remote identity (LPM on the address) and then by (endpoint,
 // identity, protocol, direction, destination port) in an LPM trie whose prefix covers the port;
 // allowed flows are remembered per endpoint so replies and later packets pass.
@@ -17,11 +18,14 @@
 #define DIR_EGRESS 1
 #define EP_SELECTED_INGRESS 1
 #define EP_SELECTED_EGRESS 2
+#define EP_FAST 4 // MACs known: local pods may hand packets straight to this one
 
 struct endpoint {
 	__u32 id;
-	__u32 ifindex; // 0: not bound to an interface (tests)
-	__u32 flags;   // EP_SELECTED_*: directions some policy selects
+	__u32 ifindex; // host-side veth; 0: not bound to an interface (tests)
+	__u32 flags;   // EP_SELECTED_*, EP_FAST
+	__u8 mac[6];      // the pod's side of the veth
+	__u8 host_mac[6]; // the node's side
 };
 
 struct ipcache_key {
@@ -115,6 +119,7 @@ enum counter {
 	C_DNAT,
 	C_REVNAT,
 	C_NO_BACKEND,
+	C_REDIRECT_PEER,
 	C_MAX,
 };
 
@@ -302,61 +307,79 @@ static __always_inline void track(struct ct_key *ck, __u32 flags)
 	bpf_map_update_elem(&conntrack, &rk, &rev, BPF_ANY);
 }
 
-static __always_inline int decide(struct __sk_buff *skb, int dir, __u32 *ctflags)
+// pkt is what policy and conntrack read of a packet (after any per-packet DNAT).
+struct pkt {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 ttl;
+	__u16 pad;
+	__u32 natflag; // CT_NAT when this packet was translated
+};
+
+#define PARSE_OK 0
+#define PARSE_PASS 1 // not ours to judge (not IPv4, or a protocol policy does not speak of)
+#define PARSE_DROP 2
+
+// parse reads the packet, sending packets from a pod to a Service frontend to a backend first
+// (egress only) so that policy sees the backend.
+static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 {
-	__u32 natflag = 0;
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP)) {
 		count(C_PASS_NOT_IP);
-		return TC_ACT_OK;
+		return PARSE_PASS;
 	}
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > end || ip->ihl < 5) {
 		count(C_PASS_NOT_IP);
-		return TC_ACT_OK;
+		return PARSE_PASS;
 	}
 	__u8 proto = ip->protocol;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP) {
 		count(C_PASS_OTHER_PROTO);
-		return TC_ACT_OK; // policy speaks of TCP, UDP and SCTP only
+		return PARSE_PASS; // policy speaks of TCP, UDP and SCTP only
 	}
 	// TCP, UDP and SCTP all start with source and destination ports.
 	__u16 *ports = (void *)ip + ip->ihl * 4;
 	if ((void *)(ports + 2) > end)
-		return TC_ACT_SHOT;
-	__u16 sport = ports[0], dport = ports[1];
+		return PARSE_DROP;
+	p->sport = ports[0];
+	p->dport = ports[1];
+	p->natflag = 0;
 	if (dir == DIR_EGRESS) {
-		int nat = dnat(skb, ip, (void *)ports - data, sport, dport);
+		int nat = dnat(skb, ip, (void *)ports - data, p->sport, p->dport);
 		if (nat < 0)
-			return TC_ACT_SHOT;
-		if (nat > 0) { // the packet changed: read it again; policy sees the backend
-			natflag = CT_NAT;
+			return PARSE_DROP;
+		if (nat > 0) { // the packet changed: read it again
+			p->natflag = CT_NAT;
 			data = (void *)(long)skb->data;
 			end = (void *)(long)skb->data_end;
 			ip = data + sizeof(struct ethhdr);
 			if ((void *)(ip + 1) > end)
-				return TC_ACT_SHOT;
+				return PARSE_DROP;
 			ports = (void *)ip + ip->ihl * 4;
 			if ((void *)(ports + 2) > end)
-				return TC_ACT_SHOT;
-			dport = ports[1];
+				return PARSE_DROP;
+			p->dport = ports[1];
 		}
 	}
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = proto;
+	p->ttl = ip->ttl;
+	return PARSE_OK;
+}
 
-	__u32 local = dir == DIR_EGRESS ? ip->saddr : ip->daddr;
-	__u32 remote = dir == DIR_EGRESS ? ip->daddr : ip->saddr;
-	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &local);
-	if (!ep) {
-		count(C_PASS_NO_ENDPOINT);
-		return TC_ACT_OK;
-	}
-	if (ep->ifindex && ep->ifindex != skb->ifindex) {
-		count(C_DROP_SPOOF); // a pod sending with another pod's address
-		return TC_ACT_SHOT;
-	}
-	struct ct_key ck = {.endpoint = ep->id, .saddr = ip->saddr, .daddr = ip->daddr, .sport = sport, .dport = dport, .protocol = proto};
+// judge decides a packet for one local endpoint in one direction: a tracked flow passes, a
+// new one is looked up in the policy and tracked when allowed.
+static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __u32 *ctflags)
+{
+	struct ct_key ck = {.endpoint = ep->id, .saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .protocol = p->proto};
 	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &ck);
 	if (cv) {
 		cv->seen_ns = bpf_ktime_get_ns();
@@ -369,46 +392,106 @@ static __always_inline int decide(struct __sk_buff *skb, int dir, __u32 *ctflags
 	// other direction, which may be policed, and must not be judged as new flows.
 	__u32 flag = dir == DIR_EGRESS ? EP_SELECTED_EGRESS : EP_SELECTED_INGRESS;
 	if (!(ep->flags & flag)) {
-		track(&ck, natflag);
+		track(&ck, p->natflag);
 		count(C_PASS_NOT_SELECTED);
 		return TC_ACT_OK;
 	}
 
-	struct ipcache_key ik = {.prefixlen = 32, .addr = remote};
+	struct ipcache_key ik = {.prefixlen = 32, .addr = dir == DIR_EGRESS ? p->daddr : p->saddr};
 	__u32 *identity = bpf_map_lookup_elem(&ipcache, &ik);
 	struct policy_key pk = {
 		.prefixlen = 96,
 		.endpoint = ep->id,
 		.identity = identity ? *identity : 0,
-		.protocol = proto,
+		.protocol = p->proto,
 		.direction = dir,
-		.port = dport,
+		.port = p->dport,
 	};
 	struct policy_value *pv = bpf_map_lookup_elem(&policy, &pk);
 	if (!pv || !pv->allow) {
 		count(C_DROP_POLICY);
 		return TC_ACT_SHOT;
 	}
-	track(&ck, natflag);
+	track(&ck, p->natflag);
 	count(C_ALLOW);
 	return TC_ACT_OK;
+}
+
+// deliver hands a packet from one local pod straight to another: the destination's ingress is
+// judged here, and bpf_redirect_peer puts the packet into the destination pod's namespace,
+// skipping the node's routing and the second veth crossing. Returns -1 when the packet must
+// take the ordinary path instead (the caller then passes it on).
+static __always_inline int deliver(struct __sk_buff *skb, struct endpoint *src, struct pkt *p)
+{
+	struct endpoint *dst = bpf_map_lookup_elem(&endpoints, &p->daddr);
+	if (!dst || !(dst->flags & EP_FAST) || dst->ifindex == src->ifindex || p->ttl <= 1)
+		return -1; // not a local pod, no MAC known, hairpin, or TTL to be reported by the stack
+	__u32 ctflags = 0;
+	if (judge(dst, p, DIR_INGRESS, &ctflags) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	if ((ctflags & (CT_REPLY | CT_NAT)) == (CT_REPLY | CT_NAT))
+		revnat_reply(skb);
+	// A routed hop: the node's MAC as source, the pod's as destination, TTL one less.
+	__u16 old = bpf_htons((__u16)p->ttl << 8), new = bpf_htons((__u16)(p->ttl - 1) << 8);
+	__u8 ttl = p->ttl - 1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, new, 2) ||
+	    bpf_skb_store_bytes(skb, IP_OFF + offsetof(struct iphdr, ttl), &ttl, 1, 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), dst->mac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), dst->host_mac, ETH_ALEN, 0))
+		return TC_ACT_SHOT;
+	count(C_REDIRECT_PEER);
+	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
+	struct pkt p;
+	int r = parse(skb, DIR_EGRESS, &p);
+	if (r != PARSE_OK)
+		return r == PARSE_PASS ? TC_ACT_OK : TC_ACT_SHOT;
+	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &p.saddr);
+	if (!ep) {
+		count(C_PASS_NO_ENDPOINT);
+		return TC_ACT_OK;
+	}
+	if (ep->ifindex && ep->ifindex != skb->ifindex) {
+		count(C_DROP_SPOOF); // a pod sending with another pod's address
+		return TC_ACT_SHOT;
+	}
 	__u32 ctflags = 0;
-	return decide(skb, DIR_EGRESS, &ctflags);
+	if (judge(ep, &p, DIR_EGRESS, &ctflags) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	if (ep->ifindex) {
+		r = deliver(skb, ep, &p);
+		if (r >= 0)
+			return r;
+	}
+	return TC_ACT_OK;
 }
 
 SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
+	struct pkt p;
+	int r = parse(skb, DIR_INGRESS, &p);
+	if (r != PARSE_OK)
+		return r == PARSE_PASS ? TC_ACT_OK : TC_ACT_SHOT;
+	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &p.daddr);
+	if (!ep) {
+		count(C_PASS_NO_ENDPOINT);
+		return TC_ACT_OK;
+	}
+	if (ep->ifindex && ep->ifindex != skb->ifindex) {
+		count(C_DROP_SPOOF); // routed to the wrong pod's interface
+		return TC_ACT_SHOT;
+	}
 	__u32 ctflags = 0;
-	int verdict = decide(skb, DIR_INGRESS, &ctflags);
-	if (verdict == TC_ACT_OK && (ctflags & (CT_REPLY | CT_NAT)) == (CT_REPLY | CT_NAT))
+	if (judge(ep, &p, DIR_INGRESS, &ctflags) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	if ((ctflags & (CT_REPLY | CT_NAT)) == (CT_REPLY | CT_NAT))
 		revnat_reply(skb);
-	return verdict;
+	return TC_ACT_OK;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";
