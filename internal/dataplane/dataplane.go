@@ -17,6 +17,9 @@ type Node struct {
 	// Interface returns the host-side interface of a local pod's veth, and false for pods that
 	// do not live on this node (or have no interface, such as host-network pods).
 	Interface func(pod *ir.Pod) (string, bool)
+	// Uplink is the node's interface toward the other nodes (optional). The eBPF dataplane
+	// hooks it to translate the node's own traffic to Services, which crosses no pod veth.
+	Uplink string
 }
 
 // Dataplane enforces a Ruleset on one node.

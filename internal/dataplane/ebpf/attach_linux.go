@@ -3,6 +3,7 @@ package ebpf
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -17,7 +18,8 @@ const (
 	AttachClsact = "clsact" // clsact only
 )
 
-// attachment holds a pod veth's two programs: from_pod on ingress, to_pod on egress.
+// attachment holds an interface's programs: on a pod veth from_pod on ingress and to_pod on
+// egress; on the uplink from_uplink on ingress only (out is nil).
 type attachment interface {
 	// Update points both hooks at new programs, each in one kernel operation.
 	Update(in, out *ebpf.Program) error
@@ -38,6 +40,9 @@ func attachTCX(ifindex int, in, out *ebpf.Program) (attachment, error) {
 	if err != nil {
 		return nil, err
 	}
+	if out == nil {
+		return tcxAttachment{li, nil}, nil
+	}
 	lo, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: out, Attach: ebpf.AttachTCXEgress})
 	if err != nil {
 		li.Close()
@@ -46,33 +51,51 @@ func attachTCX(ifindex int, in, out *ebpf.Program) (attachment, error) {
 	return tcxAttachment{li, lo}, nil
 }
 
+// each runs fn on the links present (the egress one is absent on the uplink).
+func (a tcxAttachment) each(fn func(i int, l link.Link) error) error {
+	var errs []error
+	for i, l := range a {
+		if l != nil {
+			errs = append(errs, fn(i, l))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func (a tcxAttachment) Update(in, out *ebpf.Program) error {
-	return errors.Join(a[0].Update(in), a[1].Update(out))
+	progs := [2]*ebpf.Program{in, out}
+	return a.each(func(i int, l link.Link) error { return l.Update(progs[i]) })
 }
 
 func (a tcxAttachment) Pin(base string) error {
-	for i, suffix := range []string{"-in", "-out"} {
-		if err := a[i].Pin(base + suffix); err != nil {
+	return a.each(func(i int, l link.Link) error {
+		if err := l.Pin(base + [2]string{"-in", "-out"}[i]); err != nil {
 			return fmt.Errorf("pin TCX link: %w", err)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func (a tcxAttachment) Detach() error {
 	// Unpinning a link that was never pinned is a no-op.
-	return errors.Join(a[0].Unpin(), a[1].Unpin(), a[0].Close(), a[1].Close())
+	return a.each(func(_ int, l link.Link) error { return errors.Join(l.Unpin(), l.Close()) })
 }
 
-func (a tcxAttachment) Release() error { return errors.Join(a[0].Close(), a[1].Close()) }
+func (a tcxAttachment) Release() error {
+	return a.each(func(_ int, l link.Link) error { return l.Close() })
+}
 
-// loadPinnedTCX adopts the TCX links a previous process pinned at base-in and base-out.
+// loadPinnedTCX adopts the TCX links a previous process pinned at base-in and base-out (the
+// uplink has no base-out).
 func loadPinnedTCX(base string) (attachment, error) {
 	li, err := link.LoadPinnedLink(base+"-in", nil)
 	if err != nil {
 		return nil, err
 	}
 	lo, err := link.LoadPinnedLink(base+"-out", nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return tcxAttachment{li, nil}, nil
+	}
 	if err != nil {
 		li.Close()
 		return nil, err
@@ -84,6 +107,8 @@ func loadPinnedTCX(base string) (attachment, error) {
 // direction. Replacing a filter with the same handle and priority swaps its program atomically.
 type clsactAttachment struct {
 	ifindex int
+	// shared: the qdisc is not ours alone (the uplink): Detach removes only our filter.
+	shared bool
 }
 
 const (
@@ -92,13 +117,14 @@ const (
 )
 
 func attachClsact(ifindex int, in, out *ebpf.Program) (attachment, error) {
+	shared := out == nil
 	qdisc := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
 	// Add, not replace: an existing clsact (a previous process's) keeps its filters until
 	// Update swaps them.
 	if err := netlink.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("clsact qdisc: %w", err)
 	}
-	a := clsactAttachment{ifindex: ifindex}
+	a := clsactAttachment{ifindex: ifindex, shared: shared}
 	if err := a.Update(in, out); err != nil {
 		a.Detach()
 		return nil, err
@@ -116,8 +142,15 @@ func (a clsactAttachment) filter(parent uint32, p *ebpf.Program, name string) *n
 }
 
 func (a clsactAttachment) Update(in, out *ebpf.Program) error {
-	if err := netlink.FilterReplace(a.filter(netlink.HANDLE_MIN_INGRESS, in, "rampart_from_pod")); err != nil {
+	name := "rampart_from_pod"
+	if a.shared {
+		name = "rampart_from_uplink"
+	}
+	if err := netlink.FilterReplace(a.filter(netlink.HANDLE_MIN_INGRESS, in, name)); err != nil {
 		return fmt.Errorf("clsact ingress filter: %w", err)
+	}
+	if out == nil {
+		return nil
 	}
 	if err := netlink.FilterReplace(a.filter(netlink.HANDLE_MIN_EGRESS, out, "rampart_to_pod")); err != nil {
 		return fmt.Errorf("clsact egress filter: %w", err)
@@ -129,8 +162,15 @@ func (a clsactAttachment) Pin(string) error { return nil }
 
 func (a clsactAttachment) Release() error { return nil }
 
-// Detach removes the qdisc, and its filters with it.
+// Detach removes the qdisc, and its filters with it; on a shared qdisc only our filter.
 func (a clsactAttachment) Detach() error {
+	if a.shared {
+		f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: a.ifindex, Parent: netlink.HANDLE_MIN_INGRESS, Handle: clsactHandle, Priority: clsactPriority, Protocol: unix.ETH_P_ALL}}
+		if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENODEV) {
+			return err
+		}
+		return nil
+	}
 	qdisc := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: a.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
 	if err := netlink.QdiscDel(qdisc); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENODEV) {
 		return err

@@ -21,7 +21,10 @@ import (
 // state. Flow state (conntrack, reverse NAT) is carried from one generation to the next, so
 // established flows keep passing. Services are load-balanced by the programs too (DNAT on the
 // client's veth, reverse NAT on its replies) for sockets the connect-time balancer (SockLB)
-// does not see: a node under this dataplane has no iptables rules at all.
+// does not see, and, given Node.Uplink, for the node's own packets (a route program on the
+// Service range): a node under this dataplane has no iptables rules at all. Packets between
+// two local pods are judged for both ends at the source's veth and handed straight to the
+// destination pod (bpf_redirect_peer).
 type Dataplane struct {
 	node  dataplane.Node
 	netns string
@@ -36,9 +39,10 @@ type Dataplane struct {
 	// Sync.
 	PinDir string
 
-	mu    sync.Mutex
-	objs  *Objects
-	links map[string]attachment // by interface
+	mu     sync.Mutex
+	objs   *Objects
+	links  map[string]attachment // by interface
+	uplink attachment
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
@@ -86,7 +90,10 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		if err := next.Fill(rs, tables, func(id ir.PodID) Interface { return ifaces[id] }); err != nil {
 			return fmt.Errorf("fill maps: %w", err)
 		}
-		return d.attach(rs, tables, ifindex, next)
+		if err := d.attach(rs, tables, ifindex, next); err != nil {
+			return err
+		}
+		return d.syncHost(next)
 	})
 	if err == nil && d.PinDir != "" {
 		err = next.pinFlowState(d.PinDir)
@@ -176,6 +183,7 @@ func (d *Dataplane) shutdown(detach bool) error {
 			}
 			delete(d.links, name)
 		}
+		errs = append(errs, d.removeHost(detach))
 		return nil
 	}
 	// clsact filters are removed through netlink in the node's namespace; TCX links are file

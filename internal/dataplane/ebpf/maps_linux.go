@@ -16,6 +16,8 @@ import (
 // Objects are the loaded programs and maps of one node.
 type Objects struct {
 	objs policyObjects
+	// svcRange is the smallest prefix holding every Service frontend (invalid: none).
+	svcRange netip.Prefix
 }
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
@@ -155,6 +157,7 @@ func (o *Objects) fillServices(rs *ir.Ruleset) error {
 	}
 	rg := policySvcRange{Addr: 0, Mask: 0xffffffff} // no frontends: matches only 0.0.0.0
 	if p, ok := covering(vips); ok {
+		o.svcRange = p
 		m := [4]byte{}
 		for i := 0; i < p.Bits(); i++ {
 			m[i/8] |= 1 << (7 - i%8)

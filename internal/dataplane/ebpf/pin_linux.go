@@ -91,6 +91,9 @@ func (d *Dataplane) dropStalePins(want map[string]int) error {
 	seen := map[string]bool{}
 	for _, e := range entries {
 		iface := strings.TrimSuffix(strings.TrimSuffix(e.Name(), "-in"), "-out")
+		if iface == uplinkPin && want != nil && d.node.Uplink != "" {
+			continue // kept by syncHost
+		}
 		if _, ok := want[iface]; ok || seen[iface] {
 			continue
 		}

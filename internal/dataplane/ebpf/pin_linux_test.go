@@ -68,7 +68,7 @@ func TestPinnedRestart(t *testing.T) {
 				return "", false
 			}
 			return l.Fabric.PodInterface(p.Namespace, p.Name), true
-		}}, l.Fabric.NodeNetns(node))
+		}, Uplink: "eth0"}, l.Fabric.NodeNetns(node))
 		dp.Attach = ebpf.AttachTCX
 		dp.PinDir = pinDir
 		return dp
@@ -81,10 +81,20 @@ func TestPinnedRestart(t *testing.T) {
 		}
 		return ps[0].Connected
 	}
+	onUplink := 0
 	attached := func() int {
 		t.Helper()
 		n := 0
 		err := nsexec.Do(l.Fabric.NodeNetns(node), func() error {
+			up, err := net.InterfaceByName("eth0")
+			if err != nil {
+				return err
+			}
+			r, err := link.QueryPrograms(link.QueryOptions{Target: up.Index, Attach: cebpf.AttachTCXIngress})
+			if err != nil {
+				return err
+			}
+			onUplink = len(r.Programs)
 			iface, err := net.InterfaceByName(l.Fabric.PodInterface("x", "server"))
 			if err != nil {
 				return err
@@ -128,8 +138,8 @@ func TestPinnedRestart(t *testing.T) {
 	if !reach("client") || reach("other") {
 		t.Fatal("policy not in force while no process holds the programs")
 	}
-	if n := attached(); n != 2 {
-		t.Fatalf("%d programs on the server's veth, want 2 (from_pod, to_pod)", n)
+	if n := attached(); n != 2 || onUplink != 1 {
+		t.Fatalf("%d programs on the server's veth, %d on the uplink, want 2 (from_pod, to_pod) and 1", n, onUplink)
 	}
 
 	// A new process adopts links and flow state.
@@ -137,8 +147,8 @@ func TestPinnedRestart(t *testing.T) {
 	if err := dp2.Sync(ctx, rs); err != nil {
 		t.Fatal(err)
 	}
-	if n := attached(); n != 2 {
-		t.Fatalf("after adoption %d programs on the server's veth, want 2 (adopted, not stacked)", n)
+	if n := attached(); n != 2 || onUplink != 1 {
+		t.Fatalf("after adoption %d programs on the server's veth, %d on the uplink, want 2 and 1 (adopted, not stacked)", n, onUplink)
 	}
 	if err := roundTrip("after restart"); err != nil {
 		t.Fatalf("established connection broke across the restart: %v", err)
@@ -150,8 +160,8 @@ func TestPinnedRestart(t *testing.T) {
 	if err := dp2.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if n := attached(); n != 0 {
-		t.Errorf("%d programs left after Remove", n)
+	if n := attached(); n != 0 || onUplink != 0 {
+		t.Errorf("%d programs left on the veth and %d on the uplink after Remove", n, onUplink)
 	}
 	if _, err := os.Stat(pinDir); !os.IsNotExist(err) {
 		t.Errorf("pins left after Remove: %v", err)

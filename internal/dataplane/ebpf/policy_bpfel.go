@@ -135,8 +135,10 @@ type policySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type policyProgramSpecs struct {
-	FromPod *ebpf.ProgramSpec `ebpf:"from_pod"`
-	ToPod   *ebpf.ProgramSpec `ebpf:"to_pod"`
+	FromPod    *ebpf.ProgramSpec `ebpf:"from_pod"`
+	FromUplink *ebpf.ProgramSpec `ebpf:"from_uplink"`
+	SvcXmit    *ebpf.ProgramSpec `ebpf:"svc_xmit"`
+	ToPod      *ebpf.ProgramSpec `ebpf:"to_pod"`
 }
 
 // policyMapSpecs contains maps before they are loaded into the kernel.
@@ -215,13 +217,17 @@ type policyVariables struct {
 //
 // It can be passed to loadPolicyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type policyPrograms struct {
-	FromPod *ebpf.Program `ebpf:"from_pod"`
-	ToPod   *ebpf.Program `ebpf:"to_pod"`
+	FromPod    *ebpf.Program `ebpf:"from_pod"`
+	FromUplink *ebpf.Program `ebpf:"from_uplink"`
+	SvcXmit    *ebpf.Program `ebpf:"svc_xmit"`
+	ToPod      *ebpf.Program `ebpf:"to_pod"`
 }
 
 func (p *policyPrograms) Close() error {
 	return _PolicyClose(
 		p.FromPod,
+		p.FromUplink,
+		p.SvcXmit,
 		p.ToPod,
 	)
 }

@@ -100,7 +100,6 @@ type sockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
-	Clients    *ebpf.MapSpec `ebpf:"clients"`
 	LbBackends *ebpf.MapSpec `ebpf:"lb_backends"`
 	LbCounters *ebpf.MapSpec `ebpf:"lb_counters"`
 	LbRevnat   *ebpf.MapSpec `ebpf:"lb_revnat"`
@@ -133,7 +132,6 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
-	Clients    *ebpf.Map `ebpf:"clients"`
 	LbBackends *ebpf.Map `ebpf:"lb_backends"`
 	LbCounters *ebpf.Map `ebpf:"lb_counters"`
 	LbRevnat   *ebpf.Map `ebpf:"lb_revnat"`
@@ -142,7 +140,6 @@ type sockMaps struct {
 
 func (m *sockMaps) Close() error {
 	return _SockClose(
-		m.Clients,
 		m.LbBackends,
 		m.LbCounters,
 		m.LbRevnat,

@@ -8,16 +8,14 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/rampart-sec/rampart/internal/ir"
-	"github.com/rampart-sec/rampart/internal/nsexec"
 )
 
 // SockLB is connect-time Service load balancing: programs in a cgroup's socket hooks (connect4,
-// sendmsg4, recvmsg4, getpeername4) send the sockets of the client network namespaces it is
-// given straight to a backend. Traffic from sockets outside the cgroup, or from other network
-// namespaces, is left to the per-packet DNAT of the veth programs.
+// sendmsg4, recvmsg4, getpeername4) send the sockets created in that cgroup (and below it)
+// straight to a backend. Traffic from sockets outside it is left to the per-packet DNAT of the
+// veth programs.
 //
 // A Service's backends change atomically: the new list is written under a fresh id, then the
 // frontend entry is switched to it in one map update, then the old list is deleted.
@@ -58,32 +56,6 @@ func NewSockLB(cgroupPath string) (*SockLB, error) {
 		s.links = append(s.links, l)
 	}
 	return s, nil
-}
-
-// SetClients replaces the set of network namespaces (by cookie) whose sockets are balanced.
-func (s *SockLB) SetClients(cookies []uint64) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	want := map[uint64]bool{}
-	var errs []error
-	for _, c := range cookies {
-		want[c] = true
-		errs = append(errs, s.objs.Clients.Put(c, uint32(1)))
-	}
-	var k uint64
-	var v uint32
-	var stale []uint64
-	it := s.objs.Clients.Iterate()
-	for it.Next(&k, &v) {
-		if !want[k] {
-			stale = append(stale, k)
-		}
-	}
-	errs = append(errs, it.Err())
-	for _, k := range stale {
-		errs = append(errs, s.objs.Clients.Delete(k))
-	}
-	return errors.Join(errs...)
 }
 
 // Sync makes the frontends and backends those of rs's ClusterIP Services (IPv4, TCP and UDP:
@@ -184,24 +156,4 @@ func (s *SockLB) Close() error {
 	}
 	s.links = nil
 	return errors.Join(append(errs, s.objs.Close())...)
-}
-
-// NetnsCookie returns the cookie the kernel gives the named network namespace ("" for the
-// caller's), as bpf_get_netns_cookie reports it to the socket hooks.
-func NetnsCookie(netns string) (uint64, error) {
-	var cookie uint64
-	err := nsexec.Do(netns, func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		v, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-		if err != nil {
-			return fmt.Errorf("SO_NETNS_COOKIE: %w", err)
-		}
-		cookie = v
-		return nil
-	})
-	return cookie, err
 }

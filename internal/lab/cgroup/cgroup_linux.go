@@ -1,8 +1,10 @@
-// Package cgroup gives the lab's process a cgroup (v2) of its own, where the eBPF dataplane's
-// connect-time load balancer hooks the sockets of the lab's pods. The process moves into
-// "rampart-lab-<pid>" under the cgroup2 mount when the first lab asks, and back to where it was
-// when the last lab releases it; the directory is then removed. Nothing else on the host is in
-// that cgroup, so the hooks see only the lab's own sockets.
+// Package cgroup gives the lab's process a cgroup (v2) of its own, and each lab and each of its
+// pods a threaded cgroup below it, where the eBPF dataplane's connect-time load balancer hooks
+// the sockets of the lab's pods. The process moves into "rampart-lab-<pid>" under the cgroup2
+// mount when the first lab asks, and back to where it was when the last lab releases it; the
+// directory is then removed. A pod's probes run on a thread moved into the pod's cgroup for the
+// duration (a socket belongs to the cgroup of the thread that creates it), so the programs
+// attached to a lab's cgroup see exactly that lab's pods' sockets.
 package cgroup
 
 import (
@@ -77,7 +79,7 @@ func releaseOne() error {
 	}
 	err := movePID(original)
 	if err == nil {
-		err = os.Remove(path)
+		err = removeTree(path)
 	}
 	path = ""
 	return err
@@ -85,6 +87,55 @@ func releaseOne() error {
 
 func movePID(cg string) error {
 	return os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644)
+}
+
+// Group is a threaded cgroup below the process's lab cgroup: a lab's, or a pod's below it.
+type Group struct {
+	Path string
+}
+
+// NewThreaded creates (or reuses) the threaded cgroup name below parent.
+func NewThreaded(parent, name string) (*Group, error) {
+	p := filepath.Join(parent, name)
+	if err := os.Mkdir(p, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("create cgroup: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(p, "cgroup.type"), []byte("threaded"), 0o644); err != nil {
+		os.Remove(p)
+		return nil, fmt.Errorf("make cgroup %s threaded: %w", p, err)
+	}
+	return &Group{Path: p}, nil
+}
+
+// Enter moves the calling OS thread into the group; the caller has locked its goroutine to the
+// thread (runtime.LockOSThread) and moves it back (Enter on the parent) or lets it die.
+func (g *Group) Enter() error {
+	return os.WriteFile(filepath.Join(g.Path, "cgroup.threads"), []byte(strconv.Itoa(unix.Gettid())), 0o644)
+}
+
+// Remove deletes the group and the groups below it. A group still holding a thread is busy.
+func (g *Group) Remove() error { return removeTree(g.Path) }
+
+// removeTree removes a cgroup directory, its child groups first (cgroupfs removes a group's
+// interface files with it; only child directories must go first).
+func removeTree(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if e.IsDir() {
+			errs = append(errs, removeTree(filepath.Join(dir, e.Name())))
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // Mount returns where the cgroup2 hierarchy is mounted (/sys/fs/cgroup, or
@@ -142,11 +193,12 @@ func CleanStale() error {
 			continue
 		}
 		dir := filepath.Join(mnt, e.Name())
+		// The top group's cgroup.procs lists the processes of its whole threaded subtree.
 		procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 		if err != nil || strings.TrimSpace(string(procs)) != "" {
 			continue // in use (or unreadable): not ours to remove
 		}
-		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.EBUSY) {
+		if err := removeTree(dir); err != nil && !errors.Is(err, unix.EBUSY) {
 			errs = append(errs, err)
 		}
 	}

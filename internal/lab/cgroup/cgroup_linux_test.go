@@ -3,6 +3,7 @@ package cgroup
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -67,11 +68,77 @@ func TestCleanStale(t *testing.T) {
 	if err := os.Mkdir(dead, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.Remove(dead) })
+	t.Cleanup(func() { removeTree(dead) })
+	// With a lab's and a pod's threaded groups below it, as a daemon leaves them.
+	lab, err := NewThreaded(dead, "lab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewThreaded(lab.Path, "x_a"); err != nil {
+		t.Fatal(err)
+	}
 	if err := CleanStale(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(dead); !os.IsNotExist(err) {
 		t.Errorf("stale cgroup %s not removed", dead)
+	}
+}
+
+// TestThreaded moves a thread into a pod's group and back, as a probe does, and checks that
+// the kernel sees it there and that the groups go away afterwards.
+func TestThreaded(t *testing.T) {
+	netnstest.RequireRoot(t)
+	home, release, err := Acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	lab, err := NewThreaded(home, "test-lab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod, err := NewThreaded(lab.Path, "x_a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt, _ := Mount()
+	where := func() string {
+		b, err := os.ReadFile("/proc/thread-self/cgroup")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(l, "0::"); ok {
+				return filepath.Join(mnt, rest)
+			}
+		}
+		return ""
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := pod.Enter(); err != nil {
+			t.Error(err)
+			return
+		}
+		if w := where(); w != pod.Path {
+			t.Errorf("thread in %s, want %s", w, pod.Path)
+		}
+		if err := (&Group{Path: home}).Enter(); err != nil {
+			t.Error(err)
+		}
+		if w := where(); w != home {
+			t.Errorf("thread back in %s, want %s", w, home)
+		}
+	}()
+	<-done
+	if err := lab.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(lab.Path); !os.IsNotExist(err) {
+		t.Errorf("%s left behind", lab.Path)
 	}
 }

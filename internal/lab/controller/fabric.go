@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/netip"
 	"time"
+
+	"github.com/rampart-sec/rampart/internal/lab/cgroup"
 )
 
 // Fabric is the kernel side of a lab: network namespaces for nodes and pods, links and routes
@@ -22,6 +24,10 @@ type Fabric interface {
 	Probe(ctx context.Context, probes []ProbeSpec) []ProbeResult
 	// Exec runs a command inside a pod's network namespace.
 	Exec(ctx context.Context, namespace, name string, argv []string) ([]byte, error)
+	// UseCgroups gives every pod, now and later, a threaded cgroup below lab, and runs each
+	// probe on a thread moved into its pod's group (and back to home afterwards), so that
+	// socket hooks attached to lab see the pods' sockets as they would a container's.
+	UseCgroups(lab, home *cgroup.Group) error
 	// Teardown removes everything the lab created.
 	Teardown() error
 }
@@ -30,6 +36,10 @@ type Fabric interface {
 type Topology struct {
 	Nodes []TopoNode
 	Pods  []TopoPod
+	// DataplaneRoutesServices: the dataplane routes the Service range in the nodes (eBPF's
+	// route program); otherwise the fabric routes it out of each node's uplink, where the
+	// iptables dataplane's NAT rules catch it.
+	DataplaneRoutesServices bool
 }
 
 // TopoNode is one lab node.

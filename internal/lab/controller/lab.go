@@ -34,6 +34,7 @@ type Lab struct {
 
 	// With eBPF, Services are balanced at connect time for the pods' (and nodes') sockets.
 	sock      *ebpf.SockLB
+	cg        *cgroup.Group // the lab's, parent of its pods' groups
 	releaseCG func() error
 	sockErr   error // why connect-time balancing is off, if it is
 }
@@ -75,6 +76,7 @@ func (l *Lab) realise(ctx context.Context, c *model.Cluster) error {
 		return err
 	}
 	topo := topologyOf(c, rs)
+	topo.DataplaneRoutesServices = l.settings.Dataplane == "ebpf"
 	if err := l.fabric.Ensure(ctx, topo); err != nil {
 		return fmt.Errorf("lab network: %w", err)
 	}
@@ -109,24 +111,16 @@ func (l *Lab) realise(ctx context.Context, c *model.Cluster) error {
 	return SaveState(l.settings, c)
 }
 
-// syncSockLB brings the connect-time load balancer to rs's Services and the current pods'
-// and nodes' namespaces. Where the host offers no cgroup2 hierarchy, Services stay balanced
-// per packet by the veth programs, and the lab says so once.
+// syncSockLB brings the connect-time load balancer to rs's Services. On first use the lab gets
+// a threaded cgroup below the process's, the programs are attached there, and the fabric gives
+// every pod a cgroup below it in which the pod's probes run. Where the host offers no cgroup2
+// hierarchy, Services stay balanced per packet by the veth programs, and the lab says so once.
 func (l *Lab) syncSockLB(rs *ir.Ruleset) error {
 	if l.settings.Dataplane != "ebpf" || l.sockErr != nil {
 		return nil
 	}
 	if l.sock == nil {
-		path, release, err := cgroup.Acquire()
-		if err == nil {
-			l.sock, err = ebpf.NewSockLB(path)
-			if err != nil {
-				release()
-			} else {
-				l.releaseCG = release
-			}
-		}
-		if err != nil {
+		if err := l.startSockLB(); err != nil {
 			l.sockErr = err
 			fmt.Fprintf(os.Stderr, "warning: connect-time Service load balancing is off (%v); Services are translated per packet\n", err)
 			return nil
@@ -135,28 +129,33 @@ func (l *Lab) syncSockLB(rs *ir.Ruleset) error {
 	if err := l.sock.Sync(rs); err != nil {
 		return fmt.Errorf("connect-time load balancer: %w", err)
 	}
-	var cookies []uint64
-	var errs []error
-	add := func(netns string) {
-		c, err := ebpf.NetnsCookie(netns)
+	return nil
+}
+
+func (l *Lab) startSockLB() error {
+	home, release, err := cgroup.Acquire()
+	if err != nil {
+		return err
+	}
+	// Several labs may share the process (tests): each gets its own group, named after it.
+	cg, err := cgroup.NewThreaded(home, "lab-"+l.settings.Name)
+	if err == nil {
+		if l.sock, err = ebpf.NewSockLB(cg.Path); err == nil {
+			if err = l.fabric.UseCgroups(cg, &cgroup.Group{Path: home}); err != nil {
+				l.sock.Close()
+				l.sock = nil
+			}
+		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("namespace %s: %w", netns, err))
-			return
-		}
-		cookies = append(cookies, c)
-	}
-	for _, n := range rs.Nodes {
-		add(l.fabric.NodeNetns(n.Name))
-	}
-	for i := range rs.Pods {
-		if p := &rs.Pods[i]; !p.HostNetwork && len(p.IPs) > 0 {
-			add(l.fabric.PodNetns(p.Namespace, p.Name))
+			cg.Remove()
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("connect-time load balancer: %w", err)
+	if err != nil {
+		release()
+		return err
 	}
-	return l.sock.SetClients(cookies)
+	l.cg, l.releaseCG = cg, release
+	return nil
 }
 
 // SockLB returns the connect-time load balancer, nil when the lab has none.
@@ -182,6 +181,7 @@ func (l *Lab) plane(node string) (dataplane.Dataplane, error) {
 	case "iptables":
 		dp = iptables.New(dn, iptables.NetnsRunner{Netns: l.fabric.NodeNetns(node)})
 	case "ebpf":
+		dn.Uplink = "eth0" // the node's link to the fabric bridge
 		dp = ebpf.New(dn, l.fabric.NodeNetns(node))
 	case "none":
 	default:
@@ -217,18 +217,23 @@ func topologyOf(c *model.Cluster, rs *ir.Ruleset) Topology {
 func (l *Lab) Teardown() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	// Deleting the namespaces removes rules, sets and programs with them; the socket hooks live
-	// in the process's cgroup and go with it.
+	// Deleting the namespaces removes rules, sets and programs with them; the socket hooks are
+	// links of this process, closed here, and the cgroups go once the fabric's threads left.
 	var errs []error
 	if l.sock != nil {
 		errs = append(errs, l.sock.Close())
 		l.sock = nil
 	}
+	errs = append(errs, l.fabric.Teardown())
+	if l.cg != nil {
+		errs = append(errs, l.cg.Remove())
+		l.cg = nil
+	}
 	if l.releaseCG != nil {
 		errs = append(errs, l.releaseCG())
 		l.releaseCG = nil
 	}
-	return errors.Join(append(errs, l.fabric.Teardown())...)
+	return errors.Join(errs...)
 }
 
 // Snapshot returns the current objects and rules for reading.

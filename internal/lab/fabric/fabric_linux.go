@@ -15,11 +15,13 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"runtime"
 	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/rampart-sec/rampart/internal/lab/cgroup"
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 )
 
@@ -34,12 +36,15 @@ type Fabric struct {
 	built  bool
 	nodes  map[string]controller.TopoNode
 	pods   map[string]*pod
+	// With UseCgroups: the lab's group (parent of the pods'), and where probe threads return.
+	cgLab, cgHome *cgroup.Group
 }
 
 type pod struct {
 	spec    controller.TopoPod
 	netns   string // the pod's own namespace, or its node's for host-network pods
 	servers *servers
+	cg      *cgroup.Group // nil without UseCgroups
 }
 
 var _ controller.Fabric = (*Fabric)(nil)
@@ -194,8 +199,8 @@ func (f *Fabric) addNode(n controller.TopoNode) error {
 }
 
 // routes makes every node route the other nodes' pod CIDRs (and any pod address outside its
-// node's CIDR) to that node, and the Service range out of its fabric link so that traffic from
-// the node itself reaches the NAT rules.
+// node's CIDR) to that node, and, unless the dataplane does, the Service range out of its
+// fabric link so that traffic from the node itself reaches the NAT rules.
 func (f *Fabric) routes(topo controller.Topology) error {
 	var errs []error
 	for _, n := range topo.Nodes {
@@ -221,7 +226,9 @@ func (f *Fabric) routes(topo controller.Topology) error {
 				errs = append(errs, fmt.Errorf("node %s: route %s: %w", n.Name, dst, err))
 			}
 		}
-		add(controller.ServiceCIDR, netip.Addr{})
+		if !topo.DataplaneRoutesServices {
+			add(controller.ServiceCIDR, netip.Addr{})
+		}
 		for _, o := range topo.Nodes {
 			if o.Name != n.Name && o.PodCIDR.IsValid() {
 				add(o.PodCIDR, o.IP)
@@ -266,8 +273,50 @@ func (f *Fabric) addPod(spec controller.TopoPod) error {
 		return err
 	}
 	p.servers = srv
+	if f.cgLab != nil {
+		if p.cg, err = cgroup.NewThreaded(f.cgLab.Path, spec.Namespace+"_"+spec.Name); err != nil {
+			f.pods[key] = p // the namespace is up: let removePod take it down
+			return err
+		}
+	}
 	f.pods[key] = p
 	return nil
+}
+
+// UseCgroups gives every pod a threaded cgroup below lab; probes run in it.
+func (f *Fabric) UseCgroups(lab, home *cgroup.Group) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cgLab, f.cgHome = lab, home
+	var errs []error
+	for _, p := range f.pods {
+		if p.cg != nil {
+			continue
+		}
+		g, err := cgroup.NewThreaded(lab.Path, p.spec.Namespace+"_"+p.spec.Name)
+		p.cg = g
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// inPod runs fn in a pod's network namespace and, with cgroups, on a thread inside the pod's
+// group: a socket belongs to the cgroup of the thread that creates it.
+func (f *Fabric) inPod(p *pod, fn func() error) error {
+	if p.cg == nil {
+		return inNetns(p.netns, fn)
+	}
+	home := f.cgHome
+	return inNetns(p.netns, func() error {
+		if err := p.cg.Enter(); err != nil {
+			return fmt.Errorf("enter the pod's cgroup: %w", err)
+		}
+		ferr := fn()
+		if err := home.Enter(); err != nil {
+			runtime.LockOSThread() // never unlocked: the runtime ends the thread rather than reuse it
+		}
+		return ferr
+	})
 }
 
 func (f *Fabric) plumbPod(p *pod, node controller.TopoNode) error {
@@ -326,6 +375,11 @@ func (f *Fabric) removePod(key string) error {
 	p := f.pods[key]
 	delete(f.pods, key)
 	p.servers.close()
+	if p.cg != nil {
+		// Busy only while a probe of the pod is still running; the lab's teardown removes
+		// whatever is left.
+		_ = p.cg.Remove()
+	}
 	if p.spec.HostNetwork {
 		return nil
 	}
@@ -356,6 +410,7 @@ func (f *Fabric) Teardown() error {
 	f.pods = map[string]*pod{}
 	f.nodes = map[string]controller.TopoNode{}
 	f.built = false
+	f.cgLab, f.cgHome = nil, nil // the controller removes the groups
 	return TeardownPrefix(f.prefix)
 }
 

@@ -101,11 +101,6 @@ func randomPoliciesMatchEvaluator(t *testing.T, dp string) {
 		}
 		var wrong []string
 		for _, p := range probes {
-			if dp == "ebpf" && p.From == "z/agent" && p.Via == "service" && p.Protocol == "SCTP" {
-				// Known gap: host-network clients are balanced in the socket hooks, which do
-				// not see SCTP (raw sockets here); TCP and UDP are checked.
-				continue
-			}
 			k := fmt.Sprintf("%s>%s:%d/%s", p.From, p.To, p.Port, p.Protocol)
 			if want[k] != p.Connected {
 				wrong = append(wrong, fmt.Sprintf("%s via %s: kernel connected=%v, evaluator allowed=%v", k, p.Target, p.Connected, want[k]))

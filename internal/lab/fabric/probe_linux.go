@@ -20,39 +20,39 @@ const maxParallel = 256
 // Probe runs probes in parallel from their pods' namespaces.
 func (f *Fabric) Probe(ctx context.Context, specs []controller.ProbeSpec) []controller.ProbeResult {
 	f.mu.Lock()
-	nsOf := map[string]string{}
+	pods := map[string]*pod{}
 	for k, p := range f.pods {
-		nsOf[k] = p.netns
+		pods[k] = p
 	}
 	f.mu.Unlock()
 	out := make([]controller.ProbeResult, len(specs))
 	sem := make(chan struct{}, maxParallel)
 	var wg sync.WaitGroup
 	for i, s := range specs {
-		ns, ok := nsOf[s.FromNamespace+"/"+s.FromName]
+		p, ok := pods[s.FromNamespace+"/"+s.FromName]
 		if !ok {
 			out[i] = controller.ProbeResult{Err: "no such pod in the lab"}
 			continue
 		}
 		wg.Add(1)
 		sem <- struct{}{}
-		go func(i int, s controller.ProbeSpec, ns string) {
+		go func(i int, s controller.ProbeSpec, p *pod) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			out[i] = probe(ctx, ns, s.Dst, s.Protocol, s.Timeout)
-		}(i, s, ns)
+			out[i] = f.probe(ctx, p, s.Dst, s.Protocol, s.Timeout)
+		}(i, s, p)
 	}
 	wg.Wait()
 	return out
 }
 
-// probe makes one connection attempt from namespace ns; it counts as connected only when the
-// server answered.
-func probe(ctx context.Context, ns string, dst netip.AddrPort, proto string, timeout time.Duration) controller.ProbeResult {
+// probe makes one connection attempt from a pod; it counts as connected only when the server
+// answered.
+func (f *Fabric) probe(ctx context.Context, p *pod, dst netip.AddrPort, proto string, timeout time.Duration) controller.ProbeResult {
 	start := time.Now()
 	var ok bool
 	var perr error
-	err := inNetns(ns, func() error {
+	err := f.inPod(p, func() error {
 		switch proto {
 		case "TCP":
 			ok, perr = probeTCP(ctx, dst, timeout)
@@ -163,6 +163,18 @@ func minTime(a, b time.Time) time.Time {
 	return b
 }
 
+// InPod runs fn as the pod's own processes would run: in its network namespace and, when the
+// lab has cgroups, in its cgroup.
+func (f *Fabric) InPod(ns, name string, fn func() error) error {
+	f.mu.Lock()
+	p, ok := f.pods[ns+"/"+name]
+	f.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("no pod %s/%s", ns, name)
+	}
+	return f.inPod(p, fn)
+}
+
 // DialTCP opens a TCP connection from a pod's namespace; tests use it to hold a connection
 // open across policy changes.
 func (f *Fabric) DialTCP(ctx context.Context, ns, name string, dst netip.AddrPort) (net.Conn, error) {
@@ -173,7 +185,7 @@ func (f *Fabric) DialTCP(ctx context.Context, ns, name string, dst netip.AddrPor
 		return nil, fmt.Errorf("no pod %s/%s", ns, name)
 	}
 	var c net.Conn
-	err := inNetns(p.netns, func() error {
+	err := f.inPod(p, func() error {
 		var err error
 		c, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "tcp4", dst.String())
 		return err

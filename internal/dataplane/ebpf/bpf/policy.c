@@ -3,6 +3,8 @@
 //   from_pod: TC ingress of the host-side veth; decides the pod's egress, and for a local
 //             destination pod its ingress too, handing the packet straight to it.
 //   to_pod:   TC egress of the host-side veth; decides the pod's ingress for everything else.
+//   svc_xmit: route (LWT) program of the Service range: the node's own packets to Services.
+//   from_uplink: TC ingress of the node's uplink: replies to those packets from other nodes.
 // A new flow is looked up by remote identity (LPM on the address) and then by (endpoint,
 // identity, protocol, direction, destination port) in an LPM trie whose prefix covers the port;
 // allowed flows are remembered per endpoint so replies and later packets pass.
@@ -202,15 +204,22 @@ static __always_inline void count(__u32 c)
 		*v += 1;
 }
 
+// Offsets in the IPv4 header; the header starts after the Ethernet one in TC programs and at
+// the start of the packet in the route (LWT) program.
 #define IP_OFF sizeof(struct ethhdr)
-#define IP_CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
-#define IP_SRC_OFF (IP_OFF + offsetof(struct iphdr, saddr))
-#define IP_DST_OFF (IP_OFF + offsetof(struct iphdr, daddr))
+#define IP_CSUM offsetof(struct iphdr, check)
+#define IP_SRC offsetof(struct iphdr, saddr)
+#define IP_DST offsetof(struct iphdr, daddr)
+#define IP_CSUM_OFF (IP_OFF + IP_CSUM)
+
+// MARK_HOST_NAT marks a node's own packet the route program sent to a backend, so that the
+// backend's veth program tracks the flow as translated and reverses the translation on replies.
+#define MARK_HOST_NAT 0x00800000
 
 // rewrite replaces an address (at addr_off) and a port (at l4 + port_off) and fixes the IP
 // and TCP/UDP checksums. SCTP's CRC32c covers ports but not addresses, so for SCTP only the
 // address may change (callers keep the port).
-static __always_inline int rewrite(struct __sk_buff *skb, __u32 l4, __u8 proto, __u32 addr_off, __u32 old_addr,
+static __always_inline int rewrite(struct __sk_buff *skb, __u32 l3, __u32 l4, __u8 proto, __u32 addr_off, __u32 old_addr,
 				   __u32 new_addr, __u32 port_off, __u16 old_port, __u16 new_port)
 {
 	__u32 csum_off = 0;
@@ -221,7 +230,7 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u32 l4, __u8 proto, 
 		csum_off = l4 + 6;
 		flags |= BPF_F_MARK_MANGLED_0;
 	}
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, 4))
+	if (bpf_l3_csum_replace(skb, l3 + IP_CSUM, old_addr, new_addr, 4))
 		return -1;
 	if (csum_off) {
 		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr, flags | 4))
@@ -230,7 +239,7 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u32 l4, __u8 proto, 
 		    bpf_l4_csum_replace(skb, csum_off, old_port, new_port, (flags & BPF_F_MARK_MANGLED_0) | 2))
 			return -1;
 	}
-	if (bpf_skb_store_bytes(skb, addr_off, &new_addr, 4, 0))
+	if (bpf_skb_store_bytes(skb, l3 + addr_off, &new_addr, 4, 0))
 		return -1;
 	if (old_port != new_port && bpf_skb_store_bytes(skb, l4 + port_off, &new_port, 2, 0))
 		return -1;
@@ -239,7 +248,7 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u32 l4, __u8 proto, 
 
 // dnat sends a packet addressed to a Service frontend to one of its backends, remembering the
 // frontend for the replies. Returns -1 to drop (no backend, or a rewrite failed).
-static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l4, __u16 sport, __u16 dport)
+static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l3, __u32 l4, __u16 sport, __u16 dport)
 {
 	__u32 zero = 0;
 	struct svc_range *rg = bpf_map_lookup_elem(&service_range, &zero);
@@ -269,7 +278,7 @@ static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l
 	struct revnat_key rk = {.client = client, .backend = backend, .cport = sport, .bport = bport, .protocol = proto};
 	struct revnat_value rv = {.vip = vip, .vport = dport};
 	bpf_map_update_elem(&revnat, &rk, &rv, BPF_ANY);
-	if (rewrite(skb, l4, proto, IP_DST_OFF, vip, backend, 2, dport, bport))
+	if (rewrite(skb, l3, l4, proto, IP_DST, vip, backend, 2, dport, bport))
 		return -1;
 	count(C_DNAT);
 	return 1;
@@ -292,7 +301,7 @@ static __always_inline void revnat_reply(struct __sk_buff *skb)
 	if (!rv)
 		return;
 	struct revnat_value v = *rv;
-	if (!rewrite(skb, l4, ip->protocol, IP_SRC_OFF, ip->saddr, v.vip, 0, ports[0], v.vport))
+	if (!rewrite(skb, IP_OFF, l4, ip->protocol, IP_SRC, ip->saddr, v.vip, 0, ports[0], v.vport))
 		count(C_REVNAT);
 }
 
@@ -352,7 +361,7 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 	p->dport = ports[1];
 	p->natflag = 0;
 	if (dir == DIR_EGRESS) {
-		int nat = dnat(skb, ip, (void *)ports - data, p->sport, p->dport);
+		int nat = dnat(skb, ip, IP_OFF, (void *)ports - data, p->sport, p->dport);
 		if (nat < 0)
 			return PARSE_DROP;
 		if (nat > 0) { // the packet changed: read it again
@@ -467,6 +476,10 @@ int from_pod(struct __sk_buff *skb)
 		if (r >= 0)
 			return r;
 	}
+	// A reply to a flow translated on its way in: the node's own (MARK_HOST_NAT), or a local
+	// pod's that could not be handed over directly (its to_pod then finds nothing to reverse).
+	if ((ctflags & (CT_REPLY | CT_NAT)) == (CT_REPLY | CT_NAT))
+		revnat_reply(skb);
 	return TC_ACT_OK;
 }
 
@@ -486,11 +499,63 @@ int to_pod(struct __sk_buff *skb)
 		count(C_DROP_SPOOF); // routed to the wrong pod's interface
 		return TC_ACT_SHOT;
 	}
+	if (skb->mark & MARK_HOST_NAT)
+		p.natflag = CT_NAT;
 	__u32 ctflags = 0;
 	if (judge(ep, &p, DIR_INGRESS, &ctflags) != TC_ACT_OK)
 		return TC_ACT_SHOT;
 	if ((ctflags & (CT_REPLY | CT_NAT)) == (CT_REPLY | CT_NAT))
 		revnat_reply(skb);
+	return TC_ACT_OK;
+}
+
+// svc_xmit is the route program (LWT xmit) of the Service range in the node's own namespace:
+// the node's packets to a frontend that no socket hook translated (raw sockets such as SCTP's,
+// processes outside the hooked cgroup) go to a backend here and are routed again.
+SEC("lwt_xmit")
+int svc_xmit(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data;
+	if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
+		return BPF_OK;
+	__u8 proto = ip->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
+		return BPF_OK;
+	__u16 *ports = (void *)ip + ip->ihl * 4;
+	if ((void *)(ports + 2) > end)
+		return BPF_OK;
+	int nat = dnat(skb, ip, 0, (void *)ports - data, ports[0], ports[1]);
+	if (nat < 0)
+		return BPF_DROP;
+	if (nat == 0)
+		return BPF_OK;
+	skb->mark |= MARK_HOST_NAT;
+	return BPF_LWT_REROUTE;
+}
+
+// from_uplink, on TC ingress of the node's link to the other nodes, reverses the translation
+// of svc_xmit for replies from backends on other nodes. Packets for local pods pass untouched
+// (their veth programs see them).
+SEC("tc")
+int from_uplink(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end)
+		return TC_ACT_OK;
+	__u8 proto = ip->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
+		return TC_ACT_OK;
+	__u32 daddr = ip->daddr;
+	if (bpf_map_lookup_elem(&endpoints, &daddr))
+		return TC_ACT_OK;
+	revnat_reply(skb);
 	return TC_ACT_OK;
 }
 

@@ -5,8 +5,9 @@
 //   recvmsg4:     UDP replies appear to come from the frontend the client addressed.
 //   getpeername4: the socket's peer reads as the frontend.
 // Packets then carry the backend address from the start, so the veth programs decide policy on
-// the backend and need no per-packet NAT. Only sockets of the network namespaces listed in
-// `clients` are translated: one cgroup may hold the sockets of several clusters.
+// the backend and need no per-packet NAT. Every socket created in the cgroup the programs are
+// attached to (or below it) is translated: on a node that is the root, in the lab the lab's
+// cgroup, whose children are its pods.
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
@@ -60,13 +61,6 @@ enum lb_counter {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u64); // network namespace cookie
-	__type(value, __u32);
-} clients SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
 	__type(key, struct lb_svc_key);
 	__type(value, struct lb_svc_value);
 } lb_services SEC(".maps");
@@ -99,19 +93,11 @@ static __always_inline void lb_count(__u32 c)
 		*v += 1;
 }
 
-static __always_inline int ours(struct bpf_sock_addr *ctx)
-{
-	__u64 netns = bpf_get_netns_cookie(ctx);
-	return bpf_map_lookup_elem(&clients, &netns) != NULL;
-}
-
 // translate points the socket address at a backend of the frontend it names. Returns 0 to
 // refuse the operation (a frontend without backends), 1 otherwise.
 static __always_inline int translate(struct bpf_sock_addr *ctx, __u32 counter)
 {
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
-		return 1;
-	if (!ours(ctx))
 		return 1;
 	struct lb_svc_key sk = {.vip = ctx->user_ip4, .port = (__u16)ctx->user_port, .protocol = (__u8)ctx->protocol};
 	struct lb_svc_value *sv = bpf_map_lookup_elem(&lb_services, &sk);
