@@ -29,7 +29,19 @@ kind: Pod
 metadata: {name: server, namespace: x, labels: {pod: server}}
 spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}]}]}
 status: {podIP: 10.244.1.11}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-remote, namespace: x, labels: {pod: server}}
+spec: {nodeName: node-2, containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.2.11}
 `
+
+// paths are the two servers the client measures: on its own node, and on the other one.
+var paths = []struct {
+	name string
+	dst  netip.AddrPort
+}{{"same node", netip.MustParseAddrPort("10.244.1.11:80")}, {"across nodes", netip.MustParseAddrPort("10.244.2.11:80")}}
 
 // tenThousandRules: 100 NetworkPolicies selecting the server, each with 100 ingress rules
 // (an external /32 on port 80), plus the rule that admits the client.
@@ -47,6 +59,7 @@ func tenThousandRules() string {
 
 type dpResult struct {
 	Mode            string  `json:"mode"`
+	Path            string  `json:"path"` // same node, or across nodes
 	Rules           int     `json:"rules"`
 	ThroughputMBps  float64 `json:"throughput_mb_per_s"`
 	RequestsPerSec  float64 `json:"request_response_per_s"`
@@ -62,12 +75,14 @@ type dpResult struct {
 	RRRatioSameDataplane         float64 `json:"rr_ratio_to_same_dataplane_without_policy,omitempty"`
 }
 
-// TestBenchDataplanes measures an established TCP flow between two pods on one node: bulk
-// throughput and one-line request/response rate, for the same topology with no policy (the
-// baseline), for each dataplane without policy, and with 10,000 rules under each dataplane. Modes are measured round-robin, seven
-// rounds of 2 s each (machines are noisy), and medians reported. Results go to bench/results/dataplane.json.
 func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
 
+// TestBenchDataplanes measures established TCP flows from a client pod to a server on its own
+// node and to one on the other node of a 2-node lab: bulk throughput and one-line
+// request/response rate, for the same topology with no policy (the baseline), for each
+// dataplane without policy, and with 10,000 rules under each dataplane. Set-ups are measured
+// round-robin, seven rounds of 2 s each (machines are noisy), each against the baseline of the
+// same round and path, and medians reported. Results go to bench/results/dataplane.json.
 func TestBenchDataplanes(t *testing.T) {
 	if os.Getenv("RAMPART_BENCH") == "" {
 		t.Skip("set RAMPART_BENCH=1 (make bench) to run the dataplane benchmark")
@@ -81,7 +96,7 @@ func TestBenchDataplanes(t *testing.T) {
 		{"ebpf, no policy", "ebpf", 0, 0}, {"ebpf", "ebpf", 10000, 3}}
 	labs := make([]labtest.Lab, len(modes))
 	for i, m := range modes {
-		labs[i] = labtest.New(t, 1, m.dataplane, benchCluster)
+		labs[i] = labtest.New(t, 2, m.dataplane, benchCluster)
 		if m.rules > 0 {
 			start := time.Now()
 			if err := labs[i].Apply(ctx, tenThousandRules()); err != nil {
@@ -90,37 +105,44 @@ func TestBenchDataplanes(t *testing.T) {
 			t.Logf("%s: 10,000 rules applied in %s", m.name, time.Since(start).Round(time.Millisecond))
 		}
 	}
-	dst := netip.MustParseAddrPort("10.244.1.11:80")
-	tput := make([][]float64, len(modes))
-	rr := make([][]float64, len(modes))
+	// tput[i][p], rr[i][p]: mode i, path p, one figure per round.
+	tput := make([][][]float64, len(modes))
+	rr := make([][][]float64, len(modes))
+	for i := range modes {
+		tput[i], rr[i] = make([][]float64, len(paths)), make([][]float64, len(paths))
+	}
 	for round := 0; round < 7; round++ {
 		for i, m := range modes {
-			b, r, err := labs[i].Fabric.Load(ctx, "x", "client", dst, 2*time.Second)
-			if err != nil {
-				t.Fatalf("%s: %v", m.name, err)
+			for p, path := range paths {
+				b, r, err := labs[i].Fabric.Load(ctx, "x", "client", path.dst, 2*time.Second)
+				if err != nil {
+					t.Fatalf("%s, %s: %v", m.name, path.name, err)
+				}
+				tput[i][p] = append(tput[i][p], b/1e6)
+				rr[i][p] = append(rr[i][p], r)
 			}
-			tput[i] = append(tput[i], b/1e6)
-			rr[i] = append(rr[i], r)
 		}
 	}
 	var results []dpResult
-	for i, m := range modes {
-		var tr, rrr []float64
-		for r := range tput[i] {
-			tr = append(tr, round3(tput[i][r]/tput[0][r]))
-			rrr = append(rrr, round3(rr[i][r]/rr[0][r]))
-		}
-		res := dpResult{Mode: m.name, Rules: m.rules, ThroughputMBps: median(tput[i]), RequestsPerSec: median(rr[i]),
-			ThroughputRatio: median(tr), RRRatio: median(rrr), Runs: len(tput[i]), ThroughputRatioRounds: tr, RRRatioRounds: rrr}
-		if m.ref != 0 {
-			var st, sr []float64
-			for r := range tput[i] {
-				st = append(st, tput[i][r]/tput[m.ref][r])
-				sr = append(sr, rr[i][r]/rr[m.ref][r])
+	for p, path := range paths {
+		for i, m := range modes {
+			var tr, rrr []float64
+			for r := range tput[i][p] {
+				tr = append(tr, round3(tput[i][p][r]/tput[0][p][r]))
+				rrr = append(rrr, round3(rr[i][p][r]/rr[0][p][r]))
 			}
-			res.ThroughputRatioSameDataplane, res.RRRatioSameDataplane = round3(median(st)), round3(median(sr))
+			res := dpResult{Mode: m.name, Path: path.name, Rules: m.rules, ThroughputMBps: median(tput[i][p]), RequestsPerSec: median(rr[i][p]),
+				ThroughputRatio: median(tr), RRRatio: median(rrr), Runs: len(tput[i][p]), ThroughputRatioRounds: tr, RRRatioRounds: rrr}
+			if m.ref != 0 {
+				var st, sr []float64
+				for r := range tput[i][p] {
+					st = append(st, tput[i][p][r]/tput[m.ref][p][r])
+					sr = append(sr, rr[i][p][r]/rr[m.ref][p][r])
+				}
+				res.ThroughputRatioSameDataplane, res.RRRatioSameDataplane = round3(median(st)), round3(median(sr))
+			}
+			results = append(results, res)
 		}
-		results = append(results, res)
 	}
 	b, _ := json.MarshalIndent(results, "", "  ")
 	t.Logf("\n%s", b)

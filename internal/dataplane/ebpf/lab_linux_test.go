@@ -43,7 +43,7 @@ func labEnforcement(t *testing.T, attach string, seeds int64) {
 				return "", false
 			}
 			return l.Fabric.PodInterface(p.Namespace, p.Name), true
-		}}, l.Fabric.NodeNetns(node))
+		}, Uplink: "eth0"}, l.Fabric.NodeNetns(node))
 		dp.Attach = attach
 		planes[node] = dp
 		t.Cleanup(func() {
@@ -117,15 +117,16 @@ func labEnforcement(t *testing.T, attach string, seeds int64) {
 	if denied == 0 {
 		t.Fatal("no probe was ever denied: the programs are not enforcing")
 	}
-	// Pods on the same node were handed packets directly (bpf_redirect_peer), and those packets
-	// were judged like the rest: the probes above agree with the evaluator.
+	// Pods were handed packets directly (bpf_redirect_peer) by pods on their node and by the
+	// uplink, and those packets were judged like the rest: the probes above agree with the
+	// evaluator.
 	for node, dp := range planes {
 		c, err := dp.Counters()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c["redirect_peer"] == 0 || c["drop_policy"] == 0 {
-			t.Errorf("node %s: counters %v: expected direct deliveries and policy drops", node, c)
+		if c["redirect_peer"] == 0 || c["redirect_uplink"] == 0 || c["drop_policy"] == 0 {
+			t.Errorf("node %s: counters %v: expected direct deliveries from pods and from the uplink, and policy drops", node, c)
 		}
 	}
 	t.Logf("%d probes denied by the programs across the policy sets", denied)

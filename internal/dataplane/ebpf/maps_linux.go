@@ -53,6 +53,7 @@ func (o *Objects) Close() error { return o.objs.Close() }
 var CounterNames = []string{
 	"pass_not_ip", "pass_no_endpoint", "pass_not_selected", "pass_tracked", "allow", "drop_policy",
 	"drop_spoof", "pass_other_protocol", "dnat", "reverse_nat", "no_backend", "redirect_peer",
+	"redirect_uplink",
 }
 
 // Counters sums each counter over CPUs.

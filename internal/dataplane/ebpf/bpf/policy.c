@@ -4,7 +4,8 @@
 //             destination pod its ingress too, handing the packet straight to it.
 //   to_pod:   TC egress of the host-side veth; decides the pod's ingress for everything else.
 //   svc_xmit: route (LWT) program of the Service range: the node's own packets to Services.
-//   from_uplink: TC ingress of the node's uplink: replies to those packets from other nodes.
+//   from_uplink: TC ingress of the node's uplink: packets for local pods, handed straight to
+//             them, and replies to svc_xmit's packets from other nodes.
 // A new flow is looked up by remote identity (LPM on the address) and then by (endpoint,
 // identity, protocol, direction, destination port) in an LPM trie whose prefix covers the port;
 // allowed flows are remembered per endpoint so replies and later packets pass.
@@ -121,7 +122,8 @@ enum counter {
 	C_DNAT,
 	C_REVNAT,
 	C_NO_BACKEND,
-	C_REDIRECT_PEER,
+	C_REDIRECT_PEER,   // handed from a local pod to a local pod
+	C_REDIRECT_UPLINK, // handed from the uplink to a local pod
 	C_MAX,
 };
 
@@ -426,14 +428,14 @@ static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __
 	return TC_ACT_OK;
 }
 
-// deliver hands a packet from one local pod straight to another: the destination's ingress is
-// judged here, and bpf_redirect_peer puts the packet into the destination pod's namespace,
-// skipping the node's routing and the second veth crossing. Returns -1 when the packet must
-// take the ordinary path instead (the caller then passes it on).
-static __always_inline int deliver(struct __sk_buff *skb, struct endpoint *src, struct pkt *p)
+// deliver hands a packet from a local pod or from the uplink straight to a local pod: the
+// destination's ingress is judged here, and bpf_redirect_peer puts the packet into the
+// destination pod's namespace, skipping the node's routing and the veth crossing. Returns -1
+// when the packet must take the ordinary path instead (the caller then passes it on).
+static __always_inline int deliver(struct __sk_buff *skb, __u32 from_ifindex, struct pkt *p)
 {
 	struct endpoint *dst = bpf_map_lookup_elem(&endpoints, &p->daddr);
-	if (!dst || !(dst->flags & EP_FAST) || dst->ifindex == src->ifindex || p->ttl <= 1)
+	if (!dst || !(dst->flags & EP_FAST) || dst->ifindex == from_ifindex || p->ttl <= 1)
 		return -1; // not a local pod, no MAC known, hairpin, or TTL to be reported by the stack
 	__u32 ctflags = 0;
 	if (judge(dst, p, DIR_INGRESS, &ctflags) != TC_ACT_OK)
@@ -448,7 +450,7 @@ static __always_inline int deliver(struct __sk_buff *skb, struct endpoint *src, 
 	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), dst->mac, ETH_ALEN, 0) ||
 	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), dst->host_mac, ETH_ALEN, 0))
 		return TC_ACT_SHOT;
-	count(C_REDIRECT_PEER);
+	count(from_ifindex ? C_REDIRECT_PEER : C_REDIRECT_UPLINK);
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
@@ -472,7 +474,7 @@ int from_pod(struct __sk_buff *skb)
 	if (judge(ep, &p, DIR_EGRESS, &ctflags) != TC_ACT_OK)
 		return TC_ACT_SHOT;
 	if (ep->ifindex) {
-		r = deliver(skb, ep, &p);
+		r = deliver(skb, ep->ifindex, &p);
 		if (r >= 0)
 			return r;
 	}
@@ -535,28 +537,21 @@ int svc_xmit(struct __sk_buff *skb)
 	return BPF_LWT_REROUTE;
 }
 
-// from_uplink, on TC ingress of the node's link to the other nodes, reverses the translation
-// of svc_xmit for replies from backends on other nodes. Packets for local pods pass untouched
-// (their veth programs see them).
+// from_uplink, on TC ingress of the node's link to the other nodes, hands packets for local
+// pods straight to them (judging their ingress, as to_pod would), and reverses the translation
+// of svc_xmit for replies from backends on other nodes.
 SEC("tc")
 int from_uplink(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	struct pkt p;
+	if (parse(skb, DIR_INGRESS, &p) != PARSE_OK)
+		return TC_ACT_OK; // to_pod judges whatever reaches a pod
+	if (!bpf_map_lookup_elem(&endpoints, &p.daddr)) {
+		revnat_reply(skb);
 		return TC_ACT_OK;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end)
-		return TC_ACT_OK;
-	__u8 proto = ip->protocol;
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
-		return TC_ACT_OK;
-	__u32 daddr = ip->daddr;
-	if (bpf_map_lookup_elem(&endpoints, &daddr))
-		return TC_ACT_OK;
-	revnat_reply(skb);
-	return TC_ACT_OK;
+	}
+	int r = deliver(skb, 0, &p);
+	return r >= 0 ? r : TC_ACT_OK;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";
