@@ -52,29 +52,58 @@ func labEnforcement(t *testing.T, attach string, seeds int64) {
 			}
 		})
 	}
-	denied := 0
-	for seed := int64(1); seed <= seeds; seed++ {
-		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+	// apply makes policy set y the lab's and every node's, and returns the evaluator for it
+	// (nil when the lab rejects y).
+	apply := func(y string) *policy.Evaluator {
+		t.Helper()
 		if err := l.Delete(ctx, controller.DeleteRequest{AllPolicies: true}); err != nil && !strings.Contains(err.Error(), "nothing to delete") {
 			t.Fatal(err)
 		}
 		if strings.TrimSpace(y) != "" {
 			if err := l.Apply(ctx, y); err != nil {
-				t.Fatalf("seed %d: %v", seed, err)
+				t.Logf("policy set rejected: %v", err)
+				return nil
 			}
 		}
 		_, rs := l.Snapshot()
 		ev := policy.New(rs)
 		for node, dp := range planes {
 			if err := dp.Sync(ctx, rs); err != nil {
-				t.Fatalf("seed %d: sync %s: %v", seed, node, err)
+				t.Fatalf("sync %s: %v", node, err)
 			}
 			// As the lab does after every change: tracked flows of earlier policy sets that
 			// this one denies must go, or a reused ephemeral port would ride on them.
 			if _, err := dp.Sweep(ev); err != nil {
-				t.Fatalf("seed %d: sweep %s: %v", seed, node, err)
+				t.Fatalf("sweep %s: %v", node, err)
 			}
 		}
+		return ev
+	}
+	// disagrees says whether the kernel and the evaluator disagree on probe p under set y.
+	disagrees := func(y string, p controller.Probe) bool {
+		ev := apply(y)
+		if ev == nil {
+			return false // a broken candidate is not the failure being shrunk
+		}
+		ps, err := l.Probe(ctx, controller.ProbeRequest{From: p.From, To: p.To, Port: p.Port, Protocol: p.Protocol, Via: "pod", Timeout: 700 * time.Millisecond})
+		if err != nil || len(ps) != 1 {
+			t.Fatalf("probe %+v: %v %+v", p, err, ps)
+		}
+		for _, c := range ev.Matrix(nil) {
+			if c.From == p.From && c.To == p.To && c.Port == p.Port && c.Protocol == p.Protocol {
+				return c.Allowed != ps[0].Connected
+			}
+		}
+		return false
+	}
+	denied := 0
+	for seed := int64(1); seed <= seeds; seed++ {
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+		ev := apply(y)
+		if ev == nil {
+			t.Fatalf("seed %d: the lab rejected a generated policy set:\n%s", seed, y)
+		}
+		_, rs := l.Snapshot()
 		if seed == 1 && attach == ebpf.AttachClsact {
 			// The programs really sit in clsact filters (not TCX links).
 			for i := range rs.Pods {
@@ -98,20 +127,28 @@ func labEnforcement(t *testing.T, attach string, seeds int64) {
 			t.Fatal(err)
 		}
 		var wrong []string
-		for _, p := range probes {
+		var first *controller.Probe
+		for i, p := range probes {
 			k := fmt.Sprintf("%s>%s:%d/%s", p.From, p.To, p.Port, p.Protocol)
 			if !p.Connected {
 				denied++
 			}
 			if want[k] != p.Connected {
 				wrong = append(wrong, fmt.Sprintf("%s: kernel connected=%v, evaluator allowed=%v", k, p.Connected, want[k]))
+				if first == nil {
+					first = &probes[i]
+				}
 			}
 		}
 		if len(wrong) > 0 {
 			if len(wrong) > 10 {
 				wrong = wrong[:10]
 			}
-			t.Fatalf("seed %d: %d disagreements:\n%s\n%s", seed, len(wrong), strings.Join(wrong, "\n"), y)
+			// The smallest policy set under which the first disagreement still shows, found by
+			// re-applying candidates to the lab and probing that flow alone.
+			min := randpolicy.Shrink(y, func(c string) bool { return disagrees(c, *first) })
+			t.Fatalf("seed %d: %d disagreements:\n%s\nsmallest policy set for %s -> %s %d/%s:\n%s", seed, len(wrong),
+				strings.Join(wrong, "\n"), first.From, first.To, first.Port, first.Protocol, min)
 		}
 	}
 	if denied == 0 {

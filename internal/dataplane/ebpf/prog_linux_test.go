@@ -91,7 +91,12 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 						got := run(t, o.objs.FromPod, pkt) && run(t, o.objs.ToPod, pkt)
 						if want := ev.Verdict(f).Allowed; got != want {
 							o.Close()
-							t.Fatalf("seed %d: %v: programs say %v, evaluator %v\n%s", seed, f, got, want, y)
+							min := randpolicy.Shrink(y, func(c string) bool {
+								sport++
+								g, w, ok := programVerdict(t, base, c, f, sport)
+								return ok && g != w
+							})
+							t.Fatalf("seed %d: %v: programs say %v, evaluator %v; smallest policy set that disagrees:\n%s", seed, f, got, want, min)
 						}
 						if got { // the reply of an allowed flow passes both ways
 							reply := packet(dst, src, proto, port, sport)
@@ -106,4 +111,25 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 		}
 		o.Close()
 	}
+}
+
+// programVerdict runs one new flow through freshly loaded programs for the policy set y on the
+// cluster base, and returns the programs' verdict and the evaluator's (ok is false when y does
+// not compile, so a shrinking step that breaks it is not taken for the failure).
+func programVerdict(t *testing.T, base []model.Object, y string, f policy.Flow, sport uint16) (got, want, ok bool) {
+	rs, tables, err := compileSet(base, y)
+	if err != nil {
+		return false, false, false
+	}
+	o, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	if err := o.Fill(rs, tables, func(ir.PodID) Interface { return Interface{} }); err != nil {
+		t.Fatal(err)
+	}
+	pkt := packet(f.Src, f.Dst, f.Protocol, sport, f.Port)
+	got = run(t, o.objs.FromPod, pkt) && run(t, o.objs.ToPod, pkt)
+	return got, policy.New(rs).Verdict(f).Allowed, true
 }
