@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: the example application in a lab of network namespaces, its reachability as the
 # kernel enforces it before and after its policies, its images' known vulnerabilities ranked by
-# how reachable each pod is, why one flow is denied, then teardown.
+# how reachable each pod is, why one flow is denied, the same under the eBPF dataplane, then
+# teardown.
 set -euo pipefail
 BIN=${1:-bin/rampart}
 cd "$(dirname "$0")/.."
@@ -9,7 +10,11 @@ LAB=demo
 GO=${GO:-go}
 WORK=""
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-cleanup() { "$BIN" lab down --name "$LAB" >/dev/null 2>&1 || true; [ -z "$WORK" ] || rm -rf "$WORK"; }
+cleanup() {
+  "$BIN" lab down --name "$LAB" >/dev/null 2>&1 || true
+  "$BIN" lab down --name "$LAB-ebpf" >/dev/null 2>&1 || true
+  [ -z "$WORK" ] || rm -rf "$WORK"
+}
 trap cleanup EXIT
 cleanup
 WORK=$(mktemp -d /tmp/rampart-demo.XXXXXX)
@@ -67,6 +72,16 @@ bold "Does the kernel agree with the evaluator on every pod, port and protocol?"
 "$BIN" policy matrix -f examples -o json > /tmp/rampart-demo-expect.json
 sed -i 's/"allowed"/"connected"/' /tmp/rampart-demo-expect.json
 "$BIN" lab probe --name "$LAB" --via pod --timeout 700ms --expect /tmp/rampart-demo-expect.json -o json > /dev/null
+
+bold "The same cluster and policies under the eBPF dataplane (TC programs, connect-time Services)"
+"$BIN" lab up --name "$LAB-ebpf" --nodes 2 --dataplane ebpf -f examples/cluster -f examples/policies >/dev/null
+rules=0
+for n in 0 1; do
+  rules=$((rules + $(ip netns exec "rl-$LAB-ebpf-n$n" iptables-save | grep -c '^-A' || true)))
+done
+echo "iptables rules in the node namespaces: $rules"
+"$BIN" lab probe --name "$LAB-ebpf" --timeout 700ms --expect /tmp/rampart-demo-expect.json -o json > /dev/null
+"$BIN" lab down --name "$LAB-ebpf"
 
 bold "Tearing the lab down"
 "$BIN" lab down --name "$LAB"
