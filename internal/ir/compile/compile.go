@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/model"
@@ -34,6 +35,8 @@ type compiler struct {
 	// order, so selectors scan one namespace instead of the whole cluster.
 	nsPods map[string][]ir.PodID
 	nsList []string // namespaces with pods, sorted
+	// lblIndex: per namespace, "key=value" -> its pods in ID order (built on first use).
+	lblIndex map[string]map[string][]ir.PodID
 	// sels memoizes selector conversions: converting and formatting a LabelSelector costs
 	// more than matching it, and policies share selectors by pointer within one cluster.
 	sels map[*metav1.LabelSelector]selEntry
@@ -107,9 +110,15 @@ func (k *compiler) nodeIPs(name string) []netip.Addr {
 }
 
 func (k *compiler) pods() {
+	// Sized up front: a change recompiles every pod, so allocations here are per change.
+	k.rs.Pods = make([]ir.Pod, 0, len(k.c.Pods))
+	k.podLbl = make([]labels.Set, 0, len(k.c.Pods))
 	for _, key := range model.SortedKeys(k.c.Pods) {
 		p := k.c.Pods[key]
 		pod := ir.Pod{ID: ir.PodID(len(k.rs.Pods)), Namespace: p.Namespace, Name: p.Name, Node: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork}
+		if n := len(p.Status.PodIPs); n > 0 {
+			pod.IPs = make([]netip.Addr, 0, n)
+		}
 		for _, pip := range p.Status.PodIPs {
 			if ip, err := model.ParseIP(pip.IP); err == nil {
 				pod.IPs = append(pod.IPs, ip)
@@ -118,10 +127,21 @@ func (k *compiler) pods() {
 		if pod.HostNetwork && len(pod.IPs) == 0 {
 			pod.IPs = slices.Clone(k.nodeIPs(pod.Node))
 		}
-		for _, c := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
-			for _, cp := range c.Ports {
-				proto, _ := ir.ParseProtocol(string(cp.Protocol))
-				pod.Ports = append(pod.Ports, ir.ContainerPort{Name: cp.Name, Port: uint16(cp.ContainerPort), Protocol: proto})
+		n := 0
+		for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+			for _, c := range cs {
+				n += len(c.Ports)
+			}
+		}
+		if n > 0 {
+			pod.Ports = make([]ir.ContainerPort, 0, n)
+		}
+		for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+			for _, c := range cs {
+				for _, cp := range c.Ports {
+					proto, _ := ir.ParseProtocol(string(cp.Protocol))
+					pod.Ports = append(pod.Ports, ir.ContainerPort{Name: cp.Name, Port: uint16(cp.ContainerPort), Protocol: proto})
+				}
 			}
 		}
 		k.rs.Pods = append(k.rs.Pods, pod)
@@ -136,6 +156,7 @@ func (k *compiler) pods() {
 
 func (k *compiler) indexPods() {
 	k.nsPods = map[string][]ir.PodID{}
+	k.lblIndex = map[string]map[string][]ir.PodID{}
 	for _, p := range k.rs.Pods {
 		if !p.HostNetwork {
 			k.nsPods[p.Namespace] = append(k.nsPods[p.Namespace], p.ID)
@@ -179,7 +200,7 @@ func (k *compiler) policyPods(nsMatch func(ns string) bool, podSel labels.Select
 		if !nsMatch(ns) {
 			continue
 		}
-		for _, id := range k.nsPods[ns] {
+		for _, id := range k.candidates(ns, podSel) {
 			if podSel == nil || podSel.Matches(k.podLbl[id]) {
 				ids = append(ids, id)
 			}
@@ -187,6 +208,51 @@ func (k *compiler) policyPods(nsMatch func(ns string) bool, podSel labels.Select
 	}
 	slices.Sort(ids)
 	return ids
+}
+
+// candidates narrows a namespace's pods to those that can match sel: when sel requires a label
+// to equal one of some values, only the pods carrying one of those label pairs (looked up in
+// the namespace's label index, built on first use), in ID order. The caller still matches
+// every candidate against sel.
+func (k *compiler) candidates(ns string, sel labels.Selector) []ir.PodID {
+	all := k.nsPods[ns]
+	if sel == nil || len(all) < 16 {
+		return all
+	}
+	reqs, ok := sel.Requirements()
+	if !ok {
+		return all
+	}
+	idx := k.lblIndex[ns]
+	if idx == nil {
+		idx = map[string][]ir.PodID{}
+		for _, id := range all {
+			for key, v := range k.podLbl[id] {
+				idx[key+"="+v] = append(idx[key+"="+v], id)
+			}
+		}
+		k.lblIndex[ns] = idx
+	}
+	best := all
+	for _, r := range reqs {
+		switch r.Operator() {
+		case selection.Equals, selection.DoubleEquals, selection.In:
+		default:
+			continue
+		}
+		vals := r.Values() // a set: "in (b, b)" looks b up once
+		var ids []ir.PodID
+		for v := range vals {
+			ids = append(ids, idx[r.Key()+"="+v]...)
+		}
+		if len(ids) < len(best) {
+			if vals.Len() > 1 {
+				slices.Sort(ids) // a pod has one value per key: no duplicates to drop
+			}
+			best = ids
+		}
+	}
+	return best
 }
 
 // podsIn returns the policy-selectable pods of one namespace matching podSel.
