@@ -43,7 +43,43 @@ func loadWith(conntrack, revnat, counters *ebpf.Map) (*Objects, error) {
 	if err := loadPolicyObjects(&o.objs, opts); err != nil {
 		return nil, fmt.Errorf("load BPF objects: %w", err)
 	}
+	for k, op := range crcZeroOps() {
+		if err := o.objs.CrcZeros.Put(uint32(k), op); err != nil {
+			o.Close()
+			return nil, fmt.Errorf("fill crc_zeros: %w", err)
+		}
+	}
 	return o, nil
+}
+
+// crcZeroOps returns, for k = 0..15, the CRC32c (reflected Castagnoli) register's linear map
+// "feed 2^k zero bytes" as 32 columns: column i is the register after feeding them from a
+// register holding only bit i. The programs fix SCTP checksums with them (bpf/policy.c).
+func crcZeroOps() [16][32]uint32 {
+	const poly = 0x82f63b78
+	var ops [16][32]uint32
+	apply := func(op *[32]uint32, v uint32) uint32 {
+		var r uint32
+		for i := 0; i < 32; i++ {
+			if v&(1<<i) != 0 {
+				r ^= op[i]
+			}
+		}
+		return r
+	}
+	for i := 0; i < 32; i++ {
+		reg := uint32(1) << i
+		for b := 0; b < 8; b++ {
+			reg = reg>>1 ^ poly&-(reg&1)
+		}
+		ops[0][i] = reg
+	}
+	for k := 1; k < 16; k++ {
+		for i := 0; i < 32; i++ {
+			ops[k][i] = apply(&ops[k-1], ops[k-1][i])
+		}
+	}
+	return ops
 }
 
 // Close releases programs and maps.

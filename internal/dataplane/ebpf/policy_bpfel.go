@@ -23,6 +23,8 @@ type policyBackendValue struct {
 	Pad  uint16
 }
 
+type policyCrcOp struct{ Col [32]uint32 }
+
 type policyCtKey struct {
 	Endpoint uint32
 	Saddr    uint32
@@ -148,6 +150,7 @@ type policyMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	CrcZeros     *ebpf.MapSpec `ebpf:"crc_zeros"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Policy       *ebpf.MapSpec `ebpf:"policy"`
@@ -185,6 +188,7 @@ type policyMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	Counters     *ebpf.Map `ebpf:"counters"`
+	CrcZeros     *ebpf.Map `ebpf:"crc_zeros"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Policy       *ebpf.Map `ebpf:"policy"`
@@ -198,6 +202,7 @@ func (m *policyMaps) Close() error {
 		m.Backends,
 		m.Conntrack,
 		m.Counters,
+		m.CrcZeros,
 		m.Endpoints,
 		m.Ipcache,
 		m.Policy,

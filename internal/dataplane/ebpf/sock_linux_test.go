@@ -42,7 +42,7 @@ kind: Service
 metadata: {name: svc-b, namespace: x}
 spec:
   selector: {pod: b}
-  ports: [{name: tcp, port: 8080, targetPort: 80}, {name: udp, port: 8081, targetPort: 81, protocol: UDP}, {name: sctp, port: 82, protocol: SCTP}]
+  ports: [{name: tcp, port: 8080, targetPort: 80}, {name: udp, port: 8081, targetPort: 81, protocol: UDP}, {name: sctp, port: 9082, targetPort: 82, protocol: SCTP}]
 `
 
 // TestConnectTimeLB checks Services balanced in the socket hooks: pods and host-network pods
@@ -80,6 +80,11 @@ func TestConnectTimeLB(t *testing.T) {
 	for _, p := range probes {
 		if !p.Connected || p.Via != "service" {
 			t.Errorf("%s -> %s %d/%s via %s: connected=%v", p.From, p.To, p.Port, p.Protocol, p.Via, p.Connected)
+		}
+		// SCTP's Service port differs from the pod's: the programs rewrite the port and fix
+		// the CRC32c both ways (the lab's SCTP endpoints check it).
+		if p.Protocol == "SCTP" && !strings.HasSuffix(p.Target, ":9082") {
+			t.Errorf("%s -> %s SCTP probed %s, want the Service port 9082", p.From, p.To, p.Target)
 		}
 	}
 	after, err := lb.Counters()

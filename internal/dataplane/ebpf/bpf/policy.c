@@ -218,9 +218,67 @@ static __always_inline void count(__u32 c)
 // backend's veth program tracks the flow as translated and reverses the translation on replies.
 #define MARK_HOST_NAT 0x00800000
 
+// SCTP's CRC32c covers the ports (not the addresses). CRC is linear: for packets of equal
+// length, crc(new) = crc(old) ^ crc0(old ^ new), where crc0 starts from 0 with no final xor,
+// and old ^ new is zero but for the two port bytes. So the update is those two bytes fed into
+// a zero register, followed by as many zero bytes as follow them in the packet, which is the
+// register multiplied by x^(8n): crc_zeros[k] holds, as 32 columns, the linear map "feed 2^k
+// zero bytes" (computed by the loader), so n zero bytes cost one map per bit of n.
+#define CRC32C_POLY 0x82f63b78 // reflected Castagnoli
+
+struct crc_op {
+	__u32 col[32];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 16); // packets up to 64 KiB
+	__type(key, __u32);
+	__type(value, struct crc_op);
+} crc_zeros SEC(".maps");
+
+// crc_delta is the CRC32c register after feeding the two bytes of d (as they sit in the
+// packet) into an empty register and then n zero bytes. A global function: the verifier checks
+// it once with unknown arguments, not once per caller and path with values it would follow
+// bit by bit; the arithmetic is branch-free.
+__attribute__((noinline)) __u32 crc_delta(__u32 d, __u32 n)
+{
+	__u32 reg = d & 0xffff; // little-endian load: the first byte is the low one
+	for (int i = 0; i < 16; i++)
+		reg = (reg >> 1) ^ ((reg & 1) * CRC32C_POLY);
+	for (__u32 k = 0; k < 16; k++) {
+		__u32 key = k;
+		struct crc_op *op = bpf_map_lookup_elem(&crc_zeros, &key);
+		if (!op)
+			return 0;
+		__u32 r = 0;
+		for (int i = 0; i < 32; i++)
+			r ^= op->col[i] * ((reg >> i) & 1);
+		__u32 take = (n >> k) & 1;
+		reg = r * take + reg * (1 - take);
+	}
+	return reg;
+}
+
+// sctp_port_crc updates the SCTP checksum (at l4 + 8, stored little-endian) for a port that
+// changes from old_port to new_port at l4 + port_off; len is the SCTP packet's length.
+static __always_inline int sctp_port_crc(struct __sk_buff *skb, __u32 l4, __u32 port_off, __u32 len, __u16 old_port,
+					 __u16 new_port)
+{
+	if (len < port_off + 2)
+		return -1;
+	__u32 reg = crc_delta((__u16)(old_port ^ new_port), len - port_off - 2);
+	__u32 sum;
+	if (bpf_skb_load_bytes(skb, l4 + 8, &sum, 4))
+		return -1;
+	if (!sum)
+		return 0; // checksum offload: the stack leaves the field zero for the NIC to fill
+	sum ^= reg; // little-endian in the packet, as the host reads it
+	return bpf_skb_store_bytes(skb, l4 + 8, &sum, 4, 0);
+}
+
 // rewrite replaces an address (at addr_off) and a port (at l4 + port_off) and fixes the IP
-// and TCP/UDP checksums. SCTP's CRC32c covers ports but not addresses, so for SCTP only the
-// address may change (callers keep the port).
+// and TCP/UDP checksums, or SCTP's CRC32c when the port changes.
 static __always_inline int rewrite(struct __sk_buff *skb, __u32 l3, __u32 l4, __u8 proto, __u32 addr_off, __u32 old_addr,
 				   __u32 new_addr, __u32 port_off, __u16 old_port, __u16 new_port)
 {
@@ -245,6 +303,15 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u32 l3, __u32 l4, __
 		return -1;
 	if (old_port != new_port && bpf_skb_store_bytes(skb, l4 + port_off, &new_port, 2, 0))
 		return -1;
+	if (proto == IPPROTO_SCTP && old_port != new_port) {
+		__u16 tot;
+		if (bpf_skb_load_bytes(skb, l3 + offsetof(struct iphdr, tot_len), &tot, 2))
+			return -1;
+		__u32 len = bpf_ntohs(tot);
+		if (len < l4 - l3)
+			return -1;
+		return sctp_port_crc(skb, l4, port_off, len - (l4 - l3), old_port, new_port);
+	}
 	return 0;
 }
 
@@ -275,8 +342,6 @@ static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l
 	__u8 proto = ip->protocol;
 	__u32 client = ip->saddr, vip = ip->daddr, backend = bv->addr;
 	__u16 bport = bv->port;
-	if (proto == IPPROTO_SCTP && bport != dport)
-		return -1; // would need the CRC32c recomputed
 	struct revnat_key rk = {.client = client, .backend = backend, .cport = sport, .bport = bport, .protocol = proto};
 	struct revnat_value rv = {.vip = vip, .vport = dport};
 	bpf_map_update_elem(&revnat, &rk, &rv, BPF_ANY);
