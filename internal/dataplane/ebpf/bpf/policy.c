@@ -519,22 +519,36 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 from_ifindex, st
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
+// endpoint_of parses a packet on a pod's veth and finds the local endpoint it is judged for:
+// its source leaving the pod (egress), its destination entering it (ingress). Returns -1 with
+// *ep set to go on, or the TC action for the packet: not ours, or an address that does not
+// belong on this interface (a pod sending with another pod's address, or routing gone wrong).
+static __always_inline int endpoint_of(struct __sk_buff *skb, int dir, struct pkt *p, struct endpoint **ep)
+{
+	int r = parse(skb, dir, p);
+	if (r != PARSE_OK)
+		return r == PARSE_PASS ? TC_ACT_OK : TC_ACT_SHOT;
+	__u32 addr = dir == DIR_EGRESS ? p->saddr : p->daddr;
+	*ep = bpf_map_lookup_elem(&endpoints, &addr);
+	if (!*ep) {
+		count(C_PASS_NO_ENDPOINT);
+		return TC_ACT_OK;
+	}
+	if ((*ep)->ifindex && (*ep)->ifindex != skb->ifindex) {
+		count(C_DROP_SPOOF);
+		return TC_ACT_SHOT;
+	}
+	return -1;
+}
+
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
 	struct pkt p;
-	int r = parse(skb, DIR_EGRESS, &p);
-	if (r != PARSE_OK)
-		return r == PARSE_PASS ? TC_ACT_OK : TC_ACT_SHOT;
-	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &p.saddr);
-	if (!ep) {
-		count(C_PASS_NO_ENDPOINT);
-		return TC_ACT_OK;
-	}
-	if (ep->ifindex && ep->ifindex != skb->ifindex) {
-		count(C_DROP_SPOOF); // a pod sending with another pod's address
-		return TC_ACT_SHOT;
-	}
+	struct endpoint *ep;
+	int r = endpoint_of(skb, DIR_EGRESS, &p, &ep);
+	if (r >= 0)
+		return r;
 	__u32 ctflags = 0;
 	if (judge(ep, &p, DIR_EGRESS, &ctflags) != TC_ACT_OK)
 		return TC_ACT_SHOT;
@@ -554,18 +568,10 @@ SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
 	struct pkt p;
-	int r = parse(skb, DIR_INGRESS, &p);
-	if (r != PARSE_OK)
-		return r == PARSE_PASS ? TC_ACT_OK : TC_ACT_SHOT;
-	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &p.daddr);
-	if (!ep) {
-		count(C_PASS_NO_ENDPOINT);
-		return TC_ACT_OK;
-	}
-	if (ep->ifindex && ep->ifindex != skb->ifindex) {
-		count(C_DROP_SPOOF); // routed to the wrong pod's interface
-		return TC_ACT_SHOT;
-	}
+	struct endpoint *ep;
+	int r = endpoint_of(skb, DIR_INGRESS, &p, &ep);
+	if (r >= 0)
+		return r;
 	if (skb->mark & MARK_HOST_NAT)
 		p.natflag = CT_NAT;
 	__u32 ctflags = 0;
