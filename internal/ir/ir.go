@@ -3,6 +3,7 @@ package ir
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -360,8 +361,12 @@ func (r *Ruleset) Policy(dir Direction, ref PolicyRef) *Policy {
 	return &r.Tiers[dir][ref.Tier].Policies[ref.Policy]
 }
 
-// PodByKey finds a pod by "namespace/name".
+// PodByKey finds a pod by "namespace/name". Compiled rulesets hold their pods in key order, so
+// a binary search finds it; a hand-built, unordered one falls back to a scan.
 func (r *Ruleset) PodByKey(key string) *Pod {
+	if i, ok := slices.BinarySearchFunc(r.Pods, key, func(p Pod, k string) int { return strings.Compare(p.Key(), k) }); ok {
+		return &r.Pods[i]
+	}
 	for i := range r.Pods {
 		if r.Pods[i].Key() == key {
 			return &r.Pods[i]
