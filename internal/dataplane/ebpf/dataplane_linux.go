@@ -71,7 +71,6 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		return err
 	}
 	err = d.inNetns(func() error {
-		ifindex := map[ir.PodID]uint32{}
 		ifaces := map[ir.PodID]Interface{}
 		for id := range tables.Endpoints {
 			name, _ := d.node.Interface(&rs.Pods[id])
@@ -79,7 +78,6 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 			if err != nil {
 				return fmt.Errorf("interface %s: %w", name, err)
 			}
-			ifindex[id] = uint32(iface.Index)
 			i := Interface{Index: uint32(iface.Index)}
 			// Without both MACs the pod is still enforced, only not handed packets directly.
 			if host, pod, err := vethMACs(name); err == nil && len(host) == 6 && len(pod) == 6 {
@@ -90,7 +88,7 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		if err := next.Fill(rs, tables, func(id ir.PodID) Interface { return ifaces[id] }); err != nil {
 			return fmt.Errorf("fill maps: %w", err)
 		}
-		if err := d.attach(rs, tables, ifindex, next); err != nil {
+		if err := d.attach(rs, tables, ifaces, next); err != nil {
 			return err
 		}
 		return d.syncHost(next)
@@ -111,11 +109,11 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 
 // attach points every local pod's links at the new programs, creating missing links and
 // removing those of pods that left.
-func (d *Dataplane) attach(rs *ir.Ruleset, tables *Tables, ifindex map[ir.PodID]uint32, o *Objects) error {
+func (d *Dataplane) attach(rs *ir.Ruleset, tables *Tables, ifaces map[ir.PodID]Interface, o *Objects) error {
 	want := map[string]int{}
 	for id := range tables.Endpoints {
 		name, _ := d.node.Interface(&rs.Pods[id])
-		want[name] = int(ifindex[id])
+		want[name] = int(ifaces[id].Index)
 	}
 	var errs []error
 	for name, idx := range want {

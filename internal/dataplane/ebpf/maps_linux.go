@@ -99,15 +99,26 @@ func (o *Objects) Counters() (map[string]uint64, error) {
 	}
 	out := map[string]uint64{}
 	for i, name := range CounterNames {
-		var per []uint64
-		if err := o.objs.Counters.Lookup(uint32(i), &per); err != nil {
+		n, err := sumPerCPU(o.objs.Counters, uint32(i))
+		if err != nil {
 			return nil, fmt.Errorf("counter %s: %w", name, err)
 		}
-		for _, v := range per {
-			out[name] += v
-		}
+		out[name] = n
 	}
 	return out, nil
+}
+
+// sumPerCPU reads entry i of a per-CPU counter array, summed over CPUs.
+func sumPerCPU(m *ebpf.Map, i uint32) (uint64, error) {
+	var per []uint64
+	if err := m.Lookup(i, &per); err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
 }
 
 // ipv4Key returns an address as the native-endian integer whose bytes are the address in
@@ -124,28 +135,23 @@ type Interface struct {
 	HostMAC, PodMAC net.HardwareAddr
 }
 
-// epFast marks endpoints whose MACs are known (EP_FAST).
-const epFast = 4
-
 // Fill writes the tables into freshly loaded maps; iface describes each endpoint's veth.
 func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, iface func(ir.PodID) Interface) error {
 	var errs []error
 	for id, ep := range t.Endpoints {
-		flags := uint32(0)
-		if t.Selected[[2]uint32{ep, uint32(ir.Ingress)}] {
-			flags |= 1
-		}
-		if t.Selected[[2]uint32{ep, uint32(ir.Egress)}] {
-			flags |= 2
-		}
 		i := iface(id)
 		v := policyEndpoint{Id: ep, Ifindex: i.Index}
+		if t.Selected[[2]uint32{ep, uint32(ir.Ingress)}] {
+			v.Flags |= policyEpFlagEP_SELECTED_INGRESS
+		}
+		if t.Selected[[2]uint32{ep, uint32(ir.Egress)}] {
+			v.Flags |= policyEpFlagEP_SELECTED_EGRESS
+		}
 		if i.Index != 0 && len(i.HostMAC) == 6 && len(i.PodMAC) == 6 {
-			flags |= epFast
+			v.Flags |= policyEpFlagEP_FAST
 			copy(v.Mac[:], i.PodMAC)
 			copy(v.HostMac[:], i.HostMAC)
 		}
-		v.Flags = flags
 		errs = append(errs, o.objs.Endpoints.Put(ipv4Key(rs.Pods[id].IP()), v))
 	}
 	for _, c := range t.IPCache {
@@ -195,11 +201,7 @@ func (o *Objects) fillServices(rs *ir.Ruleset) error {
 	rg := policySvcRange{Addr: 0, Mask: 0xffffffff} // no frontends: matches only 0.0.0.0
 	if p, ok := covering(vips); ok {
 		o.svcRange = p
-		m := [4]byte{}
-		for i := 0; i < p.Bits(); i++ {
-			m[i/8] |= 1 << (7 - i%8)
-		}
-		rg = policySvcRange{Addr: ipv4Key(p.Addr()), Mask: binary.NativeEndian.Uint32(m[:])}
+		rg = policySvcRange{Addr: ipv4Key(p.Addr()), Mask: binary.NativeEndian.Uint32(net.CIDRMask(p.Bits(), 32))}
 	}
 	errs = append(errs, o.objs.ServiceRange.Put(uint32(0), rg))
 	return errors.Join(errs...)

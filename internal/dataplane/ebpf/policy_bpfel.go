@@ -25,6 +25,13 @@ type policyBackendValue struct {
 
 type policyCrcOp struct{ Col [32]uint32 }
 
+type policyCtFlag uint32
+
+const (
+	policyCtFlagCT_REPLY policyCtFlag = 1
+	policyCtFlagCT_NAT   policyCtFlag = 2
+)
+
 type policyCtKey struct {
 	Endpoint uint32
 	Saddr    uint32
@@ -36,17 +43,25 @@ type policyCtKey struct {
 
 type policyCtValue struct {
 	SeenNs uint64
-	Flags  uint32
+	Flags  policyCtFlag
 	Pad    uint32
 }
 
 type policyEndpoint struct {
 	Id      uint32
 	Ifindex uint32
-	Flags   uint32
+	Flags   policyEpFlag
 	Mac     [6]uint8
 	HostMac [6]uint8
 }
+
+type policyEpFlag uint32
+
+const (
+	policyEpFlagEP_SELECTED_INGRESS policyEpFlag = 1
+	policyEpFlagEP_SELECTED_EGRESS  policyEpFlag = 2
+	policyEpFlagEP_FAST             policyEpFlag = 4
+)
 
 type policyIpcacheKey struct {
 	Prefixlen uint32

@@ -135,13 +135,11 @@ type LBCounters struct {
 func (s *SockLB) Counters() (LBCounters, error) {
 	var out LBCounters
 	for i, dst := range []*uint64{&out.Connect, &out.Sendmsg, &out.Recvmsg, &out.Getpeername, &out.NoBackend} {
-		var per []uint64
-		if err := s.objs.LbCounters.Lookup(uint32(i), &per); err != nil {
+		n, err := sumPerCPU(s.objs.LbCounters, uint32(i))
+		if err != nil {
 			return out, err
 		}
-		for _, v := range per {
-			*dst += v
-		}
+		*dst = n
 	}
 	return out, nil
 }

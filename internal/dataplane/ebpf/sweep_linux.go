@@ -4,9 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/bits"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
-	"net/netip"
 
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/policy"
@@ -31,7 +31,7 @@ func (d *Dataplane) Sweep(ev *policy.Evaluator) (int, error) {
 	)
 	it := ct.Iterate()
 	for it.Next(&k, &v) {
-		if v.Flags&ctReply != 0 {
+		if v.Flags&policyCtFlagCT_REPLY != 0 {
 			replies = append(replies, k) // judged with its flow's forward entry
 			continue
 		}
@@ -66,9 +66,6 @@ func (d *Dataplane) Sweep(ev *policy.Evaluator) (int, error) {
 	}
 	return len(stale), errors.Join(errs...)
 }
-
-// ctReply is CT_REPLY of bpf/policy.c: the entry of a flow's reply direction.
-const ctReply = 1
 
 func reverse(k policyCtKey) policyCtKey {
 	r := k

@@ -19,14 +19,18 @@
 
 #define DIR_INGRESS 0
 #define DIR_EGRESS 1
-#define EP_SELECTED_INGRESS 1
-#define EP_SELECTED_EGRESS 2
-#define EP_FAST 4 // MACs known: local pods may hand packets straight to this one
+
+// Endpoint flags (an enum so that bpf2go gives the loader the same values).
+enum ep_flag {
+	EP_SELECTED_INGRESS = 1, // some policy selects the endpoint for ingress
+	EP_SELECTED_EGRESS = 2,
+	EP_FAST = 4, // MACs known: local pods may hand packets straight to this one
+};
 
 struct endpoint {
 	__u32 id;
 	__u32 ifindex; // host-side veth; 0: not bound to an interface (tests)
-	__u32 flags;   // EP_SELECTED_*, EP_FAST
+	enum ep_flag flags; // EP_SELECTED_* | EP_FAST
 	__u8 mac[6];      // the pod's side of the veth
 	__u8 host_mac[6]; // the node's side
 };
@@ -61,12 +65,20 @@ struct ct_key {
 // Each flow has two entries per endpoint, one per direction, so any packet finds its flow in
 // one lookup; the entry for the reply direction carries CT_REPLY. CT_NAT marks flows the
 // per-packet DNAT translated, so only their replies pay for the reverse-NAT lookup.
-#define CT_REPLY 1
-#define CT_NAT 2
+enum ct_flag {
+	CT_REPLY = 1,
+	CT_NAT = 2,
+};
+
+// nat_reply: a reply of a translated flow, whose source must read as the frontend again.
+static __always_inline int nat_reply(__u32 ctflags)
+{
+	return (ctflags & (CT_REPLY | CT_NAT)) == (CT_REPLY | CT_NAT);
+}
 
 struct ct_value {
 	__u64 seen_ns;
-	__u32 flags;
+	enum ct_flag flags;
 	__u32 pad;
 };
 
@@ -493,19 +505,18 @@ static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __
 	return TC_ACT_OK;
 }
 
-// deliver hands a packet from a local pod or from the uplink straight to a local pod: the
-// destination's ingress is judged here, and bpf_redirect_peer puts the packet into the
+// deliver hands a packet from a local pod or from the uplink straight to a local pod (dst, the
+// endpoint of its destination address): the destination's ingress is judged here, and bpf_redirect_peer puts the packet into the
 // destination pod's namespace, skipping the node's routing and the veth crossing. Returns -1
 // when the packet must take the ordinary path instead (the caller then passes it on).
-static __always_inline int deliver(struct __sk_buff *skb, __u32 from_ifindex, struct pkt *p)
+static __always_inline int deliver(struct __sk_buff *skb, __u32 from_ifindex, struct endpoint *dst, struct pkt *p)
 {
-	struct endpoint *dst = bpf_map_lookup_elem(&endpoints, &p->daddr);
-	if (!dst || !(dst->flags & EP_FAST) || dst->ifindex == from_ifindex || p->ttl <= 1)
-		return -1; // not a local pod, no MAC known, hairpin, or TTL to be reported by the stack
+	if (!(dst->flags & EP_FAST) || dst->ifindex == from_ifindex || p->ttl <= 1)
+		return -1; // no MAC known, hairpin, or TTL to be reported by the stack
 	__u32 ctflags = 0;
 	if (judge(dst, p, DIR_INGRESS, &ctflags) != TC_ACT_OK)
 		return TC_ACT_SHOT;
-	if ((ctflags & (CT_REPLY | CT_NAT)) == (CT_REPLY | CT_NAT))
+	if (nat_reply(ctflags))
 		revnat_reply(skb);
 	// A routed hop: the node's MAC as source, the pod's as destination, TTL one less.
 	__u16 old = bpf_htons((__u16)p->ttl << 8), new = bpf_htons((__u16)(p->ttl - 1) << 8);
@@ -552,14 +563,15 @@ int from_pod(struct __sk_buff *skb)
 	__u32 ctflags = 0;
 	if (judge(ep, &p, DIR_EGRESS, &ctflags) != TC_ACT_OK)
 		return TC_ACT_SHOT;
-	if (ep->ifindex) {
-		r = deliver(skb, ep->ifindex, &p);
+	struct endpoint *dst;
+	if (ep->ifindex && (dst = bpf_map_lookup_elem(&endpoints, &p.daddr))) {
+		r = deliver(skb, ep->ifindex, dst, &p);
 		if (r >= 0)
 			return r;
 	}
 	// A reply to a flow translated on its way in: the node's own (MARK_HOST_NAT), or a local
 	// pod's that could not be handed over directly (its to_pod then finds nothing to reverse).
-	if ((ctflags & (CT_REPLY | CT_NAT)) == (CT_REPLY | CT_NAT))
+	if (nat_reply(ctflags))
 		revnat_reply(skb);
 	return TC_ACT_OK;
 }
@@ -577,7 +589,7 @@ int to_pod(struct __sk_buff *skb)
 	__u32 ctflags = 0;
 	if (judge(ep, &p, DIR_INGRESS, &ctflags) != TC_ACT_OK)
 		return TC_ACT_SHOT;
-	if ((ctflags & (CT_REPLY | CT_NAT)) == (CT_REPLY | CT_NAT))
+	if (nat_reply(ctflags))
 		revnat_reply(skb);
 	return TC_ACT_OK;
 }
@@ -617,11 +629,12 @@ int from_uplink(struct __sk_buff *skb)
 	struct pkt p;
 	if (parse(skb, DIR_INGRESS, &p) != PARSE_OK)
 		return TC_ACT_OK; // to_pod judges whatever reaches a pod
-	if (!bpf_map_lookup_elem(&endpoints, &p.daddr)) {
+	struct endpoint *dst = bpf_map_lookup_elem(&endpoints, &p.daddr);
+	if (!dst) {
 		revnat_reply(skb);
 		return TC_ACT_OK;
 	}
-	int r = deliver(skb, 0, &p);
+	int r = deliver(skb, 0, dst, &p);
 	return r >= 0 ? r : TC_ACT_OK;
 }
 
