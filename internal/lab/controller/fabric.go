@@ -16,8 +16,6 @@ type Fabric interface {
 	Ensure(ctx context.Context, topo Topology) error
 	// NodeNetns names the network namespace of a node.
 	NodeNetns(node string) string
-	// PodNetns names the network namespace of a (pod-network) pod.
-	PodNetns(namespace, name string) string
 	// PodInterface names the host-side interface of a pod's veth in its node's namespace.
 	PodInterface(namespace, name string) string
 	// Probe runs probes from pods' namespaces, in parallel.

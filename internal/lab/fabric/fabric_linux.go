@@ -67,9 +67,6 @@ func (f *Fabric) NodeNetns(node string) string {
 	return ""
 }
 
-// PodNetns names a pod's namespace (host-network pods live in their node's).
-func (f *Fabric) PodNetns(ns, name string) string { return f.podNetns(ns, name) }
-
 func (f *Fabric) podNetns(ns, name string) string { return f.prefix + ns + "_" + name }
 
 // PodInterface names the node-side end of a pod's veth: short (IFNAMSIZ is 16) and stable.
@@ -274,7 +271,7 @@ func (f *Fabric) addPod(spec controller.TopoPod) error {
 	}
 	p.servers = srv
 	if f.cgLab != nil {
-		if p.cg, err = cgroup.NewThreaded(f.cgLab.Path, spec.Namespace+"_"+spec.Name); err != nil {
+		if p.cg, err = podGroup(f.cgLab, spec); err != nil {
 			f.pods[key] = p // the namespace is up: let removePod take it down
 			return err
 		}
@@ -293,11 +290,16 @@ func (f *Fabric) UseCgroups(lab, home *cgroup.Group) error {
 		if p.cg != nil {
 			continue
 		}
-		g, err := cgroup.NewThreaded(lab.Path, p.spec.Namespace+"_"+p.spec.Name)
+		g, err := podGroup(lab, p.spec)
 		p.cg = g
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// podGroup creates a pod's cgroup below the lab's.
+func podGroup(lab *cgroup.Group, spec controller.TopoPod) (*cgroup.Group, error) {
+	return cgroup.NewThreaded(lab.Path, spec.Namespace+"_"+spec.Name)
 }
 
 // inPod runs fn in a pod's network namespace and, with cgroups, on a thread inside the pod's
