@@ -273,11 +273,7 @@ func newScanClusterCmd() *cobra.Command {
 
 func scanCluster(ctx context.Context, db *vuln.DB, inUse map[string][]string, local map[string]string, noPull bool) report.Cluster {
 	var r report.Cluster
-	refs := make([]string, 0, len(inUse))
-	for ref := range inUse {
-		refs = append(refs, ref)
-	}
-	sort.Strings(refs)
+	refs := model.SortedKeys(inUse)
 	byTarget := map[string]report.Image{}
 	bar := newProgress("scanning images")
 	for i, ref := range refs {

@@ -79,9 +79,7 @@ func Import(dir string, paths []string, opts ImportOptions) (Info, error) {
 	if len(files) == 0 {
 		return Info{}, fmt.Errorf("no OSV JSON files found in %s", strings.Join(paths, ", "))
 	}
-	byID := map[string]*Advisory{}
-	withdrawn := map[string]bool{}
-	latest := map[string]string{} // id -> modified of the version kept
+	newest := map[string]*Advisory{} // by ID: the version with the latest "modified"
 	for i, src := range files {
 		if opts.Progress != nil {
 			opts.Progress(i, len(files))
@@ -95,18 +93,11 @@ func Import(dir string, paths []string, opts ImportOptions) (Info, error) {
 			if adv.ID == "" {
 				return fmt.Errorf("%s: OSV record without an id", name)
 			}
-			if m, ok := latest[adv.ID]; ok && m > adv.Modified {
+			if cur, ok := newest[adv.ID]; ok && cur.Modified > adv.Modified {
 				return nil
 			}
-			latest[adv.ID] = adv.Modified
-			if adv.Withdrawn != "" {
-				withdrawn[adv.ID] = true
-				delete(byID, adv.ID)
-				return nil
-			}
-			delete(withdrawn, adv.ID)
 			trim(&adv)
-			byID[adv.ID] = &adv
+			newest[adv.ID] = &adv
 			return nil
 		}); err != nil {
 			return Info{}, err
@@ -116,8 +107,13 @@ func Import(dir string, paths []string, opts ImportOptions) (Info, error) {
 		opts.Progress(len(files), len(files))
 	}
 	perKey := map[string][]*Advisory{}
-	info := Info{Format: indexFormat, Imported: time.Now().UTC(), Sources: paths, Advisories: len(byID), Withdrawn: len(withdrawn), Ecosystems: map[string]int{}}
-	for _, adv := range byID {
+	info := Info{Format: indexFormat, Imported: time.Now().UTC(), Sources: paths, Ecosystems: map[string]int{}}
+	for _, adv := range newest {
+		if adv.Withdrawn != "" {
+			info.Withdrawn++
+			continue
+		}
+		info.Advisories++
 		ecos := map[string]bool{}
 		for _, aff := range adv.Affected {
 			if aff.Package.Name == "" || aff.Package.Ecosystem == "" {
@@ -151,7 +147,7 @@ func trim(adv *Advisory) {
 
 func keepRatings(m map[string]any) map[string]any {
 	var out map[string]any
-	for _, k := range []string{"severity", "urgency"} {
+	for _, k := range ratingKeys {
 		if v, ok := m[k].(string); ok {
 			if out == nil {
 				out = map[string]any{}

@@ -77,6 +77,10 @@ func matchOne(p Installed, lookup func(eco, name string) ([]Advisory, error)) ([
 	if p.Source != "" && p.Source != p.Name {
 		names = append(names, p.Source)
 	}
+	version := p.Version
+	if BaseEcosystem(p.Ecosystem) == "Go" && (p.Name == "stdlib" || p.Name == "toolchain") {
+		version = strings.TrimPrefix(version, "go") // runtime.Version() spelling
+	}
 	seen := map[string]bool{}
 	var out []Vulnerability
 	for _, name := range names {
@@ -86,9 +90,7 @@ func matchOne(p Installed, lookup func(eco, name string) ([]Advisory, error)) ([
 		}
 		// The version the advisories under this name speak of.
 		q := p
-		if BaseEcosystem(p.Ecosystem) == "Go" && (p.Name == "stdlib" || p.Name == "toolchain") {
-			q.Version = strings.TrimPrefix(q.Version, "go") // runtime.Version() spelling
-		}
+		q.Version = version
 		if name == p.Source && p.SourceVersion != "" {
 			q.Version = p.SourceVersion
 		}
@@ -114,11 +116,12 @@ func matchOne(p Installed, lookup func(eco, name string) ([]Advisory, error)) ([
 
 // check decides one advisory for a package known under name (its own or its source's).
 func check(adv *Advisory, p Installed, name string) (Vulnerability, bool, error) {
-	v := Vulnerability{Package: p, ID: adv.ID, Aliases: adv.Aliases, Summary: adv.Summary}
+	v := Vulnerability{ID: adv.ID, Aliases: adv.Aliases, Summary: adv.Summary} // the caller sets Package
 	hit := false
+	want := key(p.Ecosystem, name)
 	for i := range adv.Affected {
 		aff := &adv.Affected[i]
-		if key(aff.Package.Ecosystem, aff.Package.Name) != key(p.Ecosystem, name) {
+		if key(aff.Package.Ecosystem, aff.Package.Name) != want {
 			continue
 		}
 		m, err := aff.Check(p.Ecosystem, p.Version)

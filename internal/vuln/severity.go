@@ -97,7 +97,7 @@ func severityOf(adv *Advisory, aff *Affected) Severity {
 		return best
 	}
 	for _, m := range []map[string]any{aff.EcosystemSpecific, aff.DatabaseSpecific, adv.DatabaseSpecific} {
-		for _, key := range []string{"severity", "urgency"} {
+		for _, key := range ratingKeys {
 			if s, ok := m[key].(string); ok {
 				if lvl := textLevel(s); lvl != LevelUnknown {
 					return Severity{Level: lvl}
@@ -107,6 +107,10 @@ func severityOf(adv *Advisory, aff *Affected) Severity {
 	}
 	return Severity{Level: LevelUnknown}
 }
+
+// ratingKeys are the fields of ecosystem- and database-specific data holding a text rating;
+// the import keeps them (and drops the rest of those maps).
+var ratingKeys = []string{"severity", "urgency"}
 
 // textLevel reads the ratings ecosystems publish: GitHub (CRITICAL/HIGH/MODERATE/LOW),
 // Debian urgency (high/medium/low/unimportant), Ubuntu priority.
@@ -122,19 +126,4 @@ func textLevel(s string) string {
 		return LevelLow
 	}
 	return LevelUnknown
-}
-
-// levelRank orders levels for sorting, critical highest.
-func levelRank(l string) int {
-	switch l {
-	case LevelCritical:
-		return 4
-	case LevelHigh:
-		return 3
-	case LevelMedium:
-		return 2
-	case LevelLow:
-		return 1
-	}
-	return 0
 }

@@ -58,7 +58,7 @@ func List(ctx context.Context, cs kubernetes.Interface, dyn dynamic.Interface) (
 			return err
 		}
 		for _, o := range objs {
-			out = append(out, model.Object{File: "api-server", Kind: kind, Obj: o})
+			out = append(out, apiObject(kind, o))
 		}
 		return nil
 	}
@@ -83,26 +83,25 @@ func List(ctx context.Context, cs kubernetes.Interface, dyn dynamic.Interface) (
 			return nil, err
 		}
 	}
-	anps, err := listDynamic[anpv1alpha1.AdminNetworkPolicy](ctx, dyn, anpGVR)
+	anps, err := listDynamic[anpv1alpha1.AdminNetworkPolicy](ctx, dyn, anpGVR, model.KindANP)
 	if err != nil {
 		return nil, err
 	}
-	for _, o := range anps {
-		out = append(out, model.Object{File: "api-server", Kind: model.KindANP, Obj: o})
-	}
-	banps, err := listDynamic[anpv1alpha1.BaselineAdminNetworkPolicy](ctx, dyn, banpGVR)
+	banps, err := listDynamic[anpv1alpha1.BaselineAdminNetworkPolicy](ctx, dyn, banpGVR, model.KindBANP)
 	if err != nil {
 		return nil, err
 	}
-	for _, o := range banps {
-		out = append(out, model.Object{File: "api-server", Kind: model.KindBANP, Obj: o})
-	}
-	return out, nil
+	return append(append(out, anps...), banps...), nil
+}
+
+// apiObject is an object as read from the API server.
+func apiObject(kind string, o any) model.Object {
+	return model.Object{File: "api-server", Kind: kind, Obj: o}
 }
 
 // listDynamic lists a custom resource as its Go type; a resource the server does not serve
 // yields nothing.
-func listDynamic[T any](ctx context.Context, dyn dynamic.Interface, gvr schema.GroupVersionResource) ([]*T, error) {
+func listDynamic[T any](ctx context.Context, dyn dynamic.Interface, gvr schema.GroupVersionResource, kind string) ([]model.Object, error) {
 	l, err := dyn.Resource(gvr).List(ctx, metav1.ListOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, nil
@@ -110,13 +109,13 @@ func listDynamic[T any](ctx context.Context, dyn dynamic.Interface, gvr schema.G
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", gvr.Resource, err)
 	}
-	var out []*T
+	var out []model.Object
 	for _, u := range l.Items {
 		var t T
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &t); err != nil {
 			return nil, fmt.Errorf("%s %s: %w", gvr.Resource, u.GetName(), err)
 		}
-		out = append(out, &t)
+		out = append(out, apiObject(kind, &t))
 	}
 	return out, nil
 }

@@ -214,33 +214,27 @@ func (a *Analyzer) port(p *ir.Pod, dst netip.Addr, pp policy.PortProto) Port {
 	var allowedPods []string
 	total := 0
 	podWhy := ""
+	var eligible []*ir.Pod // of a class: the other pods of dst's address family
 	for _, c := range a.sources {
-		var rep *ir.Pod
-		n := 0
+		eligible = eligible[:0]
 		for _, src := range c.pods {
-			if src.ID == p.ID || src.IP().Is6() != dst.Is6() {
-				continue
+			if src.ID != p.ID && src.IP().Is6() == dst.Is6() {
+				eligible = append(eligible, src)
 			}
-			if rep == nil {
-				rep = src
-			}
-			n++
 		}
-		if rep == nil {
+		if len(eligible) == 0 {
 			continue
 		}
-		total += n
-		d := verdict(rep.IP())
+		total += len(eligible)
+		d := verdict(eligible[0].IP())
 		if !d.Allowed {
 			if deniedWhy == "" {
 				deniedWhy = why(d)
 			}
 			continue
 		}
-		for _, src := range c.pods {
-			if src.ID != p.ID && src.IP().Is6() == dst.Is6() {
-				allowedPods = append(allowedPods, src.Key())
-			}
+		for _, src := range eligible {
+			allowedPods = append(allowedPods, src.Key())
 		}
 		if podWhy == "" {
 			podWhy = why(d)

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	scalibr "github.com/google/osv-scalibr"
@@ -178,6 +179,11 @@ func scanOCILayout(ctx context.Context, dir string, cfg *scalibr.ScanConfig) (*s
 	if err != nil {
 		return nil, fmt.Errorf("OCI layout: first manifest: %w", err)
 	}
+	return scanV1Image(ctx, v1img, cfg)
+}
+
+// scanV1Image unpacks an image's layers into scalibr's layered view and scans it.
+func scanV1Image(ctx context.Context, v1img v1.Image, cfg *scalibr.ScanConfig) (*scalibr.ScanResult, error) {
 	img, err := image.FromV1Image(v1img, image.DefaultConfig())
 	if err != nil {
 		return nil, err
@@ -195,13 +201,8 @@ func scanRemote(ctx context.Context, ref string, cfg *scalibr.ScanConfig) (*scal
 	if err != nil {
 		return nil, err
 	}
-	img, err := image.FromV1Image(v1img, image.DefaultConfig())
-	if err != nil {
-		return nil, err
-	}
-	defer img.CleanUp()
 	cfg.Capabilities.Network = plugin.NetworkOnline
-	return scalibr.New().ScanContainer(ctx, img, cfg)
+	return scanV1Image(ctx, v1img, cfg)
 }
 
 // convert maps scalibr packages to rampart's, keeping only packages with an OSV ecosystem and a

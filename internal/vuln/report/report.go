@@ -56,10 +56,12 @@ func ImagesInUse(c *model.Cluster) map[string][]string {
 			continue
 		}
 		seen := map[string]bool{}
-		for _, ct := range append(append([]corev1.Container{}, p.Spec.InitContainers...), p.Spec.Containers...) {
-			if ct.Image != "" && !seen[ct.Image] {
-				seen[ct.Image] = true
-				out[ct.Image] = append(out[ct.Image], k)
+		for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+			for _, ct := range cs {
+				if ct.Image != "" && !seen[ct.Image] {
+					seen[ct.Image] = true
+					out[ct.Image] = append(out[ct.Image], k)
+				}
 			}
 		}
 	}
@@ -85,13 +87,14 @@ func rank(images []Image, of func(string) (exposure.Pod, bool)) []Finding {
 			if len(group) > 0 {
 				class = group[0].Class
 			}
+			where := wherePhrase(group)
 			for _, v := range img.Vulnerabilities {
 				f := Finding{Vulnerability: v, Image: img.Image, Exposure: class, Pods: group}
 				if f.Pods == nil {
 					f.Pods = []exposure.Pod{}
 				}
 				f.Rank = round2(v.Severity.RankScore() * class.Weight())
-				f.Explanation = Explain(v, group)
+				f.Explanation = explain(v, where)
 				out = append(out, f)
 			}
 		}
@@ -140,32 +143,28 @@ func round2(x float64) float64 { return float64(int(x*100+0.5)) / 100 }
 
 // Explain says in one sentence why a finding ranks where it does: severity, fix, and how the
 // most exposed affected pod can be reached.
-func Explain(v vuln.Vulnerability, pods []exposure.Pod) string {
-	var b strings.Builder
-	b.WriteString(SeverityPhrase(v.Severity))
-	if v.Fixed != "" {
-		fmt.Fprintf(&b, ", fixed in %s", v.Fixed)
-	} else {
-		b.WriteString(", no fix published")
-	}
-	b.WriteString(": ")
+func Explain(v vuln.Vulnerability, pods []exposure.Pod) string { return explain(v, wherePhrase(pods)) }
+
+func explain(v vuln.Vulnerability, where string) string {
+	return SeverityPhrase(v.Severity) + ", " + fixPhrase(v) + ": " + where
+}
+
+// wherePhrase says how the most exposed of pods can be reached; the same for every
+// vulnerability of an image's exposure group.
+func wherePhrase(pods []exposure.Pod) string {
 	if len(pods) == 0 {
-		b.WriteString("no running pod uses the image")
-		return b.String()
+		return "no running pod uses the image"
 	}
-	b.WriteString(podPhrase(pods[0]))
+	where := podPhrase(pods[0])
 	if n := len(pods) - 1; n > 0 {
-		fmt.Fprintf(&b, " (and %d more pod%s)", n, plural(n))
+		where += fmt.Sprintf(" (and %d more pod%s)", n, plural(n))
 	}
-	return b.String()
+	return where
 }
 
 // SeverityPhrase is "critical (CVSS 9.8)", "high" or "unrated".
 func SeverityPhrase(s vuln.Severity) string {
-	lvl := s.Level
-	if lvl == vuln.LevelUnknown {
-		lvl = "unrated"
-	}
+	lvl := levelName(s.Level)
 	if s.Score > 0 {
 		return fmt.Sprintf("%s (CVSS %.1f)", lvl, s.Score)
 	}
