@@ -224,11 +224,13 @@ func newScanClusterCmd() *cobra.Command {
 				}
 				c = lc
 			case kubecf != "":
-				objs, err := kube.Load(cmd.Context(), kubecf)
+				ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+				kc, err := kube.Load(ctx, kubecf)
+				cancel()
 				if err != nil {
 					return err
 				}
-				c = model.FromObjects(objs)
+				c = kc
 			default:
 				objs, err := in.load(cmd.InOrStdin())
 				if err != nil {

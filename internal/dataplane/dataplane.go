@@ -1,15 +1,52 @@
-// Package dataplane defines the interface every enforcement backend implements. A dataplane
-// takes an ir.Ruleset and makes one node's kernel enforce it for the pods local to that node:
-// the iptables+ipset backend lives in iptables/, the eBPF backend in ebpf/. Backends render a
-// pure, deterministic spec from the IR first and then apply it, so rendering is testable
-// without root and applying is the only step that touches the kernel.
+// Package dataplane defines the interface every enforcement backend implements, the kinds of
+// backend, and the optional capabilities a backend may have (named interfaces: Sweeper,
+// CounterReader, Releaser). A dataplane takes an ir.Ruleset and makes one node's kernel enforce
+// it for the pods local to that node: the iptables+ipset backend lives in iptables/, the eBPF
+// backend in ebpf/, and backend/ constructs either from a Kind. Backends render a pure,
+// deterministic spec from the IR first and then apply it, so rendering is testable without
+// root and applying is the only step that touches the kernel.
 package dataplane
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/policy"
 )
+
+// Kind names a backend.
+type Kind string
+
+const (
+	KindIPTables Kind = "iptables"
+	KindEBPF     Kind = "ebpf"
+	// KindNone enforces nothing (a lab without policy, for comparison).
+	KindNone Kind = "none"
+	// KindAuto is resolved by the caller to eBPF where the kernel serves it, iptables otherwise.
+	KindAuto Kind = "auto"
+)
+
+// ParseKind checks a user's choice of dataplane.
+func ParseKind(s string) (Kind, error) {
+	switch k := Kind(s); k {
+	case KindIPTables, KindEBPF, KindNone, KindAuto:
+		return k, nil
+	}
+	return "", fmt.Errorf("dataplane %q: want iptables, ebpf, none or auto", s)
+}
+
+// Options configure a backend beyond its Node.
+type Options struct {
+	// Netns is the named network namespace the node's kernel state lives in ("" for the
+	// current one: the agent on a real node).
+	Netns string
+	// PinDir (eBPF) is a bpffs directory where programs and flow state are pinned, so that
+	// enforcement outlives the process and a restarted agent adopts it.
+	PinDir string
+	// Attach (eBPF) forces an attachment kind: "auto" (TCX, else clsact), "tcx" or "clsact".
+	Attach string
+}
 
 // Node describes the node a dataplane instance enforces on.
 type Node struct {
@@ -30,3 +67,30 @@ type Dataplane interface {
 	// Close removes everything the dataplane installed on the node.
 	Close() error
 }
+
+// Sweeper is a dataplane that can cut tracked connections the evaluator now denies, so that a
+// policy change also ends the established flows it forbids. It returns how many it removed.
+type Sweeper interface {
+	Sweep(ev *policy.Evaluator) (int, error)
+}
+
+// CounterReader is a dataplane that counts packets by name (allowed/denied per direction and
+// its own path counters); counters only grow.
+type CounterReader interface {
+	Counters() (map[string]uint64, error)
+}
+
+// Releaser is a dataplane that can let go of the node while leaving enforcement in force (an
+// agent stopping or being upgraded); a later instance adopts what it finds.
+type Releaser interface {
+	Release() error
+}
+
+// None enforces nothing.
+type None struct{}
+
+// Sync does nothing.
+func (None) Sync(context.Context, *ir.Ruleset) error { return nil }
+
+// Close does nothing.
+func (None) Close() error { return nil }

@@ -1,7 +1,9 @@
 // Command apiserver runs a real Kubernetes API server for integration tests: an embedded etcd
 // and kube-apiserver (built from the k8s.io/kubernetes and go.etcd.io/etcd/server/v3 modules),
 // both on loopback, with a bearer token for a cluster admin. It writes DIR/kubeconfig once the
-// API server answers, and runs until killed.
+// API server answers, and runs until killed. Started again on the same DIR, it keeps its
+// ports, certificates and etcd data: clients reconnect to the same address and find their
+// objects (tests of agents that outlive an API server restart).
 //
 //	apiserver DIR
 //
@@ -51,15 +53,36 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// ports returns the etcd client, etcd peer and API server ports: those of an earlier run on
+// dir, or free ones (recorded for the next run).
+func ports(dir string) ([3]int, error) {
+	var p [3]int
+	file := filepath.Join(dir, "ports")
+	if b, err := os.ReadFile(file); err == nil {
+		if _, err := fmt.Sscanf(string(b), "%d %d %d", &p[0], &p[1], &p[2]); err == nil {
+			return p, nil
+		}
+	}
+	for i := range p {
+		port, err := freePort()
+		if err != nil {
+			return p, err
+		}
+		p[i] = port
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return p, err
+	}
+	return p, os.WriteFile(file, []byte(fmt.Sprintf("%d %d %d\n", p[0], p[1], p[2])), 0o600)
+}
+
 func run(dir string) error {
-	etcdPort, err := freePort()
+	p, err := ports(dir)
 	if err != nil {
 		return err
 	}
-	peerPort, err := freePort()
-	if err != nil {
-		return err
-	}
+	etcdPort, peerPort, port := p[0], p[1], p[2]
+	_ = os.Remove(filepath.Join(dir, "kubeconfig"))
 	cfg := embed.NewConfig()
 	cfg.Dir = filepath.Join(dir, "etcd")
 	cfg.LogLevel = "error"
@@ -90,10 +113,6 @@ func run(dir string) error {
 	}
 	tokens := filepath.Join(dir, "tokens.csv")
 	if err := os.WriteFile(tokens, []byte(token+",admin,admin,system:masters\n"), 0o600); err != nil {
-		return err
-	}
-	port, err := freePort()
-	if err != nil {
 		return err
 	}
 	cmd := app.NewAPIServerCommand()

@@ -118,3 +118,15 @@ func (d *Dataplane) Remove() error {
 	}
 	return err
 }
+
+// Release lets go of the programs and maps while leaving enforcement in force: the pinned links
+// keep the last generation attached until a new Dataplane on the same PinDir adopts them. It
+// needs PinDir: unpinned links end with their file descriptors.
+func (d *Dataplane) Release() error {
+	if d.PinDir == "" {
+		return errors.New("release: no PinDir, so enforcement would end with this process")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.shutdown(false)
+}

@@ -2,12 +2,8 @@ package kube
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,162 +12,37 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	npclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
+
+	"github.com/rampart-sec/rampart/deploy"
+	"github.com/rampart-sec/rampart/internal/lab/apiserver"
+	"github.com/rampart-sec/rampart/internal/model"
 )
 
-// apiServerBinary builds test/apiserver (a real kube-apiserver with an embedded etcd) once per
-// source version, into the user's cache: the first build takes a few minutes.
-func apiServerBinary(t *testing.T) string {
+// startAPIServer runs a real kube-apiserver (with etcd) on dir, stopped when the test ends.
+func startAPIServer(t *testing.T, dir string) (*apiserver.Server, *rest.Config) {
 	t.Helper()
-	src, err := filepath.Abs("../../../test/apiserver")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := sha256.New()
-	for _, f := range []string{"go.mod", "go.sum", "main.go"} {
-		b, err := os.ReadFile(filepath.Join(src, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		h.Write(b)
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	bin := filepath.Join(cache, "rampart", "test-apiserver-"+hex.EncodeToString(h.Sum(nil))[:12])
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	cmd := exec.Command("go", "build", "-o", bin+".tmp", ".")
-	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "GOWORK=off")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build test/apiserver: %v\n%s", err, out)
-	}
-	if err := os.Rename(bin+".tmp", bin); err != nil {
-		t.Fatal(err)
-	}
-	return bin
-}
-
-// startAPIServer runs the API server and returns its kubeconfig; it is stopped (by PID) when
-// the test ends.
-func startAPIServer(t *testing.T) string {
-	t.Helper()
-	bin := apiServerBinary(t)
-	dir := t.TempDir()
-	logf, err := os.Create(filepath.Join(dir, "apiserver.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, dir)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		logf.Close()
-	})
-	kc := filepath.Join(dir, "kubeconfig")
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		if _, err := os.Stat(kc); err == nil {
-			return kc
-		}
-		select {
-		case err := <-exited:
-			logf.Seek(0, io.SeekStart)
-			b, _ := io.ReadAll(logf)
-			t.Fatalf("the API server exited: %v\n%s", err, tail(string(b)))
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the API server did not come up in 3 minutes")
-		}
-	}
-}
-
-func tail(s string) string {
-	if len(s) > 4000 {
-		return s[len(s)-4000:]
-	}
-	return s
-}
-
-// installCRDs creates the network-policy-api CRDs (from the module rampart builds against)
-// and waits until they are served.
-func installCRDs(t *testing.T, ctx context.Context, dyn dynamic.Interface) {
-	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/network-policy-api").Output()
-	if err != nil {
-		t.Fatalf("locate sigs.k8s.io/network-policy-api: %v", err)
-	}
-	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-	for _, f := range []string{"policy.networking.k8s.io_adminnetworkpolicies.yaml", "policy.networking.k8s.io_baselineadminnetworkpolicies.yaml"} {
-		fh, err := os.Open(filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "experimental", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var u unstructured.Unstructured
-		err = utilyaml.NewYAMLOrJSONDecoder(fh, 4096).Decode(&u.Object)
-		fh.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := dyn.Resource(crdGVR).Create(ctx, &u, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("create CRD %s: %v", f, err)
-		}
-	}
-	for _, gvr := range []schema.GroupVersionResource{anpGVR, banpGVR} {
-		deadline := time.Now().Add(time.Minute)
-		for {
-			_, err := dyn.Resource(gvr).List(ctx, metav1.ListOptions{})
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s not served: %v", gvr.Resource, err)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-}
-
-// TestLoadFromAPIServer reads a cluster from a real kube-apiserver (with etcd): core objects,
-// NetworkPolicies and AdminNetworkPolicies (CRDs installed), and checks the evaluator's
-// verdicts on what was read.
-func TestLoadFromAPIServer(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a real kube-apiserver")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	kc := startAPIServer(t)
-	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
+	srv, err := apiserver.Start(ctx, dir, apiserver.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	t.Cleanup(srv.Stop)
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	installCRDs(t, ctx, dyn)
+	return srv, cfg
+}
 
+func createObjects(t *testing.T, ctx context.Context, cs kubernetes.Interface) {
+	t.Helper()
 	for _, o := range objects() {
+		var err error
 		switch o := o.(type) {
 		case *corev1.Namespace:
 			_, err = cs.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{})
@@ -190,17 +61,111 @@ func TestLoadFromAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := dyn.Resource(anpGVR).Create(ctx, anp(), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+}
+
+// TestAPIServer runs the informer source against a real kube-apiserver: a cluster without the
+// network-policy-api CRDs syncs, the admin policies arrive once the CRDs are installed, Load
+// (the CLI's path) reads the same, changes are followed, and an API server restart is
+// survived: the source reports the outage and sees changes made after the server returned.
+// deploy/ passes the server's dry run.
+func TestAPIServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real kube-apiserver")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	srv, cfg := startAPIServer(t, dir)
+	cs := kubernetes.NewForConfigOrDie(cfg)
+	np := npclient.NewForConfigOrDie(cfg)
+	createObjects(t, ctx, cs)
+
+	s := New(cs, np, Options{CRDPoll: 100 * time.Millisecond, HealthPoll: 200 * time.Millisecond})
+	changed := s.Subscribe(ctx)
+	go func() { _ = s.Run(ctx) }()
+	select {
+	case <-s.Synced():
+	case <-ctx.Done():
+		t.Fatal("no sync")
+	}
+	wait := func(what string, cond func(c *model.Cluster) bool) {
+		t.Helper()
+		for {
+			if c, _ := s.Snapshot(); cond(c) {
+				return
+			}
+			select {
+			case <-changed:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("%s: not seen in 30s", what)
+			}
+		}
+	}
+	if c, _ := s.Snapshot(); len(c.Pods) != 3 || len(c.ANPs) != 0 {
+		t.Fatalf("before the CRDs: %d pods, %d ANPs", len(c.Pods), len(c.ANPs))
 	}
 
-	objs, err := Load(ctx, kc)
+	if err := apiserver.InstallCRDs(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := np.PolicyV1alpha1().AdminNetworkPolicies().Create(ctx, anp(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait("the AdminNetworkPolicy", func(c *model.Cluster) bool { return len(c.ANPs) == 1 })
+	c, _ := s.Snapshot()
+	checkCluster(t, c)
+
+	lc, err := Load(ctx, srv.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkObjects(t, objs)
-	// A kubeconfig that points nowhere is an error naming it.
+	checkCluster(t, lc)
 	if _, err := Load(ctx, filepath.Join(t.TempDir(), "missing")); err == nil || !errors.Is(err, os.ErrNotExist) && !strings.Contains(err.Error(), "missing") {
 		t.Errorf("missing kubeconfig: %v", err)
+	}
+
+	// deploy/ is accepted by the server: its Namespace is created (a dry-run namespace would
+	// not hold the rest), then every other object passes a server-side dry run.
+	for i, f := range deploy.Resources {
+		b, err := deploy.Files.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := apiserver.Create(ctx, cfg, b, i > 0); err != nil {
+			t.Errorf("deploy/%s: %v", f, err)
+		}
+	}
+
+	// The API server goes away: the source says so and keeps the last state.
+	srv.Stop()
+	deadline := time.Now().Add(30 * time.Second)
+	for s.Status().Connected {
+		if time.Now().After(deadline) {
+			t.Fatal("the source still reports a connection 30s after the server stopped")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if c, _ := s.Snapshot(); len(c.ANPs) != 1 || len(c.Pods) != 3 {
+		t.Fatalf("state lost while disconnected: %d pods, %d ANPs", len(c.Pods), len(c.ANPs))
+	}
+	// It comes back (same address, same etcd): a change made right after is seen.
+	_, cfg = startAPIServer(t, dir)
+	cs2 := kubernetes.NewForConfigOrDie(cfg)
+	var lastErr error
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if lastErr = cs2.NetworkingV1().NetworkPolicies("shop").Delete(ctx, "db-from-web", metav1.DeleteOptions{}); lastErr == nil {
+			break
+		}
+	}
+	if lastErr != nil {
+		t.Fatal(lastErr)
+	}
+	wait("the deletion after the restart", func(c *model.Cluster) bool { return len(c.NetworkPolicies) == 0 })
+	deadline = time.Now().Add(30 * time.Second)
+	for !s.Status().Connected {
+		if time.Now().After(deadline) {
+			t.Fatal("the source does not report the connection back")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

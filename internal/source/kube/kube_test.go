@@ -5,16 +5,20 @@ import (
 	"net/netip"
 	"testing"
 
+	"strings"
+	"sync/atomic"
+	"time"
+
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	npfake "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/model"
@@ -41,42 +45,69 @@ func objects() []runtime.Object {
 	return []runtime.Object{ns, pod("web", "10.244.0.10"), pod("db", "10.244.0.11"), pod("batch", "10.244.0.12"), np}
 }
 
-func anp() *unstructured.Unstructured {
-	return &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "policy.networking.k8s.io/v1alpha1",
-		"kind":       "AdminNetworkPolicy",
-		"metadata":   map[string]any{"name": "deny-batch-to-db"},
-		"spec": map[string]any{
-			"priority": int64(10),
-			"subject":  map[string]any{"pods": map[string]any{"namespaceSelector": map[string]any{}, "podSelector": map[string]any{"matchLabels": map[string]any{"app": "web"}}}},
-			"egress": []any{map[string]any{"name": "no-batch", "action": "Deny",
-				"to": []any{map[string]any{"pods": map[string]any{"namespaceSelector": map[string]any{}, "podSelector": map[string]any{"matchLabels": map[string]any{"app": "batch"}}}}}}},
+func anp() *anpv1alpha1.AdminNetworkPolicy {
+	all := metav1.LabelSelector{}
+	return &anpv1alpha1.AdminNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "deny-batch-to-db"},
+		Spec: anpv1alpha1.AdminNetworkPolicySpec{
+			Priority: 10,
+			Subject:  anpv1alpha1.AdminNetworkPolicySubject{Pods: &anpv1alpha1.NamespacedPod{NamespaceSelector: all, PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}},
+			Egress: []anpv1alpha1.AdminNetworkPolicyEgressRule{{Name: "no-batch", Action: anpv1alpha1.AdminNetworkPolicyRuleActionDeny,
+				To: []anpv1alpha1.AdminNetworkPolicyEgressPeer{{Pods: &anpv1alpha1.NamespacedPod{NamespaceSelector: all, PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "batch"}}}}}}},
 		},
-	}}
+	}
 }
 
-func listKinds() map[schema.GroupVersionResource]string {
-	return map[schema.GroupVersionResource]string{anpGVR: "AdminNetworkPolicyList", banpGVR: "BaselineAdminNetworkPolicyList"}
-}
-
-func TestList(t *testing.T) {
+// fakeSource is a Source over fake clientsets holding objects() and, with crds, anp() (and the
+// network-policy-api resources in discovery).
+func fakeSource(t *testing.T, crds bool) (*Source, *fake.Clientset, *npfake.Clientset) {
+	t.Helper()
 	cs := fake.NewSimpleClientset(objects()...)
-	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), listKinds(), anp())
-	objs, err := List(context.Background(), cs, dyn)
+	np := npfake.NewSimpleClientset()
+	served(cs)
+	if crds {
+		if _, err := np.PolicyV1alpha1().AdminNetworkPolicies().Create(context.Background(), anp(), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return New(cs, np, Options{CRDPoll: 20 * time.Millisecond, HealthPoll: time.Hour}), cs, np
+}
+
+// served makes the fake discovery list the network-policy-api resources.
+func served(cs *fake.Clientset) {
+	cs.Fake.Resources = append(cs.Fake.Resources, &metav1.APIResourceList{
+		GroupVersion: anpv1alpha1.SchemeGroupVersion.String(),
+		APIResources: []metav1.APIResource{{Name: "adminnetworkpolicies"}, {Name: "baselineadminnetworkpolicies"}},
+	})
+}
+
+func TestSourceFromFakes(t *testing.T) {
+	s, _, _ := fakeSource(t, true)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := Once(ctx, s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkObjects(t, objs)
+	checkCluster(t, c)
 }
 
-// checkObjects checks that objs hold what objects() and anp() describe (in namespace shop;
+// checkCluster checks that c holds what objects() and anp() describe (in namespace shop;
 // a real API server adds its own namespaces) and that the evaluator decides as they say.
-func checkObjects(t *testing.T, objs []model.Object) {
+func checkCluster(t *testing.T, c *model.Cluster) {
 	t.Helper()
-	counts := map[string]int{}
-	for _, o := range objs {
-		if o.Meta().Namespace == "shop" || o.Kind == model.KindANP || (o.Kind == model.KindNamespace && o.Meta().Name == "shop") {
-			counts[o.Kind]++
+	counts := map[string]int{model.KindNamespace: 0, model.KindANP: len(c.ANPs)}
+	if _, ok := c.Namespaces["shop"]; ok {
+		counts[model.KindNamespace] = 1
+	}
+	for k := range c.Pods {
+		if strings.HasPrefix(k, "shop/") {
+			counts[model.KindPod]++
+		}
+	}
+	for k := range c.NetworkPolicies {
+		if strings.HasPrefix(k, "shop/") {
+			counts[model.KindNetworkPolicy]++
 		}
 	}
 	want := map[string]int{model.KindNamespace: 1, model.KindPod: 3, model.KindNetworkPolicy: 1, model.KindANP: 1}
@@ -85,7 +116,12 @@ func checkObjects(t *testing.T, objs []model.Object) {
 			t.Errorf("%s: %d, want %d (all: %v)", k, counts[k], n, counts)
 		}
 	}
-	rs, err := compile.Compile(model.FromObjects(objs))
+	for _, p := range c.Pods {
+		if p.ManagedFields != nil {
+			t.Errorf("pod %s/%s keeps its managedFields", p.Namespace, p.Name)
+		}
+	}
+	rs, err := compile.Compile(c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,19 +140,82 @@ func checkObjects(t *testing.T, objs []model.Object) {
 	}
 }
 
-func TestListWithoutCRDs(t *testing.T) {
-	cs := fake.NewSimpleClientset(objects()...)
-	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), listKinds())
-	dyn.PrependReactor("list", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		return true, nil, apierrors.NewNotFound(schema.GroupResource{Group: anpGVR.Group, Resource: a.GetResource().Resource}, "")
+// A cluster without the CRDs syncs without admin policies, and picks them up once the
+// resources are served.
+func TestSourceCRDsAppearLater(t *testing.T) {
+	s, cs, np := fakeSource(t, false)
+	var crds atomic.Bool // discovery answers "not found" until set
+	cs.PrependReactor("get", "resource", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if crds.Load() {
+			return false, nil, nil
+		}
+		return true, nil, apierrors.NewNotFound(schema.GroupResource{Group: "policy.networking.k8s.io"}, "")
 	})
-	objs, err := List(context.Background(), cs, dyn)
-	if err != nil {
-		t.Fatalf("a cluster without the network-policy-api CRDs: %v", err)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	changed := s.Subscribe(ctx)
+	go func() { _ = s.Run(ctx) }()
+	select {
+	case <-s.Synced():
+	case <-ctx.Done():
+		t.Fatal("no sync without the CRDs")
 	}
-	if len(objs) != 5 {
-		t.Errorf("%d objects, want 5", len(objs))
+	c, rev := s.Snapshot()
+	if len(c.ANPs) != 0 || len(c.Pods) != 3 {
+		t.Fatalf("without CRDs: %d ANPs, %d pods", len(c.ANPs), len(c.Pods))
 	}
+	if _, err := np.PolicyV1alpha1().AdminNetworkPolicies().Create(ctx, anp(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	crds.Store(true)
+	for {
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			t.Fatal("the admin policy never arrived")
+		}
+		c, r := s.Snapshot()
+		if len(c.ANPs) == 1 {
+			if r <= rev {
+				t.Errorf("revision %d after the CRDs appeared, was %d", r, rev)
+			}
+			checkCluster(t, c)
+			return
+		}
+	}
+}
+
+// Changes after the first sync reach subscribers and snapshots; a deletion too.
+func TestSourceFollowsChanges(t *testing.T) {
+	s, cs, _ := fakeSource(t, true)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	changed := s.Subscribe(ctx)
+	go func() { _ = s.Run(ctx) }()
+	<-s.Synced()
+	wait := func(cond func(c *model.Cluster) bool) {
+		t.Helper()
+		for {
+			if c, _ := s.Snapshot(); cond(c) {
+				return
+			}
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				t.Fatal("change never seen")
+			}
+		}
+	}
+	if err := cs.NetworkingV1().NetworkPolicies("shop").Delete(ctx, "db-from-web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait(func(c *model.Cluster) bool { return len(c.NetworkPolicies) == 0 })
+	p, _ := cs.CoreV1().Pods("shop").Get(ctx, "web", metav1.GetOptions{})
+	p.Labels["tier"] = "front"
+	if _, err := cs.CoreV1().Pods("shop").Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait(func(c *model.Cluster) bool { return c.Pods["shop/web"].Labels["tier"] == "front" })
 }
 
 func mustIP(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -1,0 +1,301 @@
+// Package agent keeps one node's dataplane converged with a source of cluster state: it waits
+// for the source's first sync, coalesces bursts of changes (runner), compiles the cluster into
+// the IR, syncs the dataplane, sweeps tracked connections the new policy denies, and records
+// the revision it applied. A failed sync leaves the previous policy in force and is retried
+// with backoff; it shows in the status, the log and the metrics. The lab (one agent per lab
+// node over its store) and `rampart agent` on a real node (over informers) run this same code.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/rampart-sec/rampart/internal/agent/runner"
+	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/ir/compile"
+	"github.com/rampart-sec/rampart/internal/policy"
+	"github.com/rampart-sec/rampart/internal/source"
+)
+
+// Config is one agent's settings.
+type Config struct {
+	// Node is the node's name: its local pods are those with spec.nodeName equal to it.
+	Node string
+	// Dataplane names the backend, for status and metrics.
+	Dataplane dataplane.Kind
+	// Runner bounds how often the dataplane is synced.
+	Runner runner.Config
+	// DisconnectGrace is how long the source may be unreachable before the agent reports not
+	// ready (enforcement continues with the last state meanwhile and after).
+	DisconnectGrace time.Duration
+	// Logger receives structured logs (default: discarded).
+	Logger *slog.Logger
+	// Registry is where the agent's metrics are registered (default: a registry of its own,
+	// with the Go runtime and process collectors).
+	Registry *prometheus.Registry
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.Runner.MinInterval == 0 {
+		c.Runner.MinInterval = 20 * time.Millisecond
+	}
+	if c.Runner.RetryMin == 0 {
+		c.Runner.RetryMin = 200 * time.Millisecond
+	}
+	if c.Runner.MaxInterval == 0 {
+		// Repairs state changed behind the agent's back (a rule deleted by hand).
+		c.Runner.MaxInterval = 5 * time.Minute
+	}
+	c.Runner.Defaults()
+	if c.DisconnectGrace == 0 {
+		c.DisconnectGrace = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+		c.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Node == "" {
+		errs = append(errs, errors.New("agent: the node name is required (--node-name or $NODE_NAME)"))
+	}
+	if c.DisconnectGrace < 0 {
+		errs = append(errs, errors.New("agent: DisconnectGrace must not be negative"))
+	}
+	errs = append(errs, c.Runner.Validate())
+	return errors.Join(errs...)
+}
+
+// Agent converges one node.
+type Agent struct {
+	cfg Config
+	src source.Source
+	dp  dataplane.Dataplane
+	run *runner.Runner
+	m   *metrics
+
+	mu       sync.Mutex
+	st       Status
+	progress chan struct{} // closed and replaced after every sync attempt
+	rs       *ir.Ruleset   // the last applied
+}
+
+// Status is what the agent has done.
+type Status struct {
+	Node      string         `json:"node"`
+	Dataplane dataplane.Kind `json:"dataplane"`
+	Ready     bool           `json:"ready"`
+	Reason    string         `json:"reason,omitempty"` // why not ready
+	// Applied is the source revision in force (0 before the first successful sync).
+	Applied   uint64    `json:"applied"`
+	LastSync  time.Time `json:"lastSync,omitzero"`
+	SyncCount uint64    `json:"syncs"`
+	// LastError is the last sync's error, empty after a success; ErrorRevision is the revision
+	// it was for.
+	LastError     string        `json:"lastError,omitempty"`
+	ErrorRevision uint64        `json:"errorRevision,omitempty"`
+	Source        source.Status `json:"source"`
+	LocalPods     int           `json:"localPods"`
+	Policies      int           `json:"policies"`
+}
+
+// New returns an agent; Run starts it.
+func New(cfg Config, src source.Source, dp dataplane.Dataplane) (*Agent, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, src: src, dp: dp, progress: make(chan struct{}),
+		st: Status{Node: cfg.Node, Dataplane: cfg.Dataplane, Reason: "waiting for the first sync"}}
+	var err error
+	if a.run, err = runner.New(a.sync, cfg.Runner); err != nil {
+		return nil, err
+	}
+	if a.m, err = newMetrics(cfg.Registry, dp); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Registry holds the agent's metrics.
+func (a *Agent) Registry() *prometheus.Registry { return a.cfg.Registry }
+
+// Run waits for the source's first sync, then keeps the dataplane converged until ctx ends.
+// It leaves enforcement in force when it returns: the dataplane is released, not closed.
+func (a *Agent) Run(ctx context.Context) error {
+	log := a.cfg.Logger
+	log.Info("agent starting", "node", a.cfg.Node, "dataplane", a.cfg.Dataplane)
+	changes := a.src.Subscribe(ctx)
+	select {
+	case <-a.src.Synced():
+	case <-ctx.Done():
+		return a.release()
+	}
+	log.Info("cluster state synced")
+	done := make(chan struct{})
+	go func() { a.run.Run(ctx); close(done) }()
+	a.run.Trigger()
+	for {
+		select {
+		case <-ctx.Done():
+			<-done
+			return a.release()
+		case <-changes:
+			a.run.Trigger()
+		}
+	}
+}
+
+func (a *Agent) release() error {
+	if r, ok := a.dp.(dataplane.Releaser); ok {
+		if err := r.Release(); err != nil {
+			return fmt.Errorf("release the dataplane: %w", err)
+		}
+	}
+	a.cfg.Logger.Info("agent stopped; enforcement stays in force")
+	return nil
+}
+
+// Trigger asks for a sync (the lab calls it when interfaces change outside the source).
+func (a *Agent) Trigger() { a.run.Trigger() }
+
+// sync brings the dataplane to the source's current state.
+func (a *Agent) sync(ctx context.Context) error {
+	c, rev := a.src.Snapshot()
+	start := time.Now()
+	rs, err := compile.Compile(c)
+	if err == nil {
+		err = a.dp.Sync(ctx, rs)
+	}
+	var swept int
+	if err == nil {
+		if s, ok := a.dp.(dataplane.Sweeper); ok {
+			if swept, err = s.Sweep(policy.New(rs)); err != nil {
+				err = fmt.Errorf("sweep denied connections: %w", err)
+			}
+		}
+	}
+	took := time.Since(start)
+	a.m.syncSeconds.Observe(took.Seconds())
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.st.SyncCount++
+	if err != nil {
+		a.m.syncErrors.Inc()
+		a.st.LastError, a.st.ErrorRevision = err.Error(), rev
+		a.cfg.Logger.Error("sync failed; the previous policy stays in force", "revision", rev, "err", err)
+	} else {
+		if rev != a.st.Applied {
+			a.cfg.Logger.Info("policy in force", "revision", rev, "took", took, "swept", swept)
+		}
+		a.rs = rs
+		a.st.Applied, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, time.Now(), "", 0
+		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
+		a.m.applied.Set(float64(rev))
+		a.m.localPods.Set(float64(a.st.LocalPods))
+		a.m.policies.Set(float64(a.st.Policies))
+		a.m.swept.Add(float64(swept))
+	}
+	close(a.progress)
+	a.progress = make(chan struct{})
+	return err
+}
+
+func countLocal(rs *ir.Ruleset, node string) int {
+	n := 0
+	for i := range rs.Pods {
+		if rs.Pods[i].Node == node && !rs.Pods[i].HostNetwork {
+			n++
+		}
+	}
+	return n
+}
+
+func countPolicies(rs *ir.Ruleset) int {
+	seen := map[string]bool{}
+	for _, tiers := range rs.Tiers {
+		for _, t := range tiers {
+			for i := range t.Policies {
+				seen[fmt.Sprint(t.Kind, "/", t.Policies[i].Ref())] = true
+			}
+		}
+	}
+	return len(seen)
+}
+
+// ErrSyncFailed is returned by WaitApplied when the dataplane could not be brought to the
+// revision waited for (the previous policy stays in force).
+var ErrSyncFailed = errors.New("dataplane sync failed")
+
+// WaitApplied waits until revision rev (or a later one) is in force. It fails with
+// ErrSyncFailed as soon as a sync of rev or later has failed, so that a caller can put the
+// source back.
+func (a *Agent) WaitApplied(ctx context.Context, rev uint64) error {
+	for {
+		a.mu.Lock()
+		st, ch := a.st, a.progress
+		a.mu.Unlock()
+		if st.Applied >= rev {
+			return nil
+		}
+		if st.LastError != "" && st.ErrorRevision >= rev {
+			return fmt.Errorf("node %s: %w: %s", a.cfg.Node, ErrSyncFailed, st.LastError)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: revision %d not in force (at %d): %w", a.cfg.Node, rev, st.Applied, ctx.Err())
+		}
+	}
+}
+
+// Applied returns the ruleset in force and its revision (nil before the first sync).
+func (a *Agent) Applied() (*ir.Ruleset, uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.rs, a.st.Applied
+}
+
+// Status reports the agent's state, readiness included: ready once a first sync is in force,
+// and while the source is connected or has been away for less than DisconnectGrace.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	st := a.st
+	a.mu.Unlock()
+	st.Source = a.src.Status()
+	switch {
+	case st.Applied == 0:
+		st.Ready, st.Reason = false, "no policy programmed yet"
+		if st.LastError != "" {
+			st.Reason += ": " + st.LastError
+		}
+	case !st.Source.Connected && time.Since(st.Source.Since) > a.cfg.DisconnectGrace:
+		st.Ready, st.Reason = false, fmt.Sprintf("cluster state source unreachable for %s (enforcing revision %d)", time.Since(st.Source.Since).Round(time.Second), st.Applied)
+	default:
+		st.Ready, st.Reason = true, ""
+	}
+	a.m.ready.Set(boolGauge(st.Ready))
+	return st
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,324 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	npclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
+	npinformers "sigs.k8s.io/network-policy-api/pkg/client/informers/externalversions"
+
+	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/source"
+)
+
+// Options tune a Source.
+type Options struct {
+	// CRDPoll is how often the API server is asked whether the network-policy-api resources
+	// are served, while they are not (default 10s).
+	CRDPoll time.Duration
+	// HealthPoll is how often the API server's /healthz is checked (default 2s).
+	HealthPoll time.Duration
+	// Resync is the informers' resync period (default none: the watch is the truth).
+	Resync time.Duration
+	Logger *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.CRDPoll == 0 {
+		o.CRDPoll = 10 * time.Second
+	}
+	if o.HealthPoll == 0 {
+		o.HealthPoll = 2 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Source mirrors a cluster through client-go shared informers: Namespaces, Nodes, Pods,
+// Services, EndpointSlices and NetworkPolicies always, AdminNetworkPolicies and
+// BaselineAdminNetworkPolicies once the API server serves them (a cluster without the CRDs
+// works, and their informers start when the CRDs appear). managedFields are stripped as
+// objects enter the caches. It implements source.Source.
+type Source struct {
+	*source.Notifier
+	cs   kubernetes.Interface
+	np   npclient.Interface
+	opts Options
+
+	core     informers.SharedInformerFactory
+	coreInfs []cache.SharedIndexInformer
+	npF      npinformers.SharedInformerFactory
+	anp      atomic.Pointer[cache.SharedIndexInformer] // nil until the CRDs are served
+	banp     atomic.Pointer[cache.SharedIndexInformer]
+
+	rev    atomic.Uint64
+	synced chan struct{}
+
+	mu     sync.Mutex
+	status source.Status
+}
+
+var _ source.Source = (*Source)(nil)
+
+// New returns a source over the given clients.
+func New(cs kubernetes.Interface, np npclient.Interface, opts Options) *Source {
+	opts.defaults()
+	s := &Source{Notifier: source.NewNotifier(), cs: cs, np: np, opts: opts, synced: make(chan struct{}),
+		status: source.Status{Since: time.Now()}}
+	strip := informers.WithTransform(stripManagedFields)
+	s.core = informers.NewSharedInformerFactoryWithOptions(cs, opts.Resync, strip)
+	s.npF = npinformers.NewSharedInformerFactoryWithOptions(np, opts.Resync, npinformers.WithTransform(stripManagedFields))
+	for _, inf := range []cache.SharedIndexInformer{
+		s.core.Core().V1().Namespaces().Informer(),
+		s.core.Core().V1().Nodes().Informer(),
+		s.core.Core().V1().Pods().Informer(),
+		s.core.Core().V1().Services().Informer(),
+		s.core.Discovery().V1().EndpointSlices().Informer(),
+		s.core.Networking().V1().NetworkPolicies().Informer(),
+	} {
+		s.watch(inf)
+		s.coreInfs = append(s.coreInfs, inf)
+	}
+	return s
+}
+
+// RESTConfig reads a kubeconfig ("" for the default rules: $KUBECONFIG, ~/.kube/config,
+// in-cluster).
+func RESTConfig(kubeconfig string) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if kubeconfig != "" {
+		rules.ExplicitPath = kubeconfig
+	}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	return cfg, nil
+}
+
+// NewFromConfig returns a source for the cluster cfg reaches.
+func NewFromConfig(cfg *rest.Config, opts Options) (*Source, error) {
+	cfg = rest.CopyConfig(cfg)
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "rampart"
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	np, err := npclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return New(cs, np, opts), nil
+}
+
+func stripManagedFields(obj any) (any, error) {
+	if a, err := meta.Accessor(obj); err == nil {
+		a.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+// watch counts every event of inf as a change.
+func (s *Source) watch(inf cache.SharedIndexInformer) {
+	changed := func() { s.rev.Add(1); s.Notify() }
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { changed() },
+		UpdateFunc: func(any, any) { changed() },
+		DeleteFunc: func(any) { changed() },
+	})
+	_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+		if !errors.Is(err, context.Canceled) {
+			s.setStatus(false, err)
+		}
+	})
+}
+
+// Run starts the informers, waits for their first lists, and keeps them (and the check for
+// the policy CRDs and the API server's health) running until ctx ends.
+func (s *Source) Run(ctx context.Context) error {
+	s.core.Start(ctx.Done())
+	defer s.core.Shutdown()
+	defer s.npF.Shutdown()
+	go s.health(ctx)
+	syncs := make([]cache.InformerSynced, 0, len(s.coreInfs))
+	for _, inf := range s.coreInfs {
+		syncs = append(syncs, inf.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
+		return ctx.Err()
+	}
+	// The admin policies: enforced from the first sync when served, picked up later otherwise.
+	served := s.startAdminPolicies(ctx)
+	s.setStatus(true, nil)
+	s.rev.Add(1)
+	close(s.synced)
+	s.Notify()
+	if !served {
+		t := time.NewTicker(s.opts.CRDPoll)
+		defer t.Stop()
+		for !served {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				if served = s.startAdminPolicies(ctx); served {
+					s.opts.Logger.Info("AdminNetworkPolicy and BaselineAdminNetworkPolicy are served now: watching them")
+					s.rev.Add(1)
+					s.Notify()
+				}
+			}
+		}
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// startAdminPolicies starts the ANP and BANP informers if the API server serves both
+// resources, and waits for their first list. It reports whether they run.
+func (s *Source) startAdminPolicies(ctx context.Context) bool {
+	if s.anp.Load() != nil {
+		return true
+	}
+	res, err := s.cs.Discovery().ServerResourcesForGroupVersion(anpv1alpha1.SchemeGroupVersion.String())
+	if err != nil {
+		return false
+	}
+	var anp, banp bool
+	for _, r := range res.APIResources {
+		anp = anp || r.Name == "adminnetworkpolicies"
+		banp = banp || r.Name == "baselineadminnetworkpolicies"
+	}
+	if !anp || !banp {
+		return false
+	}
+	ai := s.npF.Policy().V1alpha1().AdminNetworkPolicies().Informer()
+	bi := s.npF.Policy().V1alpha1().BaselineAdminNetworkPolicies().Informer()
+	s.watch(ai)
+	s.watch(bi)
+	s.npF.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), ai.HasSynced, bi.HasSynced) {
+		return false
+	}
+	s.anp.Store(&ai)
+	s.banp.Store(&bi)
+	return true
+}
+
+// health polls the API server's /healthz: informers retry on their own, but only a probe says
+// when the server is back.
+func (s *Source) health(ctx context.Context) {
+	t := time.NewTicker(s.opts.HealthPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rc := s.cs.Discovery().RESTClient()
+		if rc == nil { // fake clientsets
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, s.opts.HealthPoll)
+		err := rc.Get().AbsPath("/healthz").Do(pctx).Error()
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-s.synced:
+			s.setStatus(err == nil, err)
+		default:
+		}
+	}
+}
+
+func (s *Source) setStatus(connected bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if connected != s.status.Connected {
+		s.status.Connected, s.status.Since = connected, time.Now()
+		if connected {
+			s.opts.Logger.Info("API server reachable")
+		} else {
+			s.opts.Logger.Warn("API server unreachable", "err", err)
+		}
+	}
+	s.status.Err = ""
+	if err != nil {
+		s.status.Err = err.Error()
+	}
+}
+
+// Status says whether the API server answers.
+func (s *Source) Status() source.Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+// Synced is closed once every informer has listed.
+func (s *Source) Synced() <-chan struct{} { return s.synced }
+
+// Snapshot builds a cluster of the cached objects (shared with the caches: read only). The
+// revision is read first, so the objects are at least that new.
+func (s *Source) Snapshot() (*model.Cluster, uint64) {
+	rev := s.rev.Load()
+	c := model.NewCluster()
+	f := s.core
+	for _, o := range f.Core().V1().Namespaces().Informer().GetStore().List() {
+		n := o.(*corev1.Namespace)
+		c.Namespaces[n.Name] = n
+	}
+	for _, o := range f.Core().V1().Nodes().Informer().GetStore().List() {
+		n := o.(*corev1.Node)
+		c.Nodes[n.Name] = n
+	}
+	for _, o := range f.Core().V1().Pods().Informer().GetStore().List() {
+		p := o.(*corev1.Pod)
+		c.Pods[p.Namespace+"/"+p.Name] = p
+	}
+	for _, o := range f.Core().V1().Services().Informer().GetStore().List() {
+		v := o.(*corev1.Service)
+		c.Services[v.Namespace+"/"+v.Name] = v
+	}
+	for _, o := range f.Discovery().V1().EndpointSlices().Informer().GetStore().List() {
+		e := o.(*discoveryv1.EndpointSlice)
+		c.EndpointSlices[e.Namespace+"/"+e.Name] = e
+	}
+	for _, o := range f.Networking().V1().NetworkPolicies().Informer().GetStore().List() {
+		p := o.(*networkingv1.NetworkPolicy)
+		c.NetworkPolicies[p.Namespace+"/"+p.Name] = p
+	}
+	if inf := s.anp.Load(); inf != nil {
+		for _, o := range (*inf).GetStore().List() {
+			p := o.(*anpv1alpha1.AdminNetworkPolicy)
+			c.ANPs[p.Name] = p
+		}
+	}
+	if inf := s.banp.Load(); inf != nil {
+		for _, o := range (*inf).GetStore().List() {
+			p := o.(*anpv1alpha1.BaselineAdminNetworkPolicy)
+			c.BANPs[p.Name] = p
+		}
+	}
+	return c, rev
+}
