@@ -351,7 +351,7 @@ func cleanupLab(name string) error {
 		return err
 	}
 	// A daemon that died leaves its (empty) socket-hook cgroup behind.
-	if err := cgroup.CleanStale(); err != nil {
+	if err := cgroup.CleanStale(name); err != nil {
 		return err
 	}
 	return os.RemoveAll(controller.Dir(name))

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rampart-sec/rampart/internal/lab/fabric"
 	"github.com/rampart-sec/rampart/internal/netnstest"
 )
 
@@ -40,7 +41,7 @@ func TestLabCLI(t *testing.T) {
 			t.Errorf("lab down: %v\n%s", err, out)
 		}
 		out, _ := exec.Command("ip", "netns", "list").CombinedOutput()
-		if strings.Contains(string(out), "rl-"+name+"-") {
+		if strings.Contains(string(out), fabric.Prefix(name)) {
 			t.Errorf("namespaces left after lab down:\n%s", out)
 		}
 	})

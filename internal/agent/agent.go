@@ -45,9 +45,8 @@ type Config struct {
 
 // Defaults fills unset fields.
 func (c *Config) Defaults() {
-	if c.Runner.MinInterval == 0 {
-		c.Runner.MinInterval = 20 * time.Millisecond
-	}
+	// MinInterval 0 is meaningful (sync as changes come): bursts still coalesce while a sync
+	// runs, since triggers pending a run are one.
 	if c.Runner.RetryMin == 0 {
 		c.Runner.RetryMin = 200 * time.Millisecond
 	}

@@ -176,9 +176,9 @@ func current() (string, error) {
 	return "", errors.New("the process is in no cgroup2 group")
 }
 
-// CleanStale removes lab cgroups no process is in any more (left by processes that died
-// without releasing them). A cgroup that still holds a process is left alone.
-func CleanStale() error {
+// CleanStale removes the cgroups a dead daemon of the named lab left (no process in them any
+// more). A group that holds a process, or that served another lab, is left alone.
+func CleanStale(lab string) error {
 	mnt, err := Mount()
 	if err != nil {
 		return nil // no cgroup2: nothing can have been left
@@ -198,9 +198,26 @@ func CleanStale() error {
 		if err != nil || strings.TrimSpace(string(procs)) != "" {
 			continue // in use (or unreadable): not ours to remove
 		}
+		if !servedOnly(dir, lab) {
+			continue
+		}
 		if err := removeTree(dir); err != nil && !errors.Is(err, unix.EBUSY) {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// servedOnly reports whether a process's lab group holds no group but the named lab's.
+func servedOnly(dir, lab string) bool {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if e.IsDir() && e.Name() != "lab-"+lab {
+			return false
+		}
+	}
+	return true
 }

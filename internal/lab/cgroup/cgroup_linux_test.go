@@ -27,7 +27,7 @@ func TestAcquireRelease(t *testing.T) {
 	if p1 != p2 || !strings.HasPrefix(filepath.Base(p1), prefix) {
 		t.Fatalf("paths %s, %s", p1, p2)
 	}
-	if err := CleanStale(); err != nil { // must not touch a cgroup a live process is in
+	if err := CleanStale("x"); err != nil { // must not touch a cgroup a live process is in
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(p1); err != nil {
@@ -70,14 +70,21 @@ func TestCleanStale(t *testing.T) {
 	}
 	t.Cleanup(func() { removeTree(dead) })
 	// With a lab's and a pod's threaded groups below it, as a daemon leaves them.
-	lab, err := NewThreaded(dead, "lab")
+	lab, err := NewThreaded(dead, "lab-a")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := NewThreaded(lab.Path, "x_a"); err != nil {
 		t.Fatal(err)
 	}
-	if err := CleanStale(); err != nil {
+	// Another lab's clean-up leaves it alone (lab "a-b" is not lab "a").
+	if err := CleanStale("a-b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dead); err != nil {
+		t.Fatalf("lab a-b's clean-up removed lab a's group: %v", err)
+	}
+	if err := CleanStale("a"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(dead); !os.IsNotExist(err) {

@@ -4,33 +4,43 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/rampart-sec/rampart/internal/agent"
+	"github.com/rampart-sec/rampart/internal/agent/runner"
 	"github.com/rampart-sec/rampart/internal/dataplane"
-	"github.com/rampart-sec/rampart/internal/dataplane/ctsweep"
+	"github.com/rampart-sec/rampart/internal/dataplane/backend"
 	"github.com/rampart-sec/rampart/internal/dataplane/ebpf"
-	"github.com/rampart-sec/rampart/internal/dataplane/iptables"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/lab/cgroup"
 	"github.com/rampart-sec/rampart/internal/model"
-	"github.com/rampart-sec/rampart/internal/policy"
+	"github.com/rampart-sec/rampart/internal/source/store"
 )
 
-// Lab is a running lab: the cluster's objects, the fabric that realises them, and one
-// dataplane per node. Every change goes through Change, which validates and compiles the new
-// state before touching the kernel, and keeps the old state when anything fails.
+// Lab is a running lab: the cluster's objects, the fabric that realises them, and one node
+// agent per lab node (the same agent a real node runs) over the lab's store. Every change goes
+// through Change, which validates and compiles the new state and builds its namespaces, then
+// publishes it to the store and waits until every node's agent has it in force; when anything
+// fails, the previous objects are published again and stay enforced.
 type Lab struct {
 	mu       sync.Mutex
 	settings Settings
 	cluster  *model.Cluster
 	rs       *ir.Ruleset
 	fabric   Fabric
-	planes   map[string]dataplane.Dataplane // by node name
+	store    *store.Store
+	agents   map[string]*nodeAgent // by node name
+
+	// The agents run until Teardown.
+	agentCtx   context.Context
+	stopAgents context.CancelFunc
 
 	// With eBPF, Services are balanced at connect time for the pods' (and nodes') sockets.
 	sock      *ebpf.SockLB
@@ -39,16 +49,24 @@ type Lab struct {
 	sockErr   error // why connect-time balancing is off, if it is
 }
 
-// New returns a lab over fabric; Reconcile brings it up.
-func New(s Settings, c *model.Cluster, f Fabric) *Lab {
-	return &Lab{settings: s, cluster: c, fabric: f, planes: map[string]dataplane.Dataplane{}}
+// nodeAgent is one node's agent and the goroutine running it.
+type nodeAgent struct {
+	*agent.Agent
+	dp   dataplane.Dataplane
+	done chan struct{}
 }
 
-// Reconcile realises the current objects: placement, fabric, dataplanes.
+// New returns a lab over fabric; Reconcile brings it up.
+func New(s Settings, c *model.Cluster, f Fabric) *Lab {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Lab{settings: s, cluster: c, fabric: f, agents: map[string]*nodeAgent{}, agentCtx: ctx, stopAgents: cancel}
+}
+
+// Reconcile realises the current objects: placement, fabric, agents.
 func (l *Lab) Reconcile(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.realise(ctx, l.cluster)
+	return l.realise(ctx, l.cluster.Clone())
 }
 
 // Change applies fn to a copy of the cluster and realises the result; on any error the
@@ -61,12 +79,14 @@ func (l *Lab) Change(ctx context.Context, fn func(c *model.Cluster) error) error
 		return err
 	}
 	if err := l.realise(ctx, next); err != nil {
-		// Put the kernel back to the previous objects; the error says what failed.
-		return errors.Join(err, l.realise(ctx, l.cluster))
+		// Put the kernel back to the previous objects, even if the client has gone; the
+		// error says what failed.
+		return errors.Join(err, l.realise(context.WithoutCancel(ctx), l.cluster.Clone()))
 	}
 	return nil
 }
 
+// realise makes c (which it owns) the lab's state.
 func (l *Lab) realise(ctx context.Context, c *model.Cluster) error {
 	if err := Place(c, l.settings.Nodes); err != nil {
 		return err
@@ -76,33 +96,28 @@ func (l *Lab) realise(ctx context.Context, c *model.Cluster) error {
 		return err
 	}
 	topo := topologyOf(c, rs)
-	topo.DataplaneRoutesServices = l.settings.Dataplane == "ebpf"
+	topo.DataplaneRoutesServices = l.settings.Dataplane == string(dataplane.KindEBPF)
 	if err := l.fabric.Ensure(ctx, topo); err != nil {
 		return fmt.Errorf("lab network: %w", err)
 	}
-	ev := policy.New(rs)
+	var rev uint64
+	if l.store == nil {
+		l.store = store.New(c)
+		_, rev = l.store.Snapshot()
+	} else {
+		rev = l.store.Publish(c)
+	}
 	for _, n := range topo.Nodes {
-		dp, err := l.plane(n.Name)
-		if err != nil {
+		if err := l.startAgent(n.Name); err != nil {
 			return err
 		}
-		if dp == nil {
-			continue
-		}
-		if err := dp.Sync(ctx, rs); err != nil {
-			return fmt.Errorf("node %s: %w", n.Name, err)
-		}
-		// Connections the new policy denies are cut: flows tracked by the dataplane itself
-		// (eBPF), or by the kernel's conntrack (iptables).
-		if s, ok := dp.(interface {
-			Sweep(*policy.Evaluator) (int, error)
-		}); ok {
-			if _, err := s.Sweep(ev); err != nil {
-				return fmt.Errorf("node %s: %w", n.Name, err)
-			}
-		} else if _, err := ctsweep.Sweep(l.fabric.NodeNetns(n.Name), ev); err != nil {
-			return fmt.Errorf("node %s: %w", n.Name, err)
-		}
+	}
+	var errs []error
+	for _, n := range topo.Nodes {
+		errs = append(errs, l.agents[n.Name].WaitApplied(ctx, rev))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	if err := l.syncSockLB(rs); err != nil {
 		return err
@@ -111,12 +126,76 @@ func (l *Lab) realise(ctx context.Context, c *model.Cluster) error {
 	return SaveState(l.settings, c)
 }
 
+// startAgent runs the agent of a node, once: its dataplane works in the node's namespace on the
+// pods the fabric placed there.
+func (l *Lab) startAgent(node string) error {
+	if _, ok := l.agents[node]; ok {
+		return nil
+	}
+	kind, err := dataplane.ParseKind(l.settings.Dataplane)
+	if err != nil || kind == dataplane.KindAuto {
+		return fmt.Errorf("lab dataplane %q: want iptables, ebpf or none", l.settings.Dataplane)
+	}
+	dn := dataplane.Node{Name: node, Interface: func(p *ir.Pod) (string, bool) {
+		if p.Node != node || p.HostNetwork {
+			return "", false
+		}
+		return l.fabric.PodInterface(p.Namespace, p.Name), true
+	}}
+	if kind == dataplane.KindEBPF {
+		dn.Uplink = "eth0" // the node's link to the fabric bridge
+	}
+	dp, err := backend.New(kind, dn, dataplane.Options{Netns: l.fabric.NodeNetns(node)})
+	if err != nil {
+		return err
+	}
+	log := l.settings.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a, err := agent.New(agent.Config{
+		Node: node, Dataplane: kind, Logger: log.With("node", node),
+		// Changes are applied as they come: Change waits for them.
+		Runner: runner.Config{MinInterval: 0, RetryMin: 50 * time.Millisecond, RetryMax: 2 * time.Second},
+	}, l.store, dp)
+	if err != nil {
+		return err
+	}
+	na := &nodeAgent{Agent: a, dp: dp, done: make(chan struct{})}
+	go func() {
+		defer close(na.done)
+		_ = a.Run(l.agentCtx) // a lab's dataplanes go with its namespaces
+	}()
+	l.agents[node] = na
+	return nil
+}
+
+// Agent returns a node's agent (nil for a node the lab does not have).
+func (l *Lab) Agent(node string) *agent.Agent {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if na, ok := l.agents[node]; ok {
+		return na.Agent
+	}
+	return nil
+}
+
+// Dataplane returns a node's dataplane (nil for a node the lab does not have).
+func (l *Lab) Dataplane(node string) dataplane.Dataplane {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if na, ok := l.agents[node]; ok {
+		return na.dp
+	}
+	return nil
+}
+
 // syncSockLB brings the connect-time load balancer to rs's Services. On first use the lab gets
 // a threaded cgroup below the process's, the programs are attached there, and the fabric gives
 // every pod a cgroup below it in which the pod's probes run. Where the host offers no cgroup2
 // hierarchy, Services stay balanced per packet by the veth programs, and the lab says so once.
 func (l *Lab) syncSockLB(rs *ir.Ruleset) error {
-	if l.settings.Dataplane != "ebpf" || l.sockErr != nil {
+	if l.settings.Dataplane != string(dataplane.KindEBPF) || l.sockErr != nil {
 		return nil
 	}
 	if l.sock == nil {
@@ -165,32 +244,6 @@ func (l *Lab) SockLB() *ebpf.SockLB {
 	return l.sock
 }
 
-// plane returns the dataplane of a node, creating it on first use (nil for "none").
-func (l *Lab) plane(node string) (dataplane.Dataplane, error) {
-	if dp, ok := l.planes[node]; ok {
-		return dp, nil
-	}
-	dn := dataplane.Node{Name: node, Interface: func(p *ir.Pod) (string, bool) {
-		if p.Node != node || p.HostNetwork {
-			return "", false
-		}
-		return l.fabric.PodInterface(p.Namespace, p.Name), true
-	}}
-	var dp dataplane.Dataplane
-	switch l.settings.Dataplane {
-	case "iptables":
-		dp = iptables.New(dn, iptables.NetnsRunner{Netns: l.fabric.NodeNetns(node)})
-	case "ebpf":
-		dn.Uplink = "eth0" // the node's link to the fabric bridge
-		dp = ebpf.New(dn, l.fabric.NodeNetns(node))
-	case "none":
-	default:
-		return nil, fmt.Errorf("dataplane %q is not available", l.settings.Dataplane)
-	}
-	l.planes[node] = dp
-	return dp, nil
-}
-
 func topologyOf(c *model.Cluster, rs *ir.Ruleset) Topology {
 	var t Topology
 	for i, n := range rs.Nodes {
@@ -219,6 +272,10 @@ func (l *Lab) Teardown() error {
 	defer l.mu.Unlock()
 	// Deleting the namespaces removes rules, sets and programs with them; the socket hooks are
 	// links of this process, closed here, and the cgroups go once the fabric's threads left.
+	l.stopAgents()
+	for _, na := range l.agents {
+		<-na.done
+	}
 	var errs []error
 	if l.sock != nil {
 		errs = append(errs, l.sock.Close())

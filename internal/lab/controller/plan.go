@@ -1,6 +1,8 @@
 // Package controller runs a lab cluster from Kubernetes objects: it places pods on lab nodes,
-// assigns addresses, keeps the cluster's objects as state between CLI invocations, and drives
-// the network-namespace machinery of package lab and the dataplanes from the compiled IR.
+// assigns addresses, keeps the cluster's objects as state between CLI invocations, drives the
+// network-namespace machinery of package fabric, and runs one node agent (package agent, the
+// code a real node runs) per lab node over the lab's store, waiting for each change to be in
+// force on every node.
 package controller
 
 import (

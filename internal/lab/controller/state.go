@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -23,6 +24,8 @@ type Settings struct {
 	Name      string `json:"name"`
 	Nodes     int    `json:"nodes"`
 	Dataplane string `json:"dataplane"` // iptables, ebpf or none
+	// Log receives the node agents' logs (not saved; default: discarded).
+	Log *slog.Logger `json:"-"`
 }
 
 var labName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?$`)

@@ -49,8 +49,9 @@ type pod struct {
 
 var _ controller.Fabric = (*Fabric)(nil)
 
-// Prefix returns the prefix of every namespace of the named lab.
-func Prefix(lab string) string { return "rl-" + lab + "-" }
+// Prefix returns the prefix of every namespace of the named lab. Lab names never hold '_', so
+// no lab's prefix is a prefix of another's (lab "a" and lab "a-b" share no namespace).
+func Prefix(lab string) string { return "rl-" + lab + "_" }
 
 // New returns the fabric of the named lab. Nothing is created until Ensure.
 func New(lab string) *Fabric {
@@ -59,12 +60,23 @@ func New(lab string) *Fabric {
 
 func (f *Fabric) fabricNetns() string { return f.prefix + "fabric" }
 
-// NodeNetns names a node's namespace.
+// NodeNetns names a node's namespace ("" for a node the fabric has not built).
 func (f *Fabric) NodeNetns(node string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.nodeNetnsLocked(node)
+}
+
+// nodeNetnsLocked is NodeNetns for callers holding f.mu.
+func (f *Fabric) nodeNetnsLocked(node string) string {
 	if n, ok := f.nodes[node]; ok {
-		return fmt.Sprintf("%sn%d", f.prefix, n.Index)
+		return f.nodeNetnsName(n)
 	}
 	return ""
+}
+
+func (f *Fabric) nodeNetnsName(n controller.TopoNode) string {
+	return fmt.Sprintf("%sn%d", f.prefix, n.Index)
 }
 
 func (f *Fabric) podNetns(ns, name string) string { return f.prefix + ns + "_" + name }
@@ -144,9 +156,18 @@ func (f *Fabric) bridge() error {
 }
 
 // addNode creates the node namespace and plugs it into the fabric bridge with the node's IP.
+// The node is recorded only once it is complete; a failure removes what was made, so the next
+// Ensure tries again from scratch.
 func (f *Fabric) addNode(n controller.TopoNode) error {
+	nsName := f.nodeNetnsName(n)
+	if err := f.buildNode(n, nsName); err != nil {
+		return errors.Join(err, delNetns(nsName))
+	}
 	f.nodes[n.Name] = n
-	nsName := f.NodeNetns(n.Name)
+	return nil
+}
+
+func (f *Fabric) buildNode(n controller.TopoNode, nsName string) error {
 	if err := addNetns(nsName, true); err != nil {
 		return err
 	}
@@ -201,7 +222,7 @@ func (f *Fabric) addNode(n controller.TopoNode) error {
 func (f *Fabric) routes(topo controller.Topology) error {
 	var errs []error
 	for _, n := range topo.Nodes {
-		h, err := handle(f.NodeNetns(n.Name))
+		h, err := handle(f.nodeNetnsLocked(n.Name))
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -254,7 +275,7 @@ func (f *Fabric) addPod(spec controller.TopoPod) error {
 	if !ok {
 		return fmt.Errorf("unknown node %q", spec.Node)
 	}
-	p := &pod{spec: spec, netns: f.NodeNetns(node.Name)}
+	p := &pod{spec: spec, netns: f.nodeNetnsLocked(node.Name)}
 	if !spec.HostNetwork {
 		p.netns = f.podNetns(spec.Namespace, spec.Name)
 		if err := f.plumbPod(p, node); err != nil {
@@ -330,7 +351,7 @@ func (f *Fabric) plumbPod(p *pod, node controller.TopoNode) error {
 		return err
 	}
 	defer podNs.Close()
-	nh, err := handle(f.NodeNetns(node.Name))
+	nh, err := handle(f.nodeNetnsLocked(node.Name))
 	if err != nil {
 		return err
 	}
