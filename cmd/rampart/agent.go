@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rampart-sec/rampart/internal/agent"
+	"github.com/rampart-sec/rampart/internal/agent/node"
+	"github.com/rampart-sec/rampart/internal/agent/runner"
+	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/dataplane/backend"
+	"github.com/rampart-sec/rampart/internal/doctor"
+	"github.com/rampart-sec/rampart/internal/source/kube"
+)
+
+// agentFlags are `rampart agent`'s flags.
+type agentFlags struct {
+	kubeconfig, nodeName, dp, metricsAddr, healthAddr, logFormat string
+	netns, pinDir, uplink                                        string
+	minInterval, grace                                           time.Duration
+}
+
+func newAgentCmd() *cobra.Command {
+	var f agentFlags
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent: enforce the cluster's policies on this node (a DaemonSet's container)",
+		Long: `The node agent watches the cluster (Namespaces, Nodes, Pods, Services, EndpointSlices,
+NetworkPolicies, AdminNetworkPolicies, BaselineAdminNetworkPolicies) and keeps this node's
+dataplane enforcing them for the pods whose spec.nodeName is this node. A local pod's host-side
+interface is the one the route to its address leaves through (routed veths, as the ptp CNI
+plugin makes them). Stopping or killing the agent leaves enforcement in force; a new agent adopts
+it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default: in-cluster, then $KUBECONFIG)")
+	fl.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	fl.StringVar(&f.dp, "dataplane", "auto", "iptables, ebpf, or auto (eBPF where the kernel serves it)")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", ":9962", "where /metrics is served (host:port or unix:PATH; empty: off)")
+	fl.StringVar(&f.healthAddr, "health-addr", ":9963", "where /healthz, /readyz and /status are served (host:port or unix:PATH)")
+	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fl.StringVar(&f.netns, "netns", "", "named network namespace of the node (default: the agent's own)")
+	fl.StringVar(&f.pinDir, "pin-dir", "/sys/fs/bpf/rampart", "bpffs directory where eBPF enforcement is pinned (it outlives the agent)")
+	fl.StringVar(&f.uplink, "uplink", "", "the node's interface toward other nodes (default: the default route's)")
+	fl.DurationVar(&f.minInterval, "min-sync-interval", 0, "least time between two dataplane syncs (0: as changes come; bursts coalesce)")
+	fl.DurationVar(&f.grace, "disconnect-grace", 30*time.Second, "how long the API server may be unreachable before /readyz fails (enforcement goes on)")
+	return cmd
+}
+
+func newLogger(format string) (*slog.Logger, error) {
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, nil)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}
+
+func runAgent(parent context.Context, f agentFlags) error {
+	log, err := newLogger(f.logFormat)
+	if err != nil {
+		return err
+	}
+	kind, err := dataplane.ParseKind(f.dp)
+	if err != nil {
+		return fmt.Errorf("--dataplane: %w", err)
+	}
+	if kind == dataplane.KindNone {
+		return errors.New("--dataplane: the agent enforces with iptables or ebpf")
+	}
+	kind, err = doctor.Pick(kind, doctor.Options{PinDir: f.pinDir})
+	if err != nil {
+		return err
+	}
+	if f.nodeName == "" {
+		return errors.New("--node-name (or $NODE_NAME) is required")
+	}
+	cfg, err := kube.RESTConfig(f.kubeconfig)
+	if err != nil {
+		return err
+	}
+	src, err := kube.NewFromConfig(cfg, kube.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	ifaces, err := node.Open(f.nodeName, f.netns)
+	if err != nil {
+		return err
+	}
+	defer ifaces.Close()
+	dn := dataplane.Node{Name: f.nodeName, Interface: ifaces.Interface, Uplink: f.uplink}
+	if kind == dataplane.KindEBPF && dn.Uplink == "" {
+		dn.Uplink = ifaces.DefaultRouteLink()
+	}
+	opts := dataplane.Options{Netns: f.netns}
+	if kind == dataplane.KindEBPF {
+		opts.PinDir = filepath.Join(f.pinDir, f.nodeName)
+	}
+	dp, err := backend.New(kind, dn, opts)
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace,
+		Runner: runner.Config{MinInterval: f.minInterval}}, src, dp)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 4)
+	srvs, err := serveAgent(a, f.healthAddr, f.metricsAddr, errc)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, s := range srvs {
+			_ = s.Close()
+		}
+	}()
+	go func() {
+		if err := src.Run(ctx); err != nil && ctx.Err() == nil {
+			errc <- fmt.Errorf("cluster source: %w", err)
+		}
+	}()
+	if err := ifaces.Watch(ctx, a.Trigger); err != nil {
+		return err
+	}
+	go func() { errc <- a.Run(ctx) }()
+	select {
+	case err := <-errc:
+		stop()
+		return err
+	case <-ctx.Done():
+		return <-errc // the agent releases the dataplane and returns
+	}
+}
+
+// serveAgent serves the health and metrics endpoints (on one listener when the addresses are
+// the same).
+func serveAgent(a *agent.Agent, healthAddr, metricsAddr string, errc chan<- error) ([]*http.Server, error) {
+	type ep struct {
+		addr string
+		mux  *http.ServeMux
+	}
+	var eps []ep
+	add := func(addr, pattern string, h http.Handler) {
+		if addr == "" {
+			return
+		}
+		for _, e := range eps {
+			if e.addr == addr {
+				e.mux.Handle(pattern, h)
+				return
+			}
+		}
+		m := http.NewServeMux()
+		m.Handle(pattern, h)
+		eps = append(eps, ep{addr, m})
+	}
+	add(healthAddr, "/", a.HealthHandler())
+	add(metricsAddr, "/metrics", a.MetricsHandler())
+	var srvs []*http.Server
+	for _, e := range eps {
+		ln, err := listen(e.addr)
+		if err != nil {
+			for _, s := range srvs {
+				s.Close()
+			}
+			return nil, err
+		}
+		s := &http.Server{Handler: e.mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+		srvs = append(srvs, s)
+	}
+	return srvs, nil
+}
+
+// listen opens host:port, or unix:PATH (replacing a stale socket).
+func listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		_ = os.Remove(path)
+		return net.Listen("unix", path)
+	}
+	return net.Listen("tcp", addr)
+}
