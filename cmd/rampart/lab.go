@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/rampart-sec/rampart/internal/lab/apiserver"
 	"github.com/rampart-sec/rampart/internal/lab/cgroup"
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/model"
@@ -125,7 +128,24 @@ func newLabCmd() *cobra.Command {
 	}
 	get.Flags().StringVarP(&getOut, "output", "o", "table", "table or json")
 
-	cmd.AddCommand(apply, del, label, get, newLabProbeCmd(client), newLabExecCmd(client))
+	kubeconfig := &cobra.Command{
+		Use:   "kubeconfig [--name NAME]",
+		Short: "Print the path of a --kube lab's kubeconfig",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, _, err := controller.LoadState(name)
+			if err != nil {
+				return err
+			}
+			if !s.Kube {
+				return fmt.Errorf("lab %q has no API server: bring it up with lab up --kube", name)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), controller.Kubeconfig(name))
+			return nil
+		},
+	}
+
+	cmd.AddCommand(apply, del, label, get, kubeconfig, newLabProbeCmd(client), newLabExecCmd(client))
 	return cmd
 }
 
@@ -214,8 +234,9 @@ func newLabUpCmd(name *string) *cobra.Command {
 	var in inputFlags
 	var nodes int
 	var dp string
+	var kubeMode bool
 	cmd := &cobra.Command{
-		Use:   "up [--name NAME] [--nodes N] [--dataplane iptables|ebpf|none] -f PATH...",
+		Use:   "up [--name NAME] [--nodes N] [--dataplane iptables|ebpf|none] [--kube] -f PATH...",
 		Short: "Build a lab from manifests: nodes, pods with servers on their ports, Services, policy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -241,7 +262,16 @@ func newLabUpCmd(name *string) *cobra.Command {
 			if err := controller.Place(c, nodes); err != nil {
 				return err
 			}
-			s := controller.Settings{Name: *name, Nodes: nodes, Dataplane: dp}
+			if kubeMode && dp == "none" {
+				return fmt.Errorf("--kube runs rampart agents: use --dataplane iptables or ebpf")
+			}
+			if kubeMode { // the first build of the API server takes minutes: not in the daemon's start-up
+				fmt.Fprintln(cmd.ErrOrStderr(), "preparing the API server (built once, then cached)...")
+				if _, err := apiserver.Binary(); err != nil {
+					return err
+				}
+			}
+			s := controller.Settings{Name: *name, Nodes: nodes, Dataplane: dp, Kube: kubeMode}
 			if err := controller.SaveState(s, c); err != nil {
 				return err
 			}
@@ -250,12 +280,16 @@ func newLabUpCmd(name *string) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "lab %q is up: %d nodes, %d pods, dataplane %s\n", *name, len(c.Nodes), len(c.Pods), dp)
+			if kubeMode {
+				fmt.Fprintf(cmd.OutOrStdout(), "API server: KUBECONFIG=%s; one rampart agent per node\n", controller.Kubeconfig(*name))
+			}
 			return nil
 		},
 	}
 	in.register(cmd)
 	cmd.Flags().IntVar(&nodes, "nodes", 1, "number of nodes")
 	cmd.Flags().StringVar(&dp, "dataplane", "iptables", "iptables, ebpf or none")
+	cmd.Flags().BoolVar(&kubeMode, "kube", false, "run a real API server for the lab and one rampart agent process per node watching it")
 	return cmd
 }
 
@@ -312,11 +346,20 @@ func newLabServeCmd(name *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			s.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 			l := controller.New(s, c, fabric)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			if err := l.Reconcile(ctx); err != nil {
-				_ = fabric.Teardown()
+			up := l.Reconcile
+			if s.Kube {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				up = func(ctx context.Context) error { return l.StartKube(ctx, exe) }
+			}
+			if err := up(ctx); err != nil {
+				_ = l.Teardown()
 				return fmt.Errorf("bring up lab %q: %w", *name, err)
 			}
 			return serveLab(ctx, stop, l)
@@ -332,21 +375,57 @@ func newLabDownCmd(name *string) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			client := controller.NewClient(*name)
 			if client.Call(cmd.Context(), "/down", nil, nil) == nil {
-				// Wait for the daemon to remove its socket, then sweep whatever is left.
-				for i := 0; i < 100; i++ {
-					if _, err := os.Stat(controller.Socket(*name)); errors.Is(err, os.ErrNotExist) {
-						break
-					}
-					time.Sleep(100 * time.Millisecond)
-				}
+				// Wait for the daemon to finish its teardown (its socket goes earlier), then
+				// sweep whatever is left.
+				waitDaemonExit(*name, time.Minute)
 			}
 			return cleanupLab(*name)
 		},
 	}
 }
 
-// cleanupLab removes a lab's kernel objects and state, whether or not its daemon ran.
+// daemonPIDFile holds the PID of a lab's daemon.
+func daemonPIDFile(name string) string { return filepath.Join(controller.Dir(name), "daemon.pid") }
+
+// daemonPID returns the PID of the lab's daemon if that process still runs as this lab's daemon.
+func daemonPID(name string) (int, bool) {
+	b, err := os.ReadFile(daemonPIDFile(name))
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0, false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !strings.Contains(string(cmdline), "serve\x00--name\x00"+name+"\x00") {
+		return 0, false
+	}
+	return pid, true
+}
+
+// waitDaemonExit waits for the lab's daemon to exit, and kills it (by its PID) after d.
+func waitDaemonExit(name string, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for {
+		pid, ok := daemonPID(name)
+		if !ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			time.Sleep(100 * time.Millisecond)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// cleanupLab removes a lab's processes, kernel objects and state, whether or not its daemon ran.
 func cleanupLab(name string) error {
+	if err := controller.CleanupProcesses(name); err != nil {
+		return err
+	}
 	if err := teardownFabric(name); err != nil {
 		return err
 	}
@@ -358,6 +437,9 @@ func cleanupLab(name string) error {
 }
 
 func serveLab(ctx context.Context, stop func(), l *controller.Lab) error {
+	if err := os.WriteFile(daemonPIDFile(l.Settings().Name), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return err
+	}
 	sock := controller.Socket(l.Settings().Name)
 	_ = os.Remove(sock)
 	ln, err := listenUnix(sock)
@@ -470,9 +552,19 @@ func writeGetTable(w io.Writer, what string, raw []byte) error {
 		if err := json.Unmarshal(raw, &nodes); err != nil {
 			return err
 		}
-		fmt.Fprintln(tw, "NAME\tIP\tPOD-CIDR\tNETNS")
+		fmt.Fprintln(tw, "NAME\tIP\tPOD-CIDR\tNETNS\tAGENT\tLAST-SYNC\tRESTARTS")
 		for _, n := range nodes {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, n.IP, n.PodCIDR, n.Netns)
+			state, last, restarts := "-", "-", "-"
+			if a := n.Agent; a != nil {
+				state, restarts = "not ready", fmt.Sprint(a.Restarts)
+				if a.Ready {
+					state = "ready"
+				}
+				if !a.LastSync.IsZero() {
+					last = time.Since(a.LastSync).Round(time.Millisecond).String() + " ago"
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.IP, n.PodCIDR, n.Netns, state, last, restarts)
 		}
 	default:
 		var pols []controller.PolicyView

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/rampart-sec/rampart/internal/lab/fabric"
@@ -19,10 +20,7 @@ import (
 func TestLabCLI(t *testing.T) {
 	netnstest.RequireRoot(t, "ip", "iptables-restore", "ipset")
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "rampart")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := rampartBinary(t)
 	name := fmt.Sprintf("c%d", rand.Intn(1000000))
 	run := func(args ...string) (string, error) {
 		out, err := exec.Command(bin, append(args, "--name", name)...).CombinedOutput()
@@ -111,4 +109,30 @@ func tail(s string) string {
 		lines = lines[len(lines)-20:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// rampartBinary builds the CLI once per test process.
+func rampartBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "rampart-test-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "rampart")
+		if out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
 }

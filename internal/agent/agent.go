@@ -101,9 +101,12 @@ type Status struct {
 	Ready     bool           `json:"ready"`
 	Reason    string         `json:"reason,omitempty"` // why not ready
 	// Applied is the source revision in force (0 before the first successful sync).
-	Applied   uint64    `json:"applied"`
-	LastSync  time.Time `json:"lastSync,omitzero"`
-	SyncCount uint64    `json:"syncs"`
+	Applied uint64 `json:"applied"`
+	// ResourceVersion, for an API server source, is the highest resourceVersion the source had
+	// seen when the state in force was read: every write up to it is enforced.
+	ResourceVersion uint64    `json:"resourceVersion,omitempty"`
+	LastSync        time.Time `json:"lastSync,omitzero"`
+	SyncCount       uint64    `json:"syncs"`
 	// LastError is the last sync's error, empty after a success; ErrorRevision is the revision
 	// it was for.
 	LastError     string        `json:"lastError,omitempty"`
@@ -175,6 +178,10 @@ func (a *Agent) Trigger() { a.run.Trigger() }
 
 // sync brings the dataplane to the source's current state.
 func (a *Agent) sync(ctx context.Context) error {
+	var rv uint64
+	if v, ok := a.src.(interface{ ResourceVersion() uint64 }); ok {
+		rv = v.ResourceVersion() // before the snapshot: it holds at least this much
+	}
 	c, rev := a.src.Snapshot()
 	start := time.Now()
 	rs, err := compile.Compile(c)
@@ -203,7 +210,7 @@ func (a *Agent) sync(ctx context.Context) error {
 			a.cfg.Logger.Info("policy in force", "revision", rev, "took", took, "swept", swept)
 		}
 		a.rs = rs
-		a.st.Applied, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, time.Now(), "", 0
+		a.st.Applied, a.st.ResourceVersion, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, rv, time.Now(), "", 0
 		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
 		a.m.applied.Set(float64(rev))
 		a.m.localPods.Set(float64(a.st.LocalPods))

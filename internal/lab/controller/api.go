@@ -131,6 +131,9 @@ func (l *Lab) Apply(ctx context.Context, y string) error {
 	if err != nil {
 		return err
 	}
+	if l.kube != nil {
+		return l.kubeApply(ctx, objs)
+	}
 	return l.Change(ctx, func(c *model.Cluster) error {
 		for _, o := range objs {
 			carryOver(c, o)
@@ -185,20 +188,33 @@ func (l *Lab) Delete(ctx context.Context, req DeleteRequest) error {
 		}
 		targets = append(targets, [2]string{kind, req.Ref})
 	}
-	return l.Change(ctx, func(c *model.Cluster) error {
-		if req.AllPolicies {
-			for _, k := range model.SortedKeys(c.NetworkPolicies) {
-				targets = append(targets, [2]string{model.KindNetworkPolicy, k})
-			}
-			for _, k := range model.SortedKeys(c.ANPs) {
-				targets = append(targets, [2]string{model.KindANP, k})
-			}
-			for _, k := range model.SortedKeys(c.BANPs) {
-				targets = append(targets, [2]string{model.KindBANP, k})
-			}
+	allPolicies := func(c *model.Cluster) {
+		if !req.AllPolicies {
+			return
 		}
+		for _, k := range model.SortedKeys(c.NetworkPolicies) {
+			targets = append(targets, [2]string{model.KindNetworkPolicy, k})
+		}
+		for _, k := range model.SortedKeys(c.ANPs) {
+			targets = append(targets, [2]string{model.KindANP, k})
+		}
+		for _, k := range model.SortedKeys(c.BANPs) {
+			targets = append(targets, [2]string{model.KindBANP, k})
+		}
+	}
+	none := fmt.Errorf("nothing to delete: give -f, KIND NS/NAME or --all-policies")
+	if l.kube != nil {
+		c, _ := l.Snapshot()
+		allPolicies(c)
 		if len(targets) == 0 {
-			return fmt.Errorf("nothing to delete: give -f, KIND NS/NAME or --all-policies")
+			return none
+		}
+		return l.kubeDelete(ctx, targets)
+	}
+	return l.Change(ctx, func(c *model.Cluster) error {
+		allPolicies(c)
+		if len(targets) == 0 {
+			return none
 		}
 		var errs []error
 		for _, t := range targets {
@@ -212,6 +228,9 @@ func (l *Lab) Delete(ctx context.Context, req DeleteRequest) error {
 
 // Label sets and removes labels on a pod or namespace.
 func (l *Lab) Label(ctx context.Context, req LabelRequest) error {
+	if l.kube != nil {
+		return l.kubeLabel(ctx, req)
+	}
 	return l.Change(ctx, func(c *model.Cluster) error {
 		var labels *map[string]string
 		switch strings.ToLower(req.Kind) {
@@ -250,6 +269,25 @@ func (l *Lab) Label(ctx context.Context, req LabelRequest) error {
 	})
 }
 
+// kubeLabel patches the labels through the API server (which validates them) and waits until
+// the change is in force.
+func (l *Lab) kubeLabel(ctx context.Context, req LabelRequest) error {
+	var kind string
+	switch strings.ToLower(req.Kind) {
+	case "pod", "pods", "po":
+		kind = model.KindPod
+	case "namespace", "namespaces", "ns":
+		kind = model.KindNamespace
+	default:
+		return fmt.Errorf("label: kind %q must be pod or namespace", req.Kind)
+	}
+	rv, err := l.kube.label(ctx, kind, req.Name, req.Set, req.Remove)
+	if err != nil {
+		return err
+	}
+	return l.enforced(ctx, rv, nil)
+}
+
 func labelCheckDoc(labels map[string]string) string {
 	b, _ := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "label-check", "labels": labels}})
 	return string(b)
@@ -268,8 +306,12 @@ func (l *Lab) Get(what string) (any, error) {
 		return servicesView(rs), nil
 	case "nodes", "node", "no":
 		nodes := nodesView(c, rs)
+		agents := l.AgentStates(context.Background())
 		for i := range nodes {
 			nodes[i].Netns = l.fabric.NodeNetns(nodes[i].Name)
+			if a, ok := agents[nodes[i].Name]; ok {
+				nodes[i].Agent = &a
+			}
 		}
 		return nodes, nil
 	case "policies", "policy", "netpol":
@@ -341,6 +383,7 @@ type NodeView struct {
 	PodCIDR string            `json:"podCIDR"`
 	Labels  map[string]string `json:"labels"`
 	Netns   string            `json:"netns"`
+	Agent   *AgentView        `json:"agent,omitempty"`
 }
 
 func nodesView(c *model.Cluster, rs *ir.Ruleset) []NodeView {

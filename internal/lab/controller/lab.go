@@ -38,6 +38,9 @@ type Lab struct {
 	store    *store.Store
 	agents   map[string]*nodeAgent // by node name
 
+	// kube is set in --kube labs: objects live in an API server, agents are processes.
+	kube *kubeMode
+
 	// The agents run until Teardown.
 	agentCtx   context.Context
 	stopAgents context.CancelFunc
@@ -272,11 +275,14 @@ func (l *Lab) Teardown() error {
 	defer l.mu.Unlock()
 	// Deleting the namespaces removes rules, sets and programs with them; the socket hooks are
 	// links of this process, closed here, and the cgroups go once the fabric's threads left.
+	var errs []error
+	if l.kube != nil {
+		errs = append(errs, l.kube.stop())
+	}
 	l.stopAgents()
 	for _, na := range l.agents {
 		<-na.done
 	}
-	var errs []error
 	if l.sock != nil {
 		errs = append(errs, l.sock.Close())
 		l.sock = nil

@@ -24,6 +24,8 @@ type Settings struct {
 	Name      string `json:"name"`
 	Nodes     int    `json:"nodes"`
 	Dataplane string `json:"dataplane"` // iptables, ebpf or none
+	// Kube: the lab's objects live in a real API server and each node runs `rampart agent`.
+	Kube bool `json:"kube,omitempty"`
 	// Log receives the node agents' logs (not saved; default: discarded).
 	Log *slog.Logger `json:"-"`
 }

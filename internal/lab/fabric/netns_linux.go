@@ -52,7 +52,11 @@ func delNetns(name string) error {
 	if _, err := os.Stat(netnsDir + "/" + name); os.IsNotExist(err) {
 		return nil
 	}
-	return run("ip", "netns", "del", name)
+	err := run("ip", "netns", "del", name)
+	if _, serr := os.Stat(netnsDir + "/" + name); err != nil && os.IsNotExist(serr) {
+		return nil // removed meanwhile (by the lab's daemon while `lab down` sweeps)
+	}
+	return err
 }
 
 // listNetns returns the named namespaces starting with prefix.

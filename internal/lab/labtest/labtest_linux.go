@@ -30,6 +30,18 @@ type Lab struct {
 // New brings up a lab of nodes nodes with the given dataplane from manifests.
 func New(t testing.TB, nodes int, dataplane, manifests string) Lab {
 	t.Helper()
+	return newLab(t, nodes, dataplane, manifests, "")
+}
+
+// NewKube brings up a --kube lab: a real API server holding the objects and one agent process
+// per node, running the rampart binary exe.
+func NewKube(t testing.TB, nodes int, dataplane, manifests, exe string) Lab {
+	t.Helper()
+	return newLab(t, nodes, dataplane, manifests, exe)
+}
+
+func newLab(t testing.TB, nodes int, dataplane, manifests, exe string) Lab {
+	t.Helper()
 	netnstest.RequireRoot(t, "ip", "iptables-restore", "ipset")
 	controller.StateRoot = t.TempDir()
 	name := fmt.Sprintf("t%d-%d", os.Getpid()%100000, rand.Intn(100000))
@@ -38,7 +50,7 @@ func New(t testing.TB, nodes int, dataplane, manifests string) Lab {
 		t.Fatal(err)
 	}
 	f := fabric.New(name)
-	l := controller.New(controller.Settings{Name: name, Nodes: nodes, Dataplane: dataplane}, model.FromObjects(objs), f)
+	l := controller.New(controller.Settings{Name: name, Nodes: nodes, Dataplane: dataplane, Kube: exe != ""}, model.FromObjects(objs), f)
 	t.Cleanup(func() {
 		if err := l.Teardown(); err != nil {
 			t.Errorf("teardown: %v", err)
@@ -48,7 +60,13 @@ func New(t testing.TB, nodes int, dataplane, manifests string) Lab {
 			t.Errorf("namespaces left behind:\n%s", out)
 		}
 	})
-	if err := l.Reconcile(context.Background()); err != nil {
+	up := l.Reconcile
+	if exe != "" {
+		up = func(ctx context.Context) error { return l.StartKube(ctx, exe) }
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := up(ctx); err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
 	return Lab{l, f}

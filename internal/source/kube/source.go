@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +69,7 @@ type Source struct {
 	banp     atomic.Pointer[cache.SharedIndexInformer]
 
 	rev    atomic.Uint64
+	maxRV  atomic.Uint64 // the highest resourceVersion any event carried
 	synced chan struct{}
 
 	mu     sync.Mutex
@@ -138,11 +140,15 @@ func stripManagedFields(obj any) (any, error) {
 
 // watch counts every event of inf as a change.
 func (s *Source) watch(inf cache.SharedIndexInformer) {
-	changed := func() { s.rev.Add(1); s.Notify() }
+	changed := func(obj any) {
+		s.observe(obj)
+		s.rev.Add(1)
+		s.Notify()
+	}
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { changed() },
-		UpdateFunc: func(any, any) { changed() },
-		DeleteFunc: func(any) { changed() },
+		AddFunc:    changed,
+		UpdateFunc: func(_, obj any) { changed(obj) },
+		DeleteFunc: changed, // a deleted object carries the deletion's resourceVersion
 	})
 	_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
 		if !errors.Is(err, context.Canceled) {
@@ -150,6 +156,32 @@ func (s *Source) watch(inf cache.SharedIndexInformer) {
 		}
 	})
 }
+
+// observe raises the highest resourceVersion seen. resourceVersions are opaque to clients in
+// general; with one etcd they are its revision, and the lab uses them only to wait for agents
+// to catch up with a write it made.
+func (s *Source) observe(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	a, err := meta.Accessor(obj)
+	if err != nil {
+		return
+	}
+	rv, err := strconv.ParseUint(a.GetResourceVersion(), 10, 64)
+	if err != nil {
+		return
+	}
+	for {
+		cur := s.maxRV.Load()
+		if rv <= cur || s.maxRV.CompareAndSwap(cur, rv) {
+			return
+		}
+	}
+}
+
+// ResourceVersion is the highest resourceVersion of any object event seen so far.
+func (s *Source) ResourceVersion() uint64 { return s.maxRV.Load() }
 
 // Run starts the informers, waits for their first lists, and keeps them (and the check for
 // the policy CRDs and the API server's health) running until ctx ends.

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rampart-sec/rampart/internal/lab/controller"
+	"github.com/rampart-sec/rampart/internal/lab/labtest"
+	"github.com/rampart-sec/rampart/internal/policy"
+	"github.com/rampart-sec/rampart/internal/randpolicy"
+)
+
+// TestLabKube runs --kube labs (a real API server, one `rampart agent` process per node) on
+// both dataplanes: policies created through the API server with client-go are enforced and
+// agree with the evaluator, random policy sequences through the API agree too, and SIGKILLing
+// every agent keeps the verdicts and an open connection while the lab restarts them.
+func TestLabKube(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real kube-apiserver and agent processes")
+	}
+	bin := rampartBinary(t)
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) { labKube(t, dp, bin) })
+	}
+}
+
+func labKube(t *testing.T, dp, bin string) {
+	l := labtest.NewKube(t, 2, dp, randpolicy.Cluster(), bin)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cfg, err := clientcmd.BuildConfigFromFlags("", controller.Kubeconfig(l.Settings().Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := kubernetes.NewForConfigOrDie(cfg)
+
+	// agree checks every probe against the evaluator of the lab's current state.
+	agree := func(what string) {
+		t.Helper()
+		_, rs := l.Snapshot()
+		want := map[string]bool{}
+		for _, cell := range policy.New(rs).Matrix(nil) {
+			want[fmt.Sprintf("%s>%s:%d/%s", cell.From, cell.To, cell.Port, cell.Protocol)] = cell.Allowed
+		}
+		probes, err := l.Probe(ctx, controller.ProbeRequest{Via: "service", Timeout: 700 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wrong []string
+		for _, p := range probes {
+			k := fmt.Sprintf("%s>%s:%d/%s", p.From, p.To, p.Port, p.Protocol)
+			if want[k] != p.Connected {
+				wrong = append(wrong, fmt.Sprintf("%s: kernel connected=%v, evaluator allowed=%v", k, p.Connected, want[k]))
+			}
+		}
+		if len(wrong) > 0 {
+			t.Fatalf("%s: %d of %d probes disagree with the evaluator:\n%s", what, len(wrong), len(probes), strings.Join(wrong[:min(10, len(wrong))], "\n"))
+		}
+	}
+	// denied reports whether x/a cannot reach y/b on 80/TCP.
+	denied := func() bool {
+		ps, err := l.Probe(ctx, controller.ProbeRequest{From: "x/a", To: "y/b", Port: 80, Protocol: "TCP", Via: "pod", Timeout: 300 * time.Millisecond})
+		if err != nil || len(ps) != 1 {
+			t.Fatalf("probe: %v %+v", err, ps)
+		}
+		return !ps[0].Connected
+	}
+	agree("no policy")
+
+	// An open connection z/a -> y/b that policy keeps allowing throughout.
+	_, rs := l.Snapshot()
+	dst := netip.AddrPortFrom(rs.PodByKey("y/b").IP(), 80)
+	conn, err := l.Fabric.DialTCP(ctx, "z", "a", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	roundTrip := labtest.Echo(t, conn)
+
+	// A policy created with client-go, as kubectl would: y/b accepts only namespace z.
+	np := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "y", Name: "b-from-z"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pod": "b"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
+				NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"ns": "z"}}}}}},
+		},
+	}
+	start := time.Now()
+	if _, err := cs.NetworkingV1().NetworkPolicies("y").Create(ctx, np, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for !denied() {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the NetworkPolicy created through the API server is not enforced after 10s")
+		}
+	}
+	t.Logf("created through the API server -> enforced in the kernel in %v", time.Since(start).Round(time.Millisecond))
+	// The lab's view follows the API server too (its evaluator must see the policy).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, _ := l.Snapshot(); c.NetworkPolicies["y/b-from-z"] != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the lab's view lacks the policy")
+		}
+	}
+	agree("a NetworkPolicy created through the API server")
+	if err := roundTrip("after-create"); err != nil {
+		t.Fatalf("the allowed connection broke: %v", err)
+	}
+
+	// SIGKILL every agent: enforcement stays, the connection survives, the lab restarts them.
+	pids := map[string]int{}
+	for node, a := range l.AgentStates(ctx) {
+		pids[node] = a.PID
+		if err := syscall.Kill(a.PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	killed := time.Now()
+	for range 3 {
+		if !denied() {
+			t.Fatal("a denied probe got through while the agents were down")
+		}
+	}
+	if err := roundTrip("agents-killed"); err != nil {
+		t.Fatalf("the open connection broke when the agents were killed: %v", err)
+	}
+	for restarted := false; !restarted; time.Sleep(20 * time.Millisecond) {
+		restarted = true
+		for node, a := range l.AgentStates(ctx) {
+			if a.PID == pids[node] || a.PID == 0 || !a.Ready {
+				restarted = false
+			}
+		}
+		if time.Since(killed) > 30*time.Second {
+			t.Fatalf("agents not back and ready 30s after SIGKILL: %+v", l.AgentStates(ctx))
+		}
+	}
+	t.Logf("agents restarted and ready %v after SIGKILL", time.Since(killed).Round(time.Millisecond))
+	for node, a := range l.AgentStates(ctx) {
+		if a.Restarts != 1 {
+			t.Errorf("node %s: %d restarts, want 1", node, a.Restarts)
+		}
+	}
+	if err := roundTrip("agents-back"); err != nil {
+		t.Fatalf("the open connection broke after the agents came back: %v", err)
+	}
+	agree("after the agents' restart")
+
+	// Deleting the policy through the API server restores reachability.
+	if err := cs.NetworkingV1().NetworkPolicies("y").Delete(ctx, "b-from-z", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); denied(); {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("still denied 10s after the policy was deleted")
+		}
+	}
+
+	// Random policy sets, applied through the API server (the lab's apply writes there and
+	// waits until every agent enforces what it wrote), agree with the evaluator.
+	for seed := int64(1); seed <= 3; seed++ {
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 3, AdminPolicies: 2, Baseline: true})
+		if err := l.Delete(ctx, controller.DeleteRequest{AllPolicies: true}); err != nil && !strings.Contains(err.Error(), "nothing to delete") {
+			t.Fatal(err)
+		}
+		if err := l.Apply(ctx, y); err != nil {
+			t.Fatalf("seed %d: %v\n%s", seed, err, y)
+		}
+		agree(fmt.Sprintf("random policy set %d", seed))
+	}
+	// Labels changed through the API server move pods in and out of policy.
+	if err := l.Label(ctx, controller.LabelRequest{Kind: "namespace", Name: "z", Set: map[string]string{"ns": "q"}}); err != nil {
+		t.Fatal(err)
+	}
+	agree("after relabelling namespace z")
+}

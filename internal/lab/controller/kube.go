@@ -1,0 +1,722 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rampart-sec/rampart/internal/agent"
+	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/ir/compile"
+	"github.com/rampart-sec/rampart/internal/lab/apiserver"
+	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/source/kube"
+)
+
+// kubeMode runs a lab the way a cluster runs: its objects live in a real API server, and each
+// node is enforced by a `rampart agent` process (the DaemonSet's) that watches it. The lab
+// daemon plays scheduler and kubelet: it places pods created through the API, reports their
+// addresses, builds their namespaces, and restarts agents that exit.
+type kubeMode struct {
+	srv  *apiserver.Server
+	cfg  *rest.Config
+	cs   kubernetes.Interface
+	dyn  dynamic.Interface
+	src  *kube.Source
+	log  *slog.Logger
+	exe  string // the rampart binary the agents run
+	pins string // bpffs mount for eBPF agents
+
+	mu       sync.Mutex
+	agents   map[string]*agentProc
+	realised uint64 // the source resourceVersion the fabric was last built from
+	stopping bool
+	wg       sync.WaitGroup
+}
+
+// agentProc is one node agent process under supervision.
+type agentProc struct {
+	node, sock, log string
+	mu              sync.Mutex
+	cmd             *exec.Cmd
+	restarts        int
+}
+
+// Kubeconfig returns the path of a lab's kubeconfig (--kube labs).
+func Kubeconfig(name string) string { return filepath.Join(Dir(name), "apiserver", "kubeconfig") }
+
+func pidFile(name string) string { return filepath.Join(Dir(name), "pids") }
+
+// StartKube brings a --kube lab up: the API server, the CRDs, the lab's namespaces, its
+// objects registered in the API server, and one agent process per node (exe is the rampart
+// binary), and returns once every agent is ready.
+func (l *Lab) StartKube(ctx context.Context, exe string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	log := l.settings.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	k := &kubeMode{log: log, exe: exe, agents: map[string]*agentProc{}}
+	l.kube = k
+	var err error
+	if k.srv, err = apiserver.Start(ctx, filepath.Join(Dir(l.settings.Name), "apiserver"), apiserver.Options{}); err != nil {
+		return err
+	}
+	k.recordPID(l.settings.Name, k.srv.PID())
+	if k.cfg, err = clientcmd.BuildConfigFromFlags("", k.srv.Kubeconfig); err != nil {
+		return err
+	}
+	// The lab writes its objects in bursts to a server of its own: no client-side throttling.
+	k.cfg.QPS, k.cfg.Burst = 1000, 1000
+	k.cfg.WarningHandler = rest.NoWarnings{}
+	k.cs = kubernetes.NewForConfigOrDie(k.cfg)
+	k.dyn = dynamic.NewForConfigOrDie(k.cfg)
+	if err := apiserver.InstallCRDs(ctx, k.cfg); err != nil {
+		return err
+	}
+	c := l.cluster.Clone()
+	if err := l.realiseFabric(ctx, c); err != nil {
+		return err
+	}
+	if err := k.register(ctx, c); err != nil {
+		return fmt.Errorf("register the lab's objects: %w", err)
+	}
+	if l.settings.Dataplane == string(dataplane.KindEBPF) {
+		k.pins = filepath.Join(Dir(l.settings.Name), "bpf")
+		if err := os.MkdirAll(k.pins, 0o700); err != nil {
+			return err
+		}
+		if err := unix.Mount("bpf", k.pins, "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount a bpffs for the agents' pins: %w", err)
+		}
+	}
+	if k.src, err = kube.NewFromConfig(k.cfg, kube.Options{Logger: log, CRDPoll: time.Second, HealthPoll: time.Second}); err != nil {
+		return err
+	}
+	changes := k.src.Subscribe(l.agentCtx)
+	go func() { _ = k.src.Run(l.agentCtx) }()
+	select {
+	case <-k.src.Synced():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	go l.follow(changes)
+	for _, n := range model.SortedKeys(c.Nodes) {
+		k.startAgent(l, n)
+	}
+	return k.waitReady(ctx)
+}
+
+// follow keeps the lab's view, its pods' placement and its namespaces in step with the API
+// server: pods created through the API get a node and an address, as a scheduler and kubelet
+// would give them.
+func (l *Lab) follow(changes <-chan struct{}) {
+	k := l.kube
+	for {
+		select {
+		case <-l.agentCtx.Done():
+			return
+		case <-changes:
+		}
+		rv := k.src.ResourceVersion()
+		api, _ := k.src.Snapshot()
+		c := api.Clone()
+		l.mu.Lock()
+		err := Place(c, l.settings.Nodes)
+		if err == nil {
+			err = k.writeBack(l.agentCtx, api, c)
+		}
+		if err == nil {
+			err = l.realiseFabric(l.agentCtx, c)
+		}
+		if err == nil {
+			k.mu.Lock()
+			k.realised = max(k.realised, rv)
+			k.mu.Unlock()
+		}
+		l.mu.Unlock()
+		if err != nil {
+			k.log.Error("follow the API server", "err", err)
+		}
+	}
+}
+
+// writeBack records the placement of pods the API server holds without one: a binding to the
+// node, then the address in the status.
+func (k *kubeMode) writeBack(ctx context.Context, api, placed *model.Cluster) error {
+	var errs []error
+	for key, p := range api.Pods {
+		q := placed.Pods[key]
+		if p.Spec.NodeName == "" {
+			b := &corev1.Binding{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name}, Target: corev1.ObjectReference{Kind: "Node", Name: q.Spec.NodeName}}
+			if err := k.cs.CoreV1().Pods(p.Namespace).Bind(ctx, b, metav1.CreateOptions{}); err != nil && !apierrors.IsConflict(err) {
+				errs = append(errs, fmt.Errorf("bind pod %s: %w", key, err))
+				continue
+			}
+		}
+		if p.Status.PodIP != q.Status.PodIP {
+			cur, err := k.cs.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			cur.Status = q.Status
+			if _, err := k.cs.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{}); err != nil {
+				errs = append(errs, fmt.Errorf("pod %s status: %w", key, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// realiseFabric builds the namespaces of c (placed) and the connect-time balancer, and makes c
+// the lab's view. In --kube labs enforcement is the agents' business.
+func (l *Lab) realiseFabric(ctx context.Context, c *model.Cluster) error {
+	if err := Place(c, l.settings.Nodes); err != nil {
+		return err
+	}
+	rs, err := compile.Compile(c)
+	if err != nil {
+		return err
+	}
+	topo := topologyOf(c, rs)
+	topo.DataplaneRoutesServices = l.settings.Dataplane == string(dataplane.KindEBPF)
+	if err := l.fabric.Ensure(ctx, topo); err != nil {
+		return fmt.Errorf("lab network: %w", err)
+	}
+	if err := l.syncSockLB(rs); err != nil {
+		return err
+	}
+	l.cluster, l.rs = c, rs
+	return SaveState(l.settings, c)
+}
+
+// kinds maps the model's kinds to their API resources (and whether they are namespaced).
+var kinds = map[string]struct {
+	gvr        schema.GroupVersionResource
+	namespaced bool
+}{
+	model.KindNamespace:     {schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, false},
+	model.KindNode:          {schema.GroupVersionResource{Version: "v1", Resource: "nodes"}, false},
+	model.KindPod:           {schema.GroupVersionResource{Version: "v1", Resource: "pods"}, true},
+	model.KindService:       {schema.GroupVersionResource{Version: "v1", Resource: "services"}, true},
+	model.KindEndpointSlice: {schema.GroupVersionResource{Group: "discovery.k8s.io", Version: "v1", Resource: "endpointslices"}, true},
+	model.KindNetworkPolicy: {schema.GroupVersionResource{Group: "networking.k8s.io", Version: "v1", Resource: "networkpolicies"}, true},
+	model.KindANP:           {schema.GroupVersionResource{Group: "policy.networking.k8s.io", Version: "v1alpha1", Resource: "adminnetworkpolicies"}, false},
+	model.KindBANP:          {schema.GroupVersionResource{Group: "policy.networking.k8s.io", Version: "v1alpha1", Resource: "baselineadminnetworkpolicies"}, false},
+}
+
+// apiVersions of the kinds, for objects whose TypeMeta is empty.
+var apiVersions = map[string]string{
+	model.KindNamespace: "v1", model.KindNode: "v1", model.KindPod: "v1", model.KindService: "v1",
+	model.KindEndpointSlice: "discovery.k8s.io/v1", model.KindNetworkPolicy: "networking.k8s.io/v1",
+	model.KindANP: "policy.networking.k8s.io/v1alpha1", model.KindBANP: "policy.networking.k8s.io/v1alpha1",
+}
+
+func (k *kubeMode) resource(kind, namespace string) dynamic.ResourceInterface {
+	r := kinds[kind]
+	if r.namespaced {
+		return k.dyn.Resource(r.gvr).Namespace(namespace)
+	}
+	return k.dyn.Resource(r.gvr)
+}
+
+// labImage stands for the image of lab containers that name none: the lab's servers are not
+// containers, but the API server requires an image.
+const labImage = "localhost/rampart-lab-server:latest"
+
+func toUnstructured(kind string, obj any) (*unstructured.Unstructured, error) {
+	if p, ok := obj.(*corev1.Pod); ok {
+		p = p.DeepCopy()
+		for i := range p.Spec.Containers {
+			if p.Spec.Containers[i].Image == "" {
+				p.Spec.Containers[i].Image = labImage
+			}
+		}
+		obj = p
+	}
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return nil, err
+	}
+	u := &unstructured.Unstructured{Object: m}
+	u.SetAPIVersion(apiVersions[kind])
+	u.SetKind(kind)
+	u.SetResourceVersion("")
+	u.SetUID("")
+	u.SetCreationTimestamp(metav1.Time{})
+	return u, nil
+}
+
+// register creates the lab's objects, namespaces and nodes first, with the status the lab gave
+// nodes and pods.
+func (k *kubeMode) register(ctx context.Context, c *model.Cluster) error {
+	var objs []model.Object
+	add := func(kind string, keys []string, get func(string) any) {
+		for _, key := range keys {
+			objs = append(objs, model.Object{Kind: kind, Obj: get(key)})
+		}
+	}
+	add(model.KindNamespace, model.SortedKeys(c.Namespaces), func(k string) any { return c.Namespaces[k] })
+	add(model.KindNode, model.SortedKeys(c.Nodes), func(k string) any { return c.Nodes[k] })
+	add(model.KindPod, model.SortedKeys(c.Pods), func(k string) any { return c.Pods[k] })
+	add(model.KindService, model.SortedKeys(c.Services), func(k string) any { return c.Services[k] })
+	add(model.KindEndpointSlice, model.SortedKeys(c.EndpointSlices), func(k string) any { return c.EndpointSlices[k] })
+	add(model.KindNetworkPolicy, model.SortedKeys(c.NetworkPolicies), func(k string) any { return c.NetworkPolicies[k] })
+	add(model.KindANP, model.SortedKeys(c.ANPs), func(k string) any { return c.ANPs[k] })
+	add(model.KindBANP, model.SortedKeys(c.BANPs), func(k string) any { return c.BANPs[k] })
+	_, err := k.write(ctx, objs)
+	return err
+}
+
+// write creates or updates objects through the API server and returns the highest
+// resourceVersion the writes produced. A pod that exists keeps its spec (immutable in the
+// API): its labels and annotations are updated.
+func (k *kubeMode) write(ctx context.Context, objs []model.Object) (uint64, error) {
+	var maxRV uint64
+	note := func(u *unstructured.Unstructured) {
+		if rv, err := strconv.ParseUint(u.GetResourceVersion(), 10, 64); err == nil {
+			maxRV = max(maxRV, rv)
+		}
+	}
+	var errs []error
+	for _, o := range objs {
+		u, err := toUnstructured(o.Kind, o.Obj)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		status, hasStatus := u.Object["status"]
+		r := k.resource(o.Kind, u.GetNamespace())
+		cur, err := r.Get(ctx, u.GetName(), metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			cur, err = r.Create(ctx, u, metav1.CreateOptions{FieldManager: "rampart-lab"})
+		case err == nil && o.Kind == model.KindPod:
+			cur.SetLabels(u.GetLabels())
+			cur.SetAnnotations(u.GetAnnotations())
+			cur, err = r.Update(ctx, cur, metav1.UpdateOptions{FieldManager: "rampart-lab"})
+			hasStatus = false
+		case err == nil:
+			u.SetResourceVersion(cur.GetResourceVersion())
+			cur, err = r.Update(ctx, u, metav1.UpdateOptions{FieldManager: "rampart-lab"})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s %s: %w", o.Kind, o.Ref(), err))
+			continue
+		}
+		note(cur)
+		// Status is the kubelet's (pods) and the node's (nodes) to report: write it as they would.
+		if hasStatus && (o.Kind == model.KindPod || o.Kind == model.KindNode) && status != nil {
+			cur.Object["status"] = status
+			cur, err = r.UpdateStatus(ctx, cur, metav1.UpdateOptions{FieldManager: "rampart-lab"})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s %s status: %w", o.Kind, o.Ref(), err))
+				continue
+			}
+			note(cur)
+		}
+	}
+	return maxRV, errors.Join(errs...)
+}
+
+// deleteObjects deletes through the API server. Without a namespace controller, a namespace's
+// contents are deleted first and the namespace is finalized here.
+func (k *kubeMode) deleteObjects(ctx context.Context, c *model.Cluster, targets [][2]string) error {
+	var errs []error
+	for _, t := range targets {
+		kind, ok := model.IsKind(t[0])
+		if !ok {
+			errs = append(errs, fmt.Errorf("unsupported kind %q", t[0]))
+			continue
+		}
+		ns, name := "", t[1]
+		if kinds[kind].namespaced {
+			var err error
+			if ns, name, err = splitKey(t[1]); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		if kind == model.KindNamespace {
+			for _, inner := range []string{model.KindPod, model.KindService, model.KindEndpointSlice, model.KindNetworkPolicy} {
+				if err := k.resource(inner, name).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		err := k.resource(kind, ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		if apierrors.IsNotFound(err) {
+			err = fmt.Errorf("%s %s: %w", kind, t[1], model.ErrNotFound)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if kind == model.KindNamespace {
+			if nso, err := k.cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{}); err == nil {
+				nso.Spec.Finalizers = nil
+				_, err = k.cs.CoreV1().Namespaces().Finalize(ctx, nso, metav1.UpdateOptions{})
+				if err != nil && !apierrors.IsNotFound(err) {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// label patches labels (nil removes).
+func (k *kubeMode) label(ctx context.Context, kind, ref string, set map[string]string, remove []string) (uint64, error) {
+	labels := map[string]any{}
+	for key, v := range set {
+		labels[key] = v
+	}
+	for _, key := range remove {
+		labels[key] = nil
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
+	ns, name := "", ref
+	if kinds[kind].namespaced {
+		var err error
+		if ns, name, err = splitKey(ref); err != nil {
+			return 0, err
+		}
+	}
+	u, err := k.resource(kind, ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "rampart-lab"})
+	if err != nil {
+		return 0, fmt.Errorf("label %s %s: %w", kind, ref, err)
+	}
+	rv, _ := strconv.ParseUint(u.GetResourceVersion(), 10, 64)
+	return rv, nil
+}
+
+// enforced waits until the change the API server acknowledged at rv, and whatever cond waits
+// for in the lab's view, is built into the lab and in force on every node.
+func (l *Lab) enforced(ctx context.Context, rv uint64, cond func(c *model.Cluster) bool) error {
+	k := l.kube
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		want := max(rv, k.src.ResourceVersion())
+		api, _ := k.src.Snapshot()
+		k.mu.Lock()
+		realised := k.realised
+		k.mu.Unlock()
+		if k.src.ResourceVersion() >= rv && (cond == nil || cond(api)) && realised >= want && k.agentsAt(ctx, want) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the change is not in force on every node after 30s (agents: %s)", k.agentSummary(ctx))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// agentsAt reports whether every agent enforces the state at resourceVersion rv or later.
+func (k *kubeMode) agentsAt(ctx context.Context, rv uint64) bool {
+	k.mu.Lock()
+	procs := make([]*agentProc, 0, len(k.agents))
+	for _, p := range k.agents {
+		procs = append(procs, p)
+	}
+	k.mu.Unlock()
+	for _, p := range procs {
+		st, err := p.status(ctx)
+		if err != nil || st.ResourceVersion < rv || st.LastError != "" {
+			return false
+		}
+	}
+	return true
+}
+
+func (k *kubeMode) agentSummary(ctx context.Context) string {
+	var parts []string
+	for _, n := range k.nodes() {
+		st, err := k.agents[n].status(ctx)
+		if err != nil {
+			parts = append(parts, n+": "+err.Error())
+		} else {
+			parts = append(parts, fmt.Sprintf("%s: resourceVersion %d %s", n, st.ResourceVersion, st.LastError))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (k *kubeMode) nodes() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return model.SortedKeys(k.agents)
+}
+
+// status asks an agent for its Status over its health socket.
+func (p *agentProc) status(ctx context.Context) (agent.Status, error) {
+	var st agent.Status
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", p.sock)
+	}}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/status", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// startAgent runs and supervises the agent of a node: like kubelet for a DaemonSet pod, it
+// restarts the agent when it exits, after a short pause.
+func (k *kubeMode) startAgent(l *Lab, node string) {
+	dir := Dir(l.settings.Name)
+	p := &agentProc{node: node, sock: filepath.Join(dir, "agent-"+node+".sock"), log: filepath.Join(dir, "agent-"+node+".log")}
+	k.mu.Lock()
+	k.agents[node] = p
+	k.mu.Unlock()
+	args := []string{"agent", "--kubeconfig", k.srv.Kubeconfig, "--node-name", node, "--dataplane", l.settings.Dataplane,
+		"--netns", l.fabric.NodeNetns(node), "--health-addr", "unix:" + p.sock, "--metrics-addr", "unix:" + p.sock,
+		"--log-format", "json", "--disconnect-grace", "10s"}
+	if k.pins != "" {
+		args = append(args, "--pin-dir", k.pins, "--uplink", "eth0")
+	}
+	k.wg.Add(1)
+	go func() {
+		defer k.wg.Done()
+		for {
+			logf, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			if err != nil {
+				k.log.Error("agent log", "node", node, "err", err)
+				return
+			}
+			cmd := exec.Command(k.exe, args...)
+			cmd.Stdout, cmd.Stderr = logf, logf
+			err = cmd.Start()
+			if err == nil {
+				p.mu.Lock()
+				p.cmd = cmd
+				p.mu.Unlock()
+				k.recordPID(l.settings.Name, cmd.Process.Pid)
+				err = cmd.Wait()
+			}
+			logf.Close()
+			k.mu.Lock()
+			stopping := k.stopping
+			k.mu.Unlock()
+			if stopping {
+				return
+			}
+			p.mu.Lock()
+			p.restarts++
+			p.mu.Unlock()
+			k.log.Warn("node agent exited; restarting", "node", node, "err", err)
+			select {
+			case <-l.agentCtx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+}
+
+// waitReady waits for every agent's /readyz.
+func (k *kubeMode) waitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for _, n := range k.nodes() {
+		for {
+			st, err := k.agents[n].status(ctx)
+			if err == nil && st.Ready {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				b, _ := os.ReadFile(k.agents[n].log)
+				return fmt.Errorf("agent of node %s not ready in 2 minutes: %v\n%s", n, err, tail(string(b)))
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+func tail(s string) string {
+	if len(s) > 3000 {
+		return s[len(s)-3000:]
+	}
+	return s
+}
+
+// recordPID notes a process the lab started, so that `lab down` can end it after a crash.
+func (k *kubeMode) recordPID(lab string, pid int) {
+	f, err := os.OpenFile(pidFile(lab), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	fmt.Fprintln(f, pid)
+	f.Close()
+}
+
+// stop ends the agents (enforcement stays until the namespaces go), the API server and the
+// pins' mount.
+func (k *kubeMode) stop() error {
+	k.mu.Lock()
+	k.stopping = true
+	procs := make([]*agentProc, 0, len(k.agents))
+	for _, p := range k.agents {
+		procs = append(procs, p)
+	}
+	k.mu.Unlock()
+	for _, p := range procs {
+		p.mu.Lock()
+		if p.cmd != nil && p.cmd.Process != nil {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+		p.mu.Unlock()
+	}
+	k.wg.Wait()
+	if k.srv != nil {
+		k.srv.Stop()
+	}
+	if k.pins != "" {
+		return unmount(k.pins)
+	}
+	return nil
+}
+
+func unmount(dir string) error {
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", dir, err)
+	}
+	return nil
+}
+
+// CleanupProcesses ends the processes a crashed --kube lab daemon left (the API server and
+// agents), by the PIDs it recorded, checking that each still runs for this lab, and unmounts
+// the agents' bpffs.
+func CleanupProcesses(name string) error {
+	dir := Dir(name)
+	b, err := os.ReadFile(pidFile(name))
+	if err == nil {
+		for _, f := range strings.Fields(string(b)) {
+			pid, err := strconv.Atoi(f)
+			if err != nil || pid <= 1 {
+				continue
+			}
+			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if err != nil || !strings.Contains(string(cmdline), dir+"/") {
+				continue // gone, or a reused PID that is not ours
+			}
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	return unmount(filepath.Join(dir, "bpf"))
+}
+
+// AgentStates returns each node's agent state, for `lab get nodes`.
+func (l *Lab) AgentStates(ctx context.Context) map[string]AgentView {
+	out := map[string]AgentView{}
+	if l.kube != nil {
+		k := l.kube
+		for _, n := range k.nodes() {
+			p := k.agents[n]
+			p.mu.Lock()
+			v := AgentView{Restarts: p.restarts}
+			if p.cmd != nil && p.cmd.Process != nil {
+				v.PID = p.cmd.Process.Pid
+			}
+			p.mu.Unlock()
+			if st, err := p.status(ctx); err == nil {
+				v.fill(st)
+			} else {
+				v.Reason = "not answering: " + err.Error()
+			}
+			out[n] = v
+		}
+		return out
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for n, na := range l.agents {
+		var v AgentView
+		v.fill(na.Status())
+		v.PID = os.Getpid()
+		out[n] = v
+	}
+	return out
+}
+
+// AgentView is a node agent's state as `lab get nodes` shows it.
+type AgentView struct {
+	Ready     bool      `json:"ready"`
+	Reason    string    `json:"reason,omitempty"`
+	LastSync  time.Time `json:"lastSync,omitzero"`
+	Restarts  int       `json:"restarts"`
+	PID       int       `json:"pid,omitempty"`
+	LastError string    `json:"lastError,omitempty"`
+}
+
+func (v *AgentView) fill(st agent.Status) {
+	v.Ready, v.Reason, v.LastSync, v.LastError = st.Ready, st.Reason, st.LastSync, st.LastError
+}
+
+// kubeApply writes objects through the API server and waits until they are in force.
+func (l *Lab) kubeApply(ctx context.Context, objs []model.Object) error {
+	rv, err := l.kube.write(ctx, objs)
+	if err != nil {
+		return err
+	}
+	return l.enforced(ctx, rv, func(c *model.Cluster) bool {
+		for _, o := range objs {
+			if o.Kind == model.KindPod {
+				if p, ok := c.Pods[o.Ref()]; !ok || p.Status.PodIP == "" {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// kubeDelete deletes through the API server and waits until the objects are gone everywhere.
+func (l *Lab) kubeDelete(ctx context.Context, targets [][2]string) error {
+	c, _ := l.Snapshot()
+	if err := l.kube.deleteObjects(ctx, c, targets); err != nil {
+		return err
+	}
+	return l.enforced(ctx, 0, func(c *model.Cluster) bool {
+		probe := c.Clone()
+		for _, t := range targets {
+			if probe.Delete(t[0], t[1]) == nil {
+				return false // still there
+			}
+		}
+		return true
+	})
+}
