@@ -6,7 +6,10 @@ BIN := bin/rampart
 # libbpf-dev: make generate, which compiles the BPF programs; the build itself needs none of them).
 APT_PACKAGES := iproute2 iptables ipset util-linux clang llvm libbpf-dev linux-libc-dev python3
 
-.PHONY: all build deps demo test vet fmt-check generate check-generate fuzz bench clean
+# staticcheck, pinned: `make test` fails on its findings.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all build deps demo test vet fmt-check staticcheck generate check-generate fuzz bench image clean
 
 all: build
 
@@ -23,6 +26,9 @@ demo: deps build
 vet:
 	$(GO) vet ./...
 
+staticcheck:
+	$(GO) run $(STATICCHECK) ./...
+
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -37,7 +43,7 @@ check-generate: generate
 
 # Unit, property and (as root) privileged tests, with the root network namespace snapshotted
 # before and compared after: the run fails if anything in it changed.
-test: deps build vet fmt-check check-generate
+test: deps build vet fmt-check staticcheck check-generate
 	@scripts/test.sh "$(GO)"
 
 # Benchmarks (root: they build network namespaces). Results land in bench/results/.

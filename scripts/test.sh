@@ -17,7 +17,14 @@ status=0
 # Compile the integration tests' API server (kube-apiserver + etcd, its own module) before the
 # suite: compiling it while the lab tests run would starve their probes. Later builds hit the cache.
 (cd "$here/test/apiserver" && "$GO" build -o /dev/null .) || status=$?
-"$GO" test -count=1 -timeout 18m ./... || status=$?
+# The race detector on the packages of concurrent code where it stays within the budget (the
+# agent, its runner and sources, the lab controller, and the lab with its in-process node
+# agents); everything else without it.
+race=(./internal/agent/... ./internal/source/... ./internal/lab/...)
+"$GO" test -race -count=1 -timeout 10m "${race[@]}" || status=$?
+mapfile -t racelist < <("$GO" list "${race[@]}")
+mapfile -t rest < <("$GO" list ./... | grep -vxF -f <(printf '%s\n' "${racelist[@]}"))
+"$GO" test -count=1 -timeout 18m "${rest[@]}" || status=$?
 if [ -n "$snap" ]; then
   if ! "$hostcheck" diff "$snap"; then
     echo "FAIL: the tests changed the host's root network namespace" >&2

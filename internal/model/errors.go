@@ -50,10 +50,3 @@ func (es Errors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-// orNil returns es as an error, or nil when empty (avoiding a typed nil in an error interface).
-func (es Errors) orNil() error {
-	if len(es) == 0 {
-		return nil
-	}
-	return es
-}

@@ -30,16 +30,40 @@ func (d *Dataplane) syncHost(o *Objects) error {
 		return err
 	}
 	if o.svcRange.IsValid() {
-		enc := &netlink.BpfEncap{}
-		if err := enc.SetProg(nl.LWT_BPF_XMIT, o.objs.SvcXmit.FD(), "rampart_svc_xmit"); err != nil {
-			return err
-		}
+		enc := &xmitEncap{fd: o.objs.SvcXmit.FD(), name: "rampart_svc_xmit"}
 		r := &netlink.Route{LinkIndex: up.Attrs().Index, Dst: prefixNet(o.svcRange), Scope: netlink.SCOPE_LINK, Encap: enc}
 		if err := netlink.RouteReplace(r); err != nil {
 			return fmt.Errorf("route %s through the Service program: %w", o.svcRange, err)
 		}
 	}
 	return d.dropServiceRoutes(up, o.svcRange)
+}
+
+// xmitEncap is an LWT encapsulation running one BPF program at xmit. netlink's own BpfEncap
+// writes a package variable that every netlink decoder reads, a data race when two nodes'
+// dataplanes (the lab's in-process agents) sync at once; this one encodes the same attributes
+// without it.
+type xmitEncap struct {
+	fd   int
+	name string
+}
+
+func (e *xmitEncap) Type() int { return nl.LWTUNNEL_ENCAP_BPF }
+
+func (e *xmitEncap) Encode() ([]byte, error) {
+	a := nl.NewRtAttr(nl.LWT_BPF_XMIT, nil)
+	a.AddRtAttr(nl.LWT_BPF_PROG_FD, nl.Uint32Attr(uint32(e.fd)))
+	a.AddRtAttr(nl.LWT_BPF_PROG_NAME, nl.ZeroTerminated(e.name))
+	return a.Serialize(), nil
+}
+
+func (e *xmitEncap) Decode([]byte) error { return errors.New("xmitEncap: encode only") }
+
+func (e *xmitEncap) String() string { return "bpf xmit " + e.name }
+
+func (e *xmitEncap) Equal(o netlink.Encap) bool {
+	x, ok := o.(*xmitEncap)
+	return ok && *x == *e
 }
 
 func (d *Dataplane) attachUplink(ifindex int, o *Objects) error {

@@ -178,7 +178,3 @@ func (t *Tables) identities(rs *ir.Ruleset) ([]class, error) {
 	return classes, nil
 }
 
-func (c class) in(set ir.SetID) bool {
-	_, ok := slices.BinarySearch(c.sets, set)
-	return ok
-}

@@ -115,16 +115,3 @@ func decodeSCTP(b []byte) (sctpPacket, error) {
 	return p, nil
 }
 
-// stripIPv4 returns the payload of an IPv4 packet as a raw socket delivers it (with header).
-func stripIPv4(b []byte) ([]byte, [4]byte, bool) {
-	var src [4]byte
-	if len(b) < 20 || b[0]>>4 != 4 {
-		return nil, src, false
-	}
-	ihl := int(b[0]&0x0f) * 4
-	if len(b) < ihl {
-		return nil, src, false
-	}
-	copy(src[:], b[12:16])
-	return b[ihl:], src, true
-}
