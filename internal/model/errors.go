@@ -49,4 +49,3 @@ func (es Errors) Error() string {
 	}
 	return strings.Join(lines, "\n")
 }
-

@@ -177,4 +177,3 @@ func (t *Tables) identities(rs *ir.Ruleset) ([]class, error) {
 	}
 	return classes, nil
 }
-

@@ -114,4 +114,3 @@ func decodeSCTP(b []byte) (sctpPacket, error) {
 	}
 	return p, nil
 }
-
