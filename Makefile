@@ -52,6 +52,10 @@ bench: deps build
 	python3 scripts/plot-dataplane.py bench/results/dataplane.json docs/dataplane-ratios.svg
 	$(GO) test ./bench/ -run XXX -bench . -benchtime 20x
 
+# The agent's OCI image as a tarball (no Docker, no registry): bin/rampart-image.tar.
+image: deps
+	@scripts/image.sh "$(GO)"
+
 fuzz:
 	$(GO) test ./internal/model -run XXX -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./internal/model -run XXX -fuzz FuzzParseCIDR -fuzztime 15s

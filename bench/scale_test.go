@@ -35,7 +35,10 @@ const (
 // scaleCluster builds the cluster in memory: every namespace runs 20 apps; each policy selects
 // one app and allows it from two other apps in its namespace, from a monitoring namespace, and
 // from an ipBlock, on a named and a numbered port.
-func scaleCluster() *model.Cluster {
+func scaleCluster() *model.Cluster { return sizedCluster(scalePods, scalePolicies, localPods) }
+
+// sizedCluster is scaleCluster with other numbers of pods, policies and local pods.
+func sizedCluster(pods, policies, local int) *model.Cluster {
 	c := model.NewCluster()
 	for n := 0; n < scaleNamespaces; n++ {
 		ns := &corev1.Namespace{}
@@ -43,13 +46,13 @@ func scaleCluster() *model.Cluster {
 		ns.Labels = map[string]string{model.NamespaceNameLabel: ns.Name, "team": fmt.Sprintf("t%d", n%10)}
 		c.Namespaces[ns.Name] = ns
 	}
-	for i := 0; i < scalePods; i++ {
+	for i := 0; i < pods; i++ {
 		p := &corev1.Pod{}
 		p.Namespace = fmt.Sprintf("ns-%d", i%scaleNamespaces)
 		p.Name = fmt.Sprintf("pod-%d", i)
 		p.Labels = map[string]string{"app": fmt.Sprintf("app-%d", (i/scaleNamespaces)%20)}
 		p.Spec.NodeName = "node-0"
-		if i >= localPods {
+		if i >= local {
 			p.Spec.NodeName = fmt.Sprintf("node-%d", 1+i%40)
 		}
 		p.Spec.Containers = []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP}}}}
@@ -57,7 +60,7 @@ func scaleCluster() *model.Cluster {
 		p.Status.PodIP, p.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
 		c.Pods[p.Namespace+"/"+p.Name] = p
 	}
-	for i := 0; i < scalePolicies; i++ {
+	for i := 0; i < policies; i++ {
 		c.NetworkPolicies[fmt.Sprintf("ns-%d/np-%d", i%scaleNamespaces, i)] = scalePolicy(i, 9090)
 	}
 	return c
