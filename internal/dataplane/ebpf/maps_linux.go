@@ -154,21 +154,47 @@ func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, iface func(ir.PodID) Interface
 		}
 		errs = append(errs, o.objs.Endpoints.Put(ipv4Key(rs.Pods[id].IP()), v))
 	}
-	for _, c := range t.IPCache {
-		k := policyIpcacheKey{Prefixlen: uint32(c.Prefix.Bits()), Addr: ipv4Key(c.Prefix.Addr())}
-		errs = append(errs, o.objs.Ipcache.Put(k, uint32(c.Identity)))
+	ipKeys := make([]policyIpcacheKey, len(t.IPCache))
+	ipVals := make([]uint32, len(t.IPCache))
+	for i, c := range t.IPCache {
+		ipKeys[i] = policyIpcacheKey{Prefixlen: uint32(c.Prefix.Bits()), Addr: ipv4Key(c.Prefix.Addr())}
+		ipVals[i] = uint32(c.Identity)
 	}
-	for _, p := range t.Policy {
-		k := policyPolicyKey{Prefixlen: 80 + uint32(p.PortBits), Endpoint: p.Endpoint, Identity: uint32(p.Identity),
+	errs = append(errs, putAll(o.objs.Ipcache, ipKeys, ipVals))
+	polKeys := make([]policyPolicyKey, len(t.Policy))
+	polVals := make([]policyPolicyValue, len(t.Policy))
+	for i, p := range t.Policy {
+		polKeys[i] = policyPolicyKey{Prefixlen: 80 + uint32(p.PortBits), Endpoint: p.Endpoint, Identity: uint32(p.Identity),
 			Protocol: uint8(p.Protocol), Direction: uint8(p.Direction), Port: portKey16(p.Port)}
-		v := policyPolicyValue{}
 		if p.Allow {
-			v.Allow = 1
+			polVals[i].Allow = 1
 		}
-		errs = append(errs, o.objs.Policy.Put(k, v))
 	}
+	errs = append(errs, putAll(o.objs.Policy, polKeys, polVals))
 	errs = append(errs, o.fillServices(rs))
 	return errors.Join(errs...)
+}
+
+// putAll writes every entry into a map just created: in batches of one syscall each where the
+// kernel has batch operations for the map type, one by one otherwise (a 10,000-pod cluster's
+// policy table has some 450,000 entries).
+func putAll[K, V any](m *ebpf.Map, keys []K, vals []V) error {
+	const batch = 4096
+	for i := 0; i < len(keys); i += batch {
+		j := min(i+batch, len(keys))
+		if _, err := m.BatchUpdate(keys[i:j], vals[i:j], nil); err != nil {
+			if !errors.Is(err, ebpf.ErrNotSupported) {
+				return fmt.Errorf("batch update %s: %w", m, err)
+			}
+			for k := i; k < len(keys); k++ {
+				if err := m.Put(keys[k], vals[k]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	return nil
 }
 
 // fillServices writes every ClusterIP frontend and its backends, and the range holding the

@@ -15,6 +15,9 @@ type podRules struct {
 	isolated bool               // some NetworkPolicy selects the endpoint in this direction
 	anyPeer  []int              // rules that match every peer
 	bySet    map[ir.SetID][]int // peer set -> rules naming it
+	// localNamed memoizes, for ingress, what a named port set resolves to on this endpoint: it
+	// does not depend on the remote class, and a set lists every pod of the cluster.
+	localNamed map[ir.SetID][]portKey
 }
 
 type flatRule struct {
@@ -23,7 +26,7 @@ type flatRule struct {
 }
 
 func rulesFor(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction) *podRules {
-	pr := &podRules{bySet: map[ir.SetID][]int{}}
+	pr := &podRules{bySet: map[ir.SetID][]int{}, localNamed: map[ir.SetID][]portKey{}}
 	refs := rs.PoliciesFor(pod.ID, dir)
 	for _, kind := range []ir.TierKind{ir.TierAdmin, ir.TierNetworkPolicy, ir.TierBaseline} {
 		for _, ref := range refs {
@@ -80,7 +83,7 @@ func (t *Tables) verdicts(rs *ir.Ruleset, pod *ir.Pod, ep uint32, dir ir.Directi
 				}
 			}
 			for _, n := range r.Ports.Named {
-				for _, pk := range namedPorts(rs, pod, dir, c, n) {
+				for _, pk := range pr.namedPorts(rs, pod, dir, c, n) {
 					if pk.proto == proto {
 						bounds = append(bounds, int(pk.port), int(pk.port)+1)
 					}
@@ -110,16 +113,20 @@ func (t *Tables) verdicts(rs *ir.Ruleset, pod *ir.Pod, ep uint32, dir ir.Directi
 
 // namedPorts resolves a named port on the destination: the local pod for ingress, the remote
 // class for egress.
-func namedPorts(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, c class, n ir.NamedPort) []portKey {
+func (pr *podRules) namedPorts(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, c class, n ir.NamedPort) []portKey {
 	if dir == ir.Egress {
 		return c.named[n.Set]
 	}
-	var out []portKey
+	if out, ok := pr.localNamed[n.Set]; ok {
+		return out
+	}
+	out := []portKey{}
 	for _, e := range rs.PortSets[n.Set].Entries {
 		if slices.Contains(pod.IPs, e.IP) {
 			out = append(out, portKey{e.Protocol, e.Port})
 		}
 	}
+	pr.localNamed[n.Set] = out
 	return out
 }
 
@@ -138,7 +145,7 @@ func (pr *podRules) decide(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, cand [
 			}
 		}
 		for _, n := range r.Ports.Named {
-			if slices.Contains(namedPorts(rs, pod, dir, c, n), portKey{proto, port}) {
+			if slices.Contains(pr.namedPorts(rs, pod, dir, c, n), portKey{proto, port}) {
 				return true
 			}
 		}
