@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"math/rand"
 	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,7 +19,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rampart-sec/rampart/internal/lab/controller"
+	"github.com/rampart-sec/rampart/internal/lab/fabric"
 	"github.com/rampart-sec/rampart/internal/lab/labtest"
+	"github.com/rampart-sec/rampart/internal/netnstest"
 	"github.com/rampart-sec/rampart/internal/policy"
 	"github.com/rampart-sec/rampart/internal/randpolicy"
 )
@@ -160,6 +165,49 @@ func labKube(t *testing.T, dp, bin string) {
 	}
 	agree("after the agents' restart")
 
+	// The API server goes away: enforcement stays as it is. Once it is back, a change made
+	// right away is enforced (the agents' watches resume or relist).
+	l.StopAPIServer()
+	for range 2 {
+		if !denied() {
+			t.Fatal("a denied probe got through while the API server was down")
+		}
+	}
+	if err := roundTrip("apiserver-down"); err != nil {
+		t.Fatalf("the open connection broke while the API server was down: %v", err)
+	}
+	if err := l.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cs = kubernetes.NewForConfigOrDie(cfg)
+	other := np.DeepCopy()
+	other.Name, other.ResourceVersion = "c-from-z", ""
+	other.Spec.PodSelector.MatchLabels = map[string]string{"pod": "c"}
+	var createErr error
+	for start := time.Now(); time.Since(start) < time.Minute; time.Sleep(100 * time.Millisecond) {
+		if _, createErr = cs.NetworkingV1().NetworkPolicies("y").Create(ctx, other, metav1.CreateOptions{}); createErr == nil {
+			break
+		}
+	}
+	if createErr != nil {
+		t.Fatal(createErr)
+	}
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		ps, err := l.Probe(ctx, controller.ProbeRequest{From: "x/a", To: "y/c", Port: 80, Protocol: "TCP", Via: "pod", Timeout: 300 * time.Millisecond})
+		if err != nil || len(ps) != 1 {
+			t.Fatalf("probe: %v %+v", err, ps)
+		}
+		if !ps[0].Connected {
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatal("a policy created right after the API server came back is not enforced after 30s")
+		}
+	}
+	if err := cs.NetworkingV1().NetworkPolicies("y").Delete(ctx, "c-from-z", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	// Deleting the policy through the API server restores reachability.
 	if err := cs.NetworkingV1().NetworkPolicies("y").Delete(ctx, "b-from-z", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -187,4 +235,103 @@ func labKube(t *testing.T, dp, bin string) {
 		t.Fatal(err)
 	}
 	agree("after relabelling namespace z")
+}
+
+// TestLabKubeCrashCleanup brings a --kube lab up through the CLI, SIGKILLs its daemon (the
+// API server and agents stay behind, as after a crash), and checks that `lab down` ends every
+// process of that lab, by PID, and removes its namespaces, mount and state, while a second lab
+// whose name it prefixes is left alone.
+func TestLabKubeCrashCleanup(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real kube-apiserver and agent processes")
+	}
+	netnstest.RequireRoot(t, "ip", "iptables-restore", "ipset")
+	controller.StateRoot = defaultStateRoot // the CLI's (labtest points it elsewhere)
+	bin := rampartBinary(t)
+	name := fmt.Sprintf("k%d", rand.Intn(100000))
+	other := name + "-b" // its prefix is name's: must survive name's clean-up
+	run := func(lab string, args ...string) (string, error) {
+		out, err := exec.Command(bin, append(args, "--name", lab)...).CombinedOutput()
+		return string(out), err
+	}
+	for _, lab := range []string{name, other} {
+		t.Cleanup(func() { _, _ = run(lab, "lab", "down") })
+	}
+	base := "../../test/conformance/cases/netpol/base.yaml"
+	if out, err := run(name, "lab", "up", "--kube", "--dataplane", "ebpf", "-f", base); err != nil {
+		t.Fatalf("lab up --kube: %v\n%s", err, out)
+	}
+	if out, err := run(other, "lab", "up", "-f", base); err != nil {
+		t.Fatalf("lab up: %v\n%s", err, out)
+	}
+	kc, err := run(name, "lab", "kubeconfig")
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(kc), "/kubeconfig") {
+		t.Fatalf("lab kubeconfig: %v %q", err, kc)
+	}
+	out, err := run(name, "lab", "get", "nodes")
+	if err != nil || !strings.Contains(out, "ready") {
+		t.Fatalf("lab get nodes: %v\n%s", err, out)
+	}
+	dir := controller.Dir(name)
+	pid, ok := daemonPID(name)
+	if !ok {
+		t.Fatal("no daemon PID recorded")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, ok := daemonPID(name); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon survived SIGKILL")
+		}
+	}
+	if len(labProcesses(dir)) == 0 {
+		t.Fatal("no API server or agent left after the daemon's crash: the test proves nothing")
+	}
+	if out, err := run(name, "lab", "down"); err != nil {
+		t.Fatalf("lab down after a crash: %v\n%s", err, out)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(labProcesses(dir)) > 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("processes of the lab left after lab down: %v", labProcesses(dir))
+		}
+	}
+	nsList, _ := exec.Command("ip", "netns", "list").CombinedOutput()
+	if strings.Contains(string(nsList), fabric.Prefix(name)) {
+		t.Errorf("namespaces left:\n%s", nsList)
+	}
+	if !strings.Contains(string(nsList), fabric.Prefix(other)) {
+		t.Errorf("lab %s's namespaces went with lab %s's clean-up:\n%s", other, name, nsList)
+	}
+	if mounts, _ := os.ReadFile("/proc/self/mounts"); strings.Contains(string(mounts), dir) {
+		t.Errorf("mounts left:\n%s", mounts)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("state left in %s", dir)
+	}
+	if out, err := run(other, "lab", "probe", "--from", "x/a", "--to", "x/b", "--port", "80", "--protocol", "TCP"); err != nil || !strings.Contains(out, "connected") {
+		t.Errorf("lab %s stopped working after lab %s went down: %v\n%s", other, name, err, out)
+	}
+}
+
+// defaultStateRoot is where the CLI keeps labs, captured before any test changes it.
+var defaultStateRoot = controller.StateRoot
+
+// labProcesses lists the PIDs whose command line names the lab's state directory.
+func labProcesses(dir string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && strings.Contains(string(b), dir+"/") {
+			out = append(out, pid)
+		}
+	}
+	return out
 }

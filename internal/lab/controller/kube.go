@@ -601,8 +601,11 @@ func (k *kubeMode) stop() error {
 		p.mu.Unlock()
 	}
 	k.wg.Wait()
-	if k.srv != nil {
-		k.srv.Stop()
+	k.mu.Lock()
+	srv := k.srv
+	k.mu.Unlock()
+	if srv != nil {
+		srv.Stop()
 	}
 	if k.pins != "" {
 		return unmount(k.pins)
@@ -637,6 +640,29 @@ func CleanupProcesses(name string) error {
 		}
 	}
 	return unmount(filepath.Join(dir, "bpf"))
+}
+
+// StopAPIServer stops a --kube lab's API server (fault injection: agents keep enforcing the
+// last state they had).
+func (l *Lab) StopAPIServer() {
+	l.kube.mu.Lock()
+	srv := l.kube.srv
+	l.kube.mu.Unlock()
+	srv.Stop()
+}
+
+// StartAPIServer starts it again on the same directory: the same address, certificates and
+// etcd data, so every client reconnects and resumes its watches.
+func (l *Lab) StartAPIServer(ctx context.Context) error {
+	srv, err := apiserver.Start(ctx, filepath.Join(Dir(l.settings.Name), "apiserver"), apiserver.Options{})
+	if err != nil {
+		return err
+	}
+	l.kube.recordPID(l.settings.Name, srv.PID())
+	l.kube.mu.Lock()
+	l.kube.srv = srv
+	l.kube.mu.Unlock()
+	return nil
 }
 
 // AgentStates returns each node's agent state, for `lab get nodes`.
