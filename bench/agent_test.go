@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -135,7 +134,7 @@ func benchAgent(t *testing.T, bin, dp string, pods, policies int) agentResult {
 		t.Fatal(err)
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	status := statusClient(sock)
+	status := agent.NewClient("unix:" + sock).Status
 	for {
 		st, err := status(ctx)
 		if err == nil && st.Ready {
@@ -344,22 +343,4 @@ func rssMiB(t *testing.T, pid int) float64 {
 		}
 	}
 	return 0
-}
-
-// statusClient asks an agent for its Status over its unix socket.
-func statusClient(sock string) func(context.Context) (agent.Status, error) {
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
-	return func(ctx context.Context) (agent.Status, error) {
-		var st agent.Status
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/status", nil)
-		resp, err := c.Do(req)
-		if err != nil {
-			return st, err
-		}
-		defer resp.Body.Close()
-		return st, json.NewDecoder(resp.Body).Decode(&st)
-	}
 }

@@ -1,8 +1,13 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
+	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -29,4 +34,41 @@ func (a *Agent) HealthHandler() http.Handler {
 // MetricsHandler serves the agent's registry in the Prometheus text format.
 func (a *Agent) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{})
+}
+
+// Client reads an agent's /status.
+type Client struct {
+	http *http.Client
+	base string
+}
+
+// NewClient returns a client for an agent's health address: host:port or unix:PATH.
+func NewClient(addr string) *Client {
+	c := &Client{http: &http.Client{Timeout: 5 * time.Second}, base: "http://" + addr}
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		c.base = "http://agent"
+		c.http.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}}
+	}
+	return c
+}
+
+// Status asks the agent for its Status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("agent status: %s", resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
 }

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,7 +30,6 @@ import (
 
 	"github.com/rampart-sec/rampart/internal/agent"
 	"github.com/rampart-sec/rampart/internal/dataplane"
-	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/lab/apiserver"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/source/kube"
@@ -62,6 +59,7 @@ type kubeMode struct {
 // agentProc is one node agent process under supervision.
 type agentProc struct {
 	node, sock, log string
+	client          *agent.Client
 	mu              sync.Mutex
 	cmd             *exec.Cmd
 	restarts        int
@@ -198,17 +196,9 @@ func (k *kubeMode) writeBack(ctx context.Context, api, placed *model.Cluster) er
 // realiseFabric builds the namespaces of c (placed) and the connect-time balancer, and makes c
 // the lab's view. In --kube labs enforcement is the agents' business.
 func (l *Lab) realiseFabric(ctx context.Context, c *model.Cluster) error {
-	if err := Place(c, l.settings.Nodes); err != nil {
-		return err
-	}
-	rs, err := compile.Compile(c)
+	rs, _, err := l.buildNetwork(ctx, c)
 	if err != nil {
 		return err
-	}
-	topo := topologyOf(c, rs)
-	topo.DataplaneRoutesServices = l.settings.Dataplane == string(dataplane.KindEBPF)
-	if err := l.fabric.Ensure(ctx, topo); err != nil {
-		return fmt.Errorf("lab network: %w", err)
 	}
 	if err := l.syncSockLB(rs); err != nil {
 		return err
@@ -477,26 +467,14 @@ func (k *kubeMode) nodes() []string {
 }
 
 // status asks an agent for its Status over its health socket.
-func (p *agentProc) status(ctx context.Context) (agent.Status, error) {
-	var st agent.Status
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", p.sock)
-	}}}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/status", nil)
-	resp, err := c.Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	return st, json.NewDecoder(resp.Body).Decode(&st)
-}
+func (p *agentProc) status(ctx context.Context) (agent.Status, error) { return p.client.Status(ctx) }
 
 // startAgent runs and supervises the agent of a node: like kubelet for a DaemonSet pod, it
 // restarts the agent when it exits, after a short pause.
 func (k *kubeMode) startAgent(l *Lab, node string) {
 	dir := Dir(l.settings.Name)
 	p := &agentProc{node: node, sock: filepath.Join(dir, "agent-"+node+".sock"), log: filepath.Join(dir, "agent-"+node+".log")}
+	p.client = agent.NewClient("unix:" + p.sock)
 	k.mu.Lock()
 	k.agents[node] = p
 	k.mu.Unlock()

@@ -89,19 +89,28 @@ func (l *Lab) Change(ctx context.Context, fn func(c *model.Cluster) error) error
 	return nil
 }
 
-// realise makes c (which it owns) the lab's state.
-func (l *Lab) realise(ctx context.Context, c *model.Cluster) error {
+// buildNetwork places c's pods, compiles it, and builds the namespaces it needs.
+func (l *Lab) buildNetwork(ctx context.Context, c *model.Cluster) (*ir.Ruleset, Topology, error) {
 	if err := Place(c, l.settings.Nodes); err != nil {
-		return err
+		return nil, Topology{}, err
 	}
 	rs, err := compile.Compile(c)
 	if err != nil {
-		return err
+		return nil, Topology{}, err
 	}
 	topo := topologyOf(c, rs)
 	topo.DataplaneRoutesServices = l.settings.Dataplane == string(dataplane.KindEBPF)
 	if err := l.fabric.Ensure(ctx, topo); err != nil {
-		return fmt.Errorf("lab network: %w", err)
+		return nil, Topology{}, fmt.Errorf("lab network: %w", err)
+	}
+	return rs, topo, nil
+}
+
+// realise makes c (which it owns) the lab's state.
+func (l *Lab) realise(ctx context.Context, c *model.Cluster) error {
+	rs, topo, err := l.buildNetwork(ctx, c)
+	if err != nil {
+		return err
 	}
 	var rev uint64
 	if l.store == nil {
