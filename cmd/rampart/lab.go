@@ -21,6 +21,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/lab/apiserver"
 	"github.com/rampart-sec/rampart/internal/lab/cgroup"
 	"github.com/rampart-sec/rampart/internal/lab/controller"
@@ -243,9 +244,7 @@ func newLabUpCmd(name *string) *cobra.Command {
 			if err := controller.ValidateName(*name); err != nil {
 				return err
 			}
-			switch dp {
-			case "iptables", "ebpf", "none":
-			default:
+			if k, err := dataplane.ParseKind(dp); err != nil || k == dataplane.KindAuto {
 				return fmt.Errorf("--dataplane must be iptables, ebpf or none, not %q", dp)
 			}
 			objs, err := in.load(cmd.InOrStdin())
@@ -262,7 +261,7 @@ func newLabUpCmd(name *string) *cobra.Command {
 			if err := controller.Place(c, nodes); err != nil {
 				return err
 			}
-			if kubeMode && dp == "none" {
+			if kubeMode && dp == string(dataplane.KindNone) {
 				return fmt.Errorf("--kube runs rampart agents: use --dataplane iptables or ebpf")
 			}
 			if kubeMode { // the first build of the API server takes minutes: not in the daemon's start-up
