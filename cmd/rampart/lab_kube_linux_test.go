@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -235,6 +237,55 @@ func labKube(t *testing.T, dp, bin string) {
 		t.Fatal(err)
 	}
 	agree("after relabelling namespace z")
+
+	// Namespaces and pods created and deleted through the API server, as kubectl does it (a pod
+	// with neither node nor address, deletions with the default grace period): the lab schedules
+	// and builds the pod, and finishes the deletions as kubelet and the namespace controller do.
+	wns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "w", Labels: map[string]string{"ns": "w"}}}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, wns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "w", Name: "d", Labels: map[string]string{"pod": "d"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "agnhost", Ports: []corev1.ContainerPort{{ContainerPort: 80}}}}}}
+	if _, err := cs.CoreV1().Pods("w").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		for start := time.Now(); !cond(); time.Sleep(50 * time.Millisecond) {
+			if time.Since(start) > 30*time.Second {
+				t.Fatalf("%s: not after 30s", what)
+			}
+		}
+	}
+	eventually("the API-created pod answers", func() bool {
+		ps, err := l.Probe(ctx, controller.ProbeRequest{From: "x/a", To: "w/d", Port: 80, Protocol: "TCP", Via: "pod", Timeout: 300 * time.Millisecond})
+		return err == nil && len(ps) == 1 && ps[0].Connected
+	})
+	if p, err := cs.CoreV1().Pods("w").Get(ctx, "d", metav1.GetOptions{}); err != nil || p.Spec.NodeName == "" || p.Status.PodIP == "" {
+		t.Fatalf("the API-created pod was not bound and given an address: %v %+v", err, p)
+	}
+	agree("with a pod created through the API server")
+	if err := cs.CoreV1().Pods("w").Delete(ctx, "d", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually("the deleted pod is gone", func() bool {
+		_, err := cs.CoreV1().Pods("w").Get(ctx, "d", metav1.GetOptions{})
+		c, _ := l.Snapshot()
+		return apierrors.IsNotFound(err) && c.Pods["w/d"] == nil
+	})
+	if _, err := cs.CoreV1().Pods("w").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CoreV1().Namespaces().Delete(ctx, "w", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually("the deleted namespace and its pod are gone", func() bool {
+		_, err := cs.CoreV1().Namespaces().Get(ctx, "w", metav1.GetOptions{})
+		c, _ := l.Snapshot()
+		return apierrors.IsNotFound(err) && c.Pods["w/d"] == nil && c.Namespaces["w"] == nil
+	})
+	agree("after the namespace's deletion")
 }
 
 // TestLabKubeCrashCleanup brings a --kube lab up through the CLI, SIGKILLs its daemon (the

@@ -144,6 +144,9 @@ func (l *Lab) follow(changes <-chan struct{}) {
 		}
 		rv := k.src.ResourceVersion()
 		api, _ := k.src.Snapshot()
+		if k.finishDeletions(l.agentCtx, api) {
+			continue // the deletions bring their own events
+		}
 		c := api.Clone()
 		l.mu.Lock()
 		err := Place(c, l.settings.Nodes)
@@ -163,6 +166,57 @@ func (l *Lab) follow(changes <-chan struct{}) {
 			k.log.Error("follow the API server", "err", err)
 		}
 	}
+}
+
+// finishDeletions does what kubelet and the namespace controller do once an object is marked
+// for deletion: a terminating pod's containers stop (here: at once) and its object goes; a
+// terminating namespace's contents are deleted and the namespace finalized. It reports whether
+// it deleted anything.
+func (k *kubeMode) finishDeletions(ctx context.Context, api *model.Cluster) bool {
+	did := false
+	for _, ns := range api.Namespaces {
+		if ns.DeletionTimestamp != nil {
+			if err := k.finalizeNamespace(ctx, ns.Name); err != nil {
+				k.log.Error("finalize namespace", "namespace", ns.Name, "err", err)
+			}
+			did = true
+		}
+	}
+	for key, p := range api.Pods {
+		if p.DeletionTimestamp != nil {
+			err := k.cs.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+			if err != nil && !apierrors.IsNotFound(err) {
+				k.log.Error("delete terminating pod", "pod", key, "err", err)
+			}
+			did = true
+		}
+	}
+	return did
+}
+
+// finalizeNamespace deletes what a namespace holds and removes its finalizer, as the namespace
+// controller would (there is none in the lab).
+func (k *kubeMode) finalizeNamespace(ctx context.Context, name string) error {
+	var errs []error
+	for _, inner := range []string{model.KindPod, model.KindService, model.KindEndpointSlice, model.KindNetworkPolicy} {
+		if err := k.resource(inner, name).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	nso, err := k.cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return errors.Join(errs...)
+	}
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	if nso.DeletionTimestamp != nil && len(nso.Spec.Finalizers) > 0 {
+		nso.Spec.Finalizers = nil
+		if _, err := k.cs.CoreV1().Namespaces().Finalize(ctx, nso, metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // writeBack records the placement of pods the API server holds without one: a binding to the
@@ -337,7 +391,7 @@ func (k *kubeMode) write(ctx context.Context, objs []model.Object) (uint64, erro
 }
 
 // deleteObjects deletes through the API server. Without a namespace controller, a namespace's
-// contents are deleted first and the namespace is finalized here.
+// contents are deleted and the namespace finalized here.
 func (k *kubeMode) deleteObjects(ctx context.Context, c *model.Cluster, targets [][2]string) error {
 	var errs []error
 	for _, t := range targets {
@@ -354,13 +408,6 @@ func (k *kubeMode) deleteObjects(ctx context.Context, c *model.Cluster, targets 
 				continue
 			}
 		}
-		if kind == model.KindNamespace {
-			for _, inner := range []string{model.KindPod, model.KindService, model.KindEndpointSlice, model.KindNetworkPolicy} {
-				if err := k.resource(inner, name).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
-					errs = append(errs, err)
-				}
-			}
-		}
 		err := k.resource(kind, ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
 		if apierrors.IsNotFound(err) {
 			err = fmt.Errorf("%s %s: %w", kind, t[1], model.ErrNotFound)
@@ -370,13 +417,7 @@ func (k *kubeMode) deleteObjects(ctx context.Context, c *model.Cluster, targets 
 			continue
 		}
 		if kind == model.KindNamespace {
-			if nso, err := k.cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{}); err == nil {
-				nso.Spec.Finalizers = nil
-				_, err = k.cs.CoreV1().Namespaces().Finalize(ctx, nso, metav1.UpdateOptions{})
-				if err != nil && !apierrors.IsNotFound(err) {
-					errs = append(errs, err)
-				}
-			}
+			errs = append(errs, k.finalizeNamespace(ctx, name))
 		}
 	}
 	return errors.Join(errs...)
