@@ -28,7 +28,7 @@ import (
 // agentFlags are `rampart agent`'s flags.
 type agentFlags struct {
 	kubeconfig, nodeName, dp, metricsAddr, healthAddr, logFormat string
-	netns, pinDir, uplink                                        string
+	netns, pinDir, uplink, podPrefix                             string
 	minInterval, grace                                           time.Duration
 }
 
@@ -56,6 +56,7 @@ it.`,
 	fl.StringVar(&f.netns, "netns", "", "named network namespace of the node (default: the agent's own)")
 	fl.StringVar(&f.pinDir, "pin-dir", "/sys/fs/bpf/rampart", "bpffs directory where eBPF enforcement is pinned (it outlives the agent)")
 	fl.StringVar(&f.uplink, "uplink", "", "the node's interface toward other nodes (default: the default route's)")
+	fl.StringVar(&f.podPrefix, "pod-interface-prefix", "veth", "host-side pod interfaces start with this (the CNI's veth prefix); iptables drops their traffic until the agent has programmed them (empty: off)")
 	fl.DurationVar(&f.minInterval, "min-sync-interval", 0, "least time between two dataplane syncs (0: as changes come; bursts coalesce)")
 	fl.DurationVar(&f.grace, "disconnect-grace", 30*time.Second, "how long the API server may be unreachable before /readyz fails (enforcement goes on)")
 	return cmd
@@ -103,7 +104,7 @@ func runAgent(parent context.Context, f agentFlags) error {
 		return err
 	}
 	defer ifaces.Close()
-	dn := dataplane.Node{Name: f.nodeName, Interface: ifaces.Interface, Uplink: f.uplink}
+	dn := dataplane.Node{Name: f.nodeName, Interface: ifaces.Interface, Uplink: f.uplink, PodInterfacePrefix: f.podPrefix}
 	if kind == dataplane.KindEBPF && dn.Uplink == "" {
 		dn.Uplink = ifaces.DefaultRouteLink()
 	}

@@ -57,6 +57,11 @@ type Node struct {
 	// Uplink is the node's interface toward the other nodes (optional). The eBPF dataplane
 	// hooks it to translate the node's own traffic to Services, which crosses no pod veth.
 	Uplink string
+	// PodInterfacePrefix names the host-side interfaces of pods (the CNI plugin's veth
+	// prefix, optional). Where a dataplane supports it, traffic on an interface with this
+	// prefix that it has not programmed yet is dropped, so a new pod never sends or receives
+	// a packet before its policy is in force (iptables: a guard chain; eBPF: not yet).
+	PodInterfacePrefix string
 }
 
 // Dataplane enforces a Ruleset on one node.

@@ -66,12 +66,14 @@ func (r *renderer) filter() error {
 	fwd := Chain{Name: ChainPrefix + "FORWARD", Rules: []string{establishedRule}}
 	in := Chain{Name: ChainPrefix + "INPUT", Rules: []string{establishedRule}}
 	out := Chain{Name: ChainPrefix + "OUTPUT", Rules: []string{establishedRule}}
+	var known []string // the local pods' interfaces, for the guard
 	for i := range r.rs.Pods {
 		pod := &r.rs.Pods[i]
 		ifname, ok := r.node.Interface(pod)
 		if !ok || pod.HostNetwork {
 			continue
 		}
+		known = append(known, ifname)
 		if chain, ok := r.podChain(pod, ir.Egress); ok {
 			rule := fmt.Sprintf("-i %s -j %s", ifname, chain)
 			fwd.Rules = append(fwd.Rules, rule)
@@ -88,6 +90,23 @@ func (r *renderer) filter() error {
 				}
 			}
 		}
+	}
+	if pfx := r.node.PodInterfacePrefix; pfx != "" {
+		// Last in each dispatch chain (allowed packets return from the pod chains): a packet in
+		// or out of a pod interface this spec does not know is a pod the agent has not
+		// programmed yet, and is dropped until it has.
+		gin, gout := Chain{Name: ChainPrefix + "GUARD-IN"}, Chain{Name: ChainPrefix + "GUARD-OUT"}
+		for _, ifname := range known {
+			gin.Rules = append(gin.Rules, fmt.Sprintf("-i %s -j RETURN", ifname))
+			gout.Rules = append(gout.Rules, fmt.Sprintf("-o %s -j RETURN", ifname))
+		}
+		gin.Rules = append(gin.Rules, fmt.Sprintf("-i %s+ -m comment --comment %q -j DROP", pfx, "pod interface not programmed yet"))
+		gout.Rules = append(gout.Rules, fmt.Sprintf("-o %s+ -m comment --comment %q -j DROP", pfx, "pod interface not programmed yet"))
+		r.addChain("filter", gin)
+		r.addChain("filter", gout)
+		fwd.Rules = append(fwd.Rules, "-j "+gin.Name, "-j "+gout.Name)
+		in.Rules = append(in.Rules, "-j "+gin.Name)
+		out.Rules = append(out.Rules, "-j "+gout.Name)
 	}
 	r.addChain("filter", fwd)
 	r.addChain("filter", in)

@@ -157,6 +157,7 @@ func (l *Lab) startAgent(node string) error {
 	if kind == dataplane.KindEBPF {
 		dn.Uplink = "eth0" // the node's link to the fabric bridge
 	}
+	dn.PodInterfacePrefix = PodInterfacePrefix
 	dp, err := backend.New(kind, dn, dataplane.Options{Netns: l.fabric.NodeNetns(node)})
 	if err != nil {
 		return err
@@ -255,6 +256,13 @@ func (l *Lab) SockLB() *ebpf.SockLB {
 	defer l.mu.Unlock()
 	return l.sock
 }
+
+// PodInterfacePrefix starts the node-side name of every lab pod's veth; the node namespaces
+// hold no other interface with it (eth0, lo).
+const PodInterfacePrefix = "v"
+
+// TopologyOf is the fabric's view of a compiled cluster.
+func TopologyOf(c *model.Cluster, rs *ir.Ruleset) Topology { return topologyOf(c, rs) }
 
 func topologyOf(c *model.Cluster, rs *ir.Ruleset) Topology {
 	var t Topology
