@@ -56,7 +56,7 @@ it.`,
 	fl.StringVar(&f.netns, "netns", "", "named network namespace of the node (default: the agent's own)")
 	fl.StringVar(&f.pinDir, "pin-dir", "/sys/fs/bpf/rampart", "bpffs directory where eBPF enforcement is pinned (it outlives the agent)")
 	fl.StringVar(&f.uplink, "uplink", "", "the node's interface toward other nodes (default: the default route's)")
-	fl.StringVar(&f.podPrefix, "pod-interface-prefix", "veth", "host-side pod interfaces start with this (the CNI's veth prefix); iptables drops their traffic until the agent has programmed them (empty: off)")
+	fl.StringVar(&f.podPrefix, "pod-interface-prefix", "veth", "host-side pod interfaces start with this (the CNI's veth prefix); their traffic is dropped until the agent has programmed them (empty: off)")
 	fl.DurationVar(&f.minInterval, "min-sync-interval", 0, "least time between two dataplane syncs (0: as changes come; bursts coalesce)")
 	fl.DurationVar(&f.grace, "disconnect-grace", 30*time.Second, "how long the API server may be unreachable before /readyz fails (enforcement goes on)")
 	return cmd
@@ -116,7 +116,7 @@ func runAgent(parent context.Context, f agentFlags) error {
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace,
+	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace, PodInterfacePrefix: f.podPrefix,
 		Runner: runner.Config{MinInterval: f.minInterval}}, src, dp)
 	if err != nil {
 		return err
@@ -139,7 +139,7 @@ func runAgent(parent context.Context, f agentFlags) error {
 			errc <- fmt.Errorf("cluster source: %w", err)
 		}
 	}()
-	if err := ifaces.Watch(ctx, a.Trigger); err != nil {
+	if err := ifaces.Watch(ctx, a.InterfaceChanged); err != nil {
 		return err
 	}
 	go func() { errc <- a.Run(ctx) }()

@@ -55,6 +55,10 @@ func labKube(t *testing.T, dp, bin string) {
 	// agree checks every probe against the evaluator of the lab's current state.
 	agree := func(what string) {
 		t.Helper()
+		// Changes made with client-go reach the nodes on their own: wait until they have.
+		if err := l.Settle(ctx); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
 		_, rs := l.Snapshot()
 		want := map[string]bool{}
 		for _, cell := range policy.New(rs).Matrix(nil) {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,6 +42,8 @@ type Config struct {
 	// Registry is where the agent's metrics are registered (default: a registry of its own,
 	// with the Go runtime and process collectors).
 	Registry *prometheus.Registry
+	// PodInterfacePrefix: new interfaces with it are guarded (dataplane.Guarder) until synced.
+	PodInterfacePrefix string
 }
 
 // Defaults fills unset fields.
@@ -171,6 +174,17 @@ func (a *Agent) release() error {
 	}
 	a.cfg.Logger.Info("agent stopped; enforcement stays in force")
 	return nil
+}
+
+// InterfaceChanged is told of every link (name) or route ("") change in the node's namespace:
+// a new pod interface is put under the dataplane's guard at once, then a sync programs it.
+func (a *Agent) InterfaceChanged(name string) {
+	if g, ok := a.dp.(dataplane.Guarder); ok && name != "" && a.cfg.PodInterfacePrefix != "" && strings.HasPrefix(name, a.cfg.PodInterfacePrefix) {
+		if err := g.Guard(name); err != nil {
+			a.cfg.Logger.Warn("guard a new pod interface", "interface", name, "err", err)
+		}
+	}
+	a.run.Trigger()
 }
 
 // Trigger asks for a sync (the lab calls it when interfaces change outside the source).

@@ -1,7 +1,7 @@
 // Package dataplane defines the interface every enforcement backend implements, the kinds of
 // backend, and the optional capabilities a backend may have (named interfaces: Sweeper,
-// CounterReader, Releaser). A dataplane takes an ir.Ruleset and makes one node's kernel enforce
-// it for the pods local to that node: the iptables+ipset backend lives in iptables/, the eBPF
+// CounterReader, Releaser, Guarder). A dataplane takes an ir.Ruleset and makes one node's
+// kernel enforce it for the pods local to that node: the iptables+ipset backend lives in iptables/, the eBPF
 // backend in ebpf/, and backend/ constructs either from a Kind. Backends render a pure,
 // deterministic spec from the IR first and then apply it, so rendering is testable without
 // root and applying is the only step that touches the kernel.
@@ -60,7 +60,8 @@ type Node struct {
 	// PodInterfacePrefix names the host-side interfaces of pods (the CNI plugin's veth
 	// prefix, optional). Where a dataplane supports it, traffic on an interface with this
 	// prefix that it has not programmed yet is dropped, so a new pod never sends or receives
-	// a packet before its policy is in force (iptables: a guard chain; eBPF: not yet).
+	// a packet before its policy is in force (iptables: a guard chain in the rules; eBPF: a
+	// deny program attached when the interface appears, see Guarder).
 	PodInterfacePrefix string
 }
 
@@ -89,6 +90,12 @@ type CounterReader interface {
 // agent stopping or being upgraded); a later instance adopts what it finds.
 type Releaser interface {
 	Release() error
+}
+
+// Guarder is a dataplane that can hold a pod interface it has not programmed yet under deny
+// until its next Sync programs it (the agent calls it when such an interface appears).
+type Guarder interface {
+	Guard(iface string) error
 }
 
 // None enforces nothing.

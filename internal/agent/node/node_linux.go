@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/rampart-sec/rampart/internal/ir"
 )
@@ -67,8 +68,9 @@ func (r *Interfaces) Interface(p *ir.Pod) (string, bool) {
 	return link.Attrs().Name, true
 }
 
-// Watch calls fn after every link or route change in the namespace until ctx ends.
-func (r *Interfaces) Watch(ctx context.Context, fn func()) error {
+// Watch calls fn after every link change (with the link's name) or route change (with "")
+// in the namespace until ctx ends.
+func (r *Interfaces) Watch(ctx context.Context, fn func(link string)) error {
 	links := make(chan netlink.LinkUpdate, 64)
 	routes := make(chan netlink.RouteUpdate, 64)
 	done := make(chan struct{})
@@ -85,16 +87,20 @@ func (r *Interfaces) Watch(ctx context.Context, fn func()) error {
 			select {
 			case <-ctx.Done():
 				return
-			case _, ok := <-links:
+			case u, ok := <-links:
 				if !ok {
 					return
 				}
-				fn()
+				name := ""
+				if u.Link != nil && u.Header.Type == unix.RTM_NEWLINK {
+					name = u.Link.Attrs().Name
+				}
+				fn(name)
 			case _, ok := <-routes:
 				if !ok {
 					return
 				}
-				fn()
+				fn("")
 			}
 		}
 	}()

@@ -45,6 +45,7 @@ var (
 	_ dataplane.Releaser = (*ebpf.Dataplane)(nil)
 
 	_ dataplane.CounterReader = (*ebpf.Dataplane)(nil)
+	_ dataplane.Guarder       = (*ebpf.Dataplane)(nil)
 )
 
 // Sweep removes conntrack entries of connections the evaluator now denies.

@@ -7,6 +7,8 @@ import (
 	"net"
 	"sync"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/nsexec"
@@ -43,13 +45,16 @@ type Dataplane struct {
 	objs   *Objects
 	links  map[string]attachment // by interface
 	uplink attachment
+	// guards hold pod interfaces not programmed yet under deny (Guard); Sync takes them over.
+	guards map[string]attachment
+	deny   *ebpf.Program
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
 
 // New returns a dataplane for node working in the named network namespace ("" for the current).
 func New(node dataplane.Node, netnsName string) *Dataplane {
-	return &Dataplane{node: node, netns: netnsName, links: map[string]attachment{}}
+	return &Dataplane{node: node, netns: netnsName, links: map[string]attachment{}, guards: map[string]attachment{}}
 }
 
 // Sync builds the tables for rs and switches the node to them.
@@ -121,6 +126,17 @@ func (d *Dataplane) attach(rs *ir.Ruleset, tables *Tables, ifaces map[ir.PodID]I
 			errs = append(errs, a.Update(o.objs.FromPod, o.objs.ToPod))
 			continue
 		}
+		if a := d.takeGuard(name); a != nil {
+			// From deny to policy in one operation per hook: the pod never passes unjudged.
+			if err := a.Update(o.objs.FromPod, o.objs.ToPod); err == nil {
+				if d.PinDir != "" {
+					errs = append(errs, a.Pin(d.linkPin(name)))
+				}
+				d.links[name] = a
+				continue
+			}
+			a.Detach()
+		}
 		if a := d.adoptLink(name); a != nil {
 			if err := a.Update(o.objs.FromPod, o.objs.ToPod); err == nil {
 				d.links[name] = a
@@ -146,7 +162,7 @@ func (d *Dataplane) attach(rs *ir.Ruleset, tables *Tables, ifaces map[ir.PodID]I
 			delete(d.links, name)
 		}
 	}
-	errs = append(errs, d.dropStalePins(want))
+	errs = append(errs, d.dropStalePins(want), d.dropGoneGuards())
 	return errors.Join(errs...)
 }
 
@@ -181,6 +197,10 @@ func (d *Dataplane) shutdown(detach bool) error {
 			}
 			delete(d.links, name)
 		}
+		for name, a := range d.guards {
+			errs = append(errs, a.Detach()) // a guard is never left behind: the next agent guards anew
+			delete(d.guards, name)
+		}
 		errs = append(errs, d.removeHost(detach))
 		return nil
 	}
@@ -192,6 +212,10 @@ func (d *Dataplane) shutdown(detach bool) error {
 	if d.objs != nil {
 		errs = append(errs, d.objs.Close())
 		d.objs = nil
+	}
+	if d.deny != nil {
+		errs = append(errs, d.deny.Close())
+		d.deny = nil
 	}
 	return errors.Join(errs...)
 }

@@ -376,10 +376,25 @@ func (k *kubeMode) write(ctx context.Context, objs []model.Object) (uint64, erro
 			continue
 		}
 		note(cur)
-		// Status is the kubelet's (pods) and the node's (nodes) to report: write it as they would.
-		if hasStatus && (o.Kind == model.KindPod || o.Kind == model.KindNode) && status != nil {
-			cur.Object["status"] = status
-			cur, err = r.UpdateStatus(ctx, cur, metav1.UpdateOptions{FieldManager: "rampart-lab"})
+		// Status is the kubelet's (pods) and the node's (nodes) to report: write it as they would,
+		// when the manifest gives one (a pod without an address is placed by follow instead).
+		st, _ := status.(map[string]any)
+		if hasStatus && (o.Kind == model.KindPod && st["podIP"] != nil || o.Kind == model.KindNode && st["addresses"] != nil) {
+			for attempt := 0; ; attempt++ {
+				cur.Object["status"] = st
+				var got *unstructured.Unstructured
+				got, err = r.UpdateStatus(ctx, cur, metav1.UpdateOptions{FieldManager: "rampart-lab"})
+				if err == nil {
+					cur = got
+					break
+				}
+				if !apierrors.IsConflict(err) || attempt == 4 {
+					break
+				}
+				if cur, err = r.Get(ctx, u.GetName(), metav1.GetOptions{}); err != nil {
+					break
+				}
+			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s %s status: %w", o.Kind, o.Ref(), err))
 				continue
@@ -660,6 +675,10 @@ func CleanupProcesses(name string) error {
 	}
 	return unmount(filepath.Join(dir, "bpf"))
 }
+
+// Settle waits until everything the lab's view of the API server holds is built into the lab
+// and in force on every node (after changes made by other clients).
+func (l *Lab) Settle(ctx context.Context) error { return l.enforced(ctx, 0, nil) }
 
 // StopAPIServer stops a --kube lab's API server (fault injection: agents keep enforcing the
 // last state they had).

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rampart-sec/rampart/internal/agent"
+	nodeif "github.com/rampart-sec/rampart/internal/agent/node"
 	"github.com/rampart-sec/rampart/internal/agent/runner"
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/dataplane/backend"
@@ -167,16 +168,26 @@ func (l *Lab) startAgent(node string) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	a, err := agent.New(agent.Config{
-		Node: node, Dataplane: kind, Logger: log.With("node", node),
+		Node: node, Dataplane: kind, Logger: log.With("node", node), PodInterfacePrefix: PodInterfacePrefix,
 		// Changes are applied as they come: Change waits for them.
 		Runner: runner.Config{MinInterval: 0, RetryMin: 50 * time.Millisecond, RetryMax: 2 * time.Second},
 	}, l.store, dp)
 	if err != nil {
 		return err
 	}
+	// As on a real node, pod interfaces appearing are guarded at once and trigger a sync.
+	ifaces, err := nodeif.Open(node, l.fabric.NodeNetns(node))
+	if err != nil {
+		return err
+	}
+	if err := ifaces.Watch(l.agentCtx, a.InterfaceChanged); err != nil {
+		ifaces.Close()
+		return err
+	}
 	na := &nodeAgent{Agent: a, dp: dp, done: make(chan struct{})}
 	go func() {
 		defer close(na.done)
+		defer ifaces.Close()
 		_ = a.Run(l.agentCtx) // a lab's dataplanes go with its namespaces
 	}()
 	l.agents[node] = na

@@ -4,15 +4,20 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/lab/labtest"
 	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/nsexec"
 	"github.com/rampart-sec/rampart/internal/policy"
 	"github.com/rampart-sec/rampart/internal/randpolicy"
 )
@@ -195,9 +200,17 @@ spec:
 
 // TestLabNewPodGuarded: a pod whose interface exists before its node's agent has programmed it
 // (the CNI plugin is faster than the watch) neither sends nor receives anything until it has;
-// then it is enforced like every other pod. iptables only: the eBPF dataplane has no guard yet.
+// then it is enforced like every other pod. iptables guards in its rules from the start; eBPF
+// attaches a deny program when the agent sees the interface appear (milliseconds after it does:
+// the test waits for that, then probes).
 func TestLabNewPodGuarded(t *testing.T) {
-	l := newLab(t, 1, "iptables", clusterYAML())
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) { newPodGuarded(t, dp) })
+	}
+}
+
+func newPodGuarded(t *testing.T, dp string) {
+	l := newLab(t, 1, dp, clusterYAML())
 	ctx := context.Background()
 	c, _ := l.Snapshot()
 	next := c.Clone()
@@ -219,6 +232,14 @@ func TestLabNewPodGuarded(t *testing.T) {
 	if err := l.Fabric.Ensure(ctx, controller.TopologyOf(next, rs)); err != nil {
 		t.Fatal(err)
 	}
+	if dp == "ebpf" {
+		iface := l.Fabric.PodInterface("x", "new")
+		for start := time.Now(); !tcxAttached(l.Fabric.NodeNetns("node-1"), iface); time.Sleep(time.Millisecond) {
+			if time.Since(start) > 10*time.Second {
+				t.Fatal("no guard on the new pod's interface after 10s")
+			}
+		}
+	}
 	_, cur := l.Snapshot()
 	dstA := netip.AddrPortFrom(cur.PodByKey("x/a").IP(), 80)
 	dstNew := netip.AddrPortFrom(netip.MustParseAddr("10.244.1.200"), 80)
@@ -238,4 +259,22 @@ func TestLabNewPodGuarded(t *testing.T) {
 	if out, in := probe(); !out || !in {
 		t.Fatalf("once programmed (no policy selects it), from it %v, to it %v; want both", out, in)
 	}
+}
+
+// tcxAttached reports whether a program is attached to iface's TCX ingress, in netns.
+func tcxAttached(ns, iface string) bool {
+	var n int
+	_ = nsexec.Do(ns, func() error {
+		i, err := net.InterfaceByName(iface)
+		if err != nil {
+			return err
+		}
+		res, err := link.QueryPrograms(link.QueryOptions{Target: i.Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		n = len(res.Programs)
+		return nil
+	})
+	return n > 0
 }
