@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,7 +24,6 @@ import (
 	"github.com/rampart-sec/rampart/internal/lab/apiserver"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/netnstest"
-	"github.com/rampart-sec/rampart/internal/nsexec"
 )
 
 // agentResult is one (dataplane, scale) run of TestBenchAgent.
@@ -308,26 +304,7 @@ func programmed(ns, dp, iface string) bool {
 		out, err := exec.Command("nsenter", "--net=/run/netns/"+ns, "--", "iptables-save", "-t", "filter").Output()
 		return err == nil && strings.Contains(string(out), iface)
 	}
-	return tcxAttached(ns, iface)
-}
-
-// tcxAttached reports whether a program is attached to iface's TCX ingress (the pod's egress
-// side), asked in the node's namespace.
-func tcxAttached(ns, iface string) bool {
-	var n int
-	_ = nsexec.Do(ns, func() error {
-		i, err := net.InterfaceByName(iface)
-		if err != nil {
-			return err
-		}
-		res, err := link.QueryPrograms(link.QueryOptions{Target: i.Index, Attach: ebpf.AttachTCXIngress})
-		if err != nil {
-			return err
-		}
-		n = len(res.Programs)
-		return nil
-	})
-	return n > 0
+	return netnstest.TCXAttached(ns, iface)
 }
 
 func rssMiB(t *testing.T, pid int) float64 {

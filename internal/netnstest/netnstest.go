@@ -1,6 +1,7 @@
-// Package netnstest gives privileged tests throwaway network namespaces: uniquely named,
-// deleted in t.Cleanup even when the test fails. Tests that need root skip without it, unless
-// RAMPART_REQUIRE_PRIVILEGED=1 (set by CI, which runs as root) turns the skip into a failure.
+// Package netnstest gives privileged tests throwaway network namespaces (uniquely named,
+// deleted in t.Cleanup even when the test fails) and looks inside them (TCX attachments).
+// Tests that need root skip without it, unless RAMPART_REQUIRE_PRIVILEGED=1 (set by CI, which
+// runs as root) turns the skip into a failure.
 package netnstest
 
 import (

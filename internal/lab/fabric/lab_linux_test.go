@@ -4,20 +4,16 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/lab/labtest"
 	"github.com/rampart-sec/rampart/internal/model"
-	"github.com/rampart-sec/rampart/internal/nsexec"
+	"github.com/rampart-sec/rampart/internal/netnstest"
 	"github.com/rampart-sec/rampart/internal/policy"
 	"github.com/rampart-sec/rampart/internal/randpolicy"
 )
@@ -234,7 +230,7 @@ func newPodGuarded(t *testing.T, dp string) {
 	}
 	if dp == "ebpf" {
 		iface := l.Fabric.PodInterface("x", "new")
-		for start := time.Now(); !tcxAttached(l.Fabric.NodeNetns("node-1"), iface); time.Sleep(time.Millisecond) {
+		for start := time.Now(); !netnstest.TCXAttached(l.Fabric.NodeNetns("node-1"), iface); time.Sleep(time.Millisecond) {
 			if time.Since(start) > 10*time.Second {
 				t.Fatal("no guard on the new pod's interface after 10s")
 			}
@@ -259,22 +255,4 @@ func newPodGuarded(t *testing.T, dp string) {
 	if out, in := probe(); !out || !in {
 		t.Fatalf("once programmed (no policy selects it), from it %v, to it %v; want both", out, in)
 	}
-}
-
-// tcxAttached reports whether a program is attached to iface's TCX ingress, in netns.
-func tcxAttached(ns, iface string) bool {
-	var n int
-	_ = nsexec.Do(ns, func() error {
-		i, err := net.InterfaceByName(iface)
-		if err != nil {
-			return err
-		}
-		res, err := link.QueryPrograms(link.QueryOptions{Target: i.Index, Attach: ebpf.AttachTCXIngress})
-		if err != nil {
-			return err
-		}
-		n = len(res.Programs)
-		return nil
-	})
-	return n > 0
 }
