@@ -94,7 +94,6 @@ type Agent struct {
 	mu       sync.Mutex
 	st       Status
 	progress chan struct{} // closed and replaced after every sync attempt
-	rs       *ir.Ruleset   // the last applied
 }
 
 // Status is what the agent has done.
@@ -136,9 +135,6 @@ func New(cfg Config, src source.Source, dp dataplane.Dataplane) (*Agent, error) 
 	}
 	return a, nil
 }
-
-// Registry holds the agent's metrics.
-func (a *Agent) Registry() *prometheus.Registry { return a.cfg.Registry }
 
 // Run waits for the source's first sync, then keeps the dataplane converged until ctx ends.
 // It leaves enforcement in force when it returns: the dataplane is released, not closed.
@@ -187,9 +183,6 @@ func (a *Agent) InterfaceChanged(name string) {
 	a.run.Trigger()
 }
 
-// Trigger asks for a sync (the lab calls it when interfaces change outside the source).
-func (a *Agent) Trigger() { a.run.Trigger() }
-
 // sync brings the dataplane to the source's current state.
 func (a *Agent) sync(ctx context.Context) error {
 	var rv uint64
@@ -223,7 +216,6 @@ func (a *Agent) sync(ctx context.Context) error {
 		if rev != a.st.Applied {
 			a.cfg.Logger.Info("policy in force", "revision", rev, "took", took, "swept", swept)
 		}
-		a.rs = rs
 		a.st.Applied, a.st.ResourceVersion, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, rv, time.Now(), "", 0
 		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
 		a.m.applied.Set(float64(rev))
@@ -282,13 +274,6 @@ func (a *Agent) WaitApplied(ctx context.Context, rev uint64) error {
 			return fmt.Errorf("node %s: revision %d not in force (at %d): %w", a.cfg.Node, rev, st.Applied, ctx.Err())
 		}
 	}
-}
-
-// Applied returns the ruleset in force and its revision (nil before the first sync).
-func (a *Agent) Applied() (*ir.Ruleset, uint64) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.rs, a.st.Applied
 }
 
 // Status reports the agent's state, readiness included: ready once a first sync is in force,

@@ -56,7 +56,6 @@ type Lab struct {
 // nodeAgent is one node's agent and the goroutine running it.
 type nodeAgent struct {
 	*agent.Agent
-	dp   dataplane.Dataplane
 	done chan struct{}
 }
 
@@ -184,33 +183,13 @@ func (l *Lab) startAgent(node string) error {
 		ifaces.Close()
 		return err
 	}
-	na := &nodeAgent{Agent: a, dp: dp, done: make(chan struct{})}
+	na := &nodeAgent{Agent: a, done: make(chan struct{})}
 	go func() {
 		defer close(na.done)
 		defer ifaces.Close()
 		_ = a.Run(l.agentCtx) // a lab's dataplanes go with its namespaces
 	}()
 	l.agents[node] = na
-	return nil
-}
-
-// Agent returns a node's agent (nil for a node the lab does not have).
-func (l *Lab) Agent(node string) *agent.Agent {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if na, ok := l.agents[node]; ok {
-		return na.Agent
-	}
-	return nil
-}
-
-// Dataplane returns a node's dataplane (nil for a node the lab does not have).
-func (l *Lab) Dataplane(node string) dataplane.Dataplane {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if na, ok := l.agents[node]; ok {
-		return na.dp
-	}
 	return nil
 }
 
