@@ -112,6 +112,35 @@ func (c *Cluster) Delete(kind, ref string) error {
 	return nil
 }
 
+// Has reports whether the cluster holds the object of kind (any spelling IsKind accepts) at ref.
+func (c *Cluster) Has(kind, ref string) bool {
+	k, _ := IsKind(kind)
+	switch k {
+	case KindNamespace:
+		return has(c.Namespaces, ref)
+	case KindNode:
+		return has(c.Nodes, ref)
+	case KindPod:
+		return has(c.Pods, ref)
+	case KindService:
+		return has(c.Services, ref)
+	case KindEndpointSlice:
+		return has(c.EndpointSlices, ref)
+	case KindNetworkPolicy:
+		return has(c.NetworkPolicies, ref)
+	case KindANP:
+		return has(c.ANPs, ref)
+	case KindBANP:
+		return has(c.BANPs, ref)
+	}
+	return false
+}
+
+func has[T any](m map[string]T, k string) bool {
+	_, ok := m[k]
+	return ok
+}
+
 func del[T any](m map[string]T, k string) bool {
 	_, ok := m[k]
 	delete(m, k)

@@ -47,6 +47,12 @@ var kinds = map[string]kindInfo{
 	KindBANP:          {"policy.networking.k8s.io/v1alpha1", false, func() any { return &anpv1alpha1.BaselineAdminNetworkPolicy{} }},
 }
 
+// APIVersion returns a supported kind's apiVersion ("" for others).
+func APIVersion(kind string) string { return kinds[kind].apiVersion }
+
+// Namespaced reports whether a supported kind lives in namespaces.
+func Namespaced(kind string) bool { return kinds[kind].namespaced }
+
 // IsKind reports whether kind is supported, accepting any capitalisation and common short names
 // (pod, pods, netpol, anp, banp ...), and returns its canonical name.
 func IsKind(kind string) (string, bool) {

@@ -228,19 +228,23 @@ func (l *Lab) Delete(ctx context.Context, req DeleteRequest) error {
 
 // Label sets and removes labels on a pod or namespace.
 func (l *Lab) Label(ctx context.Context, req LabelRequest) error {
+	kind, err := labelKind(req.Kind)
+	if err != nil {
+		return err
+	}
 	if l.kube != nil {
-		return l.kubeLabel(ctx, req)
+		return l.kubeLabel(ctx, kind, req)
 	}
 	return l.Change(ctx, func(c *model.Cluster) error {
 		var labels *map[string]string
-		switch strings.ToLower(req.Kind) {
-		case "pod", "pods", "po":
+		switch kind {
+		case model.KindPod:
 			p, ok := c.Pods[req.Name]
 			if !ok {
 				return fmt.Errorf("no pod %s", req.Name)
 			}
 			labels = &p.Labels
-		case "namespace", "namespaces", "ns":
+		case model.KindNamespace:
 			n, ok := c.Namespaces[req.Name]
 			if !ok {
 				return fmt.Errorf("no namespace %s", req.Name)
@@ -251,8 +255,6 @@ func (l *Lab) Label(ctx context.Context, req LabelRequest) error {
 					return fmt.Errorf("label %s is set by the API server and cannot be removed", k)
 				}
 			}
-		default:
-			return fmt.Errorf("label: kind %q must be pod or namespace", req.Kind)
 		}
 		if *labels == nil {
 			*labels = map[string]string{}
@@ -269,18 +271,21 @@ func (l *Lab) Label(ctx context.Context, req LabelRequest) error {
 	})
 }
 
+// labelKind is the kind a label request names: pods and namespaces carry the labels policy
+// selects on.
+func labelKind(kind string) (string, error) {
+	switch strings.ToLower(kind) {
+	case "pod", "pods", "po":
+		return model.KindPod, nil
+	case "namespace", "namespaces", "ns":
+		return model.KindNamespace, nil
+	}
+	return "", fmt.Errorf("label: kind %q must be pod or namespace", kind)
+}
+
 // kubeLabel patches the labels through the API server (which validates them) and waits until
 // the change is in force.
-func (l *Lab) kubeLabel(ctx context.Context, req LabelRequest) error {
-	var kind string
-	switch strings.ToLower(req.Kind) {
-	case "pod", "pods", "po":
-		kind = model.KindPod
-	case "namespace", "namespaces", "ns":
-		kind = model.KindNamespace
-	default:
-		return fmt.Errorf("label: kind %q must be pod or namespace", req.Kind)
-	}
+func (l *Lab) kubeLabel(ctx context.Context, kind string, req LabelRequest) error {
 	rv, err := l.kube.label(ctx, kind, req.Name, req.Set, req.Remove)
 	if err != nil {
 		return err

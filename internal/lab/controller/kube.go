@@ -65,8 +65,11 @@ type agentProc struct {
 	restarts        int
 }
 
+// apiserverDir holds a --kube lab's API server: etcd data, certificates, ports, kubeconfig.
+func apiserverDir(name string) string { return filepath.Join(Dir(name), "apiserver") }
+
 // Kubeconfig returns the path of a lab's kubeconfig (--kube labs).
-func Kubeconfig(name string) string { return filepath.Join(Dir(name), "apiserver", "kubeconfig") }
+func Kubeconfig(name string) string { return filepath.Join(apiserverDir(name), "kubeconfig") }
 
 func pidFile(name string) string { return filepath.Join(Dir(name), "pids") }
 
@@ -76,17 +79,13 @@ func pidFile(name string) string { return filepath.Join(Dir(name), "pids") }
 func (l *Lab) StartKube(ctx context.Context, exe string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	log := l.settings.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := l.logger()
 	k := &kubeMode{log: log, exe: exe, agents: map[string]*agentProc{}}
 	l.kube = k
-	var err error
-	if k.srv, err = apiserver.Start(ctx, filepath.Join(Dir(l.settings.Name), "apiserver"), apiserver.Options{}); err != nil {
+	if err := l.StartAPIServer(ctx); err != nil {
 		return err
 	}
-	k.recordPID(l.settings.Name, k.srv.PID())
+	var err error
 	if k.cfg, err = clientcmd.BuildConfigFromFlags("", k.srv.Kubeconfig); err != nil {
 		return err
 	}
@@ -149,12 +148,11 @@ func (l *Lab) follow(changes <-chan struct{}) {
 		}
 		c := api.Clone()
 		l.mu.Lock()
-		err := Place(c, l.settings.Nodes)
+		// The namespaces first, then the placement in the API: agents learn a pod's address
+		// once its interface exists (and guard any interface before that).
+		err := l.realiseFabric(l.agentCtx, c)
 		if err == nil {
 			err = k.writeBack(l.agentCtx, api, c)
-		}
-		if err == nil {
-			err = l.realiseFabric(l.agentCtx, c)
 		}
 		if err == nil {
 			k.mu.Lock()
@@ -261,34 +259,19 @@ func (l *Lab) realiseFabric(ctx context.Context, c *model.Cluster) error {
 	return SaveState(l.settings, c)
 }
 
-// kinds maps the model's kinds to their API resources (and whether they are namespaced).
-var kinds = map[string]struct {
-	gvr        schema.GroupVersionResource
-	namespaced bool
-}{
-	model.KindNamespace:     {schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, false},
-	model.KindNode:          {schema.GroupVersionResource{Version: "v1", Resource: "nodes"}, false},
-	model.KindPod:           {schema.GroupVersionResource{Version: "v1", Resource: "pods"}, true},
-	model.KindService:       {schema.GroupVersionResource{Version: "v1", Resource: "services"}, true},
-	model.KindEndpointSlice: {schema.GroupVersionResource{Group: "discovery.k8s.io", Version: "v1", Resource: "endpointslices"}, true},
-	model.KindNetworkPolicy: {schema.GroupVersionResource{Group: "networking.k8s.io", Version: "v1", Resource: "networkpolicies"}, true},
-	model.KindANP:           {schema.GroupVersionResource{Group: "policy.networking.k8s.io", Version: "v1alpha1", Resource: "adminnetworkpolicies"}, false},
-	model.KindBANP:          {schema.GroupVersionResource{Group: "policy.networking.k8s.io", Version: "v1alpha1", Resource: "baselineadminnetworkpolicies"}, false},
-}
-
-// apiVersions of the kinds, for objects whose TypeMeta is empty.
-var apiVersions = map[string]string{
-	model.KindNamespace: "v1", model.KindNode: "v1", model.KindPod: "v1", model.KindService: "v1",
-	model.KindEndpointSlice: "discovery.k8s.io/v1", model.KindNetworkPolicy: "networking.k8s.io/v1",
-	model.KindANP: "policy.networking.k8s.io/v1alpha1", model.KindBANP: "policy.networking.k8s.io/v1alpha1",
+// resources names the API resource of each of the model's kinds.
+var resources = map[string]string{
+	model.KindNamespace: "namespaces", model.KindNode: "nodes", model.KindPod: "pods", model.KindService: "services",
+	model.KindEndpointSlice: "endpointslices", model.KindNetworkPolicy: "networkpolicies",
+	model.KindANP: "adminnetworkpolicies", model.KindBANP: "baselineadminnetworkpolicies",
 }
 
 func (k *kubeMode) resource(kind, namespace string) dynamic.ResourceInterface {
-	r := kinds[kind]
-	if r.namespaced {
-		return k.dyn.Resource(r.gvr).Namespace(namespace)
+	gvr := schema.FromAPIVersionAndKind(model.APIVersion(kind), kind).GroupVersion().WithResource(resources[kind])
+	if model.Namespaced(kind) {
+		return k.dyn.Resource(gvr).Namespace(namespace)
 	}
-	return k.dyn.Resource(r.gvr)
+	return k.dyn.Resource(gvr)
 }
 
 // labImage stands for the image of lab containers that name none: the lab's servers are not
@@ -310,7 +293,7 @@ func toUnstructured(kind string, obj any) (*unstructured.Unstructured, error) {
 		return nil, err
 	}
 	u := &unstructured.Unstructured{Object: m}
-	u.SetAPIVersion(apiVersions[kind])
+	u.SetAPIVersion(model.APIVersion(kind))
 	u.SetKind(kind)
 	u.SetResourceVersion("")
 	u.SetUID("")
@@ -407,7 +390,7 @@ func (k *kubeMode) write(ctx context.Context, objs []model.Object) (uint64, erro
 
 // deleteObjects deletes through the API server. Without a namespace controller, a namespace's
 // contents are deleted and the namespace finalized here.
-func (k *kubeMode) deleteObjects(ctx context.Context, c *model.Cluster, targets [][2]string) error {
+func (k *kubeMode) deleteObjects(ctx context.Context, targets [][2]string) error {
 	var errs []error
 	for _, t := range targets {
 		kind, ok := model.IsKind(t[0])
@@ -415,15 +398,12 @@ func (k *kubeMode) deleteObjects(ctx context.Context, c *model.Cluster, targets 
 			errs = append(errs, fmt.Errorf("unsupported kind %q", t[0]))
 			continue
 		}
-		ns, name := "", t[1]
-		if kinds[kind].namespaced {
-			var err error
-			if ns, name, err = splitKey(t[1]); err != nil {
-				errs = append(errs, err)
-				continue
-			}
+		ns, name, err := splitRef(kind, t[1])
+		if err != nil {
+			errs = append(errs, err)
+			continue
 		}
-		err := k.resource(kind, ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		err = k.resource(kind, ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
 		if apierrors.IsNotFound(err) {
 			err = fmt.Errorf("%s %s: %w", kind, t[1], model.ErrNotFound)
 		}
@@ -438,6 +418,15 @@ func (k *kubeMode) deleteObjects(ctx context.Context, c *model.Cluster, targets 
 	return errors.Join(errs...)
 }
 
+// splitRef splits a reference to an object of kind: namespace/name, or a bare name for kinds
+// outside namespaces.
+func splitRef(kind, ref string) (string, string, error) {
+	if model.Namespaced(kind) {
+		return splitKey(ref)
+	}
+	return "", ref, nil
+}
+
 // label patches labels (nil removes).
 func (k *kubeMode) label(ctx context.Context, kind, ref string, set map[string]string, remove []string) (uint64, error) {
 	labels := map[string]any{}
@@ -448,12 +437,9 @@ func (k *kubeMode) label(ctx context.Context, kind, ref string, set map[string]s
 		labels[key] = nil
 	}
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
-	ns, name := "", ref
-	if kinds[kind].namespaced {
-		var err error
-		if ns, name, err = splitKey(ref); err != nil {
-			return 0, err
-		}
+	ns, name, err := splitRef(kind, ref)
+	if err != nil {
+		return 0, err
 	}
 	u, err := k.resource(kind, ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "rampart-lab"})
 	if err != nil {
@@ -470,12 +456,12 @@ func (l *Lab) enforced(ctx context.Context, rv uint64, cond func(c *model.Cluste
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
-		want := max(rv, k.src.ResourceVersion())
+		seen := k.src.ResourceVersion()
 		api, _ := k.src.Snapshot()
 		k.mu.Lock()
 		realised := k.realised
 		k.mu.Unlock()
-		if k.src.ResourceVersion() >= rv && (cond == nil || cond(api)) && realised >= want && k.agentsAt(ctx, want) {
+		if seen >= rv && (cond == nil || cond(api)) && realised >= seen && k.agentsAt(ctx, seen) {
 			return nil
 		}
 		select {
@@ -488,14 +474,8 @@ func (l *Lab) enforced(ctx context.Context, rv uint64, cond func(c *model.Cluste
 
 // agentsAt reports whether every agent enforces the state at resourceVersion rv or later.
 func (k *kubeMode) agentsAt(ctx context.Context, rv uint64) bool {
-	k.mu.Lock()
-	procs := make([]*agentProc, 0, len(k.agents))
-	for _, p := range k.agents {
-		procs = append(procs, p)
-	}
-	k.mu.Unlock()
-	for _, p := range procs {
-		st, err := p.status(ctx)
+	for _, p := range k.procs() {
+		st, err := p.client.Status(ctx)
 		if err != nil || st.ResourceVersion < rv || st.LastError != "" {
 			return false
 		}
@@ -505,25 +485,27 @@ func (k *kubeMode) agentsAt(ctx context.Context, rv uint64) bool {
 
 func (k *kubeMode) agentSummary(ctx context.Context) string {
 	var parts []string
-	for _, n := range k.nodes() {
-		st, err := k.agents[n].status(ctx)
+	for _, p := range k.procs() {
+		st, err := p.client.Status(ctx)
 		if err != nil {
-			parts = append(parts, n+": "+err.Error())
+			parts = append(parts, p.node+": "+err.Error())
 		} else {
-			parts = append(parts, fmt.Sprintf("%s: resourceVersion %d %s", n, st.ResourceVersion, st.LastError))
+			parts = append(parts, fmt.Sprintf("%s: resourceVersion %d %s", p.node, st.ResourceVersion, st.LastError))
 		}
 	}
 	return strings.Join(parts, "; ")
 }
 
-func (k *kubeMode) nodes() []string {
+// procs returns the agent processes, by node name.
+func (k *kubeMode) procs() []*agentProc {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return model.SortedKeys(k.agents)
+	out := make([]*agentProc, 0, len(k.agents))
+	for _, n := range model.SortedKeys(k.agents) {
+		out = append(out, k.agents[n])
+	}
+	return out
 }
-
-// status asks an agent for its Status over its health socket.
-func (p *agentProc) status(ctx context.Context) (agent.Status, error) { return p.client.Status(ctx) }
 
 // startAgent runs and supervises the agent of a node: like kubelet for a DaemonSet pod, it
 // restarts the agent when it exits, after a short pause.
@@ -583,16 +565,16 @@ func (k *kubeMode) startAgent(l *Lab, node string) {
 func (k *kubeMode) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	for _, n := range k.nodes() {
+	for _, p := range k.procs() {
 		for {
-			st, err := k.agents[n].status(ctx)
+			st, err := p.client.Status(ctx)
 			if err == nil && st.Ready {
 				break
 			}
 			select {
 			case <-ctx.Done():
-				b, _ := os.ReadFile(k.agents[n].log)
-				return fmt.Errorf("agent of node %s not ready in 2 minutes: %v\n%s", n, err, tail(string(b)))
+				b, _ := os.ReadFile(p.log)
+				return fmt.Errorf("agent of node %s not ready in 2 minutes: %v\n%s", p.node, err, tail(string(b)))
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
@@ -622,12 +604,8 @@ func (k *kubeMode) recordPID(lab string, pid int) {
 func (k *kubeMode) stop() error {
 	k.mu.Lock()
 	k.stopping = true
-	procs := make([]*agentProc, 0, len(k.agents))
-	for _, p := range k.agents {
-		procs = append(procs, p)
-	}
 	k.mu.Unlock()
-	for _, p := range procs {
+	for _, p := range k.procs() {
 		p.mu.Lock()
 		if p.cmd != nil && p.cmd.Process != nil {
 			_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -689,10 +667,11 @@ func (l *Lab) StopAPIServer() {
 	srv.Stop()
 }
 
-// StartAPIServer starts it again on the same directory: the same address, certificates and
-// etcd data, so every client reconnects and resumes its watches.
+// StartAPIServer starts a --kube lab's API server; started again after StopAPIServer, it has
+// the same address, certificates and etcd data, so every client reconnects and resumes its
+// watches.
 func (l *Lab) StartAPIServer(ctx context.Context) error {
-	srv, err := apiserver.Start(ctx, filepath.Join(Dir(l.settings.Name), "apiserver"), apiserver.Options{})
+	srv, err := apiserver.Start(ctx, apiserverDir(l.settings.Name), apiserver.Options{})
 	if err != nil {
 		return err
 	}
@@ -707,21 +686,19 @@ func (l *Lab) StartAPIServer(ctx context.Context) error {
 func (l *Lab) AgentStates(ctx context.Context) map[string]AgentView {
 	out := map[string]AgentView{}
 	if l.kube != nil {
-		k := l.kube
-		for _, n := range k.nodes() {
-			p := k.agents[n]
+		for _, p := range l.kube.procs() {
 			p.mu.Lock()
 			v := AgentView{Restarts: p.restarts}
 			if p.cmd != nil && p.cmd.Process != nil {
 				v.PID = p.cmd.Process.Pid
 			}
 			p.mu.Unlock()
-			if st, err := p.status(ctx); err == nil {
+			if st, err := p.client.Status(ctx); err == nil {
 				v.fill(st)
 			} else {
 				v.Reason = "not answering: " + err.Error()
 			}
-			out[n] = v
+			out[p.node] = v
 		}
 		return out
 	}
@@ -770,15 +747,13 @@ func (l *Lab) kubeApply(ctx context.Context, objs []model.Object) error {
 
 // kubeDelete deletes through the API server and waits until the objects are gone everywhere.
 func (l *Lab) kubeDelete(ctx context.Context, targets [][2]string) error {
-	c, _ := l.Snapshot()
-	if err := l.kube.deleteObjects(ctx, c, targets); err != nil {
+	if err := l.kube.deleteObjects(ctx, targets); err != nil {
 		return err
 	}
 	return l.enforced(ctx, 0, func(c *model.Cluster) bool {
-		probe := c.Clone()
 		for _, t := range targets {
-			if probe.Delete(t[0], t[1]) == nil {
-				return false // still there
+			if c.Has(t[0], t[1]) {
+				return false
 			}
 		}
 		return true

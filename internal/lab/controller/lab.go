@@ -162,12 +162,8 @@ func (l *Lab) startAgent(node string) error {
 	if err != nil {
 		return err
 	}
-	log := l.settings.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	a, err := agent.New(agent.Config{
-		Node: node, Dataplane: kind, Logger: log.With("node", node), PodInterfacePrefix: PodInterfacePrefix,
+		Node: node, Dataplane: kind, Logger: l.logger().With("node", node), PodInterfacePrefix: PodInterfacePrefix,
 		// Changes are applied as they come: Change waits for them.
 		Runner: runner.Config{MinInterval: 0, RetryMin: 50 * time.Millisecond, RetryMax: 2 * time.Second},
 	}, l.store, dp)
@@ -191,6 +187,14 @@ func (l *Lab) startAgent(node string) error {
 	}()
 	l.agents[node] = na
 	return nil
+}
+
+// logger is where the lab's daemon logs (Settings.Log, or nowhere).
+func (l *Lab) logger() *slog.Logger {
+	if l.settings.Log != nil {
+		return l.settings.Log
+	}
+	return slog.New(slog.DiscardHandler)
 }
 
 // syncSockLB brings the connect-time load balancer to rs's Services. On first use the lab gets

@@ -97,24 +97,24 @@ func writeAtomic(path string, b []byte) error {
 func MarshalCluster(c *model.Cluster) ([]byte, error) {
 	var buf bytes.Buffer
 	err := errors.Join(
-		marshalAll(&buf, "v1", model.KindNamespace, c.Namespaces),
-		marshalAll(&buf, "v1", model.KindNode, c.Nodes),
-		marshalAll(&buf, "v1", model.KindPod, c.Pods),
-		marshalAll(&buf, "v1", model.KindService, c.Services),
-		marshalAll(&buf, "discovery.k8s.io/v1", model.KindEndpointSlice, c.EndpointSlices),
-		marshalAll(&buf, "networking.k8s.io/v1", model.KindNetworkPolicy, c.NetworkPolicies),
-		marshalAll(&buf, "policy.networking.k8s.io/v1alpha1", model.KindANP, c.ANPs),
-		marshalAll(&buf, "policy.networking.k8s.io/v1alpha1", model.KindBANP, c.BANPs),
+		marshalAll(&buf, model.KindNamespace, c.Namespaces),
+		marshalAll(&buf, model.KindNode, c.Nodes),
+		marshalAll(&buf, model.KindPod, c.Pods),
+		marshalAll(&buf, model.KindService, c.Services),
+		marshalAll(&buf, model.KindEndpointSlice, c.EndpointSlices),
+		marshalAll(&buf, model.KindNetworkPolicy, c.NetworkPolicies),
+		marshalAll(&buf, model.KindANP, c.ANPs),
+		marshalAll(&buf, model.KindBANP, c.BANPs),
 	)
 	return buf.Bytes(), err
 }
 
 // marshalAll appends one kind's objects, setting the apiVersion and kind the typed objects
 // leave empty.
-func marshalAll[T runtime.Object](buf *bytes.Buffer, apiVersion, kind string, m map[string]T) error {
+func marshalAll[T runtime.Object](buf *bytes.Buffer, kind string, m map[string]T) error {
 	for _, k := range model.SortedKeys(m) {
 		o := m[k]
-		o.GetObjectKind().SetGroupVersionKind(schema.FromAPIVersionAndKind(apiVersion, kind))
+		o.GetObjectKind().SetGroupVersionKind(schema.FromAPIVersionAndKind(model.APIVersion(kind), kind))
 		b, err := yaml.Marshal(o)
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", kind, k, err)
