@@ -112,6 +112,12 @@ func (r *Runner) Run(ctx context.Context) {
 		var fire <-chan time.Time
 		if !due.IsZero() {
 			timer = clk.NewTimer(due.Sub(clk.Now()))
+			// The clock may have reached due between reading it and arming the timer; a fake
+			// clock never fires a timer armed in the past, so look again before waiting.
+			if !clk.Now().Before(due) {
+				timer.Stop()
+				continue
+			}
 			fire = timer.C()
 		}
 		select {
