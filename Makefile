@@ -9,7 +9,11 @@ APT_PACKAGES := iproute2 iptables ipset util-linux clang llvm libbpf-dev linux-l
 # staticcheck, pinned: `make test` fails on its findings.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build deps demo test vet fmt-check staticcheck generate check-generate fuzz bench image clean
+# What the real cluster needs beyond that (make cluster, make e2e).
+CLUSTER_PACKAGES := containerd runc containernetworking-plugins openssl curl netcat-openbsd bind9-dnsutils
+DATAPLANE ?= iptables
+
+.PHONY: all build deps demo test vet fmt-check staticcheck generate check-generate fuzz bench image clean cluster cluster-down e2e
 
 all: build
 
@@ -56,6 +60,22 @@ bench: deps build
 # The agent's OCI image as a tarball (no Docker, no registry): bin/rampart-image.tar.
 image: deps
 	@scripts/image.sh "$(GO)"
+
+# A real single-node cluster (kubelet, containerd, the control plane) in its own namespaces, with
+# rampart deployed by kubectl apply -k deploy/: DATAPLANE=iptables (with kube-proxy) or ebpf
+# (without). Writes .cluster/env (NETNS, KUBECONFIG). scripts/cluster.sh kubectl ... reaches it.
+cluster: deps
+	@scripts/deps.sh $(CLUSTER_PACKAGES)
+	@scripts/cluster.sh up $(DATAPLANE)
+
+cluster-down:
+	@scripts/cluster.sh down
+
+# The upstream [sig-network] Netpol e2e tests against the running cluster (make cluster first;
+# SCTP ones skipped: this kernel has no SCTP sockets). Report in .cluster/e2e/.
+e2e:
+	@test -f .cluster/env || $(MAKE) cluster DATAPLANE=$(DATAPLANE)
+	@scripts/cluster.sh e2e
 
 fuzz:
 	$(GO) test ./internal/model -run XXX -fuzz FuzzDecode -fuzztime 30s

@@ -7,18 +7,14 @@ GO=${1:-go}
 TAG=${2:-localhost/rampart:dev}
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
+# shellcheck source=rootfs.sh
+. scripts/rootfs.sh
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp" "$root/run" "$root/sys/fs/bpf"
 CGO_ENABLED=0 "$GO" build -trimpath -o "$root/usr/local/bin/rampart" ./cmd/rampart
 # The programs the dataplanes run, resolved through Debian's alternatives to the nft backend.
-progs=(/usr/sbin/xtables-nft-multi /usr/sbin/ipset /usr/bin/nsenter)
-for p in "${progs[@]}"; do
-  install -D "$p" "$root$p"
-  ldd "$p" | awk '/=> \//{print $3} /^\t\/lib/{print $1}' | while read -r lib; do
-    install -D "$(readlink -f "$lib")" "$root$lib"
-  done
-done
+rootfs_copy "$root" /usr/sbin/xtables-nft-multi /usr/sbin/ipset /usr/bin/nsenter
 for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
   ln -sf xtables-nft-multi "$root/usr/sbin/$n"
 done
@@ -31,7 +27,5 @@ for d in "$root$xt"/*.so; do
 done
 cp /etc/protocols /etc/services "$root/etc/" 2>/dev/null || true
 echo 'root:x:0:0:root:/root:/sbin/nologin' > "$root/etc/passwd"
-tar -C "$root" --owner=0 --group=0 --numeric-owner -cf "$root.layer.tar" .
-"$GO" run ./scripts/mkimage -o bin/rampart-image.tar -t "$TAG" -layer "$root.layer.tar"
-rm -f "$root.layer.tar"
+GO=$GO rootfs_pack "$root" bin/rampart-image.tar "$TAG" /usr/local/bin/rampart agent
 echo "bin/rampart-image.tar ($TAG): $(du -h bin/rampart-image.tar | cut -f1)"

@@ -28,7 +28,7 @@ import (
 // agentFlags are `rampart agent`'s flags.
 type agentFlags struct {
 	kubeconfig, nodeName, dp, metricsAddr, healthAddr, logFormat string
-	netns, pinDir, uplink, podPrefix                             string
+	netns, pinDir, uplink, podPrefix, services, cgroup           string
 	minInterval, grace                                           time.Duration
 }
 
@@ -57,6 +57,8 @@ it.`,
 	fl.StringVar(&f.pinDir, "pin-dir", "/sys/fs/bpf/rampart", "bpffs directory where eBPF enforcement is pinned (it outlives the agent)")
 	fl.StringVar(&f.uplink, "uplink", "", "the node's interface toward other nodes (default: the default route's)")
 	fl.StringVar(&f.podPrefix, "pod-interface-prefix", "veth", "host-side pod interfaces start with this (the CNI's veth prefix); their traffic is dropped until the agent has programmed them (empty: off)")
+	fl.StringVar(&f.services, "services", "rampart", "who translates Services: rampart, or kube-proxy (iptables dataplane only: rampart then enforces policy on kube-proxy's translated traffic)")
+	fl.StringVar(&f.cgroup, "cgroup", "", "eBPF: cgroup v2 directory holding the pods (kubelet's cgroupRoot in the unified hierarchy) whose sockets connect to Service backends directly (empty: Services translated per packet only)")
 	fl.DurationVar(&f.minInterval, "min-sync-interval", 0, "least time between two dataplane syncs (0: as changes come; bursts coalesce)")
 	fl.DurationVar(&f.grace, "disconnect-grace", 30*time.Second, "how long the API server may be unreachable before /readyz fails (enforcement goes on)")
 	return cmd
@@ -91,6 +93,12 @@ func runAgent(parent context.Context, f agentFlags) error {
 	if f.nodeName == "" {
 		return errors.New("--node-name (or $NODE_NAME) is required")
 	}
+	if f.services != "rampart" && f.services != "kube-proxy" {
+		return fmt.Errorf("--services must be rampart or kube-proxy, not %q", f.services)
+	}
+	if f.services == "kube-proxy" && kind != dataplane.KindIPTables {
+		return errors.New("--services=kube-proxy needs --dataplane=iptables: the eBPF dataplane decides policy before netfilter, so it translates Services itself (run it without kube-proxy)")
+	}
 	cfg, err := kube.RESTConfig(f.kubeconfig)
 	if err != nil {
 		return err
@@ -104,13 +112,16 @@ func runAgent(parent context.Context, f agentFlags) error {
 		return err
 	}
 	defer ifaces.Close()
-	dn := dataplane.Node{Name: f.nodeName, Interface: ifaces.Interface, Uplink: f.uplink, PodInterfacePrefix: f.podPrefix}
+	dn := dataplane.Node{Name: f.nodeName, Interface: ifaces.Interface, Uplink: f.uplink, PodInterfacePrefix: f.podPrefix, KubeProxy: f.services == "kube-proxy"}
 	if kind == dataplane.KindEBPF && dn.Uplink == "" {
 		dn.Uplink = ifaces.DefaultRouteLink()
 	}
 	opts := dataplane.Options{Netns: f.netns}
 	if kind == dataplane.KindEBPF {
 		opts.PinDir = filepath.Join(f.pinDir, f.nodeName)
+		opts.Cgroup = f.cgroup
+	} else if f.cgroup != "" {
+		return errors.New("--cgroup: connect-time Services need --dataplane=ebpf")
 	}
 	dp, err := backend.New(kind, dn, opts)
 	if err != nil {

@@ -46,6 +46,10 @@ type Options struct {
 	PinDir string
 	// Attach (eBPF) forces an attachment kind: "auto" (TCX, else clsact), "tcx" or "clsact".
 	Attach string
+	// Cgroup (eBPF, optional) is a cgroup v2 directory whose processes (the pods') get
+	// connect-time Service load balancing: their sockets connect to a backend directly, and
+	// the per-packet translation only serves traffic from elsewhere. Never the hierarchy's root.
+	Cgroup string
 }
 
 // Node describes the node a dataplane instance enforces on.
@@ -63,6 +67,11 @@ type Node struct {
 	// a packet before its policy is in force (iptables: a guard chain in the rules; eBPF: a
 	// deny program attached when the interface appears, see Guarder).
 	PodInterfacePrefix string
+	// KubeProxy says kube-proxy translates Services on this node: the dataplane enforces
+	// policy on the translated traffic and leaves Services alone. Only the iptables dataplane
+	// works beside kube-proxy: its filter rules see traffic after kube-proxy's DNAT, while the
+	// eBPF programs decide before netfilter and so translate Services themselves.
+	KubeProxy bool
 }
 
 // Dataplane enforces a Ruleset on one node.

@@ -3,12 +3,15 @@
 package backend
 
 import (
+	"context"
+	"errors"
 	"fmt"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/dataplane/ctsweep"
 	"github.com/rampart-sec/rampart/internal/dataplane/ebpf"
 	"github.com/rampart-sec/rampart/internal/dataplane/iptables"
+	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/policy"
 )
 
@@ -22,6 +25,9 @@ func New(kind dataplane.Kind, node dataplane.Node, opts dataplane.Options) (data
 		dp.PinDir = opts.PinDir
 		if opts.Attach != "" {
 			dp.Attach = opts.Attach
+		}
+		if opts.Cgroup != "" {
+			return &ebpfPlane{Dataplane: dp, cgroup: opts.Cgroup}, nil
 		}
 		return dp, nil
 	case dataplane.KindNone:
@@ -46,7 +52,56 @@ var (
 
 	_ dataplane.CounterReader = (*ebpf.Dataplane)(nil)
 	_ dataplane.Guarder       = (*ebpf.Dataplane)(nil)
+
+	_ dataplane.Sweeper       = (*ebpfPlane)(nil)
+	_ dataplane.Releaser      = (*ebpfPlane)(nil)
+	_ dataplane.CounterReader = (*ebpfPlane)(nil)
+	_ dataplane.Guarder       = (*ebpfPlane)(nil)
 )
+
+// ebpfPlane is the eBPF dataplane plus connect-time Service load balancing in a cgroup: the
+// socket programs are attached at the first Sync and get the same Services at every one.
+type ebpfPlane struct {
+	*ebpf.Dataplane
+	cgroup string
+	sock   *ebpf.SockLB
+}
+
+func (p *ebpfPlane) Sync(ctx context.Context, rs *ir.Ruleset) error {
+	if err := p.Dataplane.Sync(ctx, rs); err != nil {
+		return err
+	}
+	if p.sock == nil {
+		s, err := ebpf.NewSockLB(p.cgroup)
+		if err != nil {
+			return fmt.Errorf("connect-time Services: %w", err)
+		}
+		p.sock = s
+	}
+	if err := p.sock.Sync(rs); err != nil {
+		return fmt.Errorf("connect-time Services: %w", err)
+	}
+	return nil
+}
+
+// Release detaches the socket programs (they belong to the process; Services stay served per
+// packet until a new agent attaches its own) and leaves the pinned enforcement in force.
+func (p *ebpfPlane) Release() error {
+	return errors.Join(p.closeSock(), p.Dataplane.Release())
+}
+
+func (p *ebpfPlane) Close() error {
+	return errors.Join(p.closeSock(), p.Dataplane.Close())
+}
+
+func (p *ebpfPlane) closeSock() error {
+	if p.sock == nil {
+		return nil
+	}
+	err := p.sock.Close()
+	p.sock = nil
+	return err
+}
 
 // Sweep removes conntrack entries of connections the evaluator now denies.
 func (p *iptablesPlane) Sweep(ev *policy.Evaluator) (int, error) {

@@ -37,7 +37,9 @@ func Render(rs *ir.Ruleset, node dataplane.Node) (*Spec, error) {
 	if err := r.filter(); err != nil {
 		return nil, err
 	}
-	r.nat()
+	if !node.KubeProxy {
+		r.nat()
+	}
 	r.sets()
 	return r.spec, nil
 }

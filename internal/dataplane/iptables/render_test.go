@@ -116,3 +116,38 @@ func TestSetNamesStableAcrossMembership(t *testing.T) {
 		t.Errorf("set names changed with membership: %s vs %s", a, b)
 	}
 }
+
+// TestRenderBesideKubeProxy: with kube-proxy translating Services, the spec has no NAT of its
+// own (two DNATs would fight over the same packets) but the same filter rules.
+func TestRenderBesideKubeProxy(t *testing.T) {
+	svc := policies + `---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {clusterIP: 10.96.0.20, selector: {role: even}, ports: [{port: 80, targetPort: http}]}
+`
+	own, err := Render(cluster(t, 4, svc), allLocal(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := allLocal(4)
+	node.KubeProxy = true
+	beside, err := Render(cluster(t, 4, svc), node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(own.String(), "10.96.0.20/32") {
+		t.Fatal("the Service is not translated by default")
+	}
+	if len(beside.Tables["nat"]) != 0 || strings.Contains(beside.String(), "DNAT") {
+		t.Fatalf("beside kube-proxy the spec still translates Services:\n%s", beside)
+	}
+	for _, j := range beside.Jumps {
+		if j.Table == "nat" {
+			t.Errorf("jump into nat/%s beside kube-proxy", j.From)
+		}
+	}
+	if fmt.Sprint(own.Tables["filter"]) != fmt.Sprint(beside.Tables["filter"]) {
+		t.Error("the filter rules differ beside kube-proxy")
+	}
+}
