@@ -13,7 +13,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CLUSTER_PACKAGES := containerd runc containernetworking-plugins openssl curl netcat-openbsd bind9-dnsutils
 DATAPLANE ?= iptables
 
-.PHONY: all build deps demo test vet fmt-check staticcheck generate check-generate fuzz bench image clean cluster cluster-down e2e
+.PHONY: all build deps demo test vet fmt-check staticcheck generate check-generate fuzz bench image clean cluster cluster-down e2e cluster-smoke
 
 all: build
 
@@ -76,6 +76,12 @@ cluster-down:
 e2e:
 	@test -f .cluster/env || $(MAKE) cluster DATAPLANE=$(DATAPLANE)
 	@scripts/cluster.sh e2e
+
+# CI's check of the real cluster (after make test): on both dataplanes, a cluster from scratch,
+# scripts/cluster.sh check and five upstream Netpol tests, then cluster-down.
+cluster-smoke: deps
+	@scripts/deps.sh $(CLUSTER_PACKAGES)
+	@scripts/cluster.sh smoke
 
 fuzz:
 	$(GO) test ./internal/model -run XXX -fuzz FuzzDecode -fuzztime 30s

@@ -8,6 +8,9 @@
 #   scripts/cluster.sh down                 stop and remove everything, also after a crash
 #   scripts/cluster.sh kubectl ARGS...      kubectl inside the node's network namespace
 #   scripts/cluster.sh e2e [GINKGO ARGS]    the upstream NetworkPolicy e2e suite
+#   scripts/cluster.sh check                a policy applied with kubectl is in force within 1s
+#   scripts/cluster.sh image                rebuild rampart's image and roll the DaemonSet to it
+#   scripts/cluster.sh smoke                both dataplanes: up, check, five upstream tests, down
 #
 # The host stays untouched: the node lives in its own network namespace (NETNS), a private mount
 # namespace (/run, /var/lib, /var/log and the host-wide /proc/sys entries kubelet writes are
@@ -308,7 +311,7 @@ down() {
   if [ -L /usr/local/bin/kubectl ] && [[ $(readlink /usr/local/bin/kubectl) == */rampart/cluster/* ]]; then
     rm -f /usr/local/bin/kubectl
   fi
-  rm -rf "$S" "$C/env" "$C/node.started" "$C/pki" "$C"/*.kubeconfig "$C/kubeconfig" "$C/deploy"
+  rm -rf "$S" "$C/env" "$C/node.started" "$C/node.pid" "$C/pki" "$C"/*.kubeconfig "$C/kubeconfig" "$C/deploy"
   local hc
   hc=$(hostcheck_bin)
   if [ -n "$hc" ] && [ -f "$C/hostcheck.before" ]; then
@@ -391,6 +394,7 @@ EOF
   setsid nsenter --net="/run/netns/$NETNS" -- unshare --mount --propagation private -- "$0" node \
     >"$C/node.log" 2>&1 </dev/null &
   local node=$!
+  echo "$node" >"$C/node.pid"
   local i=0
   while [ ! -f "$C/node.started" ] && ((i++ < 300)); do
     kill -0 "$node" 2>/dev/null || die "the node failed: $C/node.log: $(tail -3 "$C/node.log")"
@@ -400,6 +404,9 @@ EOF
   retry 180 kubectl_node wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s ||
     die "node $NODE_NAME not Ready: $S/log/kubelet.log"
   deploy_rampart
+  sed "s/DNS_SERVICE_IP/$DNS_SERVICE_IP/" "$here/test/coredns/coredns.yaml" | kubectl_node apply -f - >/dev/null
+  kubectl_node -n kube-system rollout status deployment/coredns --timeout=180s >/dev/null ||
+    die "CoreDNS did not become ready: scripts/cluster.sh kubectl -n kube-system logs deployment/coredns"
   if [ -n "$hc" ]; then "$hc" diff "$C/hostcheck.before" || die "the root network namespace changed"; fi
   log "up in $((SECONDS - t0))s: DATAPLANE=$DATAPLANE NETNS=$NETNS KUBECONFIG=$C/kubeconfig (. $C/env)"
 }
@@ -409,20 +416,110 @@ e2e() {
   mkdir -p "$C/e2e"
   local t0=$SECONDS rc=0
   in_node "$BIN/e2e-netpol.test" --kubeconfig "$C/kubeconfig" --provider local --report-dir "$C/e2e" \
-    --ginkgo.focus '\[sig-network\] Netpol' --ginkgo.skip '\[Feature:SCTPConnectivity\]' \
+    --ginkgo.focus "${E2E_FOCUS:-\[sig-network\] Netpol}" --ginkgo.skip '\[Feature:SCTPConnectivity\]' \
     --ginkgo.junit-report "$C/e2e/junit.xml" --ginkgo.timeout 3h "$@" >"$C/e2e/e2e.log" 2>&1 || rc=$?
   grep -E '^(Ran|PASS|FAIL|SUCCESS)|Passed.*Failed' "$C/e2e/e2e.log" | tail -5 >&2 || true
   log "e2e ($DATAPLANE) finished in $((SECONDS - t0))s, exit $rc; log and JUnit report in $C/e2e/"
   return $rc
 }
 
-cmd=${1:-}
-shift || true
-case $cmd in
-up) up "$@" ;;
-down) down ;;
-node) node ;;
-kubectl) load_env && kubectl_node "$@" ;;
-e2e) e2e "$@" ;;
-*) die "usage: $0 up [iptables|ebpf] | down | kubectl ARGS... | e2e [ARGS...]" ;;
-esac
+# check: a NetworkPolicy applied with kubectl changes what a real pod's connection attempts see
+# within a second (and so does deleting it), timed from kubectl's return to the start of the
+# first probe (agnhost connect through kubectl exec) that sees the new verdict.
+check() {
+  load_env
+  local ns=rampart-check k=kubectl_node
+  $k delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
+  $k create namespace "$ns" >/dev/null
+  $k -n "$ns" run server --image=registry.k8s.io/e2e-test-images/agnhost:2.53 --labels=app=server \
+    --port=8080 -- netexec --http-port=8080 >/dev/null
+  $k -n "$ns" run client --image=registry.k8s.io/e2e-test-images/agnhost:2.53 -- pause >/dev/null
+  $k -n "$ns" wait --for=condition=Ready pod/server pod/client --timeout=120s >/dev/null
+  local ip
+  ip=$($k -n "$ns" get pod server -o jsonpath='{.status.podIP}')
+  # probe: 0 connected, 1 timed out (dropped by policy), 2 anything else (exec failed, ...).
+  probe() {
+    local out
+    out=$($k -n "$ns" exec client -- /agnhost connect "$ip:8080" --timeout=1s --protocol=tcp 2>&1) && return 0
+    [[ $out == *TIMEOUT* ]] && return 1
+    return 2
+  }
+  retry 30 probe || die "check: client cannot reach server before any policy"
+  # until_sees WANT T0: probe until the outcome is WANT (0 connected, 1 blocked); print the
+  # seconds from T0 to the start of that probe.
+  until_sees() {
+    local want=$1 t0=$2 t got i
+    for ((i = 0; i < 100; i++)); do
+      t=$(date +%s.%N)
+      got=0
+      probe || got=$?
+      if [ "$got" = "$want" ]; then
+        awk -v a="$t0" -v b="$t" 'BEGIN {d = b - a; if (d < 0) d = 0; printf "%.3f\n", d}'
+        return 0
+      fi
+    done
+    return 1
+  }
+  local t0 deny allow
+  $k -n "$ns" apply -f - >/dev/null <<EOF
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-server, namespace: $ns}
+spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
+EOF
+  t0=$(date +%s.%N)
+  deny=$(until_sees 1 "$t0") || die "check: the deny policy was never enforced"
+  $k -n "$ns" delete networkpolicy deny-server >/dev/null
+  t0=$(date +%s.%N)
+  allow=$(until_sees 0 "$t0") || die "check: deleting the policy never let traffic through again"
+  $k delete namespace "$ns" --wait=false >/dev/null
+  log "check ($DATAPLANE): policy in force ${deny}s after kubectl apply, lifted ${allow}s after kubectl delete"
+  awk -v a="$deny" -v b="$allow" 'BEGIN {exit !(a <= 1 && b <= 1)}' || die "check: slower than 1s"
+}
+
+# image: rebuild rampart's image, import it into the node's containerd, restart the DaemonSet.
+image() {
+  load_env
+  (cd "$here" && scripts/image.sh "$GO" >/dev/null)
+  nsenter -t "$(cat "$C/node.pid")" -m -n -- ctr -n k8s.io images import "$here/bin/rampart-image.tar" >/dev/null
+  kubectl_node -n rampart-system rollout restart ds/rampart >/dev/null
+  kubectl_node -n rampart-system rollout status ds/rampart --timeout=180s
+}
+
+# The smoke check's upstream tests: default deny, namespace and pod selectors across
+# namespaces, named ports, a UDP-only policy against TCP, and isolation by a policy naming SCTP.
+SMOKE_FOCUS='\[sig-network\] Netpol NetworkPolicy between server and client should (support a .default-deny-ingress. policy|enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector|allow ingress access on one named port|not allow access by TCP when a policy specifies only UDP|properly isolate pods that are selected by a policy allowing SCTP)'
+
+# smoke: on each dataplane, a cluster from scratch, the kubectl latency check and a handful of
+# upstream tests, then down (also when a step fails). CI runs it after make test.
+smoke() {
+  local dp
+  trap 'down >/dev/null 2>&1 || true' EXIT
+  for dp in iptables ebpf; do
+    up "$dp"
+    check
+    E2E_FOCUS=$SMOKE_FOCUS e2e
+    down
+  done
+  trap - EXIT
+}
+
+# main is the whole command: the script may be edited while a long e2e run is in progress, and
+# bash reads a script as it goes, so the last line holds the call and the exit.
+main() {
+  local cmd=${1:-}
+  shift || true
+  case $cmd in
+  up) up "$@" ;;
+  down) down ;;
+  node) node ;;
+  kubectl) load_env && kubectl_node "$@" ;;
+  e2e) e2e "$@" ;;
+  check) check ;;
+  image) image ;;
+  smoke) smoke ;;
+  *) die "usage: $0 up [iptables|ebpf] | down | kubectl ARGS... | e2e [ARGS...] | check | image | smoke" ;;
+  esac
+}
+
+main "$@"; exit

@@ -142,6 +142,7 @@ enum counter {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only: memory as used, not as sized
 	__type(key, __u32); // pod IPv4 address, network order
 	__type(value, struct endpoint);
 } endpoints SEC(".maps");
@@ -172,6 +173,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only: memory as used, not as sized
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
 } services SEC(".maps");
@@ -193,6 +195,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only: memory as used, not as sized
 	__type(key, struct backend_key);
 	__type(value, struct backend_value);
 } backends SEC(".maps");

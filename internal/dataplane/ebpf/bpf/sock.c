@@ -61,6 +61,7 @@ enum lb_counter {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only: memory as used, not as sized
 	__type(key, struct lb_svc_key);
 	__type(value, struct lb_svc_value);
 } lb_services SEC(".maps");
@@ -68,6 +69,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only: memory as used, not as sized
 	__type(key, struct lb_backend_key);
 	__type(value, struct lb_backend_value);
 } lb_backends SEC(".maps");
