@@ -74,6 +74,24 @@ func newLogger(format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
 }
 
+// check reports flags that contradict each other or kind (KindAuto: before doctor.Pick, when
+// only what holds for every kind is checked).
+func (f agentFlags) check(kind dataplane.Kind) error {
+	switch {
+	case kind == dataplane.KindNone:
+		return errors.New("--dataplane: the agent enforces with iptables or ebpf")
+	case f.nodeName == "":
+		return errors.New("--node-name (or $NODE_NAME) is required")
+	case f.services != "rampart" && f.services != "kube-proxy":
+		return fmt.Errorf("--services must be rampart or kube-proxy, not %q", f.services)
+	case f.services == "kube-proxy" && kind == dataplane.KindEBPF:
+		return errors.New("--services=kube-proxy needs --dataplane=iptables: the eBPF dataplane decides policy before netfilter, so it translates Services itself (run it without kube-proxy)")
+	case f.cgroup != "" && kind == dataplane.KindIPTables:
+		return errors.New("--cgroup: connect-time Services need --dataplane=ebpf")
+	}
+	return nil
+}
+
 func runAgent(parent context.Context, f agentFlags) error {
 	log, err := newLogger(f.logFormat)
 	if err != nil {
@@ -83,21 +101,14 @@ func runAgent(parent context.Context, f agentFlags) error {
 	if err != nil {
 		return fmt.Errorf("--dataplane: %w", err)
 	}
-	if kind == dataplane.KindNone {
-		return errors.New("--dataplane: the agent enforces with iptables or ebpf")
-	}
-	kind, err = doctor.Pick(kind, doctor.Options{PinDir: f.pinDir})
-	if err != nil {
+	if err := f.check(kind); err != nil {
 		return err
 	}
-	if f.nodeName == "" {
-		return errors.New("--node-name (or $NODE_NAME) is required")
+	if kind, err = doctor.Pick(kind, doctor.Options{PinDir: f.pinDir}); err != nil {
+		return err
 	}
-	if f.services != "rampart" && f.services != "kube-proxy" {
-		return fmt.Errorf("--services must be rampart or kube-proxy, not %q", f.services)
-	}
-	if f.services == "kube-proxy" && kind != dataplane.KindIPTables {
-		return errors.New("--services=kube-proxy needs --dataplane=iptables: the eBPF dataplane decides policy before netfilter, so it translates Services itself (run it without kube-proxy)")
+	if err := f.check(kind); err != nil { // what auto picked
+		return err
 	}
 	cfg, err := kube.RESTConfig(f.kubeconfig)
 	if err != nil {
@@ -120,8 +131,6 @@ func runAgent(parent context.Context, f agentFlags) error {
 	if kind == dataplane.KindEBPF {
 		opts.PinDir = filepath.Join(f.pinDir, f.nodeName)
 		opts.Cgroup = f.cgroup
-	} else if f.cgroup != "" {
-		return errors.New("--cgroup: connect-time Services need --dataplane=ebpf")
 	}
 	dp, err := backend.New(kind, dn, opts)
 	if err != nil {

@@ -3,7 +3,7 @@ package ebpf
 import (
 	"errors"
 	"fmt"
-	"net"
+	"github.com/vishvananda/netlink"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -31,11 +31,14 @@ func (d *Dataplane) Guard(iface string) error {
 		d.deny = p
 	}
 	return d.inNetns(func() error {
-		i, err := net.InterfaceByName(iface)
+		l, err := netlink.LinkByName(iface)
+		if errors.As(err, &netlink.LinkNotFoundError{}) {
+			return nil // gone already: a deleted pod's veth announces its last state change
+		}
 		if err != nil {
 			return fmt.Errorf("guard %s: %w", iface, err)
 		}
-		a, err := attach(d.Attach, i.Index, d.deny, d.deny)
+		a, err := attach(d.Attach, l.Attrs().Index, d.deny, d.deny)
 		if err != nil {
 			return fmt.Errorf("guard %s: %w", iface, err)
 		}
@@ -60,7 +63,7 @@ func (d *Dataplane) takeGuard(iface string) attachment {
 func (d *Dataplane) dropGoneGuards() error {
 	var errs []error
 	for name, a := range d.guards {
-		if _, err := net.InterfaceByName(name); err != nil {
+		if _, err := netlink.LinkByName(name); errors.As(err, &netlink.LinkNotFoundError{}) {
 			errs = append(errs, a.Detach())
 			delete(d.guards, name)
 		}
