@@ -394,6 +394,7 @@ EOF
   setsid nsenter --net="/run/netns/$NETNS" -- unshare --mount --propagation private -- "$0" node \
     >"$C/node.log" 2>&1 </dev/null &
   local node=$!
+  disown "$node" # it outlives this script; down ends it
   echo "$node" >"$C/node.pid"
   local i=0
   while [ ! -f "$C/node.started" ] && ((i++ < 300)); do
