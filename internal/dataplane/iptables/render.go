@@ -65,9 +65,10 @@ func (r *renderer) addChain(table string, c Chain) {
 // to other nodes), INPUT (pod to this node) and OUTPUT (this node to pod), per-pod tier chains,
 // and per-policy chains.
 func (r *renderer) filter() error {
-	fwd := Chain{Name: ChainPrefix + "FORWARD", Rules: []string{establishedRule}}
-	in := Chain{Name: ChainPrefix + "INPUT", Rules: []string{establishedRule}}
-	out := Chain{Name: ChainPrefix + "OUTPUT", Rules: []string{establishedRule}}
+	pickupIn, pickupOut := midstreamRule("-i", r.node.PodInterfacePrefix), midstreamRule("-o", r.node.PodInterfacePrefix)
+	fwd := Chain{Name: ChainPrefix + "FORWARD", Rules: []string{establishedRule, pickupIn, pickupOut}}
+	in := Chain{Name: ChainPrefix + "INPUT", Rules: []string{establishedRule, pickupIn}}
+	out := Chain{Name: ChainPrefix + "OUTPUT", Rules: []string{establishedRule, pickupOut}}
 	var known []string // the local pods' interfaces, for the guard
 	for i := range r.rs.Pods {
 		pod := &r.rs.Pods[i]
@@ -119,6 +120,21 @@ func (r *renderer) filter() error {
 
 // Replies of allowed connections pass without another policy decision.
 const establishedRule = "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+
+// midstreamRule drops TCP packets other than a SYN that conntrack has no entry for, on pod
+// interfaces (dir -i or -o with the pod interface prefix; all interfaces without one). Such a
+// packet belongs to a connection whose entry is gone, most often swept because policy now denies
+// it; conntrack's loose pick-up would start a new entry oriented the way the packet goes, so a
+// packet of the server side (its ACK or retransmission, allowed out) would make the denied
+// client's packets look like replies and pass as ESTABLISHED. A connection must open with a SYN
+// to be decided.
+func midstreamRule(dir, prefix string) string {
+	match := ""
+	if prefix != "" {
+		match = fmt.Sprintf("%s %s+ ", dir, prefix)
+	}
+	return match + `-p tcp -m tcp ! --syn -m conntrack --ctstate NEW -m comment --comment "no entry: not decided mid-stream" -j DROP`
+}
 
 // podChain renders the chain deciding one direction for a local pod, or reports false when no
 // policy selects the pod in that direction (default allow: no chain, no dispatch rule).

@@ -151,3 +151,40 @@ spec: {clusterIP: 10.96.0.20, selector: {role: even}, ports: [{port: 80, targetP
 		t.Error("the filter rules differ beside kube-proxy")
 	}
 }
+
+// TestRenderMidstreamDrop: a TCP packet that is not a SYN and has no conntrack entry is dropped
+// on pod interfaces before any policy decision, in every dispatch chain it can reach.
+func TestRenderMidstreamDrop(t *testing.T) {
+	node := allLocal(2)
+	node.PodInterfacePrefix = "veth"
+	spec, err := Render(cluster(t, 2, policies), node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{
+		ChainPrefix + "FORWARD": {"-i veth+ ", "-o veth+ "},
+		ChainPrefix + "INPUT":   {"-i veth+ "},
+		ChainPrefix + "OUTPUT":  {"-o veth+ "},
+	}
+	for _, c := range spec.Tables["filter"] {
+		dirs, ok := want[c.Name]
+		if !ok {
+			continue
+		}
+		delete(want, c.Name)
+		if c.Rules[0] != establishedRule {
+			t.Errorf("%s starts with %q, want the established rule", c.Name, c.Rules[0])
+		}
+		for i, dir := range dirs {
+			if r := c.Rules[1+i]; !strings.HasPrefix(r, dir+"-p tcp -m tcp ! --syn -m conntrack --ctstate NEW") || !strings.HasSuffix(r, "-j DROP") {
+				t.Errorf("%s rule %d = %q, want the mid-stream drop for %s", c.Name, 1+i, r, dir)
+			}
+		}
+	}
+	if len(want) != 0 {
+		t.Errorf("chains missing: %v", want)
+	}
+	if r := midstreamRule("-i", ""); strings.Contains(r, "-i ") {
+		t.Errorf("without a prefix the drop is scoped: %q", r)
+	}
+}
