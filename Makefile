@@ -71,10 +71,13 @@ cluster: deps
 cluster-down:
 	@scripts/cluster.sh down
 
-# The upstream [sig-network] Netpol e2e tests against the running cluster (make cluster first;
-# SCTP ones skipped: this kernel has no SCTP sockets). Report in .cluster/e2e/.
+# The upstream [sig-network] Netpol e2e tests against the running cluster (SCTP ones skipped:
+# this kernel has no SCTP sockets). Report in .cluster/e2e/. Without a cluster, or with one of
+# another dataplane than a DATAPLANE given, it makes that cluster first.
 e2e:
-	@test -f .cluster/env || $(MAKE) cluster DATAPLANE=$(DATAPLANE)
+	@want=$(if $(filter command line environment,$(origin DATAPLANE)),$(DATAPLANE)); \
+	if [ ! -f .cluster/env ] || { [ -n "$$want" ] && ! grep -qx "DATAPLANE=$$want" .cluster/env; }; then \
+	  $(MAKE) cluster DATAPLANE=$${want:-iptables}; fi
 	@scripts/cluster.sh e2e
 
 # CI's check of the real cluster (after make test): on both dataplanes, a cluster from scratch,
