@@ -244,3 +244,61 @@ func scrape(t *testing.T, h http.Handler) string {
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// events records what the agent reports about its node.
+type events struct {
+	mu  sync.Mutex
+	got []string // "type reason: message"
+}
+
+func (e *events) Event(eventtype, reason, message string) {
+	e.mu.Lock()
+	e.got = append(e.got, eventtype+" "+reason+": "+message)
+	e.mu.Unlock()
+}
+
+func (e *events) list() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.got...)
+}
+
+// TestEventsOnTransitions: one Event when policy is first in force, one Warning when syncs
+// start failing however often they are retried, one when they recover.
+func TestEventsOnTransitions(t *testing.T) {
+	s := store.New(cluster())
+	dp := &fakePlane{}
+	ev := &events{}
+	a, _, _ := start(t, s, dp, Config{Events: ev, Dataplane: "iptables"})
+	ctx := waitCtx(t)
+	_, rev0 := s.Snapshot()
+	if err := a.WaitApplied(ctx, rev0); err != nil {
+		t.Fatal(err)
+	}
+	dp.setFail(errors.New("injected: kernel said no"))
+	rev, _ := s.Update(denyAll)
+	if err := a.WaitApplied(ctx, rev); !errors.Is(err, ErrSyncFailed) {
+		t.Fatalf("WaitApplied of a failing revision: %v", err)
+	}
+	for start := a.Status().SyncCount; a.Status().SyncCount < start+3; time.Sleep(5 * time.Millisecond) {
+		if ctx.Err() != nil {
+			t.Fatal("not retried")
+		}
+	}
+	dp.setFail(nil)
+	for a.Status().Applied != rev {
+		if ctx.Err() != nil {
+			t.Fatalf("not recovered: %+v", a.Status())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := ev.list()
+	want := []string{
+		"Normal PolicyInForce: rampart (iptables) enforces policy: 1 local pods, 0 policies (revision " + itoa(rev0) + ")",
+		"Warning SyncFailed: rampart (iptables) could not enforce revision " + itoa(rev) + "; the previous policy stays in force, retrying: injected: kernel said no",
+		"Normal PolicyInForce: rampart (iptables) enforces policy again: 1 local pods, 1 policies (revision " + itoa(rev) + ")",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
