@@ -478,11 +478,13 @@ EOF
   awk -v a="$deny" -v b="$allow" 'BEGIN {exit !(a <= 1 && b <= 1)}' || die "check: slower than 1s"
 }
 
-# image: rebuild rampart's image, import it into the node's containerd, restart the DaemonSet.
+# image: rebuild rampart's image, import it into the node's containerd, apply deploy/ again and
+# restart the DaemonSet.
 image() {
   load_env
   (cd "$here" && scripts/image.sh "$GO" >/dev/null)
   nsenter -t "$(cat "$C/node.pid")" -m -n -- ctr -n k8s.io images import "$here/bin/rampart-image.tar" >/dev/null
+  kubectl_node apply -k "$C/deploy" >/dev/null # deploy/ may have changed too
   kubectl_node -n rampart-system rollout restart ds/rampart >/dev/null
   kubectl_node -n rampart-system rollout status ds/rampart --timeout=180s
 }
