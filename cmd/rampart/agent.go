@@ -15,13 +15,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/rampart-sec/rampart/internal/agent"
 	"github.com/rampart-sec/rampart/internal/agent/node"
@@ -69,30 +62,6 @@ it.`,
 	fl.DurationVar(&f.minInterval, "min-sync-interval", 0, "least time between two dataplane syncs (0: as changes come; bursts coalesce)")
 	fl.DurationVar(&f.grace, "disconnect-grace", 30*time.Second, "how long the API server may be unreachable before /readyz fails (enforcement goes on)")
 	return cmd
-}
-
-// nodeEvents returns a recorder of Events about the node (as kubelet's, the Node referenced by
-// name and with its name as UID), sent to the API server by client-go's broadcaster, and the
-// function that flushes and stops it.
-func nodeEvents(cfg *rest.Config, nodeName string) (agent.EventRecorder, func(), error) {
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, nil, err
-	}
-	b := record.NewBroadcaster()
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
-	rec := b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "rampart-agent", Host: nodeName})
-	ref := &corev1.ObjectReference{Kind: "Node", Name: nodeName, UID: types.UID(nodeName)}
-	return nodeRecorder{rec, ref}, b.Shutdown, nil
-}
-
-type nodeRecorder struct {
-	rec record.EventRecorder
-	ref *corev1.ObjectReference
-}
-
-func (n nodeRecorder) Event(eventtype, reason, message string) {
-	n.rec.Event(n.ref, eventtype, reason, message)
 }
 
 func newLogger(format string) (*slog.Logger, error) {
@@ -167,13 +136,8 @@ func runAgent(parent context.Context, f agentFlags) error {
 	if err != nil {
 		return err
 	}
-	events, stopEvents, err := nodeEvents(cfg, f.nodeName)
-	if err != nil {
-		return err
-	}
-	defer stopEvents()
 	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace, PodInterfacePrefix: f.podPrefix,
-		Runner: runner.Config{MinInterval: f.minInterval}, Events: events}, src, dp)
+		Runner: runner.Config{MinInterval: f.minInterval}}, src, dp)
 	if err != nil {
 		return err
 	}

@@ -44,25 +44,7 @@ type Config struct {
 	Registry *prometheus.Registry
 	// PodInterfacePrefix: new interfaces with it are guarded (dataplane.Guarder) until synced.
 	PodInterfacePrefix string
-	// Events, if set, receives the agent's Kubernetes Events about its node (the command wires
-	// client-go's recorder): policy first in force, syncs starting to fail, and recovery. Only
-	// transitions are reported, so a sync failing in a retry loop is one Warning.
-	Events EventRecorder
 }
-
-// EventRecorder records an Event about the agent's node; client-go's record.EventRecorder,
-// bound to the Node object, satisfies it.
-type EventRecorder interface {
-	Event(eventtype, reason, message string)
-}
-
-// Event reasons and types, as kubectl get events shows them.
-const (
-	EventPolicyInForce = "PolicyInForce"
-	EventSyncFailed    = "SyncFailed"
-	EventNormal        = "Normal"
-	EventWarning       = "Warning"
-)
 
 // Defaults fills unset fields.
 func (c *Config) Defaults() {
@@ -226,7 +208,6 @@ func (a *Agent) sync(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.st.SyncCount++
-	a.event(err, rev, rs)
 	if err != nil {
 		a.m.syncErrors.Inc()
 		a.st.LastError, a.st.ErrorRevision = err.Error(), rev
@@ -245,26 +226,6 @@ func (a *Agent) sync(ctx context.Context) error {
 	close(a.progress)
 	a.progress = make(chan struct{})
 	return err
-}
-
-// event reports this sync's outcome when it changes the agent's state: the first policy in
-// force, the first failure after a success (or at start), the first success after failures.
-// The caller holds a.mu, before a.st records the outcome.
-func (a *Agent) event(err error, rev uint64, rs *ir.Ruleset) {
-	if a.cfg.Events == nil {
-		return
-	}
-	failing := a.st.LastError != ""
-	switch {
-	case err != nil && !failing:
-		a.cfg.Events.Event(EventWarning, EventSyncFailed, fmt.Sprintf("rampart (%s) could not enforce revision %d; the previous policy stays in force, retrying: %v", a.cfg.Dataplane, rev, err))
-	case err == nil && (failing || a.st.Applied == 0):
-		again := ""
-		if failing {
-			again = " again"
-		}
-		a.cfg.Events.Event(EventNormal, EventPolicyInForce, fmt.Sprintf("rampart (%s) enforces policy%s: %d local pods, %d policies (revision %d)", a.cfg.Dataplane, again, countLocal(rs, a.cfg.Node), countPolicies(rs), rev))
-	}
 }
 
 func countLocal(rs *ir.Ruleset, node string) int {
