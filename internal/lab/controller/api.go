@@ -204,8 +204,13 @@ func (l *Lab) Delete(ctx context.Context, req DeleteRequest) error {
 	}
 	none := fmt.Errorf("nothing to delete: give -f, KIND NS/NAME or --all-policies")
 	if l.kube != nil {
-		c, _ := l.Snapshot()
-		allPolicies(c)
+		if req.AllPolicies {
+			refs, err := l.kube.policyRefs(ctx)
+			if err != nil {
+				return err
+			}
+			targets = append(targets, refs...)
+		}
 		if len(targets) == 0 {
 			return none
 		}

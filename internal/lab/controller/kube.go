@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -386,6 +387,32 @@ func (k *kubeMode) write(ctx context.Context, objs []model.Object) (uint64, erro
 		}
 	}
 	return maxRV, errors.Join(errs...)
+}
+
+// policyRefs lists every policy the API server holds, sorted by kind then reference: what
+// `lab delete --all-policies` deletes. The API server's list, not the daemon's snapshot, which
+// may not have seen a change a client has just made.
+func (k *kubeMode) policyRefs(ctx context.Context) ([][2]string, error) {
+	var refs [][2]string
+	for _, kind := range []string{model.KindNetworkPolicy, model.KindANP, model.KindBANP} {
+		list, err := k.resource(kind, "").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", kind, err)
+		}
+		var names []string
+		for _, o := range list.Items {
+			if ns := o.GetNamespace(); ns != "" {
+				names = append(names, ns+"/"+o.GetName())
+			} else {
+				names = append(names, o.GetName())
+			}
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			refs = append(refs, [2]string{kind, n})
+		}
+	}
+	return refs, nil
 }
 
 // deleteObjects deletes through the API server. Without a namespace controller, a namespace's
