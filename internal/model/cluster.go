@@ -81,33 +81,15 @@ func (c *Cluster) Delete(kind, ref string) error {
 	if !ok {
 		return fmt.Errorf("unsupported kind %q", kind)
 	}
-	var found bool
-	switch k {
-	case KindNamespace:
-		found = del(c.Namespaces, ref)
-		if found { // as the API server does, deleting a namespace deletes what lives in it
-			delIn(c.Pods, ref)
-			delIn(c.Services, ref)
-			delIn(c.EndpointSlices, ref)
-			delIn(c.NetworkPolicies, ref)
-		}
-	case KindNode:
-		found = del(c.Nodes, ref)
-	case KindPod:
-		found = del(c.Pods, ref)
-	case KindService:
-		found = del(c.Services, ref)
-	case KindEndpointSlice:
-		found = del(c.EndpointSlices, ref)
-	case KindNetworkPolicy:
-		found = del(c.NetworkPolicies, ref)
-	case KindANP:
-		found = del(c.ANPs, ref)
-	case KindBANP:
-		found = del(c.BANPs, ref)
-	}
-	if !found {
+	objs := c.objectsOf(k)
+	if objs == nil || !objs.del(ref) {
 		return fmt.Errorf("%s %s: %w", k, ref, ErrNotFound)
+	}
+	if k == KindNamespace { // as the API server does, deleting a namespace deletes what lives in it
+		delIn(c.Pods, ref)
+		delIn(c.Services, ref)
+		delIn(c.EndpointSlices, ref)
+		delIn(c.NetworkPolicies, ref)
 	}
 	return nil
 }
@@ -115,36 +97,50 @@ func (c *Cluster) Delete(kind, ref string) error {
 // Has reports whether the cluster holds the object of kind (any spelling IsKind accepts) at ref.
 func (c *Cluster) Has(kind, ref string) bool {
 	k, _ := IsKind(kind)
-	switch k {
+	objs := c.objectsOf(k)
+	return objs != nil && objs.has(ref)
+}
+
+// refs is one kind's objects by reference, whatever their Go type.
+type refs interface {
+	has(ref string) bool
+	del(ref string) bool // reports whether ref was there
+}
+
+type objects[T any] map[string]T
+
+func (m objects[T]) has(ref string) bool {
+	_, ok := m[ref]
+	return ok
+}
+
+func (m objects[T]) del(ref string) bool {
+	_, ok := m[ref]
+	delete(m, ref)
+	return ok
+}
+
+// objectsOf returns the objects of kind (as IsKind names it), nil for other kinds.
+func (c *Cluster) objectsOf(kind string) refs {
+	switch kind {
 	case KindNamespace:
-		return has(c.Namespaces, ref)
+		return objects[*corev1.Namespace](c.Namespaces)
 	case KindNode:
-		return has(c.Nodes, ref)
+		return objects[*corev1.Node](c.Nodes)
 	case KindPod:
-		return has(c.Pods, ref)
+		return objects[*corev1.Pod](c.Pods)
 	case KindService:
-		return has(c.Services, ref)
+		return objects[*corev1.Service](c.Services)
 	case KindEndpointSlice:
-		return has(c.EndpointSlices, ref)
+		return objects[*discoveryv1.EndpointSlice](c.EndpointSlices)
 	case KindNetworkPolicy:
-		return has(c.NetworkPolicies, ref)
+		return objects[*networkingv1.NetworkPolicy](c.NetworkPolicies)
 	case KindANP:
-		return has(c.ANPs, ref)
+		return objects[*anpv1alpha1.AdminNetworkPolicy](c.ANPs)
 	case KindBANP:
-		return has(c.BANPs, ref)
+		return objects[*anpv1alpha1.BaselineAdminNetworkPolicy](c.BANPs)
 	}
-	return false
-}
-
-func has[T any](m map[string]T, k string) bool {
-	_, ok := m[k]
-	return ok
-}
-
-func del[T any](m map[string]T, k string) bool {
-	_, ok := m[k]
-	delete(m, k)
-	return ok
+	return nil
 }
 
 // delIn deletes every entry of namespace ns from a map keyed "ns/name".
