@@ -2,7 +2,6 @@ package ebpf_test
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	cebpf "github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
@@ -18,7 +16,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/lab/labtest"
-	"github.com/rampart-sec/rampart/internal/nsexec"
+	"github.com/rampart-sec/rampart/internal/netnstest"
 )
 
 const pinCluster = `apiVersion: v1
@@ -84,30 +82,13 @@ func TestPinnedRestart(t *testing.T) {
 	onUplink := 0
 	attached := func() int {
 		t.Helper()
-		n := 0
-		err := nsexec.Do(l.Fabric.NodeNetns(node), func() error {
-			up, err := net.InterfaceByName("eth0")
-			if err != nil {
-				return err
-			}
-			r, err := link.QueryPrograms(link.QueryOptions{Target: up.Index, Attach: cebpf.AttachTCXIngress})
-			if err != nil {
-				return err
-			}
-			onUplink = len(r.Programs)
-			iface, err := net.InterfaceByName(l.Fabric.PodInterface("x", "server"))
-			if err != nil {
-				return err
-			}
-			for _, at := range []cebpf.AttachType{cebpf.AttachTCXIngress, cebpf.AttachTCXEgress} {
-				r, err := link.QueryPrograms(link.QueryOptions{Target: iface.Index, Attach: at})
-				if err != nil {
-					return err
-				}
-				n += len(r.Programs)
-			}
-			return nil
-		})
+		ns := l.Fabric.NodeNetns(node)
+		up, err := netnstest.TCXPrograms(ns, "eth0", cebpf.AttachTCXIngress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		onUplink = up
+		n, err := netnstest.TCXPrograms(ns, l.Fabric.PodInterface("x", "server"), cebpf.AttachTCXIngress, cebpf.AttachTCXEgress)
 		if err != nil {
 			t.Fatal(err)
 		}
