@@ -22,9 +22,7 @@ done
 xt=$(dirname "$(dpkg -S libxt_tcp.so | awk -F': ' '{print $2; exit}')")
 [ -d "$xt" ] || { echo "iptables extensions not found" >&2; exit 1; }
 mkdir -p "$root$xt" && cp -a "$xt"/. "$root$xt"/
-for d in "$root$xt"/*.so; do
-  ldd "$d" | awk '/=> \//{print $3}' | while read -r lib; do install -D "$(readlink -f "$lib")" "$root$lib"; done
-done
+rootfs_libs "$root" "$xt"/*.so
 cp /etc/protocols /etc/services "$root/etc/" 2>/dev/null || true
 echo 'root:x:0:0:root:/root:/sbin/nologin' > "$root/etc/passwd"
 GO=$GO rootfs_pack "$root" bin/rampart-image.tar "$TAG" /usr/local/bin/rampart agent

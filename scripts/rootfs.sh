@@ -3,10 +3,20 @@
 # rootfs_copy ROOT PROGRAM...: each program, and the shared libraries it loads (the loader
 # included), at the same paths under ROOT.
 rootfs_copy() {
-  local root=$1 p lib
+  local root=$1 p
   shift
   for p in "$@"; do
     install -D "$p" "$root$p"
+  done
+  rootfs_libs "$root" "$@"
+}
+
+# rootfs_libs ROOT FILE...: the shared libraries each program or library loads, at the same
+# paths under ROOT.
+rootfs_libs() {
+  local root=$1 p lib
+  shift
+  for p in "$@"; do
     ldd "$p" 2>/dev/null | awk '/=> \//{print $3} /^\t\/lib/{print $1}' | while read -r lib; do
       install -D "$(readlink -f "$lib")" "$root$lib"
     done
