@@ -3,10 +3,10 @@ package ebpf
 import (
 	"errors"
 	"fmt"
-	"github.com/vishvananda/netlink"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/vishvananda/netlink"
 )
 
 // Guard puts a pod interface the dataplane has not programmed yet under a drop-everything
