@@ -1,0 +1,179 @@
+package flow
+
+import (
+	"net/netip"
+
+	"github.com/rampart-sec/rampart/internal/ir"
+)
+
+// RuleTable numbers every rule of a Ruleset (from 1; 0 is "no rule"), so that a dataplane can
+// store a compact id with each verdict and name the rule again when it reports a flow.
+type RuleTable struct {
+	ids   map[*ir.Rule]uint32
+	rules []Decider
+}
+
+// NewRuleTable numbers rs's rules in evaluation order.
+func NewRuleTable(rs *ir.Ruleset) *RuleTable {
+	t := &RuleTable{ids: map[*ir.Rule]uint32{}}
+	for d := range rs.Tiers {
+		for ti := range rs.Tiers[d] {
+			for pi := range rs.Tiers[d][ti].Policies {
+				p := &rs.Tiers[d][ti].Policies[pi]
+				for ri := range p.Rules {
+					r := &p.Rules[ri]
+					t.rules = append(t.rules, DeciderOf(p, r))
+					t.ids[r] = uint32(len(t.rules))
+				}
+			}
+		}
+	}
+	return t
+}
+
+// DeciderOf names rule r of policy p.
+func DeciderOf(p *ir.Policy, r *ir.Rule) Decider {
+	return Decider{Known: true, Tier: p.Tier, Namespace: p.Namespace, Name: p.Name, Rule: r.Index, RuleName: r.Name, Action: r.Action}
+}
+
+// ID returns the id of a rule of the table's Ruleset (0 for nil).
+func (t *RuleTable) ID(r *ir.Rule) uint32 {
+	if r == nil {
+		return 0
+	}
+	return t.ids[r]
+}
+
+// Decider resolves an id; 0 resolves to the zero Decider (no rule), an unknown id to one
+// marked Unresolved.
+func (t *RuleTable) Decider(id uint32) Decider {
+	switch {
+	case id == 0:
+		return Decider{}
+	case t == nil || int(id) > len(t.rules):
+		return Decider{Unresolved: true}
+	}
+	return t.rules[id-1]
+}
+
+// Resolver names the ends of flows and the policies isolating a pod, from the Ruleset in force.
+type Resolver struct {
+	rs   *ir.Ruleset
+	pods map[netip.Addr]*ir.Pod
+	svcs map[svcKey]*ir.Service
+}
+
+type svcKey struct {
+	ip    netip.Addr
+	port  uint16
+	proto ir.Protocol
+}
+
+// NewResolver indexes rs. Pod-network pods win an address over host-network pods sharing it.
+func NewResolver(rs *ir.Ruleset) *Resolver {
+	r := &Resolver{rs: rs, pods: map[netip.Addr]*ir.Pod{}, svcs: map[svcKey]*ir.Service{}}
+	for pass := 0; pass < 2; pass++ {
+		for i := range rs.Pods {
+			p := &rs.Pods[i]
+			if p.HostNetwork != (pass == 0) {
+				continue
+			}
+			for _, ip := range p.IPs {
+				r.pods[ip] = p
+			}
+		}
+	}
+	for i := range rs.Services {
+		s := &rs.Services[i]
+		for _, ip := range s.ClusterIPs {
+			for _, sp := range s.Ports {
+				r.svcs[svcKey{ip, sp.Port, sp.Protocol}] = s
+			}
+		}
+	}
+	return r
+}
+
+// Pod returns the pod with address ip, or nil.
+func (r *Resolver) Pod(ip netip.Addr) *ir.Pod {
+	if r == nil {
+		return nil
+	}
+	return r.pods[ip]
+}
+
+func (r *Resolver) endpoint(ap netip.AddrPort) Endpoint {
+	e := Endpoint{IP: ap.Addr().String(), Port: ap.Port()}
+	if p := r.Pod(ap.Addr()); p != nil {
+		e.Namespace, e.Pod = p.Namespace, p.Name
+	}
+	return e
+}
+
+// Record builds the record of an aggregated connection.
+func (r *Resolver) Record(node string, ev *Event) Record {
+	rec := Record{
+		Node:        node,
+		Source:      r.endpoint(ev.Tuple.Src),
+		Destination: r.endpoint(ev.Tuple.Dst),
+		Protocol:    ev.Tuple.Protocol.String(),
+		Direction:   ev.Direction.String(),
+		Verdict:     Allowed,
+	}
+	if !ev.Allowed {
+		rec.Verdict = Denied
+	}
+	if ev.Service.IsValid() {
+		sr := &ServiceRef{IP: ev.Service.Addr().String(), Port: ev.Service.Port()}
+		if r != nil {
+			if s := r.svcs[svcKey{ev.Service.Addr(), ev.Service.Port(), ev.Tuple.Protocol}]; s != nil {
+				sr.Namespace, sr.Name = s.Namespace, s.Name
+			}
+		}
+		rec.Destination.Service = sr
+	}
+	rec.Policy = r.policyRef(ev)
+	return rec
+}
+
+// policyRef names the decider; a denial with no rule is isolation by NetworkPolicy.
+func (r *Resolver) policyRef(ev *Event) *PolicyRef {
+	d := ev.Decider
+	if d.Known {
+		rule := d.Rule
+		return &PolicyRef{Kind: d.Tier.String(), Namespace: d.Namespace, Name: d.Name, Rule: &rule, RuleName: d.RuleName, Action: d.Action.String()}
+	}
+	if d.Unresolved {
+		return &PolicyRef{Kind: "unknown", Name: "unresolved (programmed by another agent generation)", Action: map[bool]string{true: "Allow", false: "Deny"}[ev.Allowed]}
+	}
+	if ev.Allowed || r == nil {
+		return nil
+	}
+	subject := ev.Tuple.Dst.Addr()
+	if ev.Direction == ir.Egress {
+		subject = ev.Tuple.Src.Addr()
+	}
+	pod := r.Pod(subject)
+	if pod == nil {
+		return nil
+	}
+	// The policy named is the first isolating one with no rules in this direction (a default
+	// deny: it is what denied), else the first isolating one; isolated_by lists them all.
+	ref := &PolicyRef{Kind: ir.TierNetworkPolicy.String(), Action: ir.Deny.String()}
+	var named *ir.Policy
+	for _, pr := range r.rs.PoliciesFor(pod.ID, ev.Direction) {
+		p := r.rs.Policy(ev.Direction, pr)
+		if p.Tier != ir.TierNetworkPolicy {
+			continue
+		}
+		if named == nil || (len(named.Rules) > 0 && len(p.Rules) == 0) {
+			named = p
+		}
+		ref.IsolatedBy = append(ref.IsolatedBy, PolicyName{Kind: p.Tier.String(), Namespace: p.Namespace, Name: p.Name})
+	}
+	if named == nil {
+		return nil
+	}
+	ref.Namespace, ref.Name = named.Namespace, named.Name
+	return ref
+}
