@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sync"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/nsexec"
 )
@@ -41,10 +43,19 @@ type Dataplane struct {
 	// Sync.
 	PinDir string
 
-	mu     sync.Mutex
-	objs   *Objects
-	links  map[string]attachment // by interface
-	uplink attachment
+	// NoFlowEvents stops the programs from writing flow events (set before the first Sync).
+	NoFlowEvents bool
+
+	mu   sync.Mutex
+	objs *Objects
+	// gen numbers generations; rules keeps the rule tables of the last few, by generation,
+	// so that events written by a generation just replaced still resolve.
+	gen     uint32
+	rules   map[uint32]*flow.RuleTable
+	synced  chan struct{} // closed at the first successful Sync
+	resolve *flow.Resolver
+	links   map[string]attachment // by interface
+	uplink  attachment
 	// guards hold pod interfaces not programmed yet under deny (Guard); Sync takes them over.
 	guards map[string]attachment
 	deny   *ebpf.Program
@@ -54,7 +65,8 @@ var _ dataplane.Dataplane = (*Dataplane)(nil)
 
 // New returns a dataplane for node working in the named network namespace ("" for the current).
 func New(node dataplane.Node, netnsName string) *Dataplane {
-	return &Dataplane{node: node, netns: netnsName, links: map[string]attachment{}, guards: map[string]attachment{}}
+	return &Dataplane{node: node, netns: netnsName, links: map[string]attachment{}, guards: map[string]attachment{},
+		gen: rand.Uint32(), rules: map[uint32]*flow.RuleTable{}, synced: make(chan struct{})}
 }
 
 // Sync builds the tables for rs and switches the node to them.
@@ -70,7 +82,7 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	if d.objs == nil && d.PinDir != "" {
 		next, err = d.loadAdopting()
 	} else {
-		next, err = Load(d.objs)
+		next, err = load(d.objs, d.genOptions())
 	}
 	if err != nil {
 		return err
@@ -109,7 +121,22 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		d.objs.Close() // the links hold the new programs; the old generation can go
 	}
 	d.objs = next
+	d.rules[d.gen] = tables.Rules
+	delete(d.rules, d.gen-keptGenerations)
+	if d.resolve == nil {
+		close(d.synced)
+	}
+	d.resolve = flow.NewResolver(rs)
 	return nil
+}
+
+// keptGenerations is how many generations' rule tables resolve flow events.
+const keptGenerations = 4
+
+// genOptions numbers the next generation. The caller holds d.mu.
+func (d *Dataplane) genOptions() genOptions {
+	d.gen++
+	return genOptions{generation: d.gen, noFlows: d.NoFlowEvents}
 }
 
 // attach points every local pod's links at the new programs, creating missing links and

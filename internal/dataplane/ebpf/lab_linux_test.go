@@ -162,7 +162,7 @@ func labEnforcement(t *testing.T, attach string, seeds int64) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c["redirect_peer"] == 0 || c["redirect_uplink"] == 0 || c["drop_policy"] == 0 {
+		if c["redirect_peer"] == 0 || c["redirect_uplink"] == 0 || c["drop_ingress"]+c["drop_egress"] == 0 {
 			t.Errorf("node %s: counters %v: expected direct deliveries from pods and from the uplink, and policy drops", node, c)
 		}
 	}

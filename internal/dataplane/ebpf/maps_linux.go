@@ -21,26 +21,50 @@ type Objects struct {
 }
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
-// generation, its flow state (conntrack and reverse NAT) and counters are reused, so flows
-// survive new tables and counters keep counting.
-func Load(prev *Objects) (*Objects, error) {
-	if prev != nil {
-		return loadWith(prev.objs.Conntrack, prev.objs.Revnat, prev.objs.Counters)
-	}
-	return loadWith(nil, nil, nil)
+// generation, its flow state (conntrack, reverse NAT, the flow-event ring) and counters are
+// reused, so flows survive new tables and counters keep counting.
+func Load(prev *Objects) (*Objects, error) { return load(prev, genOptions{}) }
+
+// genOptions are a generation's load-time constants.
+type genOptions struct {
+	generation uint32 // stamped on its flow events, to resolve their rule ids
+	noFlows    bool   // write no flow events
 }
 
-// loadWith loads a generation using the given flow-state and counter maps (nil: new ones).
-func loadWith(conntrack, revnat, counters *ebpf.Map) (*Objects, error) {
+func load(prev *Objects, g genOptions) (*Objects, error) {
+	if prev != nil {
+		return loadWith(carried{prev.objs.Conntrack, prev.objs.Revnat, prev.objs.Counters, prev.objs.FlowEvents}, g)
+	}
+	return loadWith(carried{}, g)
+}
+
+// carried are the maps one generation hands to the next (nil: new ones).
+type carried struct{ conntrack, revnat, counters, flowEvents *ebpf.Map }
+
+// loadWith loads a generation using the given flow-state and counter maps.
+func loadWith(c carried, g genOptions) (*Objects, error) {
 	o := &Objects{}
-	var opts *ebpf.CollectionOptions
-	if conntrack != nil {
-		opts = &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"conntrack": conntrack, "revnat": revnat}}
-		if counters != nil {
-			opts.MapReplacements["counters"] = counters
+	spec, err := loadPolicy()
+	if err != nil {
+		return nil, err
+	}
+	on := uint32(1)
+	if g.noFlows {
+		on = 0
+	}
+	if err := spec.Variables["generation"].Set(g.generation); err != nil {
+		return nil, fmt.Errorf("set generation: %w", err)
+	}
+	if err := spec.Variables["flow_events_on"].Set(on); err != nil {
+		return nil, fmt.Errorf("set flow_events_on: %w", err)
+	}
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{}}
+	for name, m := range map[string]*ebpf.Map{"conntrack": c.conntrack, "revnat": c.revnat, "counters": c.counters, "flow_events": c.flowEvents} {
+		if m != nil {
+			opts.MapReplacements[name] = m
 		}
 	}
-	if err := loadPolicyObjects(&o.objs, opts); err != nil {
+	if err := spec.LoadAndAssign(&o.objs, opts); err != nil {
 		return nil, fmt.Errorf("load BPF objects: %w", err)
 	}
 	for k, op := range crcZeroOps() {
@@ -87,9 +111,9 @@ func (o *Objects) Close() error { return o.objs.Close() }
 
 // CounterNames name the programs' counters, in the order of enum counter in bpf/policy.c.
 var CounterNames = []string{
-	"pass_not_ip", "pass_no_endpoint", "pass_not_selected", "pass_tracked", "allow", "drop_policy",
-	"drop_spoof", "pass_other_protocol", "dnat", "reverse_nat", "no_backend", "redirect_peer",
-	"redirect_uplink",
+	"pass_not_ip", "pass_no_endpoint", "pass_not_selected", "pass_tracked", "allow_ingress",
+	"drop_ingress", "drop_spoof", "pass_other_protocol", "dnat", "reverse_nat", "no_backend",
+	"redirect_peer", "redirect_uplink", "allow_egress", "drop_egress", "flow_events_lost",
 }
 
 // Counters sums each counter over CPUs.
@@ -166,6 +190,7 @@ func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, iface func(ir.PodID) Interface
 	for i, p := range t.Policy {
 		polKeys[i] = policyPolicyKey{Prefixlen: 80 + uint32(p.PortBits), Endpoint: p.Endpoint, Identity: uint32(p.Identity),
 			Protocol: uint8(p.Protocol), Direction: uint8(p.Direction), Port: portKey16(p.Port)}
+		polVals[i].Rule = p.Rule
 		if p.Allow {
 			polVals[i].Allow = 1
 		}

@@ -10,11 +10,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// Pinned objects under PinDir: links/<interface>-in|-out, conntrack, revnat.
+// Pinned objects under PinDir: links/<interface>-in|-out, conntrack, revnat, flow_events.
 const (
 	pinLinks     = "links"
 	pinConntrack = "conntrack"
 	pinRevnat    = "revnat"
+	pinFlows     = "flow_events"
 )
 
 func (d *Dataplane) linkPin(iface string) string {
@@ -29,7 +30,7 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 	}
 	ct, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, pinConntrack), nil)
 	if errors.Is(err, os.ErrNotExist) {
-		return Load(nil)
+		return load(nil, d.genOptions())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("adopt pinned conntrack: %w", err)
@@ -40,12 +41,19 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 		return nil, fmt.Errorf("adopt pinned reverse NAT: %w", err)
 	}
 	defer rn.Close()
-	o, err := loadWith(ct, rn, nil)
+	c := carried{conntrack: ct, revnat: rn}
+	// The programs left in force write their flow events here until the new ones take over.
+	if fe, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, pinFlows), nil); err == nil {
+		defer fe.Close()
+		c.flowEvents = fe
+	}
+	o, err := loadWith(c, d.genOptions())
 	if err != nil {
 		// Maps of an incompatible (older) layout: start afresh rather than not at all.
 		os.Remove(filepath.Join(d.PinDir, pinConntrack))
 		os.Remove(filepath.Join(d.PinDir, pinRevnat))
-		return Load(nil)
+		os.Remove(filepath.Join(d.PinDir, pinFlows))
+		return load(nil, d.genOptions())
 	}
 	return o, nil
 }
@@ -53,7 +61,7 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 // pinFlowState pins the generation's conntrack and reverse-NAT maps, unless they already are
 // (later generations share the first one's maps).
 func (o *Objects) pinFlowState(dir string) error {
-	for name, m := range map[string]*ebpf.Map{pinConntrack: o.objs.Conntrack, pinRevnat: o.objs.Revnat} {
+	for name, m := range map[string]*ebpf.Map{pinConntrack: o.objs.Conntrack, pinRevnat: o.objs.Revnat, pinFlows: o.objs.FlowEvents} {
 		p := filepath.Join(dir, name)
 		if _, err := os.Stat(p); err == nil {
 			continue

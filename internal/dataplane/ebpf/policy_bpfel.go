@@ -42,9 +42,12 @@ type policyCtKey struct {
 }
 
 type policyCtValue struct {
-	SeenNs uint64
-	Flags  policyCtFlag
-	Pad    uint32
+	SeenNs   uint64
+	Packets  uint64
+	Bytes    uint64
+	Flags    policyCtFlag
+	TcpFlags uint8
+	Pad      [3]uint8
 }
 
 type policyEndpoint struct {
@@ -63,6 +66,25 @@ const (
 	policyEpFlagEP_FAST             policyEpFlag = 4
 )
 
+type policyFlowEvent struct {
+	TsNs       uint64
+	Generation uint32
+	Rule       uint32
+	Saddr      uint32
+	Daddr      uint32
+	OrigDaddr  uint32
+	Len        uint32
+	Sport      uint16
+	Dport      uint16
+	OrigDport  uint16
+	Protocol   uint8
+	Direction  uint8
+	Allowed    uint8
+	TcpFlags   uint8
+	Pad        [2]uint8
+	_          [4]byte
+}
+
 type policyIpcacheKey struct {
 	Prefixlen uint32
 	Addr      uint32
@@ -77,7 +99,10 @@ type policyPolicyKey struct {
 	Port      uint16
 }
 
-type policyPolicyValue struct{ Allow uint32 }
+type policyPolicyValue struct {
+	Allow uint32
+	Rule  uint32
+}
 
 type policyRevnatKey struct {
 	Client   uint32
@@ -167,6 +192,7 @@ type policyMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	CrcZeros     *ebpf.MapSpec `ebpf:"crc_zeros"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	FlowEvents   *ebpf.MapSpec `ebpf:"flow_events"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	Revnat       *ebpf.MapSpec `ebpf:"revnat"`
@@ -178,6 +204,9 @@ type policyMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type policyVariableSpecs struct {
+	FlowEventsOn    *ebpf.VariableSpec `ebpf:"flow_events_on"`
+	Generation      *ebpf.VariableSpec `ebpf:"generation"`
+	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
 }
 
 // policyObjects contains all objects after they have been loaded into the kernel.
@@ -205,6 +234,7 @@ type policyMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	CrcZeros     *ebpf.Map `ebpf:"crc_zeros"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	FlowEvents   *ebpf.Map `ebpf:"flow_events"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Policy       *ebpf.Map `ebpf:"policy"`
 	Revnat       *ebpf.Map `ebpf:"revnat"`
@@ -219,6 +249,7 @@ func (m *policyMaps) Close() error {
 		m.Counters,
 		m.CrcZeros,
 		m.Endpoints,
+		m.FlowEvents,
 		m.Ipcache,
 		m.Policy,
 		m.Revnat,
@@ -231,6 +262,9 @@ func (m *policyMaps) Close() error {
 //
 // It can be passed to loadPolicyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type policyVariables struct {
+	FlowEventsOn    *ebpf.Variable `ebpf:"flow_events_on"`
+	Generation      *ebpf.Variable `ebpf:"generation"`
+	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
 }
 
 // policyPrograms contains all programs after they have been loaded into the kernel.

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 )
 
@@ -29,6 +30,7 @@ type PolicyEntry struct {
 	Port      uint16
 	PortBits  uint8
 	Allow     bool
+	Rule      uint32 // the deciding rule (Rules), 0: none
 }
 
 // Tables is everything the programs look up.
@@ -39,6 +41,8 @@ type Tables struct {
 	// Selected says which (endpoint, direction) have policy; the others allow everything.
 	Selected map[[2]uint32]bool
 	Policy   []PolicyEntry
+	// Rules numbers the rules that Policy entries name.
+	Rules *flow.RuleTable
 }
 
 // class is what distinguishes remote addresses: the address sets holding them and, per
@@ -72,7 +76,8 @@ func (c class) key() string {
 
 // Build computes the tables for the pods local reports true for (IPv4 only, as the lab).
 func Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, error) {
-	t := &Tables{Endpoints: map[ir.PodID]uint32{}, Selected: map[[2]uint32]bool{}}
+	rules := flow.NewRuleTable(rs)
+	t := &Tables{Endpoints: map[ir.PodID]uint32{}, Selected: map[[2]uint32]bool{}, Rules: rules}
 	classes, err := t.identities(rs)
 	if err != nil {
 		return nil, err

@@ -92,21 +92,23 @@ func (t *Tables) verdicts(rs *ir.Ruleset, pod *ir.Pod, ep uint32, dir ir.Directi
 		}
 		slices.Sort(bounds)
 		bounds = slices.Compact(bounds)
-		start, allow := 0, pr.decide(rs, pod, dir, cand, c, proto, 0)
+		// Neighbouring pieces merge when the same rule decides them the same way (the rule id is
+		// what flow records name).
+		start, cur := 0, t.verdict(pr.decide(rs, pod, dir, cand, c, proto, 0))
 		for i := 1; i < len(bounds); i++ {
 			next := 65536
-			nextAllow := allow
+			nextV := cur
 			if bounds[i] < 65536 {
 				next = bounds[i]
-				nextAllow = pr.decide(rs, pod, dir, cand, c, proto, uint16(next))
-				if nextAllow == allow {
+				nextV = t.verdict(pr.decide(rs, pod, dir, cand, c, proto, uint16(next)))
+				if nextV == cur {
 					continue
 				}
 			}
 			for _, pfx := range rangePrefixes(start, next-1) {
-				t.Policy = append(t.Policy, PolicyEntry{Endpoint: ep, Direction: dir, Identity: id, Protocol: proto, Port: pfx.port, PortBits: pfx.bits, Allow: allow})
+				t.Policy = append(t.Policy, PolicyEntry{Endpoint: ep, Direction: dir, Identity: id, Protocol: proto, Port: pfx.port, PortBits: pfx.bits, Allow: cur.allow, Rule: cur.rule})
 			}
-			start, allow = next, nextAllow
+			start, cur = next, nextV
 		}
 	}
 }
@@ -130,11 +132,21 @@ func (pr *podRules) namedPorts(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, c 
 	return out
 }
 
+type verdict struct {
+	allow bool
+	rule  uint32
+}
+
+func (t *Tables) verdict(allow bool, r *ir.Rule) verdict {
+	return verdict{allow, t.Rules.ID(r)}
+}
+
 // decide walks the tiers for one (endpoint, remote class, protocol, port) over the candidate
 // rules (those whose peers match the class), in evaluation order: the first admin rule that
 // matches decides (Pass skips the rest of the admin tier); then any NetworkPolicy rule allows;
-// an isolated endpoint denies the rest; then the first baseline rule decides; else allow.
-func (pr *podRules) decide(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, cand []int, c class, proto ir.Protocol, port uint16) bool {
+// an isolated endpoint denies the rest; then the first baseline rule decides; else allow. It
+// returns the deciding rule too (nil: isolation or default allow), the one the evaluator names.
+func (pr *podRules) decide(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, cand []int, c class, proto ir.Protocol, port uint16) (bool, *ir.Rule) {
 	portMatches := func(r *ir.Rule) bool {
 		if r.Ports.All {
 			return true
@@ -161,25 +173,25 @@ func (pr *podRules) decide(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, cand [
 			}
 			switch fr.r.Action {
 			case ir.Allow:
-				return true
+				return true, fr.r
 			case ir.Deny:
-				return false
+				return false, fr.r
 			}
 			passed = true // Pass: on to NetworkPolicy
 		case ir.TierNetworkPolicy:
 			if portMatches(fr.r) {
-				return true
+				return true, fr.r
 			}
 		case ir.TierBaseline:
 			if pr.isolated {
-				return false
+				return false, nil
 			}
 			if portMatches(fr.r) {
-				return fr.r.Action == ir.Allow
+				return fr.r.Action == ir.Allow, fr.r
 			}
 		}
 	}
-	return !pr.isolated
+	return !pr.isolated, nil
 }
 
 type portPrefix struct {

@@ -51,6 +51,7 @@ struct policy_key {
 
 struct policy_value {
 	__u32 allow;
+	__u32 rule; // the deciding rule's id in this generation's rule table (0: none), for flow records
 };
 
 struct ct_key {
@@ -76,10 +77,15 @@ static __always_inline int nat_reply(__u32 ctflags)
 	return (ctflags & (CT_REPLY | CT_NAT)) == (CT_REPLY | CT_NAT);
 }
 
+// Packet and byte counts are per direction entry (the flow records add both); tcp_flags is
+// the OR of the flags seen.
 struct ct_value {
 	__u64 seen_ns;
+	__u64 packets;
+	__u64 bytes;
 	enum ct_flag flags;
-	__u32 pad;
+	__u8 tcp_flags;
+	__u8 pad[3];
 };
 
 // Services: a ClusterIP frontend and its backends, chosen per flow by a hash of the client.
@@ -127,8 +133,8 @@ enum counter {
 	C_PASS_NO_ENDPOINT,
 	C_PASS_NOT_SELECTED,
 	C_PASS_CT,
-	C_ALLOW,
-	C_DROP_POLICY,
+	C_ALLOW_INGRESS,
+	C_DROP_INGRESS,
 	C_DROP_SPOOF,
 	C_PASS_OTHER_PROTO,
 	C_DNAT,
@@ -136,6 +142,9 @@ enum counter {
 	C_NO_BACKEND,
 	C_REDIRECT_PEER,   // handed from a local pod to a local pod
 	C_REDIRECT_UPLINK, // handed from the uplink to a local pod
+	C_ALLOW_EGRESS,
+	C_DROP_EGRESS,
+	C_FLOW_LOST, // flow events the ring buffer had no room for
 	C_MAX,
 };
 
@@ -220,6 +229,39 @@ static __always_inline void count(__u32 c)
 	if (v)
 		*v += 1;
 }
+
+// Flow events (docs/ebpf-design.md, flow records): one per denied packet and per new tracked
+// flow, read by the agent, which resolves rule ids with the table of the generation that
+// wrote them. The ring buffer outlives generations (it is carried over like conntrack).
+struct flow_event {
+	__u64 ts_ns;
+	__u32 generation;
+	__u32 rule;
+	__u32 saddr;
+	__u32 daddr;
+	__u32 orig_daddr; // the Service frontend, when this program translated the packet (else 0)
+	__u32 len;
+	__u16 sport;
+	__u16 dport;
+	__u16 orig_dport;
+	__u8 protocol;
+	__u8 direction;
+	__u8 allowed;
+	__u8 tcp_flags;
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} flow_events SEC(".maps");
+
+// Keeps struct flow_event in the BTF, so bpf2go generates it for the reader.
+const struct flow_event *unused_flow_event __attribute__((unused));
+
+// Set by the loader: this generation's number, and whether flow events are written at all.
+volatile const __u32 generation = 0;
+volatile const __u32 flow_events_on = 1;
 
 // Offsets in the IPv4 header; the header starts after the Ethernet one in TC programs and at
 // the start of the packet in the route (LWT) program.
@@ -387,17 +429,6 @@ static __always_inline void revnat_reply(struct __sk_buff *skb)
 		count(C_REVNAT);
 }
 
-// track records a new flow of an endpoint in both directions.
-static __always_inline void track(struct ct_key *ck, __u32 flags)
-{
-	__u64 now = bpf_ktime_get_ns();
-	struct ct_value fwd = {.seen_ns = now, .flags = flags};
-	struct ct_value rev = {.seen_ns = now, .flags = flags | CT_REPLY};
-	struct ct_key rk = {.endpoint = ck->endpoint, .saddr = ck->daddr, .daddr = ck->saddr, .sport = ck->dport, .dport = ck->sport, .protocol = ck->protocol};
-	bpf_map_update_elem(&conntrack, ck, &fwd, BPF_ANY);
-	bpf_map_update_elem(&conntrack, &rk, &rev, BPF_ANY);
-}
-
 // pkt is what policy and conntrack read of a packet (after any per-packet DNAT).
 struct pkt {
 	__u32 saddr;
@@ -406,9 +437,50 @@ struct pkt {
 	__u16 dport;
 	__u8 proto;
 	__u8 ttl;
-	__u16 pad;
+	__u8 tcp_flags;
+	__u8 pad;
 	__u32 natflag; // CT_NAT when this packet was translated
+	__u32 len;
+	__u32 orig_daddr; // before the per-packet DNAT (0: not translated)
+	__u16 orig_dport;
+	__u16 pad2;
 };
+
+static __always_inline void emit_flow(struct pkt *p, int dir, __u32 allowed, __u32 rule)
+{
+	if (!flow_events_on)
+		return;
+	struct flow_event ev = {
+		.ts_ns = bpf_ktime_get_ns(),
+		.generation = generation,
+		.rule = rule,
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.orig_daddr = p->orig_daddr,
+		.len = p->len,
+		.sport = p->sport,
+		.dport = p->dport,
+		.orig_dport = p->orig_dport,
+		.protocol = p->proto,
+		.direction = dir,
+		.allowed = allowed,
+		.tcp_flags = p->tcp_flags,
+	};
+	if (bpf_ringbuf_output(&flow_events, &ev, sizeof(ev), 0))
+		count(C_FLOW_LOST);
+}
+
+// track records a new flow of an endpoint in both directions, counting its first packet.
+static __always_inline void track(struct ct_key *ck, struct pkt *p)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_value fwd = {.seen_ns = now, .flags = p->natflag, .packets = 1, .bytes = p->len, .tcp_flags = p->tcp_flags};
+	struct ct_value rev = {.seen_ns = now, .flags = p->natflag | CT_REPLY};
+	struct ct_key rk = {.endpoint = ck->endpoint, .saddr = ck->daddr, .daddr = ck->saddr, .sport = ck->dport, .dport = ck->sport, .protocol = ck->protocol};
+	bpf_map_update_elem(&conntrack, ck, &fwd, BPF_ANY);
+	bpf_map_update_elem(&conntrack, &rk, &rev, BPF_ANY);
+}
+
 
 #define PARSE_OK 0
 #define PARSE_PASS 1 // not ours to judge (not IPv4, or a protocol policy does not speak of)
@@ -442,12 +514,24 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 	p->sport = ports[0];
 	p->dport = ports[1];
 	p->natflag = 0;
+	p->orig_daddr = 0;
+	p->orig_dport = 0;
+	p->tcp_flags = 0;
+	p->len = skb->len;
+	if (proto == IPPROTO_TCP) {
+		__u8 *fl = (void *)ports + 13; // the flags byte of the TCP header
+		if ((void *)(fl + 1) <= end)
+			p->tcp_flags = *fl;
+	}
+	__u32 daddr0 = ip->daddr;
 	if (dir == DIR_EGRESS) {
 		int nat = dnat(skb, ip, IP_OFF, (void *)ports - data, p->sport, p->dport);
 		if (nat < 0)
 			return PARSE_DROP;
 		if (nat > 0) { // the packet changed: read it again
 			p->natflag = CT_NAT;
+			p->orig_daddr = daddr0;
+			p->orig_dport = p->dport;
 			data = (void *)(long)skb->data;
 			end = (void *)(long)skb->data_end;
 			ip = data + sizeof(struct ethhdr);
@@ -474,6 +558,10 @@ static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __
 	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &ck);
 	if (cv) {
 		cv->seen_ns = bpf_ktime_get_ns();
+		__sync_fetch_and_add(&cv->packets, 1);
+		__sync_fetch_and_add(&cv->bytes, p->len);
+		if ((cv->tcp_flags | p->tcp_flags) != cv->tcp_flags)
+			cv->tcp_flags |= p->tcp_flags;
 		*ctflags = cv->flags;
 		count(C_PASS_CT);
 		return TC_ACT_OK;
@@ -483,7 +571,8 @@ static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __
 	// other direction, which may be policed, and must not be judged as new flows.
 	__u32 flag = dir == DIR_EGRESS ? EP_SELECTED_EGRESS : EP_SELECTED_INGRESS;
 	if (!(ep->flags & flag)) {
-		track(&ck, p->natflag);
+		track(&ck, p);
+		emit_flow(p, dir, 1, 0);
 		count(C_PASS_NOT_SELECTED);
 		return TC_ACT_OK;
 	}
@@ -500,11 +589,13 @@ static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __
 	};
 	struct policy_value *pv = bpf_map_lookup_elem(&policy, &pk);
 	if (!pv || !pv->allow) {
-		count(C_DROP_POLICY);
+		emit_flow(p, dir, 0, pv ? pv->rule : 0);
+		count(dir == DIR_EGRESS ? C_DROP_EGRESS : C_DROP_INGRESS);
 		return TC_ACT_SHOT;
 	}
-	track(&ck, p->natflag);
-	count(C_ALLOW);
+	track(&ck, p);
+	emit_flow(p, dir, 1, pv->rule);
+	count(dir == DIR_EGRESS ? C_ALLOW_EGRESS : C_ALLOW_INGRESS);
 	return TC_ACT_OK;
 }
 
