@@ -1,5 +1,5 @@
 // Package ctsweep removes kernel conntrack entries of connections that the current policy no
-// longer allows. Dataplanes accept packets of established connections without a new policy
+// longer allows, and reads the entries' counts for flow records. Dataplanes accept packets of established connections without a new policy
 // decision (that is what keeps replies flowing), so without a sweep a connection opened
 // before a deny would outlive it. Connections the new policy still allows are left alone.
 package ctsweep
@@ -7,11 +7,14 @@ package ctsweep
 import (
 	"fmt"
 	"net/netip"
+	"os"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/nsexec"
 	"github.com/rampart-sec/rampart/internal/policy"
 )
 
@@ -69,4 +72,51 @@ func Flow(c *netlink.ConntrackFlow) (policy.Flow, bool) {
 		return policy.Flow{}, false
 	}
 	return policy.Flow{Src: src.Unmap(), Dst: dst.Unmap(), Protocol: proto, Port: c.Reverse.SrcPort}, true
+}
+
+// Counts reads, in the named network namespace, the packet and byte counts (both directions)
+// of the kernel's conntrack entries for conns, matched as policy sees them (original source,
+// the reply's source). The namespace's nf_conntrack_acct must be on (EnableAccounting);
+// entries not found are Gone.
+func Counts(nsName string, conns []flow.Conn) ([]flow.Counts, error) {
+	h, err := handle(nsName)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	entries, err := h.ConntrackTableList(netlink.ConntrackTable, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("list conntrack in %q: %w", nsName, err)
+	}
+	type key struct {
+		proto    uint8
+		src, dst netip.AddrPort
+	}
+	byKey := make(map[key]*netlink.ConntrackFlow, len(entries))
+	for _, e := range entries {
+		src, ok1 := netip.AddrFromSlice(e.Forward.SrcIP)
+		dst, ok2 := netip.AddrFromSlice(e.Reverse.SrcIP)
+		if ok1 && ok2 {
+			byKey[key{e.Forward.Protocol, netip.AddrPortFrom(src.Unmap(), e.Forward.SrcPort), netip.AddrPortFrom(dst.Unmap(), e.Reverse.SrcPort)}] = e
+		}
+	}
+	out := make([]flow.Counts, len(conns))
+	for i, c := range conns {
+		e, ok := byKey[key{uint8(c.Tuple.Protocol), c.Tuple.Src, c.Tuple.Dst}]
+		if !ok {
+			out[i].Gone = true
+			continue
+		}
+		out[i].Packets = e.Forward.Packets + e.Reverse.Packets
+		out[i].Bytes = e.Forward.Bytes + e.Reverse.Bytes
+	}
+	return out, nil
+}
+
+// EnableAccounting turns on conntrack's packet and byte counters in the named network
+// namespace (a per-namespace setting), so that Counts has counts to read.
+func EnableAccounting(nsName string) error {
+	return nsexec.Do(nsName, func() error {
+		return os.WriteFile("/proc/sys/net/netfilter/nf_conntrack_acct", []byte("1"), 0o644)
+	})
 }

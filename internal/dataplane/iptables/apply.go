@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/ir"
@@ -19,6 +20,11 @@ type Dataplane struct {
 	// applied is the spec last installed successfully; nil before the first Sync (or after a
 	// failure whose rollback could not be confirmed), which forces a full rewrite.
 	applied *Spec
+
+	mu sync.Mutex
+	// prefixes resolve flow-event prefixes: the Ruleset in force and the one before it (events
+	// logged by rules just replaced).
+	prefixes [2]*prefixTable
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
@@ -34,7 +40,14 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	if err != nil {
 		return fmt.Errorf("render: %w", err)
 	}
-	return d.Apply(ctx, spec)
+	if err := d.Apply(ctx, spec); err != nil {
+		return err
+	}
+	t := newPrefixTable(rs)
+	d.mu.Lock()
+	d.prefixes[0], d.prefixes[1] = t, d.prefixes[0]
+	d.mu.Unlock()
+	return nil
 }
 
 // Apply installs spec atomically:

@@ -70,6 +70,10 @@ func (r *renderer) filter() error {
 	in := Chain{Name: ChainPrefix + "INPUT", Rules: []string{establishedRule, pickupIn}}
 	out := Chain{Name: ChainPrefix + "OUTPUT", Rules: []string{establishedRule, pickupOut}}
 	var known []string // the local pods' interfaces, for the guard
+	// In FORWARD every pod's egress comes before any pod's ingress: a packet between two local
+	// pods is judged on its way out of the source first (as the eBPF dataplane does), so the
+	// side a flow record names is the same on both dataplanes.
+	var fwdIngress []string
 	for i := range r.rs.Pods {
 		pod := &r.rs.Pods[i]
 		ifname, ok := r.node.Interface(pod)
@@ -81,9 +85,22 @@ func (r *renderer) filter() error {
 			rule := fmt.Sprintf("-i %s -j %s", ifname, chain)
 			fwd.Rules = append(fwd.Rules, rule)
 			in.Rules = append(in.Rules, rule)
+		} else if log := r.nflog(defaultPrefix(ir.Egress)); log != "" {
+			rule := fmt.Sprintf("-i %s %s", ifname, log)
+			fwd.Rules = append(fwd.Rules, rule)
+			in.Rules = append(in.Rules, rule)
 		}
-		if chain, ok := r.podChain(pod, ir.Ingress); ok {
-			fwd.Rules = append(fwd.Rules, fmt.Sprintf("-o %s -j %s", ifname, chain))
+		if chain, ok := r.podChain(pod, ir.Ingress); !ok {
+			if log := r.nflog(defaultPrefix(ir.Ingress)); log != "" {
+				fwdIngress = append(fwdIngress, fmt.Sprintf("-o %s %s", ifname, log))
+				for _, ip := range pod.IPs {
+					if ip.Is4() {
+						out.Rules = append(out.Rules, fmt.Sprintf("-d %s/32 %s", ip, log))
+					}
+				}
+			}
+		} else {
+			fwdIngress = append(fwdIngress, fmt.Sprintf("-o %s -j %s", ifname, chain))
 			// Locally generated traffic is matched by destination, not output device: when NAT
 			// in OUTPUT re-routes a packet (node -> ClusterIP -> local pod), the filter hook still
 			// sees the device of the route taken before NAT.
@@ -94,6 +111,7 @@ func (r *renderer) filter() error {
 			}
 		}
 	}
+	fwd.Rules = append(fwd.Rules, fwdIngress...)
 	if pfx := r.node.PodInterfacePrefix; pfx != "" {
 		// Last in each dispatch chain (allowed packets return from the pod chains): a packet in
 		// or out of a pod interface this spec does not know is a pod the agent has not
@@ -168,6 +186,9 @@ func (r *renderer) podChain(pod *ir.Pod, dir ir.Direction) (string, bool) {
 		for _, p := range np {
 			stage2.Rules = append(stage2.Rules, "-j "+r.policyChain(p), fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", markAllow, markMask))
 		}
+		if log := r.nflog(isolationPrefix(dir)); log != "" {
+			stage2.Rules = append(stage2.Rules, log)
+		}
 		stage2.Rules = append(stage2.Rules, dropTarget(pod, dir, "isolated by NetworkPolicy"))
 	} else {
 		for _, p := range baseline {
@@ -194,6 +215,15 @@ func (r *renderer) podChain(pod *ir.Pod, dir ir.Direction) (string, bool) {
 	return name, true
 }
 
+// nflog is the target logging a flow event with prefix to the node's group ("" when flow
+// events are off). 128 bytes of the packet cover its IP and transport headers.
+func (r *renderer) nflog(prefix string) string {
+	if r.node.FlowLogGroup == 0 {
+		return ""
+	}
+	return fmt.Sprintf("-j NFLOG --nflog-group %d --nflog-prefix %q --nflog-size 128", r.node.FlowLogGroup, prefix)
+}
+
 var clearMark = fmt.Sprintf("-j MARK --set-xmark 0x0/%#x", markMask)
 
 func dropTarget(pod *ir.Pod, dir ir.Direction, why string) string {
@@ -214,6 +244,10 @@ func (r *renderer) policyChain(p *ir.Policy) string {
 		mark := actionMark[rule.Action]
 		for _, m := range r.matches(p.Direction, &rule) {
 			c.Rules = append(c.Rules, strings.TrimSpace(m+fmt.Sprintf(" -j MARK --set-xmark %#x/%#x", mark, markMask)))
+		}
+		// Allow and Deny decide: the flow event names this rule. Pass decides nothing yet.
+		if log := r.nflog(rulePrefix(p, &rule)); log != "" && rule.Action != ir.Pass {
+			c.Rules = append(c.Rules, fmt.Sprintf("-m mark --mark %#x/%#x %s", mark, markMask, log))
 		}
 		c.Rules = append(c.Rules, fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", mark, markMask))
 	}

@@ -1,0 +1,38 @@
+package iptables
+
+import (
+	"context"
+	"time"
+
+	"github.com/rampart-sec/rampart/internal/flow"
+)
+
+// ReadFlows delivers the flow events the rules log to the node's NFLOG group (Node.FlowLogGroup)
+// in the named network namespace until ctx ends. Events the kernel could not queue are
+// reported as lost, counted from the group's sequence numbers.
+func (d *Dataplane) ReadFlows(ctx context.Context, netns string, sink flow.Sink) error {
+	if d.node.FlowLogGroup == 0 {
+		<-ctx.Done()
+		return nil
+	}
+	s, err := openNFLOG(netns, d.node.FlowLogGroup)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return s.read(ctx, func(prefix string, ts time.Time, payload []byte) {
+		ev, ok := packetEvent(payload)
+		if !ok {
+			return
+		}
+		d.mu.Lock()
+		cur, prev := d.prefixes[0], d.prefixes[1]
+		d.mu.Unlock()
+		dir, allowed, dec, ok := decodePrefix(prefix, cur, prev)
+		if !ok {
+			return // another tool's NFLOG rule on the same group
+		}
+		ev.Time, ev.Direction, ev.Allowed, ev.Decider = ts, dir, allowed, dec
+		sink.Observe(ev)
+	}, func(n uint64) { sink.Lost("netlink_overflow", n) })
+}
