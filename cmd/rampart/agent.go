@@ -20,6 +20,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/agent/node"
 	"github.com/rampart-sec/rampart/internal/agent/runner"
 	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/dataplane/backend"
 	"github.com/rampart-sec/rampart/internal/doctor"
 	"github.com/rampart-sec/rampart/internal/source/kube"
@@ -30,6 +31,10 @@ type agentFlags struct {
 	kubeconfig, nodeName, dp, metricsAddr, healthAddr, logFormat string
 	netns, pinDir, uplink, podPrefix, services, cgroup           string
 	minInterval, grace                                           time.Duration
+	flows                                                        bool
+	flowLog                                                      string
+	flowLogMaxBytes                                              int64
+	flowMaxConns                                                 int
 }
 
 func newAgentCmd() *cobra.Command {
@@ -60,6 +65,10 @@ it.`,
 	fl.StringVar(&f.services, "services", "rampart", "who translates Services: rampart, or kube-proxy (iptables dataplane only: rampart then enforces policy on kube-proxy's translated traffic)")
 	fl.StringVar(&f.cgroup, "cgroup", "", "eBPF: cgroup v2 directory holding the pods (kubelet's cgroupRoot in the unified hierarchy) whose sockets connect to Service backends directly (empty: Services translated per packet only)")
 	fl.DurationVar(&f.minInterval, "min-sync-interval", 0, "least time between two dataplane syncs (0: as changes come; bursts coalesce)")
+	fl.BoolVar(&f.flows, "flows", true, "publish flow records (GET /v1/flows on the health address); false: the dataplane writes no flow events")
+	fl.StringVar(&f.flowLog, "flow-log", "", "also append every flow record as a JSON line to this file (rotated by size)")
+	fl.Int64Var(&f.flowLogMaxBytes, "flow-log-max-bytes", 100<<20, "rotate --flow-log at this size (3 old files are kept)")
+	fl.IntVar(&f.flowMaxConns, "flow-max-connections", 16384, "connections aggregated at once; events of more are dropped and counted (rampart_flow_records_dropped_total)")
 	fl.DurationVar(&f.grace, "disconnect-grace", 30*time.Second, "how long the API server may be unreachable before /readyz fails (enforcement goes on)")
 	return cmd
 }
@@ -127,7 +136,7 @@ func runAgent(parent context.Context, f agentFlags) error {
 	if kind == dataplane.KindEBPF && dn.Uplink == "" {
 		dn.Uplink = ifaces.DefaultRouteLink()
 	}
-	opts := dataplane.Options{Netns: f.netns}
+	opts := dataplane.Options{Netns: f.netns, NoFlowEvents: !f.flows}
 	if kind == dataplane.KindEBPF {
 		opts.PinDir = filepath.Join(f.pinDir, f.nodeName)
 		opts.Cgroup = f.cgroup
@@ -137,7 +146,8 @@ func runAgent(parent context.Context, f agentFlags) error {
 		return err
 	}
 	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace, PodInterfacePrefix: f.podPrefix,
-		Runner: runner.Config{MinInterval: f.minInterval}}, src, dp)
+		Runner: runner.Config{MinInterval: f.minInterval},
+		Flows: agent.FlowConfig{Off: !f.flows, File: f.flowLog, FileMaxBytes: f.flowLogMaxBytes, Aggregate: flow.Config{MaxConnections: f.flowMaxConns}}}, src, dp)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,7 @@
 // Package agent keeps one node's dataplane converged with a source of cluster state: it waits
 // for the source's first sync, coalesces bursts of changes (runner), compiles the cluster into
 // the IR, syncs the dataplane, sweeps tracked connections the new policy denies, and records
-// the revision it applied. A failed sync leaves the previous policy in force and is retried
+// the revision it applied, and publishes flow records from the dataplane's events. A failed sync leaves the previous policy in force and is retried
 // with backoff; it shows in the status, the log and the metrics. The lab (one agent per lab
 // node over its store) and `rampart agent` on a real node (over informers) run this same code.
 package agent
@@ -20,6 +20,7 @@ import (
 
 	"github.com/rampart-sec/rampart/internal/agent/runner"
 	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/policy"
@@ -44,6 +45,8 @@ type Config struct {
 	Registry *prometheus.Registry
 	// PodInterfacePrefix: new interfaces with it are guarded (dataplane.Guarder) until synced.
 	PodInterfacePrefix string
+	// Flows configures flow records (on by default where the dataplane reports flows).
+	Flows FlowConfig
 }
 
 // Defaults fills unset fields.
@@ -79,7 +82,7 @@ func (c *Config) Validate() error {
 	if c.DisconnectGrace < 0 {
 		errs = append(errs, errors.New("agent: DisconnectGrace must not be negative"))
 	}
-	errs = append(errs, c.Runner.Validate())
+	errs = append(errs, c.Runner.Validate(), c.Flows.Aggregate.Validate())
 	return errors.Join(errs...)
 }
 
@@ -90,6 +93,7 @@ type Agent struct {
 	dp  dataplane.Dataplane
 	run *runner.Runner
 	m   *metrics
+	fl  *flows // nil: no flow records
 
 	mu       sync.Mutex
 	st       Status
@@ -133,6 +137,9 @@ func New(cfg Config, src source.Source, dp dataplane.Dataplane) (*Agent, error) 
 	if a.m, err = newMetrics(cfg.Registry, dp); err != nil {
 		return nil, err
 	}
+	if a.fl, err = newFlows(cfg, dp, cfg.Registry); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -150,6 +157,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	log.Info("cluster state synced")
 	done := make(chan struct{})
 	go func() { a.run.Run(ctx); close(done) }()
+	if a.fl != nil {
+		flowsDone := make(chan struct{})
+		go func() {
+			a.fl.run(ctx, func(err error) { log.Error("flow records stopped", "err", err) })
+			close(flowsDone)
+		}()
+		defer func() { <-flowsDone }()
+	}
 	a.run.Trigger()
 	for {
 		select {
@@ -218,6 +233,9 @@ func (a *Agent) sync(ctx context.Context) error {
 		}
 		a.st.Applied, a.st.ResourceVersion, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, rv, time.Now(), "", 0
 		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
+		if a.fl != nil {
+			a.fl.setResolver(flow.NewResolver(rs))
+		}
 		a.m.applied.Set(float64(rev))
 		a.m.localPods.Set(float64(a.st.LocalPods))
 		a.m.policies.Set(float64(a.st.Policies))

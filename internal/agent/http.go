@@ -4,16 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/rampart-sec/rampart/internal/flow"
 )
 
-// HealthHandler serves /healthz (the process answers), /readyz (Status().Ready) and /status
-// (the Status as JSON).
+// HealthHandler serves /healthz (the process answers), /readyz (Status().Ready), /status
+// (the Status as JSON) and /v1/flows (flow records).
 func (a *Agent) HealthHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -28,7 +32,26 @@ func (a *Agent) HealthHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(a.Status())
 	})
+	mux.Handle("/v1/flows", a.FlowsHandler())
 	return mux
+}
+
+// FlowsHandler serves GET /v1/flows (flow.Handler); 404 when flow records are off.
+func (a *Agent) FlowsHandler() http.Handler {
+	if a.fl == nil {
+		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "flow records are off on this agent (or its dataplane reports none)", http.StatusNotFound)
+		})
+	}
+	return flow.Handler(a.fl.log)
+}
+
+// Flows returns the agent's flow log, nil when flow records are off.
+func (a *Agent) Flows() *flow.Log {
+	if a.fl == nil {
+		return nil
+	}
+	return a.fl.log
 }
 
 // MetricsHandler serves the agent's registry in the Prometheus text format.
@@ -44,7 +67,7 @@ type Client struct {
 
 // NewClient returns a client for an agent's health address: host:port or unix:PATH.
 func NewClient(addr string) *Client {
-	c := &Client{http: &http.Client{Timeout: 5 * time.Second}, base: "http://" + addr}
+	c := &Client{http: &http.Client{Timeout: 5 * time.Second, Transport: http.DefaultTransport}, base: "http://" + addr}
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
 		c.base = "http://agent"
 		c.http.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -71,4 +94,44 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		return st, fmt.Errorf("agent status: %s", resp.Status)
 	}
 	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// Flows streams the agent's flow records matching f (flow.Fetch); with follow it returns when
+// ctx ends or the agent closes the stream.
+func (c *Client) Flows(ctx context.Context, f flow.Filter, follow bool, fn func(flow.Record) error) error {
+	// No overall timeout: a followed stream stays open.
+	return flow.Fetch(ctx, &http.Client{Transport: c.http.Transport}, c.base, f, follow, fn)
+}
+
+// Metrics returns the agent's metrics in the Prometheus text format.
+func (c *Client) Metrics(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("agent metrics: %s", resp.Status)
+	}
+	return string(b), err
+}
+
+// WriteMetrics writes the agent's metrics in the Prometheus text format.
+func (a *Agent) WriteMetrics(w io.Writer) error {
+	mfs, err := a.cfg.Registry.Gather()
+	if err != nil {
+		return err
+	}
+	enc := expfmt.NewEncoder(w, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			return err
+		}
+	}
+	return nil
 }

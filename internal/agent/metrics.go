@@ -45,11 +45,15 @@ func newMetrics(reg prometheus.Registerer, dp dataplane.Dataplane) (*metrics, er
 // counterCollector exports a dataplane's packet counters, read at scrape time.
 type counterCollector struct{ cr dataplane.CounterReader }
 
+const (
+	verdictName = "rampart_packets_total"
+	verdictHelp = "Packets a policy decision was made for (new connections and denied packets), by direction and verdict."
+)
+
 var (
 	packetsDesc = prometheus.NewDesc("rampart_dataplane_packets_total",
 		"Packets the dataplane's programs handled, by the path or verdict they took.", []string{"counter"}, nil)
-	verdictDesc = prometheus.NewDesc("rampart_packets_total",
-		"Packets a policy decision was made for, by verdict.", []string{"verdict"}, nil)
+	verdictDesc = prometheus.NewDesc(verdictName, verdictHelp, []string{"direction", "verdict"}, nil)
 )
 
 func (c *counterCollector) Describe(ch chan<- *prometheus.Desc) { ch <- packetsDesc; ch <- verdictDesc }
@@ -62,6 +66,15 @@ func (c *counterCollector) Collect(ch chan<- prometheus.Metric) {
 	for name, n := range counts {
 		ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(n), name)
 	}
-	ch <- prometheus.MustNewConstMetric(verdictDesc, prometheus.CounterValue, float64(counts["allow"]), "allowed")
-	ch <- prometheus.MustNewConstMetric(verdictDesc, prometheus.CounterValue, float64(counts["drop_policy"]+counts["drop_spoof"]), "denied")
+	for _, v := range []struct {
+		dir, verdict string
+		n            uint64
+	}{
+		{"ingress", "allowed", counts["allow_ingress"]},
+		{"egress", "allowed", counts["allow_egress"]},
+		{"ingress", "denied", counts["drop_ingress"]},
+		{"egress", "denied", counts["drop_egress"] + counts["drop_spoof"]}, // a spoofed source is the sender's egress
+	} {
+		ch <- prometheus.MustNewConstMetric(verdictDesc, prometheus.CounterValue, float64(v.n), v.dir, v.verdict)
+	}
 }

@@ -1,6 +1,6 @@
 // Package dataplane defines the interface every enforcement backend implements, the kinds of
 // backend, and the optional capabilities a backend may have (named interfaces: Sweeper,
-// CounterReader, Releaser, Guarder). A dataplane takes an ir.Ruleset and makes one node's
+// CounterReader, Releaser, Guarder, FlowReader). A dataplane takes an ir.Ruleset and makes one node's
 // kernel enforce it for the pods local to that node: the iptables+ipset backend lives in iptables/, the eBPF
 // backend in ebpf/, and backend/ constructs either from a Kind. Backends render a pure,
 // deterministic spec from the IR first and then apply it, so rendering is testable without
@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/policy"
 )
@@ -50,6 +51,8 @@ type Options struct {
 	// connect-time Service load balancing: their sockets connect to a backend directly, and
 	// the per-packet translation only serves traffic from elsewhere. Never the hierarchy's root.
 	Cgroup string
+	// NoFlowEvents turns flow events off in the dataplane itself (measurements of their cost).
+	NoFlowEvents bool
 }
 
 // Node describes the node a dataplane instance enforces on.
@@ -72,6 +75,9 @@ type Node struct {
 	// works beside kube-proxy: its filter rules see traffic after kube-proxy's DNAT, while the
 	// eBPF programs decide before netfilter and so translate Services themselves.
 	KubeProxy bool
+	// FlowLogGroup (iptables) is the NFLOG group flow events are logged to in the node's
+	// namespace; 0: none.
+	FlowLogGroup uint16
 }
 
 // Dataplane enforces a Ruleset on one node.
@@ -99,6 +105,13 @@ type CounterReader interface {
 // agent stopping or being upgraded); a later instance adopts what it finds.
 type Releaser interface {
 	Release() error
+}
+
+// FlowReader is a dataplane that reports flow events (denied packets, first packets of allowed
+// connections) with the deciding rule named, until ctx ends. Dataplanes that can also read
+// connections' counts implement flow.ConnCounter.
+type FlowReader interface {
+	ReadFlows(ctx context.Context, sink flow.Sink) error
 }
 
 // Guarder is a dataplane that can hold a pod interface it has not programmed yet under deny

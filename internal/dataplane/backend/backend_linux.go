@@ -11,6 +11,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/dataplane/ctsweep"
 	"github.com/rampart-sec/rampart/internal/dataplane/ebpf"
 	"github.com/rampart-sec/rampart/internal/dataplane/iptables"
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/policy"
 )
@@ -19,10 +20,14 @@ import (
 func New(kind dataplane.Kind, node dataplane.Node, opts dataplane.Options) (dataplane.Dataplane, error) {
 	switch kind {
 	case dataplane.KindIPTables:
+		if !opts.NoFlowEvents && node.FlowLogGroup == 0 {
+			node.FlowLogGroup = iptables.DefaultFlowGroup
+		}
 		return &iptablesPlane{Dataplane: iptables.New(node, iptables.NetnsRunner{Netns: opts.Netns}), netns: opts.Netns}, nil
 	case dataplane.KindEBPF:
 		dp := ebpf.New(node, opts.Netns)
 		dp.PinDir = opts.PinDir
+		dp.NoFlowEvents = opts.NoFlowEvents
 		if opts.Attach != "" {
 			dp.Attach = opts.Attach
 		}
@@ -57,6 +62,13 @@ var (
 	_ dataplane.Releaser      = (*ebpfPlane)(nil)
 	_ dataplane.CounterReader = (*ebpfPlane)(nil)
 	_ dataplane.Guarder       = (*ebpfPlane)(nil)
+
+	_ dataplane.FlowReader = (*iptablesPlane)(nil)
+	_ flow.ConnCounter     = (*iptablesPlane)(nil)
+	_ dataplane.FlowReader = (*ebpf.Dataplane)(nil)
+	_ flow.ConnCounter     = (*ebpf.Dataplane)(nil)
+	_ dataplane.FlowReader = (*ebpfPlane)(nil)
+	_ flow.ConnCounter     = (*ebpfPlane)(nil)
 )
 
 // ebpfPlane is the eBPF dataplane plus connect-time Service load balancing in a cgroup: the
@@ -107,6 +119,20 @@ func (p *ebpfPlane) closeSock() error {
 func (p *iptablesPlane) Sweep(ev *policy.Evaluator) (int, error) {
 	n, err := ctsweep.Sweep(p.netns, ev)
 	return int(n), err
+}
+
+// ReadFlows reads the rules' NFLOG flow events in the node's namespace, with conntrack's
+// accounting on there so that ConnCounts has counts.
+func (p *iptablesPlane) ReadFlows(ctx context.Context, sink flow.Sink) error {
+	if err := ctsweep.EnableAccounting(p.netns); err != nil {
+		return fmt.Errorf("conntrack accounting: %w", err)
+	}
+	return p.Dataplane.ReadFlows(ctx, p.netns, sink)
+}
+
+// ConnCounts reads connections' counts from the kernel's conntrack.
+func (p *iptablesPlane) ConnCounts(conns []flow.Conn) ([]flow.Counts, error) {
+	return ctsweep.Counts(p.netns, conns)
 }
 
 // Release leaves the rules and sets in the kernel.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -117,6 +118,8 @@ func (l *Lab) Handler(down func()) http.Handler {
 		out, err := l.fabric.Exec(ctx, ns, name, req.Argv)
 		return string(out), err
 	})
+	mux.HandleFunc("/flows", l.serveFlows)
+	mux.HandleFunc("/metrics", l.serveMetrics)
 	handle("/down", func(context.Context, []byte) (any, error) {
 		go func() { time.Sleep(50 * time.Millisecond); down() }()
 		return "going down", nil
@@ -479,4 +482,23 @@ func (c *Client) Call(ctx context.Context, path string, req, out any) error {
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Get issues GET path?q and hands the answer's body to fn (streamed: fn reads as the lab
+// writes).
+func (c *Client) Get(ctx context.Context, path string, q url.Values, fn func(io.Reader) error) error {
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://lab"+path+"?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(hreq)
+	if err != nil {
+		return fmt.Errorf("lab %q is not running (no answer on %s): %w", c.name, Socket(c.name), err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("lab %q: %s", c.name, strings.TrimSpace(string(b)))
+	}
+	return fn(resp.Body)
 }
