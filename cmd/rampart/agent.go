@@ -20,9 +20,9 @@ import (
 	"github.com/rampart-sec/rampart/internal/agent/node"
 	"github.com/rampart-sec/rampart/internal/agent/runner"
 	"github.com/rampart-sec/rampart/internal/dataplane"
-	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/dataplane/backend"
 	"github.com/rampart-sec/rampart/internal/doctor"
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/source/kube"
 )
 
@@ -147,7 +147,7 @@ func runAgent(parent context.Context, f agentFlags) error {
 	}
 	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace, PodInterfacePrefix: f.podPrefix,
 		Runner: runner.Config{MinInterval: f.minInterval},
-		Flows: agent.FlowConfig{Off: !f.flows, File: f.flowLog, FileMaxBytes: f.flowLogMaxBytes, Aggregate: flow.Config{MaxConnections: f.flowMaxConns}}}, src, dp)
+		Flows:  agent.FlowConfig{Off: !f.flows, File: f.flowLog, FileMaxBytes: f.flowLogMaxBytes, Aggregate: flow.Config{MaxConnections: f.flowMaxConns}}}, src, dp)
 	if err != nil {
 		return err
 	}
