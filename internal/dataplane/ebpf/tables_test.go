@@ -84,24 +84,65 @@ func (e *emulator) identity(ip netip.Addr) Identity {
 }
 
 func (e *emulator) side(ep uint32, dir ir.Direction, remote netip.Addr, proto ir.Protocol, port uint16) (bool, error) {
+	allow, _, err := e.sideRule(ep, dir, remote, proto, port)
+	return allow, err
+}
+
+// sideRule also returns the rule id of the entry that decided (0: none).
+func (e *emulator) sideRule(ep uint32, dir ir.Direction, remote netip.Addr, proto ir.Protocol, port uint16) (bool, uint32, error) {
 	if ep == 0 || !e.t.Selected[[2]uint32{ep, uint32(dir)}] {
-		return true, nil
+		return true, 0, nil
 	}
 	best := -1
 	allow := false
+	var rule uint32
 	for _, p := range e.index[[4]uint32{ep, uint32(dir), uint32(e.identity(remote)), uint32(proto)}] {
 		mask := uint16(0xffff) << (16 - p.PortBits)
 		if p.PortBits == 0 {
 			mask = 0
 		}
 		if port&mask == p.Port && int(p.PortBits) > best {
-			best, allow = int(p.PortBits), p.Allow
+			best, allow, rule = int(p.PortBits), p.Allow, p.Rule
 		}
 	}
 	if best < 0 {
-		return false, fmt.Errorf("no table entry for endpoint %d %s %s port %d", ep, dir, proto, port)
+		return false, 0, fmt.Errorf("no table entry for endpoint %d %s %s port %d", ep, dir, proto, port)
 	}
-	return allow, nil
+	return allow, rule, nil
+}
+
+// checkRules compares the rule each side's entry names (what flow records report) with the
+// rule the evaluator says decided; isolation and default allow name none.
+func (e *emulator) checkRules(f policy.Flow, d policy.Decision) error {
+	if f.Src == f.Dst {
+		return nil
+	}
+	for _, s := range []struct {
+		ep     uint32
+		remote netip.Addr
+		side   policy.Side
+	}{{e.byIP[f.Src], f.Dst, d.Egress}, {e.byIP[f.Dst], f.Src, d.Ingress}} {
+		if s.ep == 0 {
+			continue
+		}
+		_, id, err := e.sideRule(s.ep, s.side.Direction, s.remote, f.Protocol, f.Port)
+		if err != nil {
+			return err
+		}
+		got := e.t.Rules.Decider(id)
+		if s.side.DecidedBy != policy.DecidedByRule {
+			if got.Known {
+				return fmt.Errorf("%s: tables name %s rule %d, the evaluator no rule (%s)", s.side.Direction, got.Name, got.Rule, s.side.DecidedBy)
+			}
+			continue
+		}
+		want := s.side.Policy
+		gotRef := (&ir.Policy{Tier: got.Tier, Namespace: got.Namespace, Name: got.Name}).Ref()
+		if !got.Known || got.Rule != s.side.Rule || !strings.HasPrefix(want, strings.SplitN(gotRef, " (", 2)[0]) {
+			return fmt.Errorf("%s: tables name %q rule %d, the evaluator %q rule %d", s.side.Direction, gotRef, got.Rule, want, s.side.Rule)
+		}
+	}
+	return nil
 }
 
 func (e *emulator) allowed(f policy.Flow) (bool, error) {
@@ -133,7 +174,7 @@ func randomRuleset(t *testing.T, base []model.Object, seed int64) (*ir.Ruleset, 
 }
 
 // TestTablesMatchEvaluator: for random policy sets, looking flows up in the tables (as the BPF
-// programs will) gives the evaluator's verdict, for every pod pair, protocol and a spread of
+// programs will) gives the evaluator's verdict and names the rule the evaluator names, for every pod pair, protocol and a spread of
 // ports, and for addresses outside the cluster in both directions.
 func TestTablesMatchEvaluator(t *testing.T) {
 	base, err := model.Decode(strings.NewReader(randpolicy.Cluster()), "cluster", model.DecodeOptions{})
@@ -170,6 +211,9 @@ func TestTablesMatchEvaluator(t *testing.T) {
 								return ok && g != w
 							})
 							t.Fatalf("seed %d: %v: tables say %v, evaluator %v (egress: %s; ingress: %s); smallest policy set that disagrees:\n%s", seed, f, got, want, d.Egress.Reason, d.Ingress.Reason, min)
+						}
+						if err := em.checkRules(f, ev.Verdict(f)); err != nil {
+							t.Fatalf("seed %d: %v: %v\npolicies:\n%s", seed, f, err, y)
 						}
 					}
 				}

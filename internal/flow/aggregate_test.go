@@ -1,0 +1,113 @@
+package flow
+
+import (
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/rampart-sec/rampart/internal/ir"
+)
+
+var t0 = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+
+func tuple(src, dst string) Tuple {
+	return Tuple{Protocol: ir.TCP, Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst)}
+}
+
+type fakeCounter map[Tuple]Counts
+
+func (f fakeCounter) ConnCounts(conns []Conn) ([]Counts, error) {
+	out := make([]Counts, len(conns))
+	for i, c := range conns {
+		v, ok := f[c.Tuple]
+		if !ok {
+			v.Gone = true
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+func TestAggregatorFoldsPerConnection(t *testing.T) {
+	log := NewLog(100, nil)
+	a, err := NewAggregator(Config{Node: "n1", Flush: time.Second, Report: 10 * time.Second, Idle: 30 * time.Second}, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := tuple("10.0.0.1:40000", "10.0.0.2:80")
+	other := tuple("10.0.0.1:40001", "10.0.0.2:80")
+	for i := 0; i < 3; i++ { // a SYN and two retransmissions
+		a.Observe(Event{Time: t0.Add(time.Duration(i) * time.Second), Direction: ir.Ingress, Tuple: denied, Bytes: 60, TCPFlags: FlagSYN})
+	}
+	a.Observe(Event{Time: t0, Direction: ir.Ingress, Tuple: other, Bytes: 60, TCPFlags: FlagSYN})
+	a.Tick(t0.Add(3*time.Second), false)
+	recs := log.Query(Filter{})
+	if len(recs) != 2 {
+		t.Fatalf("want 2 records (one per connection), got %d: %+v", len(recs), recs)
+	}
+	var r Record
+	for _, x := range recs {
+		if x.Source.Port == 40000 {
+			r = x
+		}
+	}
+	if r.Packets != 3 || r.Bytes != 180 || r.Verdict != Denied || r.TCPFlags != "SYN" || r.Node != "n1" ||
+		!r.FirstSeen.Equal(t0) || !r.LastSeen.Equal(t0.Add(2*time.Second)) {
+		t.Errorf("aggregated record: %+v", r)
+	}
+	// Nothing new: nothing published again before Report; once idle, nothing changed since.
+	a.Tick(t0.Add(5*time.Second), false)
+	a.Tick(t0.Add(40*time.Second), false)
+	if n := len(log.Query(Filter{})); n != 2 {
+		t.Errorf("unchanged connections were published again: %d records", n)
+	}
+	if a.Active() != 0 {
+		t.Errorf("idle connections kept: %d", a.Active())
+	}
+}
+
+func TestAggregatorReportsChangesAndCloses(t *testing.T) {
+	log := NewLog(100, nil)
+	conn := tuple("10.0.0.1:40000", "10.0.0.2:80")
+	ct := fakeCounter{conn: {Packets: 1, Bytes: 60}}
+	a, _ := NewAggregator(Config{Report: 10 * time.Second, Idle: 30 * time.Second}, log, ct)
+	a.Observe(Event{Time: t0, Direction: ir.Egress, Allowed: true, Tuple: conn, Bytes: 60, TCPFlags: FlagSYN})
+	a.Tick(t0.Add(time.Second), false)
+	ct[conn] = Counts{Packets: 50, Bytes: 9000, TCPFlags: FlagSYN | FlagACK | FlagPSH}
+	a.Tick(t0.Add(5*time.Second), false) // changed, but Report has not passed
+	a.Tick(t0.Add(12*time.Second), false)
+	delete(ct, conn) // closed
+	ct[conn] = Counts{Gone: true}
+	a.Tick(t0.Add(13*time.Second), false)
+	recs := log.Query(Filter{})
+	if len(recs) != 2 {
+		t.Fatalf("want the first record and one update, got %d: %+v", len(recs), recs)
+	}
+	if recs[0].Packets != 1 || recs[1].Packets != 50 || recs[1].Bytes != 9000 || recs[1].TCPFlags != "SYN,PSH,ACK" {
+		t.Errorf("records: %+v", recs)
+	}
+	if a.Active() != 0 {
+		t.Error("a closed connection is still aggregated")
+	}
+}
+
+func TestAggregatorBoundedAndCountsDrops(t *testing.T) {
+	log := NewLog(10, nil)
+	a, _ := NewAggregator(Config{MaxConnections: 5}, log, nil)
+	for i := 0; i < 12; i++ {
+		a.Observe(Event{Time: t0, Tuple: tuple("10.0.0.1:"+strconv.Itoa(1000+i), "10.0.0.2:80")})
+	}
+	a.Lost("kernel_ring_full", 4)
+	if a.Active() != 5 {
+		t.Errorf("active %d, want the bound 5", a.Active())
+	}
+	d := a.Dropped()
+	if d["table_full"] != 7 || d["kernel_ring_full"] != 4 {
+		t.Errorf("dropped %v, want table_full 7 and kernel_ring_full 4", d)
+	}
+	a.Tick(t0, true)
+	if got := log.Total(); got != 5 {
+		t.Errorf("published %d, want 5", got)
+	}
+}

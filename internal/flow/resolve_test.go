@@ -1,0 +1,100 @@
+package flow_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/rampart-sec/rampart/internal/flow"
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/ir/compile"
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+const cluster = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.0.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.0.1.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc-b, namespace: x}
+spec: {clusterIP: 10.96.0.10, selector: {app: b}, ports: [{port: 8080, targetPort: 80}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{port: 80}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+`
+
+func ruleset(t *testing.T) *ir.Ruleset {
+	t.Helper()
+	objs, err := model.Decode(strings.NewReader(cluster), "test", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := compile.Compile(model.FromObjects(objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+func TestResolverNamesWhatDecided(t *testing.T) {
+	rs := ruleset(t)
+	r := flow.NewResolver(rs)
+	tab := flow.NewRuleTable(rs)
+	var allowRule *ir.Rule
+	for _, tier := range rs.Tiers[ir.Ingress] {
+		for i := range tier.Policies {
+			if tier.Policies[i].Name == "allow-a" {
+				allowRule = &tier.Policies[i].Rules[0]
+			}
+		}
+	}
+	id := tab.ID(allowRule)
+	if id == 0 || tab.Decider(id).Name != "allow-a" || !tab.Decider(99999).Unresolved || tab.Decider(0).Known {
+		t.Fatalf("rule table: id %d -> %+v", id, tab.Decider(id))
+	}
+
+	tu := flow.Tuple{Protocol: ir.TCP, Src: netip.MustParseAddrPort("10.0.1.1:40000"), Dst: netip.MustParseAddrPort("10.0.1.2:80")}
+	allowed := r.Record("n1", &flow.Event{Direction: ir.Ingress, Allowed: true, Tuple: tu, Decider: tab.Decider(id),
+		Service: netip.MustParseAddrPort("10.96.0.10:8080")})
+	if allowed.Source.Pod != "a" || allowed.Destination.Pod != "b" || allowed.Policy == nil || allowed.Policy.Name != "allow-a" ||
+		allowed.Policy.Rule == nil || *allowed.Policy.Rule != 0 || allowed.Policy.Action != "Allow" ||
+		allowed.Destination.Service == nil || allowed.Destination.Service.Name != "svc-b" {
+		t.Errorf("allowed record: %+v policy %+v service %+v", allowed, allowed.Policy, allowed.Destination.Service)
+	}
+
+	// A denial no rule decided is isolation: the default deny is named, both isolators listed.
+	tu.Dst = netip.MustParseAddrPort("10.0.1.2:9090")
+	denied := r.Record("n1", &flow.Event{Direction: ir.Ingress, Tuple: tu})
+	p := denied.Policy
+	if p == nil || p.Name != "default-deny" || p.Rule != nil || p.Action != "Deny" || len(p.IsolatedBy) != 2 {
+		t.Fatalf("denied record's policy: %+v", p)
+	}
+	// No policy selects b for egress: an allowed flow from it names none.
+	tu = flow.Tuple{Protocol: ir.UDP, Src: netip.MustParseAddrPort("10.0.1.2:5353"), Dst: netip.MustParseAddrPort("10.0.1.1:53")}
+	if rec := r.Record("n1", &flow.Event{Direction: ir.Egress, Allowed: true, Tuple: tu}); rec.Policy != nil || rec.TCPFlags != "" {
+		t.Errorf("default-allowed record: %+v", rec)
+	}
+}
