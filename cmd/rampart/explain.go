@@ -16,6 +16,7 @@ func newExplainCmd() *cobra.Command {
 	var in inputFlags
 	var from, to, proto, output string
 	var port uint16
+	var staged bool
 	cmd := &cobra.Command{
 		Use:   "explain -f PATH... --from NS/POD|IP --to NS/POD|IP --port P [--protocol TCP]",
 		Short: "Say whether a flow is allowed, which rule decided it, and every rule considered",
@@ -31,7 +32,7 @@ func newExplainCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--protocol: %w", err)
 			}
-			ev, err := in.evaluator(cmd.InOrStdin())
+			ev, sev, err := in.evaluators(cmd.InOrStdin(), staged)
 			if err != nil {
 				return err
 			}
@@ -43,13 +44,30 @@ func newExplainCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			d := ev.Verdict(policy.Flow{Src: src, Dst: dst, Protocol: pr, Port: port})
-			if output == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(explainJSON{From: d.Src.Describe(), To: d.Dst.Describe(), Port: port, Protocol: pr.String(), Decision: d})
+			f := policy.Flow{Src: src, Dst: dst, Protocol: pr, Port: port}
+			d := ev.Verdict(f)
+			var sd *policy.Decision
+			if sev != nil {
+				v := sev.Verdict(f)
+				sd = &v
 			}
-			policy.WriteExplanation(cmd.OutOrStdout(), d)
+			w := cmd.OutOrStdout()
+			if output == "json" {
+				enc := json.NewEncoder(w)
+				enc.SetIndent("", "  ")
+				return enc.Encode(explainJSON{From: d.Src.Describe(), To: d.Dst.Describe(), Port: port, Protocol: pr.String(), Decision: d, Staged: sd})
+			}
+			if staged {
+				fmt.Fprintln(w, "Enforced policies:")
+			}
+			policy.WriteExplanation(w, d)
+			switch {
+			case staged && sd == nil:
+				fmt.Fprintln(w, "\nNo policy is staged (annotation rampart.io/staged: \"true\"): the enforced verdict is the only one.")
+			case staged:
+				fmt.Fprintf(w, "\nWith the staged policies enforced too (%s):\n", stagedChange(d, *sd))
+				policy.WriteExplanation(w, *sd)
+			}
 			return nil
 		},
 	}
@@ -59,6 +77,7 @@ func newExplainCmd() *cobra.Command {
 	cmd.Flags().Uint16Var(&port, "port", 0, "destination port")
 	cmd.Flags().StringVar(&proto, "protocol", "TCP", "TCP, UDP or SCTP")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	cmd.Flags().BoolVar(&staged, "staged", false, "also show the verdict with the staged policies (rampart.io/staged: \"true\") enforced")
 	_ = cmd.MarkFlagRequired("from")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
@@ -70,6 +89,22 @@ type explainJSON struct {
 	Port     uint16 `json:"port"`
 	Protocol string `json:"protocol"`
 	policy.Decision
+	// Staged is the decision with the staged policies enforced too (--staged, when any is).
+	Staged *policy.Decision `json:"staged,omitempty"`
+}
+
+// stagedChange says in words how the staged policies change a verdict.
+func stagedChange(enforced, staged policy.Decision) string {
+	verdict := func(d policy.Decision) string {
+		if d.Allowed {
+			return "allowed"
+		}
+		return "denied"
+	}
+	if enforced.Allowed == staged.Allowed {
+		return "verdict unchanged: " + verdict(staged)
+	}
+	return fmt.Sprintf("%s now, %s once they are enforced", verdict(enforced), verdict(staged))
 }
 
 // resolveEndpoint turns "ns/pod" or an IP into the address policy sees.

@@ -30,15 +30,30 @@ func (f *inputFlags) load(stdin io.Reader) ([]model.Object, error) {
 }
 
 func (f *inputFlags) evaluator(stdin io.Reader) (*policy.Evaluator, error) {
+	ev, _, err := f.evaluators(stdin, false)
+	return ev, err
+}
+
+// evaluators returns the evaluator of the enforced policies and, with staged, the one of the
+// enforced and staged policies together (nil when no policy is staged).
+func (f *inputFlags) evaluators(stdin io.Reader, staged bool) (enforced, withStaged *policy.Evaluator, err error) {
 	objs, err := f.load(stdin)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	rs, err := compile.Compile(model.FromObjects(objs))
+	c := model.FromObjects(objs)
+	rs, err := compile.Compile(c)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return policy.New(rs), nil
+	if staged && c.HasStaged() {
+		srs, err := compile.CompileWith(c, compile.Options{Staged: true})
+		if err != nil {
+			return nil, nil, err
+		}
+		withStaged = policy.New(srs)
+	}
+	return policy.New(rs), withStaged, nil
 }
 
 func newPolicyCmd() *cobra.Command {

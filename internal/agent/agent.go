@@ -210,6 +210,10 @@ func (a *Agent) sync(ctx context.Context) error {
 	if err == nil {
 		err = a.dp.Sync(ctx, rs)
 	}
+	var resolver *flow.Resolver
+	if err == nil && a.fl != nil {
+		resolver, err = flowResolver(c, rs)
+	}
 	var swept int
 	if err == nil {
 		if s, ok := a.dp.(dataplane.Sweeper); ok {
@@ -234,7 +238,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.st.Applied, a.st.ResourceVersion, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, rv, time.Now(), "", 0
 		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
 		if a.fl != nil {
-			a.fl.setResolver(flow.NewResolver(rs))
+			a.fl.setResolver(resolver)
 		}
 		a.m.applied.Set(float64(rev))
 		a.m.localPods.Set(float64(a.st.LocalPods))

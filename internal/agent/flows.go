@@ -9,6 +9,10 @@ import (
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/flow"
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/ir/compile"
+	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/policy"
 )
 
 // FlowConfig configures flow records.
@@ -155,4 +159,18 @@ func (c *flowCollector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range dropped {
 		ch <- prometheus.MustNewConstMetric(flowDroppedDesc, prometheus.CounterValue, float64(n), reason)
 	}
+}
+
+// flowResolver names flows from the Ruleset in force and, when the cluster has staged
+// policies, evaluates them too (the Ruleset compiled with them), for the records' staged field.
+func flowResolver(c *model.Cluster, rs *ir.Ruleset) (*flow.Resolver, error) {
+	r := flow.NewResolver(rs)
+	if !c.HasStaged() {
+		return r, nil
+	}
+	staged, err := compile.CompileWith(c, compile.Options{Staged: true})
+	if err != nil {
+		return nil, fmt.Errorf("compile staged policies: %w", err)
+	}
+	return r.WithStaged(policy.New(staged)), nil
 }

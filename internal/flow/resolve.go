@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/policy"
 )
 
 // RuleTable numbers every rule of a Ruleset (from 1; 0 is "no rule"), so that a dataplane can
@@ -61,6 +62,8 @@ type Resolver struct {
 	rs   *ir.Ruleset
 	pods map[netip.Addr]*ir.Pod
 	svcs map[svcKey]*ir.Service
+	// staged evaluates the enforced policies together with the staged ones (nil: none staged).
+	staged *policy.Evaluator
 }
 
 type svcKey struct {
@@ -133,7 +136,73 @@ func (r *Resolver) Record(node string, ev *Event) Record {
 		rec.Destination.Service = sr
 	}
 	rec.Policy = r.policyRef(ev)
+	if r != nil && r.staged != nil {
+		rec.Staged = r.stagedVerdict(ev)
+	}
 	return rec
+}
+
+// WithStaged makes records carry what the staged policies would decide: ev evaluates the
+// Ruleset compiled with them (compile.Options.Staged).
+func (r *Resolver) WithStaged(ev *policy.Evaluator) *Resolver {
+	r.staged = ev
+	return r
+}
+
+// stagedVerdict is the record's side decided with the staged policies in force too, when a
+// staged policy decides it or its verdict differs from the enforced one.
+func (r *Resolver) stagedVerdict(ev *Event) *Staged {
+	d := r.staged.Verdict(policy.Flow{Src: ev.Tuple.Src.Addr(), Dst: ev.Tuple.Dst.Addr(), Protocol: ev.Tuple.Protocol, Port: ev.Tuple.Dst.Port()})
+	side := d.Ingress
+	if ev.Direction == ir.Egress {
+		side = d.Egress
+	}
+	var ref *PolicyRef
+	byStaged := false
+	switch {
+	case side.Decider != nil:
+		p := side.Decider
+		rule := side.Rule
+		ref = &PolicyRef{Kind: p.Tier.String(), Namespace: p.Namespace, Name: p.Name, Rule: &rule, RuleName: side.RuleName, Action: side.Action}
+		byStaged = p.Staged
+	case len(side.Isolating) > 0:
+		ref = isolation(side.Isolating, func(p *ir.Policy) bool { return p.Staged })
+		for _, p := range side.Isolating {
+			byStaged = byStaged || p.Staged
+		}
+	}
+	if !byStaged && side.Allowed == ev.Allowed {
+		return nil
+	}
+	s := &Staged{Verdict: Allowed, Policy: ref}
+	if !side.Allowed {
+		s.Verdict = Denied
+	}
+	return s
+}
+
+// isolation names a denial by isolation: the first of the isolating policies that prefer
+// picks, else the first with no rules (a default deny), else the first; all in isolated_by.
+func isolation(pols []*ir.Policy, prefer func(*ir.Policy) bool) *PolicyRef {
+	ref := &PolicyRef{Kind: ir.TierNetworkPolicy.String(), Action: ir.Deny.String()}
+	var named *ir.Policy
+	rank := func(p *ir.Policy) int {
+		switch {
+		case prefer != nil && prefer(p):
+			return 0
+		case len(p.Rules) == 0:
+			return 1
+		}
+		return 2
+	}
+	for _, p := range pols {
+		if named == nil || rank(p) < rank(named) {
+			named = p
+		}
+		ref.IsolatedBy = append(ref.IsolatedBy, PolicyName{Kind: p.Tier.String(), Namespace: p.Namespace, Name: p.Name})
+	}
+	ref.Namespace, ref.Name = named.Namespace, named.Name
+	return ref
 }
 
 // policyRef names the decider; a denial with no rule is isolation by NetworkPolicy.
@@ -159,21 +228,14 @@ func (r *Resolver) policyRef(ev *Event) *PolicyRef {
 	}
 	// The policy named is the first isolating one with no rules in this direction (a default
 	// deny: it is what denied), else the first isolating one; isolated_by lists them all.
-	ref := &PolicyRef{Kind: ir.TierNetworkPolicy.String(), Action: ir.Deny.String()}
-	var named *ir.Policy
+	var pols []*ir.Policy
 	for _, pr := range r.rs.PoliciesFor(pod.ID, ev.Direction) {
-		p := r.rs.Policy(ev.Direction, pr)
-		if p.Tier != ir.TierNetworkPolicy {
-			continue
+		if p := r.rs.Policy(ev.Direction, pr); p.Tier == ir.TierNetworkPolicy {
+			pols = append(pols, p)
 		}
-		if named == nil || (len(named.Rules) > 0 && len(p.Rules) == 0) {
-			named = p
-		}
-		ref.IsolatedBy = append(ref.IsolatedBy, PolicyName{Kind: p.Tier.String(), Namespace: p.Namespace, Name: p.Name})
 	}
-	if named == nil {
+	if len(pols) == 0 {
 		return nil
 	}
-	ref.Namespace, ref.Name = named.Namespace, named.Name
-	return ref
+	return isolation(pols, nil)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/policy"
 )
 
 const cluster = `
@@ -47,16 +48,56 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
 `
 
 func ruleset(t *testing.T) *ir.Ruleset {
-	t.Helper()
-	objs, err := model.Decode(strings.NewReader(cluster), "test", model.DecodeOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, err := compile.Compile(model.FromObjects(objs))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rs, _ := rulesets(t, "")
 	return rs
+}
+
+// rulesets compiles the cluster plus extra, without and with its staged policies.
+func rulesets(t *testing.T, extra string) (enforced, staged *ir.Ruleset) {
+	t.Helper()
+	objs, err := model.Decode(strings.NewReader(cluster+"\n---\n"+extra), "test", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := model.FromObjects(objs)
+	if enforced, err = compile.Compile(c); err == nil {
+		staged, err = compile.CompileWith(c, compile.Options{Staged: true})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return enforced, staged
+}
+
+func TestStagedVerdicts(t *testing.T) {
+	rs, srs := rulesets(t, `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: try-egress, namespace: x, annotations: {rampart.io/staged: "true"}}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  policyTypes: [Egress]
+  egress: [{ports: [{port: 53, protocol: UDP}]}]
+`)
+	if len(rs.PoliciesFor(0, ir.Egress)) != 0 {
+		t.Fatal("a staged policy is in the enforced Ruleset")
+	}
+	r := flow.NewResolver(rs).WithStaged(policy.New(srs))
+	tcp := flow.Tuple{Protocol: ir.TCP, Src: netip.MustParseAddrPort("10.0.1.1:40000"), Dst: netip.MustParseAddrPort("10.0.1.2:80")}
+	dns := flow.Tuple{Protocol: ir.UDP, Src: netip.MustParseAddrPort("10.0.1.1:40000"), Dst: netip.MustParseAddrPort("10.0.1.2:53")}
+	// a's egress is unrestricted now; staged, it would be isolated except for DNS.
+	if s := r.Record("n1", &flow.Event{Direction: ir.Egress, Allowed: true, Tuple: tcp}).Staged; s == nil || s.Verdict != flow.Denied ||
+		s.Policy == nil || s.Policy.Name != "try-egress" || s.Policy.Rule != nil {
+		t.Errorf("TCP from a: staged %+v", s)
+	}
+	if s := r.Record("n1", &flow.Event{Direction: ir.Egress, Allowed: true, Tuple: dns}).Staged; s == nil || s.Verdict != flow.Allowed ||
+		s.Policy == nil || s.Policy.Rule == nil || *s.Policy.Rule != 0 {
+		t.Errorf("DNS from a, decided by the staged rule: staged %+v", s)
+	}
+	// The ingress side is not touched by the staged policy: no staged verdict.
+	if s := r.Record("n1", &flow.Event{Direction: ir.Ingress, Allowed: true, Tuple: tcp}).Staged; s != nil {
+		t.Errorf("ingress of b: staged %+v, want none", s)
+	}
 }
 
 func TestResolverNamesWhatDecided(t *testing.T) {

@@ -278,17 +278,27 @@ type Policy struct {
 	Direction Direction
 	Subjects  []PodID
 	Rules     []Rule
+	// Staged: the object is annotated rampart.io/staged: "true". Only a Ruleset compiled with
+	// the staged policies (compile.Options.Staged) holds such policies; none is enforced.
+	Staged bool
 }
 
-// Ref names the policy for humans: "NetworkPolicy x/deny-all", "AdminNetworkPolicy p (priority 5)".
+// Ref names the policy for humans: "NetworkPolicy x/deny-all", "AdminNetworkPolicy p (priority 5)",
+// "NetworkPolicy x/try [staged]".
 func (p *Policy) Ref() string {
+	var s string
 	switch {
 	case p.Tier == TierAdmin:
-		return fmt.Sprintf("%s %s (priority %d)", p.Tier, p.Name, p.Priority)
+		s = fmt.Sprintf("%s %s (priority %d)", p.Tier, p.Name, p.Priority)
 	case p.Namespace != "":
-		return fmt.Sprintf("%s %s/%s", p.Tier, p.Namespace, p.Name)
+		s = fmt.Sprintf("%s %s/%s", p.Tier, p.Namespace, p.Name)
+	default:
+		s = fmt.Sprintf("%s %s", p.Tier, p.Name)
 	}
-	return fmt.Sprintf("%s %s", p.Tier, p.Name)
+	if p.Staged {
+		s += " [staged]"
+	}
+	return s
 }
 
 // Tier is an ordered group of policies sharing one decision procedure.

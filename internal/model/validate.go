@@ -21,7 +21,7 @@ var supportedProtocols = []string{string(corev1.ProtocolTCP), string(corev1.Prot
 // schema and CEL rules would), plus the checks an implementation needs to act on it (label
 // selectors that parse, CIDRs that parse).
 func validate(o Object) field.ErrorList {
-	errs := validateMeta(o)
+	errs := append(validateMeta(o), validateStaged(o)...)
 	switch obj := o.Obj.(type) {
 	case *corev1.Node:
 		for i, a := range obj.Status.Addresses {

@@ -73,6 +73,10 @@ type Side struct {
 	Action    string       `json:"action,omitempty"`
 	Reason    string       `json:"reason"`
 	Trace     []Step       `json:"trace"`
+	// Decider is the policy whose rule decided (DecidedByRule); Isolating the NetworkPolicies
+	// isolating the subject (DecidedIsolated). For callers that need the policies themselves.
+	Decider   *ir.Policy   `json:"-"`
+	Isolating []*ir.Policy `json:"-"`
 }
 
 // Step is one rule (or policy) the evaluator considered.
@@ -205,6 +209,7 @@ func (e *Evaluator) side(dir ir.Direction, subject *ir.Pod, self, peer Endpoint,
 		}
 		pol := e.rs.Policy(dir, ref)
 		isolating = append(isolating, pol.Ref())
+		s.Isolating = append(s.Isolating, pol)
 		if len(pol.Rules) == 0 {
 			s.Trace = append(s.Trace, Step{Tier: pol.Tier.String(), Policy: pol.Ref(), Rule: -1,
 				Detail: fmt.Sprintf("selects %s and has no %s rules: isolates it, allows nothing", subject.Key(), dir)})
@@ -247,7 +252,7 @@ func (e *Evaluator) side(dir ir.Direction, subject *ir.Pod, self, peer Endpoint,
 }
 
 func decided(s Side, pol *ir.Policy, r *ir.Rule, allowed bool, reason string) Side {
-	s.Allowed, s.DecidedBy = allowed, DecidedByRule
+	s.Allowed, s.DecidedBy, s.Decider, s.Isolating = allowed, DecidedByRule, pol, nil
 	s.Tier, s.Policy, s.Rule, s.RuleName, s.Action = pol.Tier.String(), pol.Ref(), r.Index, r.Name, r.Action.String()
 	s.Reason = reason
 	return s

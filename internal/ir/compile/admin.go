@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
 
@@ -20,6 +21,9 @@ func (k *compiler) adminPolicies() error {
 	var admin, baseline [2][]ir.Policy
 	for _, name := range model.SortedKeys(k.c.ANPs) {
 		anp := k.c.ANPs[name]
+		if model.IsStaged(anp) && !k.opts.Staged {
+			continue
+		}
 		ps, err := k.adminPolicy(ir.TierAdmin, name, anp.Spec.Priority, anp.Spec.Subject, anp)
 		if err != nil {
 			return fmt.Errorf("AdminNetworkPolicy %s: %w", name, err)
@@ -30,6 +34,9 @@ func (k *compiler) adminPolicies() error {
 	}
 	for _, name := range model.SortedKeys(k.c.BANPs) {
 		banp := k.c.BANPs[name]
+		if model.IsStaged(banp) && !k.opts.Staged {
+			continue
+		}
 		ps, err := k.adminPolicy(ir.TierBaseline, name, 0, banp.Spec.Subject, banp)
 		if err != nil {
 			return fmt.Errorf("BaselineAdminNetworkPolicy %s: %w", name, err)
@@ -75,7 +82,7 @@ func (k *compiler) adminPolicy(tier ir.TierKind, name string, prio int32, subj a
 		if len(d.rules) == 0 {
 			continue // a policy without rules in a direction does not affect that direction
 		}
-		pol := ir.Policy{Tier: tier, Name: name, Priority: prio, Direction: d.dir, Subjects: subjects}
+		pol := ir.Policy{Tier: tier, Name: name, Priority: prio, Direction: d.dir, Subjects: subjects, Staged: model.IsStaged(obj.(metav1.Object))}
 		for i, r := range d.rules {
 			rule, err := k.adminRule(i, r)
 			if err != nil {

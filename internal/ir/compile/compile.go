@@ -24,6 +24,7 @@ import (
 // compiler holds the cluster's resolved indexes while one Ruleset is built.
 type compiler struct {
 	c       *model.Cluster
+	opts    Options
 	rs      *ir.Ruleset
 	nsLabel map[string]labels.Set // namespace name -> labels (declared or implied)
 	podLbl  []labels.Set          // by PodID
@@ -48,10 +49,20 @@ type selEntry struct {
 	err  error
 }
 
-// Compile resolves the cluster. The model is already validated, so selectors parse; an error
-// here means an inconsistency between objects.
-func Compile(c *model.Cluster) (*ir.Ruleset, error) {
-	k := &compiler{c: c, rs: &ir.Ruleset{}, nsLabel: map[string]labels.Set{}, nodeLbl: map[string]labels.Set{},
+// Options change what Compile builds.
+type Options struct {
+	// Staged includes the staged policies (model.IsStaged) as if they were enforced, marked
+	// ir.Policy.Staged: what flow records and explain --staged compare against.
+	Staged bool
+}
+
+// Compile resolves the cluster's enforced policies: staged ones are left out. The model is
+// already validated, so selectors parse; an error here means an inconsistency between objects.
+func Compile(c *model.Cluster) (*ir.Ruleset, error) { return CompileWith(c, Options{}) }
+
+// CompileWith is Compile with options.
+func CompileWith(c *model.Cluster, opts Options) (*ir.Ruleset, error) {
+	k := &compiler{c: c, opts: opts, rs: &ir.Ruleset{}, nsLabel: map[string]labels.Set{}, nodeLbl: map[string]labels.Set{},
 		setKey: map[string]ir.SetID{}, portKey: map[string]ir.SetID{}, sels: map[*metav1.LabelSelector]selEntry{}}
 	for name, ns := range c.Namespaces {
 		k.nsLabel[name] = labels.Set(ns.Labels)

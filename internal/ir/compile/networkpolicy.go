@@ -19,13 +19,17 @@ func (k *compiler) networkPolicies() error {
 	var tiers [2][]ir.Policy
 	for _, key := range model.SortedKeys(k.c.NetworkPolicies) {
 		np := k.c.NetworkPolicies[key]
+		staged := model.IsStaged(np)
+		if staged && !k.opts.Staged {
+			continue
+		}
 		podSel, err := k.selector(&np.Spec.PodSelector)
 		if err != nil {
 			return fmt.Errorf("NetworkPolicy %s: spec.podSelector: %w", key, err)
 		}
 		subjects := k.podsIn(np.Namespace, podSel)
 		for _, t := range np.Spec.PolicyTypes {
-			pol := ir.Policy{Tier: ir.TierNetworkPolicy, Namespace: np.Namespace, Name: np.Name, Subjects: subjects}
+			pol := ir.Policy{Tier: ir.TierNetworkPolicy, Namespace: np.Namespace, Name: np.Name, Subjects: subjects, Staged: staged}
 			switch t {
 			case networkingv1.PolicyTypeIngress:
 				pol.Direction = ir.Ingress

@@ -150,7 +150,63 @@ func labFlowRecords(t *testing.T, dp string) {
 	if d := after[denyKey] - before[denyKey]; d < 3 {
 		t.Errorf("denied verdicts by deny-all: +%v, want at least 3 (one per denied packet)", d)
 	}
+
+	// A staged deny changes no probe; the records of what it would deny say so and name it.
+	if err := l.Apply(ctx, stagedDeny); err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now()
+	for _, p := range []struct {
+		from      string
+		connected bool
+	}{{"x/a", true}, {"x/c", false}} {
+		got, err := l.Probe(ctx, controller.ProbeRequest{From: p.from, To: "x/b", Port: 80, Protocol: "TCP", Via: "pod", Timeout: 500 * time.Millisecond})
+		if err != nil || len(got) != 1 || got[0].Connected != p.connected {
+			t.Fatalf("with a staged policy, probe %s -> x/b: %+v %v, want connected %v", p.from, got, err, p.connected)
+		}
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	var fromA, fromC *flow.Record
+	for fromA == nil || fromC == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("no records after the staged policy: a %v, c %v", fromA, fromC)
+		}
+		time.Sleep(200 * time.Millisecond)
+		for _, r := range labFlows(t, l, "pod=x/b&since="+since.Format(time.RFC3339Nano)) {
+			if r.Direction == "ingress" && r.Destination.Port == 80 {
+				r := r
+				switch r.Source.Pod {
+				case "a":
+					fromA = &r
+				case "c":
+					fromC = &r
+				}
+			}
+		}
+	}
+	if s := fromA.Staged; fromA.Verdict != flow.Allowed || s == nil || s.Verdict != flow.Denied || s.Policy == nil ||
+		s.Policy.Name != "staged-deny" || s.Policy.Kind != "AdminNetworkPolicy" || s.Policy.Rule == nil || *s.Policy.Rule != 0 {
+		t.Errorf("a -> b with a staged deny: record %+v, staged %+v", *fromA, fromA.Staged)
+	}
+	if fromC.Staged != nil {
+		t.Errorf("c -> b is decided as before with the staged policy, yet its record has staged %+v", *fromC.Staged)
+	}
 }
+
+const stagedDeny = `
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata:
+  name: staged-deny
+  annotations: {rampart.io/staged: "true"}
+spec:
+  priority: 5
+  subject: {namespaces: {}}
+  ingress:
+  - name: no-a
+    action: Deny
+    from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: a}}}}]
+`
 
 func labFlows(t *testing.T, l labtest.Lab, query string) []flow.Record {
 	t.Helper()
