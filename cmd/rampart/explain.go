@@ -17,16 +17,28 @@ func newExplainCmd() *cobra.Command {
 	var from, to, proto, output string
 	var port uint16
 	var staged bool
+	var live liveFlags
 	cmd := &cobra.Command{
-		Use:   "explain -f PATH... --from NS/POD|IP --to NS/POD|IP --port P [--protocol TCP]",
+		Use:   "explain (-f PATH... | --live [--lab NAME | --server ADDR]) --from NS/POD|IP --to NS/POD|IP --port P [--protocol TCP]",
 		Short: "Say whether a flow is allowed, which rule decided it, and every rule considered",
-		Args:  cobra.NoArgs,
+		Long: `Say whether a flow is allowed, which rule decided it, and every rule considered.
+
+With --live the cluster is the one a lab (--lab) or a node agent (--server) enforces, and the
+explanation comes with the flow records the dataplanes made for matching connections, each
+marked as agreeing with the evaluator or not; any disagreement makes the command fail.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "text" && output != "json" {
 				return fmt.Errorf("--output must be text or json, not %q", output)
 			}
 			if port == 0 {
 				return fmt.Errorf("--port is required (1-65535)")
+			}
+			if live.on {
+				if staged || len(in.files) > 0 {
+					return fmt.Errorf("--live explains the state a lab or agent enforces: it takes neither -f nor --staged")
+				}
+				return live.run(cmd, from, to, port, proto, output)
 			}
 			pr, err := ir.ParseProtocol(proto)
 			if err != nil {
@@ -77,6 +89,7 @@ func newExplainCmd() *cobra.Command {
 	cmd.Flags().Uint16Var(&port, "port", 0, "destination port")
 	cmd.Flags().StringVar(&proto, "protocol", "TCP", "TCP, UDP or SCTP")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	live.bind(cmd)
 	cmd.Flags().BoolVar(&staged, "staged", false, "also show the verdict with the staged policies (rampart.io/staged: \"true\") enforced")
 	_ = cmd.MarkFlagRequired("from")
 	_ = cmd.MarkFlagRequired("to")

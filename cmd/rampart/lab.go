@@ -159,8 +159,8 @@ func newLabProbeCmd(client func() *controller.Client) *cobra.Command {
 		Short: "Try connections between pods and report which the kernel let through",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "table" && output != "json" && output != "matrix" {
-				return fmt.Errorf("--output must be table, matrix or json, not %q", output)
+			if output != "table" && output != "json" && output != "matrix" && output != "svg" {
+				return fmt.Errorf("--output must be table, matrix, json or svg, not %q", output)
 			}
 			var want []controller.Probe
 			if expect != "" {
@@ -183,12 +183,16 @@ func newLabProbeCmd(client func() *controller.Client) *cobra.Command {
 				if err := writeIndented(cmd.OutOrStdout(), b); err != nil {
 					return err
 				}
-			case "matrix":
+			case "matrix", "svg":
 				cells := make([]policy.Cell, len(got))
 				for i, p := range got {
 					cells[i] = policy.Cell{From: p.From, To: p.To, Port: p.Port, Protocol: p.Protocol, Allowed: p.Connected}
 				}
-				if err := policy.WriteTable(cmd.OutOrStdout(), cells); err != nil {
+				write := policy.WriteTable
+				if output == "svg" {
+					write = policy.WriteSVG
+				}
+				if err := write(cmd.OutOrStdout(), cells); err != nil {
 					return err
 				}
 			default:
@@ -213,7 +217,7 @@ func newLabProbeCmd(client func() *controller.Client) *cobra.Command {
 	cmd.Flags().StringVar(&req.Via, "via", "service", "service (the destination's ClusterIP) or pod (its IP)")
 	cmd.Flags().DurationVar(&timeout, "timeout", time.Second, "how long a probe waits for an answer")
 	cmd.Flags().StringVar(&expect, "expect", "", "JSON file of expected probes (same format as -o json); exit non-zero on any difference")
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table (one line per probe), matrix (a truth table per port) or json")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table (one line per probe), matrix (a truth table per port), svg (the matrix as an image) or json")
 	return cmd
 }
 

@@ -97,12 +97,12 @@ func newMatrixCmd() *cobra.Command {
 	var in inputFlags
 	var ports, output string
 	cmd := &cobra.Command{
-		Use:   "matrix -f PATH... [--ports 80/TCP,81/UDP] [-o table|json]",
+		Use:   "matrix -f PATH... [--ports 80/TCP,81/UDP] [-o table|json|svg]",
 		Short: "Reachability between every ordered pair of pods, as the policies decide it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "table" && output != "json" {
-				return fmt.Errorf("--output must be table or json, not %q", output)
+			if output != "table" && output != "json" && output != "svg" {
+				return fmt.Errorf("--output must be table, json or svg, not %q", output)
 			}
 			var pp []policy.PortProto
 			if ports != "" {
@@ -124,6 +124,9 @@ func newMatrixCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(cells)
 			}
+			if output == "svg" {
+				return policy.WriteSVG(cmd.OutOrStdout(), cells)
+			}
 			if len(cells) == 0 {
 				fmt.Fprintln(cmd.OutOrStdout(), "no pairs of pods with addresses and ports to show")
 				return nil
@@ -133,6 +136,6 @@ func newMatrixCmd() *cobra.Command {
 	}
 	in.register(cmd)
 	cmd.Flags().StringVar(&ports, "ports", "", "ports to probe, e.g. 80/TCP,81/UDP (default: every port each destination pod declares)")
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, json, or svg (an image of the matrix, coloured by verdict)")
 	return cmd
 }

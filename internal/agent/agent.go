@@ -238,7 +238,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.st.Applied, a.st.ResourceVersion, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, rv, time.Now(), "", 0
 		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
 		if a.fl != nil {
-			a.fl.setResolver(resolver)
+			a.fl.setResolver(resolver, rs)
 		}
 		a.m.applied.Set(float64(rev))
 		a.m.localPods.Set(float64(a.st.LocalPods))

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +41,7 @@ type flows struct {
 
 	mu       sync.Mutex
 	resolver *flow.Resolver
+	rs       *ir.Ruleset // in force, for live explanations
 	verdicts *prometheus.CounterVec
 	// packets counts events by direction and verdict, for dataplanes without counters of
 	// their own (rampart_packets_total).
@@ -106,11 +109,24 @@ func (f *flows) run(ctx context.Context, logErr func(error)) {
 	}
 }
 
-func (f *flows) setResolver(r *flow.Resolver) {
+func (f *flows) setResolver(r *flow.Resolver, rs *ir.Ruleset) {
 	f.agg.SetResolver(r)
 	f.mu.Lock()
-	f.resolver = r
+	f.resolver, f.rs = r, rs
 	f.mu.Unlock()
+}
+
+// live serves the agent's live explanations (flow.LiveHandler).
+func (f *flows) live() http.Handler {
+	return flow.LiveHandler(func(_ *http.Request, filt flow.Filter) (*ir.Ruleset, []flow.Record, error) {
+		f.mu.Lock()
+		rs := f.rs
+		f.mu.Unlock()
+		if rs == nil {
+			return nil, nil, errors.New("no policy programmed yet")
+		}
+		return rs, f.log.Query(filt), nil
+	})
 }
 
 // count adds an event to rampart_policy_verdicts_total.

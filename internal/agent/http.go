@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -33,6 +34,9 @@ func (a *Agent) HealthHandler() http.Handler {
 		_ = json.NewEncoder(w).Encode(a.Status())
 	})
 	mux.Handle("/v1/flows", a.FlowsHandler())
+	if a.fl != nil {
+		mux.Handle("/v1/explain", a.fl.live())
+	}
 	return mux
 }
 
@@ -94,6 +98,26 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		return st, fmt.Errorf("agent status: %s", resp.Status)
 	}
 	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// Explain asks the agent for a live explanation of a flow (query: from, to, port, protocol,
+// since).
+func (c *Client) Explain(ctx context.Context, q url.Values) (flow.Live, error) {
+	var out flow.Live
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/explain?"+q.Encode(), nil)
+	if err != nil {
+		return out, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return out, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return out, fmt.Errorf("agent explain: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return out, json.NewDecoder(resp.Body).Decode(&out)
 }
 
 // Flows streams the agent's flow records matching f (flow.Fetch); with follow it returns when

@@ -139,3 +139,27 @@ func TestResolverNamesWhatDecided(t *testing.T) {
 		t.Errorf("default-allowed record: %+v", rec)
 	}
 }
+
+func TestExplainLiveFlagsDisagreements(t *testing.T) {
+	rs := ruleset(t)
+	ev := policy.New(rs)
+	f := policy.Flow{Src: netip.MustParseAddr("10.0.1.1"), Dst: netip.MustParseAddr("10.0.1.2"), Protocol: ir.TCP, Port: 80}
+	rule := 0
+	rec := func(dir, verdict string, p *flow.PolicyRef) flow.Record {
+		return flow.Record{Source: flow.Endpoint{IP: "10.0.1.1", Port: 40000}, Destination: flow.Endpoint{IP: "10.0.1.2", Port: 80},
+			Protocol: "TCP", Direction: dir, Verdict: verdict, Policy: p}
+	}
+	recs := []flow.Record{
+		rec("ingress", flow.Allowed, &flow.PolicyRef{Kind: "NetworkPolicy", Namespace: "x", Name: "allow-a", Rule: &rule}), // agrees
+		rec("egress", flow.Allowed, nil), // agrees: no egress policy
+		rec("ingress", flow.Denied, &flow.PolicyRef{Kind: "NetworkPolicy", Namespace: "x", Name: "default-deny"}),        // wrong verdict
+		rec("ingress", flow.Allowed, &flow.PolicyRef{Kind: "NetworkPolicy", Namespace: "x", Name: "other", Rule: &rule}), // wrong rule
+	}
+	other := rec("ingress", flow.Allowed, nil)
+	other.Destination.Port = 81 // another flow: not compared
+	live := flow.ExplainLive(ev, f, append(recs, other))
+	if len(live.Records) != 4 || live.Disagreements != 2 || !live.Records[0].Agrees || !live.Records[1].Agrees ||
+		live.Records[2].Agrees || live.Records[3].Agrees || live.Records[3].Why == "" {
+		t.Errorf("live: %+v", live.Records)
+	}
+}

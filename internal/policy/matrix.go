@@ -108,18 +108,19 @@ func DeclaredPorts(p *ir.Pod) []PortProto {
 	return out
 }
 
-// WriteTable prints one truth table per port: rows are sources, columns destinations, "."
-// allowed, "X" denied, "-" not probed (a pod to itself, or a port the destination lacks).
-func WriteTable(w io.Writer, cells []Cell) error {
-	type key struct {
-		port  uint16
-		proto string
-	}
-	var order []key
-	groups := map[key]map[[2]string]bool{}
+type portKey struct {
+	port  uint16
+	proto string
+}
+
+// groupCells splits cells by port (in their order) into (from, to) -> allowed, and lists every
+// pod named, sorted.
+func groupCells(cells []Cell) ([]portKey, map[portKey]map[[2]string]bool, []string) {
+	var order []portKey
+	groups := map[portKey]map[[2]string]bool{}
 	podSet := map[string]bool{}
 	for _, c := range cells {
-		k := key{c.Port, c.Protocol}
+		k := portKey{c.Port, c.Protocol}
 		if groups[k] == nil {
 			groups[k] = map[[2]string]bool{}
 			order = append(order, k)
@@ -132,6 +133,13 @@ func WriteTable(w io.Writer, cells []Cell) error {
 		pods = append(pods, p)
 	}
 	sort.Strings(pods)
+	return order, groups, pods
+}
+
+// WriteTable prints one truth table per port: rows are sources, columns destinations, "."
+// allowed, "X" denied, "-" not probed (a pod to itself, or a port the destination lacks).
+func WriteTable(w io.Writer, cells []Cell) error {
+	order, groups, pods := groupCells(cells)
 	for gi, k := range order {
 		if gi > 0 {
 			fmt.Fprintln(w)

@@ -16,6 +16,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/model"
 )
@@ -119,6 +120,7 @@ func (l *Lab) Handler(down func()) http.Handler {
 		return string(out), err
 	})
 	mux.HandleFunc("/flows", l.serveFlows)
+	mux.Handle("/explain", flow.LiveHandler(l.liveState))
 	mux.HandleFunc("/metrics", l.serveMetrics)
 	handle("/down", func(context.Context, []byte) (any, error) {
 		go func() { time.Sleep(50 * time.Millisecond); down() }()

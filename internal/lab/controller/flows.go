@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rampart-sec/rampart/internal/flow"
+	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/model"
 )
 
@@ -187,4 +188,20 @@ func (l *Lab) agentMetrics(ctx context.Context) (map[string]string, error) {
 		out[n] = b.String()
 	}
 	return out, nil
+}
+
+// liveState is the lab's Ruleset and every node's records matching f, for live explanations.
+func (l *Lab) liveState(r *http.Request, f flow.Filter) (*ir.Ruleset, []flow.Record, error) {
+	_, rs := l.Snapshot()
+	if rs == nil {
+		return nil, nil, errors.New("lab is not up")
+	}
+	var recs []flow.Record
+	srcs := l.flowSources()
+	for _, n := range model.SortedKeys(srcs) {
+		if err := srcs[n](r.Context(), f, false, func(rec flow.Record) error { recs = append(recs, rec); return nil }); err != nil {
+			return nil, nil, err
+		}
+	}
+	return rs, recs, nil
 }
