@@ -45,15 +45,19 @@ var paths = []struct {
 
 // tenThousandRules: 100 NetworkPolicies selecting the server, each with 100 ingress rules
 // (an external /32 on port 80), plus the rule that admits the client.
-func tenThousandRules() string {
+func tenThousandRules() string { return rules(10000, "[{port: 80}]") }
+
+// rules: n ingress rules selecting the server, n-1 of them external /32s on port 80 in
+// policies of up to 100 rules, plus the rule that admits the client on clientPorts.
+func rules(n int, clientPorts string) string {
 	var b strings.Builder
-	for p := 0; p < 100; p++ {
+	for p := 0; p*100 < n-1; p++ {
 		fmt.Fprintf(&b, "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np-%d, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: server}}\n  ingress:\n", p)
-		for r := 0; r < 100; r++ {
+		for r := 0; r < 100 && p*100+r < n-1; r++ {
 			fmt.Fprintf(&b, "  - {from: [{ipBlock: {cidr: 172.16.%d.%d/32}}], ports: [{port: 80}]}\n", p, r)
 		}
 	}
-	b.WriteString("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-client, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: client}}}], ports: [{port: 80}]}]\n")
+	fmt.Fprintf(&b, "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-client, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: client}}}], ports: %s}]\n", clientPorts)
 	return b.String()
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The demo: the example application in a lab of network namespaces, its reachability as the
 # kernel enforces it before and after its policies, its images' known vulnerabilities ranked by
-# how reachable each pod is, why one flow is denied, the same under the eBPF dataplane, then
-# teardown.
+# how reachable each pod is, why one flow is denied and which policy denied the real traffic
+# (flow records), the same under the eBPF dataplane, then teardown.
 set -euo pipefail
 BIN=${1:-bin/rampart}
 cd "$(dirname "$0")/.."
@@ -68,6 +68,12 @@ scan cat
 bold "Why can't the frontend reach the database directly?"
 "$BIN" explain -f examples --from frontend/web-0 --to db/postgres-0 --port 5432
 
+bold "Which policy decided the real traffic? The flow records of the probes denied on their way to the database"
+"$BIN" lab flows --name "$LAB" --verdict denied --pod db/postgres-0 | sed -n 1,8p
+
+bold "The evaluator beside what the kernel recorded for frontend/web-0 -> db/postgres-0:5432"
+"$BIN" explain --live --lab "$LAB" --from frontend/web-0 --to db/postgres-0 --port 5432 | tail -n 4
+
 bold "Does the kernel agree with the evaluator on every pod, port and protocol?"
 "$BIN" policy matrix -f examples -o json > /tmp/rampart-demo-expect.json
 sed -i 's/"allowed"/"connected"/' /tmp/rampart-demo-expect.json
@@ -81,6 +87,8 @@ for n in 0 1; do
 done
 echo "iptables rules in the node namespaces: $rules"
 "$BIN" lab probe --name "$LAB-ebpf" --timeout 700ms --expect /tmp/rampart-demo-expect.json -o json > /dev/null
+echo "flow records of the eBPF programs (ring buffer), denied ones naming their policy:"
+"$BIN" lab flows --name "$LAB-ebpf" --verdict denied --pod db/postgres-0 | sed -n 1,4p
 "$BIN" lab down --name "$LAB-ebpf"
 
 bold "Tearing the lab down"

@@ -244,6 +244,11 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.m.localPods.Set(float64(a.st.LocalPods))
 		a.m.policies.Set(float64(a.st.Policies))
 		a.m.swept.Add(float64(swept))
+		if ec, ok := a.dp.(dataplane.EntryCounter); ok {
+			for kind, n := range ec.Entries() {
+				a.m.entries.WithLabelValues(kind).Set(float64(n))
+			}
+		}
 	}
 	close(a.progress)
 	a.progress = make(chan struct{})

@@ -15,6 +15,7 @@ type metrics struct {
 	policies    prometheus.Gauge
 	ready       prometheus.Gauge
 	swept       prometheus.Counter
+	entries     *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, dp dataplane.Dataplane) (*metrics, error) {
@@ -30,7 +31,9 @@ func newMetrics(reg prometheus.Registerer, dp dataplane.Dataplane) (*metrics, er
 		ready:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_agent_ready", Help: "1 when the agent is ready (policy programmed, source reachable)."}),
 		swept:      prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_swept_connections_total", Help: "Tracked connections removed because a new policy denies them."}),
 	}
-	cs := []prometheus.Collector{m.syncSeconds, m.syncErrors, m.applied, m.localPods, m.policies, m.ready, m.swept}
+	m.entries = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rampart_programmed_entries",
+		Help: "State the dataplane programmed at its last sync, by kind (iptables rules and ipset members; BPF map entries)."}, []string{"kind"})
+	cs := []prometheus.Collector{m.syncSeconds, m.syncErrors, m.applied, m.localPods, m.policies, m.ready, m.swept, m.entries}
 	if cr, ok := dp.(dataplane.CounterReader); ok {
 		cs = append(cs, &counterCollector{cr: cr})
 	}

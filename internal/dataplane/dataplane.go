@@ -114,6 +114,12 @@ type FlowReader interface {
 	ReadFlows(ctx context.Context, sink flow.Sink) error
 }
 
+// EntryCounter is a dataplane that says how much state it programmed at its last Sync, by
+// kind (iptables rules and ipset members; BPF map entries), for rampart_programmed_entries.
+type EntryCounter interface {
+	Entries() map[string]int
+}
+
 // Guarder is a dataplane that can hold a pod interface it has not programmed yet under deny
 // until its next Sync programs it (the agent calls it when such an interface appears).
 type Guarder interface {

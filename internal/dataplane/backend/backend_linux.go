@@ -63,12 +63,14 @@ var (
 	_ dataplane.CounterReader = (*ebpfPlane)(nil)
 	_ dataplane.Guarder       = (*ebpfPlane)(nil)
 
-	_ dataplane.FlowReader = (*iptablesPlane)(nil)
-	_ flow.ConnCounter     = (*iptablesPlane)(nil)
-	_ dataplane.FlowReader = (*ebpf.Dataplane)(nil)
-	_ flow.ConnCounter     = (*ebpf.Dataplane)(nil)
-	_ dataplane.FlowReader = (*ebpfPlane)(nil)
-	_ flow.ConnCounter     = (*ebpfPlane)(nil)
+	_ dataplane.EntryCounter = (*iptablesPlane)(nil)
+	_ dataplane.EntryCounter = (*ebpfPlane)(nil)
+	_ dataplane.FlowReader   = (*iptablesPlane)(nil)
+	_ flow.ConnCounter       = (*iptablesPlane)(nil)
+	_ dataplane.FlowReader   = (*ebpf.Dataplane)(nil)
+	_ flow.ConnCounter       = (*ebpf.Dataplane)(nil)
+	_ dataplane.FlowReader   = (*ebpfPlane)(nil)
+	_ flow.ConnCounter       = (*ebpfPlane)(nil)
 )
 
 // ebpfPlane is the eBPF dataplane plus connect-time Service load balancing in a cgroup: the

@@ -54,6 +54,7 @@ type Dataplane struct {
 	rules   map[uint32]*flow.RuleTable
 	synced  chan struct{} // closed at the first successful Sync
 	resolve *flow.Resolver
+	entries map[string]int
 	links   map[string]attachment // by interface
 	uplink  attachment
 	// guards hold pod interfaces not programmed yet under deny (Guard); Sync takes them over.
@@ -127,7 +128,16 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		close(d.synced)
 	}
 	d.resolve = flow.NewResolver(rs)
+	d.entries = map[string]int{"policy_entries": len(tables.Policy), "ipcache_entries": len(tables.IPCache),
+		"endpoints": len(tables.Endpoints), "service_frontends": next.frontends}
 	return nil
+}
+
+// Entries reports the map entries the last Sync wrote (dataplane.EntryCounter).
+func (d *Dataplane) Entries() map[string]int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.entries
 }
 
 // keptGenerations is how many generations' rule tables resolve flow events.

@@ -18,6 +18,8 @@ type Objects struct {
 	objs policyObjects
 	// svcRange is the smallest prefix holding every Service frontend (invalid: none).
 	svcRange netip.Prefix
+	// frontends counts the (address, port) frontends written.
+	frontends int
 }
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
@@ -249,6 +251,7 @@ func (o *Objects) fillServices(rs *ir.Ruleset) error {
 			}
 		}
 	}
+	o.frontends = len(vips)
 	rg := policySvcRange{Addr: 0, Mask: 0xffffffff} // no frontends: matches only 0.0.0.0
 	if p, ok := covering(vips); ok {
 		o.svcRange = p

@@ -25,6 +25,7 @@ type Dataplane struct {
 	// prefixes resolve flow-event prefixes: the Ruleset in force and the one before it (events
 	// logged by rules just replaced).
 	prefixes [2]*prefixTable
+	entries  map[string]int
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
@@ -46,8 +47,16 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	t := newPrefixTable(rs)
 	d.mu.Lock()
 	d.prefixes[0], d.prefixes[1] = t, d.prefixes[0]
+	d.entries = spec.Entries()
 	d.mu.Unlock()
 	return nil
+}
+
+// Entries reports what the last Sync installed (dataplane.EntryCounter).
+func (d *Dataplane) Entries() map[string]int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.entries
 }
 
 // Apply installs spec atomically:

@@ -34,6 +34,21 @@ type Jump struct {
 	Table, From, To string
 }
 
+// Entries counts the spec's rules per table ("filter_rules", "nat_rules") and set members
+// ("ipset_members").
+func (s *Spec) Entries() map[string]int {
+	out := map[string]int{"filter_rules": 0, "nat_rules": 0, "ipset_members": 0}
+	for table, chains := range s.Tables {
+		for _, c := range chains {
+			out[table+"_rules"] += len(c.Rules)
+		}
+	}
+	for _, set := range s.Sets {
+		out["ipset_members"] += len(set.Entries)
+	}
+	return out
+}
+
 // Rule renders the jump as iptables arguments (without -A/-I).
 func (j Jump) Rule() string {
 	return fmt.Sprintf("-m comment --comment %q -j %s", "rampart", j.To)

@@ -549,6 +549,9 @@ func (k *kubeMode) startAgent(l *Lab, node string) {
 	if k.pins != "" {
 		args = append(args, "--pin-dir", k.pins, "--uplink", "eth0")
 	}
+	if l.settings.NoFlows {
+		args = append(args, "--flows=false")
+	}
 	k.wg.Add(1)
 	go func() {
 		defer k.wg.Done()

@@ -158,7 +158,7 @@ func (l *Lab) startAgent(node string) error {
 		dn.Uplink = "eth0" // the node's link to the fabric bridge
 	}
 	dn.PodInterfacePrefix = PodInterfacePrefix
-	dp, err := backend.New(kind, dn, dataplane.Options{Netns: l.fabric.NodeNetns(node)})
+	dp, err := backend.New(kind, dn, dataplane.Options{Netns: l.fabric.NodeNetns(node), NoFlowEvents: l.settings.NoFlows})
 	if err != nil {
 		return err
 	}
@@ -166,6 +166,7 @@ func (l *Lab) startAgent(node string) error {
 		Node: node, Dataplane: kind, Logger: l.logger().With("node", node), PodInterfacePrefix: PodInterfacePrefix,
 		// Changes are applied as they come: Change waits for them.
 		Runner: runner.Config{MinInterval: 0, RetryMin: 50 * time.Millisecond, RetryMax: 2 * time.Second},
+		Flows:  agent.FlowConfig{Off: l.settings.NoFlows},
 	}, l.store, dp)
 	if err != nil {
 		return err

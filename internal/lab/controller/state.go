@@ -26,6 +26,9 @@ type Settings struct {
 	Dataplane string `json:"dataplane"` // iptables, ebpf or none
 	// Kube: the lab's objects live in a real API server and each node runs `rampart agent`.
 	Kube bool `json:"kube,omitempty"`
+	// NoFlows turns flow records off (the dataplanes write no flow events): measurements of
+	// what records cost.
+	NoFlows bool `json:"noFlows,omitempty"`
 	// Log receives the node agents' logs (not saved; default: discarded).
 	Log *slog.Logger `json:"-"`
 }

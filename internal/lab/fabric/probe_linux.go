@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand"
 	"net"
 	"net/netip"
@@ -255,4 +256,71 @@ func (f *Fabric) Load(ctx context.Context, ns, name string, dst netip.AddrPort, 
 		n++
 	}
 	return bytesPerSec, float64(n) / time.Since(start).Seconds(), nil
+}
+
+// ConnectLoad opens new connections from a pod to the server at dst, one after the other, for
+// d: TCP connect, "quit", the server's greeting and close (the server closes first), or a UDP
+// request from a new socket and its reply. It returns the completed connections per second
+// and how many attempts failed (refused, reset or no answer within 250 ms). Bounded in time.
+func (f *Fabric) ConnectLoad(ctx context.Context, ns, name string, dst netip.AddrPort, proto string, d time.Duration) (perSec float64, failed int, err error) {
+	f.mu.Lock()
+	p, ok := f.pods[ns+"/"+name]
+	f.mu.Unlock()
+	if !ok {
+		return 0, 0, fmt.Errorf("no pod %s/%s", ns, name)
+	}
+	if proto != "TCP" && proto != "UDP" {
+		return 0, 0, fmt.Errorf("connect load: protocol %q: want TCP or UDP", proto)
+	}
+	n := 0
+	var elapsed time.Duration
+	err = f.inPod(p, func() error {
+		buf := make([]byte, 256)
+		start := time.Now()
+		for time.Since(start) < d && ctx.Err() == nil {
+			if oneConnection(dst, proto, buf) {
+				n++
+			} else {
+				failed++
+			}
+		}
+		elapsed = time.Since(start)
+		return nil
+	})
+	if err != nil {
+		return 0, failed, err
+	}
+	return float64(n) / elapsed.Seconds(), failed, nil
+}
+
+func oneConnection(dst netip.AddrPort, proto string, buf []byte) bool {
+	const timeout = 250 * time.Millisecond
+	if proto == "UDP" {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		if _, err := c.Write([]byte("ping\n")); err != nil {
+			return false
+		}
+		_, err = c.Read(buf)
+		return err == nil
+	}
+	c, err := net.DialTimeout("tcp4", dst.String(), timeout)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("quit\n")); err != nil {
+		return false
+	}
+	// Greeting, then EOF: the server has closed its side.
+	for {
+		if _, err := c.Read(buf); err != nil {
+			return errors.Is(err, io.EOF)
+		}
+	}
 }

@@ -113,12 +113,22 @@ func (s *servers) serveTCP(l net.Listener, who string) {
 				s.mu.Unlock()
 			}()
 			// Greet with the pod's name, then echo until the client closes (or goes quiet for
-			// ten minutes), so tests can hold a connection open across policy changes.
+			// ten minutes), so tests can hold a connection open across policy changes. A client
+			// that opens with "quit" is answered and closed at once: the server closes first
+			// (connection-rate measurements: the TIME_WAIT is the server's, not the client's).
 			defer c.Close()
 			if _, err := c.Write([]byte(who + "\n")); err != nil {
 				return
 			}
 			_ = c.SetDeadline(time.Now().Add(10 * time.Minute))
+			first := make([]byte, 4096)
+			n, err := c.Read(first)
+			if err != nil || string(first[:n]) == "quit\n" {
+				return
+			}
+			if _, err := c.Write(first[:n]); err != nil {
+				return
+			}
 			_, _ = io.Copy(c, c)
 		}()
 	}

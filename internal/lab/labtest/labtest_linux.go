@@ -40,7 +40,18 @@ func NewKube(t testing.TB, nodes int, dataplane, manifests, exe string) Lab {
 	return newLab(t, nodes, dataplane, manifests, exe)
 }
 
+// NewWith brings up a lab with settings s (Name is chosen here) from manifests.
+func NewWith(t testing.TB, s controller.Settings, manifests string) Lab {
+	t.Helper()
+	return newLabSettings(t, s, manifests, "")
+}
+
 func newLab(t testing.TB, nodes int, dataplane, manifests, exe string) Lab {
+	t.Helper()
+	return newLabSettings(t, controller.Settings{Nodes: nodes, Dataplane: dataplane}, manifests, exe)
+}
+
+func newLabSettings(t testing.TB, s controller.Settings, manifests, exe string) Lab {
 	t.Helper()
 	netnstest.RequireRoot(t, "ip", "iptables-restore", "ipset")
 	controller.StateRoot = t.TempDir()
@@ -50,7 +61,8 @@ func newLab(t testing.TB, nodes int, dataplane, manifests, exe string) Lab {
 		t.Fatal(err)
 	}
 	f := fabric.New(name)
-	l := controller.New(controller.Settings{Name: name, Nodes: nodes, Dataplane: dataplane, Kube: exe != ""}, model.FromObjects(objs), f)
+	s.Name, s.Kube = name, exe != ""
+	l := controller.New(s, model.FromObjects(objs), f)
 	t.Cleanup(func() {
 		if err := l.Teardown(); err != nil {
 			t.Errorf("teardown: %v", err)
