@@ -81,7 +81,11 @@ type entry struct {
 	published           bool
 	pubPackets, pubTime uint64 // packets at the last publication; unix nanos of it
 	changed             time.Time
-	gone                bool
+	gone, closing       bool
+	nextCheck           time.Time // allowed: when the counts are read next
+	prevCheck           time.Time // allowed: the previous read (or the first record)
+	checked             bool      // allowed: counts were read for this tick
+	firstCheck          bool      // allowed: the next read is the first
 }
 
 // Aggregator folds events into per-connection records and publishes them to a Log.
@@ -190,21 +194,54 @@ func (a *Aggregator) Run(ctx context.Context) {
 	}
 }
 
-// Tick publishes what is due at now: connections not published yet, changed ones whose
-// Report interval has passed, and the last record of those idle (or closed); all of them when
-// final is set.
+// firstCheck is how long after its first record an allowed connection's counts are first
+// read: short connections are over by then, and their last record frees their slot early.
+const firstCheck = 2 * time.Second
+
+// Tick publishes what is due at now: connections not published yet (with what their events
+// say), denied ones that changed once their Report interval has passed and their last record
+// once idle, and, for allowed ones, whose counts come from the dataplane's tracking (read
+// firstCheck after the first record and then every Report interval, not at every tick), an
+// update when they changed and a last record when they closed or went idle. With final,
+// everything left is published.
 func (a *Aggregator) Tick(now time.Time, final bool) {
-	a.refreshCounts(now)
+	a.refreshCounts(now, final)
 	a.mu.Lock()
 	var out []Record
 	for k, e := range a.active {
-		idle := e.gone || now.Sub(e.changed) >= a.cfg.Idle
-		due := !e.published || (e.packets != e.pubPackets && now.Sub(time.Unix(0, int64(e.pubTime))) >= a.cfg.Report)
-		if due || ((idle || final) && e.packets != e.pubPackets) {
+		pub := time.Unix(0, int64(e.pubTime))
+		var publish, drop bool
+		switch {
+		case !e.published:
+			publish = true
+		case final:
+			publish, drop = e.packets != e.pubPackets, true
+		case k.allowed:
+			if !e.checked {
+				continue // counts not read yet this round
+			}
+			e.checked = false
+			// Over (gone, or TCP closing), or unchanged since the previous check: the last
+			// record. A change at the first check is published at once: short connections
+			// get their whole exchange in their second record.
+			over := e.gone || e.closing || (k.tuple.Protocol == ir.TCP && e.flags&(FlagFIN|FlagRST) != 0)
+			idle := !e.changed.After(e.prevCheck) || now.Sub(e.changed) >= a.cfg.Idle
+			publish = e.packets != e.pubPackets && (over || idle || e.firstCheck || now.Sub(pub) >= a.cfg.Report)
+			drop = over || idle
+			e.firstCheck, e.prevCheck = false, now
+		default: // denied: the events are the counts
+			idle := now.Sub(e.changed) >= a.cfg.Idle
+			publish = e.packets != e.pubPackets && (idle || now.Sub(pub) >= a.cfg.Report)
+			drop = idle
+		}
+		if publish {
 			out = append(out, a.recordLocked(e, now))
+			if !e.published {
+				e.nextCheck, e.firstCheck, e.prevCheck = now.Add(firstCheck), true, now
+			}
 			e.published, e.pubPackets, e.pubTime = true, e.packets, uint64(now.UnixNano())
 		}
-		if idle || final {
+		if drop || final {
 			delete(a.active, k)
 		}
 	}
@@ -224,22 +261,22 @@ func (a *Aggregator) recordLocked(e *entry, now time.Time) Record {
 	return r
 }
 
-// refreshCounts reads the allowed connections' counts from the dataplane's tracking.
-func (a *Aggregator) refreshCounts(now time.Time) {
-	if a.counter == nil {
-		return
-	}
+// refreshCounts reads the counts of the allowed connections whose check is due (all of them
+// with final) from the dataplane's tracking, marking them checked.
+func (a *Aggregator) refreshCounts(now time.Time, final bool) {
 	a.mu.Lock()
 	var keys []aggKey
 	var conns []Conn
-	for k := range a.active {
-		if k.allowed {
+	for k, e := range a.active {
+		if k.allowed && e.published && (final || !now.Before(e.nextCheck)) {
 			keys = append(keys, k)
 			conns = append(conns, Conn{k.dir, k.tuple})
+			e.nextCheck = now.Add(a.cfg.Report)
+			e.checked = true
 		}
 	}
 	a.mu.Unlock()
-	if len(conns) == 0 {
+	if len(conns) == 0 || a.counter == nil {
 		return
 	}
 	counts, err := a.counter.ConnCounts(conns)
@@ -258,6 +295,7 @@ func (a *Aggregator) refreshCounts(now time.Time) {
 			e.gone = true
 			continue
 		}
+		e.closing = e.closing || c.Closed
 		if c.Packets > e.packets {
 			e.packets, e.changed, e.last = c.Packets, now, now
 		}

@@ -73,13 +73,12 @@ func TestAggregatorReportsChangesAndCloses(t *testing.T) {
 	ct := fakeCounter{conn: {Packets: 1, Bytes: 60}}
 	a, _ := NewAggregator(Config{Report: 10 * time.Second, Idle: 30 * time.Second}, log, ct)
 	a.Observe(Event{Time: t0, Direction: ir.Egress, Allowed: true, Tuple: conn, Bytes: 60, TCPFlags: FlagSYN})
-	a.Tick(t0.Add(time.Second), false)
+	a.Tick(t0.Add(time.Second), false) // the first record, from the event
 	ct[conn] = Counts{Packets: 50, Bytes: 9000, TCPFlags: FlagSYN | FlagACK | FlagPSH}
-	a.Tick(t0.Add(5*time.Second), false) // changed, but Report has not passed
-	a.Tick(t0.Add(12*time.Second), false)
-	delete(ct, conn) // closed
-	ct[conn] = Counts{Gone: true}
-	a.Tick(t0.Add(13*time.Second), false)
+	a.Tick(t0.Add(5*time.Second), false)  // counts read (2 s after the first record): changed, but Report has not passed
+	a.Tick(t0.Add(12*time.Second), false) // no check due
+	ct[conn] = Counts{Gone: true}         // closed
+	a.Tick(t0.Add(16*time.Second), false) // the next check finds it gone: its last record
 	recs := log.Query(Filter{})
 	if len(recs) != 2 {
 		t.Fatalf("want the first record and one update, got %d: %+v", len(recs), recs)

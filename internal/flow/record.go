@@ -115,8 +115,9 @@ type Decider struct {
 type Counts struct {
 	Packets, Bytes uint64
 	TCPFlags       uint8
-	// Gone is true when the connection is no longer tracked (closed or expired).
-	Gone bool
+	// Gone is true when the connection is no longer tracked (closed or expired); Closed when
+	// the tracking says it is closing or closed (a TCP FIN or RST was seen).
+	Gone, Closed bool
 }
 
 // TCP flag bits (the header's flags byte).

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 
+	mdnetlink "github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -77,14 +79,24 @@ func Flow(c *netlink.ConntrackFlow) (policy.Flow, bool) {
 // Counts reads, in the named network namespace, the packet and byte counts (both directions)
 // of the kernel's conntrack entries for conns, matched as policy sees them (original source,
 // the reply's source). The namespace's nf_conntrack_acct must be on (EnableAccounting);
-// entries not found are Gone.
+// entries not found are Gone. It uses ti-mo/conntrack, which reads every protocol's ports
+// (SCTP's too).
 func Counts(nsName string, conns []flow.Conn) ([]flow.Counts, error) {
-	h, err := handle(nsName)
-	if err != nil {
-		return nil, err
+	cfg := &mdnetlink.Config{}
+	if nsName != "" {
+		ns, err := netns.GetFromName(nsName)
+		if err != nil {
+			return nil, fmt.Errorf("open netns %q: %w", nsName, err)
+		}
+		defer ns.Close()
+		cfg.NetNS = int(ns)
 	}
-	defer h.Close()
-	entries, err := h.ConntrackTableList(netlink.ConntrackTable, netlink.FAMILY_V4)
+	c, err := conntrack.Dial(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("conntrack in %q: %w", nsName, err)
+	}
+	defer c.Close()
+	entries, err := c.Dump(nil)
 	if err != nil {
 		return nil, fmt.Errorf("list conntrack in %q: %w", nsName, err)
 	}
@@ -92,23 +104,25 @@ func Counts(nsName string, conns []flow.Conn) ([]flow.Counts, error) {
 		proto    uint8
 		src, dst netip.AddrPort
 	}
-	byKey := make(map[key]*netlink.ConntrackFlow, len(entries))
-	for _, e := range entries {
-		src, ok1 := netip.AddrFromSlice(e.Forward.SrcIP)
-		dst, ok2 := netip.AddrFromSlice(e.Reverse.SrcIP)
-		if ok1 && ok2 {
-			byKey[key{e.Forward.Protocol, netip.AddrPortFrom(src.Unmap(), e.Forward.SrcPort), netip.AddrPortFrom(dst.Unmap(), e.Reverse.SrcPort)}] = e
-		}
+	byKey := make(map[key]*conntrack.Flow, len(entries))
+	for i := range entries {
+		e := &entries[i]
+		o, r := e.TupleOrig, e.TupleReply
+		byKey[key{o.Proto.Protocol, netip.AddrPortFrom(o.IP.SourceAddress.Unmap(), o.Proto.SourcePort),
+			netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort)}] = e
 	}
 	out := make([]flow.Counts, len(conns))
-	for i, c := range conns {
-		e, ok := byKey[key{uint8(c.Tuple.Protocol), c.Tuple.Src, c.Tuple.Dst}]
+	for i, cn := range conns {
+		e, ok := byKey[key{uint8(cn.Tuple.Protocol), cn.Tuple.Src, cn.Tuple.Dst}]
 		if !ok {
 			out[i].Gone = true
 			continue
 		}
-		out[i].Packets = e.Forward.Packets + e.Reverse.Packets
-		out[i].Bytes = e.Forward.Bytes + e.Reverse.Bytes
+		out[i].Packets = e.CountersOrig.Packets + e.CountersReply.Packets
+		out[i].Bytes = e.CountersOrig.Bytes + e.CountersReply.Bytes
+		if tcp := e.ProtoInfo.TCP; tcp != nil {
+			out[i].TCPFlags, out[i].Closed = tcpStateFlags(tcp.State)
+		}
 	}
 	return out, nil
 }
@@ -119,4 +133,23 @@ func EnableAccounting(nsName string) error {
 	return nsexec.Do(nsName, func() error {
 		return os.WriteFile("/proc/sys/net/netfilter/nf_conntrack_acct", []byte("1"), 0o644)
 	})
+}
+
+// tcpStateFlags says what conntrack's TCP state implies was seen: an established connection
+// saw SYN and ACK, a closing one also a FIN; CLOSE (after a FIN exchange or a RST) is closed.
+func tcpStateFlags(state uint8) (flags uint8, closed bool) {
+	const (
+		established = 3
+		timeWait    = 7
+		closeState  = 8
+	)
+	switch {
+	case state == established:
+		return flow.FlagSYN | flow.FlagACK, false
+	case state > established && state <= timeWait:
+		return flow.FlagSYN | flow.FlagACK | flow.FlagFIN, true
+	case state == closeState:
+		return flow.FlagSYN | flow.FlagACK, true
+	}
+	return 0, false
 }

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http/httptest"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -96,32 +98,48 @@ func labFlowRecords(t *testing.T, dp string) {
 			t.Fatalf("probe %s -> x/b %d/%s: %+v %v, want connected %v", p.from, p.port, p.proto, got, err, p.allowed)
 		}
 	}
-	// Records are published within the aggregator's flush interval (1 s): wait for all six.
+	// A connection's first record is published within the aggregator's flush interval (1 s),
+	// from its first packet; an allowed one gets a second record with the whole exchange,
+	// counted by the connection tracking, about 2 s later (TCP: closed, so its last).
 	var recs []flow.Record
-	deadline := time.Now().Add(5 * time.Second)
+	start := time.Now()
+	deadline := start.Add(8 * time.Second)
 	for {
 		recs = labFlows(t, l, "verdict=&pod=x/b")
-		n := 0
+		first, full := 0, 0
 		for _, r := range recs {
 			if r.Direction == "ingress" && r.Destination.Pod == "b" {
-				n++
+				first++
+				if r.Verdict == flow.Allowed && r.Packets > 1 {
+					full++
+				}
 			}
 		}
-		if n >= len(probes) || time.Now().After(deadline) {
+		if first >= len(probes) && time.Since(start) > 1500*time.Millisecond && first-len(probes) == full {
+			if full >= 3 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	for _, p := range probes {
-		var r *flow.Record
+		var r *flow.Record // the last record of the connection
+		n := 0
 		for i := range recs {
 			x := &recs[i]
 			if x.Direction == "ingress" && x.Source.Pod == strings.TrimPrefix(p.from, "x/") && x.Protocol == p.proto && x.Destination.Port == p.port {
-				if r != nil {
-					t.Errorf("%s %d/%s: more than one ingress record: %+v and %+v", p.from, p.port, p.proto, *r, *x)
+				if r != nil && x.Source.Port != r.Source.Port {
+					t.Errorf("%s %d/%s: ingress records of two connections: %+v and %+v", p.from, p.port, p.proto, *r, *x)
 				}
 				r = x
+				n++
 			}
+		}
+		if want := map[bool]int{true: 2, false: 1}[p.allowed]; r != nil && n != want {
+			t.Errorf("%s %d/%s: %d records of the connection, want %d (first packet, then the whole exchange)", p.from, p.port, p.proto, n, want)
 		}
 		if r == nil {
 			t.Errorf("%s -> x/b %d/%s: no ingress record among %d", p.from, p.port, p.proto, len(recs))
@@ -246,6 +264,76 @@ func verdictMetrics(t *testing.T, l labtest.Lab) map[string]float64 {
 	}
 	if !strings.HasPrefix(w.Body.String(), "# node node-1\n") {
 		t.Errorf("metrics do not start with the node's header: %.80q", w.Body.String())
+	}
+	return out
+}
+
+// TestLabFlowRecordsUnderLoad: many short connections with a small aggregation table: the
+// table stays within its bound, and every connection side is either recorded or counted as
+// dropped, exactly (on both dataplanes).
+func TestLabFlowRecordsUnderLoad(t *testing.T) {
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) { labFlowLoad(t, dp) })
+	}
+}
+
+func labFlowLoad(t *testing.T, dp string) {
+	const max, conns = 40, 300
+	l := labtest.NewWith(t, controller.Settings{Nodes: 2, Dataplane: dp, FlowMaxConnections: max}, flowCluster)
+	ctx := context.Background()
+	ok, failed, err := l.Fabric.Connections(ctx, "x", "a", netip.MustParseAddrPort("10.244.1.12:80"), "TCP", conns)
+	if err != nil || ok != conns {
+		t.Fatalf("%d of %d connections completed (%d failed): %v", ok, conns, failed, err)
+	}
+	// Every connection is two sides on node-1: a's egress (no policy) and b's ingress (allow-a).
+	// Wait until every side is accounted for: recorded, or dropped from the full table.
+	var distinct int
+	var m map[string]float64
+	deadline := time.Now().Add(45 * time.Second) // idle entries expire after 30 s
+	for {
+		m = nodeMetrics(t, l, "node-1")
+		if m["rampart_flow_connections_active"] > max {
+			t.Fatalf("%v connections aggregated, bound %d", m["rampart_flow_connections_active"], max)
+		}
+		keys := map[string]bool{}
+		for _, r := range labFlows(t, l, "node=node-1&pod=x/b") {
+			if r.Destination.Port == 80 && r.Protocol == "TCP" {
+				keys[fmt.Sprint(r.Direction, r.Source.Port)] = true
+			}
+		}
+		distinct = len(keys)
+		if float64(distinct)+m[`rampart_flow_records_dropped_total{reason="table_full"}`] >= 2*conns || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	dropped := m[`rampart_flow_records_dropped_total{reason="table_full"}`]
+	lost := m[`rampart_flow_records_dropped_total{reason="kernel_ring_full"}`] + m[`rampart_flow_records_dropped_total{reason="netlink_overflow"}`]
+	if float64(distinct)+dropped+lost != 2*conns {
+		t.Errorf("%d connection sides recorded + %v dropped (table) + %v lost (kernel) != %d", distinct, dropped, lost, 2*conns)
+	}
+	if dropped == 0 {
+		t.Errorf("a table of %d took %d connection sides without dropping any: the bound is not exercised", max, 2*conns)
+	}
+	t.Logf("%d sides recorded, %v dropped from the full table, %v lost in the kernel", distinct, dropped, lost)
+}
+
+var metricLine = regexp.MustCompile(`^(rampart_\S+?(\{[^}]*\})?) (\S+)$`)
+
+// nodeMetrics reads one node agent's rampart_ series from GET /metrics.
+func nodeMetrics(t *testing.T, l labtest.Lab, node string) map[string]float64 {
+	t.Helper()
+	w := httptest.NewRecorder()
+	l.Handler(func() {}).ServeHTTP(w, httptest.NewRequest("GET", "/metrics?node="+node, nil))
+	if w.Code != 200 {
+		t.Fatalf("GET /metrics: %d %s", w.Code, w.Body)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(w.Body.String(), "\n") {
+		if m := metricLine.FindStringSubmatch(line); m != nil {
+			v, _ := strconv.ParseFloat(m[3], 64)
+			out[m[1]] = v
+		}
 	}
 	return out
 }

@@ -552,6 +552,9 @@ func (k *kubeMode) startAgent(l *Lab, node string) {
 	if l.settings.NoFlows {
 		args = append(args, "--flows=false")
 	}
+	if n := l.settings.FlowMaxConnections; n > 0 {
+		args = append(args, "--flow-max-connections", strconv.Itoa(n))
+	}
 	k.wg.Add(1)
 	go func() {
 		defer k.wg.Done()

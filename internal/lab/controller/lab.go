@@ -18,6 +18,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/dataplane/backend"
 	"github.com/rampart-sec/rampart/internal/dataplane/ebpf"
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/lab/cgroup"
@@ -166,7 +167,7 @@ func (l *Lab) startAgent(node string) error {
 		Node: node, Dataplane: kind, Logger: l.logger().With("node", node), PodInterfacePrefix: PodInterfacePrefix,
 		// Changes are applied as they come: Change waits for them.
 		Runner: runner.Config{MinInterval: 0, RetryMin: 50 * time.Millisecond, RetryMax: 2 * time.Second},
-		Flows:  agent.FlowConfig{Off: l.settings.NoFlows},
+		Flows:  agent.FlowConfig{Off: l.settings.NoFlows, Aggregate: flow.Config{MaxConnections: l.settings.FlowMaxConnections}},
 	}, l.store, dp)
 	if err != nil {
 		return err

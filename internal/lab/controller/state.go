@@ -29,6 +29,8 @@ type Settings struct {
 	// NoFlows turns flow records off (the dataplanes write no flow events): measurements of
 	// what records cost.
 	NoFlows bool `json:"noFlows,omitempty"`
+	// FlowMaxConnections bounds each agent's flow aggregation (0: the agent's default).
+	FlowMaxConnections int `json:"flowMaxConnections,omitempty"`
 	// Log receives the node agents' logs (not saved; default: discarded).
 	Log *slog.Logger `json:"-"`
 }

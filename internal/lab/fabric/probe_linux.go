@@ -263,21 +263,33 @@ func (f *Fabric) Load(ctx context.Context, ns, name string, dst netip.AddrPort, 
 // request from a new socket and its reply. It returns the completed connections per second
 // and how many attempts failed (refused, reset or no answer within 250 ms). Bounded in time.
 func (f *Fabric) ConnectLoad(ctx context.Context, ns, name string, dst netip.AddrPort, proto string, d time.Duration) (perSec float64, failed int, err error) {
+	n, failed, elapsed, err := f.connections(ctx, ns, name, dst, proto, func(_ int, start time.Time) bool { return time.Since(start) < d })
+	if err != nil {
+		return 0, failed, err
+	}
+	return float64(n) / elapsed.Seconds(), failed, nil
+}
+
+// Connections makes count connections as ConnectLoad does and returns how many completed.
+func (f *Fabric) Connections(ctx context.Context, ns, name string, dst netip.AddrPort, proto string, count int) (ok, failed int, err error) {
+	ok, failed, _, err = f.connections(ctx, ns, name, dst, proto, func(i int, _ time.Time) bool { return i < count })
+	return ok, failed, err
+}
+
+func (f *Fabric) connections(ctx context.Context, ns, name string, dst netip.AddrPort, proto string, more func(i int, start time.Time) bool) (n, failed int, elapsed time.Duration, err error) {
 	f.mu.Lock()
 	p, ok := f.pods[ns+"/"+name]
 	f.mu.Unlock()
 	if !ok {
-		return 0, 0, fmt.Errorf("no pod %s/%s", ns, name)
+		return 0, 0, 0, fmt.Errorf("no pod %s/%s", ns, name)
 	}
 	if proto != "TCP" && proto != "UDP" {
-		return 0, 0, fmt.Errorf("connect load: protocol %q: want TCP or UDP", proto)
+		return 0, 0, 0, fmt.Errorf("connect load: protocol %q: want TCP or UDP", proto)
 	}
-	n := 0
-	var elapsed time.Duration
 	err = f.inPod(p, func() error {
 		buf := make([]byte, 256)
 		start := time.Now()
-		for time.Since(start) < d && ctx.Err() == nil {
+		for i := 0; more(i, start) && ctx.Err() == nil; i++ {
 			if oneConnection(dst, proto, buf) {
 				n++
 			} else {
@@ -287,10 +299,7 @@ func (f *Fabric) ConnectLoad(ctx context.Context, ns, name string, dst netip.Add
 		elapsed = time.Since(start)
 		return nil
 	})
-	if err != nil {
-		return 0, failed, err
-	}
-	return float64(n) / elapsed.Seconds(), failed, nil
+	return n, failed, elapsed, err
 }
 
 func oneConnection(dst netip.AddrPort, proto string, buf []byte) bool {
