@@ -106,6 +106,7 @@ func runAgent(parent context.Context, f agentFlags) error {
 	if err != nil {
 		return err
 	}
+	slog.SetDefault(log) // components without a logger of their own (the dataplanes) log here
 	kind, err := dataplane.ParseKind(f.dp)
 	if err != nil {
 		return fmt.Errorf("--dataplane: %w", err)

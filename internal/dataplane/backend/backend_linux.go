@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/dataplane/ctsweep"
@@ -124,10 +125,11 @@ func (p *iptablesPlane) Sweep(ev *policy.Evaluator) (int, error) {
 }
 
 // ReadFlows reads the rules' NFLOG flow events in the node's namespace, with conntrack's
-// accounting on there so that ConnCounts has counts.
+// accounting turned on there so that ConnCounts has counts. Where it cannot be (a read-only
+// /proc/sys), records go on with the counts of their events, and the log says so.
 func (p *iptablesPlane) ReadFlows(ctx context.Context, sink flow.Sink) error {
 	if err := ctsweep.EnableAccounting(p.netns); err != nil {
-		return fmt.Errorf("conntrack accounting: %w", err)
+		slog.Warn("flow records of allowed connections will count only their first packet: set net.netfilter.nf_conntrack_acct=1 on the node", "err", err)
 	}
 	return p.Dataplane.ReadFlows(ctx, p.netns, sink)
 }

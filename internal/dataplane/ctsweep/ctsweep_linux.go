@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 
 	mdnetlink "github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
@@ -130,8 +131,12 @@ func Counts(nsName string, conns []flow.Conn) ([]flow.Counts, error) {
 // EnableAccounting turns on conntrack's packet and byte counters in the named network
 // namespace (a per-namespace setting), so that Counts has counts to read.
 func EnableAccounting(nsName string) error {
+	const path = "/proc/sys/net/netfilter/nf_conntrack_acct"
 	return nsexec.Do(nsName, func() error {
-		return os.WriteFile("/proc/sys/net/netfilter/nf_conntrack_acct", []byte("1"), 0o644)
+		if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "1" {
+			return nil // already on (a container's /proc/sys is often read-only)
+		}
+		return os.WriteFile(path, []byte("1"), 0o644)
 	})
 }
 
