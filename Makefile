@@ -52,9 +52,10 @@ test: deps build vet fmt-check staticcheck check-generate
 
 # Benchmarks (root: they build network namespaces). Results land in bench/results/.
 bench: deps build
-	RAMPART_BENCH=1 $(GO) test ./bench/ -run 'TestScale|TestBench' -v -count=1 -timeout 40m
+	RAMPART_BENCH=1 $(GO) test ./bench/ -run 'TestScale|TestBench' -v -count=1 -timeout 60m
 	python3 scripts/plot-dataplane.py bench/results/dataplane.json docs/dataplane-ratios.svg
 	python3 scripts/plot-agent.py bench/results/agent.json docs/agent-latency.svg
+	python3 scripts/plot-connections.py bench/results/connections.json docs/connection-rates.svg
 	$(GO) test ./bench/ -run XXX -bench . -benchtime 20x
 
 # The agent's OCI image as a tarball (no Docker, no registry): bin/rampart-image.tar.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -18,35 +19,33 @@ var connCluster = strings.ReplaceAll(benchCluster, "ports: [{containerPort: 80}]
 
 const connClientPorts = "[{port: 80}, {port: 80, protocol: UDP}]"
 
-type connResult struct {
-	Mode  string `json:"mode"`
-	Flows bool   `json:"flow_records"`
-	Path  string `json:"path"`
-	Rules int    `json:"rules"`
-	// New connections per second: TCP connect, request, server close; UDP request/reply from
-	// a new socket. Failed attempts are counted (there should be none).
-	TCPPerSec   float64 `json:"tcp_connections_per_s"`
-	UDPPerSec   float64 `json:"udp_exchanges_per_s"`
-	TCPFailed   int     `json:"tcp_failed"`
-	UDPFailed   int     `json:"udp_failed"`
-	TCPRatio    float64 `json:"tcp_ratio_to_baseline"`
-	UDPRatio    float64 `json:"udp_ratio_to_baseline"`
-	TCPRatioOne float64 `json:"tcp_ratio_to_same_dataplane_1_rule,omitempty"`
-	UDPRatioOne float64 `json:"udp_ratio_to_same_dataplane_1_rule,omitempty"`
-	// Established request/response on one connection (flow-record cost), per second.
-	RRPerSec  float64   `json:"request_response_per_s,omitempty"`
-	RRRatio   float64   `json:"rr_ratio_to_baseline,omitempty"`
-	TCPRounds []float64 `json:"tcp_ratio_per_round"`
-	UDPRounds []float64 `json:"udp_ratio_per_round"`
+// connPair is one comparison: a set-up measured in alternation with a reference set-up, in
+// short slices (adjacent slices see the same machine: a ratio per slice pair, and the median
+// over pairs, is robust to the noise of a shared 2-core machine).
+type connPair struct {
+	Mode      string  `json:"mode"`
+	Rules     int     `json:"rules"`
+	Flows     bool    `json:"flow_records"`
+	Reference string  `json:"reference"`
+	RefRules  int     `json:"reference_rules"`
+	Path      string  `json:"path"`
+	Metric    string  `json:"metric"` // tcp_connections, udp_exchanges, request_response
+	PerSec    float64 `json:"per_s"`  // median of the set-up's slices
+	RefPerSec float64 `json:"reference_per_s"`
+	Ratio     float64 `json:"ratio"` // median over slice pairs of set-up / reference
+	// Ratios are every slice pair's, for the plot; Failed counts failed connection attempts
+	// of the set-up (there should be none).
+	Ratios []float64 `json:"ratios"`
+	Failed int       `json:"failed"`
 }
 
 // TestBenchConnections measures the new-connection rate, where rules are really consulted:
-// with no dataplane (the baseline), and under each dataplane with 1, 100, 1,000 and 10,000
-// rules selecting the server, flow records on; and with 1 rule and flow records off, which
-// with the established request/response rate measured for the same set-ups gives what flow
-// records cost. Set-ups are measured round-robin, five rounds of 1 s per protocol and path;
-// ratios are medians of per-round ratios to the baseline of the same round. Results go to
-// bench/results/connections.json.
+// TCP connect, request and server close, and UDP request/reply from a new socket, with no
+// dataplane and under each dataplane with 1, 100, 1,000 and 10,000 rules selecting the server
+// (flow records on), and each dataplane with 1 rule and flow records off. Each comparison
+// (every set-up against no dataplane; N rules against 1 rule of the same dataplane; records on
+// against off, also for established request/response) alternates 300 ms slices of the two
+// set-ups. Results go to bench/results/connections.json.
 func TestBenchConnections(t *testing.T) {
 	if os.Getenv("RAMPART_BENCH") == "" {
 		t.Skip("set RAMPART_BENCH=1 (make bench) to run the connection benchmark")
@@ -57,7 +56,7 @@ func TestBenchConnections(t *testing.T) {
 		rules           int
 		flows           bool
 	}
-	modes := []mode{{"baseline: no dataplane", "none", 0, false}}
+	modes := []mode{{"no dataplane", "none", 0, false}}
 	for _, dp := range []string{"iptables", "ebpf"} {
 		for _, n := range []int{1, 100, 1000, 10000} {
 			modes = append(modes, mode{dp, dp, n, true})
@@ -73,75 +72,73 @@ func TestBenchConnections(t *testing.T) {
 			}
 		}
 	}
-	one := func(dp string, flows bool) int { // the same dataplane with 1 rule and records on
+	find := func(dp string, rules int, flows bool) int {
 		for i, m := range modes {
-			if m.dataplane == dp && m.rules == 1 && m.flows == flows {
+			if m.dataplane == dp && m.rules == rules && m.flows == flows {
 				return i
 			}
 		}
+		t.Fatalf("no set-up %s/%d/%v", dp, rules, flows)
 		return -1
 	}
-	const rounds = 5
-	type series struct{ tcp, udp, rr [][]float64 } // [path][round]
-	data := make([]series, len(modes))
-	failed := make([][2][2]int, len(modes))
-	for i := range data {
-		data[i] = series{make([][]float64, len(paths)), make([][]float64, len(paths)), make([][]float64, len(paths))}
+	type cmp struct {
+		a, ref int
+		rr     bool // also established request/response
 	}
-	for round := 0; round < rounds; round++ {
-		for i, m := range modes {
-			for p, path := range paths {
-				tcp, tf, err := labs[i].Fabric.ConnectLoad(ctx, "x", "client", path.dst, "TCP", time.Second)
-				if err != nil {
-					t.Fatalf("%s, %s: %v", m.name, path.name, err)
-				}
-				udp, uf, err := labs[i].Fabric.ConnectLoad(ctx, "x", "client", path.dst, "UDP", time.Second)
-				if err != nil {
-					t.Fatalf("%s, %s: %v", m.name, path.name, err)
-				}
-				data[i].tcp[p] = append(data[i].tcp[p], tcp)
-				data[i].udp[p] = append(data[i].udp[p], udp)
-				failed[i][p][0] += tf
-				failed[i][p][1] += uf
-				if m.rules <= 1 { // the flow-record comparison: established request/response
-					_, rr, err := labs[i].Fabric.Load(ctx, "x", "client", path.dst, time.Second)
-					if err != nil {
-						t.Fatalf("%s, %s: %v", m.name, path.name, err)
-					}
-					data[i].rr[p] = append(data[i].rr[p], rr)
-				}
-			}
+	var cmps []cmp
+	for i := 1; i < len(modes); i++ {
+		cmps = append(cmps, cmp{i, 0, modes[i].rules == 1})
+	}
+	for _, dp := range []string{"iptables", "ebpf"} {
+		one := find(dp, 1, true)
+		for _, n := range []int{100, 1000, 10000} {
+			cmps = append(cmps, cmp{find(dp, n, true), one, false})
 		}
+		cmps = append(cmps, cmp{one, find(dp, 1, false), true})
 	}
-	ratios := func(a, b []float64) []float64 {
-		out := make([]float64, len(a))
-		for r := range a {
-			out[r] = round3(a[r] / b[r])
+	const slices, slice = 11, 300 * time.Millisecond
+	measure := func(i int, path netip.AddrPort, metric string) (float64, int) {
+		if metric == "request_response" {
+			_, rr, err := labs[i].Fabric.Load(ctx, "x", "client", path, slice)
+			if err != nil {
+				t.Fatalf("%s: %v", modes[i].name, err)
+			}
+			return rr, 0
 		}
-		return out
+		proto := map[string]string{"tcp_connections": "TCP", "udp_exchanges": "UDP"}[metric]
+		n, failed, err := labs[i].Fabric.ConnectLoad(ctx, "x", "client", path, proto, slice)
+		if err != nil {
+			t.Fatalf("%s: %v", modes[i].name, err)
+		}
+		return n, failed
 	}
-	var results []connResult
-	for p, path := range paths {
-		for i, m := range modes {
-			d := data[i]
-			res := connResult{Mode: m.name, Flows: m.flows, Path: path.name, Rules: m.rules,
-				TCPPerSec: median(d.tcp[p]), UDPPerSec: median(d.udp[p]), TCPFailed: failed[i][p][0], UDPFailed: failed[i][p][1],
-				TCPRounds: ratios(d.tcp[p], data[0].tcp[p]), UDPRounds: ratios(d.udp[p], data[0].udp[p])}
-			res.TCPRatio, res.UDPRatio = median(res.TCPRounds), median(res.UDPRounds)
-			if j := one(m.dataplane, true); j >= 0 && m.dataplane != "none" {
-				res.TCPRatioOne, res.UDPRatioOne = round3(median(ratios(d.tcp[p], data[j].tcp[p]))), round3(median(ratios(d.udp[p], data[j].udp[p])))
+	var results []connPair
+	for _, c := range cmps {
+		metrics := []string{"tcp_connections", "udp_exchanges"}
+		if c.rr {
+			metrics = append(metrics, "request_response")
+		}
+		for _, path := range paths {
+			for _, metric := range metrics {
+				var a, ref, ratios []float64
+				failed := 0
+				for s := 0; s < slices; s++ {
+					r, _ := measure(c.ref, path.dst, metric)
+					v, f := measure(c.a, path.dst, metric)
+					failed += f
+					a, ref, ratios = append(a, v), append(ref, r), append(ratios, round3(v/r))
+				}
+				results = append(results, connPair{Mode: modes[c.a].name, Rules: modes[c.a].rules, Flows: modes[c.a].flows,
+					Reference: modes[c.ref].name, RefRules: modes[c.ref].rules, Path: path.name, Metric: metric,
+					PerSec: round3(median(a)), RefPerSec: round3(median(ref)), Ratio: median(ratios), Ratios: ratios, Failed: failed})
 			}
-			if len(d.rr[p]) > 0 {
-				res.RRPerSec, res.RRRatio = median(d.rr[p]), median(ratios(d.rr[p], data[0].rr[p]))
-			}
-			results = append(results, res)
 		}
 	}
 	b, _ := json.MarshalIndent(results, "", "  ")
-	t.Logf("\n%s", b)
 	for _, r := range results {
-		if r.TCPFailed+r.UDPFailed > 0 {
-			t.Errorf("%s, %s, %d rules: %d TCP and %d UDP attempts failed", r.Mode, r.Path, r.Rules, r.TCPFailed, r.UDPFailed)
+		t.Logf("%-26s %5d rules vs %-26s %5d rules  %-13s %-17s %9.0f/s  ratio %.3f", r.Mode, r.Rules, r.Reference, r.RefRules, r.Path, r.Metric, r.PerSec, r.Ratio)
+		if r.Failed > 0 {
+			t.Errorf("%s, %s, %d rules: %d attempts failed", r.Mode, r.Path, r.Rules, r.Failed)
 		}
 	}
 	if err := os.WriteFile("results/connections.json", append(b, '\n'), 0o644); err != nil {

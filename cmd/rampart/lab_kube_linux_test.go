@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -118,6 +119,18 @@ func labKube(t *testing.T, dp, bin string) {
 		}
 	}
 	t.Logf("created through the API server -> enforced in the kernel in %v", time.Since(start).Round(time.Millisecond))
+	// The agent processes' flow records (GET /v1/flows, merged by the lab) name the policy.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		w := httptest.NewRecorder()
+		l.Handler(func() {}).ServeHTTP(w, httptest.NewRequest("GET", "/flows?verdict=denied&pod=y/b&policy=b-from-z", nil))
+		if w.Code == 200 && strings.Contains(w.Body.String(), `"name":"b-from-z"`) && strings.Contains(w.Body.String(), `"pod":"a"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no denied flow record naming b-from-z from the agents: %d %s", w.Code, w.Body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	// The lab's view follows the API server too (its evaluator must see the policy).
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if c, _ := l.Snapshot(); c.NetworkPolicies["y/b-from-z"] != nil {

@@ -98,8 +98,7 @@ type Aggregator struct {
 	resolver *Resolver
 	active   map[aggKey]*entry
 	dropped  map[string]uint64
-	observed uint64
-	// OnVerdict, if set, is called for every event (metrics), under no lock of the caller's.
+	// onEvent, if set, is called with every event (metrics), outside the lock.
 	onEvent func(Event)
 }
 
@@ -130,7 +129,6 @@ func (a *Aggregator) OnEvent(fn func(Event)) {
 func (a *Aggregator) Observe(ev Event) {
 	k := aggKey{ev.Direction, ev.Allowed, ev.Tuple}
 	a.mu.Lock()
-	a.observed++
 	fn := a.onEvent
 	e, ok := a.active[k]
 	switch {
