@@ -109,6 +109,10 @@ type Decider struct {
 	// Unresolved is set when the dataplane's id could not be resolved (programs of another
 	// agent's generation): the record says so instead of guessing.
 	Unresolved bool
+	// Isolating, for a denial no rule decided, are the NetworkPolicies that isolated the pod
+	// in the state the dataplane had programmed (Resolver.Isolating of that state); empty, the
+	// record names those of the state in force when it is built.
+	Isolating []*ir.Policy
 }
 
 // Counts are a connection's totals from the dataplane's connection tracking, both directions.

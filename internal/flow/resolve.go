@@ -60,7 +60,7 @@ func (t *RuleTable) Decider(id uint32) Decider {
 // Resolver names the ends of flows and the policies isolating a pod, from the Ruleset in force.
 type Resolver struct {
 	rs   *ir.Ruleset
-	pods map[netip.Addr]*ir.Pod
+	ev   *policy.Evaluator // its address index: which pod an address is
 	svcs map[svcKey]*ir.Service
 	// staged evaluates the enforced policies together with the staged ones (nil: none staged).
 	staged *policy.Evaluator
@@ -72,20 +72,9 @@ type svcKey struct {
 	proto ir.Protocol
 }
 
-// NewResolver indexes rs. Pod-network pods win an address over host-network pods sharing it.
+// NewResolver indexes rs.
 func NewResolver(rs *ir.Ruleset) *Resolver {
-	r := &Resolver{rs: rs, pods: map[netip.Addr]*ir.Pod{}, svcs: map[svcKey]*ir.Service{}}
-	for pass := 0; pass < 2; pass++ {
-		for i := range rs.Pods {
-			p := &rs.Pods[i]
-			if p.HostNetwork != (pass == 0) {
-				continue
-			}
-			for _, ip := range p.IPs {
-				r.pods[ip] = p
-			}
-		}
-	}
+	r := &Resolver{rs: rs, ev: policy.New(rs), svcs: map[svcKey]*ir.Service{}}
 	for i := range rs.Services {
 		s := &rs.Services[i]
 		for _, ip := range s.ClusterIPs {
@@ -102,7 +91,7 @@ func (r *Resolver) Pod(ip netip.Addr) *ir.Pod {
 	if r == nil {
 		return nil
 	}
-	return r.pods[ip]
+	return r.ev.Endpoint(ip).Pod
 }
 
 func (r *Resolver) endpoint(ap netip.AddrPort) Endpoint {
@@ -215,27 +204,39 @@ func (r *Resolver) policyRef(ev *Event) *PolicyRef {
 	if d.Unresolved {
 		return &PolicyRef{Kind: "unknown", Name: "unresolved (programmed by another agent generation)", Action: map[bool]string{true: "Allow", false: "Deny"}[ev.Allowed]}
 	}
-	if ev.Allowed || r == nil {
+	if ev.Allowed {
+		return nil
+	}
+	if len(d.Isolating) > 0 {
+		return isolation(d.Isolating, nil)
+	}
+	if r == nil {
 		return nil
 	}
 	subject := ev.Tuple.Dst.Addr()
 	if ev.Direction == ir.Egress {
 		subject = ev.Tuple.Src.Addr()
 	}
-	pod := r.Pod(subject)
-	if pod == nil {
-		return nil
-	}
 	// The policy named is the first isolating one with no rules in this direction (a default
 	// deny: it is what denied), else the first isolating one; isolated_by lists them all.
-	var pols []*ir.Policy
-	for _, pr := range r.rs.PoliciesFor(pod.ID, ev.Direction) {
-		if p := r.rs.Policy(ev.Direction, pr); p.Tier == ir.TierNetworkPolicy {
-			pols = append(pols, p)
-		}
-	}
+	pols := r.Isolating(subject, ev.Direction)
 	if len(pols) == 0 {
 		return nil
 	}
 	return isolation(pols, nil)
+}
+
+// Isolating returns the NetworkPolicies selecting the pod with address ip in direction dir.
+func (r *Resolver) Isolating(ip netip.Addr, dir ir.Direction) []*ir.Policy {
+	pod := r.Pod(ip)
+	if pod == nil {
+		return nil
+	}
+	var pols []*ir.Policy
+	for _, pr := range r.rs.PoliciesFor(pod.ID, dir) {
+		if p := r.rs.Policy(dir, pr); p.Tier == ir.TierNetworkPolicy {
+			pols = append(pols, p)
+		}
+	}
+	return pols
 }

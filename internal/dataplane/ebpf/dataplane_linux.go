@@ -48,12 +48,11 @@ type Dataplane struct {
 
 	mu   sync.Mutex
 	objs *Objects
-	// gen numbers generations; rules keeps the rule tables of the last few, by generation,
-	// so that events written by a generation just replaced still resolve.
+	// gen numbers generations; gens keeps the rule tables and Rulesets of the last few, so
+	// that events written by a generation just replaced still resolve to what it enforced.
 	gen     uint32
-	rules   map[uint32]*flow.RuleTable
+	gens    map[uint32]generation
 	synced  chan struct{} // closed at the first successful Sync
-	resolve *flow.Resolver
 	entries map[string]int
 	links   map[string]attachment // by interface
 	uplink  attachment
@@ -67,7 +66,7 @@ var _ dataplane.Dataplane = (*Dataplane)(nil)
 // New returns a dataplane for node working in the named network namespace ("" for the current).
 func New(node dataplane.Node, netnsName string) *Dataplane {
 	return &Dataplane{node: node, netns: netnsName, links: map[string]attachment{}, guards: map[string]attachment{},
-		gen: rand.Uint32(), rules: map[uint32]*flow.RuleTable{}, synced: make(chan struct{})}
+		gen: rand.Uint32(), gens: map[uint32]generation{}, synced: make(chan struct{})}
 }
 
 // Sync builds the tables for rs and switches the node to them.
@@ -122,12 +121,11 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		d.objs.Close() // the links hold the new programs; the old generation can go
 	}
 	d.objs = next
-	d.rules[d.gen] = tables.Rules
-	delete(d.rules, d.gen-keptGenerations)
-	if d.resolve == nil {
+	if len(d.gens) == 0 {
 		close(d.synced)
 	}
-	d.resolve = flow.NewResolver(rs)
+	d.gens[d.gen] = generation{rules: tables.Rules, resolver: flow.NewResolver(rs)}
+	delete(d.gens, d.gen-keptGenerations)
 	d.entries = map[string]int{"policy_entries": len(tables.Policy), "ipcache_entries": len(tables.IPCache),
 		"endpoints": len(tables.Endpoints), "service_frontends": next.frontends}
 	return nil
@@ -138,6 +136,12 @@ func (d *Dataplane) Entries() map[string]int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.entries
+}
+
+// generation is what resolves the flow events of one generation of programs.
+type generation struct {
+	rules    *flow.RuleTable
+	resolver *flow.Resolver // of the Ruleset it enforced: the pods a denial isolated
 }
 
 // keptGenerations is how many generations' rule tables resolve flow events.

@@ -99,11 +99,19 @@ func (d *Dataplane) event(ev *policyFlowEvent, boot time.Time) flow.Event {
 	if ev.OrigDaddr != 0 {
 		out.Service = netip.AddrPortFrom(addrOf(ev.OrigDaddr), portOf(ev.OrigDport))
 	}
-	if ev.Rule != 0 {
-		d.mu.Lock()
-		t := d.rules[ev.Generation]
-		d.mu.Unlock()
-		out.Decider = t.Decider(ev.Rule)
+	d.mu.Lock()
+	g, ok := d.gens[ev.Generation]
+	d.mu.Unlock()
+	switch {
+	case ev.Rule != 0:
+		out.Decider = g.rules.Decider(ev.Rule)
+	case !out.Allowed && ok:
+		// Isolation: the NetworkPolicies that selected the pod when this generation decided.
+		subject := out.Tuple.Dst.Addr()
+		if out.Direction == ir.Egress {
+			subject = out.Tuple.Src.Addr()
+		}
+		out.Decider.Isolating = g.resolver.Isolating(subject, out.Direction)
 	}
 	return out
 }

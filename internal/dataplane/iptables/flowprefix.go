@@ -66,10 +66,12 @@ func defaultPrefix(dir ir.Direction) string   { return verdictDir(true, dir) + "
 type prefixTable struct {
 	byKey map[string]*ir.Policy // policyKey -> policy
 	byID  map[string]*ir.Policy // "#"+hash(policyKey) -> policy
+	// resolver names the policies isolating a pod, as of this Ruleset.
+	resolver *flow.Resolver
 }
 
 func newPrefixTable(rs *ir.Ruleset) *prefixTable {
-	t := &prefixTable{byKey: map[string]*ir.Policy{}, byID: map[string]*ir.Policy{}}
+	t := &prefixTable{byKey: map[string]*ir.Policy{}, byID: map[string]*ir.Policy{}, resolver: flow.NewResolver(rs)}
 	for d := range rs.Tiers {
 		for ti := range rs.Tiers[d] {
 			for pi := range rs.Tiers[d][ti].Policies {

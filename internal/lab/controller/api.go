@@ -464,13 +464,9 @@ func (c *Client) Call(ctx context.Context, path string, req, out any) error {
 	if err != nil {
 		return err
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://lab"+path, strings.NewReader(string(b)))
+	resp, err := c.do(ctx, http.MethodPost, "http://lab"+path, strings.NewReader(string(b)))
 	if err != nil {
 		return err
-	}
-	resp, err := c.http.Do(hreq)
-	if err != nil {
-		return fmt.Errorf("lab %q is not running (no answer on %s): %w", c.name, Socket(c.name), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -486,16 +482,24 @@ func (c *Client) Call(ctx context.Context, path string, req, out any) error {
 	return json.NewDecoder(resp.Body).Decode(out)
 }
 
-// Get issues GET path?q and hands the answer's body to fn (streamed: fn reads as the lab
-// writes).
-func (c *Client) Get(ctx context.Context, path string, q url.Values, fn func(io.Reader) error) error {
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://lab"+path+"?"+q.Encode(), nil)
+func (c *Client) do(ctx context.Context, method, url string, body io.Reader) (*http.Response, error) {
+	hreq, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := c.http.Do(hreq)
 	if err != nil {
-		return fmt.Errorf("lab %q is not running (no answer on %s): %w", c.name, Socket(c.name), err)
+		return nil, fmt.Errorf("lab %q is not running (no answer on %s): %w", c.name, Socket(c.name), err)
+	}
+	return resp, nil
+}
+
+// Get issues GET path?q and hands the answer's body to fn (streamed: fn reads as the lab
+// writes).
+func (c *Client) Get(ctx context.Context, path string, q url.Values, fn func(io.Reader) error) error {
+	resp, err := c.do(ctx, http.MethodGet, "http://lab"+path+"?"+q.Encode(), nil)
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

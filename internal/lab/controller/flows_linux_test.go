@@ -138,7 +138,9 @@ func labFlowRecords(t *testing.T, dp string) {
 				n++
 			}
 		}
-		if want := map[bool]int{true: 2, false: 1}[p.allowed]; r != nil && n != want {
+		// The lab's SCTP probe never completes its handshake, so the kernel forgets the
+		// association (COOKIE_WAIT, 3 s) about when its counts are first read: one record or two.
+		if want := map[bool]int{true: 2, false: 1}[p.allowed]; r != nil && n != want && !(p.proto == "SCTP" && n == 1) {
 			t.Errorf("%s %d/%s: %d records of the connection, want %d (first packet, then the whole exchange)", p.from, p.port, p.proto, n, want)
 		}
 		if r == nil {
@@ -245,25 +247,14 @@ func labFlows(t *testing.T, l labtest.Lab, query string) []flow.Record {
 	return out
 }
 
-var verdictLine = regexp.MustCompile(`^rampart_policy_verdicts_total\{(.*)\} (\S+)$`)
-
-// verdictMetrics reads node-1's rampart_policy_verdicts_total series from GET /metrics.
+// verdictMetrics reads node-1's rampart_policy_verdicts_total series, by their labels.
 func verdictMetrics(t *testing.T, l labtest.Lab) map[string]float64 {
 	t.Helper()
-	w := httptest.NewRecorder()
-	l.Handler(func() {}).ServeHTTP(w, httptest.NewRequest("GET", "/metrics?node=node-1", nil))
-	if w.Code != 200 {
-		t.Fatalf("GET /metrics: %d %s", w.Code, w.Body)
-	}
 	out := map[string]float64{}
-	for _, line := range strings.Split(w.Body.String(), "\n") {
-		if m := verdictLine.FindStringSubmatch(line); m != nil {
-			v, _ := strconv.ParseFloat(m[2], 64)
-			out[m[1]] = v
+	for k, v := range nodeMetrics(t, l, "node-1") {
+		if labels, ok := strings.CutPrefix(k, "rampart_policy_verdicts_total{"); ok {
+			out[strings.TrimSuffix(labels, "}")] = v
 		}
-	}
-	if !strings.HasPrefix(w.Body.String(), "# node node-1\n") {
-		t.Errorf("metrics do not start with the node's header: %.80q", w.Body.String())
 	}
 	return out
 }
@@ -327,6 +318,9 @@ func nodeMetrics(t *testing.T, l labtest.Lab, node string) map[string]float64 {
 	l.Handler(func() {}).ServeHTTP(w, httptest.NewRequest("GET", "/metrics?node="+node, nil))
 	if w.Code != 200 {
 		t.Fatalf("GET /metrics: %d %s", w.Code, w.Body)
+	}
+	if want := "# node " + node + "\n"; !strings.HasPrefix(w.Body.String(), want) {
+		t.Errorf("metrics do not start with the node's header %q: %.80q", want, w.Body.String())
 	}
 	out := map[string]float64{}
 	for _, line := range strings.Split(w.Body.String(), "\n") {
