@@ -83,7 +83,7 @@ bold "The same cluster and policies under the eBPF dataplane (TC programs, conne
 "$BIN" lab up --name "$LAB-ebpf" --nodes 2 --dataplane ebpf -f examples/cluster -f examples/policies >/dev/null
 rules=0
 for n in 0 1; do
-  rules=$((rules + $(ip netns exec "rl-$LAB-ebpf-n$n" iptables-save | grep -c '^-A' || true)))
+  rules=$((rules + $(ip netns exec "rl-$LAB-ebpf_n$n" iptables-save | grep -c '^-A' || true)))
 done
 echo "iptables rules in the node namespaces: $rules"
 "$BIN" lab probe --name "$LAB-ebpf" --timeout 700ms --expect /tmp/rampart-demo-expect.json -o json > /dev/null

@@ -81,7 +81,10 @@ func writeLive(w io.Writer, live flow.Live) {
 	for _, lr := range live.Records {
 		r := lr.Record
 		agrees := "agrees"
-		if !lr.Agrees {
+		switch {
+		case !lr.Agrees && lr.Earlier:
+			agrees = "decided by an earlier state: " + lr.Why
+		case !lr.Agrees:
 			agrees = "DISAGREES: " + lr.Why
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%s\n", r.Time.Local().Format("15:04:05"), r.Node, r.Source.Port, r.Direction, r.Verdict, policyText(r), r.Packets, agrees)

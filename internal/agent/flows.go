@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -42,6 +43,7 @@ type flows struct {
 	mu       sync.Mutex
 	resolver *flow.Resolver
 	rs       *ir.Ruleset // in force, for live explanations
+	rsAt     time.Time   // since when
 	verdicts *prometheus.CounterVec
 	// packets counts events by direction and verdict, for dataplanes without counters of
 	// their own (rampart_packets_total).
@@ -112,20 +114,20 @@ func (f *flows) run(ctx context.Context, logErr func(error)) {
 func (f *flows) setResolver(r *flow.Resolver, rs *ir.Ruleset) {
 	f.agg.SetResolver(r)
 	f.mu.Lock()
-	f.resolver, f.rs = r, rs
+	f.resolver, f.rs, f.rsAt = r, rs, time.Now()
 	f.mu.Unlock()
 }
 
 // live serves the agent's live explanations (flow.LiveHandler).
 func (f *flows) live() http.Handler {
-	return flow.LiveHandler(func(_ *http.Request, filt flow.Filter) (*ir.Ruleset, []flow.Record, error) {
+	return flow.LiveHandler(func(_ *http.Request, filt flow.Filter) (*ir.Ruleset, time.Time, []flow.Record, error) {
 		f.mu.Lock()
-		rs := f.rs
+		rs, at := f.rs, f.rsAt
 		f.mu.Unlock()
 		if rs == nil {
-			return nil, nil, errors.New("no policy programmed yet")
+			return nil, at, nil, errors.New("no policy programmed yet")
 		}
-		return rs, f.log.Query(filt), nil
+		return rs, at, f.log.Query(filt), nil
 	})
 }
 

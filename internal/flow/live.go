@@ -19,8 +19,11 @@ import (
 type Live struct {
 	Decision policy.Decision `json:"decision"`
 	Records  []LiveRecord    `json:"records"`
-	// Disagreements counts records whose verdict or deciding policy differs from the evaluator.
+	// Disagreements counts records of the state in force whose verdict or deciding policy
+	// differs from the evaluator.
 	Disagreements int `json:"disagreements"`
+	// Since is when the state explained came into force.
+	Since time.Time `json:"since"`
 }
 
 // LiveRecord is one record and whether it agrees with the evaluator.
@@ -28,20 +31,23 @@ type LiveRecord struct {
 	Record Record `json:"record"`
 	Agrees bool   `json:"agrees"`
 	Why    string `json:"why,omitempty"` // what differs
+	// Earlier: the connection began before the state in force, which decided it; a difference
+	// is expected then, and not counted.
+	Earlier bool `json:"earlier,omitempty"`
 }
 
-// ExplainLive decides f with ev and compares every record of recs that matches f (source
-// and destination address, protocol, destination port).
-func ExplainLive(ev *policy.Evaluator, f policy.Flow, recs []Record) Live {
-	l := Live{Decision: ev.Verdict(f), Records: []LiveRecord{}}
+// ExplainLive decides f with ev (the state in force since since) and compares every record
+// of recs that matches f (source and destination address, protocol, destination port).
+func ExplainLive(ev *policy.Evaluator, since time.Time, f policy.Flow, recs []Record) Live {
+	l := Live{Decision: ev.Verdict(f), Records: []LiveRecord{}, Since: since}
 	for _, r := range recs {
 		if !matchesFlow(&r, f) {
 			continue
 		}
-		lr := LiveRecord{Record: r}
+		lr := LiveRecord{Record: r, Earlier: r.FirstSeen.Before(since)}
 		lr.Why = compare(&l.Decision, &r)
 		lr.Agrees = lr.Why == ""
-		if !lr.Agrees {
+		if !lr.Agrees && !lr.Earlier {
 			l.Disagreements++
 		}
 		l.Records = append(l.Records, lr)
@@ -123,8 +129,8 @@ func ParseEndpoint(rs *ir.Ruleset, s string) (netip.Addr, error) {
 
 // LiveHandler serves a live explanation as JSON: GET ?from=&to=&port=&protocol=&since=, where
 // from and to are namespace/pod or IP addresses. state returns the Ruleset in force and the
-// records matching a filter.
-func LiveHandler(state func(r *http.Request, f Filter) (*ir.Ruleset, []Record, error)) http.Handler {
+// records matching a filter, and when that Ruleset came into force.
+func LiveHandler(state func(r *http.Request, f Filter) (*ir.Ruleset, time.Time, []Record, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		f, err := ParseFilter(url.Values{"since": q["since"]}, time.Now())
@@ -132,7 +138,7 @@ func LiveHandler(state func(r *http.Request, f Filter) (*ir.Ruleset, []Record, e
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		rs, recs, err := state(r, f)
+		rs, since, recs, err := state(r, f)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
@@ -143,7 +149,7 @@ func LiveHandler(state func(r *http.Request, f Filter) (*ir.Ruleset, []Record, e
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(ExplainLive(policy.New(rs), fl, recs))
+		_ = json.NewEncoder(w).Encode(ExplainLive(policy.New(rs), since, fl, recs))
 	})
 }
 

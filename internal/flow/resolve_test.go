@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
@@ -157,9 +158,14 @@ func TestExplainLiveFlagsDisagreements(t *testing.T) {
 	}
 	other := rec("ingress", flow.Allowed, nil)
 	other.Destination.Port = 81 // another flow: not compared
-	live := flow.ExplainLive(ev, f, append(recs, other))
+	live := flow.ExplainLive(ev, time.Time{}, f, append(recs, other))
 	if len(live.Records) != 4 || live.Disagreements != 2 || !live.Records[0].Agrees || !live.Records[1].Agrees ||
 		live.Records[2].Agrees || live.Records[3].Agrees || live.Records[3].Why == "" {
 		t.Errorf("live: %+v", live.Records)
+	}
+	// Connections that began before the state in force came in are shown, not counted.
+	later := flow.ExplainLive(ev, time.Now(), f, recs)
+	if later.Disagreements != 0 || !later.Records[2].Earlier || later.Records[2].Agrees {
+		t.Errorf("records of an earlier state: %+v", later)
 	}
 }

@@ -191,17 +191,19 @@ func (l *Lab) agentMetrics(ctx context.Context) (map[string]string, error) {
 }
 
 // liveState is the lab's Ruleset and every node's records matching f, for live explanations.
-func (l *Lab) liveState(r *http.Request, f flow.Filter) (*ir.Ruleset, []flow.Record, error) {
-	_, rs := l.Snapshot()
+func (l *Lab) liveState(r *http.Request, f flow.Filter) (*ir.Ruleset, time.Time, []flow.Record, error) {
+	l.mu.Lock()
+	rs, at := l.rs, l.rsAt
+	l.mu.Unlock()
 	if rs == nil {
-		return nil, nil, errors.New("lab is not up")
+		return nil, at, nil, errors.New("lab is not up")
 	}
 	var recs []flow.Record
 	srcs := l.flowSources()
 	for _, n := range model.SortedKeys(srcs) {
 		if err := srcs[n](r.Context(), f, false, func(rec flow.Record) error { recs = append(recs, rec); return nil }); err != nil {
-			return nil, nil, err
+			return nil, at, nil, err
 		}
 	}
-	return rs, recs, nil
+	return rs, at, recs, nil
 }

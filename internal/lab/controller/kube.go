@@ -256,7 +256,7 @@ func (l *Lab) realiseFabric(ctx context.Context, c *model.Cluster) error {
 	if err := l.syncSockLB(rs); err != nil {
 		return err
 	}
-	l.cluster, l.rs = c, rs
+	l.cluster, l.rs, l.rsAt = c, rs, time.Now()
 	return SaveState(l.settings, c)
 }
 

@@ -36,6 +36,7 @@ type Lab struct {
 	settings Settings
 	cluster  *model.Cluster
 	rs       *ir.Ruleset
+	rsAt     time.Time // when rs came into force (live explanations: older records saw another state)
 	fabric   Fabric
 	store    *store.Store
 	agents   map[string]*nodeAgent // by node name
@@ -135,7 +136,7 @@ func (l *Lab) realise(ctx context.Context, c *model.Cluster) error {
 	if err := l.syncSockLB(rs); err != nil {
 		return err
 	}
-	l.cluster, l.rs = c, rs
+	l.cluster, l.rs, l.rsAt = c, rs, time.Now()
 	return SaveState(l.settings, c)
 }
 
