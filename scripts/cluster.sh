@@ -219,6 +219,9 @@ node() {
   ip link set node0 up
   ip route add default dev node0
   sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.forwarding=1
+  # Conntrack's byte and packet counts, for rampart's flow records under iptables (the agent's
+  # container cannot write /proc/sys; a node's administrator sets this). The netns's own.
+  sysctl -qw net.netfilter.nf_conntrack_acct=1 2>/dev/null || true
 
   local L=$S/log
   "$BIN/etcd" --name "$NODE_NAME" --data-dir "$S/etcd" --listen-client-urls http://127.0.0.1:2379 \
