@@ -574,13 +574,17 @@ func writeGetTable(w io.Writer, what string, raw []byte) error {
 		if err := json.Unmarshal(raw, &pols); err != nil {
 			return err
 		}
-		fmt.Fprintln(tw, "KIND\tNAMESPACE\tNAME\tPRIORITY")
+		fmt.Fprintln(tw, "KIND\tNAMESPACE\tNAME\tPRIORITY\tENFORCED")
 		for _, p := range pols {
 			prio := ""
 			if p.Priority != nil {
 				prio = fmt.Sprint(*p.Priority)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Kind, p.Namespace, p.Name, prio)
+			enforced := "yes"
+			if p.Staged {
+				enforced = "no (staged)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Kind, p.Namespace, p.Name, prio, enforced)
 		}
 	}
 	return nil

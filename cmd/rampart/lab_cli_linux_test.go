@@ -10,13 +10,16 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/lab/fabric"
 	"github.com/rampart-sec/rampart/internal/netnstest"
 )
 
 // TestLabCLI drives a lab only through the rampart binary, as users and the acceptance checks
-// do: up, probe, apply, probe --expect against `policy matrix`, label, delete, down.
+// do: up, probe, apply, probe --expect against `policy matrix`, label, flows, metrics,
+// explain --live, delete, down.
 func TestLabCLI(t *testing.T) {
 	netnstest.RequireRoot(t, "ip", "iptables-restore", "ipset")
 	dir := t.TempDir()
@@ -92,6 +95,30 @@ spec:
 	}
 	if out, err := run("lab", "probe", "--via", "pod", "--timeout", "700ms", "--expect", expect, "-o", "json"); err != nil {
 		t.Fatalf("kernel disagrees with the evaluator: %v\n%s", err, tail(out))
+	}
+
+	// The probes' flow records through the CLI: denied ones from z (not team blue) name the
+	// policy; the metrics count them; explain --live finds no disagreement.
+	if out, err := run("lab", "probe", "--from", "z/a", "--to", "x/a", "--port", "80", "--protocol", "TCP", "--via", "pod"); err != nil || !strings.Contains(out, "0 of 1 connected") {
+		t.Fatalf("z/a -> x/a with the policy: %v\n%s", err, out)
+	}
+	var denied bool
+	for deadline := time.Now().Add(3 * time.Second); !denied && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		for _, line := range strings.Split(strings.TrimSpace(must("lab", "flows", "-o", "json", "--verdict", "denied", "--pod", "x/a", "--policy", "x-from-team")), "\n") {
+			var r flow.Record
+			if line != "" && json.Unmarshal([]byte(line), &r) == nil && r.Source.Namespace == "z" && r.Policy != nil && r.Policy.Name == "x-from-team" {
+				denied = true
+			}
+		}
+	}
+	if !denied {
+		t.Fatalf("no denied record naming x-from-team:\n%s", must("lab", "flows"))
+	}
+	if m := must("lab", "metrics"); !strings.Contains(m, "# node ") || !strings.Contains(m, `policy="x-from-team",verdict="denied"`) {
+		t.Errorf("lab metrics lack the node headers or the verdict counter:\n%s", tail(m))
+	}
+	if out, err := exec.Command(bin, "explain", "--live", "--lab", name, "--from", "z/a", "--to", "x/a", "--port", "80").CombinedOutput(); err != nil || !strings.Contains(string(out), "agrees") {
+		t.Errorf("explain --live: %v\n%s", err, tail(string(out)))
 	}
 
 	must("lab", "delete", "networkpolicy", "x/x-from-team")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -74,8 +75,12 @@ func newValidateCmd() *cobra.Command {
 				return err
 			}
 			counts := map[string]int{}
+			var staged []string
 			for _, o := range objs {
 				counts[o.Kind]++
+				if model.IsStaged(o.Meta()) {
+					staged = append(staged, o.Kind+" "+o.Ref())
+				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%d objects valid", len(objs))
 			sep := ": "
@@ -86,6 +91,9 @@ func newValidateCmd() *cobra.Command {
 				}
 			}
 			fmt.Fprintln(cmd.OutOrStdout())
+			if len(staged) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "%d staged, not enforced (rampart.io/staged): %s\n", len(staged), strings.Join(staged, ", "))
+			}
 			return nil
 		},
 	}

@@ -422,21 +422,24 @@ type PolicyView struct {
 	Namespace string `json:"namespace,omitempty"`
 	Name      string `json:"name"`
 	Priority  *int32 `json:"priority,omitempty"`
+	// Staged policies (rampart.io/staged: "true") are not enforced; flow records say what
+	// they would decide.
+	Staged bool `json:"staged,omitempty"`
 }
 
 func policiesView(c *model.Cluster) []PolicyView {
 	out := []PolicyView{}
 	for _, k := range model.SortedKeys(c.ANPs) {
 		p := c.ANPs[k].Spec.Priority
-		out = append(out, PolicyView{Kind: model.KindANP, Name: k, Priority: &p})
+		out = append(out, PolicyView{Kind: model.KindANP, Name: k, Priority: &p, Staged: model.IsStaged(c.ANPs[k])})
 	}
 	sort.SliceStable(out, func(i, j int) bool { return *out[i].Priority < *out[j].Priority })
 	for _, k := range model.SortedKeys(c.NetworkPolicies) {
 		np := c.NetworkPolicies[k]
-		out = append(out, PolicyView{Kind: model.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name})
+		out = append(out, PolicyView{Kind: model.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name, Staged: model.IsStaged(np)})
 	}
 	for _, k := range model.SortedKeys(c.BANPs) {
-		out = append(out, PolicyView{Kind: model.KindBANP, Name: k})
+		out = append(out, PolicyView{Kind: model.KindBANP, Name: k, Staged: model.IsStaged(c.BANPs[k])})
 	}
 	return out
 }
