@@ -48,6 +48,9 @@ type flows struct {
 	// packets counts events by direction and verdict, for dataplanes without counters of
 	// their own (rampart_packets_total).
 	packets *prometheus.CounterVec
+	// counted are the policies (kind, namespace, name) with verdict series, so that the
+	// series of deleted policies go: the label set stays bounded by the policies in force.
+	counted map[[3]string]bool
 }
 
 func newFlows(cfg Config, dp dataplane.Dataplane, reg prometheus.Registerer) (*flows, error) {
@@ -55,7 +58,7 @@ func newFlows(cfg Config, dp dataplane.Dataplane, reg prometheus.Registerer) (*f
 	if cfg.Flows.Off || !ok {
 		return nil, nil
 	}
-	f := &flows{reader: fr}
+	f := &flows{reader: fr, counted: map[[3]string]bool{}}
 	var w *flow.RotatingFile
 	if cfg.Flows.File != "" {
 		var err error
@@ -113,9 +116,24 @@ func (f *flows) run(ctx context.Context, logErr func(error)) {
 
 func (f *flows) setResolver(r *flow.Resolver, rs *ir.Ruleset) {
 	f.agg.SetResolver(r)
+	live := map[[3]string]bool{}
+	for d := range rs.Tiers {
+		for _, t := range rs.Tiers[d] {
+			for i := range t.Policies {
+				p := &t.Policies[i]
+				live[[3]string{p.Tier.String(), p.Namespace, p.Name}] = true
+			}
+		}
+	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.resolver, f.rs, f.rsAt = r, rs, time.Now()
-	f.mu.Unlock()
+	for k := range f.counted {
+		if !live[k] {
+			f.verdicts.DeletePartialMatch(prometheus.Labels{"kind": k[0], "namespace": k[1], "policy": k[2]})
+			delete(f.counted, k)
+		}
+	}
 }
 
 // live serves the agent's live explanations (flow.LiveHandler).
@@ -143,6 +161,11 @@ func (f *flows) count(ev flow.Event) {
 	kind, ns, name := "none", "", ""
 	if ref := r.Record("", &ev).Policy; ref != nil {
 		kind, ns, name = ref.Kind, ref.Namespace, ref.Name
+	}
+	if kind != "none" {
+		f.mu.Lock()
+		f.counted[[3]string{kind, ns, name}] = true
+		f.mu.Unlock()
 	}
 	f.verdicts.WithLabelValues(ev.Direction.String(), verdict, kind, ns, name).Inc()
 	if f.packets != nil {
