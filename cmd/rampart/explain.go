@@ -3,12 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net/netip"
 
 	"github.com/spf13/cobra"
 
 	"github.com/rampart-sec/rampart/internal/ir"
-	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/policy"
 )
 
@@ -48,13 +46,13 @@ marked as agreeing with the evaluator or not; any disagreement makes the command
 			if err != nil {
 				return err
 			}
-			src, err := resolveEndpoint(ev.Ruleset(), from, "--from")
+			src, err := ev.ParseEndpoint(from)
 			if err != nil {
-				return err
+				return fmt.Errorf("--from %w", err)
 			}
-			dst, err := resolveEndpoint(ev.Ruleset(), to, "--to")
+			dst, err := ev.ParseEndpoint(to)
 			if err != nil {
-				return err
+				return fmt.Errorf("--to %w", err)
 			}
 			f := policy.Flow{Src: src, Dst: dst, Protocol: pr, Port: port}
 			d := ev.Verdict(f)
@@ -118,19 +116,4 @@ func stagedChange(enforced, staged policy.Decision) string {
 		return "verdict unchanged: " + verdict(staged)
 	}
 	return fmt.Sprintf("%s now, %s once they are enforced", verdict(enforced), verdict(staged))
-}
-
-// resolveEndpoint turns "ns/pod" or an IP into the address policy sees.
-func resolveEndpoint(rs *ir.Ruleset, s, flag string) (netip.Addr, error) {
-	if ip, err := model.ParseIP(s); err == nil {
-		return ip, nil
-	}
-	p := rs.PodByKey(s)
-	if p == nil {
-		return netip.Addr{}, fmt.Errorf("%s %q: not an IP address and no pod namespace/name with that name", flag, s)
-	}
-	if len(p.IPs) == 0 {
-		return netip.Addr{}, fmt.Errorf("%s %q: the pod has no IP (set status.podIP)", flag, s)
-	}
-	return p.IP(), nil
 }

@@ -23,7 +23,6 @@ import (
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
-	"github.com/rampart-sec/rampart/internal/policy"
 	"github.com/rampart-sec/rampart/internal/source"
 )
 
@@ -210,14 +209,18 @@ func (a *Agent) sync(ctx context.Context) error {
 	if err == nil {
 		err = a.dp.Sync(ctx, rs)
 	}
+	// One evaluator index of rs, built on first use, serves the sweep and the flow records.
 	var resolver *flow.Resolver
-	if err == nil && a.fl != nil {
-		resolver, err = flowResolver(c, rs)
+	if err == nil {
+		resolver = flow.NewResolver(rs)
+		if a.fl != nil {
+			err = withStaged(resolver, c)
+		}
 	}
 	var swept int
 	if err == nil {
 		if s, ok := a.dp.(dataplane.Sweeper); ok {
-			if swept, err = s.Sweep(policy.New(rs)); err != nil {
+			if swept, err = s.Sweep(resolver.Evaluator()); err != nil {
 				err = fmt.Errorf("sweep denied connections: %w", err)
 			}
 		}
@@ -238,7 +241,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.st.Applied, a.st.ResourceVersion, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, rv, time.Now(), "", 0
 		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
 		if a.fl != nil {
-			a.fl.setResolver(resolver, rs)
+			a.fl.setResolver(resolver)
 		}
 		a.m.applied.Set(float64(rev))
 		a.m.localPods.Set(float64(a.st.LocalPods))

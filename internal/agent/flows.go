@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sync"
 	"time"
@@ -12,7 +13,6 @@ import (
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/flow"
-	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/policy"
@@ -40,11 +40,10 @@ type flows struct {
 	log    *flow.Log
 	file   *flow.RotatingFile
 
-	mu       sync.Mutex
-	resolver *flow.Resolver
-	rs       *ir.Ruleset // in force, for live explanations
-	rsAt     time.Time   // since when
-	verdicts *prometheus.CounterVec
+	mu         sync.Mutex
+	resolver   *flow.Resolver // of the Ruleset in force
+	resolverAt time.Time      // since when (live explanations)
+	verdicts   *prometheus.CounterVec
 	// packets counts events by direction and verdict, for dataplanes without counters of
 	// their own (rampart_packets_total).
 	packets *prometheus.CounterVec
@@ -59,19 +58,15 @@ func newFlows(cfg Config, dp dataplane.Dataplane, reg prometheus.Registerer) (*f
 		return nil, nil
 	}
 	f := &flows{reader: fr, counted: map[[3]string]bool{}}
-	var w *flow.RotatingFile
+	var w io.Writer // not a nil *RotatingFile: NewLog tests for a nil Writer
 	if cfg.Flows.File != "" {
-		var err error
-		if w, err = flow.OpenRotating(cfg.Flows.File, cfg.Flows.FileMaxBytes, cfg.Flows.FileKeep); err != nil {
+		rf, err := flow.OpenRotating(cfg.Flows.File, cfg.Flows.FileMaxBytes, cfg.Flows.FileKeep)
+		if err != nil {
 			return nil, err
 		}
-		f.file = w
+		f.file, w = rf, rf
 	}
-	if w != nil {
-		f.log = flow.NewLog(cfg.Flows.LogSize, w)
-	} else {
-		f.log = flow.NewLog(cfg.Flows.LogSize, nil)
-	}
+	f.log = flow.NewLog(cfg.Flows.LogSize, w)
 	counter, _ := dp.(flow.ConnCounter)
 	ac := cfg.Flows.Aggregate
 	ac.Node = cfg.Node
@@ -114,8 +109,9 @@ func (f *flows) run(ctx context.Context, logErr func(error)) {
 	}
 }
 
-func (f *flows) setResolver(r *flow.Resolver, rs *ir.Ruleset) {
+func (f *flows) setResolver(r *flow.Resolver) {
 	f.agg.SetResolver(r)
+	rs := r.Ruleset()
 	live := map[[3]string]bool{}
 	for d := range rs.Tiers {
 		for _, t := range rs.Tiers[d] {
@@ -127,7 +123,7 @@ func (f *flows) setResolver(r *flow.Resolver, rs *ir.Ruleset) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.resolver, f.rs, f.rsAt = r, rs, time.Now()
+	f.resolver, f.resolverAt = r, time.Now()
 	for k := range f.counted {
 		if !live[k] {
 			f.verdicts.DeletePartialMatch(prometheus.Labels{"kind": k[0], "namespace": k[1], "policy": k[2]})
@@ -138,14 +134,14 @@ func (f *flows) setResolver(r *flow.Resolver, rs *ir.Ruleset) {
 
 // live serves the agent's live explanations (flow.LiveHandler).
 func (f *flows) live() http.Handler {
-	return flow.LiveHandler(func(_ *http.Request, filt flow.Filter) (*ir.Ruleset, time.Time, []flow.Record, error) {
+	return flow.LiveHandler(func(_ *http.Request, filt flow.Filter) (*policy.Evaluator, time.Time, []flow.Record, error) {
 		f.mu.Lock()
-		rs, at := f.rs, f.rsAt
+		r, at := f.resolver, f.resolverAt
 		f.mu.Unlock()
-		if rs == nil {
+		if r == nil {
 			return nil, at, nil, errors.New("no policy programmed yet")
 		}
-		return rs, at, f.log.Query(filt), nil
+		return r.Evaluator(), at, f.log.Query(filt), nil
 	})
 }
 
@@ -159,7 +155,7 @@ func (f *flows) count(ev flow.Event) {
 		verdict = flow.Denied
 	}
 	kind, ns, name := "none", "", ""
-	if ref := r.Record("", &ev).Policy; ref != nil {
+	if ref := r.PolicyRef(&ev); ref != nil {
 		kind, ns, name = ref.Kind, ref.Namespace, ref.Name
 	}
 	if kind != "none" {
@@ -202,16 +198,16 @@ func (c *flowCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// flowResolver names flows from the Ruleset in force and, when the cluster has staged
-// policies, evaluates them too (the Ruleset compiled with them), for the records' staged field.
-func flowResolver(c *model.Cluster, rs *ir.Ruleset) (*flow.Resolver, error) {
-	r := flow.NewResolver(rs)
+// withStaged, when the cluster has staged policies, makes r evaluate them too (the Ruleset
+// compiled with them), for the records' staged field.
+func withStaged(r *flow.Resolver, c *model.Cluster) error {
 	if !c.HasStaged() {
-		return r, nil
+		return nil
 	}
 	staged, err := compile.CompileWith(c, compile.Options{Staged: true})
 	if err != nil {
-		return nil, fmt.Errorf("compile staged policies: %w", err)
+		return fmt.Errorf("compile staged policies: %w", err)
 	}
-	return r.WithStaged(policy.New(staged)), nil
+	r.WithStaged(policy.New(staged))
+	return nil
 }

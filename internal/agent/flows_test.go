@@ -34,7 +34,7 @@ func TestVerdictSeriesOfDeletedPolicies(t *testing.T) {
 	with := &ir.Ruleset{}
 	with.Tiers[ir.Ingress] = []ir.Tier{{Kind: ir.TierNetworkPolicy, Policies: []ir.Policy{pol}}}
 	with.Index()
-	f.setResolver(flow.NewResolver(with), with)
+	f.setResolver(flow.NewResolver(with))
 	tu := flow.Tuple{Protocol: ir.TCP, Src: netip.MustParseAddrPort("10.0.0.1:1000"), Dst: netip.MustParseAddrPort("10.0.0.2:80")}
 	p := &with.Tiers[ir.Ingress][0].Policies[0]
 	f.count(flow.Event{Direction: ir.Ingress, Allowed: true, Tuple: tu, Decider: flow.DeciderOf(p, &p.Rules[0])})
@@ -44,7 +44,7 @@ func TestVerdictSeriesOfDeletedPolicies(t *testing.T) {
 	}
 	without := &ir.Ruleset{}
 	without.Index()
-	f.setResolver(flow.NewResolver(without), without)
+	f.setResolver(flow.NewResolver(without))
 	want := `
 # HELP rampart_policy_verdicts_total Policy decisions on new connections and denied packets, by the policy that decided (kind none: no policy selects the pod).
 # TYPE rampart_policy_verdicts_total counter

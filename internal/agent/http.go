@@ -82,21 +82,33 @@ func NewClient(addr string) *Client {
 	return c
 }
 
+// get issues GET path (with its query) and returns the response of a 200; any other status is
+// an error with what the agent said.
+func (c *Client) get(ctx context.Context, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return nil, fmt.Errorf("agent %s: %s: %s", strings.SplitN(path, "?", 2)[0], resp.Status, strings.TrimSpace(string(b)))
+	}
+	return resp, nil
+}
+
 // Status asks the agent for its Status.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var st Status
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/status", nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := c.http.Do(req)
+	resp, err := c.get(ctx, "/status")
 	if err != nil {
 		return st, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("agent status: %s", resp.Status)
-	}
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
@@ -104,19 +116,11 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 // since).
 func (c *Client) Explain(ctx context.Context, q url.Values) (flow.Live, error) {
 	var out flow.Live
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/explain?"+q.Encode(), nil)
-	if err != nil {
-		return out, err
-	}
-	resp, err := c.http.Do(req)
+	resp, err := c.get(ctx, "/v1/explain?"+q.Encode())
 	if err != nil {
 		return out, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return out, fmt.Errorf("agent explain: %s: %s", resp.Status, strings.TrimSpace(string(b)))
-	}
 	return out, json.NewDecoder(resp.Body).Decode(&out)
 }
 
@@ -129,20 +133,16 @@ func (c *Client) Flows(ctx context.Context, f flow.Filter, follow bool, fn func(
 
 // Metrics returns the agent's metrics in the Prometheus text format.
 func (c *Client) Metrics(ctx context.Context) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metrics", nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := c.http.Do(req)
+	resp, err := c.get(ctx, "/metrics")
 	if err != nil {
 		return "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("agent metrics: %s", resp.Status)
+	if err != nil {
+		return "", err
 	}
-	return string(b), err
+	return string(b), nil
 }
 
 // WriteMetrics writes the agent's metrics in the Prometheus text format.

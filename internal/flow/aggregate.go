@@ -74,18 +74,19 @@ type aggKey struct {
 }
 
 type entry struct {
-	ev                  Event // the first event: decider, service
-	first, last         time.Time
-	packets, bytes      uint64
-	flags               uint8
-	published           bool
-	pubPackets, pubTime uint64 // packets at the last publication; unix nanos of it
-	changed             time.Time
-	gone, closing       bool
-	nextCheck           time.Time // allowed: when the counts are read next
-	prevCheck           time.Time // allowed: the previous read (or the first record)
-	checked             bool      // allowed: counts were read for this tick
-	firstCheck          bool      // allowed: the next read is the first
+	ev             Event // the first event: decider, service
+	first, last    time.Time
+	packets, bytes uint64
+	flags          uint8
+	published      bool
+	pubPackets     uint64    // packets at the last publication
+	pubTime        time.Time // when it was
+	changed        time.Time
+	gone, closing  bool
+	nextCheck      time.Time // allowed: when the counts are read next
+	prevCheck      time.Time // allowed: the previous read (or the first record)
+	checked        bool      // allowed: counts were read for this tick
+	firstCheck     bool      // allowed: the next read is the first
 }
 
 // Aggregator folds events into per-connection records and publishes them to a Log.
@@ -207,7 +208,6 @@ func (a *Aggregator) Tick(now time.Time, final bool) {
 	a.mu.Lock()
 	var out []Record
 	for k, e := range a.active {
-		pub := time.Unix(0, int64(e.pubTime))
 		var publish, drop bool
 		switch {
 		case !e.published:
@@ -224,12 +224,12 @@ func (a *Aggregator) Tick(now time.Time, final bool) {
 			// get their whole exchange in their second record.
 			over := e.gone || e.closing || (k.tuple.Protocol == ir.TCP && e.flags&(FlagFIN|FlagRST) != 0)
 			idle := !e.changed.After(e.prevCheck) || now.Sub(e.changed) >= a.cfg.Idle
-			publish = e.packets != e.pubPackets && (over || idle || e.firstCheck || now.Sub(pub) >= a.cfg.Report)
+			publish = e.packets != e.pubPackets && (over || idle || e.firstCheck || now.Sub(e.pubTime) >= a.cfg.Report)
 			drop = over || idle
 			e.firstCheck, e.prevCheck = false, now
 		default: // denied: the events are the counts
 			idle := now.Sub(e.changed) >= a.cfg.Idle
-			publish = e.packets != e.pubPackets && (idle || now.Sub(pub) >= a.cfg.Report)
+			publish = e.packets != e.pubPackets && (idle || now.Sub(e.pubTime) >= a.cfg.Report)
 			drop = idle
 		}
 		if publish {
@@ -237,7 +237,7 @@ func (a *Aggregator) Tick(now time.Time, final bool) {
 			if !e.published {
 				e.nextCheck, e.firstCheck, e.prevCheck = now.Add(firstCheck), true, now
 			}
-			e.published, e.pubPackets, e.pubTime = true, e.packets, uint64(now.UnixNano())
+			e.published, e.pubPackets, e.pubTime = true, e.packets, now
 		}
 		if drop || final {
 			delete(a.active, k)

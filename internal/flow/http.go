@@ -31,34 +31,19 @@ func Handler(log *Log) http.Handler {
 		}
 		follow, _ := strconv.ParseBool(q.Get("follow"))
 		w.Header().Set("Content-Type", "application/x-ndjson")
+		if follow {
+			flush(w) // the headers: a follower knows the stream is open before any record
+		}
 		enc := json.NewEncoder(w)
-		if !follow {
-			for _, rec := range log.Query(f) {
-				if enc.Encode(rec) != nil {
-					return
-				}
+		_ = log.Stream(r.Context(), f, follow, func(rec Record) error {
+			if err := enc.Encode(rec); err != nil {
+				return err
 			}
-			return
-		}
-		past, ch, cancel := log.Follow(f)
-		defer cancel()
-		for _, rec := range past {
-			if enc.Encode(rec) != nil {
-				return
-			}
-		}
-		flush(w)
-		for {
-			select {
-			case <-r.Context().Done():
-				return
-			case rec := <-ch:
-				if enc.Encode(rec) != nil {
-					return
-				}
+			if follow {
 				flush(w)
 			}
-		}
+			return nil
+		})
 	})
 }
 

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -112,25 +111,10 @@ func policyText(kind, ns, name string, rule *int) string {
 	return s
 }
 
-// ParseEndpoint turns "namespace/pod" or an IP address into the address policy sees.
-func ParseEndpoint(rs *ir.Ruleset, s string) (netip.Addr, error) {
-	if ip, err := netip.ParseAddr(s); err == nil {
-		return ip.Unmap(), nil
-	}
-	p := rs.PodByKey(s)
-	if p == nil {
-		return netip.Addr{}, fmt.Errorf("%q: not an IP address and no pod namespace/name with that name", s)
-	}
-	if len(p.IPs) == 0 {
-		return netip.Addr{}, fmt.Errorf("%q: the pod has no IP", s)
-	}
-	return p.IP(), nil
-}
-
 // LiveHandler serves a live explanation as JSON: GET ?from=&to=&port=&protocol=&since=, where
-// from and to are namespace/pod or IP addresses. state returns the Ruleset in force and the
-// records matching a filter, and when that Ruleset came into force.
-func LiveHandler(state func(r *http.Request, f Filter) (*ir.Ruleset, time.Time, []Record, error)) http.Handler {
+// from and to are namespace/pod or IP addresses. state returns the evaluator of the Ruleset in
+// force, when that Ruleset came into force, and the records matching a filter.
+func LiveHandler(state func(r *http.Request, f Filter) (*policy.Evaluator, time.Time, []Record, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		f, err := ParseFilter(url.Values{"since": q["since"]}, time.Now())
@@ -138,28 +122,28 @@ func LiveHandler(state func(r *http.Request, f Filter) (*ir.Ruleset, time.Time, 
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		rs, since, recs, err := state(r, f)
+		ev, since, recs, err := state(r, f)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		fl, err := liveFlow(rs, q)
+		fl, err := liveFlow(ev, q)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(ExplainLive(policy.New(rs), since, fl, recs))
+		_ = json.NewEncoder(w).Encode(ExplainLive(ev, since, fl, recs))
 	})
 }
 
-func liveFlow(rs *ir.Ruleset, q url.Values) (policy.Flow, error) {
+func liveFlow(ev *policy.Evaluator, q url.Values) (policy.Flow, error) {
 	var f policy.Flow
 	var err error
-	if f.Src, err = ParseEndpoint(rs, q.Get("from")); err != nil {
+	if f.Src, err = ev.ParseEndpoint(q.Get("from")); err != nil {
 		return f, fmt.Errorf("from %w", err)
 	}
-	if f.Dst, err = ParseEndpoint(rs, q.Get("to")); err != nil {
+	if f.Dst, err = ev.ParseEndpoint(q.Get("to")); err != nil {
 		return f, fmt.Errorf("to %w", err)
 	}
 	port, err := strconv.ParseUint(q.Get("port"), 10, 16)

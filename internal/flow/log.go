@@ -1,6 +1,7 @@
 package flow
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"strings"
@@ -119,6 +120,36 @@ func (l *Log) Follow(f Filter) (past []Record, ch <-chan Record, cancel func()) 
 		l.mu.Lock()
 		delete(l.subs, s)
 		l.mu.Unlock()
+	}
+}
+
+// Stream hands fn the records matching f, oldest first; with follow, then those published
+// after, until ctx ends. It stops at fn's first error and returns it.
+func (l *Log) Stream(ctx context.Context, f Filter, follow bool, fn func(Record) error) error {
+	if !follow {
+		for _, r := range l.Query(f) {
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	past, ch, cancel := l.Follow(f)
+	defer cancel()
+	for _, r := range past {
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-ch:
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
 	}
 }
 

@@ -82,6 +82,15 @@ type Tuple struct {
 	Src, Dst netip.AddrPort
 }
 
+// Subject is the address whose policy direction dir decides: the destination's for
+// ingress, the source's for egress.
+func (t Tuple) Subject(dir ir.Direction) netip.Addr {
+	if dir == ir.Egress {
+		return t.Src.Addr()
+	}
+	return t.Dst.Addr()
+}
+
 // Event is one observation of a dataplane: a denied packet, or the first packet of an allowed
 // connection (New). Decider is resolved by the dataplane from the state it had programmed.
 type Event struct {

@@ -2,6 +2,7 @@ package flow
 
 import (
 	"net/netip"
+	"sync"
 
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/policy"
@@ -58,8 +59,11 @@ func (t *RuleTable) Decider(id uint32) Decider {
 }
 
 // Resolver names the ends of flows and the policies isolating a pod, from the Ruleset in force.
+// Its indexes are built on first use: a dataplane keeps one per generation and most are never
+// asked.
 type Resolver struct {
 	rs   *ir.Ruleset
+	once sync.Once
 	ev   *policy.Evaluator // its address index: which pod an address is
 	svcs map[svcKey]*ir.Service
 	// staged evaluates the enforced policies together with the staged ones (nil: none staged).
@@ -72,26 +76,46 @@ type svcKey struct {
 	proto ir.Protocol
 }
 
-// NewResolver indexes rs.
-func NewResolver(rs *ir.Ruleset) *Resolver {
-	r := &Resolver{rs: rs, ev: policy.New(rs), svcs: map[svcKey]*ir.Service{}}
-	for i := range rs.Services {
-		s := &rs.Services[i]
+// NewResolver returns a resolver for rs.
+func NewResolver(rs *ir.Ruleset) *Resolver { return &Resolver{rs: rs} }
+
+// NewResolverFor returns a resolver sharing an evaluator already built for its Ruleset.
+func NewResolverFor(ev *policy.Evaluator) *Resolver {
+	r := &Resolver{rs: ev.Ruleset()}
+	r.once.Do(func() { r.index(ev) })
+	return r
+}
+
+func (r *Resolver) index(ev *policy.Evaluator) {
+	r.ev, r.svcs = ev, map[svcKey]*ir.Service{}
+	for i := range r.rs.Services {
+		s := &r.rs.Services[i]
 		for _, ip := range s.ClusterIPs {
 			for _, sp := range s.Ports {
 				r.svcs[svcKey{ip, sp.Port, sp.Protocol}] = s
 			}
 		}
 	}
+}
+
+// indexed builds the indexes once.
+func (r *Resolver) indexed() *Resolver {
+	r.once.Do(func() { r.index(policy.New(r.rs)) })
 	return r
 }
+
+// Ruleset returns the Ruleset the resolver names flows from.
+func (r *Resolver) Ruleset() *ir.Ruleset { return r.rs }
+
+// Evaluator returns the evaluator of the resolver's Ruleset.
+func (r *Resolver) Evaluator() *policy.Evaluator { return r.indexed().ev }
 
 // Pod returns the pod with address ip, or nil.
 func (r *Resolver) Pod(ip netip.Addr) *ir.Pod {
 	if r == nil {
 		return nil
 	}
-	return r.ev.Endpoint(ip).Pod
+	return r.Evaluator().Endpoint(ip).Pod
 }
 
 func (r *Resolver) endpoint(ap netip.AddrPort) Endpoint {
@@ -118,13 +142,13 @@ func (r *Resolver) Record(node string, ev *Event) Record {
 	if ev.Service.IsValid() {
 		sr := &ServiceRef{IP: ev.Service.Addr().String(), Port: ev.Service.Port()}
 		if r != nil {
-			if s := r.svcs[svcKey{ev.Service.Addr(), ev.Service.Port(), ev.Tuple.Protocol}]; s != nil {
+			if s := r.indexed().svcs[svcKey{ev.Service.Addr(), ev.Service.Port(), ev.Tuple.Protocol}]; s != nil {
 				sr.Namespace, sr.Name = s.Namespace, s.Name
 			}
 		}
 		rec.Destination.Service = sr
 	}
-	rec.Policy = r.policyRef(ev)
+	rec.Policy = r.PolicyRef(ev)
 	if r != nil && r.staged != nil {
 		rec.Staged = r.stagedVerdict(ev)
 	}
@@ -194,15 +218,20 @@ func isolation(pols []*ir.Policy, prefer func(*ir.Policy) bool) *PolicyRef {
 	return ref
 }
 
-// policyRef names the decider; a denial with no rule is isolation by NetworkPolicy.
-func (r *Resolver) policyRef(ev *Event) *PolicyRef {
+// PolicyRef names what decided an event (a record's policy); a denial with no rule is
+// isolation by NetworkPolicy. Nil: no policy decided.
+func (r *Resolver) PolicyRef(ev *Event) *PolicyRef {
 	d := ev.Decider
 	if d.Known {
 		rule := d.Rule
 		return &PolicyRef{Kind: d.Tier.String(), Namespace: d.Namespace, Name: d.Name, Rule: &rule, RuleName: d.RuleName, Action: d.Action.String()}
 	}
 	if d.Unresolved {
-		return &PolicyRef{Kind: "unknown", Name: "unresolved (programmed by another agent generation)", Action: map[bool]string{true: "Allow", false: "Deny"}[ev.Allowed]}
+		action := ir.Deny
+		if ev.Allowed {
+			action = ir.Allow
+		}
+		return &PolicyRef{Kind: "unknown", Name: "unresolved (programmed by another agent generation)", Action: action.String()}
 	}
 	if ev.Allowed {
 		return nil
@@ -213,13 +242,9 @@ func (r *Resolver) policyRef(ev *Event) *PolicyRef {
 	if r == nil {
 		return nil
 	}
-	subject := ev.Tuple.Dst.Addr()
-	if ev.Direction == ir.Egress {
-		subject = ev.Tuple.Src.Addr()
-	}
 	// The policy named is the first isolating one with no rules in this direction (a default
 	// deny: it is what denied), else the first isolating one; isolated_by lists them all.
-	pols := r.Isolating(subject, ev.Direction)
+	pols := r.Isolating(ev.Tuple.Subject(ev.Direction), ev.Direction)
 	if len(pols) == 0 {
 		return nil
 	}

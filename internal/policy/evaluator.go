@@ -142,6 +142,21 @@ func (e *Evaluator) Endpoint(ip netip.Addr) Endpoint {
 	return ep
 }
 
+// ParseEndpoint turns "namespace/pod" or an IP address into the address policy sees.
+func (e *Evaluator) ParseEndpoint(s string) (netip.Addr, error) {
+	if ip, err := netip.ParseAddr(s); err == nil && ip.Zone() == "" {
+		return ip.Unmap(), nil
+	}
+	p := e.rs.PodByKey(s)
+	if p == nil {
+		return netip.Addr{}, fmt.Errorf("%q: not an IP address and no pod namespace/name with that name", s)
+	}
+	if len(p.IPs) == 0 {
+		return netip.Addr{}, fmt.Errorf("%q: the pod has no IP (set status.podIP)", s)
+	}
+	return p.IP(), nil
+}
+
 func (e *Evaluator) nodeNamed(name string) *ir.Node {
 	for i := range e.rs.Nodes {
 		if e.rs.Nodes[i].Name == name {

@@ -46,6 +46,7 @@ func (d *Dataplane) ReadFlows(ctx context.Context, sink flow.Sink) error {
 	go func() { <-ctx.Done(); rd.Close() }()
 	boot := bootTime()
 	var lostSeen uint64
+	var lostRead time.Time
 	var rec ringbuf.Record
 	for {
 		rd.SetDeadline(time.Now().Add(time.Second))
@@ -64,9 +65,14 @@ func (d *Dataplane) ReadFlows(ctx context.Context, sink flow.Sink) error {
 			}
 			sink.Observe(d.event(&ev, boot))
 		}
-		if n, err := d.counter(cFlowLost); err == nil && n > lostSeen {
-			sink.Lost("kernel_ring_full", n-lostSeen)
-			lostSeen = n
+		// The programs' count of events the ring had no room for, read once a second, not per
+		// event (a lock and a map lookup).
+		if time.Since(lostRead) >= time.Second {
+			lostRead = time.Now()
+			if n, err := d.counter(cFlowLost); err == nil && n > lostSeen {
+				sink.Lost("kernel_ring_full", n-lostSeen)
+				lostSeen = n
+			}
 		}
 	}
 }
@@ -107,11 +113,7 @@ func (d *Dataplane) event(ev *policyFlowEvent, boot time.Time) flow.Event {
 		out.Decider = g.rules.Decider(ev.Rule)
 	case !out.Allowed && ok:
 		// Isolation: the NetworkPolicies that selected the pod when this generation decided.
-		subject := out.Tuple.Dst.Addr()
-		if out.Direction == ir.Egress {
-			subject = out.Tuple.Src.Addr()
-		}
-		out.Decider.Isolating = g.resolver.Isolating(subject, out.Direction)
+		out.Decider.Isolating = g.resolver.Isolating(out.Tuple.Subject(out.Direction), out.Direction)
 	}
 	return out
 }
@@ -126,12 +128,8 @@ func (d *Dataplane) ConnCounts(conns []flow.Conn) ([]flow.Counts, error) {
 	}
 	out := make([]flow.Counts, len(conns))
 	for i, c := range conns {
-		local := c.Tuple.Dst.Addr()
-		if c.Direction == ir.Egress {
-			local = c.Tuple.Src.Addr()
-		}
 		var ep policyEndpoint
-		if err := d.objs.objs.Endpoints.Lookup(ipv4Key(local), &ep); err != nil {
+		if err := d.objs.objs.Endpoints.Lookup(ipv4Key(c.Tuple.Subject(c.Direction)), &ep); err != nil {
 			out[i].Gone = true
 			continue
 		}

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/rampart-sec/rampart/internal/flow"
-	"github.com/rampart-sec/rampart/internal/ir"
 )
 
 // ReadFlows delivers the flow events the rules log to the node's NFLOG group (Node.FlowLogGroup)
@@ -34,11 +33,7 @@ func (d *Dataplane) ReadFlows(ctx context.Context, netns string, sink flow.Sink)
 			return // another tool's NFLOG rule on the same group
 		}
 		if !allowed && !dec.Known && !dec.Unresolved && cur != nil {
-			subject := ev.Tuple.Dst.Addr()
-			if dir == ir.Egress {
-				subject = ev.Tuple.Src.Addr()
-			}
-			dec.Isolating = cur.resolver.Isolating(subject, dir) // as of the rules in force
+			dec.Isolating = cur.resolver.Isolating(ev.Tuple.Subject(dir), dir) // as of the rules in force
 		}
 		ev.Time, ev.Direction, ev.Allowed, ev.Decider = ts, dir, allowed, dec
 		sink.Observe(ev)

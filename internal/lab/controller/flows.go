@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/rampart-sec/rampart/internal/flow"
-	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/policy"
 )
 
 // nodeFlows streams one node's records matching f to fn.
@@ -39,31 +39,7 @@ func (l *Lab) flowSources() map[string]nodeFlows {
 			if log == nil {
 				return fmt.Errorf("node %s: flow records are off", n)
 			}
-			if !follow {
-				for _, r := range log.Query(f) {
-					if err := fn(r); err != nil {
-						return err
-					}
-				}
-				return nil
-			}
-			past, ch, cancel := log.Follow(f)
-			defer cancel()
-			for _, r := range past {
-				if err := fn(r); err != nil {
-					return err
-				}
-			}
-			for {
-				select {
-				case <-ctx.Done():
-					return nil
-				case r := <-ch:
-					if err := fn(r); err != nil {
-						return err
-					}
-				}
-			}
+			return log.Stream(ctx, f, follow, fn)
 		}
 	}
 	return out
@@ -95,16 +71,11 @@ func (l *Lab) serveFlows(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	enc := json.NewEncoder(w)
 	if !follow {
-		var all []flow.Record
-		var errs []error
-		for _, n := range model.SortedKeys(srcs) {
-			errs = append(errs, srcs[n](r.Context(), f, false, func(rec flow.Record) error { all = append(all, rec); return nil }))
-		}
-		if err := errors.Join(errs...); err != nil && len(all) == 0 {
+		all, err := collectFlows(r.Context(), srcs, f)
+		if err != nil && len(all) == 0 {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
 		}
-		slices.SortStableFunc(all, func(a, b flow.Record) int { return a.Time.Compare(b.Time) })
 		for _, rec := range all {
 			if enc.Encode(rec) != nil {
 				return
@@ -135,6 +106,18 @@ func (l *Lab) serveFlows(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	wg.Wait()
+}
+
+// collectFlows gathers the records matching f from every node, oldest first, and the errors of
+// the nodes that did not answer.
+func collectFlows(ctx context.Context, srcs map[string]nodeFlows, f flow.Filter) ([]flow.Record, error) {
+	var all []flow.Record
+	var errs []error
+	for _, n := range model.SortedKeys(srcs) {
+		errs = append(errs, srcs[n](ctx, f, false, func(rec flow.Record) error { all = append(all, rec); return nil }))
+	}
+	slices.SortStableFunc(all, func(a, b flow.Record) int { return a.Time.Compare(b.Time) })
+	return all, errors.Join(errs...)
 }
 
 // serveMetrics answers GET /metrics: each node agent's metrics in the Prometheus text format,
@@ -190,20 +173,18 @@ func (l *Lab) agentMetrics(ctx context.Context) (map[string]string, error) {
 	return out, nil
 }
 
-// liveState is the lab's Ruleset and every node's records matching f, for live explanations.
-func (l *Lab) liveState(r *http.Request, f flow.Filter) (*ir.Ruleset, time.Time, []flow.Record, error) {
+// liveState is the evaluator of the lab's Ruleset, since when it is in force, and every node's
+// records matching f, for live explanations.
+func (l *Lab) liveState(r *http.Request, f flow.Filter) (*policy.Evaluator, time.Time, []flow.Record, error) {
 	l.mu.Lock()
 	rs, at := l.rs, l.rsAt
 	l.mu.Unlock()
 	if rs == nil {
 		return nil, at, nil, errors.New("lab is not up")
 	}
-	var recs []flow.Record
-	srcs := l.flowSources()
-	for _, n := range model.SortedKeys(srcs) {
-		if err := srcs[n](r.Context(), f, false, func(rec flow.Record) error { recs = append(recs, rec); return nil }); err != nil {
-			return nil, at, nil, err
-		}
+	recs, err := collectFlows(r.Context(), l.flowSources(), f)
+	if err != nil {
+		return nil, at, nil, err
 	}
-	return rs, at, recs, nil
+	return policy.New(rs), at, recs, nil
 }
