@@ -136,6 +136,17 @@ func groupCells(cells []Cell) ([]portKey, map[portKey]map[[2]string]bool, []stri
 	return order, groups, pods
 }
 
+// countAllowed counts the allowed cells of one port's grid.
+func countAllowed(g map[[2]string]bool) int {
+	n := 0
+	for _, ok := range g {
+		if ok {
+			n++
+		}
+	}
+	return n
+}
+
 // WriteTable prints one truth table per port: rows are sources, columns destinations, "."
 // allowed, "X" denied, "-" not probed (a pod to itself, or a port the destination lacks).
 func WriteTable(w io.Writer, cells []Cell) error {
@@ -145,13 +156,7 @@ func WriteTable(w io.Writer, cells []Cell) error {
 			fmt.Fprintln(w)
 		}
 		g := groups[k]
-		allowed := 0
-		for _, ok := range g {
-			if ok {
-				allowed++
-			}
-		}
-		fmt.Fprintf(w, "port %d/%s: %d of %d allowed (rows: from, columns: to; . allowed, X denied)\n", k.port, k.proto, allowed, len(g))
+		fmt.Fprintf(w, "port %d/%s: %d of %d allowed (rows: from, columns: to; . allowed, X denied)\n", k.port, k.proto, countAllowed(g), len(g))
 		tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
 		fmt.Fprint(tw, "\t")
 		for _, to := range pods {

@@ -61,15 +61,9 @@ func WriteSVG(w io.Writer, cells []Cell) error {
 	fmt.Fprintf(&b, `<text x="%d" y="25" fill="#555">rows: from, columns: to</text>`+"\n", x)
 	for g, k := range order {
 		grid := groups[k]
-		allowed := 0
-		for _, ok := range grid {
-			if ok {
-				allowed++
-			}
-		}
 		_, top := l.cellXY(g, 0, 0)
 		fmt.Fprintf(&b, `<text x="10" y="%d" font-weight="bold" font-size="14">port %d/%s: %d of %d allowed</text>`+"\n",
-			top-l.header-8, k.port, html.EscapeString(k.proto), allowed, len(grid))
+			top-l.header-8, k.port, html.EscapeString(k.proto), countAllowed(grid), len(grid))
 		for i, p := range pods {
 			cx, _ := l.cellXY(g, 0, i)
 			fmt.Fprintf(&b, `<text transform="translate(%d,%d) rotate(-45)">%s</text>`+"\n", cx+l.cell/2, top-6, html.EscapeString(p))
