@@ -14,6 +14,7 @@ var Files embed.FS
 var CRDs = []string{
 	"crds/policy.networking.k8s.io_adminnetworkpolicies.yaml",
 	"crds/policy.networking.k8s.io_baselineadminnetworkpolicies.yaml",
+	"crds/policy.networking.k8s.io_clusternetworkpolicies.yaml",
 }
 
 // Resources are the agent's own objects, in the order to create them.

@@ -56,7 +56,7 @@ func newLabCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return client().Call(cmd.Context(), "/apply", controller.ApplyRequest{YAML: y}, nil)
+			return client().Call(cmd.Context(), "/apply", controller.ApplyRequest{YAML: y, SkipUnsupported: applyIn.skipUnsupported}, nil)
 		},
 	}
 	applyIn.register(apply)

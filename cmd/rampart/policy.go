@@ -16,18 +16,40 @@ import (
 
 // inputFlags are the flags every command that reads manifests shares.
 type inputFlags struct {
-	files        []string
-	allowUnknown bool
+	files           []string
+	allowUnknown    bool
+	skipUnsupported bool
 }
 
 func (f *inputFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringArrayVarP(&f.files, "filename", "f", nil, "manifest file, directory (recursive) or - for stdin; repeatable")
 	cmd.Flags().BoolVar(&f.allowUnknown, "allow-unknown-fields", false, "accept fields the API types do not define (strict by default)")
+	cmd.Flags().BoolVar(&f.skipUnsupported, "skip-unsupported", false, "warn about, instead of failing on, policies rampart does not enforce as written: skip objects of unknown policy kinds and API versions, and compile fields it does not enforce (domainNames) fail-closed")
 }
 
 func (f *inputFlags) load(stdin io.Reader) ([]model.Object, error) {
 	warn := func(msg string) { fmt.Fprintln(os.Stderr, "warning:", msg) }
-	return model.Load(f.files, model.LoadOptions{Stdin: stdin, DecodeOptions: model.DecodeOptions{AllowUnknownFields: f.allowUnknown, Warn: warn}})
+	return model.Load(f.files, model.LoadOptions{Stdin: stdin, DecodeOptions: model.DecodeOptions{AllowUnknownFields: f.allowUnknown, SkipUnsupported: f.skipUnsupported, Warn: warn}})
+}
+
+// checkGaps fails on policies rampart would not enforce as written (a cluster read from an
+// API server or a lab, where decoding did not check them), or warns with --skip-unsupported.
+func (f *inputFlags) checkGaps(gaps []model.Gap) error {
+	if len(gaps) == 0 {
+		return nil
+	}
+	var msgs []string
+	for _, g := range gaps {
+		if f.skipUnsupported {
+			fmt.Fprintln(os.Stderr, "warning:", g)
+			continue
+		}
+		msgs = append(msgs, "error: "+g.String())
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s\n%d policy problem(s): rampart would not enforce these as written; pass --skip-unsupported to go on without them", strings.Join(msgs, "\n"), len(msgs))
 }
 
 func (f *inputFlags) evaluator(stdin io.Reader) (*policy.Evaluator, error) {

@@ -216,6 +216,7 @@ func newScanClusterCmd() *cobra.Command {
 				local[ref] = path
 			}
 			var c *model.Cluster
+			var gaps []model.Gap
 			switch {
 			case lab != "":
 				_, lc, err := controller.LoadState(lab)
@@ -225,10 +226,13 @@ func newScanClusterCmd() *cobra.Command {
 				c = lc
 			case kubecf != "":
 				ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
-				kc, err := kube.Load(ctx, kubecf)
+				kc, unenforced, err := kube.Load(ctx, kubecf)
 				cancel()
 				if err != nil {
 					return err
+				}
+				for _, k := range unenforced {
+					gaps = append(gaps, model.Gap{Kind: k, Msg: "the cluster serves this policy kind, which rampart does not enforce: its objects are not taken into account"})
 				}
 				c = kc
 			default:
@@ -237,6 +241,9 @@ func newScanClusterCmd() *cobra.Command {
 					return err
 				}
 				c = model.FromObjects(objs)
+			}
+			if err := in.checkGaps(append(gaps, c.Unsupported()...)); err != nil {
+				return err
 			}
 			rs, err := compile.Compile(c)
 			if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
+	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/source"
 )
 
@@ -119,6 +120,9 @@ type Status struct {
 	Source        source.Status `json:"source"`
 	LocalPods     int           `json:"localPods"`
 	Policies      int           `json:"policies"`
+	// Unenforced lists what the cluster's policies say that rampart does not enforce as
+	// written (model.Unsupported: compiled fail-closed), so no gap is silent.
+	Unenforced []string `json:"unenforced,omitempty"`
 }
 
 // New returns an agent; Run starts it.
@@ -197,6 +201,24 @@ func (a *Agent) InterfaceChanged(name string) {
 	a.run.Trigger()
 }
 
+// reportGaps records the policy fields not enforced as written, logging each one when it
+// first appears. The caller holds a.mu.
+func (a *Agent) reportGaps(gaps []model.Gap) {
+	was := map[string]bool{}
+	for _, g := range a.st.Unenforced {
+		was[g] = true
+	}
+	a.st.Unenforced = nil
+	for _, g := range gaps {
+		s := g.String()
+		if !was[s] {
+			a.cfg.Logger.Warn("policy not enforced as written", "kind", g.Kind, "name", g.Name, "field", g.Field, "detail", g.Msg)
+		}
+		a.st.Unenforced = append(a.st.Unenforced, s)
+	}
+	a.m.unenforced.Set(float64(len(gaps)))
+}
+
 // sync brings the dataplane to the source's current state.
 func (a *Agent) sync(ctx context.Context) error {
 	var rv uint64
@@ -240,6 +262,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		}
 		a.st.Applied, a.st.ResourceVersion, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, rv, time.Now(), "", 0
 		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
+		a.reportGaps(c.Unsupported())
 		if a.fl != nil {
 			a.fl.setResolver(resolver)
 		}

@@ -117,7 +117,7 @@ func (f *flows) setResolver(r *flow.Resolver) {
 		for _, t := range rs.Tiers[d] {
 			for i := range t.Policies {
 				p := &t.Policies[i]
-				live[[3]string{p.Tier.String(), p.Namespace, p.Name}] = true
+				live[[3]string{p.KindName(), p.Namespace, p.Name}] = true
 			}
 		}
 	}

@@ -16,6 +16,7 @@ type metrics struct {
 	ready       prometheus.Gauge
 	swept       prometheus.Counter
 	entries     *prometheus.GaugeVec
+	unenforced  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, dp dataplane.Dataplane) (*metrics, error) {
@@ -30,10 +31,12 @@ func newMetrics(reg prometheus.Registerer, dp dataplane.Dataplane) (*metrics, er
 		policies:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_policies", Help: "Policies in force in the cluster."}),
 		ready:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_agent_ready", Help: "1 when the agent is ready (policy programmed, source reachable)."}),
 		swept:      prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_swept_connections_total", Help: "Tracked connections removed because a new policy denies them."}),
+		unenforced: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_unenforced_policy_fields",
+			Help: "Fields of the cluster's policies that rampart does not enforce as written (compiled fail-closed); the agent's /status lists them."}),
 	}
 	m.entries = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rampart_programmed_entries",
 		Help: "State the dataplane programmed at its last sync, by kind (iptables rules and ipset members; BPF map entries)."}, []string{"kind"})
-	cs := []prometheus.Collector{m.syncSeconds, m.syncErrors, m.applied, m.localPods, m.policies, m.ready, m.swept, m.entries}
+	cs := []prometheus.Collector{m.syncSeconds, m.syncErrors, m.applied, m.localPods, m.policies, m.ready, m.swept, m.entries, m.unenforced}
 	if cr, ok := dp.(dataplane.CounterReader); ok {
 		cs = append(cs, &counterCollector{cr: cr})
 	}

@@ -80,7 +80,7 @@ func compare(d *policy.Decision, r *Record) string {
 	switch {
 	case side.Decider != nil:
 		rule := side.Rule
-		exp = policyText(side.Decider.Tier.String(), side.Decider.Namespace, side.Decider.Name, &rule)
+		exp = policyText(side.Decider.KindName(), side.Decider.Namespace, side.Decider.Name, &rule)
 	case len(side.Isolating) > 0:
 		// Isolation: any of the isolating policies may be the one named.
 		for _, p := range side.Isolating {

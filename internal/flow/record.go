@@ -45,14 +45,16 @@ type ServiceRef struct {
 
 // PolicyRef names what decided a flow.
 type PolicyRef struct {
-	Kind      string `json:"kind"` // NetworkPolicy | AdminNetworkPolicy | BaselineAdminNetworkPolicy
+	Kind string `json:"kind"` // NetworkPolicy | AdminNetworkPolicy | BaselineAdminNetworkPolicy | ClusterNetworkPolicy
+	// Tier is a ClusterNetworkPolicy's spec.tier (Admin | Baseline).
+	Tier      string `json:"tier,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
 	Name      string `json:"name"`
 	// Rule is the index in the policy's ingress or egress list; null for a denial by isolation
 	// (no rule of the isolating NetworkPolicies matched).
 	Rule     *int   `json:"rule"`
 	RuleName string `json:"rule_name,omitempty"`
-	Action   string `json:"action"` // Allow | Deny | Pass
+	Action   string `json:"action"` // Allow | Deny | Pass; Accept for a ClusterNetworkPolicy
 	// IsolatedBy lists every NetworkPolicy isolating the pod, for a denial by isolation.
 	IsolatedBy []PolicyName `json:"isolated_by,omitempty"`
 }
@@ -110,6 +112,7 @@ type Event struct {
 type Decider struct {
 	Known bool // false: no rule decided (default allow, or isolation for a denied event)
 	Tier  ir.TierKind
+	Kind  string // the policy's kind, "" for the tier's own (ir.Policy.Kind)
 	// Namespace/Name name the policy; Rule is its rule index, RuleName its name.
 	Namespace, Name string
 	Rule            int

@@ -35,8 +35,11 @@ func NewRuleTable(rs *ir.Ruleset) *RuleTable {
 
 // DeciderOf names rule r of policy p.
 func DeciderOf(p *ir.Policy, r *ir.Rule) Decider {
-	return Decider{Known: true, Tier: p.Tier, Namespace: p.Namespace, Name: p.Name, Rule: r.Index, RuleName: r.Name, Action: r.Action}
+	return Decider{Known: true, Tier: p.Tier, Kind: p.Kind, Namespace: p.Namespace, Name: p.Name, Rule: r.Index, RuleName: r.Name, Action: r.Action}
 }
+
+// policy is what the decider knows of its policy, for its names.
+func (d Decider) policy() *ir.Policy { return &ir.Policy{Tier: d.Tier, Kind: d.Kind} }
 
 // ID returns the id of a rule of the table's Ruleset (0 for nil).
 func (t *RuleTable) ID(r *ir.Rule) uint32 {
@@ -176,7 +179,7 @@ func (r *Resolver) stagedVerdict(ev *Event) *Staged {
 	case side.Decider != nil:
 		p := side.Decider
 		rule := side.Rule
-		ref = &PolicyRef{Kind: p.Tier.String(), Namespace: p.Namespace, Name: p.Name, Rule: &rule, RuleName: side.RuleName, Action: side.Action}
+		ref = &PolicyRef{Kind: p.KindName(), Tier: p.TierName(), Namespace: p.Namespace, Name: p.Name, Rule: &rule, RuleName: side.RuleName, Action: side.Action}
 		byStaged = p.Staged
 	case len(side.Isolating) > 0:
 		ref = isolation(side.Isolating, func(p *ir.Policy) bool { return p.Staged })
@@ -212,7 +215,7 @@ func isolation(pols []*ir.Policy, prefer func(*ir.Policy) bool) *PolicyRef {
 		if named == nil || rank(p) < rank(named) {
 			named = p
 		}
-		ref.IsolatedBy = append(ref.IsolatedBy, PolicyName{Kind: p.Tier.String(), Namespace: p.Namespace, Name: p.Name})
+		ref.IsolatedBy = append(ref.IsolatedBy, PolicyName{Kind: p.KindName(), Namespace: p.Namespace, Name: p.Name})
 	}
 	ref.Namespace, ref.Name = named.Namespace, named.Name
 	return ref
@@ -224,7 +227,8 @@ func (r *Resolver) PolicyRef(ev *Event) *PolicyRef {
 	d := ev.Decider
 	if d.Known {
 		rule := d.Rule
-		return &PolicyRef{Kind: d.Tier.String(), Namespace: d.Namespace, Name: d.Name, Rule: &rule, RuleName: d.RuleName, Action: d.Action.String()}
+		p := d.policy()
+		return &PolicyRef{Kind: p.KindName(), Tier: p.TierName(), Namespace: d.Namespace, Name: d.Name, Rule: &rule, RuleName: d.RuleName, Action: p.ActionName(d.Action)}
 	}
 	if d.Unresolved {
 		action := ir.Deny

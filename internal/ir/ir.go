@@ -72,7 +72,8 @@ func (d Direction) String() string {
 	return "ingress"
 }
 
-// Action is what a matching rule does. Pass is only used by the admin tier.
+// Action is what a matching rule does. Pass is only used by the admin and baseline tiers
+// (ClusterNetworkPolicy calls Allow "Accept": Policy.ActionName).
 type Action uint8
 
 const (
@@ -89,12 +90,14 @@ func (a Action) String() string {
 type TierKind uint8
 
 const (
-	// TierAdmin: AdminNetworkPolicy. Policies in priority order, rules in order, first match
-	// wins; Pass skips the rest of the tier.
+	// TierAdmin: AdminNetworkPolicies and Admin-tier ClusterNetworkPolicies. Policies in
+	// priority order, rules in order, first match wins; Pass skips the rest of the tier.
 	TierAdmin TierKind = iota
 	// TierNetworkPolicy: a pod selected by any policy is isolated; any matching rule allows.
 	TierNetworkPolicy
-	// TierBaseline: BaselineAdminNetworkPolicy. Rules in order, first match wins.
+	// TierBaseline: Baseline-tier ClusterNetworkPolicies in priority order, then the
+	// BaselineAdminNetworkPolicy. Rules in order, first match wins; Pass skips the rest of the
+	// tier (to the default allow).
 	TierBaseline
 )
 
@@ -269,12 +272,23 @@ type Peer struct {
 	Desc string
 }
 
+// Kinds of policy objects, as Policy.Kind names them.
+const (
+	KindNetworkPolicy = "NetworkPolicy"
+	KindANP           = "AdminNetworkPolicy"
+	KindBANP          = "BaselineAdminNetworkPolicy"
+	KindCNP           = "ClusterNetworkPolicy"
+)
+
 // Policy is one Kubernetes policy object's rules for one direction.
 type Policy struct {
-	Tier      TierKind
+	Tier TierKind
+	// Kind is the object's kind; "" means the tier's own (NetworkPolicy, AdminNetworkPolicy,
+	// BaselineAdminNetworkPolicy). ClusterNetworkPolicies set KindCNP, in either admin tier.
+	Kind      string
 	Namespace string // empty for cluster-scoped kinds
 	Name      string
-	Priority  int32 // ANP priority; 0 otherwise
+	Priority  int32 // ANP and ClusterNetworkPolicy priority; 0 otherwise
 	Direction Direction
 	Subjects  []PodID
 	Rules     []Rule
@@ -283,11 +297,40 @@ type Policy struct {
 	Staged bool
 }
 
+// KindName is the policy object's kind.
+func (p *Policy) KindName() string {
+	if p.Kind != "" {
+		return p.Kind
+	}
+	return p.Tier.String()
+}
+
+// TierName is a ClusterNetworkPolicy's spec.tier ("Admin" or "Baseline"); "" for other kinds.
+func (p *Policy) TierName() string {
+	if p.Kind != KindCNP {
+		return ""
+	}
+	if p.Tier == TierBaseline {
+		return "Baseline"
+	}
+	return "Admin"
+}
+
+// ActionName is an action as the policy's kind spells it: ClusterNetworkPolicy says Accept.
+func (p *Policy) ActionName(a Action) string {
+	if a == Allow && p.Kind == KindCNP {
+		return "Accept"
+	}
+	return a.String()
+}
+
 // Ref names the policy for humans: "NetworkPolicy x/deny-all", "AdminNetworkPolicy p (priority 5)",
-// "NetworkPolicy x/try [staged]".
+// "ClusterNetworkPolicy c (Baseline tier, priority 3)", "NetworkPolicy x/try [staged]".
 func (p *Policy) Ref() string {
 	var s string
 	switch {
+	case p.Kind == KindCNP:
+		s = fmt.Sprintf("%s %s (%s tier, priority %d)", p.Kind, p.Name, p.TierName(), p.Priority)
 	case p.Tier == TierAdmin:
 		s = fmt.Sprintf("%s %s (priority %d)", p.Tier, p.Name, p.Priority)
 	case p.Namespace != "":

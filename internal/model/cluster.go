@@ -9,6 +9,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // Cluster is a consistent set of objects: what the API server (or a YAML directory) says the
@@ -22,6 +23,9 @@ type Cluster struct {
 	NetworkPolicies map[string]*networkingv1.NetworkPolicy
 	ANPs            map[string]*anpv1alpha1.AdminNetworkPolicy
 	BANPs           map[string]*anpv1alpha1.BaselineAdminNetworkPolicy
+	// CNPs are ClusterNetworkPolicies, of either served version (v1alpha2 and v1beta1 share
+	// one schema).
+	CNPs map[string]*cnpv1alpha2.ClusterNetworkPolicy
 }
 
 // NewCluster returns an empty cluster.
@@ -35,6 +39,7 @@ func NewCluster() *Cluster {
 		NetworkPolicies: map[string]*networkingv1.NetworkPolicy{},
 		ANPs:            map[string]*anpv1alpha1.AdminNetworkPolicy{},
 		BANPs:           map[string]*anpv1alpha1.BaselineAdminNetworkPolicy{},
+		CNPs:            map[string]*cnpv1alpha2.ClusterNetworkPolicy{},
 	}
 }
 
@@ -67,6 +72,8 @@ func (c *Cluster) Apply(o Object) {
 		c.ANPs[ref] = obj
 	case *anpv1alpha1.BaselineAdminNetworkPolicy:
 		c.BANPs[ref] = obj
+	case *cnpv1alpha2.ClusterNetworkPolicy:
+		c.CNPs[ref] = obj
 	default:
 		panic(fmt.Sprintf("model: Apply of unsupported %T", o.Obj))
 	}
@@ -139,6 +146,8 @@ func (c *Cluster) objectsOf(kind string) refs {
 		return objects[*anpv1alpha1.AdminNetworkPolicy](c.ANPs)
 	case KindBANP:
 		return objects[*anpv1alpha1.BaselineAdminNetworkPolicy](c.BANPs)
+	case KindCNP:
+		return objects[*cnpv1alpha2.ClusterNetworkPolicy](c.CNPs)
 	}
 	return nil
 }
@@ -164,6 +173,7 @@ func (c *Cluster) Clone() *Cluster {
 		NetworkPolicies: cloneMap(c.NetworkPolicies),
 		ANPs:            cloneMap(c.ANPs),
 		BANPs:           cloneMap(c.BANPs),
+		CNPs:            cloneMap(c.CNPs),
 	}
 }
 

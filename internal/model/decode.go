@@ -15,6 +15,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	kjson "sigs.k8s.io/json"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // Kind names of the supported objects.
@@ -27,28 +28,53 @@ const (
 	KindNetworkPolicy = "NetworkPolicy"
 	KindANP           = "AdminNetworkPolicy"
 	KindBANP          = "BaselineAdminNetworkPolicy"
+	KindCNP           = "ClusterNetworkPolicy"
 )
 
 // kindInfo describes how to decode, default and validate one kind.
 type kindInfo struct {
-	apiVersion string
-	namespaced bool
-	newObj     func() any
+	// apiVersions are those accepted, the first preferred (it is what rampart writes).
+	apiVersions []string
+	namespaced  bool
+	newObj      func() any
 }
 
+func (k kindInfo) accepts(apiVersion string) bool {
+	for _, v := range k.apiVersions {
+		if v == apiVersion {
+			return true
+		}
+	}
+	return false
+}
+
+// kinds are the kinds rampart models. ClusterNetworkPolicy's v1beta1 (network-policy-api
+// v0.3.0) has exactly v1alpha2's schema, so both decode into the v1alpha2 type.
 var kinds = map[string]kindInfo{
-	KindNamespace:     {"v1", false, func() any { return &corev1.Namespace{} }},
-	KindNode:          {"v1", false, func() any { return &corev1.Node{} }},
-	KindPod:           {"v1", true, func() any { return &corev1.Pod{} }},
-	KindService:       {"v1", true, func() any { return &corev1.Service{} }},
-	KindEndpointSlice: {"discovery.k8s.io/v1", true, func() any { return &discoveryv1.EndpointSlice{} }},
-	KindNetworkPolicy: {"networking.k8s.io/v1", true, func() any { return &networkingv1.NetworkPolicy{} }},
-	KindANP:           {"policy.networking.k8s.io/v1alpha1", false, func() any { return &anpv1alpha1.AdminNetworkPolicy{} }},
-	KindBANP:          {"policy.networking.k8s.io/v1alpha1", false, func() any { return &anpv1alpha1.BaselineAdminNetworkPolicy{} }},
+	KindNamespace:     {[]string{"v1"}, false, func() any { return &corev1.Namespace{} }},
+	KindNode:          {[]string{"v1"}, false, func() any { return &corev1.Node{} }},
+	KindPod:           {[]string{"v1"}, true, func() any { return &corev1.Pod{} }},
+	KindService:       {[]string{"v1"}, true, func() any { return &corev1.Service{} }},
+	KindEndpointSlice: {[]string{"discovery.k8s.io/v1"}, true, func() any { return &discoveryv1.EndpointSlice{} }},
+	KindNetworkPolicy: {[]string{"networking.k8s.io/v1"}, true, func() any { return &networkingv1.NetworkPolicy{} }},
+	KindANP:           {[]string{"policy.networking.k8s.io/v1alpha1"}, false, func() any { return &anpv1alpha1.AdminNetworkPolicy{} }},
+	KindBANP:          {[]string{"policy.networking.k8s.io/v1alpha1"}, false, func() any { return &anpv1alpha1.BaselineAdminNetworkPolicy{} }},
+	KindCNP:           {[]string{"policy.networking.k8s.io/v1alpha2", "policy.networking.k8s.io/v1beta1"}, false, func() any { return &cnpv1alpha2.ClusterNetworkPolicy{} }},
 }
 
-// APIVersion returns a supported kind's apiVersion ("" for others).
-func APIVersion(kind string) string { return kinds[kind].apiVersion }
+// SupportedKinds lists the kinds rampart models, in a stable order.
+var SupportedKinds = []string{KindNamespace, KindNode, KindPod, KindService, KindEndpointSlice, KindNetworkPolicy, KindANP, KindBANP, KindCNP}
+
+// APIVersion returns a supported kind's preferred apiVersion ("" for others).
+func APIVersion(kind string) string {
+	if v := kinds[kind].apiVersions; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// Accepts reports whether rampart enforces kind at apiVersion.
+func Accepts(kind, apiVersion string) bool { return kinds[kind].accepts(apiVersion) }
 
 // Namespaced reports whether a supported kind lives in namespaces.
 func Namespaced(kind string) bool { return kinds[kind].namespaced }
@@ -78,6 +104,8 @@ func IsKind(kind string) (string, bool) {
 		return KindANP, true
 	case "banp", "baselineadminnetworkpolicies":
 		return KindBANP, true
+	case "cnp", "clusternetworkpolicies":
+		return KindCNP, true
 	case "endpointslices":
 		return KindEndpointSlice, true
 	}
@@ -117,9 +145,14 @@ type DecodeOptions struct {
 	// AllowUnknownFields turns off strict decoding (unknown and duplicate fields are errors by default).
 	AllowUnknownFields bool
 	// Warn, when set, receives a message for each well-formed object of a kind rampart does not
-	// model (a Deployment, a ConfigMap ...), which is then skipped. Without it such objects are
-	// errors.
+	// model and that is no policy (a Deployment, a ConfigMap ...), which is then skipped.
+	// Without it such objects are errors.
 	Warn func(msg string)
+	// SkipUnsupported turns what rampart would not enforce as written from errors into
+	// warnings (through Warn): objects of a policy kind or API version it does not know are
+	// skipped, and fields it does not enforce are compiled fail-closed (Unsupported says how).
+	// Never silent: without Warn, nothing is skipped.
+	SkipUnsupported bool
 }
 
 // Decode reads a stream of YAML documents (or one JSON document, or a List) and returns the
@@ -209,15 +242,26 @@ func decodeJSON(js []byte, file string, doc int, opts DecodeOptions) ([]Object, 
 		return Errors{{File: file, Doc: doc, Kind: tm.Kind, Ref: ref, Field: field, Msg: msg}}
 	}
 	info, ok := kinds[tm.Kind]
-	if !ok {
-		if opts.Warn != nil && tm.APIVersion != "" && tm.Metadata.Name != "" {
-			opts.Warn(fmt.Sprintf("%s (document %d): skipping %s %s %s: rampart does not model this kind", file, doc, tm.APIVersion, tm.Kind, ref))
-			return nil, nil
+	if !ok || !info.accepts(tm.APIVersion) {
+		if policy := IsPolicyKind(tm.APIVersion, tm.Kind); policy || !ok {
+			what := "rampart does not model this kind"
+			if policy {
+				what = "rampart does not enforce this policy kind or API version"
+			}
+			if opts.Warn != nil && tm.APIVersion != "" && tm.Metadata.Name != "" && (!policy || opts.SkipUnsupported) {
+				opts.Warn(fmt.Sprintf("%s (document %d): skipping %s %s %s: %s", file, doc, tm.APIVersion, tm.Kind, ref, what))
+				return nil, nil
+			}
+			if policy {
+				field, msg := "kind", fmt.Sprintf("%s %s is a policy rampart does not enforce: nothing it says would be enforced", tm.APIVersion, tm.Kind)
+				if ok {
+					field, msg = "apiVersion", fmt.Sprintf("%s %s is not enforced by rampart (it enforces %s %s)", tm.APIVersion, tm.Kind, strings.Join(info.apiVersions, " and "), tm.Kind)
+				}
+				return nil, fail(field, msg+"; pass --skip-unsupported to skip it")
+			}
+			return nil, fail("kind", fmt.Sprintf("unsupported kind %q (supported: %s)", tm.Kind, strings.Join(SupportedKinds, ", ")))
 		}
-		return nil, fail("kind", fmt.Sprintf("unsupported kind %q (supported: Namespace, Node, Pod, Service, EndpointSlice, NetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy)", tm.Kind))
-	}
-	if tm.APIVersion != info.apiVersion {
-		return nil, fail("apiVersion", fmt.Sprintf("%s must have apiVersion %q, not %q", tm.Kind, info.apiVersion, tm.APIVersion))
+		return nil, fail("apiVersion", fmt.Sprintf("%s must have apiVersion %q, not %q", tm.Kind, strings.Join(info.apiVersions, `" or "`), tm.APIVersion))
 	}
 	if tm.Kind == KindANP || tm.Kind == KindBANP {
 		var err error
@@ -250,6 +294,13 @@ func decodeJSON(js []byte, file string, doc int, opts DecodeOptions) ([]Object, 
 	setDefaults(o)
 	for _, fe := range validate(o) {
 		add(fe.Field, fe.ErrorBody())
+	}
+	for _, g := range Unsupported(o.Obj) {
+		if opts.SkipUnsupported && opts.Warn != nil {
+			opts.Warn(fmt.Sprintf("%s (document %d): %s", file, doc, g))
+			continue
+		}
+		add(g.Field, g.Msg+"; pass --skip-unsupported to accept it")
 	}
 	if len(errs) > 0 {
 		return nil, errs

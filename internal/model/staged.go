@@ -21,13 +21,13 @@ func validateStaged(o Object) field.ErrorList {
 	}
 	p := field.NewPath("metadata", "annotations").Key(StagedAnnotation)
 	switch o.Kind {
-	case KindNetworkPolicy, KindANP, KindBANP:
+	case KindNetworkPolicy, KindANP, KindBANP, KindCNP:
 		if v == "true" || v == "false" {
 			return nil
 		}
 		return field.ErrorList{field.NotSupported(p, v, []string{"true", "false"})}
 	}
-	return field.ErrorList{field.Invalid(p, v, "only NetworkPolicy, AdminNetworkPolicy and BaselineAdminNetworkPolicy objects can be staged")}
+	return field.ErrorList{field.Invalid(p, v, "only NetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy and ClusterNetworkPolicy objects can be staged")}
 }
 
 // HasStaged reports whether any policy of the cluster is staged.
@@ -43,6 +43,11 @@ func (c *Cluster) HasStaged() bool {
 		}
 	}
 	for _, p := range c.BANPs {
+		if IsStaged(p) {
+			return true
+		}
+	}
+	for _, p := range c.CNPs {
 		if IsStaged(p) {
 			return true
 		}

@@ -6,6 +6,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // Limits from the network-policy-api CRD schema.
@@ -36,6 +37,8 @@ func validateAdminPolicy(o Object) field.ErrorList {
 		}
 		subject = obj.Spec.Subject
 		actions = []string{string(actionAllow), string(actionDeny), string(actionPass)}
+	case *cnpv1alpha2.ClusterNetworkPolicy:
+		return validateCNP(obj)
 	case *anpv1alpha1.BaselineAdminNetworkPolicy:
 		if obj.Name != banpOnlyName {
 			errs = append(errs, field.Invalid(field.NewPath("metadata", "name"), obj.Name, `only one baseline admin network policy, named "default", can exist in a cluster`))
@@ -157,11 +160,10 @@ func validateAdminPeer(peer anpv1alpha1.AdminNetworkPolicyEgressPeer, p *field.P
 		}
 	}
 	if peer.DomainNames != nil {
-		n++
-		errs = append(errs, field.Invalid(p.Child("domainNames"), peer.DomainNames, "domainNames peers are not supported by rampart"))
+		n++ // not enforced: Unsupported reports it
 	}
 	if n != 1 {
-		errs = append(errs, field.Invalid(p, n, "exactly one of namespaces, pods, nodes or networks must be set"))
+		errs = append(errs, field.Invalid(p, n, "exactly one of namespaces, pods, nodes, networks or domainNames must be set"))
 	}
 	return errs
 }
@@ -204,12 +206,16 @@ func validateAdminPort(port anpv1alpha1.AdminNetworkPolicyPort, p *field.Path) f
 // AdminRule is an ANP or BANP rule in one shape (ingress peers carry only namespaces/pods).
 type AdminRule struct {
 	Name   string
-	Action string
+	Action string // Allow, Deny, Pass; ClusterNetworkPolicy: Accept, Deny, Pass
 	Peers  []anpv1alpha1.AdminNetworkPolicyEgressPeer
 	Ports  *[]anpv1alpha1.AdminNetworkPolicyPort
+	// DomainNames is set when a peer names domains, which rampart does not enforce: such a
+	// rule is compiled fail-closed (see Unsupported).
+	DomainNames bool
 }
 
-// AdminRules returns the ingress and egress rules of an ANP or BANP in the shared shape.
+// AdminRules returns the ingress and egress rules of an ANP, BANP or ClusterNetworkPolicy in
+// the shared shape.
 func AdminRules(obj any) (ingress, egress []AdminRule) {
 	in := func(name, action string, from []anpv1alpha1.AdminNetworkPolicyIngressPeer, ports *[]anpv1alpha1.AdminNetworkPolicyPort) AdminRule {
 		r := AdminRule{Name: name, Action: action, Ports: ports, Peers: make([]anpv1alpha1.AdminNetworkPolicyEgressPeer, len(from))}
@@ -224,7 +230,11 @@ func AdminRules(obj any) (ingress, egress []AdminRule) {
 			ingress = append(ingress, in(r.Name, string(r.Action), r.From, r.Ports))
 		}
 		for _, r := range obj.Spec.Egress {
-			egress = append(egress, AdminRule{Name: r.Name, Action: string(r.Action), Peers: r.To, Ports: r.Ports})
+			rule := AdminRule{Name: r.Name, Action: string(r.Action), Peers: r.To, Ports: r.Ports}
+			for _, t := range r.To {
+				rule.DomainNames = rule.DomainNames || t.DomainNames != nil
+			}
+			egress = append(egress, rule)
 		}
 	case *anpv1alpha1.BaselineAdminNetworkPolicy:
 		for _, r := range obj.Spec.Ingress {
@@ -237,6 +247,8 @@ func AdminRules(obj any) (ingress, egress []AdminRule) {
 			}
 			egress = append(egress, AdminRule{Name: r.Name, Action: string(r.Action), Peers: peers, Ports: r.Ports})
 		}
+	case *cnpv1alpha2.ClusterNetworkPolicy:
+		return cnpRules(obj)
 	}
 	return ingress, egress
 }

@@ -244,7 +244,10 @@ func (e *Evaluator) side(dir ir.Direction, subject *ir.Pod, self, peer Endpoint,
 		return s
 	}
 
-	// Baseline tier: first matching rule decides.
+	// Baseline tier: priority order, first matching rule decides; Pass leaves the tier (for
+	// the default).
+	var baselinePass *ir.Policy
+baseline:
 	for _, ref := range refs {
 		if tierOf(ref.Tier) != ir.TierBaseline {
 			continue
@@ -253,28 +256,36 @@ func (e *Evaluator) side(dir ir.Direction, subject *ir.Pod, self, peer Endpoint,
 		for _, r := range pol.Rules {
 			ok, detail := e.ruleMatches(&r, peer.IP, f)
 			s.Trace = append(s.Trace, step(pol, &r, ok, detail))
-			if ok {
-				return decided(s, pol, &r, r.Action == ir.Allow, e.because(pol, &r, peer, f))
+			if !ok {
+				continue
 			}
+			if r.Action == ir.Pass {
+				baselinePass = pol
+				break baseline
+			}
+			return decided(s, pol, &r, r.Action == ir.Allow, e.because(pol, &r, peer, f))
 		}
 	}
 	s.Allowed, s.DecidedBy = true, DecidedDefault
 	s.Reason = fmt.Sprintf("no policy decides %s of %s for this traffic, so it is allowed by default", dir, subject.Key())
-	if passed {
-		s.Reason = "an AdminNetworkPolicy passed this traffic on, and no NetworkPolicy or baseline policy decides it, so it is allowed by default"
+	switch {
+	case baselinePass != nil:
+		s.Reason = fmt.Sprintf("%s passed this traffic on past the baseline tier, so it is allowed by default", baselinePass.Ref())
+	case passed:
+		s.Reason = "an admin-tier policy passed this traffic on, and no NetworkPolicy or baseline policy decides it, so it is allowed by default"
 	}
 	return s
 }
 
 func decided(s Side, pol *ir.Policy, r *ir.Rule, allowed bool, reason string) Side {
 	s.Allowed, s.DecidedBy, s.Decider, s.Isolating = allowed, DecidedByRule, pol, nil
-	s.Tier, s.Policy, s.Rule, s.RuleName, s.Action = pol.Tier.String(), pol.Ref(), r.Index, r.Name, r.Action.String()
+	s.Tier, s.Policy, s.Rule, s.RuleName, s.Action = pol.Tier.String(), pol.Ref(), r.Index, r.Name, pol.ActionName(r.Action)
 	s.Reason = reason
 	return s
 }
 
 func step(pol *ir.Policy, r *ir.Rule, matched bool, detail string) Step {
-	return Step{Tier: pol.Tier.String(), Policy: pol.Ref(), Rule: r.Index, RuleName: r.Name, Action: r.Action.String(), Matched: matched, Detail: detail}
+	return Step{Tier: pol.Tier.String(), Policy: pol.Ref(), Rule: r.Index, RuleName: r.Name, Action: pol.ActionName(r.Action), Matched: matched, Detail: detail}
 }
 
 func (e *Evaluator) because(pol *ir.Policy, r *ir.Rule, peer Endpoint, f Flow) string {

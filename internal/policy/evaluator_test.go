@@ -405,6 +405,91 @@ spec:
   - {action: Deny, to: [{namespaces: {}}]}`, flows: []flow{
 			{"y/b>x/b:8080/TCP", true, "named"}, {"y/b>x/a:80/TCP", true, "named"}, {"y/b>x/a:8080/TCP", false, "named"},
 		}},
+		{name: "cnp baseline pass falls through to the default, past later baseline policies", policies: `
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: pass-blue}
+spec:
+  tier: Baseline
+  priority: 1
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: x}}}
+  ingress: [{name: pass-from-blue, action: Pass, from: [{namespaces: {matchLabels: {team: blue}}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: deny-all}
+spec:
+  tier: Baseline
+  priority: 2
+  subject: {namespaces: {}}
+  ingress: [{name: deny, action: Deny, from: [{namespaces: {}}]}]`, flows: []flow{
+			{"y/a>x/a:80/TCP", true, "pass-blue"}, {"x/b>x/a:80/TCP", false, "deny-all"}, {"x/a>y/a:81/TCP", false, "deny-all"},
+		}},
+		{name: "cnp baseline priorities order the tier; the BANP comes last", policies: `
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: z-accept}
+spec:
+  tier: Baseline
+  priority: 0
+  subject: {namespaces: {}}
+  ingress: [{action: Accept, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {pod: a}}}}], protocols: [{tcp: {destinationPort: {range: {start: 80, end: 81}}}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: BaselineAdminNetworkPolicy
+metadata: {name: default}
+spec:
+  subject: {namespaces: {}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]`, flows: []flow{
+			{"x/a>y/b:80/TCP", true, "z-accept"}, {"x/a>y/a:81/TCP", true, "z-accept"}, {"x/a>x/b:8080/TCP", false, "BaselineAdminNetworkPolicy default"},
+			{"x/b>y/b:80/TCP", false, "BaselineAdminNetworkPolicy"},
+		}},
+		{name: "cnp admin accept on egress does not bypass the destination's ingress deny", policies: `
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: out}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: x}}}
+  egress: [{action: Accept, to: [{namespaces: {}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: in}
+spec:
+  tier: Baseline
+  priority: 10
+  subject: {namespaces: {matchLabels: {team: blue}}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]`, flows: []flow{
+			{"x/a>y/b:80/TCP", false, "ClusterNetworkPolicy in (Baseline tier, priority 10)"}, {"x/a>x/b:8080/TCP", true, "ClusterNetworkPolicy out (Admin tier, priority 10)"},
+		}},
+		{name: "cnp and anp share the admin tier by priority; a Pass reaches NetworkPolicy", policies: `
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: anp-deny}
+spec:
+  priority: 20
+  subject: {namespaces: {}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: cnp-pass}
+spec:
+  tier: Admin
+  priority: 19
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: y}}}
+  ingress: [{action: Pass, from: [{namespaces: {}}], protocols: [{destinationNamedPort: http}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-a, namespace: y}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{}]`, flows: []flow{
+			{"x/a>y/a:81/TCP", true, "allow-a"}, {"x/a>y/b:80/TCP", false, "anp-deny"}, {"x/a>x/b:8080/TCP", false, "anp-deny"},
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -144,7 +144,8 @@ func (t *Tables) verdict(allow bool, r *ir.Rule) verdict {
 // decide walks the tiers for one (endpoint, remote class, protocol, port) over the candidate
 // rules (those whose peers match the class), in evaluation order: the first admin rule that
 // matches decides (Pass skips the rest of the admin tier); then any NetworkPolicy rule allows;
-// an isolated endpoint denies the rest; then the first baseline rule decides; else allow. It
+// an isolated endpoint denies the rest; then the first baseline rule decides (Pass skips the
+// rest of the baseline tier); else allow. It
 // returns the deciding rule too (nil: isolation or default allow), the one the evaluator names.
 func (pr *podRules) decide(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, cand []int, c class, proto ir.Protocol, port uint16) (bool, *ir.Rule) {
 	portMatches := func(r *ir.Rule) bool {
@@ -163,7 +164,7 @@ func (pr *podRules) decide(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, cand [
 		}
 		return false
 	}
-	passed := false
+	passed, baselinePassed := false, false
 	for _, i := range cand {
 		fr := pr.rules[i]
 		switch fr.tier {
@@ -186,9 +187,14 @@ func (pr *podRules) decide(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, cand [
 			if pr.isolated {
 				return false, nil
 			}
-			if portMatches(fr.r) {
-				return fr.r.Action == ir.Allow, fr.r
+			if baselinePassed || !portMatches(fr.r) {
+				continue
 			}
+			if fr.r.Action == ir.Pass {
+				baselinePassed = true // on to the default
+				continue
+			}
+			return fr.r.Action == ir.Allow, fr.r
 		}
 	}
 	return !pr.isolated, nil

@@ -13,7 +13,8 @@ import (
 // of allowed connections log to the node's group with a prefix naming what decided, in at
 // most 63 bytes (felix's scheme): verdict A|D, direction I|E, then
 //
-//	N|A|B<rule>|<policy>  a rule of a NetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy
+//	N|A|B|C<rule>|<policy>  a rule of a NetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy
+//	                        or ClusterNetworkPolicy (of either tier: its name is unique)
 //	X                     isolation: NetworkPolicies select the pod and no rule matched
 //	-                     no policy selects the pod (allowed by default)
 //
@@ -25,6 +26,14 @@ const maxPrefix = 63
 const DefaultFlowGroup = 1727
 
 var tierLetter = map[ir.TierKind]byte{ir.TierNetworkPolicy: 'N', ir.TierAdmin: 'A', ir.TierBaseline: 'B'}
+
+// kindLetter is the letter naming a policy's kind in prefixes.
+func kindLetter(p *ir.Policy) byte {
+	if p.Kind == ir.KindCNP {
+		return 'C'
+	}
+	return tierLetter[p.Tier]
+}
 
 func verdictDir(allowed bool, dir ir.Direction) string {
 	v, d := "D", "I"
@@ -47,7 +56,7 @@ func policyID(p *ir.Policy) string {
 
 // rulePrefix is the prefix of rule r of policy p (Allow or Deny).
 func rulePrefix(p *ir.Policy, r *ir.Rule) string {
-	head := fmt.Sprintf("%s%c%d|", verdictDir(r.Action == ir.Allow, p.Direction), tierLetter[p.Tier], r.Index)
+	head := fmt.Sprintf("%s%c%d|", verdictDir(r.Action == ir.Allow, p.Direction), kindLetter(p), r.Index)
 	if id := policyID(p); len(head)+len(id) <= maxPrefix {
 		return head + id
 	}
@@ -56,7 +65,7 @@ func rulePrefix(p *ir.Policy, r *ir.Rule) string {
 
 // policyKey identifies a policy and direction among the Ruleset's.
 func policyKey(p *ir.Policy) string {
-	return fmt.Sprintf("%c|%s|%s", tierLetter[p.Tier], p.Direction, policyID(p))
+	return fmt.Sprintf("%c|%s|%s", kindLetter(p), p.Direction, policyID(p))
 }
 
 func isolationPrefix(dir ir.Direction) string { return verdictDir(false, dir) + "X" }
@@ -101,13 +110,17 @@ func decodePrefix(prefix string, tables ...*prefixTable) (dir ir.Direction, allo
 		return dir, allowed, d, true
 	}
 	var tier ir.TierKind
-	switch rest[0] {
+	kind := ""
+	letter := rest[0]
+	switch letter {
 	case 'N':
 		tier = ir.TierNetworkPolicy
 	case 'A':
 		tier = ir.TierAdmin
 	case 'B':
 		tier = ir.TierBaseline
+	case 'C':
+		tier, kind = ir.TierAdmin, ir.KindCNP // the tier is unknown without the policy
 	default:
 		return 0, false, d, false
 	}
@@ -124,7 +137,7 @@ func decodePrefix(prefix string, tables ...*prefixTable) (dir ir.Direction, allo
 		if strings.HasPrefix(id, "#") {
 			p = t.byID[id]
 		} else {
-			p = t.byKey[fmt.Sprintf("%c|%s|%s", tierLetter[tier], dir, id)]
+			p = t.byKey[fmt.Sprintf("%c|%s|%s", letter, dir, id)]
 		}
 		if p != nil && idx < len(p.Rules) {
 			return dir, allowed, flow.DeciderOf(p, &p.Rules[idx]), true
@@ -142,5 +155,5 @@ func decodePrefix(prefix string, tables ...*prefixTable) (dir ir.Direction, allo
 	if allowed {
 		action = ir.Allow
 	}
-	return dir, allowed, flow.Decider{Known: true, Tier: tier, Namespace: ns, Name: name, Rule: idx, Action: action}, true
+	return dir, allowed, flow.Decider{Known: true, Tier: tier, Kind: kind, Namespace: ns, Name: name, Rule: idx, Action: action}, true
 }

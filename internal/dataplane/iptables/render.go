@@ -191,10 +191,14 @@ func (r *renderer) podChain(pod *ir.Pod, dir ir.Direction) (string, bool) {
 		}
 		stage2.Rules = append(stage2.Rules, dropTarget(pod, dir, "isolated by NetworkPolicy"))
 	} else {
+		// Baseline policies in priority order; a Pass leaves the tier, for the default allow.
 		for _, p := range baseline {
 			stage2.Rules = append(stage2.Rules, clearMark, "-j "+r.policyChain(p),
 				fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", markAllow, markMask),
 				fmt.Sprintf("-m mark --mark %#x/%#x %s", markDeny, markMask, dropTarget(pod, dir, "baseline deny")))
+			if hasPass(p) {
+				stage2.Rules = append(stage2.Rules, fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", markPass, markMask))
+			}
 		}
 	}
 	if len(admin) == 0 {
@@ -222,6 +226,15 @@ func (r *renderer) nflog(prefix string) string {
 		return ""
 	}
 	return fmt.Sprintf("-j NFLOG --nflog-group %d --nflog-prefix %q --nflog-size 128", r.node.FlowLogGroup, prefix)
+}
+
+func hasPass(p *ir.Policy) bool {
+	for _, r := range p.Rules {
+		if r.Action == ir.Pass {
+			return true
+		}
+	}
+	return false
 }
 
 var clearMark = fmt.Sprintf("-j MARK --set-xmark 0x0/%#x", markMask)

@@ -9,53 +9,75 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/model"
 )
 
-// adminPolicies compiles AdminNetworkPolicies (admin tier, ordered by priority; equal
-// priorities, whose order upstream leaves undefined, are ordered by name) and
-// BaselineAdminNetworkPolicies (baseline tier).
+// adminPolicies compiles the admin and baseline tiers. Admin: AdminNetworkPolicies and
+// Admin-tier ClusterNetworkPolicies by priority; equal priorities, whose order upstream leaves
+// undefined, are ordered by name, and a ClusterNetworkPolicy before an AdminNetworkPolicy of
+// the same name. Baseline: Baseline-tier ClusterNetworkPolicies by priority (then name), then
+// the BaselineAdminNetworkPolicy, which has no priority and so comes last.
 func (k *compiler) adminPolicies() error {
 	var admin, baseline [2][]ir.Policy
-	for _, name := range model.SortedKeys(k.c.ANPs) {
-		anp := k.c.ANPs[name]
-		if model.IsStaged(anp) && !k.opts.Staged {
-			continue
+	add := func(to *[2][]ir.Policy, tier ir.TierKind, kind, name string, prio int32, obj metav1.Object) error {
+		if model.IsStaged(obj) && !k.opts.Staged {
+			return nil
 		}
-		ps, err := k.adminPolicy(ir.TierAdmin, name, anp.Spec.Priority, anp.Spec.Subject, anp)
+		ps, err := k.adminPolicy(tier, kind, name, prio, obj)
 		if err != nil {
-			return fmt.Errorf("AdminNetworkPolicy %s: %w", name, err)
+			return fmt.Errorf("%s %s: %w", kind, name, err)
 		}
 		for _, p := range ps {
-			admin[p.Direction] = append(admin[p.Direction], p)
+			to[p.Direction] = append(to[p.Direction], p)
+		}
+		return nil
+	}
+	for _, name := range model.SortedKeys(k.c.CNPs) {
+		cnp := k.c.CNPs[name]
+		to, tier := &admin, ir.TierAdmin
+		if cnp.Spec.Tier == cnpv1alpha2.BaselineTier {
+			to, tier = &baseline, ir.TierBaseline
+		}
+		if err := add(to, tier, ir.KindCNP, name, cnp.Spec.Priority, cnp); err != nil {
+			return err
 		}
 	}
-	for _, name := range model.SortedKeys(k.c.BANPs) {
-		banp := k.c.BANPs[name]
-		if model.IsStaged(banp) && !k.opts.Staged {
-			continue
-		}
-		ps, err := k.adminPolicy(ir.TierBaseline, name, 0, banp.Spec.Subject, banp)
-		if err != nil {
-			return fmt.Errorf("BaselineAdminNetworkPolicy %s: %w", name, err)
-		}
-		for _, p := range ps {
-			baseline[p.Direction] = append(baseline[p.Direction], p)
+	for _, name := range model.SortedKeys(k.c.ANPs) {
+		if err := add(&admin, ir.TierAdmin, "", name, k.c.ANPs[name].Spec.Priority, k.c.ANPs[name]); err != nil {
+			return err
 		}
 	}
 	for d := range admin {
-		sort.SliceStable(admin[d], func(i, j int) bool { return admin[d][i].Priority < admin[d][j].Priority })
+		order := func(ps []ir.Policy) {
+			sort.SliceStable(ps, func(i, j int) bool {
+				a, b := &ps[i], &ps[j]
+				if a.Priority != b.Priority {
+					return a.Priority < b.Priority
+				}
+				return a.Name < b.Name // stable: a ClusterNetworkPolicy before an AdminNetworkPolicy of its name
+			})
+		}
+		order(admin[d])
+		order(baseline[d])
+	}
+	for _, name := range model.SortedKeys(k.c.BANPs) {
+		if err := add(&baseline, ir.TierBaseline, "", name, 0, k.c.BANPs[name]); err != nil {
+			return err
+		}
+	}
+	for d := range admin {
 		k.tiers[d][ir.TierAdmin] = ir.Tier{Kind: ir.TierAdmin, Policies: admin[d]}
 		k.tiers[d][ir.TierBaseline] = ir.Tier{Kind: ir.TierBaseline, Policies: baseline[d]}
 	}
 	return nil
 }
 
-func (k *compiler) adminPolicy(tier ir.TierKind, name string, prio int32, subj anpv1alpha1.AdminNetworkPolicySubject, obj any) ([]ir.Policy, error) {
+func (k *compiler) adminPolicy(tier ir.TierKind, kind, name string, prio int32, obj metav1.Object) ([]ir.Policy, error) {
 	var subjects []ir.PodID
-	switch {
+	switch subj := model.AdminSubject(obj); {
 	case subj.Namespaces != nil:
 		m, err := k.nsSelector(subj.Namespaces)
 		if err != nil {
@@ -82,7 +104,7 @@ func (k *compiler) adminPolicy(tier ir.TierKind, name string, prio int32, subj a
 		if len(d.rules) == 0 {
 			continue // a policy without rules in a direction does not affect that direction
 		}
-		pol := ir.Policy{Tier: tier, Name: name, Priority: prio, Direction: d.dir, Subjects: subjects, Staged: model.IsStaged(obj.(metav1.Object))}
+		pol := ir.Policy{Tier: tier, Kind: kind, Name: name, Priority: prio, Direction: d.dir, Subjects: subjects, Staged: model.IsStaged(obj)}
 		for i, r := range d.rules {
 			rule, err := k.adminRule(i, r)
 			if err != nil {
@@ -98,7 +120,7 @@ func (k *compiler) adminPolicy(tier ir.TierKind, name string, prio int32, subj a
 func (k *compiler) adminRule(index int, r model.AdminRule) (ir.Rule, error) {
 	rule := ir.Rule{Index: index, Name: r.Name}
 	switch r.Action {
-	case "Allow":
+	case "Allow", "Accept":
 		rule.Action = ir.Allow
 	case "Deny":
 		rule.Action = ir.Deny
@@ -108,6 +130,17 @@ func (k *compiler) adminRule(index int, r model.AdminRule) (ir.Rule, error) {
 		return ir.Rule{}, fmt.Errorf("action %q", r.Action)
 	}
 	for _, p := range r.Peers {
+		if p.DomainNames != nil {
+			// Not enforced (model.Unsupported): fail closed. An Accept rule's domain peer
+			// matches nothing; a Deny or Pass rule denies every address on its ports.
+			if rule.Action != ir.Allow {
+				rule.Action = ir.Deny
+				rule.Peers = []ir.Peer{k.everyAddress()}
+				break
+			}
+			rule.Peers = append(rule.Peers, ir.Peer{Set: k.addrSet("nothing", nil, nil, nil, "nothing"), Desc: "domain names (not enforced: matches nothing)"})
+			continue
+		}
 		peer, err := k.adminPeer(p)
 		if err != nil {
 			return ir.Rule{}, err
@@ -195,4 +228,11 @@ func (k *compiler) matchingNodes(s labels.Selector) ([]netip.Addr, []string) {
 		}
 	}
 	return ips, names
+}
+
+// everyAddress is a peer holding every IPv4 and IPv6 address.
+func (k *compiler) everyAddress() ir.Peer {
+	blocks := []ir.Block{{CIDR: netip.MustParsePrefix("0.0.0.0/0")}, {CIDR: netip.MustParsePrefix("::/0")}}
+	desc := "every address (a domainNames peer, not enforced: denied fail-closed)"
+	return ir.Peer{Set: k.addrSet(blockDef(blocks), nil, nil, blocks, desc), Desc: desc}
 }

@@ -25,6 +25,9 @@ import (
 type (
 	ApplyRequest struct {
 		YAML string `json:"yaml"`
+		// SkipUnsupported skips policies rampart does not enforce as written instead of
+		// failing (model.DecodeOptions.SkipUnsupported); the lab logs each one.
+		SkipUnsupported bool `json:"skipUnsupported,omitempty"`
 	}
 	DeleteRequest struct {
 		YAML        string `json:"yaml,omitempty"`
@@ -77,7 +80,7 @@ func (l *Lab) Handler(down func()) http.Handler {
 		if err := json.Unmarshal(b, &req); err != nil {
 			return nil, err
 		}
-		return "applied", l.Apply(ctx, req.YAML)
+		return "applied", l.apply(ctx, req.YAML, req.SkipUnsupported)
 	})
 	handle("/delete", func(ctx context.Context, b []byte) (any, error) {
 		var req DeleteRequest
@@ -131,8 +134,11 @@ func (l *Lab) Handler(down func()) http.Handler {
 
 // Apply creates or updates objects. Pods and Services that exist keep their node and addresses
 // unless the manifest sets them.
-func (l *Lab) Apply(ctx context.Context, y string) error {
-	objs, err := model.Decode(strings.NewReader(y), "apply", model.DecodeOptions{})
+func (l *Lab) Apply(ctx context.Context, y string) error { return l.apply(ctx, y, false) }
+
+func (l *Lab) apply(ctx context.Context, y string, skipUnsupported bool) error {
+	warn := func(msg string) { l.logger().Warn("apply: " + msg) }
+	objs, err := model.Decode(strings.NewReader(y), "apply", model.DecodeOptions{SkipUnsupported: skipUnsupported, Warn: warn})
 	if err != nil {
 		return err
 	}
@@ -205,6 +211,9 @@ func (l *Lab) Delete(ctx context.Context, req DeleteRequest) error {
 		}
 		for _, k := range model.SortedKeys(c.BANPs) {
 			targets = append(targets, [2]string{model.KindBANP, k})
+		}
+		for _, k := range model.SortedKeys(c.CNPs) {
+			targets = append(targets, [2]string{model.KindCNP, k})
 		}
 	}
 	none := fmt.Errorf("nothing to delete: give -f, KIND NS/NAME or --all-policies")
@@ -419,6 +428,7 @@ func nodesView(c *model.Cluster, rs *ir.Ruleset) []NodeView {
 // PolicyView is one policy object.
 type PolicyView struct {
 	Kind      string `json:"kind"`
+	Tier      string `json:"tier,omitempty"` // a ClusterNetworkPolicy's spec.tier
 	Namespace string `json:"namespace,omitempty"`
 	Name      string `json:"name"`
 	Priority  *int32 `json:"priority,omitempty"`
@@ -427,17 +437,40 @@ type PolicyView struct {
 	Staged bool `json:"staged,omitempty"`
 }
 
+// policiesView lists the policies in precedence order: the admin tier by priority, the
+// NetworkPolicies, the baseline tier by priority, the BaselineAdminNetworkPolicy.
 func policiesView(c *model.Cluster) []PolicyView {
-	out := []PolicyView{}
+	var admin, baseline []PolicyView
+	for _, k := range model.SortedKeys(c.CNPs) {
+		cnp := c.CNPs[k]
+		p := cnp.Spec.Priority
+		v := PolicyView{Kind: model.KindCNP, Tier: string(cnp.Spec.Tier), Name: k, Priority: &p, Staged: model.IsStaged(cnp)}
+		if cnp.Spec.Tier == "Baseline" {
+			baseline = append(baseline, v)
+		} else {
+			admin = append(admin, v)
+		}
+	}
 	for _, k := range model.SortedKeys(c.ANPs) {
 		p := c.ANPs[k].Spec.Priority
-		out = append(out, PolicyView{Kind: model.KindANP, Name: k, Priority: &p, Staged: model.IsStaged(c.ANPs[k])})
+		admin = append(admin, PolicyView{Kind: model.KindANP, Name: k, Priority: &p, Staged: model.IsStaged(c.ANPs[k])})
 	}
-	sort.SliceStable(out, func(i, j int) bool { return *out[i].Priority < *out[j].Priority })
+	byPriority := func(vs []PolicyView) {
+		sort.SliceStable(vs, func(i, j int) bool {
+			if *vs[i].Priority != *vs[j].Priority {
+				return *vs[i].Priority < *vs[j].Priority
+			}
+			return vs[i].Name < vs[j].Name
+		})
+	}
+	byPriority(admin)
+	byPriority(baseline)
+	out := append([]PolicyView{}, admin...)
 	for _, k := range model.SortedKeys(c.NetworkPolicies) {
 		np := c.NetworkPolicies[k]
 		out = append(out, PolicyView{Kind: model.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name, Staged: model.IsStaged(np)})
 	}
+	out = append(out, baseline...)
 	for _, k := range model.SortedKeys(c.BANPs) {
 		out = append(out, PolicyView{Kind: model.KindBANP, Name: k, Staged: model.IsStaged(c.BANPs[k])})
 	}

@@ -265,6 +265,7 @@ var resources = map[string]string{
 	model.KindNamespace: "namespaces", model.KindNode: "nodes", model.KindPod: "pods", model.KindService: "services",
 	model.KindEndpointSlice: "endpointslices", model.KindNetworkPolicy: "networkpolicies",
 	model.KindANP: "adminnetworkpolicies", model.KindBANP: "baselineadminnetworkpolicies",
+	model.KindCNP: "clusternetworkpolicies",
 }
 
 func (k *kubeMode) resource(kind, namespace string) dynamic.ResourceInterface {
@@ -319,6 +320,7 @@ func (k *kubeMode) register(ctx context.Context, c *model.Cluster) error {
 	add(model.KindNetworkPolicy, model.SortedKeys(c.NetworkPolicies), func(k string) any { return c.NetworkPolicies[k] })
 	add(model.KindANP, model.SortedKeys(c.ANPs), func(k string) any { return c.ANPs[k] })
 	add(model.KindBANP, model.SortedKeys(c.BANPs), func(k string) any { return c.BANPs[k] })
+	add(model.KindCNP, model.SortedKeys(c.CNPs), func(k string) any { return c.CNPs[k] })
 	_, err := k.write(ctx, objs)
 	return err
 }
@@ -394,7 +396,7 @@ func (k *kubeMode) write(ctx context.Context, objs []model.Object) (uint64, erro
 // may not have seen a change a client has just made.
 func (k *kubeMode) policyRefs(ctx context.Context) ([][2]string, error) {
 	var refs [][2]string
-	for _, kind := range []string{model.KindNetworkPolicy, model.KindANP, model.KindBANP} {
+	for _, kind := range []string{model.KindNetworkPolicy, model.KindANP, model.KindBANP, model.KindCNP} {
 		list, err := k.resource(kind, "").List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("list %s: %w", kind, err)

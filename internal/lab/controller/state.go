@@ -110,6 +110,7 @@ func MarshalCluster(c *model.Cluster) ([]byte, error) {
 		marshalAll(&buf, model.KindNetworkPolicy, c.NetworkPolicies),
 		marshalAll(&buf, model.KindANP, c.ANPs),
 		marshalAll(&buf, model.KindBANP, c.BANPs),
+		marshalAll(&buf, model.KindCNP, c.CNPs),
 	)
 	return buf.Bytes(), err
 }

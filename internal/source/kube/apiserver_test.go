@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 	npclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/rampart-sec/rampart/deploy"
@@ -114,13 +115,27 @@ func TestAPIServer(t *testing.T) {
 	wait("the AdminNetworkPolicy", func(c *model.Cluster) bool { return len(c.ANPs) == 1 })
 	c, _ := s.Snapshot()
 	checkCluster(t, c)
+	// ClusterNetworkPolicy: watched once its CRD is served, written through either version.
+	cnp := &cnpv1alpha2.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "cnp"}, Spec: cnpv1alpha2.ClusterNetworkPolicySpec{
+		Tier: cnpv1alpha2.BaselineTier, Priority: 3, Subject: cnpv1alpha2.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{}},
+		Ingress: []cnpv1alpha2.ClusterNetworkPolicyIngressRule{{Action: cnpv1alpha2.ClusterNetworkPolicyRuleActionDeny,
+			From: []cnpv1alpha2.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}}}}}}
+	if _, err := np.PolicyV1alpha2().ClusterNetworkPolicies().Create(ctx, cnp, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait("the ClusterNetworkPolicy", func(c *model.Cluster) bool {
+		return c.CNPs["cnp"] != nil && c.CNPs["cnp"].Spec.Tier == cnpv1alpha2.BaselineTier
+	})
 
-	lc, err := Load(ctx, srv.Kubeconfig)
+	lc, unenforced, err := Load(ctx, srv.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkCluster(t, lc)
-	if _, err := Load(ctx, filepath.Join(t.TempDir(), "missing")); err == nil || !errors.Is(err, os.ErrNotExist) && !strings.Contains(err.Error(), "missing") {
+	if len(lc.CNPs) != 1 || len(unenforced) != 0 {
+		t.Errorf("Load: %d ClusterNetworkPolicies, unenforced kinds %v; want 1 and none", len(lc.CNPs), unenforced)
+	}
+	if _, _, err := Load(ctx, filepath.Join(t.TempDir(), "missing")); err == nil || !errors.Is(err, os.ErrNotExist) && !strings.Contains(err.Error(), "missing") {
 		t.Errorf("missing kubeconfig: %v", err)
 	}
 

@@ -1,6 +1,8 @@
 // Package kube reads a cluster's objects from its API server (client-go) as the model holds
 // them: Namespaces, Nodes, Pods, Services, EndpointSlices, NetworkPolicies, and the
-// AdminNetworkPolicies and BaselineAdminNetworkPolicies where their CRDs are installed. Source
+// AdminNetworkPolicies, BaselineAdminNetworkPolicies and ClusterNetworkPolicies where their
+// CRDs are installed; UnenforcedKinds names the policy kinds it serves that rampart does not
+// enforce. Source
 // keeps them current with shared informers (the agent's view); Load takes one snapshot through
 // the same Source (the CLI's).
 package kube
@@ -8,29 +10,37 @@ package kube
 import (
 	"context"
 	"fmt"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/rampart-sec/rampart/internal/model"
 )
 
 // Load reads the cluster once through the kubeconfig at path ("" for the default rules:
-// $KUBECONFIG, ~/.kube/config, in-cluster).
-func Load(ctx context.Context, kubeconfig string) (*model.Cluster, error) {
+// $KUBECONFIG, ~/.kube/config, in-cluster), with the policy kinds it serves that rampart does
+// not enforce (UnenforcedKinds).
+func Load(ctx context.Context, kubeconfig string) (*model.Cluster, []string, error) {
 	cfg, err := RESTConfig(kubeconfig)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// A CLI must not hang on an unreachable server: fail the first list instead of retrying.
 	cfg.Timeout = 30 * time.Second
 	s, err := NewFromConfig(cfg, Options{})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Fail fast on a server that does not answer; informers would retry it forever.
 	if _, err := s.cs.Discovery().ServerVersion(); err != nil {
-		return nil, fmt.Errorf("API server %s: %w", cfg.Host, err)
+		return nil, nil, fmt.Errorf("API server %s: %w", cfg.Host, err)
 	}
-	return Once(ctx, s)
+	c, err := Once(ctx, s)
+	if err != nil {
+		return nil, nil, err
+	}
+	kinds, err := UnenforcedKinds(s)
+	return c, kinds, err
 }
 
 // Once runs s until its first sync and returns that snapshot.
@@ -52,4 +62,32 @@ func Once(ctx context.Context, s *Source) (*model.Cluster, error) {
 		}
 		return nil, fmt.Errorf("read the cluster: %w", ctx.Err())
 	}
+}
+
+// UnenforcedKinds lists the policy kinds the API server serves that rampart does not enforce
+// ("cilium.io/v2 CiliumNetworkPolicy"), from discovery: objects of those kinds would
+// otherwise be silently ignored. Discovery needs no RBAC beyond what every client has.
+func UnenforcedKinds(s *Source) ([]string, error) {
+	_, lists, err := s.cs.Discovery().ServerGroupsAndResources()
+	if err != nil && len(lists) == 0 {
+		return nil, fmt.Errorf("discovery: %w", err)
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, l := range lists {
+		for _, r := range l.APIResources {
+			if strings.Contains(r.Name, "/") || !model.IsPolicyKind(l.GroupVersion, r.Kind) {
+				continue // subresources, and what is no policy
+			}
+			if model.Accepts(r.Kind, l.GroupVersion) {
+				continue
+			}
+			if k := l.GroupVersion + " " + r.Kind; !seen[k] {
+				seen[k] = true
+				out = append(out, k)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 	npclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 	npinformers "sigs.k8s.io/network-policy-api/pkg/client/informers/externalversions"
 
@@ -52,9 +53,10 @@ func (o *Options) defaults() {
 }
 
 // Source mirrors a cluster through client-go shared informers: Namespaces, Nodes, Pods,
-// Services, EndpointSlices and NetworkPolicies always, AdminNetworkPolicies and
-// BaselineAdminNetworkPolicies once the API server serves them (a cluster without the CRDs
-// works, and their informers start when the CRDs appear). managedFields are stripped as
+// Services, EndpointSlices and NetworkPolicies always; AdminNetworkPolicies and
+// BaselineAdminNetworkPolicies (v1alpha1), and ClusterNetworkPolicies (v1alpha2, which the
+// v0.3.0 CRD serves beside v1beta1 with the same schema), once the API server serves them (a
+// cluster without the CRDs works, and their informers start when the CRDs appear). managedFields are stripped as
 // objects enter the caches. It implements source.Source.
 type Source struct {
 	*source.Notifier
@@ -67,6 +69,7 @@ type Source struct {
 	npF      npinformers.SharedInformerFactory
 	anp      atomic.Pointer[cache.SharedIndexInformer] // nil until the CRDs are served
 	banp     atomic.Pointer[cache.SharedIndexInformer]
+	cnp      atomic.Pointer[cache.SharedIndexInformer] // nil until the ClusterNetworkPolicy CRD is served
 
 	rev    atomic.Uint64
 	maxRV  atomic.Uint64 // the highest resourceVersion any event carried
@@ -232,21 +235,30 @@ func (s *Source) Run(ctx context.Context) error {
 		return ctx.Err()
 	}
 	// The admin policies: enforced from the first sync when served, picked up later otherwise.
-	served := s.startAdminPolicies(ctx)
+	anp, cnp := s.startAdminPolicies(ctx), s.startCNPs(ctx)
 	s.setStatus(true, nil)
 	s.rev.Add(1)
 	close(s.synced)
 	s.Notify()
-	if !served {
+	if !anp || !cnp {
 		t := time.NewTicker(s.opts.CRDPoll)
 		defer t.Stop()
-		for !served {
+		for !anp || !cnp {
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-t.C:
-				if served = s.startAdminPolicies(ctx); served {
+			}
+			if !anp {
+				if anp = s.startAdminPolicies(ctx); anp {
 					s.opts.Logger.Info("AdminNetworkPolicy and BaselineAdminNetworkPolicy are served now: watching them")
+					s.rev.Add(1)
+					s.Notify()
+				}
+			}
+			if !cnp {
+				if cnp = s.startCNPs(ctx); cnp {
+					s.opts.Logger.Info("ClusterNetworkPolicy is served now: watching it")
 					s.rev.Add(1)
 					s.Notify()
 				}
@@ -285,6 +297,33 @@ func (s *Source) startAdminPolicies(ctx context.Context) bool {
 	}
 	s.anp.Store(&ai)
 	s.banp.Store(&bi)
+	return true
+}
+
+// startCNPs starts the ClusterNetworkPolicy informer (v1alpha2) if the API server serves it,
+// and waits for its first list. It reports whether it runs.
+func (s *Source) startCNPs(ctx context.Context) bool {
+	if s.cnp.Load() != nil {
+		return true
+	}
+	res, err := s.cs.Discovery().ServerResourcesForGroupVersion(cnpv1alpha2.SchemeGroupVersion.String())
+	if err != nil {
+		return false
+	}
+	served := false
+	for _, r := range res.APIResources {
+		served = served || r.Name == "clusternetworkpolicies"
+	}
+	if !served {
+		return false
+	}
+	ci := s.npF.Policy().V1alpha2().ClusterNetworkPolicies().Informer()
+	s.watch(ci)
+	s.npF.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), ci.HasSynced) {
+		return false
+	}
+	s.cnp.Store(&ci)
 	return true
 }
 
@@ -384,6 +423,12 @@ func (s *Source) Snapshot() (*model.Cluster, uint64) {
 		for _, o := range (*inf).GetStore().List() {
 			p := o.(*anpv1alpha1.BaselineAdminNetworkPolicy)
 			c.BANPs[p.Name] = p
+		}
+	}
+	if inf := s.cnp.Load(); inf != nil {
+		for _, o := range (*inf).GetStore().List() {
+			p := o.(*cnpv1alpha2.ClusterNetworkPolicy)
+			c.CNPs[p.Name] = p
 		}
 	}
 	return c, rev
