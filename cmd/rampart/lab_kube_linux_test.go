@@ -240,7 +240,7 @@ func labKube(t *testing.T, dp, bin string) {
 	// Random policy sets, applied through the API server (the lab's apply writes there and
 	// waits until every agent enforces what it wrote), agree with the evaluator.
 	for seed := int64(1); seed <= 3; seed++ {
-		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 3, AdminPolicies: 2, Baseline: true})
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 3, AdminPolicies: 2, Baseline: true, ClusterPolicies: 3})
 		if err := l.Delete(ctx, controller.DeleteRequest{AllPolicies: true}); err != nil && !strings.Contains(err.Error(), "nothing to delete") {
 			t.Fatal(err)
 		}

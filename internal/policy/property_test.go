@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
+
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/policy"
@@ -51,7 +53,7 @@ func TestPropertyOrderIndependent(t *testing.T) {
 	base := decode(t, randpolicy.Cluster())
 	for seed := int64(0); seed < seeds; seed++ {
 		r := rand.New(rand.NewSource(seed))
-		y := randpolicy.Generate(r, randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+		y := randpolicy.Generate(r, randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
 		objs := append(append([]model.Object{}, base...), decode(t, y)...)
 		want := matrixOf(t, objs)
 		r.Shuffle(len(objs), func(i, j int) { objs[i], objs[j] = objs[j], objs[i] })
@@ -60,7 +62,7 @@ func TestPropertyOrderIndependent(t *testing.T) {
 }
 
 // An AdminNetworkPolicy that passes everything, ahead of every other, is the same as having
-// no AdminNetworkPolicies at all.
+// no admin-tier policies at all (AdminNetworkPolicies, Admin-tier ClusterNetworkPolicies).
 func TestPropertyPassAllEqualsNoAdmin(t *testing.T) {
 	base := decode(t, randpolicy.Cluster())
 	passAll := decode(t, `apiVersion: policy.networking.k8s.io/v1alpha1
@@ -72,17 +74,46 @@ spec:
   ingress: [{action: Pass, from: [{namespaces: {}}]}]
   egress: [{action: Pass, to: [{namespaces: {}}, {networks: [0.0.0.0/0]}]}]`)
 	for seed := int64(0); seed < seeds; seed++ {
-		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
 		policies := decode(t, y)
 		var withoutAdmin []model.Object
 		for _, o := range policies {
-			if o.Kind != model.KindANP {
+			if o.Kind != model.KindANP && !(o.Kind == model.KindCNP && o.Obj.(*cnpv1alpha2.ClusterNetworkPolicy).Spec.Tier == cnpv1alpha2.AdminTier) {
 				withoutAdmin = append(withoutAdmin, o)
 			}
 		}
 		want := matrixOf(t, append(append([]model.Object{}, base...), withoutAdmin...))
 		got := matrixOf(t, append(append(append([]model.Object{}, base...), passAll...), policies...))
 		diff(t, seed, "pass-all ANP", want, got, y)
+	}
+}
+
+// A Baseline-tier ClusterNetworkPolicy that passes everything, ahead of every other, is the
+// same as having no baseline tier (Baseline ClusterNetworkPolicies, the BANP): a baseline
+// Pass falls through to the default.
+func TestPropertyBaselinePassAllEqualsNoBaseline(t *testing.T) {
+	base := decode(t, randpolicy.Cluster())
+	passAll := decode(t, `apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: aaa-pass-all}
+spec:
+  tier: Baseline
+  priority: 0
+  subject: {namespaces: {}}
+  ingress: [{action: Pass, from: [{namespaces: {}}]}]
+  egress: [{action: Pass, to: [{namespaces: {}}, {networks: [0.0.0.0/0]}]}]`)
+	for seed := int64(0); seed < seeds; seed++ {
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
+		policies := decode(t, y)
+		var withoutBaseline []model.Object
+		for _, o := range policies {
+			if o.Kind != model.KindBANP && !(o.Kind == model.KindCNP && o.Obj.(*cnpv1alpha2.ClusterNetworkPolicy).Spec.Tier == cnpv1alpha2.BaselineTier) {
+				withoutBaseline = append(withoutBaseline, o)
+			}
+		}
+		want := matrixOf(t, append(append([]model.Object{}, base...), withoutBaseline...))
+		got := matrixOf(t, append(append(append([]model.Object{}, base...), passAll...), policies...))
+		diff(t, seed, "baseline pass-all CNP", want, got, y)
 	}
 }
 
@@ -95,7 +126,7 @@ func TestPropertyIsolationOnlyDenies(t *testing.T) {
 	}
 	denyAll := decode(t, deny.String())
 	for seed := int64(0); seed < seeds; seed++ {
-		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
 		objs := append(append([]model.Object{}, base...), decode(t, y)...)
 		before := matrixOf(t, objs)
 		after := matrixOf(t, append(objs, denyAll...))

@@ -67,6 +67,7 @@ type Options struct {
 	NetworkPolicies int // at most this many
 	AdminPolicies   int // at most this many
 	Baseline        bool
+	ClusterPolicies int // ClusterNetworkPolicies (either tier), at most this many
 }
 
 // Generate returns random valid policies as multi-document YAML.
@@ -81,6 +82,9 @@ func Generate(r *rand.Rand, o Options) string {
 	}
 	if o.Baseline && r.Intn(2) == 0 {
 		docs = append(docs, g.baseline())
+	}
+	for i := 0; i < r.Intn(o.ClusterPolicies+1); i++ {
+		docs = append(docs, g.clusterPolicy(i))
 	}
 	return strings.Join(docs, "\n---\n") + "\n"
 }
@@ -230,6 +234,24 @@ func (g gen) adminPort(named bool) string {
 	}
 }
 
+// cnpProtocol is a ClusterNetworkPolicy protocols entry (a port, an inclusive range, or a
+// named port where the peers allow one).
+func (g gen) cnpProtocol(named bool) string {
+	proto := g.pick([]string{"tcp", "udp", "sctp"})
+	n := 2
+	if named {
+		n = 3
+	}
+	switch g.r.Intn(n) {
+	case 0:
+		return fmt.Sprintf("{%s: {destinationPort: {number: %d}}}", proto, Ports[g.r.Intn(len(Ports))])
+	case 1:
+		return fmt.Sprintf("{%s: {destinationPort: {range: {start: 80, end: 81}}}}", proto)
+	default:
+		return fmt.Sprintf("{destinationNamedPort: %s}", g.pick([]string{"web", "serve-80-udp", "serve-81-sctp"}))
+	}
+}
+
 func (g gen) adminRule(egress bool, actions []string) string {
 	peersKey := "from"
 	if egress {
@@ -240,7 +262,11 @@ func (g gen) adminRule(egress bool, actions []string) string {
 	if g.r.Intn(2) == 0 {
 		// Named ports cannot be combined with networks peers.
 		named := !strings.Contains(peers, "networks")
-		rule += ", ports: " + g.list(1+g.r.Intn(2), func() string { return g.adminPort(named) })
+		if actions[0] == "Accept" { // a ClusterNetworkPolicy: protocols, not ports
+			rule += ", protocols: " + g.list(1+g.r.Intn(2), func() string { return g.cnpProtocol(named) })
+		} else {
+			rule += ", ports: " + g.list(1+g.r.Intn(2), func() string { return g.adminPort(named) })
+		}
 	}
 	return rule + "}"
 }
@@ -265,5 +291,13 @@ func (g gen) baseline() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec:\n  subject: %s\n", g.subject())
 	g.adminRules(&b, []string{"Allow", "Deny"})
+	return strings.TrimRight(b.String(), "\n")
+}
+
+func (g gen) clusterPolicy(i int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: cnp-%d}\nspec:\n  tier: %s\n  priority: %d\n  subject: %s\n",
+		i, g.pick([]string{"Admin", "Baseline"}), g.r.Intn(5), g.subject())
+	g.adminRules(&b, []string{"Accept", "Deny", "Pass"})
 	return strings.TrimRight(b.String(), "\n")
 }

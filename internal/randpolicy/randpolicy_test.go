@@ -15,7 +15,7 @@ func TestGeneratedPoliciesAreValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	for seed := int64(0); seed < 300; seed++ {
-		y := Generate(rand.New(rand.NewSource(seed)), Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+		y := Generate(rand.New(rand.NewSource(seed)), Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
 		if _, err := model.Decode(strings.NewReader(y), "gen", model.DecodeOptions{}); err != nil {
 			t.Fatalf("seed %d: %v\n%s", seed, err, y)
 		}

@@ -98,7 +98,7 @@ func labEnforcement(t *testing.T, attach string, seeds int64) {
 	}
 	denied := 0
 	for seed := int64(1); seed <= seeds; seed++ {
-		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
 		ev := apply(y)
 		if ev == nil {
 			t.Fatalf("seed %d: the lab rejected a generated policy set:\n%s", seed, y)

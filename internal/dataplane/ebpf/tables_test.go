@@ -137,7 +137,7 @@ func (e *emulator) checkRules(f policy.Flow, d policy.Decision) error {
 			continue
 		}
 		want := s.side.Policy
-		gotRef := (&ir.Policy{Tier: got.Tier, Namespace: got.Namespace, Name: got.Name}).Ref()
+		gotRef := (&ir.Policy{Tier: got.Tier, Kind: got.Kind, Namespace: got.Namespace, Name: got.Name}).Ref()
 		if !got.Known || got.Rule != s.side.Rule || !strings.HasPrefix(want, strings.SplitN(gotRef, " (", 2)[0]) {
 			return fmt.Errorf("%s: tables name %q rule %d, the evaluator %q rule %d", s.side.Direction, gotRef, got.Rule, want, s.side.Rule)
 		}
@@ -161,7 +161,7 @@ func (e *emulator) allowed(f policy.Flow) (bool, error) {
 // returns them as YAML for failure messages.
 func randomRuleset(t *testing.T, base []model.Object, seed int64) (*ir.Ruleset, string) {
 	t.Helper()
-	y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+	y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
 	objs, err := model.Decode(strings.NewReader(y), "gen", model.DecodeOptions{})
 	if err != nil {
 		t.Fatal(err)

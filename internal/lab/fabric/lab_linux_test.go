@@ -98,7 +98,7 @@ func randomPoliciesMatchEvaluator(t *testing.T, dp string) {
 		return policy.New(rs)
 	}
 	for seed := int64(1); seed <= 8; seed++ {
-		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true})
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
 		ev := apply(y)
 		if ev == nil {
 			t.Fatalf("seed %d: the lab rejected a generated policy set:\n%s", seed, y)

@@ -15,7 +15,7 @@ import (
 // gives, for random policy sets, exactly what a verdict for every single pod gives.
 func TestSourceClassesMatchEveryPod(t *testing.T) {
 	for seed := int64(1); seed <= 60; seed++ {
-		y := randpolicy.Cluster() + "---\n" + randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 5, AdminPolicies: 3, Baseline: true})
+		y := randpolicy.Cluster() + "---\n" + randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 5, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
 		objs, err := model.Decode(strings.NewReader(y), "random", model.DecodeOptions{})
 		if err != nil {
 			t.Fatal(err)
