@@ -146,8 +146,10 @@ func runAgent(parent context.Context, f agentFlags) error {
 	if err != nil {
 		return err
 	}
+	events, stopEvents := kube.GapEvents(src, "rampart-agent", f.nodeName)
+	defer stopEvents()
 	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace, PodInterfacePrefix: f.podPrefix,
-		Runner: runner.Config{MinInterval: f.minInterval},
+		Runner: runner.Config{MinInterval: f.minInterval}, OnUnenforced: events,
 		Flows:  agent.FlowConfig{Off: !f.flows, File: f.flowLog, FileMaxBytes: f.flowLogMaxBytes, Aggregate: flow.Config{MaxConnections: f.flowMaxConns}}}, src, dp)
 	if err != nil {
 		return err

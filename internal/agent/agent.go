@@ -47,6 +47,9 @@ type Config struct {
 	PodInterfacePrefix string
 	// Flows configures flow records (on by default where the dataplane reports flows).
 	Flows FlowConfig
+	// OnUnenforced, when set, is told of each policy field not enforced as written when it
+	// first appears (in a cluster: a Kubernetes Event on the object).
+	OnUnenforced func(model.Gap)
 }
 
 // Defaults fills unset fields.
@@ -213,6 +216,9 @@ func (a *Agent) reportGaps(gaps []model.Gap) {
 		s := g.String()
 		if !was[s] {
 			a.cfg.Logger.Warn("policy not enforced as written", "kind", g.Kind, "name", g.Name, "field", g.Field, "detail", g.Msg)
+			if a.cfg.OnUnenforced != nil {
+				a.cfg.OnUnenforced(g)
+			}
 		}
 		a.st.Unenforced = append(a.st.Unenforced, s)
 	}

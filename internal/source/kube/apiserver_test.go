@@ -127,6 +127,30 @@ func TestAPIServer(t *testing.T) {
 		return c.CNPs["cnp"] != nil && c.CNPs["cnp"].Spec.Tier == cnpv1alpha2.BaselineTier
 	})
 
+	// A gap becomes a Warning Event on the policy object.
+	report, stopEvents := GapEvents(s, "rampart-agent", "n1")
+	report(model.Gap{Kind: model.KindCNP, Name: "cnp", Field: "spec.egress[0].to[0].domainNames", Msg: "not enforced"})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		evs, err := cs.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, e := range evs.Items {
+			found = found || (e.Reason == EventReasonNotEnforced && e.InvolvedObject.Kind == model.KindCNP && e.InvolvedObject.Name == "cnp" &&
+				e.Type == "Warning" && strings.Contains(e.Message, "domainNames"))
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s Event on ClusterNetworkPolicy cnp: %v", EventReasonNotEnforced, evs.Items)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	stopEvents()
+
 	lc, unenforced, err := Load(ctx, srv.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -153,7 +177,7 @@ func TestAPIServer(t *testing.T) {
 
 	// The API server goes away: the source says so and keeps the last state.
 	srv.Stop()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for s.Status().Connected {
 		if time.Now().After(deadline) {
 			t.Fatal("the source still reports a connection 30s after the server stopped")
