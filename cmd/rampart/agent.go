@@ -150,7 +150,7 @@ func runAgent(parent context.Context, f agentFlags) error {
 	defer stopEvents()
 	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace, PodInterfacePrefix: f.podPrefix,
 		Runner: runner.Config{MinInterval: f.minInterval}, OnUnenforced: events,
-		Flows:  agent.FlowConfig{Off: !f.flows, File: f.flowLog, FileMaxBytes: f.flowLogMaxBytes, Aggregate: flow.Config{MaxConnections: f.flowMaxConns}}}, src, dp)
+		Flows: agent.FlowConfig{Off: !f.flows, File: f.flowLog, FileMaxBytes: f.flowLogMaxBytes, Aggregate: flow.Config{MaxConnections: f.flowMaxConns}}}, src, dp)
 	if err != nil {
 		return err
 	}
