@@ -574,7 +574,7 @@ func writeGetTable(w io.Writer, what string, raw []byte) error {
 		if err := json.Unmarshal(raw, &pols); err != nil {
 			return err
 		}
-		fmt.Fprintln(tw, "KIND\tNAMESPACE\tNAME\tPRIORITY\tENFORCED")
+		fmt.Fprintln(tw, "KIND\tTIER\tNAMESPACE\tNAME\tPRIORITY\tENFORCED")
 		for _, p := range pols {
 			prio := ""
 			if p.Priority != nil {
@@ -584,7 +584,7 @@ func writeGetTable(w io.Writer, what string, raw []byte) error {
 			if p.Staged {
 				enforced = "no (staged)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Kind, p.Namespace, p.Name, prio, enforced)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Kind, p.Tier, p.Namespace, p.Name, prio, enforced)
 		}
 	}
 	return nil
