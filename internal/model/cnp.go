@@ -18,7 +18,6 @@ const (
 	maxCNPRules    = 25
 	maxCNPPeers    = 25
 	maxCNPProtos   = 25
-	maxCNPNetworks = 25
 	maxCNPDomains  = 25
 	maxCIDRLen     = 43
 )
@@ -97,42 +96,14 @@ func validateCNPRuleHead(name string, action cnpv1alpha2.ClusterNetworkPolicyRul
 	return errs
 }
 
+// validateCNPPeer checks a peer as validateAdminPeer does (one field, selectors, networks),
+// plus what v0.2+ added: canonical CIDRs and well-formed domain names.
 func validateCNPPeer(peer cnpv1alpha2.ClusterNetworkPolicyEgressPeer, p *field.Path) field.ErrorList {
-	var errs field.ErrorList
-	n := 0
-	if peer.Namespaces != nil {
-		n++
-		errs = append(errs, validateSelector(peer.Namespaces, p.Child("namespaces"))...)
-	}
-	if peer.Pods != nil {
-		n++
-		errs = append(errs, validateSelector(&peer.Pods.NamespaceSelector, p.Child("pods", "namespaceSelector"))...)
-		errs = append(errs, validateSelector(&peer.Pods.PodSelector, p.Child("pods", "podSelector"))...)
-	}
-	if peer.Nodes != nil {
-		n++
-		errs = append(errs, validateSelector(peer.Nodes, p.Child("nodes"))...)
-	}
-	if peer.Networks != nil {
-		n++
-		np := p.Child("networks")
-		if len(peer.Networks) == 0 {
-			errs = append(errs, field.Required(np, "must have at least 1 item when set"))
-		}
-		if len(peer.Networks) > maxCNPNetworks {
-			errs = append(errs, field.TooMany(np, len(peer.Networks), maxCNPNetworks))
-		}
-		seen := map[cnpv1alpha2.CIDR]bool{}
-		for i, c := range peer.Networks {
-			errs = append(errs, validateCanonicalCIDR(np.Index(i), string(c))...)
-			if seen[c] {
-				errs = append(errs, field.Duplicate(np.Index(i), c))
-			}
-			seen[c] = true
-		}
+	errs := validateAdminPeer(cnpPeer(peer), p)
+	for i, c := range peer.Networks {
+		errs = append(errs, validateCanonicalCIDR(p.Child("networks").Index(i), string(c))...)
 	}
 	if peer.DomainNames != nil {
-		n++
 		dp := p.Child("domainNames")
 		if len(peer.DomainNames) == 0 {
 			errs = append(errs, field.Required(dp, "must have at least 1 item when set"))
@@ -151,22 +122,16 @@ func validateCNPPeer(peer cnpv1alpha2.ClusterNetworkPolicyEgressPeer, p *field.P
 			seen[d] = true
 		}
 	}
-	if n != 1 {
-		errs = append(errs, field.Invalid(p, n, "exactly one of namespaces, pods, nodes, networks or domainNames must be set"))
-	}
 	return errs
 }
 
-// validateCanonicalCIDR is the CRD's rule for a CIDR: at most 43 characters, and equal to
-// itself masked (10.0.0.0/8, not 10.1.2.3/8).
+// validateCanonicalCIDR is what the CRD adds to a CIDR that parses (validateCIDR reports those
+// that do not): at most 43 characters, and equal to itself masked (10.0.0.0/8, not 10.1.2.3/8).
 func validateCanonicalCIDR(p *field.Path, s string) field.ErrorList {
 	if len(s) > maxCIDRLen {
 		return field.ErrorList{field.TooLong(p, s, maxCIDRLen)}
 	}
-	if _, err := ParseCIDR(s); err != nil {
-		return field.ErrorList{field.Invalid(p, s, err.Error())}
-	}
-	if pfx, err := netip.ParsePrefix(s); err != nil || pfx.Masked() != pfx {
+	if pfx, err := netip.ParsePrefix(s); err == nil && pfx.Masked() != pfx {
 		return field.ErrorList{field.Invalid(p, s, fmt.Sprintf("must be in canonical form (%s): Invalid CIDR format provided", pfx.Masked()))}
 	}
 	return nil

@@ -64,36 +64,21 @@ func TestPropertyOrderIndependent(t *testing.T) {
 // An AdminNetworkPolicy that passes everything, ahead of every other, is the same as having
 // no admin-tier policies at all (AdminNetworkPolicies, Admin-tier ClusterNetworkPolicies).
 func TestPropertyPassAllEqualsNoAdmin(t *testing.T) {
-	base := decode(t, randpolicy.Cluster())
-	passAll := decode(t, `apiVersion: policy.networking.k8s.io/v1alpha1
+	passAllEqualsNoTier(t, "pass-all ANP", `apiVersion: policy.networking.k8s.io/v1alpha1
 kind: AdminNetworkPolicy
 metadata: {name: aaa-pass-all}
 spec:
   priority: 0
   subject: {namespaces: {}}
   ingress: [{action: Pass, from: [{namespaces: {}}]}]
-  egress: [{action: Pass, to: [{namespaces: {}}, {networks: [0.0.0.0/0]}]}]`)
-	for seed := int64(0); seed < seeds; seed++ {
-		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
-		policies := decode(t, y)
-		var withoutAdmin []model.Object
-		for _, o := range policies {
-			if o.Kind != model.KindANP && !(o.Kind == model.KindCNP && o.Obj.(*cnpv1alpha2.ClusterNetworkPolicy).Spec.Tier == cnpv1alpha2.AdminTier) {
-				withoutAdmin = append(withoutAdmin, o)
-			}
-		}
-		want := matrixOf(t, append(append([]model.Object{}, base...), withoutAdmin...))
-		got := matrixOf(t, append(append(append([]model.Object{}, base...), passAll...), policies...))
-		diff(t, seed, "pass-all ANP", want, got, y)
-	}
+  egress: [{action: Pass, to: [{namespaces: {}}, {networks: [0.0.0.0/0]}]}]`, model.KindANP, cnpv1alpha2.AdminTier)
 }
 
 // A Baseline-tier ClusterNetworkPolicy that passes everything, ahead of every other, is the
 // same as having no baseline tier (Baseline ClusterNetworkPolicies, the BANP): a baseline
 // Pass falls through to the default.
 func TestPropertyBaselinePassAllEqualsNoBaseline(t *testing.T) {
-	base := decode(t, randpolicy.Cluster())
-	passAll := decode(t, `apiVersion: policy.networking.k8s.io/v1alpha2
+	passAllEqualsNoTier(t, "baseline pass-all CNP", `apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
 metadata: {name: aaa-pass-all}
 spec:
@@ -101,19 +86,26 @@ spec:
   priority: 0
   subject: {namespaces: {}}
   ingress: [{action: Pass, from: [{namespaces: {}}]}]
-  egress: [{action: Pass, to: [{namespaces: {}}, {networks: [0.0.0.0/0]}]}]`)
+  egress: [{action: Pass, to: [{namespaces: {}}, {networks: [0.0.0.0/0]}]}]`, model.KindBANP, cnpv1alpha2.BaselineTier)
+}
+
+// passAllEqualsNoTier checks, over random policies, that adding passAll gives the matrix of
+// the same policies without the tier's: objects of kind, and ClusterNetworkPolicies of tier.
+func passAllEqualsNoTier(t *testing.T, what, passAllYAML, kind string, tier cnpv1alpha2.Tier) {
+	base := decode(t, randpolicy.Cluster())
+	passAll := decode(t, passAllYAML)
 	for seed := int64(0); seed < seeds; seed++ {
 		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
 		policies := decode(t, y)
-		var withoutBaseline []model.Object
+		var without []model.Object
 		for _, o := range policies {
-			if o.Kind != model.KindBANP && !(o.Kind == model.KindCNP && o.Obj.(*cnpv1alpha2.ClusterNetworkPolicy).Spec.Tier == cnpv1alpha2.BaselineTier) {
-				withoutBaseline = append(withoutBaseline, o)
+			if o.Kind != kind && !(o.Kind == model.KindCNP && o.Obj.(*cnpv1alpha2.ClusterNetworkPolicy).Spec.Tier == tier) {
+				without = append(without, o)
 			}
 		}
-		want := matrixOf(t, append(append([]model.Object{}, base...), withoutBaseline...))
+		want := matrixOf(t, append(append([]model.Object{}, base...), without...))
 		got := matrixOf(t, append(append(append([]model.Object{}, base...), passAll...), policies...))
-		diff(t, seed, "baseline pass-all CNP", want, got, y)
+		diff(t, seed, what, want, got, y)
 	}
 }
 
