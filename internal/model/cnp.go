@@ -15,11 +15,11 @@ import (
 // Limits of the ClusterNetworkPolicy CRD schema (network-policy-api v0.2+: 25 where v1alpha1
 // allowed 100).
 const (
-	maxCNPRules    = 25
-	maxCNPPeers    = 25
-	maxCNPProtos   = 25
-	maxCNPDomains  = 25
-	maxCIDRLen     = 43
+	maxCNPRules   = 25
+	maxCNPPeers   = 25
+	maxCNPProtos  = 25
+	maxCNPDomains = 25
+	maxCIDRLen    = 43
 )
 
 // domainNamePattern is the CRD's pattern for a DomainName.
