@@ -77,7 +77,7 @@ func fakeSource(t *testing.T, crds bool) (*Source, *fake.Clientset, *npfake.Clie
 // served makes the fake discovery list the network-policy-api resources.
 func served(cs *fake.Clientset) {
 	cs.Fake.Resources = append(cs.Fake.Resources, &metav1.APIResourceList{
-		GroupVersion: anpv1alpha1.SchemeGroupVersion.String(),
+		GroupVersion: anpv1alpha1.GroupVersion.String(),
 		APIResources: []metav1.APIResource{{Name: "adminnetworkpolicies"}, {Name: "baselineadminnetworkpolicies"}},
 	})
 }

@@ -275,7 +275,7 @@ func (s *Source) startAdminPolicies(ctx context.Context) bool {
 	if s.anp.Load() != nil {
 		return true
 	}
-	res, err := s.cs.Discovery().ServerResourcesForGroupVersion(anpv1alpha1.SchemeGroupVersion.String())
+	res, err := s.cs.Discovery().ServerResourcesForGroupVersion(anpv1alpha1.GroupVersion.String())
 	if err != nil {
 		return false
 	}
@@ -306,7 +306,7 @@ func (s *Source) startCNPs(ctx context.Context) bool {
 	if s.cnp.Load() != nil {
 		return true
 	}
-	res, err := s.cs.Discovery().ServerResourcesForGroupVersion(cnpv1alpha2.SchemeGroupVersion.String())
+	res, err := s.cs.Discovery().ServerResourcesForGroupVersion(cnpv1alpha2.GroupVersion.String())
 	if err != nil {
 		return false
 	}
