@@ -13,7 +13,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CLUSTER_PACKAGES := containerd runc containernetworking-plugins openssl curl netcat-openbsd bind9-dnsutils
 DATAPLANE ?= iptables
 
-.PHONY: all build deps demo test vet fmt-check staticcheck generate check-generate fuzz bench image clean cluster cluster-down e2e cluster-smoke
+.PHONY: all build deps demo test vet fmt-check staticcheck generate check-generate fuzz bench image clean cluster cluster-down e2e cluster-smoke conformance
 
 all: build
 
@@ -49,6 +49,12 @@ check-generate: generate
 # before and compared after: the run fails if anything in it changed.
 test: deps build vet fmt-check staticcheck check-generate
 	@scripts/test.sh "$(GO)"
+
+# Every conformance suite (NetworkPolicy, ANP/BANP, ClusterNetworkPolicy) against the evaluator
+# and in the lab on both dataplanes, 1 and 2 nodes, alone and verbose (make test runs it too;
+# RAMPART_CONFORMANCE_COMBOS=iptables/1,ebpf/2 narrows it).
+conformance: deps build
+	$(GO) test ./test/conformance/ -count=1 -v -timeout 60m
 
 # Benchmarks (root: they build network namespaces). Results land in bench/results/.
 bench: deps build

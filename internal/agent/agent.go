@@ -113,9 +113,12 @@ type Status struct {
 	Applied uint64 `json:"applied"`
 	// ResourceVersion, for an API server source, is the highest resourceVersion the source had
 	// seen when the state in force was read: every write up to it is enforced.
-	ResourceVersion uint64    `json:"resourceVersion,omitempty"`
-	LastSync        time.Time `json:"lastSync,omitzero"`
-	SyncCount       uint64    `json:"syncs"`
+	ResourceVersion uint64 `json:"resourceVersion,omitempty"`
+	// ResourceVersions is the same per kind (each kind has its own watch, so a barrier must
+	// compare kind by kind).
+	ResourceVersions map[string]uint64 `json:"resourceVersions,omitempty"`
+	LastSync         time.Time         `json:"lastSync,omitzero"`
+	SyncCount        uint64            `json:"syncs"`
 	// LastError is the last sync's error, empty after a success; ErrorRevision is the revision
 	// it was for.
 	LastError     string        `json:"lastError,omitempty"`
@@ -228,8 +231,12 @@ func (a *Agent) reportGaps(gaps []model.Gap) {
 // sync brings the dataplane to the source's current state.
 func (a *Agent) sync(ctx context.Context) error {
 	var rv uint64
+	var rvs map[string]uint64
 	if v, ok := a.src.(interface{ ResourceVersion() uint64 }); ok {
 		rv = v.ResourceVersion() // before the snapshot: it holds at least this much
+	}
+	if v, ok := a.src.(interface{ ResourceVersions() map[string]uint64 }); ok {
+		rvs = v.ResourceVersions()
 	}
 	c, rev := a.src.Snapshot()
 	start := time.Now()
@@ -266,7 +273,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		if rev != a.st.Applied {
 			a.cfg.Logger.Info("policy in force", "revision", rev, "took", took, "swept", swept)
 		}
-		a.st.Applied, a.st.ResourceVersion, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, rv, time.Now(), "", 0
+		a.st.Applied, a.st.ResourceVersion, a.st.ResourceVersions, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, rv, rvs, time.Now(), "", 0
 		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
 		a.reportGaps(c.Unsupported())
 		if a.fl != nil {

@@ -23,6 +23,20 @@ func dataplanes() []string {
 	return []string{"iptables", "ebpf"}
 }
 
+// combos are the dataplane/node-count pairs to run: RAMPART_CONFORMANCE_COMBOS (for example
+// "iptables/1,ebpf/2"), default every dataplane on 1 and 2 nodes.
+func combos() map[string]bool {
+	v := os.Getenv("RAMPART_CONFORMANCE_COMBOS")
+	if v == "" {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, c := range strings.Split(v, ",") {
+		out[strings.TrimSpace(c)] = true
+	}
+	return out
+}
+
 // TestLabConformance runs every transcribed upstream case in a real lab, on 1 and 2 nodes,
 // driving it only through the lab's apply/delete/label/probe operations, and compares what the
 // kernel lets through with the upstream expectations.
@@ -34,8 +48,12 @@ func TestLabConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	only := combos()
 	for _, dp := range dataplanes() {
 		for _, nodes := range []int{1, 2} {
+			if only != nil && !only[fmt.Sprintf("%s/%d", dp, nodes)] {
+				continue
+			}
 			for _, dir := range suites {
 				cases, err := Load(dir)
 				if err != nil {

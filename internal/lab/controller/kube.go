@@ -329,10 +329,18 @@ func (k *kubeMode) register(ctx context.Context, c *model.Cluster) error {
 // resourceVersion the writes produced. A pod that exists keeps its spec (immutable in the
 // API): its labels and annotations are updated.
 func (k *kubeMode) write(ctx context.Context, objs []model.Object) (uint64, error) {
+	maxRV, _, err := k.writeKinds(ctx, objs)
+	return maxRV, err
+}
+
+// writeKinds is write, also returning the highest resourceVersion written per kind.
+func (k *kubeMode) writeKinds(ctx context.Context, objs []model.Object) (uint64, map[string]uint64, error) {
 	var maxRV uint64
+	perKind := map[string]uint64{}
 	note := func(u *unstructured.Unstructured) {
 		if rv, err := strconv.ParseUint(u.GetResourceVersion(), 10, 64); err == nil {
 			maxRV = max(maxRV, rv)
+			perKind[u.GetKind()] = max(perKind[u.GetKind()], rv)
 		}
 	}
 	var errs []error
@@ -388,7 +396,7 @@ func (k *kubeMode) write(ctx context.Context, objs []model.Object) (uint64, erro
 			note(cur)
 		}
 	}
-	return maxRV, errors.Join(errs...)
+	return maxRV, perKind, errors.Join(errs...)
 }
 
 // policyRefs lists every policy the API server holds, sorted by kind then reference: what
@@ -485,12 +493,12 @@ func (l *Lab) enforced(ctx context.Context, rv uint64, cond func(c *model.Cluste
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
-		seen := k.src.ResourceVersion()
+		seen, kinds := k.src.ResourceVersion(), k.src.ResourceVersions()
 		api, _ := k.src.Snapshot()
 		k.mu.Lock()
 		realised := k.realised
 		k.mu.Unlock()
-		if seen >= rv && (cond == nil || cond(api)) && realised >= seen && k.agentsAt(ctx, seen) {
+		if seen >= rv && (cond == nil || cond(api)) && realised >= seen && k.agentsAt(ctx, seen, kinds) {
 			return nil
 		}
 		select {
@@ -501,12 +509,18 @@ func (l *Lab) enforced(ctx context.Context, rv uint64, cond func(c *model.Cluste
 	}
 }
 
-// agentsAt reports whether every agent enforces the state at resourceVersion rv or later.
-func (k *kubeMode) agentsAt(ctx context.Context, rv uint64) bool {
+// agentsAt reports whether every agent enforces the state at resourceVersion rv or later,
+// kind by kind as far as the lab's own view has seen each kind.
+func (k *kubeMode) agentsAt(ctx context.Context, rv uint64, kinds map[string]uint64) bool {
 	for _, p := range k.procs() {
 		st, err := p.client.Status(ctx)
 		if err != nil || st.ResourceVersion < rv || st.LastError != "" {
 			return false
+		}
+		for kind, krv := range kinds {
+			if st.ResourceVersions[kind] < krv {
+				return false
+			}
 		}
 	}
 	return true
@@ -764,11 +778,17 @@ func (v *AgentView) fill(st agent.Status) {
 
 // kubeApply writes objects through the API server and waits until they are in force.
 func (l *Lab) kubeApply(ctx context.Context, objs []model.Object) error {
-	rv, err := l.kube.write(ctx, objs)
+	rv, perKind, err := l.kube.writeKinds(ctx, objs)
 	if err != nil {
 		return err
 	}
 	return l.enforced(ctx, rv, func(c *model.Cluster) bool {
+		seen := l.kube.src.ResourceVersions() // each kind's watch has delivered its writes
+		for kind, krv := range perKind {
+			if seen[kind] < krv {
+				return false
+			}
+		}
 		for _, o := range objs {
 			if o.Kind == model.KindPod {
 				if p, ok := c.Pods[o.Ref()]; !ok || p.Status.PodIP == "" {

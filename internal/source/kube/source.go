@@ -71,8 +71,12 @@ type Source struct {
 	banp     atomic.Pointer[cache.SharedIndexInformer]
 	cnp      atomic.Pointer[cache.SharedIndexInformer] // nil until the ClusterNetworkPolicy CRD is served
 
-	rev    atomic.Uint64
-	maxRV  atomic.Uint64 // the highest resourceVersion any event carried
+	rev   atomic.Uint64
+	maxRV atomic.Uint64 // the highest resourceVersion any event carried
+	// kindRV is the highest per kind: each informer has its own watch, so one kind's events
+	// can arrive ahead of another's, and a barrier on maxRV alone can pass with an earlier
+	// write of another kind still in flight. The map is fixed at New.
+	kindRV map[string]*atomic.Uint64
 	synced chan struct{}
 
 	mu     sync.Mutex
@@ -89,16 +93,23 @@ func New(cs kubernetes.Interface, np npclient.Interface, opts Options) *Source {
 	strip := informers.WithTransform(stripManagedFields)
 	s.core = informers.NewSharedInformerFactoryWithOptions(cs, opts.Resync, strip)
 	s.npF = npinformers.NewSharedInformerFactoryWithOptions(np, opts.Resync, npinformers.WithTransform(stripManagedFields))
-	for _, inf := range []cache.SharedIndexInformer{
-		s.core.Core().V1().Namespaces().Informer(),
-		s.core.Core().V1().Nodes().Informer(),
-		s.core.Core().V1().Pods().Informer(),
-		s.core.Core().V1().Services().Informer(),
-		s.core.Discovery().V1().EndpointSlices().Informer(),
-		s.core.Networking().V1().NetworkPolicies().Informer(),
+	s.kindRV = map[string]*atomic.Uint64{}
+	for _, k := range model.SupportedKinds {
+		s.kindRV[k] = new(atomic.Uint64)
+	}
+	for _, ki := range []struct {
+		kind string
+		inf  cache.SharedIndexInformer
+	}{
+		{model.KindNamespace, s.core.Core().V1().Namespaces().Informer()},
+		{model.KindNode, s.core.Core().V1().Nodes().Informer()},
+		{model.KindPod, s.core.Core().V1().Pods().Informer()},
+		{model.KindService, s.core.Core().V1().Services().Informer()},
+		{model.KindEndpointSlice, s.core.Discovery().V1().EndpointSlices().Informer()},
+		{model.KindNetworkPolicy, s.core.Networking().V1().NetworkPolicies().Informer()},
 	} {
-		s.watch(inf)
-		s.coreInfs = append(s.coreInfs, inf)
+		s.watch(ki.kind, ki.inf)
+		s.coreInfs = append(s.coreInfs, ki.inf)
 	}
 	return s
 }
@@ -175,10 +186,10 @@ func slimPod(p *corev1.Pod) *corev1.Pod {
 	return out
 }
 
-// watch counts every event of inf as a change.
-func (s *Source) watch(inf cache.SharedIndexInformer) {
+// watch counts every event of inf, the informer of kind, as a change.
+func (s *Source) watch(kind string, inf cache.SharedIndexInformer) {
 	changed := func(obj any) {
-		s.observe(obj)
+		s.observe(kind, obj)
 		s.rev.Add(1)
 		s.Notify()
 	}
@@ -197,7 +208,7 @@ func (s *Source) watch(inf cache.SharedIndexInformer) {
 // observe raises the highest resourceVersion seen. resourceVersions are opaque to clients in
 // general; with one etcd they are its revision, and the lab uses them only to wait for agents
 // to catch up with a write it made.
-func (s *Source) observe(obj any) {
+func (s *Source) observe(kind string, obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
@@ -209,9 +220,14 @@ func (s *Source) observe(obj any) {
 	if err != nil {
 		return
 	}
+	raise(&s.maxRV, rv)
+	raise(s.kindRV[kind], rv)
+}
+
+func raise(v *atomic.Uint64, rv uint64) {
 	for {
-		cur := s.maxRV.Load()
-		if rv <= cur || s.maxRV.CompareAndSwap(cur, rv) {
+		cur := v.Load()
+		if rv <= cur || v.CompareAndSwap(cur, rv) {
 			return
 		}
 	}
@@ -219,6 +235,18 @@ func (s *Source) observe(obj any) {
 
 // ResourceVersion is the highest resourceVersion of any object event seen so far.
 func (s *Source) ResourceVersion() uint64 { return s.maxRV.Load() }
+
+// ResourceVersions is the highest resourceVersion seen per kind (kinds with none are left
+// out).
+func (s *Source) ResourceVersions() map[string]uint64 {
+	out := map[string]uint64{}
+	for k, v := range s.kindRV {
+		if rv := v.Load(); rv > 0 {
+			out[k] = rv
+		}
+	}
+	return out
+}
 
 // Run starts the informers, waits for their first lists, and keeps them (and the check for
 // the policy CRDs and the API server's health) running until ctx ends.
@@ -289,8 +317,8 @@ func (s *Source) startAdminPolicies(ctx context.Context) bool {
 	}
 	ai := s.npF.Policy().V1alpha1().AdminNetworkPolicies().Informer()
 	bi := s.npF.Policy().V1alpha1().BaselineAdminNetworkPolicies().Informer()
-	s.watch(ai)
-	s.watch(bi)
+	s.watch(model.KindANP, ai)
+	s.watch(model.KindBANP, bi)
 	s.npF.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), ai.HasSynced, bi.HasSynced) {
 		return false
@@ -318,7 +346,7 @@ func (s *Source) startCNPs(ctx context.Context) bool {
 		return false
 	}
 	ci := s.npF.Policy().V1alpha2().ClusterNetworkPolicies().Informer()
-	s.watch(ci)
+	s.watch(model.KindCNP, ci)
 	s.npF.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), ci.HasSynced) {
 		return false
