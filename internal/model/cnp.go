@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"sort"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -294,4 +295,64 @@ func cnpPorts(protos []cnpv1alpha2.ClusterNetworkPolicyProtocol) *[]anpv1alpha1.
 		}
 	}
 	return &out
+}
+
+// AdminTier returns the admin tier's policy objects, AdminNetworkPolicies and Admin-tier
+// ClusterNetworkPolicies, in precedence order: by priority; equal priorities, which upstream
+// leaves undefined, by name, a ClusterNetworkPolicy before an AdminNetworkPolicy of the same
+// name. The compiler and every listing take this one order.
+func (c *Cluster) AdminTier() []Object {
+	var out []Object
+	for _, k := range SortedKeys(c.CNPs) {
+		if c.CNPs[k].Spec.Tier != cnpv1alpha2.BaselineTier {
+			out = append(out, Object{Kind: KindCNP, Obj: c.CNPs[k]})
+		}
+	}
+	for _, k := range SortedKeys(c.ANPs) {
+		out = append(out, Object{Kind: KindANP, Obj: c.ANPs[k]})
+	}
+	byPriority(out)
+	return out
+}
+
+// BaselineTier returns the baseline tier's policy objects in precedence order: Baseline-tier
+// ClusterNetworkPolicies by priority (then name), then the BaselineAdminNetworkPolicy, which
+// has no priority and so comes last.
+func (c *Cluster) BaselineTier() []Object {
+	var out []Object
+	for _, k := range SortedKeys(c.CNPs) {
+		if c.CNPs[k].Spec.Tier == cnpv1alpha2.BaselineTier {
+			out = append(out, Object{Kind: KindCNP, Obj: c.CNPs[k]})
+		}
+	}
+	byPriority(out)
+	for _, k := range SortedKeys(c.BANPs) {
+		out = append(out, Object{Kind: KindBANP, Obj: c.BANPs[k]})
+	}
+	return out
+}
+
+// Priority returns an admin or baseline policy's spec.priority; ok is false for kinds without
+// one (the BaselineAdminNetworkPolicy).
+func Priority(obj any) (prio int32, ok bool) {
+	switch o := obj.(type) {
+	case *anpv1alpha1.AdminNetworkPolicy:
+		return o.Spec.Priority, true
+	case *cnpv1alpha2.ClusterNetworkPolicy:
+		return o.Spec.Priority, true
+	}
+	return 0, false
+}
+
+// byPriority orders objects by priority, then name; the sort is stable, so objects of one
+// name keep their order.
+func byPriority(objs []Object) {
+	sort.SliceStable(objs, func(i, j int) bool {
+		pi, _ := Priority(objs[i].Obj)
+		pj, _ := Priority(objs[j].Obj)
+		if pi != pj {
+			return pi < pj
+		}
+		return objs[i].Meta().Name < objs[j].Meta().Name
+	})
 }

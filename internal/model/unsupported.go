@@ -2,7 +2,6 @@ package model
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -91,7 +90,7 @@ func Unsupported(obj any) []Gap {
 }
 
 // Unsupported lists what the cluster's policies say that rampart does not enforce, in a
-// stable order.
+// stable order (by kind, then name).
 func (c *Cluster) Unsupported() []Gap {
 	var gaps []Gap
 	for _, k := range SortedKeys(c.ANPs) {
@@ -100,6 +99,5 @@ func (c *Cluster) Unsupported() []Gap {
 	for _, k := range SortedKeys(c.CNPs) {
 		gaps = append(gaps, Unsupported(c.CNPs[k])...)
 	}
-	sort.SliceStable(gaps, func(i, j int) bool { return gaps[i].Kind < gaps[j].Kind })
 	return gaps
 }

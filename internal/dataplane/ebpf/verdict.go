@@ -145,8 +145,8 @@ func (t *Tables) verdict(allow bool, r *ir.Rule) verdict {
 // rules (those whose peers match the class), in evaluation order: the first admin rule that
 // matches decides (Pass skips the rest of the admin tier); then any NetworkPolicy rule allows;
 // an isolated endpoint denies the rest; then the first baseline rule decides (Pass skips the
-// rest of the baseline tier); else allow. It
-// returns the deciding rule too (nil: isolation or default allow), the one the evaluator names.
+// rest of the baseline tier); else allow. It returns the deciding rule too (nil: isolation or
+// default allow), the one the evaluator names.
 func (pr *podRules) decide(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction, cand []int, c class, proto ir.Protocol, port uint16) (bool, *ir.Rule) {
 	portMatches := func(r *ir.Rule) bool {
 		if r.Ports.All {

@@ -3,74 +3,45 @@ package compile
 import (
 	"fmt"
 	"net/netip"
-	"sort"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
-	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/model"
 )
 
-// adminPolicies compiles the admin and baseline tiers. Admin: AdminNetworkPolicies and
-// Admin-tier ClusterNetworkPolicies by priority; equal priorities, whose order upstream leaves
-// undefined, are ordered by name, and a ClusterNetworkPolicy before an AdminNetworkPolicy of
-// the same name. Baseline: Baseline-tier ClusterNetworkPolicies by priority (then name), then
-// the BaselineAdminNetworkPolicy, which has no priority and so comes last.
+// adminPolicies compiles the admin and baseline tiers, in the precedence order
+// model.Cluster.AdminTier and BaselineTier give (priority, then name; the BANP last).
 func (k *compiler) adminPolicies() error {
-	var admin, baseline [2][]ir.Policy
-	add := func(to *[2][]ir.Policy, tier ir.TierKind, kind, name string, prio int32, obj metav1.Object) error {
-		if model.IsStaged(obj) && !k.opts.Staged {
-			return nil
+	for _, t := range []struct {
+		tier ir.TierKind
+		objs []model.Object
+	}{{ir.TierAdmin, k.c.AdminTier()}, {ir.TierBaseline, k.c.BaselineTier()}} {
+		var pols [2][]ir.Policy
+		for _, o := range t.objs {
+			m := o.Meta()
+			if model.IsStaged(m) && !k.opts.Staged {
+				continue
+			}
+			kind := "" // the tier's own kind
+			if o.Kind == model.KindCNP {
+				kind = ir.KindCNP
+			}
+			prio, _ := model.Priority(o.Obj)
+			ps, err := k.adminPolicy(t.tier, kind, m.Name, prio, o.Obj.(metav1.Object))
+			if err != nil {
+				return fmt.Errorf("%s %s: %w", o.Kind, m.Name, err)
+			}
+			for _, p := range ps {
+				pols[p.Direction] = append(pols[p.Direction], p)
+			}
 		}
-		ps, err := k.adminPolicy(tier, kind, name, prio, obj)
-		if err != nil {
-			return fmt.Errorf("%s %s: %w", kind, name, err)
+		for d := range pols {
+			k.tiers[d][t.tier] = ir.Tier{Kind: t.tier, Policies: pols[d]}
 		}
-		for _, p := range ps {
-			to[p.Direction] = append(to[p.Direction], p)
-		}
-		return nil
-	}
-	for _, name := range model.SortedKeys(k.c.CNPs) {
-		cnp := k.c.CNPs[name]
-		to, tier := &admin, ir.TierAdmin
-		if cnp.Spec.Tier == cnpv1alpha2.BaselineTier {
-			to, tier = &baseline, ir.TierBaseline
-		}
-		if err := add(to, tier, ir.KindCNP, name, cnp.Spec.Priority, cnp); err != nil {
-			return err
-		}
-	}
-	for _, name := range model.SortedKeys(k.c.ANPs) {
-		if err := add(&admin, ir.TierAdmin, "", name, k.c.ANPs[name].Spec.Priority, k.c.ANPs[name]); err != nil {
-			return err
-		}
-	}
-	for d := range admin {
-		order := func(ps []ir.Policy) {
-			sort.SliceStable(ps, func(i, j int) bool {
-				a, b := &ps[i], &ps[j]
-				if a.Priority != b.Priority {
-					return a.Priority < b.Priority
-				}
-				return a.Name < b.Name // stable: a ClusterNetworkPolicy before an AdminNetworkPolicy of its name
-			})
-		}
-		order(admin[d])
-		order(baseline[d])
-	}
-	for _, name := range model.SortedKeys(k.c.BANPs) {
-		if err := add(&baseline, ir.TierBaseline, "", name, 0, k.c.BANPs[name]); err != nil {
-			return err
-		}
-	}
-	for d := range admin {
-		k.tiers[d][ir.TierAdmin] = ir.Tier{Kind: ir.TierAdmin, Policies: admin[d]}
-		k.tiers[d][ir.TierBaseline] = ir.Tier{Kind: ir.TierBaseline, Policies: baseline[d]}
 	}
 	return nil
 }

@@ -10,11 +10,11 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
@@ -437,42 +437,29 @@ type PolicyView struct {
 	Staged bool `json:"staged,omitempty"`
 }
 
-// policiesView lists the policies in precedence order: the admin tier by priority, the
-// NetworkPolicies, the baseline tier by priority, the BaselineAdminNetworkPolicy.
+// policiesView lists the policies in precedence order: the admin tier, the NetworkPolicies,
+// the baseline tier (model.Cluster.AdminTier and BaselineTier, the compiler's order).
 func policiesView(c *model.Cluster) []PolicyView {
-	var admin, baseline []PolicyView
-	for _, k := range model.SortedKeys(c.CNPs) {
-		cnp := c.CNPs[k]
-		p := cnp.Spec.Priority
-		v := PolicyView{Kind: model.KindCNP, Tier: string(cnp.Spec.Tier), Name: k, Priority: &p, Staged: model.IsStaged(cnp)}
-		if cnp.Spec.Tier == "Baseline" {
-			baseline = append(baseline, v)
-		} else {
-			admin = append(admin, v)
+	view := func(o model.Object) PolicyView {
+		m := o.Meta()
+		v := PolicyView{Kind: o.Kind, Namespace: m.Namespace, Name: m.Name, Staged: model.IsStaged(m)}
+		if p, ok := model.Priority(o.Obj); ok {
+			v.Priority = &p
 		}
+		if cnp, ok := o.Obj.(*cnpv1alpha2.ClusterNetworkPolicy); ok {
+			v.Tier = string(cnp.Spec.Tier)
+		}
+		return v
 	}
-	for _, k := range model.SortedKeys(c.ANPs) {
-		p := c.ANPs[k].Spec.Priority
-		admin = append(admin, PolicyView{Kind: model.KindANP, Name: k, Priority: &p, Staged: model.IsStaged(c.ANPs[k])})
+	out := []PolicyView{}
+	for _, o := range c.AdminTier() {
+		out = append(out, view(o))
 	}
-	byPriority := func(vs []PolicyView) {
-		sort.SliceStable(vs, func(i, j int) bool {
-			if *vs[i].Priority != *vs[j].Priority {
-				return *vs[i].Priority < *vs[j].Priority
-			}
-			return vs[i].Name < vs[j].Name
-		})
-	}
-	byPriority(admin)
-	byPriority(baseline)
-	out := append([]PolicyView{}, admin...)
 	for _, k := range model.SortedKeys(c.NetworkPolicies) {
-		np := c.NetworkPolicies[k]
-		out = append(out, PolicyView{Kind: model.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name, Staged: model.IsStaged(np)})
+		out = append(out, view(model.Object{Kind: model.KindNetworkPolicy, Obj: c.NetworkPolicies[k]}))
 	}
-	out = append(out, baseline...)
-	for _, k := range model.SortedKeys(c.BANPs) {
-		out = append(out, PolicyView{Kind: model.KindBANP, Name: k, Staged: model.IsStaged(c.BANPs[k])})
+	for _, o := range c.BaselineTier() {
+		out = append(out, view(o))
 	}
 	return out
 }

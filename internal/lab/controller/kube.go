@@ -321,20 +321,14 @@ func (k *kubeMode) register(ctx context.Context, c *model.Cluster) error {
 	add(model.KindANP, model.SortedKeys(c.ANPs), func(k string) any { return c.ANPs[k] })
 	add(model.KindBANP, model.SortedKeys(c.BANPs), func(k string) any { return c.BANPs[k] })
 	add(model.KindCNP, model.SortedKeys(c.CNPs), func(k string) any { return c.CNPs[k] })
-	_, err := k.write(ctx, objs)
+	_, _, err := k.write(ctx, objs)
 	return err
 }
 
 // write creates or updates objects through the API server and returns the highest
-// resourceVersion the writes produced. A pod that exists keeps its spec (immutable in the
-// API): its labels and annotations are updated.
-func (k *kubeMode) write(ctx context.Context, objs []model.Object) (uint64, error) {
-	maxRV, _, err := k.writeKinds(ctx, objs)
-	return maxRV, err
-}
-
-// writeKinds is write, also returning the highest resourceVersion written per kind.
-func (k *kubeMode) writeKinds(ctx context.Context, objs []model.Object) (uint64, map[string]uint64, error) {
+// resourceVersion the writes produced, overall and per kind. A pod that exists keeps its spec
+// (immutable in the API): its labels and annotations are updated.
+func (k *kubeMode) write(ctx context.Context, objs []model.Object) (uint64, map[string]uint64, error) {
 	var maxRV uint64
 	perKind := map[string]uint64{}
 	note := func(u *unstructured.Unstructured) {
@@ -778,7 +772,7 @@ func (v *AgentView) fill(st agent.Status) {
 
 // kubeApply writes objects through the API server and waits until they are in force.
 func (l *Lab) kubeApply(ctx context.Context, objs []model.Object) error {
-	rv, perKind, err := l.kube.writeKinds(ctx, objs)
+	rv, perKind, err := l.kube.write(ctx, objs)
 	if err != nil {
 		return err
 	}

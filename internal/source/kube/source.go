@@ -71,11 +71,11 @@ type Source struct {
 	banp     atomic.Pointer[cache.SharedIndexInformer]
 	cnp      atomic.Pointer[cache.SharedIndexInformer] // nil until the ClusterNetworkPolicy CRD is served
 
-	rev   atomic.Uint64
-	maxRV atomic.Uint64 // the highest resourceVersion any event carried
-	// kindRV is the highest per kind: each informer has its own watch, so one kind's events
-	// can arrive ahead of another's, and a barrier on maxRV alone can pass with an earlier
-	// write of another kind still in flight. The map is fixed at New.
+	rev atomic.Uint64
+	// kindRV is the highest resourceVersion any event of each kind carried: each informer has
+	// its own watch, so one kind's events can arrive ahead of another's, and a barrier on the
+	// highest overall alone can pass with an earlier write of another kind still in flight.
+	// The map is fixed at New.
 	kindRV map[string]*atomic.Uint64
 	synced chan struct{}
 
@@ -220,11 +220,7 @@ func (s *Source) observe(kind string, obj any) {
 	if err != nil {
 		return
 	}
-	raise(&s.maxRV, rv)
-	raise(s.kindRV[kind], rv)
-}
-
-func raise(v *atomic.Uint64, rv uint64) {
+	v := s.kindRV[kind]
 	for {
 		cur := v.Load()
 		if rv <= cur || v.CompareAndSwap(cur, rv) {
@@ -234,7 +230,13 @@ func raise(v *atomic.Uint64, rv uint64) {
 }
 
 // ResourceVersion is the highest resourceVersion of any object event seen so far.
-func (s *Source) ResourceVersion() uint64 { return s.maxRV.Load() }
+func (s *Source) ResourceVersion() uint64 {
+	var rv uint64
+	for _, v := range s.kindRV {
+		rv = max(rv, v.Load())
+	}
+	return rv
+}
 
 // ResourceVersions is the highest resourceVersion seen per kind (kinds with none are left
 // out).
