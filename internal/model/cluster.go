@@ -26,6 +26,9 @@ type Cluster struct {
 	// CNPs are ClusterNetworkPolicies, of either served version (v1alpha2 and v1beta1 share
 	// one schema).
 	CNPs map[string]*cnpv1alpha2.ClusterNetworkPolicy
+	// ThreatDefense is the threat-defense configuration in force (nil: none); there is one, and
+	// applying another replaces it.
+	ThreatDefense *ThreatDefense
 }
 
 // NewCluster returns an empty cluster.
@@ -74,6 +77,8 @@ func (c *Cluster) Apply(o Object) {
 		c.BANPs[ref] = obj
 	case *cnpv1alpha2.ClusterNetworkPolicy:
 		c.CNPs[ref] = obj
+	case *ThreatDefense:
+		c.ThreatDefense = obj
 	default:
 		panic(fmt.Sprintf("model: Apply of unsupported %T", o.Obj))
 	}
@@ -87,6 +92,13 @@ func (c *Cluster) Delete(kind, ref string) error {
 	k, ok := IsKind(kind)
 	if !ok {
 		return fmt.Errorf("unsupported kind %q", kind)
+	}
+	if k == KindThreatDefense {
+		if c.ThreatDefense == nil || c.ThreatDefense.Name != ref {
+			return fmt.Errorf("%s %s: %w", k, ref, ErrNotFound)
+		}
+		c.ThreatDefense = nil
+		return nil
 	}
 	objs := c.objectsOf(k)
 	if objs == nil || !objs.del(ref) {
@@ -104,6 +116,9 @@ func (c *Cluster) Delete(kind, ref string) error {
 // Has reports whether the cluster holds the object of kind (any spelling IsKind accepts) at ref.
 func (c *Cluster) Has(kind, ref string) bool {
 	k, _ := IsKind(kind)
+	if k == KindThreatDefense {
+		return c.ThreatDefense != nil && c.ThreatDefense.Name == ref
+	}
 	objs := c.objectsOf(k)
 	return objs != nil && objs.has(ref)
 }
@@ -174,6 +189,7 @@ func (c *Cluster) Clone() *Cluster {
 		ANPs:            cloneMap(c.ANPs),
 		BANPs:           cloneMap(c.BANPs),
 		CNPs:            cloneMap(c.CNPs),
+		ThreatDefense:   c.ThreatDefense.DeepCopy(),
 	}
 }
 

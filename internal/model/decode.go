@@ -60,9 +60,11 @@ var kinds = map[string]kindInfo{
 	KindANP:           {[]string{"policy.networking.k8s.io/v1alpha1"}, false, func() any { return &anpv1alpha1.AdminNetworkPolicy{} }},
 	KindBANP:          {[]string{"policy.networking.k8s.io/v1alpha1"}, false, func() any { return &anpv1alpha1.BaselineAdminNetworkPolicy{} }},
 	KindCNP:           {[]string{"policy.networking.k8s.io/v1alpha2", "policy.networking.k8s.io/v1beta1"}, false, func() any { return &cnpv1alpha2.ClusterNetworkPolicy{} }},
+	KindThreatDefense: {[]string{ThreatDefenseAPIVersion}, false, func() any { return &ThreatDefense{} }},
 }
 
-// SupportedKinds lists the kinds rampart models, in a stable order.
+// SupportedKinds lists the Kubernetes kinds rampart models, in a stable order (ThreatDefense,
+// rampart's own configuration, is decoded too but is no API kind).
 var SupportedKinds = []string{KindNamespace, KindNode, KindPod, KindService, KindEndpointSlice, KindNetworkPolicy, KindANP, KindBANP, KindCNP}
 
 // APIVersion returns a supported kind's preferred apiVersion ("" for others).
@@ -108,6 +110,8 @@ func IsKind(kind string) (string, bool) {
 		return KindCNP, true
 	case "endpointslices":
 		return KindEndpointSlice, true
+	case "td", "threatdefenses":
+		return KindThreatDefense, true
 	}
 	return "", false
 }

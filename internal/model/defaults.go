@@ -21,6 +21,8 @@ func setDefaults(o Object) {
 		obj.Labels[NamespaceNameLabel] = obj.Name
 	case *corev1.Pod:
 		defaultPod(obj)
+	case *ThreatDefense:
+		defaultThreatDefense(obj)
 	case *corev1.Service:
 		if obj.Spec.Type == "" {
 			obj.Spec.Type = corev1.ServiceTypeClusterIP

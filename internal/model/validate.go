@@ -40,6 +40,8 @@ func validate(o Object) field.ErrorList {
 		errs = append(errs, validateEndpointSlice(obj)...)
 	case *networkingv1.NetworkPolicy:
 		errs = append(errs, validateNetworkPolicy(&obj.Spec)...)
+	case *ThreatDefense:
+		errs = append(errs, validateThreatDefense(obj)...)
 	default:
 		errs = append(errs, validateAdminPolicy(o)...)
 	}

@@ -1,0 +1,493 @@
+package threat
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/rampart-sec/rampart/internal/flow"
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+// Blocker is a dataplane that drops packets from or to a set of prefixes before conntrack and
+// policy (dataplane.Blocker has the same method).
+type Blocker interface {
+	SetBlocked(prefixes []netip.Prefix) error
+}
+
+// Config configures an engine.
+type Config struct {
+	Node string
+	// Now is the clock (tests); default time.Now.
+	Now    func() time.Time
+	Log    *Log
+	Logger *slog.Logger
+	// Blocker, when set, enforces blocks (feeds with action block, automatic blocks).
+	Blocker Blocker
+	// Protected are the ranges feeds may not block.
+	Protected Protected
+	// OnAlert, when set, is told of every alert (Kubernetes Events, metrics).
+	OnAlert func(Alert)
+	// MaxSources bounds the sources tracked by the scan detector (default 65536).
+	MaxSources int
+}
+
+// Engine runs the detectors of one node.
+type Engine struct {
+	cfg Config
+
+	mu   sync.Mutex
+	td   *model.ThreatDefense // defaulted; nil: threat defense off
+	key  string               // identity of td's last load (reloads feeds when it changes)
+	pods map[netip.Addr]*podInfo
+	nss  map[string]labels.Set
+
+	feeds    []loadedFeed
+	feedIdx  prefixIndex // prefix -> index in feeds
+	refused  []Refused
+	decoys   map[netip.Addr]*decoy
+	allowNet []netip.Prefix
+	allowNS  map[string]bool
+	allowSel []selPair
+
+	scans   map[netip.Addr]*scanState
+	floods  map[netip.Addr]*floodState
+	blocks  map[netip.Prefix]time.Time // automatic blocks and when they end
+	quiet   map[string]time.Time       // alert key -> no repeat before
+	blocked []netip.Prefix             // what the kernel was last given
+	untrack uint64                     // first contacts not tracked (MaxSources reached)
+}
+
+type podInfo struct {
+	ns, name, node string
+	labels         labels.Set
+}
+
+type loadedFeed struct {
+	name, action string
+	entries      int
+}
+
+type decoy struct {
+	pod    *podInfo
+	ports  map[uint16]bool // empty: all
+	action string
+}
+
+type selPair struct{ ns, pod labels.Selector }
+
+// New returns an engine with threat defense off until Configure gives it a configuration.
+func New(cfg Config) *Engine {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = NewLog(0)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxSources == 0 {
+		cfg.MaxSources = 65536
+	}
+	return &Engine{cfg: cfg, pods: map[netip.Addr]*podInfo{}, scans: map[netip.Addr]*scanState{},
+		floods: map[netip.Addr]*floodState{}, blocks: map[netip.Prefix]time.Time{}, quiet: map[string]time.Time{}}
+}
+
+// Log is where the engine's alerts go.
+func (e *Engine) Log() *Log { return e.cfg.Log }
+
+// Configure takes the cluster's state: who is who (pods, namespaces) and its ThreatDefense.
+// When the ThreatDefense is new or was applied again, every feed is read again; if one cannot
+// be read the previous configuration stays in force and the error says why.
+func (e *Engine) Configure(c *model.Cluster) error {
+	pods, nss := index(c)
+	td := c.ThreatDefense
+	key := ""
+	if td != nil {
+		b, _ := json.Marshal(struct {
+			Gen, RV string
+			Spec    model.ThreatDefenseSpec
+		}{fmt.Sprint(td.Generation), td.ResourceVersion, td.Spec})
+		key = td.Name + "\x00" + string(b)
+	}
+	e.mu.Lock()
+	reload := key != e.key
+	e.mu.Unlock()
+	var feeds []loadedFeed
+	var idx prefixIndex
+	var refused []Refused
+	if reload && td != nil {
+		var err error
+		if feeds, idx, refused, err = e.loadFeeds(td); err != nil {
+			e.mu.Lock()
+			e.pods, e.nss = pods, nss
+			e.mu.Unlock()
+			return fmt.Errorf("ThreatDefense %s: %w; the previous configuration stays in force", td.Name, err)
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.pods, e.nss = pods, nss
+	if reload {
+		e.key, e.td = key, td
+		e.feeds, e.feedIdx, e.refused = feeds, idx, refused
+		for _, r := range refused {
+			e.cfg.Logger.Warn("threat feed entry refused: it would cut the cluster off", "prefix", r.Prefix, "why", r.Why)
+		}
+		if td == nil {
+			e.scans, e.floods, e.blocks = map[netip.Addr]*scanState{}, map[netip.Addr]*floodState{}, map[netip.Prefix]time.Time{}
+		}
+	}
+	e.resolveLocked()
+	return e.pushBlocksLocked()
+}
+
+func (e *Engine) loadFeeds(td *model.ThreatDefense) ([]loadedFeed, prefixIndex, []Refused, error) {
+	var feeds []loadedFeed
+	idx := prefixIndex{}
+	var refused []Refused
+	var errs []error
+	for i := range td.Spec.Feeds {
+		f := &td.Spec.Feeds[i]
+		ps, _, err := LoadFeed(f)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("spec.feeds[%d]: %w", i, err))
+			continue
+		}
+		ps, ref := e.cfg.Protected.Filter(ps)
+		refused = append(refused, ref...)
+		for _, p := range ps {
+			idx.add(p, len(feeds))
+		}
+		feeds = append(feeds, loadedFeed{name: f.Name, action: f.Action, entries: len(ps)})
+	}
+	return feeds, idx, refused, errors.Join(errs...)
+}
+
+// Refused are the feed entries of the configuration in force that were not loaded.
+func (e *Engine) Refused() []Refused {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.refused
+}
+
+// FeedEntries reports how many entries each loaded feed has.
+func (e *Engine) FeedEntries() map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string]int{}
+	for _, f := range e.feeds {
+		out[f.name] = f.entries
+	}
+	return out
+}
+
+func index(c *model.Cluster) (map[netip.Addr]*podInfo, map[string]labels.Set) {
+	pods := map[netip.Addr]*podInfo{}
+	for _, p := range c.Pods {
+		if p.Spec.HostNetwork {
+			continue
+		}
+		pi := &podInfo{ns: p.Namespace, name: p.Name, node: p.Spec.NodeName, labels: labels.Set(p.Labels)}
+		for _, ip := range podIPs(p) {
+			pods[ip] = pi
+		}
+	}
+	nss := map[string]labels.Set{}
+	for name, ns := range c.Namespaces {
+		nss[name] = labels.Set(ns.Labels)
+	}
+	return pods, nss
+}
+
+func podIPs(p *corev1.Pod) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range append([]corev1.PodIP{{IP: p.Status.PodIP}}, p.Status.PodIPs...) {
+		if a, err := netip.ParseAddr(s.IP); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// resolveLocked turns the configuration's selectors into addresses (decoys, allowlist).
+func (e *Engine) resolveLocked() {
+	e.decoys, e.allowNet, e.allowNS, e.allowSel = map[netip.Addr]*decoy{}, nil, map[string]bool{}, nil
+	if e.td == nil {
+		return
+	}
+	for _, h := range e.td.Spec.Honeypots {
+		ports := map[uint16]bool{}
+		for _, p := range h.Ports {
+			ports[uint16(p)] = true
+		}
+		nsSel, podSel := selector(h.NamespaceSelector), selector(h.PodSelector)
+		for ip, p := range e.pods {
+			match := h.Pod != "" && p.ns == h.Namespace && p.name == h.Pod
+			if h.Pod == "" {
+				match = (h.Namespace == "" || p.ns == h.Namespace) && nsSel.Matches(e.nss[p.ns]) && podSel.Matches(p.labels)
+			}
+			if match {
+				e.decoys[ip] = &decoy{pod: p, ports: ports, action: h.Action}
+			}
+		}
+	}
+	for _, a := range e.td.Spec.Allowlist {
+		switch {
+		case a.CIDR != "":
+			if p, err := parsePrefix(a.CIDR); err == nil {
+				e.allowNet = append(e.allowNet, p)
+			}
+		case a.Namespace != "":
+			e.allowNS[a.Namespace] = true
+		default:
+			e.allowSel = append(e.allowSel, selPair{selector(a.NamespaceSelector), selector(a.PodSelector)})
+		}
+	}
+}
+
+// selector is nil-tolerant: a missing selector selects everything.
+func selector(s *metav1.LabelSelector) labels.Selector {
+	if s == nil {
+		return labels.Everything()
+	}
+	sel, err := metav1.LabelSelectorAsSelector(s)
+	if err != nil {
+		return labels.Nothing() // validated on decode; never here
+	}
+	return sel
+}
+
+func (e *Engine) allowedLocked(src netip.Addr) bool {
+	for _, p := range e.allowNet {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	p := e.pods[src]
+	if p == nil {
+		return false
+	}
+	if e.allowNS[p.ns] {
+		return true
+	}
+	for _, s := range e.allowSel {
+		if s.ns.Matches(e.nss[p.ns]) && s.pod.Matches(p.labels) {
+			return true
+		}
+	}
+	return false
+}
+
+// party names an address.
+func (e *Engine) partyLocked(a netip.Addr) Party {
+	p := Party{IP: a.String()}
+	if pi := e.pods[a]; pi != nil {
+		p.Namespace, p.Pod = pi.ns, pi.name
+	}
+	return p
+}
+
+// Observe takes one dataplane event. Each source is judged by one node: a pod's by its own
+// node (its egress passes there, denied or not, whatever it aims at), any other source's by
+// the node of the pod it reaches.
+func (e *Engine) Observe(ev flow.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.td == nil {
+		return
+	}
+	src, dst := ev.Tuple.Src.Addr(), ev.Tuple.Dst.Addr()
+	now := ev.Time
+	if now.IsZero() {
+		now = e.cfg.Now()
+	}
+	// Floods are counted per local target, whoever sends them, on the ingress side only (a
+	// connection between two local pods is also seen on its way out).
+	if ev.Direction == ir.Ingress && ev.Tuple.Protocol == ir.TCP && ev.TCPFlags&(flow.FlagSYN|flow.FlagACK) == flow.FlagSYN {
+		if tp := e.pods[dst]; tp != nil && tp.node == e.cfg.Node && e.synFloodCfg(dst) != nil {
+			f := e.floods[dst]
+			if f == nil {
+				f = &floodState{since: now, sources: map[netip.Addr]int{}}
+				e.floods[dst] = f
+			}
+			f.count++
+			f.sources[src]++
+			if f.first.IsZero() {
+				f.first = now
+			}
+			f.last = now
+		}
+	}
+	if sp := e.pods[src]; sp != nil {
+		if sp.node != e.cfg.Node {
+			return
+		}
+	} else if ev.Direction != ir.Ingress {
+		return
+	}
+	e.feedLocked(ev, now)
+	if d := e.decoys[dst]; d != nil && (len(d.ports) == 0 || d.ports[ev.Tuple.Dst.Port()]) {
+		e.honeypotLocked(ev, d, now)
+	}
+	if e.allowedLocked(src) {
+		return
+	}
+	if s := e.portScanCfg(dst); s != nil {
+		e.scanLocked(ev, s, now)
+	}
+}
+
+// detectorsFor returns the detectors for a target: the first override naming its namespace,
+// else the spec's.
+func (e *Engine) detectorsFor(dst netip.Addr) *model.Detectors {
+	if p := e.pods[dst]; p != nil {
+		for i := range e.td.Spec.Overrides {
+			o := &e.td.Spec.Overrides[i]
+			if o.Namespace == p.ns || (o.NamespaceSelector != nil && selector(o.NamespaceSelector).Matches(e.nss[p.ns])) {
+				return &o.Detectors
+			}
+		}
+	}
+	return &e.td.Spec.Detectors
+}
+
+func (e *Engine) portScanCfg(dst netip.Addr) *model.PortScanDetector {
+	return e.detectorsFor(dst).PortScan
+}
+
+func (e *Engine) synFloodCfg(dst netip.Addr) *model.SynFloodDetector {
+	return e.detectorsFor(dst).SynFlood
+}
+
+// raise publishes an alert unless one with the same key was raised within quiet.
+func (e *Engine) raiseLocked(key string, quiet time.Duration, now time.Time, a Alert) bool {
+	if until, ok := e.quiet[key]; ok && now.Before(until) {
+		return false
+	}
+	e.quiet[key] = now.Add(quiet)
+	a.Time, a.Node = e.cfg.Now(), e.cfg.Node
+	e.cfg.Log.Add(a)
+	e.cfg.Logger.Warn("threat detected", "type", a.Type, "source", a.Source.IP, "target", a.Target.IP, "response", a.Response, "message", a.Message)
+	if e.cfg.OnAlert != nil {
+		e.cfg.OnAlert(a)
+	}
+	return true
+}
+
+// blockLocked adds an automatic block of addr until now+d and reports the response taken.
+func (e *Engine) blockLocked(addr netip.Addr, d time.Duration, now time.Time) string {
+	if e.cfg.Blocker == nil {
+		return "block-unavailable"
+	}
+	for _, r := range e.cfg.Protected.Nodes {
+		if r == addr {
+			return "block-refused" // never cut a node off
+		}
+	}
+	e.blocks[netip.PrefixFrom(addr, addr.BitLen())] = now.Add(d)
+	if err := e.pushBlocksLocked(); err != nil {
+		e.cfg.Logger.Error("block", "address", addr, "err", err)
+		return "block-failed"
+	}
+	return model.ActionBlock
+}
+
+// pushBlocksLocked gives the kernel the blocked prefixes: the feeds with action block and the
+// automatic blocks in force.
+func (e *Engine) pushBlocksLocked() error {
+	if e.cfg.Blocker == nil {
+		return nil
+	}
+	var want []netip.Prefix
+	for p, fi := range e.feedIdx.all() {
+		if e.feeds[fi].action == model.ActionBlock {
+			want = append(want, p)
+		}
+	}
+	for p := range e.blocks {
+		want = append(want, p)
+	}
+	sort.Slice(want, func(i, j int) bool { return comparePrefix(want[i], want[j]) < 0 })
+	if equalPrefixes(want, e.blocked) {
+		return nil
+	}
+	if err := e.cfg.Blocker.SetBlocked(want); err != nil {
+		return err
+	}
+	e.blocked = want
+	return nil
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+func equalPrefixes(a, b []netip.Prefix) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Tick runs the periodic work at now: flood rates, expiry of blocks, scan windows and quiet
+// periods. The agent calls it every TickInterval.
+func (e *Engine) Tick(now time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.td == nil {
+		return
+	}
+	e.floodTickLocked(now)
+	e.scanExpireLocked(now)
+	changed := false
+	for p, until := range e.blocks {
+		if !now.Before(until) {
+			delete(e.blocks, p)
+			changed = true
+		}
+	}
+	if changed {
+		if err := e.pushBlocksLocked(); err != nil {
+			e.cfg.Logger.Error("lift expired blocks", "err", err)
+		}
+	}
+	for k, until := range e.quiet {
+		if !now.Before(until) {
+			delete(e.quiet, k)
+		}
+	}
+}
+
+// TickInterval is how often Tick should run.
+const TickInterval = 500 * time.Millisecond
+
+// Blocks are the automatic blocks in force and when each ends.
+func (e *Engine) Blocks() map[netip.Prefix]time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[netip.Prefix]time.Time{}
+	for p, t := range e.blocks {
+		out[p] = t
+	}
+	return out
+}

@@ -1,0 +1,313 @@
+package threat
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rampart-sec/rampart/internal/flow"
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+const clusterYAML = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: app}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: app, labels: {role: client}}
+spec: {nodeName: n1, containers: [{name: c, image: x}]}
+status: {podIP: 10.0.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: app, labels: {role: server}}
+spec: {nodeName: n1, containers: [{name: c, image: x}]}
+status: {podIP: 10.0.1.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: remote, namespace: app}
+spec: {nodeName: n2, containers: [{name: c, image: x}]}
+status: {podIP: 10.0.2.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: app, labels: {decoy: "true"}}
+spec: {nodeName: n1, containers: [{name: c, image: x}]}
+status: {podIP: 10.0.1.9}
+`
+
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+type blocker struct{ got [][]netip.Prefix }
+
+func (b *blocker) SetBlocked(p []netip.Prefix) error { b.got = append(b.got, p); return nil }
+
+func cluster(t *testing.T, td string) *model.Cluster {
+	t.Helper()
+	objs, err := model.Decode(strings.NewReader(clusterYAML+"---\n"+td), "test.yaml", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return model.FromObjects(objs)
+}
+
+func engine(t *testing.T, td string) (*Engine, *fakeClock, *blocker) {
+	t.Helper()
+	clk := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	b := &blocker{}
+	e := New(Config{Node: "n1", Now: clk.now, Blocker: b, Protected: Protected{Ranges: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}, Nodes: []netip.Addr{netip.MustParseAddr("192.168.0.1")}}})
+	if err := e.Configure(cluster(t, td)); err != nil {
+		t.Fatal(err)
+	}
+	return e, clk, b
+}
+
+func ev(clk *fakeClock, dir ir.Direction, proto ir.Protocol, flags uint8, src, dst string) flow.Event {
+	return flow.Event{Time: clk.t, Direction: dir, Allowed: true, TCPFlags: flags,
+		Tuple: flow.Tuple{Protocol: proto, Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst)}}
+}
+
+const portScanTD = `
+apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  detectors:
+    portScan: {action: alert}
+`
+
+func alertsOf(e *Engine, typ string) []Alert { return e.Log().Query(Filter{Type: typ}) }
+
+func TestPortScan(t *testing.T) {
+	cases := []struct {
+		name  string
+		probe func(e *Engine, clk *fakeClock)
+		want  int // port-scan alerts
+		check func(t *testing.T, a Alert)
+	}{
+		{"vertical SYN scan of a pod", func(e *Engine, clk *fakeClock) {
+			for p := 1; p <= 100; p++ {
+				e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagSYN, "10.0.1.2:40000", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.3"), uint16(p)).String()))
+			}
+		}, 1, func(t *testing.T, a Alert) {
+			if a.Source.Pod != "client" || a.Target.Pod != "server" || a.Evidence.Scan != "tcp-syn" || len(a.Evidence.Ports) != 15 {
+				t.Errorf("alert %+v", a)
+			}
+		}},
+		{"horizontal scan, addresses with no pod", func(e *Engine, clk *fakeClock) {
+			for h := 1; h <= 40; h++ {
+				e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagSYN, "10.0.1.2:40000", netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 5, byte(h)}), 22).String()))
+			}
+		}, 1, func(t *testing.T, a Alert) {
+			if a.Source.Pod != "client" || len(a.Evidence.Hosts) != 25 || a.Evidence.Ports[0] != 22 {
+				t.Errorf("alert %+v", a)
+			}
+		}},
+		{"UDP scan", func(e *Engine, clk *fakeClock) {
+			for p := 1; p <= 20; p++ {
+				e.Observe(ev(clk, ir.Egress, ir.UDP, 0, "10.0.1.2:40000", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.3"), uint16(p)).String()))
+			}
+		}, 1, func(t *testing.T, a Alert) {
+			if a.Evidence.Scan != "udp" {
+				t.Errorf("alert %+v", a)
+			}
+		}},
+		{"XMAS scan", func(e *Engine, clk *fakeClock) {
+			for p := 1; p <= 20; p++ {
+				e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagFIN|flow.FlagPSH|flow.FlagURG, "10.0.1.2:40000", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.3"), uint16(p)).String()))
+			}
+		}, 1, func(t *testing.T, a Alert) {
+			if a.Evidence.Scan != "tcp-xmas" {
+				t.Errorf("alert %+v", a)
+			}
+		}},
+		{"busy client: many connections to a few ports, retries", func(e *Engine, clk *fakeClock) {
+			for i := 0; i < 5000; i++ {
+				port := []uint16{80, 443, 8080}[i%3]
+				e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagSYN, netip.AddrPortFrom(netip.MustParseAddr("10.0.1.2"), uint16(30000+i%20000)).String(), netip.AddrPortFrom(netip.MustParseAddr("10.0.1.3"), port).String()))
+				clk.t = clk.t.Add(time.Millisecond)
+			}
+		}, 0, nil},
+		{"slow scan below the window", func(e *Engine, clk *fakeClock) {
+			for p := 1; p <= 30; p++ {
+				e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagSYN, "10.0.1.2:40000", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.3"), uint16(p)).String()))
+				clk.t = clk.t.Add(time.Minute)
+				e.Tick(clk.t)
+			}
+		}, 0, nil},
+		{"a remote pod's scan is its own node's to report", func(e *Engine, clk *fakeClock) {
+			for p := 1; p <= 100; p++ {
+				e.Observe(ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, "10.0.2.2:40000", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.3"), uint16(p)).String()))
+			}
+		}, 0, nil},
+		{"an external source is the target node's to report", func(e *Engine, clk *fakeClock) {
+			for p := 1; p <= 100; p++ {
+				e.Observe(ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, "172.16.0.7:40000", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.3"), uint16(p)).String()))
+			}
+		}, 1, func(t *testing.T, a Alert) {
+			if a.Source.IP != "172.16.0.7" || a.Source.Pod != "" || a.Target.Pod != "server" {
+				t.Errorf("alert %+v", a)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e, clk, _ := engine(t, portScanTD)
+			tc.probe(e, clk)
+			got := alertsOf(e, TypePortScan)
+			if len(got) != tc.want {
+				t.Fatalf("%d port-scan alerts, want %d: %+v", len(got), tc.want, got)
+			}
+			if tc.check != nil {
+				tc.check(t, got[0])
+			}
+		})
+	}
+}
+
+func TestPortScanBlockAndAllowlist(t *testing.T) {
+	td := `
+apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  detectors:
+    portScan: {action: block, blockFor: 1m}
+  allowlist:
+  - {cidr: 172.16.9.0/24}
+`
+	e, clk, b := engine(t, td)
+	for p := 1; p <= 20; p++ {
+		e.Observe(ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, "172.16.9.5:1000", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.3"), uint16(p)).String()))
+		e.Observe(ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, "172.16.0.7:1000", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.3"), uint16(p)).String()))
+	}
+	got := alertsOf(e, TypePortScan)
+	if len(got) != 1 || got[0].Source.IP != "172.16.0.7" || got[0].Response != "block" {
+		t.Fatalf("alerts %+v", got)
+	}
+	if len(b.got) != 1 || len(b.got[0]) != 1 || b.got[0][0] != netip.MustParsePrefix("172.16.0.7/32") {
+		t.Fatalf("blocked %v", b.got)
+	}
+	clk.t = clk.t.Add(2 * time.Minute)
+	e.Tick(clk.t)
+	if last := b.got[len(b.got)-1]; len(last) != 0 {
+		t.Fatalf("block not lifted after blockFor: %v", last)
+	}
+}
+
+func TestHoneypot(t *testing.T) {
+	td := `
+apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  honeypots:
+  - podSelector: {matchLabels: {decoy: "true"}}
+    ports: [5432]
+`
+	e, clk, _ := engine(t, td)
+	e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagSYN, "10.0.1.2:1000", "10.0.1.9:80"))
+	if n := len(alertsOf(e, TypeHoneypot)); n != 0 {
+		t.Fatalf("a port the decoy does not watch raised %d alerts", n)
+	}
+	e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagSYN, "10.0.1.2:1000", "10.0.1.9:5432"))
+	e.Observe(ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, "10.0.1.2:1000", "10.0.1.9:5432")) // the same attempt, seen on ingress
+	got := alertsOf(e, TypeHoneypot)
+	if len(got) != 1 || got[0].Source.Pod != "client" || got[0].Target.Pod != "db-0" {
+		t.Fatalf("alerts %+v", got)
+	}
+}
+
+func TestSynFlood(t *testing.T) {
+	td := `
+apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  detectors:
+    synFlood: {action: alert, minRate: 200, sensitivity: 5}
+`
+	e, clk, _ := engine(t, td)
+	second := func(rate int, src string) {
+		for i := 0; i < rate; i++ {
+			e.Observe(ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, netip.AddrPortFrom(netip.MustParseAddr(src), uint16(1024+i)).String(), "10.0.1.3:80"))
+		}
+		clk.t = clk.t.Add(time.Second)
+		e.Tick(clk.t)
+	}
+	// A busy pod learns a high rate: 150/s is its normal, not a flood.
+	for i := 0; i < 60; i++ {
+		second(150, "10.0.1.2")
+	}
+	if n := len(alertsOf(e, TypeSynFlood)); n != 0 {
+		t.Fatalf("steady load raised %d alerts", n)
+	}
+	second(400, "10.0.2.2") // above minRate but under 5x the learned 150/s
+	if n := len(alertsOf(e, TypeSynFlood)); n != 0 {
+		t.Fatalf("%d alerts under sensitivity", n)
+	}
+	second(5000, "10.0.2.2")
+	got := alertsOf(e, TypeSynFlood)
+	if len(got) != 1 || got[0].Target.Pod != "server" || got[0].Source.Pod != "remote" || got[0].Evidence.Rate < 4000 || got[0].Evidence.Baseline < 100 {
+		t.Fatalf("alerts %+v", got)
+	}
+}
+
+func TestFeeds(t *testing.T) {
+	dir := t.TempDir()
+	list := filepath.Join(dir, "list.netset")
+	if err := os.WriteFile(list, []byte("# FireHOL style\n10.0.1.3\n203.0.113.0/24\n0.0.0.0/0\n10.0.0.0/8\n192.168.0.0/24\n2001:db8::/32\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	td := `
+apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  feeds:
+  - {name: blocklist-a, file: ` + list + `, format: netset, action: block}
+`
+	e, clk, b := engine(t, td)
+	if got := e.FeedEntries()["blocklist-a"]; got != 2 {
+		t.Fatalf("%d entries loaded, want 2 (three refused, one IPv6 skipped)", got)
+	}
+	if r := e.Refused(); len(r) != 3 {
+		t.Fatalf("refused %v", r)
+	}
+	if len(b.got) != 1 || len(b.got[0]) != 2 {
+		t.Fatalf("kernel given %v", b.got)
+	}
+	e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagSYN, "10.0.1.2:1000", "10.0.1.3:80"))
+	got := alertsOf(e, TypeThreatFeed)
+	if len(got) != 1 || got[0].Feed != "blocklist-a" || got[0].Target.Pod != "server" || got[0].Response != "block" {
+		t.Fatalf("alerts %+v", got)
+	}
+	// A broken feed keeps the previous configuration.
+	if err := os.WriteFile(list, []byte("not-an-address\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := cluster(t, td)
+	c.ThreatDefense.Generation = 2 // applied again: feeds are read again
+	if err := e.Configure(c); err == nil || !strings.Contains(err.Error(), "spec.feeds[0]") || !strings.Contains(err.Error(), "line 1") {
+		t.Fatalf("err %v", err)
+	}
+	if got := e.FeedEntries()["blocklist-a"]; got != 2 {
+		t.Fatalf("previous feed not kept: %d entries", got)
+	}
+}
+
+func TestParseFeedSpamhaus(t *testing.T) {
+	ps, _, err := ParseFeed(strings.NewReader("; Spamhaus DROP List\n1.10.16.0/20 ; SBL256894\n1.19.0.0/16 ; SBL434604\n"), model.FormatSpamhaus)
+	if err != nil || len(ps) != 2 || ps[1] != netip.MustParsePrefix("1.19.0.0/16") {
+		t.Fatalf("%v %v", ps, err)
+	}
+}
