@@ -146,7 +146,7 @@ func newLabCmd() *cobra.Command {
 		},
 	}
 
-	cmd.AddCommand(apply, del, label, get, kubeconfig, newLabProbeCmd(client), newLabExecCmd(client), newLabFlowsCmd(client), newLabMetricsCmd(client))
+	cmd.AddCommand(apply, del, label, get, kubeconfig, newLabProbeCmd(client), newLabExecCmd(client), newLabFlowsCmd(client), newLabMetricsCmd(client), newLabAlertsCmd(client))
 	return cmd
 }
 

@@ -33,6 +33,6 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newPolicyCmd(), newExplainCmd(), newLabCmd(), newScanCmd(), newDBCmd(), newAgentCmd(), newDoctorCmd(), newFlowsCmd())
+	root.AddCommand(newPolicyCmd(), newExplainCmd(), newLabCmd(), newScanCmd(), newDBCmd(), newAgentCmd(), newDoctorCmd(), newFlowsCmd(), newAlertsCmd())
 	return root
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/source"
+	"github.com/rampart-sec/rampart/internal/threat"
 )
 
 // Config is one agent's settings.
@@ -50,6 +51,9 @@ type Config struct {
 	// OnUnenforced, when set, is told of each policy field not enforced as written when it
 	// first appears (in a cluster: a Kubernetes Event on the object).
 	OnUnenforced func(model.Gap)
+	// OnAlert, when set, is told of every threat-defense alert (in a cluster: a Kubernetes
+	// Event on the affected pod).
+	OnAlert func(threat.Alert)
 }
 
 // Defaults fills unset fields.
@@ -97,6 +101,7 @@ type Agent struct {
 	run *runner.Runner
 	m   *metrics
 	fl  *flows // nil: no flow records
+	th  *threat.Engine
 
 	mu       sync.Mutex
 	st       Status
@@ -128,7 +133,8 @@ type Status struct {
 	Policies      int           `json:"policies"`
 	// Unenforced lists what the cluster's policies say that rampart does not enforce as
 	// written (model.Unsupported: compiled fail-closed), so no gap is silent.
-	Unenforced []string `json:"unenforced,omitempty"`
+	Unenforced []string     `json:"unenforced,omitempty"`
+	Threat     ThreatStatus `json:"threat"`
 }
 
 // New returns an agent; Run starts it.
@@ -149,6 +155,9 @@ func New(cfg Config, src source.Source, dp dataplane.Dataplane) (*Agent, error) 
 	if a.fl, err = newFlows(cfg, dp, cfg.Registry); err != nil {
 		return nil, err
 	}
+	if a.th, err = newThreat(cfg, dp, cfg.Registry); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -166,10 +175,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	log.Info("cluster state synced")
 	done := make(chan struct{})
 	go func() { a.run.Run(ctx); close(done) }()
+	threatDone := make(chan struct{})
+	go func() { runThreat(ctx, a.th); close(threatDone) }()
+	defer func() { <-threatDone }()
 	if a.fl != nil {
 		flowsDone := make(chan struct{})
 		go func() {
-			a.fl.run(ctx, func(err error) { log.Error("flow records stopped", "err", err) })
+			a.fl.run(ctx, teeSink{a.fl.agg, a.th}, func(err error) { log.Error("flow records stopped", "err", err) })
 			close(flowsDone)
 		}()
 		defer func() { <-flowsDone }()
@@ -276,6 +288,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.st.Applied, a.st.ResourceVersion, a.st.ResourceVersions, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, rv, rvs, time.Now(), "", 0
 		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
 		a.reportGaps(c.Unsupported())
+		a.configureThreat(c)
 		if a.fl != nil {
 			a.fl.setResolver(resolver)
 		}
@@ -293,6 +306,25 @@ func (a *Agent) sync(ctx context.Context) error {
 	a.progress = make(chan struct{})
 	return err
 }
+
+// configureThreat gives the threat engine the state just put in force. The caller holds a.mu.
+func (a *Agent) configureThreat(c *model.Cluster) {
+	a.st.Threat.Config = ""
+	if c.ThreatDefense != nil {
+		a.st.Threat.Config = c.ThreatDefense.Name
+	}
+	if err := a.th.Configure(c, protected(c)); err != nil {
+		if a.st.Threat.Error != err.Error() {
+			a.cfg.Logger.Error("threat defense", "err", err)
+		}
+		a.st.Threat.Error = err.Error()
+		return
+	}
+	a.st.Threat.Error = ""
+}
+
+// Threat is the node's threat-defense engine (its alerts: Threat().Log()).
+func (a *Agent) Threat() *threat.Engine { return a.th }
 
 func countLocal(rs *ir.Ruleset, node string) int {
 	n := 0
@@ -349,6 +381,8 @@ func (a *Agent) Status() Status {
 	st := a.st
 	a.mu.Unlock()
 	st.Source = a.src.Status()
+	st.Threat.Alerts = a.th.Log().Total()
+	st.Threat.Feeds, st.Threat.Refused, st.Threat.Blocks = a.th.FeedEntries(), len(a.th.Refused()), len(a.th.Blocks())
 	switch {
 	case st.Applied == 0:
 		st.Ready, st.Reason = false, "no policy programmed yet"

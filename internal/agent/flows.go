@@ -96,11 +96,12 @@ func newFlows(cfg Config, dp dataplane.Dataplane, reg prometheus.Registerer) (*f
 	return f, nil
 }
 
-// run reads the dataplane's events and publishes records until ctx ends.
-func (f *flows) run(ctx context.Context, logErr func(error)) {
+// run reads the dataplane's events into sink (the aggregator, behind the threat engine) and
+// publishes records until ctx ends.
+func (f *flows) run(ctx context.Context, sink flow.Sink, logErr func(error)) {
 	done := make(chan struct{})
 	go func() { f.agg.Run(ctx); close(done) }()
-	if err := f.reader.ReadFlows(ctx, f.agg); err != nil {
+	if err := f.reader.ReadFlows(ctx, sink); err != nil {
 		logErr(fmt.Errorf("flow events: %w", err))
 	}
 	<-done

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/rampart-sec/rampart/internal/flow"
+	"github.com/rampart-sec/rampart/internal/threat"
 )
 
 // HealthHandler serves /healthz (the process answers), /readyz (Status().Ready), /status
@@ -34,6 +36,7 @@ func (a *Agent) HealthHandler() http.Handler {
 		_ = json.NewEncoder(w).Encode(a.Status())
 	})
 	mux.Handle("/v1/flows", a.FlowsHandler())
+	mux.Handle("/v1/alerts", threat.Handler(a.th.Log()))
 	if a.fl != nil {
 		mux.Handle("/v1/explain", a.fl.live())
 	}
@@ -129,6 +132,49 @@ func (c *Client) Explain(ctx context.Context, q url.Values) (flow.Live, error) {
 func (c *Client) Flows(ctx context.Context, f flow.Filter, follow bool, fn func(flow.Record) error) error {
 	// No overall timeout: a followed stream stays open.
 	return flow.Fetch(ctx, &http.Client{Transport: c.http.Transport}, c.base, f, follow, fn)
+}
+
+// Alerts streams the agent's threat-defense alerts matching f; with follow it returns when ctx
+// ends or the agent closes the stream.
+func (c *Client) Alerts(ctx context.Context, f threat.Filter, follow bool, fn func(threat.Alert) error) error {
+	q := url.Values{}
+	if !f.Since.IsZero() {
+		q.Set("since", f.Since.Format(time.RFC3339Nano))
+	}
+	for k, v := range map[string]string{"type": f.Type, "pod": f.Pod, "namespace": f.Namespace} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if follow {
+		q.Set("follow", "true")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/alerts?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Transport: c.http.Transport}).Do(req) // no timeout: a followed stream stays open
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("agent /v1/alerts: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var a threat.Alert
+		if err := dec.Decode(&a); err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if err := fn(a); err != nil {
+			return err
+		}
+	}
 }
 
 // Metrics returns the agent's metrics in the Prometheus text format.

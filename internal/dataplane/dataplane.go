@@ -10,6 +10,7 @@ package dataplane
 import (
 	"context"
 	"fmt"
+	"net/netip"
 
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
@@ -124,6 +125,13 @@ type EntryCounter interface {
 // until its next Sync programs it (the agent calls it when such an interface appears).
 type Guarder interface {
 	Guard(iface string) error
+}
+
+// Blocker is a dataplane that drops packets from or to a set of prefixes before conntrack and
+// policy (threat feeds, automatic blocks), reporting a sample of the drops as flow events with
+// Blocked set. SetBlocked replaces the whole set; when it fails the previous set stays.
+type Blocker interface {
+	SetBlocked(prefixes []netip.Prefix) error
 }
 
 // None enforces nothing.

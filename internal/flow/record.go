@@ -106,6 +106,9 @@ type Event struct {
 	Bytes   uint64 // the packet's length
 	// TCPFlags of the packet (TCP only), as in the TCP header's flags byte.
 	TCPFlags uint8
+	// Blocked: dropped by the threat blocklist before policy (dataplane.Blocker), not decided
+	// by policy; such events are for the threat detectors, not flow records.
+	Blocked bool
 }
 
 // Decider is the deciding rule, in the IR's terms. The zero value: no policy decided.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
@@ -153,6 +154,9 @@ func (t *ThreatDefense) DeepCopy() *ThreatDefense {
 	}
 	return out
 }
+
+// DeepCopyObject makes ThreatDefense a runtime.Object (the lab saves it with the API objects).
+func (t *ThreatDefense) DeepCopyObject() runtime.Object { return t.DeepCopy() }
 
 // Defaults fill unset thresholds (documented in docs/threat-defense.md).
 const (

@@ -132,14 +132,23 @@ type portKey struct {
 	port  uint16
 }
 
-// scanState is one source's first contacts in the window: by target, the ports it touched,
+// scanKey is a source and a kind of first contact: each kind of scan is counted (and reported)
+// on its own, so an XMAS scan after a SYN scan of the same target is a second alert.
+type scanKey struct {
+	src  netip.Addr
+	kind string
+}
+
+// scanState is one source's first contacts of one kind in the window: by target, the ports it touched,
 // and by port, the targets, each with when it was last seen.
 type scanState struct {
 	byHost map[netip.Addr]map[portKey]time.Time
 	byPort map[portKey]map[netip.Addr]time.Time
-	kinds  map[string]int
-	first  time.Time
-	last   time.Time
+	// What was reported, by target (vertical) and by port (horizontal).
+	reportedV map[netip.Addr]report
+	reportedH map[portKey]report
+	first     time.Time
+	last      time.Time
 }
 
 // maxContacts bounds one source's tracked contacts: beyond both thresholds, more add nothing.
@@ -147,14 +156,17 @@ const maxContacts = 1 << 14
 
 func (e *Engine) scanLocked(ev flow.Event, cfg *model.PortScanDetector, now time.Time) {
 	src, dst := ev.Tuple.Src.Addr(), ev.Tuple.Dst.Addr()
-	s := e.scans[src]
+	kind := scanKind(ev.Tuple.Protocol, ev.TCPFlags)
+	sk := scanKey{src, kind}
+	s := e.scans[sk]
 	if s == nil {
 		if len(e.scans) >= e.cfg.MaxSources {
 			e.untrack++
 			return
 		}
-		s = &scanState{byHost: map[netip.Addr]map[portKey]time.Time{}, byPort: map[portKey]map[netip.Addr]time.Time{}, kinds: map[string]int{}, first: now}
-		e.scans[src] = s
+		s = &scanState{byHost: map[netip.Addr]map[portKey]time.Time{}, byPort: map[portKey]map[netip.Addr]time.Time{},
+			reportedV: map[netip.Addr]report{}, reportedH: map[portKey]report{}, first: now}
+		e.scans[sk] = s
 	}
 	k := portKey{ev.Tuple.Protocol, ev.Tuple.Dst.Port()}
 	ports := s.byHost[dst]
@@ -173,48 +185,83 @@ func (e *Engine) scanLocked(ev flow.Event, cfg *model.PortScanDetector, now time
 	if len(hosts) < maxContacts {
 		hosts[dst] = now
 	}
-	s.kinds[scanKind(ev.Tuple.Protocol, ev.TCPFlags)]++
 	s.last = now
-	window := cfg.Window.Duration
-	if len(ports) >= cfg.Ports {
-		var ps []uint16
-		first := now
-		for pk, t := range ports {
-			ps = append(ps, pk.port)
-			if t.Before(first) {
-				first = t
-			}
-		}
-		sort.Slice(ps, func(i, j int) bool { return ps[i] < ps[j] })
-		e.scanAlertLocked(fmt.Sprintf("scan/v/%s/%s", src, dst), cfg, src, e.partyLocked(dst), s, now, Evidence{
-			Ports: ps, Count: len(ps), FirstSeen: first, LastSeen: now,
-		}, fmt.Sprintf("vertical port scan: %s probed %d ports of %s within %s", describe(e.partyLocked(src)), len(ps), describe(e.partyLocked(dst)), window))
-	}
-	if len(hosts) >= cfg.Hosts {
-		var hs []string
-		first := now
-		addrs := make([]netip.Addr, 0, len(hosts))
-		for a, t := range hosts {
-			addrs = append(addrs, a)
-			if t.Before(first) {
-				first = t
-			}
-		}
-		sort.Slice(addrs, func(i, j int) bool { return addrs[i].Less(addrs[j]) })
-		for _, a := range addrs {
-			hs = append(hs, a.String())
-		}
-		e.scanAlertLocked(fmt.Sprintf("scan/h/%s/%s/%d", src, k.proto, k.port), cfg, src, Party{}, s, now, Evidence{
-			Ports: []uint16{k.port}, Hosts: hs, Count: len(hs), Protocol: k.proto.String(), FirstSeen: first, LastSeen: now,
-		}, fmt.Sprintf("horizontal port scan: %s probed %s port %d on %d addresses within %s", describe(e.partyLocked(src)), k.proto, k.port, len(hs), window))
-	}
+	e.checkVerticalLocked(sk, s, dst, cfg, now)
+	e.checkHorizontalLocked(sk, s, k, cfg, now)
 }
 
-func (e *Engine) scanAlertLocked(key string, cfg *model.PortScanDetector, src netip.Addr, target Party, s *scanState, now time.Time, ev Evidence, msg string) {
-	if until, ok := e.quiet[key]; ok && now.Before(until) {
+// A scan is reported when its count reaches the threshold, and again, as it goes on, each time
+// the count has doubled since the last report and a second has passed (Tick looks again, so a
+// scan that grew within the second is reported once it is over).
+const rereport = time.Second
+
+func due(count, threshold int, r report, now time.Time) bool {
+	if r.count == 0 {
+		return count >= threshold
+	}
+	return count >= 2*r.count && now.Sub(r.at) >= rereport
+}
+
+type report struct {
+	count int
+	at    time.Time
+}
+
+func (e *Engine) checkVerticalLocked(sk scanKey, s *scanState, dst netip.Addr, cfg *model.PortScanDetector, now time.Time) {
+	ports := s.byHost[dst]
+	if !due(len(ports), cfg.Ports, s.reportedV[dst], now) {
 		return
 	}
-	ev.Scan = mostSeen(s.kinds)
+	s.reportedV[dst] = report{len(ports), now}
+	var ps []uint16
+	first, last := now, time.Time{}
+	for pk, t := range ports {
+		ps = append(ps, pk.port)
+		first, last = minTime(first, t), maxTime(last, t)
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i] < ps[j] })
+	src := sk.src
+	e.scanAlertLocked(cfg, src, sk.kind, e.partyLocked(dst), now, Evidence{Ports: ps, Count: len(ps), FirstSeen: first, LastSeen: last},
+		fmt.Sprintf("vertical port scan: %s probed %d ports of %s within %s", describe(e.partyLocked(src)), len(ps), describe(e.partyLocked(dst)), cfg.Window.Duration))
+}
+
+func (e *Engine) checkHorizontalLocked(sk scanKey, s *scanState, k portKey, cfg *model.PortScanDetector, now time.Time) {
+	hosts := s.byPort[k]
+	if !due(len(hosts), cfg.Hosts, s.reportedH[k], now) {
+		return
+	}
+	s.reportedH[k] = report{len(hosts), now}
+	first, last := now, time.Time{}
+	addrs := make([]netip.Addr, 0, len(hosts))
+	for a, t := range hosts {
+		addrs = append(addrs, a)
+		first, last = minTime(first, t), maxTime(last, t)
+	}
+	sort.Slice(addrs, func(i, j int) bool { return addrs[i].Less(addrs[j]) })
+	hs := make([]string, len(addrs))
+	for i, a := range addrs {
+		hs[i] = a.String()
+	}
+	e.scanAlertLocked(cfg, sk.src, sk.kind, Party{}, now, Evidence{Ports: []uint16{k.port}, Hosts: hs, Count: len(hs), Protocol: k.proto.String(), FirstSeen: first, LastSeen: last},
+		fmt.Sprintf("horizontal port scan: %s probed %s port %d on %d addresses within %s", describe(e.partyLocked(sk.src)), k.proto, k.port, len(hs), cfg.Window.Duration))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func (e *Engine) scanAlertLocked(cfg *model.PortScanDetector, src netip.Addr, kind string, target Party, now time.Time, ev Evidence, msg string) {
+	ev.Scan = kind
 	resp := model.ActionAlert
 	switch cfg.Action {
 	case model.ActionBlock:
@@ -222,22 +269,26 @@ func (e *Engine) scanAlertLocked(key string, cfg *model.PortScanDetector, src ne
 	case model.ActionQuarantine:
 		resp = "alert (quarantine is not enforced by this version)"
 	}
-	e.raiseLocked(key, cfg.Window.Duration, now, Alert{Type: TypePortScan, Severity: "medium", Source: e.partyLocked(src), Target: target, Evidence: ev, Response: resp, Message: msg})
+	e.raiseLocked("", 0, now, Alert{Type: TypePortScan, Severity: "medium", Source: e.partyLocked(src), Target: target, Evidence: ev, Response: resp, Message: msg})
 }
 
-func mostSeen(m map[string]int) string {
-	best, n := "", -1
-	for k, v := range m {
-		if v > n || (v == n && k < best) {
-			best, n = k, v
-		}
-	}
-	return best
-}
-
-// scanExpireLocked forgets first contacts older than their window.
+// scanExpireLocked forgets first contacts older than their window, and reports scans that grew
+// since their last report.
 func (e *Engine) scanExpireLocked(now time.Time) {
-	for src, s := range e.scans {
+	for sk, s := range e.scans {
+		for dst := range s.reportedV {
+			if cfg := e.portScanCfg(dst); cfg != nil {
+				e.checkVerticalLocked(sk, s, dst, cfg, now)
+			}
+		}
+		for k := range s.reportedH {
+			for dst := range s.byPort[k] {
+				if cfg := e.portScanCfg(dst); cfg != nil {
+					e.checkHorizontalLocked(sk, s, k, cfg, now)
+				}
+				break
+			}
+		}
 		for dst, ports := range s.byHost {
 			cfg := e.portScanCfg(dst)
 			if cfg == nil {
@@ -251,16 +302,18 @@ func (e *Engine) scanExpireLocked(now time.Time) {
 						delete(hosts, dst)
 						if len(hosts) == 0 {
 							delete(s.byPort, k)
+							delete(s.reportedH, k)
 						}
 					}
 				}
 			}
 			if len(ports) == 0 {
 				delete(s.byHost, dst)
+				delete(s.reportedV, dst)
 			}
 		}
 		if len(s.byHost) == 0 {
-			delete(e.scans, src)
+			delete(e.scans, sk)
 		}
 	}
 }
@@ -312,7 +365,9 @@ func (e *Engine) floodAlertLocked(dst netip.Addr, cfg *model.SynFloodDetector, f
 	for a, n := range f.sources {
 		srcs = append(srcs, src{a, n})
 	}
-	sort.Slice(srcs, func(i, j int) bool { return srcs[i].n > srcs[j].n || (srcs[i].n == srcs[j].n && srcs[i].a.Less(srcs[j].a)) })
+	sort.Slice(srcs, func(i, j int) bool {
+		return srcs[i].n > srcs[j].n || (srcs[i].n == srcs[j].n && srcs[i].a.Less(srcs[j].a))
+	})
 	var source Party
 	var hosts []string
 	for i, s := range srcs {

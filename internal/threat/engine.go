@@ -34,8 +34,6 @@ type Config struct {
 	Logger *slog.Logger
 	// Blocker, when set, enforces blocks (feeds with action block, automatic blocks).
 	Blocker Blocker
-	// Protected are the ranges feeds may not block.
-	Protected Protected
 	// OnAlert, when set, is told of every alert (Kubernetes Events, metrics).
 	OnAlert func(Alert)
 	// MaxSources bounds the sources tracked by the scan detector (default 65536).
@@ -46,11 +44,13 @@ type Config struct {
 type Engine struct {
 	cfg Config
 
-	mu   sync.Mutex
-	td   *model.ThreatDefense // defaulted; nil: threat defense off
-	key  string               // identity of td's last load (reloads feeds when it changes)
-	pods map[netip.Addr]*podInfo
-	nss  map[string]labels.Set
+	mu  sync.Mutex
+	td  *model.ThreatDefense // defaulted; nil: threat defense off
+	key string               // identity of td's last load (reloads feeds when it changes)
+	// protect are the ranges feeds and automatic blocks may not cut off (the cluster's own).
+	protect Protected
+	pods    map[netip.Addr]*podInfo
+	nss     map[string]labels.Set
 
 	feeds    []loadedFeed
 	feedIdx  prefixIndex // prefix -> index in feeds
@@ -60,7 +60,7 @@ type Engine struct {
 	allowNS  map[string]bool
 	allowSel []selPair
 
-	scans   map[netip.Addr]*scanState
+	scans   map[scanKey]*scanState
 	floods  map[netip.Addr]*floodState
 	blocks  map[netip.Prefix]time.Time // automatic blocks and when they end
 	quiet   map[string]time.Time       // alert key -> no repeat before
@@ -100,7 +100,7 @@ func New(cfg Config) *Engine {
 	if cfg.MaxSources == 0 {
 		cfg.MaxSources = 65536
 	}
-	return &Engine{cfg: cfg, pods: map[netip.Addr]*podInfo{}, scans: map[netip.Addr]*scanState{},
+	return &Engine{cfg: cfg, pods: map[netip.Addr]*podInfo{}, scans: map[scanKey]*scanState{},
 		floods: map[netip.Addr]*floodState{}, blocks: map[netip.Prefix]time.Time{}, quiet: map[string]time.Time{}}
 }
 
@@ -110,7 +110,7 @@ func (e *Engine) Log() *Log { return e.cfg.Log }
 // Configure takes the cluster's state: who is who (pods, namespaces) and its ThreatDefense.
 // When the ThreatDefense is new or was applied again, every feed is read again; if one cannot
 // be read the previous configuration stays in force and the error says why.
-func (e *Engine) Configure(c *model.Cluster) error {
+func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 	pods, nss := index(c)
 	td := c.ThreatDefense
 	key := ""
@@ -123,6 +123,7 @@ func (e *Engine) Configure(c *model.Cluster) error {
 	}
 	e.mu.Lock()
 	reload := key != e.key
+	e.protect = protect
 	e.mu.Unlock()
 	var feeds []loadedFeed
 	var idx prefixIndex
@@ -146,7 +147,7 @@ func (e *Engine) Configure(c *model.Cluster) error {
 			e.cfg.Logger.Warn("threat feed entry refused: it would cut the cluster off", "prefix", r.Prefix, "why", r.Why)
 		}
 		if td == nil {
-			e.scans, e.floods, e.blocks = map[netip.Addr]*scanState{}, map[netip.Addr]*floodState{}, map[netip.Prefix]time.Time{}
+			e.scans, e.floods, e.blocks = map[scanKey]*scanState{}, map[netip.Addr]*floodState{}, map[netip.Prefix]time.Time{}
 		}
 	}
 	e.resolveLocked()
@@ -165,7 +166,7 @@ func (e *Engine) loadFeeds(td *model.ThreatDefense) ([]loadedFeed, prefixIndex, 
 			errs = append(errs, fmt.Errorf("spec.feeds[%d]: %w", i, err))
 			continue
 		}
-		ps, ref := e.cfg.Protected.Filter(ps)
+		ps, ref := e.protect.Filter(ps)
 		refused = append(refused, ref...)
 		for _, p := range ps {
 			idx.add(p, len(feeds))
@@ -371,12 +372,14 @@ func (e *Engine) synFloodCfg(dst netip.Addr) *model.SynFloodDetector {
 	return e.detectorsFor(dst).SynFlood
 }
 
-// raise publishes an alert unless one with the same key was raised within quiet.
+// raise publishes an alert unless one with the same key was raised within quiet ("": no key).
 func (e *Engine) raiseLocked(key string, quiet time.Duration, now time.Time, a Alert) bool {
-	if until, ok := e.quiet[key]; ok && now.Before(until) {
-		return false
+	if key != "" {
+		if until, ok := e.quiet[key]; ok && now.Before(until) {
+			return false
+		}
+		e.quiet[key] = now.Add(quiet)
 	}
-	e.quiet[key] = now.Add(quiet)
 	a.Time, a.Node = e.cfg.Now(), e.cfg.Node
 	e.cfg.Log.Add(a)
 	e.cfg.Logger.Warn("threat detected", "type", a.Type, "source", a.Source.IP, "target", a.Target.IP, "response", a.Response, "message", a.Message)
@@ -391,7 +394,7 @@ func (e *Engine) blockLocked(addr netip.Addr, d time.Duration, now time.Time) st
 	if e.cfg.Blocker == nil {
 		return "block-unavailable"
 	}
-	for _, r := range e.cfg.Protected.Nodes {
+	for _, r := range e.protect.Nodes {
 		if r == addr {
 			return "block-refused" // never cut a node off
 		}

@@ -43,6 +43,8 @@ spec: {nodeName: n1, containers: [{name: c, image: x}]}
 status: {podIP: 10.0.1.9}
 `
 
+var testProtected = Protected{Ranges: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}, Nodes: []netip.Addr{netip.MustParseAddr("192.168.0.1")}}
+
 type fakeClock struct{ t time.Time }
 
 func (c *fakeClock) now() time.Time { return c.t }
@@ -64,8 +66,8 @@ func engine(t *testing.T, td string) (*Engine, *fakeClock, *blocker) {
 	t.Helper()
 	clk := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	b := &blocker{}
-	e := New(Config{Node: "n1", Now: clk.now, Blocker: b, Protected: Protected{Ranges: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}, Nodes: []netip.Addr{netip.MustParseAddr("192.168.0.1")}}})
-	if err := e.Configure(cluster(t, td)); err != nil {
+	e := New(Config{Node: "n1", Now: clk.now, Blocker: b})
+	if err := e.Configure(cluster(t, td), testProtected); err != nil {
 		t.Fatal(err)
 	}
 	return e, clk, b
@@ -130,6 +132,25 @@ func TestPortScan(t *testing.T) {
 				t.Errorf("alert %+v", a)
 			}
 		}},
+		{"a second kind of scan of the same target is a second alert", func(e *Engine, clk *fakeClock) {
+			for _, flags := range []uint8{flow.FlagSYN, flow.FlagFIN} {
+				for p := 1; p <= 20; p++ {
+					e.Observe(ev(clk, ir.Egress, ir.TCP, flags, "10.0.1.2:40000", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.3"), uint16(p)).String()))
+				}
+			}
+		}, 2, func(t *testing.T, a Alert) {
+			if a.Evidence.Scan != "tcp-syn" {
+				t.Errorf("alert %+v", a)
+			}
+		}},
+		{"a scan that goes on is reported again once it has doubled", func(e *Engine, clk *fakeClock) {
+			for p := 1; p <= 100; p++ {
+				e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagSYN, "10.0.1.2:40000", netip.AddrPortFrom(netip.MustParseAddr("10.0.1.3"), uint16(p)).String()))
+			}
+			clk.t = clk.t.Add(2 * time.Second)
+			e.Tick(clk.t)
+			e.Tick(clk.t.Add(3 * time.Second)) // not grown since: nothing more
+		}, 2, nil},
 		{"busy client: many connections to a few ports, retries", func(e *Engine, clk *fakeClock) {
 			for i := 0; i < 5000; i++ {
 				port := []uint16{80, 443, 8080}[i%3]
@@ -297,7 +318,7 @@ spec:
 	}
 	c := cluster(t, td)
 	c.ThreatDefense.Generation = 2 // applied again: feeds are read again
-	if err := e.Configure(c); err == nil || !strings.Contains(err.Error(), "spec.feeds[0]") || !strings.Contains(err.Error(), "line 1") {
+	if err := e.Configure(c, testProtected); err == nil || !strings.Contains(err.Error(), "spec.feeds[0]") || !strings.Contains(err.Error(), "line 1") {
 		t.Fatalf("err %v", err)
 	}
 	if got := e.FeedEntries()["blocklist-a"]; got != 2 {

@@ -19,6 +19,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/threat"
 )
 
 // Requests and answers of the lab daemon's API (JSON over a unix socket in the state dir).
@@ -123,6 +124,7 @@ func (l *Lab) Handler(down func()) http.Handler {
 		return string(out), err
 	})
 	mux.HandleFunc("/flows", l.serveFlows)
+	mux.HandleFunc("/alerts", l.serveAlerts)
 	mux.Handle("/explain", flow.LiveHandler(l.liveState))
 	mux.HandleFunc("/metrics", l.serveMetrics)
 	handle("/down", func(context.Context, []byte) (any, error) {
@@ -141,6 +143,19 @@ func (l *Lab) apply(ctx context.Context, y string, skipUnsupported bool) error {
 	objs, err := model.Decode(strings.NewReader(y), "apply", model.DecodeOptions{SkipUnsupported: skipUnsupported, Warn: warn})
 	if err != nil {
 		return err
+	}
+	for _, o := range objs {
+		if td, ok := o.Obj.(*model.ThreatDefense); ok {
+			if l.kube != nil {
+				return fmt.Errorf("ThreatDefense %s: not in --kube labs yet (their agents read it from a file: rampart agent --threat-config)", td.Name)
+			}
+			// Every feed must load before anything changes: the previous configuration stays.
+			for i := range td.Spec.Feeds {
+				if _, _, err := threat.LoadFeed(&td.Spec.Feeds[i]); err != nil {
+					return fmt.Errorf("ThreatDefense %s: spec.feeds[%d]: %w", td.Name, i, err)
+				}
+			}
+		}
 	}
 	if l.kube != nil {
 		return l.kubeApply(ctx, objs)
@@ -168,6 +183,14 @@ func carryOver(c *model.Cluster, o model.Object) {
 		}
 		if pod.Status.PodIP == "" {
 			pod.Status = old.Status
+		}
+	case model.KindThreatDefense:
+		// Each apply is a new generation, so that applying the same document again reloads
+		// every feed at once.
+		td := o.Obj.(*model.ThreatDefense)
+		td.Generation = 1
+		if c.ThreatDefense != nil {
+			td.Generation = c.ThreatDefense.Generation + 1
 		}
 	case model.KindService:
 		old, ok := c.Services[o.Ref()]

@@ -112,6 +112,9 @@ func MarshalCluster(c *model.Cluster) ([]byte, error) {
 		marshalAll(&buf, model.KindBANP, c.BANPs),
 		marshalAll(&buf, model.KindCNP, c.CNPs),
 	)
+	if td := c.ThreatDefense; td != nil {
+		err = errors.Join(err, marshalAll(&buf, model.KindThreatDefense, map[string]*model.ThreatDefense{td.Name: td}))
+	}
 	return buf.Bytes(), err
 }
 
