@@ -23,18 +23,20 @@ import (
 	"github.com/rampart-sec/rampart/internal/dataplane/backend"
 	"github.com/rampart-sec/rampart/internal/doctor"
 	"github.com/rampart-sec/rampart/internal/flow"
+	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/source/kube"
+	"github.com/rampart-sec/rampart/internal/threat"
 )
 
 // agentFlags are `rampart agent`'s flags.
 type agentFlags struct {
-	kubeconfig, nodeName, dp, metricsAddr, healthAddr, logFormat string
-	netns, pinDir, uplink, podPrefix, services, cgroup           string
-	minInterval, grace                                           time.Duration
-	flows                                                        bool
-	flowLog                                                      string
-	flowLogMaxBytes                                              int64
-	flowMaxConns                                                 int
+	kubeconfig, nodeName, dp, metricsAddr, healthAddr, logFormat, threatFile string
+	netns, pinDir, uplink, podPrefix, services, cgroup                       string
+	minInterval, grace                                                       time.Duration
+	flows                                                                    bool
+	flowLog                                                                  string
+	flowLogMaxBytes                                                          int64
+	flowMaxConns                                                             int
 }
 
 func newAgentCmd() *cobra.Command {
@@ -56,6 +58,7 @@ it.`,
 	fl.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	fl.StringVar(&f.dp, "dataplane", "auto", "iptables, ebpf, or auto (eBPF where the kernel serves it)")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", ":9962", "where /metrics is served (host:port or unix:PATH; empty: off)")
+	fl.StringVar(&f.threatFile, "threat-config", "", "a file holding the ThreatDefense (mount its ConfigMap there); looked at for changes every few seconds")
 	fl.StringVar(&f.healthAddr, "health-addr", ":9963", "where /healthz, /readyz and /status are served (host:port or unix:PATH)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fl.StringVar(&f.netns, "netns", "", "named network namespace of the node (default: the agent's own)")
@@ -114,6 +117,13 @@ func runAgent(parent context.Context, f agentFlags) error {
 	if err := f.check(kind); err != nil {
 		return err
 	}
+	if f.threatFile != "" {
+		// A bad file stops the start with its errors; later changes that do not decode keep the
+		// configuration in force (and show in /status).
+		if err := checkThreatFile(f.threatFile); err != nil {
+			return fmt.Errorf("--threat-config: %w", err)
+		}
+	}
 	if kind, err = doctor.Pick(kind, doctor.Options{PinDir: f.pinDir}); err != nil {
 		return err
 	}
@@ -148,7 +158,7 @@ func runAgent(parent context.Context, f agentFlags) error {
 	}
 	events, stopEvents := kube.GapEvents(src, "rampart-agent", f.nodeName)
 	defer stopEvents()
-	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace, PodInterfacePrefix: f.podPrefix,
+	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace, PodInterfacePrefix: f.podPrefix, ThreatFile: f.threatFile,
 		Runner: runner.Config{MinInterval: f.minInterval}, OnUnenforced: events,
 		Flows: agent.FlowConfig{Off: !f.flows, File: f.flowLog, FileMaxBytes: f.flowLogMaxBytes, Aggregate: flow.Config{MaxConnections: f.flowMaxConns}}}, src, dp)
 	if err != nil {
@@ -236,4 +246,27 @@ func listen(addr string) (net.Listener, error) {
 		return net.Listen("unix", path)
 	}
 	return net.Listen("tcp", addr)
+}
+
+// checkThreatFile decodes and validates a ThreatDefense file, and reads its feeds.
+func checkThreatFile(path string) error {
+	fh, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	objs, err := model.Decode(fh, path, model.DecodeOptions{})
+	if err != nil {
+		return err
+	}
+	if len(objs) != 1 || objs[0].Kind != model.KindThreatDefense {
+		return fmt.Errorf("%s: want exactly one ThreatDefense", path)
+	}
+	td := objs[0].Obj.(*model.ThreatDefense)
+	for i := range td.Spec.Feeds {
+		if _, _, err := threat.LoadFeed(&td.Spec.Feeds[i]); err != nil {
+			return fmt.Errorf("ThreatDefense %s: spec.feeds[%d]: %w", td.Name, i, err)
+		}
+	}
+	return nil
 }

@@ -54,6 +54,10 @@ type Config struct {
 	// OnAlert, when set, is told of every threat-defense alert (in a cluster: a Kubernetes
 	// Event on the affected pod).
 	OnAlert func(threat.Alert)
+	// ThreatFile, when set, holds the ThreatDefense (a mounted ConfigMap) for sources that have
+	// none of their own (the Kubernetes one); it is read at every sync and looked at every few
+	// seconds for changes.
+	ThreatFile string
 }
 
 // Defaults fills unset fields.
@@ -106,6 +110,9 @@ type Agent struct {
 	mu       sync.Mutex
 	st       Status
 	progress chan struct{} // closed and replaced after every sync attempt
+	// fileTD is the last ThreatDefense read from Config.ThreatFile, threatSum that file's hash.
+	fileTD    *model.ThreatDefense
+	threatSum string
 }
 
 // Status is what the agent has done.
@@ -176,7 +183,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { a.run.Run(ctx); close(done) }()
 	threatDone := make(chan struct{})
-	go func() { runThreat(ctx, a.th); close(threatDone) }()
+	go func() { a.runThreat(ctx); close(threatDone) }()
 	defer func() { <-threatDone }()
 	if a.fl != nil {
 		flowsDone := make(chan struct{})
@@ -309,11 +316,21 @@ func (a *Agent) sync(ctx context.Context) error {
 
 // configureThreat gives the threat engine the state just put in force. The caller holds a.mu.
 func (a *Agent) configureThreat(c *model.Cluster) {
+	td, ferr := a.threatConfig(c)
 	a.st.Threat.Config = ""
-	if c.ThreatDefense != nil {
-		a.st.Threat.Config = c.ThreatDefense.Name
+	if td != nil {
+		a.st.Threat.Config = td.Name
 	}
-	if err := a.th.Configure(c, protected(c)); err != nil {
+	if td != c.ThreatDefense {
+		cc := *c // shallow: the engine only reads
+		cc.ThreatDefense = td
+		c = &cc
+	}
+	err := a.th.Configure(c, protected(c))
+	if err == nil && ferr != nil {
+		err = fmt.Errorf("threat config %s: %w; the previous configuration stays in force", a.cfg.ThreatFile, ferr)
+	}
+	if err != nil {
 		if a.st.Threat.Error != err.Error() {
 			a.cfg.Logger.Error("threat defense", "err", err)
 		}

@@ -2,7 +2,11 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"fmt"
 	"net/netip"
+	"os"
+	"reflect"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,18 +65,77 @@ func newThreat(cfg Config, dp dataplane.Dataplane, reg prometheus.Registerer) (*
 	return e, nil
 }
 
-// runThreat drives the engine's periodic work until ctx ends.
-func runThreat(ctx context.Context, e *threat.Engine) {
+// runThreat drives the engine's periodic work until ctx ends: detector ticks, feed refreshes,
+// and, with Config.ThreatFile, a sync when the file changes.
+func (a *Agent) runThreat(ctx context.Context) {
 	t := time.NewTicker(threat.TickInterval)
 	defer t.Stop()
+	var fileAt time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			e.Tick(now)
+			a.th.Tick(now)
+			if err := a.th.RefreshFeeds(now); err != nil {
+				a.cfg.Logger.Error("threat feeds", "err", err)
+			}
+			if a.cfg.ThreatFile != "" && now.Sub(fileAt) >= threatFilePoll {
+				fileAt = now
+				if a.threatFileChanged() {
+					a.run.Trigger()
+				}
+			}
 		}
 	}
+}
+
+// threatFilePoll is how often the ThreatDefense file is looked at (a ConfigMap's mounted file
+// changes by a symlink swap, which no inotify watch on the file itself sees).
+const threatFilePoll = 5 * time.Second
+
+func (a *Agent) threatFileChanged() bool {
+	b, err := os.ReadFile(a.cfg.ThreatFile)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sum := fmt.Sprintf("%x", sha256.Sum256(b))
+	if err != nil {
+		sum = err.Error()
+	}
+	changed := sum != a.threatSum
+	a.threatSum = sum
+	return changed
+}
+
+// threatConfig returns the ThreatDefense in force: the cluster's (the lab's), else the one in
+// Config.ThreatFile, read again at every sync; a file that does not decode keeps the previous
+// one. The caller holds a.mu.
+func (a *Agent) threatConfig(c *model.Cluster) (*model.ThreatDefense, error) {
+	if c.ThreatDefense != nil || a.cfg.ThreatFile == "" {
+		return c.ThreatDefense, nil
+	}
+	f, err := os.Open(a.cfg.ThreatFile)
+	if err != nil {
+		return a.fileTD, err
+	}
+	defer f.Close()
+	objs, err := model.Decode(f, a.cfg.ThreatFile, model.DecodeOptions{})
+	if err != nil {
+		return a.fileTD, err
+	}
+	if len(objs) != 1 || objs[0].Kind != model.KindThreatDefense {
+		return a.fileTD, fmt.Errorf("%s: want exactly one ThreatDefense", a.cfg.ThreatFile)
+	}
+	td := objs[0].Obj.(*model.ThreatDefense)
+	if a.fileTD != nil && a.fileTD.Name == td.Name && reflect.DeepEqual(a.fileTD.Spec, td.Spec) {
+		return a.fileTD, nil
+	}
+	td.Generation = 1
+	if a.fileTD != nil {
+		td.Generation = a.fileTD.Generation + 1
+	}
+	a.fileTD = td
+	return td, nil
 }
 
 // protected are the ranges no feed may block: the nodes' pod ranges and addresses, and every

@@ -49,8 +49,10 @@ type Engine struct {
 	key string               // identity of td's last load (reloads feeds when it changes)
 	// protect are the ranges feeds and automatic blocks may not cut off (the cluster's own).
 	protect Protected
-	pods    map[netip.Addr]*podInfo
-	nss     map[string]labels.Set
+	// loadedAt is when the feeds were last read (they are read again every spec.feeds[].refresh).
+	loadedAt time.Time
+	pods     map[netip.Addr]*podInfo
+	nss      map[string]labels.Set
 
 	feeds    []loadedFeed
 	feedIdx  prefixIndex // prefix -> index in feeds
@@ -141,7 +143,7 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 	defer e.mu.Unlock()
 	e.pods, e.nss = pods, nss
 	if reload {
-		e.key, e.td = key, td
+		e.key, e.td, e.loadedAt = key, td, e.cfg.Now()
 		e.feeds, e.feedIdx, e.refused = feeds, idx, refused
 		for _, r := range refused {
 			e.cfg.Logger.Warn("threat feed entry refused: it would cut the cluster off", "prefix", r.Prefix, "why", r.Why)
@@ -479,6 +481,35 @@ func (e *Engine) Tick(now time.Time) {
 			delete(e.quiet, k)
 		}
 	}
+}
+
+// RefreshFeeds reads the feeds again when the shortest refresh interval has passed since they
+// were last read (at now). A feed that cannot be read keeps the entries in force.
+func (e *Engine) RefreshFeeds(now time.Time) error {
+	e.mu.Lock()
+	td, key := e.td, e.key
+	due := false
+	if td != nil {
+		for _, f := range td.Spec.Feeds {
+			due = due || now.Sub(e.loadedAt) >= f.Refresh.Duration
+		}
+	}
+	e.mu.Unlock()
+	if !due {
+		return nil
+	}
+	feeds, idx, refused, err := e.loadFeeds(td)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.loadedAt = now // a failed read is tried again at the next refresh, not at every tick
+	if err != nil {
+		return fmt.Errorf("ThreatDefense %s: refresh: %w; the entries read before stay in force", td.Name, err)
+	}
+	if e.key != key {
+		return nil // reconfigured meanwhile
+	}
+	e.feeds, e.feedIdx, e.refused = feeds, idx, refused
+	return e.pushBlocksLocked()
 }
 
 // TickInterval is how often Tick should run.

@@ -1,0 +1,43 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rampart-sec/rampart/internal/source/store"
+)
+
+// TestThreatFile: an agent whose source has no ThreatDefense takes it from --threat-config's
+// file, follows its changes, and keeps the one in force when the file stops decoding.
+func TestThreatFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "td.yaml")
+	write := func(body string) {
+		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("apiVersion: rampart.io/v1alpha1\nkind: ThreatDefense\nmetadata: {name: first}\nspec:\n  detectors:\n    portScan: {action: alert}\n")
+	src := store.New(cluster())
+	a, _, _ := start(t, src, &fakePlane{}, Config{ThreatFile: file})
+	wait := func(what string, ok func(ThreatStatus) bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second) // the file is looked at every few seconds
+		for !ok(a.Status().Threat) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: status %+v", what, a.Status().Threat)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	wait("first file", func(s ThreatStatus) bool { return s.Config == "first" && s.Error == "" })
+	write("apiVersion: rampart.io/v1alpha1\nkind: ThreatDefense\nmetadata: {name: second}\nspec:\n  detectors:\n    portScan: {action: alert}\n")
+	wait("changed file", func(s ThreatStatus) bool { return s.Config == "second" })
+	write("apiVersion: rampart.io/v1alpha1\nkind: ThreatDefense\nmetadata: {name: third}\nspec:\n  detectors:\n    portScan: {action: nope}\n")
+	wait("bad file", func(s ThreatStatus) bool {
+		return s.Config == "second" && strings.Contains(s.Error, "spec.detectors.portScan.action")
+	})
+}
