@@ -14,15 +14,19 @@ import (
 // prefixIndex maps prefixes to a value, looked up longest prefix first.
 type prefixIndex map[int]map[netip.Prefix]int // by prefix length
 
-func (x prefixIndex) add(p netip.Prefix, v int) {
+// add maps p to v unless p is mapped already (the first feed listing an entry names it), and
+// reports whether it did.
+func (x prefixIndex) add(p netip.Prefix, v int) bool {
 	m := x[p.Bits()]
 	if m == nil {
 		m = map[netip.Prefix]int{}
 		x[p.Bits()] = m
 	}
-	if _, ok := m[p]; !ok { // the first feed listing an entry names it
-		m[p] = v
+	if _, ok := m[p]; ok {
+		return false
 	}
+	m[p] = v
+	return true
 }
 
 func (x prefixIndex) lookup(a netip.Addr) (int, bool) {
@@ -42,25 +46,15 @@ func (x prefixIndex) lookup(a netip.Addr) (int, bool) {
 	return 0, false
 }
 
-func (x prefixIndex) all() map[netip.Prefix]int {
-	out := map[netip.Prefix]int{}
-	for _, m := range x {
-		for p, v := range m {
-			out[p] = v
-		}
-	}
-	return out
-}
-
 // feedLocked alerts on traffic from or to a listed address.
 func (e *Engine) feedLocked(ev flow.Event, now time.Time) {
 	src, dst := ev.Tuple.Src.Addr(), ev.Tuple.Dst.Addr()
 	for _, listed := range []netip.Addr{src, dst} {
-		fi, ok := e.feedIdx.lookup(listed)
+		fi, ok := e.feeds.idx.lookup(listed)
 		if !ok {
 			continue
 		}
-		f := e.feeds[fi]
+		f := e.feeds.feeds[fi]
 		resp := model.ActionAlert
 		if f.action == model.ActionBlock {
 			resp = model.ActionBlock

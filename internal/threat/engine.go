@@ -54,9 +54,7 @@ type Engine struct {
 	pods     map[netip.Addr]*podInfo
 	nss      map[string]labels.Set
 
-	feeds    []loadedFeed
-	feedIdx  prefixIndex // prefix -> index in feeds
-	refused  []Refused
+	feeds    feedSet
 	decoys   map[netip.Addr]*decoy
 	allowNet []netip.Prefix
 	allowNS  map[string]bool
@@ -67,7 +65,9 @@ type Engine struct {
 	blocks  map[netip.Prefix]time.Time // automatic blocks and when they end
 	quiet   map[string]time.Time       // alert key -> no repeat before
 	blocked []netip.Prefix             // what the kernel was last given
-	untrack uint64                     // first contacts not tracked (MaxSources reached)
+	// pushFailed: the kernel refused the last set; the next Configure tries again.
+	pushFailed bool
+	untrack    uint64 // first contacts not tracked (MaxSources reached)
 }
 
 type podInfo struct {
@@ -127,12 +127,10 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 	reload := key != e.key
 	e.protect = protect
 	e.mu.Unlock()
-	var feeds []loadedFeed
-	var idx prefixIndex
-	var refused []Refused
+	var feeds feedSet
 	if reload && td != nil {
 		var err error
-		if feeds, idx, refused, err = e.loadFeeds(td); err != nil {
+		if feeds, err = e.loadFeeds(td); err != nil {
 			e.mu.Lock()
 			e.pods, e.nss = pods, nss
 			e.mu.Unlock()
@@ -144,8 +142,8 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 	e.pods, e.nss = pods, nss
 	if reload {
 		e.key, e.td, e.loadedAt = key, td, e.cfg.Now()
-		e.feeds, e.feedIdx, e.refused = feeds, idx, refused
-		for _, r := range refused {
+		e.feeds = feeds
+		for _, r := range feeds.refused {
 			e.cfg.Logger.Warn("threat feed entry refused: it would cut the cluster off", "prefix", r.Prefix, "why", r.Why)
 		}
 		if td == nil {
@@ -153,13 +151,22 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 		}
 	}
 	e.resolveLocked()
+	if !reload && !e.pushFailed {
+		return nil // the blocks change with the feeds, or with Observe and Tick
+	}
 	return e.pushBlocksLocked()
 }
 
-func (e *Engine) loadFeeds(td *model.ThreatDefense) ([]loadedFeed, prefixIndex, []Refused, error) {
-	var feeds []loadedFeed
-	idx := prefixIndex{}
-	var refused []Refused
+// feedSet is what the feeds of one configuration loaded.
+type feedSet struct {
+	feeds   []loadedFeed
+	idx     prefixIndex    // prefix -> index in feeds (the first feed listing it)
+	block   []netip.Prefix // the prefixes whose feed has action block, sorted
+	refused []Refused
+}
+
+func (e *Engine) loadFeeds(td *model.ThreatDefense) (feedSet, error) {
+	fs := feedSet{idx: prefixIndex{}}
 	var errs []error
 	for i := range td.Spec.Feeds {
 		f := &td.Spec.Feeds[i]
@@ -169,20 +176,23 @@ func (e *Engine) loadFeeds(td *model.ThreatDefense) ([]loadedFeed, prefixIndex, 
 			continue
 		}
 		ps, ref := e.protect.Filter(ps)
-		refused = append(refused, ref...)
+		fs.refused = append(fs.refused, ref...)
 		for _, p := range ps {
-			idx.add(p, len(feeds))
+			if fs.idx.add(p, len(fs.feeds)) && f.Action == model.ActionBlock {
+				fs.block = append(fs.block, p)
+			}
 		}
-		feeds = append(feeds, loadedFeed{name: f.Name, action: f.Action, entries: len(ps)})
+		fs.feeds = append(fs.feeds, loadedFeed{name: f.Name, action: f.Action, entries: len(ps)})
 	}
-	return feeds, idx, refused, errors.Join(errs...)
+	sortPrefixes(fs.block)
+	return fs, errors.Join(errs...)
 }
 
 // Refused are the feed entries of the configuration in force that were not loaded.
 func (e *Engine) Refused() []Refused {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.refused
+	return e.feeds.refused
 }
 
 // FeedEntries reports how many entries each loaded feed has.
@@ -190,7 +200,7 @@ func (e *Engine) FeedEntries() map[string]int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := map[string]int{}
-	for _, f := range e.feeds {
+	for _, f := range e.feeds.feeds {
 		out[f.name] = f.entries
 	}
 	return out
@@ -415,24 +425,24 @@ func (e *Engine) pushBlocksLocked() error {
 	if e.cfg.Blocker == nil {
 		return nil
 	}
-	var want []netip.Prefix
-	for p, fi := range e.feedIdx.all() {
-		if e.feeds[fi].action == model.ActionBlock {
-			want = append(want, p)
-		}
-	}
+	want := append([]netip.Prefix(nil), e.feeds.block...)
 	for p := range e.blocks {
 		want = append(want, p)
 	}
-	sort.Slice(want, func(i, j int) bool { return comparePrefix(want[i], want[j]) < 0 })
+	sortPrefixes(want)
 	if equalPrefixes(want, e.blocked) {
 		return nil
 	}
 	if err := e.cfg.Blocker.SetBlocked(want); err != nil {
+		e.pushFailed = true // every Configure tries again
 		return err
 	}
-	e.blocked = want
+	e.blocked, e.pushFailed = want, false
 	return nil
+}
+
+func sortPrefixes(ps []netip.Prefix) {
+	sort.Slice(ps, func(i, j int) bool { return comparePrefix(ps[i], ps[j]) < 0 })
 }
 
 func comparePrefix(a, b netip.Prefix) int {
@@ -498,7 +508,7 @@ func (e *Engine) RefreshFeeds(now time.Time) error {
 	if !due {
 		return nil
 	}
-	feeds, idx, refused, err := e.loadFeeds(td)
+	feeds, err := e.loadFeeds(td)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.loadedAt = now // a failed read is tried again at the next refresh, not at every tick
@@ -508,7 +518,7 @@ func (e *Engine) RefreshFeeds(now time.Time) error {
 	if e.key != key {
 		return nil // reconfigured meanwhile
 	}
-	e.feeds, e.feedIdx, e.refused = feeds, idx, refused
+	e.feeds = feeds
 	return e.pushBlocksLocked()
 }
 
