@@ -49,13 +49,13 @@ func testLabThreat(t *testing.T, dp string) {
 		}
 	})
 	must("lab", "up", "--nodes", "2", "--dataplane", dp, "-f", "../../test/threat/cluster.yaml")
-	var pods []struct{ Namespace, Name, IP string }
+	var pods []struct{ Namespace, Name, IP, Node string }
 	if err := json.Unmarshal([]byte(must("lab", "get", "pods", "-o", "json")), &pods); err != nil {
 		t.Fatal(err)
 	}
-	ip := map[string]string{}
+	ip, node := map[string]string{}, map[string]string{}
 	for _, p := range pods {
-		ip[p.Namespace+"/"+p.Name] = p.IP
+		ip[p.Namespace+"/"+p.Name], node[p.Namespace+"/"+p.Name] = p.IP, p.Node
 	}
 	write := func(file, body string) string {
 		path := filepath.Join(dir, file)
@@ -176,6 +176,94 @@ spec:
 	for _, a := range alerts() {
 		if a.Source.Pod == "busy" && a.Type != threat.TypeHoneypot {
 			t.Errorf("the benign client raised %+v", a)
+		}
+	}
+
+	// A client on the server's node and one on the other node.
+	var sources []string
+	for _, c := range []string{"app/busy", "app/client", "decoy/db-0"} {
+		if len(sources) == 0 || (len(sources) == 1 && (node[c] == node["app/server"]) != (node[sources[0]] == node["app/server"])) {
+			sources = append(sources, c)
+		}
+	}
+	if len(sources) != 2 {
+		t.Fatalf("want pods on both nodes, placed: %v", node)
+	}
+	testLabFeedBlock(t, ip["app/server"], sources, write, must, exec1Status(run), alerts)
+}
+
+// exec1Status runs a command in a lab pod and reports whether it exited 0.
+func exec1Status(run func(args ...string) (string, error)) func(pod string, argv ...string) bool {
+	return func(pod string, argv ...string) bool {
+		_, err := run(append([]string{"lab", "exec", pod, "--"}, argv...)...)
+		return err == nil
+	}
+}
+
+// testLabFeedBlock lists the server's address in a netset feed with action block: the server
+// becomes unreachable from a pod on its own node and from one on the other node, threat-feed
+// alerts name the feed and both ends, and re-applying the feed without the entry restores
+// reachability.
+func testLabFeedBlock(t *testing.T, server string, sources []string, write func(file, body string) string, must func(args ...string) string,
+	ok func(pod string, argv ...string) bool, alerts func() []threat.Alert) {
+	t.Helper()
+	// reach retries a connection (a starved probe is retried, not taken for a drop); unreachable
+	// needs every try to fail.
+	reach := func(from, addr string) bool {
+		for i := 0; i < 3; i++ {
+			if ok(from, "timeout", "2", "bash", "-c", fmt.Sprintf("echo > /dev/tcp/%s/80", addr)) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, from := range sources {
+		if !reach(from, server) {
+			t.Fatalf("%s cannot reach the server before any feed", from)
+		}
+	}
+	td := func(list string) string {
+		feed := write("feed.netset", list)
+		return write("td-feed.yaml", `apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  feeds:
+  - {name: blocklist-a, file: `+feed+`, format: netset, action: block}
+`)
+	}
+	start := time.Now()
+	must("lab", "apply", "-f", td("# FireHOL-style list\n203.0.113.0/24\n"+server+"\n"))
+	for _, from := range sources {
+		if reach(from, server) {
+			t.Errorf("%s still reaches the server listed by the feed", from)
+		}
+	}
+	// Each source's blocked attempts are alerted on by its own node.
+	var feedAlerts []threat.Alert
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		feedAlerts = feedAlerts[:0]
+		seen := map[string]bool{}
+		for _, a := range alerts() {
+			if a.Type == threat.TypeThreatFeed {
+				feedAlerts = append(feedAlerts, a)
+				if a.Feed == "blocklist-a" && a.Target.Pod == "server" && a.Response == "block" && !a.Time.Before(start) {
+					seen[a.Source.Namespace+"/"+a.Source.Pod] = true
+				}
+			}
+		}
+		if len(seen) == len(sources) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("want a threat-feed alert naming blocklist-a, the server and each of %v; threat-feed alerts: %+v", sources, feedAlerts)
+			break
+		}
+	}
+	must("lab", "apply", "-f", td("203.0.113.0/24\n"))
+	for _, from := range sources {
+		if !reach(from, server) {
+			t.Errorf("%s cannot reach the server after its entry left the feed", from)
 		}
 	}
 }

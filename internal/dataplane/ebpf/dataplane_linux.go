@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/flow"
@@ -59,6 +61,11 @@ type Dataplane struct {
 	// guards hold pod interfaces not programmed yet under deny (Guard); Sync takes them over.
 	guards map[string]attachment
 	deny   *ebpf.Program
+	xdp    link.Link // the uplink's XDP program (blocklist early drop)
+
+	// blockWant is the blocklist SetBlocked asked for (nil: none given yet); blockHave what the
+	// blocklist map holds (nil: unknown, read from the map when next written).
+	blockWant, blockHave map[netip.Prefix]bool
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
@@ -85,6 +92,16 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		next, err = load(d.objs, d.genOptions())
 	}
 	if err != nil {
+		return err
+	}
+	if d.objs == nil {
+		d.blockHave = nil // a new or adopted map: read what it holds
+	}
+	if err := d.writeBlocklistLocked(next.objs.Blocklist); err != nil {
+		if d.objs == nil {
+			d.blockHave = nil
+		}
+		next.Close()
 		return err
 	}
 	err = d.inNetns(func() error {
@@ -114,6 +131,9 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		err = next.pinFlowState(d.PinDir)
 	}
 	if err != nil {
+		if d.objs == nil {
+			d.blockHave = nil // next's blocklist goes with it
+		}
 		next.Close()
 		return err
 	}

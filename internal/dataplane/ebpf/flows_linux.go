@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -78,7 +79,7 @@ func (d *Dataplane) ReadFlows(ctx context.Context, sink flow.Sink) error {
 }
 
 // cFlowLost indexes the counter of events the ring had no room for.
-var cFlowLost = uint32(len(CounterNames) - 1)
+var cFlowLost = uint32(slices.Index(CounterNames, "flow_events_lost"))
 
 func (d *Dataplane) counter(i uint32) (uint64, error) {
 	d.mu.Lock()
@@ -101,6 +102,10 @@ func (d *Dataplane) event(ev *policyFlowEvent, boot time.Time) flow.Event {
 			Dst: netip.AddrPortFrom(addrOf(ev.Daddr), portOf(ev.Dport))},
 		Bytes:    uint64(ev.Len),
 		TCPFlags: ev.TcpFlags,
+		Blocked:  ev.Blocked != 0,
+	}
+	if out.Blocked {
+		return out // decided by the blocklist, not by a rule of any generation
 	}
 	if ev.OrigDaddr != 0 {
 		out.Service = netip.AddrPortFrom(addrOf(ev.OrigDaddr), portOf(ev.OrigDport))

@@ -29,6 +29,9 @@ func (d *Dataplane) syncHost(o *Objects) error {
 	if err := d.attachUplink(up.Attrs().Index, o); err != nil {
 		return err
 	}
+	if err := d.attachXDP(up.Attrs().Index, o); err != nil {
+		return err
+	}
 	if o.svcRange.IsValid() {
 		enc := &xmitEncap{fd: o.objs.SvcXmit.FD(), name: "rampart_svc_xmit"}
 		r := &netlink.Route{LinkIndex: up.Attrs().Index, Dst: prefixNet(o.svcRange), Scope: netlink.SCOPE_LINK, Encap: enc}
@@ -114,7 +117,7 @@ func (d *Dataplane) removeHost(detach bool) error {
 	if d.node.Uplink == "" {
 		return nil
 	}
-	var errs []error
+	errs := []error{d.removeXDP(detach)}
 	if d.uplink != nil {
 		if detach {
 			errs = append(errs, d.uplink.Detach())

@@ -16,6 +16,8 @@ const (
 	pinConntrack = "conntrack"
 	pinRevnat    = "revnat"
 	pinFlows     = "flow_events"
+	pinBlocklist = "blocklist"
+	pinXDP       = "uplink-xdp" // the uplink's XDP link (beside links/, which holds TCX links only)
 )
 
 func (d *Dataplane) linkPin(iface string) string {
@@ -47,21 +49,27 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 		defer fe.Close()
 		c.flowEvents = fe
 	}
+	// The blocks in force stay in force: the threat engine's next SetBlocked diffs against them.
+	if bl, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, pinBlocklist), nil); err == nil {
+		defer bl.Close()
+		c.blocklist = bl
+	}
 	o, err := loadWith(c, d.genOptions())
 	if err != nil {
 		// Maps of an incompatible (older) layout: start afresh rather than not at all.
 		os.Remove(filepath.Join(d.PinDir, pinConntrack))
 		os.Remove(filepath.Join(d.PinDir, pinRevnat))
 		os.Remove(filepath.Join(d.PinDir, pinFlows))
+		os.Remove(filepath.Join(d.PinDir, pinBlocklist))
 		return load(nil, d.genOptions())
 	}
 	return o, nil
 }
 
-// pinFlowState pins the generation's conntrack and reverse-NAT maps, unless they already are
-// (later generations share the first one's maps).
+// pinFlowState pins the generation's conntrack, reverse-NAT, flow-event and blocklist maps,
+// unless they already are (later generations share the first one's maps).
 func (o *Objects) pinFlowState(dir string) error {
-	for name, m := range map[string]*ebpf.Map{pinConntrack: o.objs.Conntrack, pinRevnat: o.objs.Revnat, pinFlows: o.objs.FlowEvents} {
+	for name, m := range map[string]*ebpf.Map{pinConntrack: o.objs.Conntrack, pinRevnat: o.objs.Revnat, pinFlows: o.objs.FlowEvents, pinBlocklist: o.objs.Blocklist} {
 		p := filepath.Join(dir, name)
 		if _, err := os.Stat(p); err == nil {
 			continue

@@ -23,6 +23,22 @@ type policyBackendValue struct {
 	Pad  uint16
 }
 
+type policyBlockKey struct {
+	Prefixlen uint32
+	Addr      uint32
+}
+
+type policyBlockSample struct {
+	Window uint64
+	N      uint32
+	Pad    uint32
+}
+
+type policyBlockValue struct {
+	Packets uint64
+	Bytes   uint64
+}
+
 type policyCrcOp struct{ Col [32]uint32 }
 
 type policyCtFlag uint32
@@ -81,7 +97,8 @@ type policyFlowEvent struct {
 	Direction  uint8
 	Allowed    uint8
 	TcpFlags   uint8
-	Pad        [2]uint8
+	Blocked    uint8
+	Pad        uint8
 	_          [4]byte
 }
 
@@ -181,6 +198,7 @@ type policyProgramSpecs struct {
 	FromUplink *ebpf.ProgramSpec `ebpf:"from_uplink"`
 	SvcXmit    *ebpf.ProgramSpec `ebpf:"svc_xmit"`
 	ToPod      *ebpf.ProgramSpec `ebpf:"to_pod"`
+	XdpUplink  *ebpf.ProgramSpec `ebpf:"xdp_uplink"`
 }
 
 // policyMapSpecs contains maps before they are loaded into the kernel.
@@ -188,6 +206,8 @@ type policyProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type policyMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
+	BlockSamples *ebpf.MapSpec `ebpf:"block_samples"`
+	Blocklist    *ebpf.MapSpec `ebpf:"blocklist"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	CrcZeros     *ebpf.MapSpec `ebpf:"crc_zeros"`
@@ -230,6 +250,8 @@ func (o *policyObjects) Close() error {
 // It can be passed to loadPolicyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type policyMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
+	BlockSamples *ebpf.Map `ebpf:"block_samples"`
+	Blocklist    *ebpf.Map `ebpf:"blocklist"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	Counters     *ebpf.Map `ebpf:"counters"`
 	CrcZeros     *ebpf.Map `ebpf:"crc_zeros"`
@@ -245,6 +267,8 @@ type policyMaps struct {
 func (m *policyMaps) Close() error {
 	return _PolicyClose(
 		m.Backends,
+		m.BlockSamples,
+		m.Blocklist,
 		m.Conntrack,
 		m.Counters,
 		m.CrcZeros,
@@ -275,6 +299,7 @@ type policyPrograms struct {
 	FromUplink *ebpf.Program `ebpf:"from_uplink"`
 	SvcXmit    *ebpf.Program `ebpf:"svc_xmit"`
 	ToPod      *ebpf.Program `ebpf:"to_pod"`
+	XdpUplink  *ebpf.Program `ebpf:"xdp_uplink"`
 }
 
 func (p *policyPrograms) Close() error {
@@ -283,6 +308,7 @@ func (p *policyPrograms) Close() error {
 		p.FromUplink,
 		p.SvcXmit,
 		p.ToPod,
+		p.XdpUplink,
 	)
 }
 

@@ -21,6 +21,12 @@ type Dataplane struct {
 	// failure whose rollback could not be confirmed), which forces a full rewrite.
 	applied *Spec
 
+	// applyMu serialises what changes the kernel's tables: Sync and SetBlocked (the blocklist
+	// changes from the threat engine, whenever its feeds or blocks change).
+	applyMu sync.Mutex
+	// blockInstalled: the blocklist's raw chains and jump are in place (SetBlocked).
+	blockInstalled bool
+
 	mu sync.Mutex
 	// prefixes resolve flow-event prefixes: the Ruleset in force and the one before it (events
 	// logged by rules just replaced).
@@ -41,7 +47,10 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	if err != nil {
 		return fmt.Errorf("render: %w", err)
 	}
-	if err := d.Apply(ctx, spec); err != nil {
+	d.applyMu.Lock()
+	err = d.Apply(ctx, spec)
+	d.applyMu.Unlock()
+	if err != nil {
 		return err
 	}
 	t := newPrefixTable(rs)
@@ -146,7 +155,7 @@ func (d *Dataplane) Apply(ctx context.Context, spec *Spec) error {
 		fmt.Fprintf(&cleanup, "destroy %s-n\n", n)
 	}
 	for name := range existingSets {
-		if strings.HasPrefix(name, SetPrefix) && !keep[name] && !strings.HasSuffix(name, "-n") {
+		if strings.HasPrefix(name, SetPrefix) && !keep[name] && name != BlockSet && !strings.HasSuffix(name, "-n") {
 			fmt.Fprintf(&cleanup, "destroy %s\n", name)
 		}
 	}
@@ -327,11 +336,13 @@ func (d *Dataplane) listChains(ctx context.Context, table string) ([]string, err
 	return chains, nil
 }
 
-// Close removes the jumps, chains and sets rampart installed.
+// Close removes the jumps, chains and sets rampart installed (the blocklist's too).
 func (d *Dataplane) Close() error {
 	ctx := context.Background()
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	var errs []error
-	for _, t := range []string{"filter", "nat"} {
+	for _, t := range []string{"raw", "filter", "nat"} {
 		out, err := d.run.Run(ctx, "", "iptables-save", "-t", t)
 		if err != nil {
 			errs = append(errs, err)
@@ -368,6 +379,6 @@ func (d *Dataplane) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	d.applied = nil
+	d.applied, d.blockInstalled = nil, false
 	return errors.Join(errs...)
 }

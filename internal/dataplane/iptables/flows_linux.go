@@ -25,6 +25,11 @@ func (d *Dataplane) ReadFlows(ctx context.Context, netns string, sink flow.Sink)
 		if !ok {
 			return
 		}
+		if dir, ok := decodeBlockPrefix(prefix); ok {
+			ev.Time, ev.Direction, ev.Blocked = ts, dir, true
+			sink.Observe(ev)
+			return
+		}
 		d.mu.Lock()
 		cur, prev := d.prefixes[0], d.prefixes[1]
 		d.mu.Unlock()

@@ -6,6 +6,10 @@
 //   svc_xmit: route (LWT) program of the Service range: the node's own packets to Services.
 //   from_uplink: TC ingress of the node's uplink: packets for local pods, handed straight to
 //             them, and replies to svc_xmit's packets from other nodes.
+//   xdp_uplink: XDP on the node's uplink: drops packets from or to a blocked prefix (threat
+//             feeds, automatic blocks) before the kernel allocates anything for them.
+// Every TC program drops blocked packets too (pods' own traffic never crosses the uplink's XDP),
+// before conntrack and before policy.
 // A new flow is looked up by remote identity (LPM on the address) and then by (endpoint,
 // identity, protocol, direction, destination port) in an LPM trie whose prefix covers the port;
 // allowed flows are remembered per endpoint so replies and later packets pass.
@@ -145,6 +149,8 @@ enum counter {
 	C_ALLOW_EGRESS,
 	C_DROP_EGRESS,
 	C_FLOW_LOST, // flow events the ring buffer had no room for
+	C_DROP_BLOCKED,     // dropped by the blocklist in a TC program
+	C_XDP_DROP_BLOCKED, // dropped by the blocklist in XDP on the uplink
 	C_MAX,
 };
 
@@ -248,13 +254,53 @@ struct flow_event {
 	__u8 direction;
 	__u8 allowed;
 	__u8 tcp_flags;
-	__u8 pad[2];
+	__u8 blocked; // dropped by the blocklist (a sample of those drops), not by policy
+	__u8 pad;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } flow_events SEC(".maps");
+
+// The blocklist: prefixes whose packets are dropped before conntrack and policy, in either
+// direction (threat feeds with action block, automatic blocks). Each entry counts what it
+// dropped. Written by the agent only, carried from one generation to the next and pinned.
+struct block_key {
+	__u32 prefixlen;
+	__u32 addr; // network order
+};
+
+struct block_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct block_key);
+	__type(value, struct block_value);
+} blocklist SEC(".maps");
+
+// Blocked packets are reported as flow events by sample: at most BLOCK_SAMPLES per CPU in each
+// BLOCK_WINDOW_NS, so a flood from a blocked source cannot fill the ring the flow records share.
+#define BLOCK_SAMPLES 32
+#define BLOCK_WINDOW_NS 100000000ULL
+
+struct block_sample {
+	__u64 window; // start of the current window
+	__u32 n;      // events written in it
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct block_sample);
+} block_samples SEC(".maps");
 
 // Keeps struct flow_event in the BTF, so bpf2go generates it for the reader.
 const struct flow_event *unused_flow_event __attribute__((unused));
@@ -446,7 +492,7 @@ struct pkt {
 	__u16 pad2;
 };
 
-static __always_inline void emit_flow(struct pkt *p, int dir, __u32 allowed, __u32 rule)
+static __always_inline void emit_event(struct pkt *p, int dir, __u32 allowed, __u32 rule, __u8 blocked)
 {
 	if (!flow_events_on)
 		return;
@@ -465,9 +511,52 @@ static __always_inline void emit_flow(struct pkt *p, int dir, __u32 allowed, __u
 		.direction = dir,
 		.allowed = allowed,
 		.tcp_flags = p->tcp_flags,
+		.blocked = blocked,
 	};
 	if (bpf_ringbuf_output(&flow_events, &ev, sizeof(ev), 0))
 		count(C_FLOW_LOST);
+}
+
+static __always_inline void emit_flow(struct pkt *p, int dir, __u32 allowed, __u32 rule)
+{
+	emit_event(p, dir, allowed, rule, 0);
+}
+
+// block_match looks both addresses up in the blocklist and counts the packet on the entry
+// that matched: 1 when the packet is to be dropped.
+static __always_inline int block_match(__u32 saddr, __u32 daddr, __u32 len)
+{
+	struct block_key k = {.prefixlen = 32, .addr = saddr};
+	struct block_value *v = bpf_map_lookup_elem(&blocklist, &k);
+	if (!v && daddr != saddr) {
+		k.addr = daddr;
+		v = bpf_map_lookup_elem(&blocklist, &k);
+	}
+	if (!v)
+		return 0;
+	__sync_fetch_and_add(&v->packets, 1);
+	__sync_fetch_and_add(&v->bytes, len);
+	return 1;
+}
+
+// drop_blocked counts a blocked packet and reports it as a flow event, by sample: at most
+// BLOCK_SAMPLES per CPU and window.
+static __always_inline void drop_blocked(struct pkt *p, int dir, __u32 counter)
+{
+	count(counter);
+	__u32 zero = 0;
+	struct block_sample *s = bpf_map_lookup_elem(&block_samples, &zero);
+	if (!s)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - s->window >= BLOCK_WINDOW_NS) {
+		s->window = now;
+		s->n = 0;
+	}
+	if (s->n >= BLOCK_SAMPLES)
+		return;
+	s->n++;
+	emit_event(p, dir, 0, 0, 1);
 }
 
 // track records a new flow of an endpoint in both directions, counting its first packet.
@@ -485,9 +574,11 @@ static __always_inline void track(struct ct_key *ck, struct pkt *p)
 #define PARSE_OK 0
 #define PARSE_PASS 1 // not ours to judge (not IPv4, or a protocol policy does not speak of)
 #define PARSE_DROP 2
+#define PARSE_BLOCKED 3 // from or to a blocked prefix: dropped (counted and sampled here)
 
 // parse reads the packet, sending packets from a pod to a Service frontend to a backend first
-// (egress only) so that policy sees the backend.
+// (egress only) so that policy sees the backend. Packets from or to a blocked prefix, of any
+// protocol, are dropped before anything else (the backend a packet was sent to is checked too).
 static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;
@@ -503,25 +594,38 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 		return PARSE_PASS;
 	}
 	__u8 proto = ip->protocol;
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP) {
-		count(C_PASS_OTHER_PROTO);
-		return PARSE_PASS; // policy speaks of TCP, UDP and SCTP only
-	}
-	// TCP, UDP and SCTP all start with source and destination ports.
-	__u16 *ports = (void *)ip + ip->ihl * 4;
-	if ((void *)(ports + 2) > end)
-		return PARSE_DROP;
-	p->sport = ports[0];
-	p->dport = ports[1];
+	int ported = proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = proto;
+	p->ttl = ip->ttl;
+	p->sport = 0;
+	p->dport = 0;
 	p->natflag = 0;
 	p->orig_daddr = 0;
 	p->orig_dport = 0;
 	p->tcp_flags = 0;
 	p->len = skb->len;
-	if (proto == IPPROTO_TCP) {
-		__u8 *fl = (void *)ports + 13; // the flags byte of the TCP header
-		if ((void *)(fl + 1) <= end)
-			p->tcp_flags = *fl;
+	// TCP, UDP and SCTP all start with source and destination ports.
+	__u16 *ports = (void *)ip + ip->ihl * 4;
+	if (ported) {
+		if ((void *)(ports + 2) > end)
+			return PARSE_DROP;
+		p->sport = ports[0];
+		p->dport = ports[1];
+		if (proto == IPPROTO_TCP) {
+			__u8 *fl = (void *)ports + 13; // the flags byte of the TCP header
+			if ((void *)(fl + 1) <= end)
+				p->tcp_flags = *fl;
+		}
+	}
+	if (block_match(p->saddr, p->daddr, p->len)) {
+		drop_blocked(p, dir, C_DROP_BLOCKED);
+		return PARSE_BLOCKED;
+	}
+	if (!ported) {
+		count(C_PASS_OTHER_PROTO);
+		return PARSE_PASS; // policy speaks of TCP, UDP and SCTP only
 	}
 	__u32 daddr0 = ip->daddr;
 	if (dir == DIR_EGRESS) {
@@ -541,12 +645,13 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 			if ((void *)(ports + 2) > end)
 				return PARSE_DROP;
 			p->dport = ports[1];
+			p->daddr = ip->daddr;
+			if (block_match(p->daddr, p->daddr, p->len)) {
+				drop_blocked(p, dir, C_DROP_BLOCKED);
+				return PARSE_BLOCKED;
+			}
 		}
 	}
-	p->saddr = ip->saddr;
-	p->daddr = ip->daddr;
-	p->proto = proto;
-	p->ttl = ip->ttl;
 	return PARSE_OK;
 }
 
@@ -721,15 +826,48 @@ SEC("tc")
 int from_uplink(struct __sk_buff *skb)
 {
 	struct pkt p;
-	if (parse(skb, DIR_INGRESS, &p) != PARSE_OK)
+	int r = parse(skb, DIR_INGRESS, &p);
+	if (r == PARSE_BLOCKED)
+		return TC_ACT_SHOT; // when no XDP program is attached, or it was replaced
+	if (r != PARSE_OK)
 		return TC_ACT_OK; // to_pod judges whatever reaches a pod
 	struct endpoint *dst = bpf_map_lookup_elem(&endpoints, &p.daddr);
 	if (!dst) {
 		revnat_reply(skb);
 		return TC_ACT_OK;
 	}
-	int r = deliver(skb, 0, dst, &p);
+	r = deliver(skb, 0, dst, &p);
 	return r >= 0 ? r : TC_ACT_OK;
+}
+
+// xdp_uplink drops packets from or to a blocked prefix as they arrive from the other nodes,
+// before the kernel builds a socket buffer, conntrack or routing sees them.
+SEC("xdp")
+int xdp_uplink(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return XDP_PASS;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl < 5)
+		return XDP_PASS;
+	__u32 len = end - data;
+	if (!block_match(ip->saddr, ip->daddr, len))
+		return XDP_PASS;
+	struct pkt p = {.saddr = ip->saddr, .daddr = ip->daddr, .proto = ip->protocol, .len = len};
+	__u8 proto = ip->protocol;
+	__u16 *ports = (void *)ip + ip->ihl * 4;
+	if ((proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP) && (void *)(ports + 2) <= end) {
+		p.sport = ports[0];
+		p.dport = ports[1];
+		__u8 *fl = (void *)ports + 13;
+		if (proto == IPPROTO_TCP && (void *)(fl + 1) <= end)
+			p.tcp_flags = *fl;
+	}
+	drop_blocked(&p, DIR_INGRESS, C_XDP_DROP_BLOCKED);
+	return XDP_DROP;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";
