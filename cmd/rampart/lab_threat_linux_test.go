@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -190,6 +192,88 @@ spec:
 		t.Fatalf("want pods on both nodes, placed: %v", node)
 	}
 	testLabFeedBlock(t, ip["app/server"], sources, write, must, exec1Status(run), alerts)
+	testLabSynFlood(t, ip["app/server"], write, must, run, alerts)
+}
+
+// hpingStats matches hping3's closing statistics.
+var hpingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) packets received`)
+
+// testLabSynFlood floods the server with hping3 SYNs from app/client (bounded in count and
+// time, aimed at the server alone): a syn-flood alert names the server and the rate limit it
+// took; a second flood under the limit gets no more answers than the limit's burst and rate
+// allow, while another pod keeps connecting to the server throughout.
+func testLabSynFlood(t *testing.T, server string, write func(file, body string) string, must func(args ...string) string,
+	run func(args ...string) (string, error), alerts func() []threat.Alert) {
+	t.Helper()
+	must("lab", "apply", "-f", write("td-flood.yaml", `apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  detectors:
+    synFlood: {action: rateLimit, minRate: 200, perSource: 20, burst: 40}
+`))
+	// flood sends count SYNs at 2,000 a second and returns what was sent and answered.
+	flood := func(count int) (sent, answered int) {
+		out, _ := run("lab", "exec", "app/client", "--", "timeout", "20", "hping3", "-q", "-S", "-p", "80", "-i", "u500", "-c", fmt.Sprint(count), server)
+		m := hpingStats.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("hping3 printed no statistics:\n%s", out)
+		}
+		sent, _ = strconv.Atoi(m[1])
+		answered, _ = strconv.Atoi(m[2])
+		return sent, answered
+	}
+	start := time.Now()
+	sent, answered := flood(4000)
+	// Before the limit took hold the server answered: hping3 counts answers, so the bound on
+	// the second flood below means something.
+	if answered < 300 {
+		t.Fatalf("first flood: %d of %d SYNs answered, want hundreds before the limit", answered, sent)
+	}
+	var found *threat.Alert
+	for deadline := time.Now().Add(10 * time.Second); found == nil; time.Sleep(200 * time.Millisecond) {
+		for _, a := range alerts() {
+			if a.Type == threat.TypeSynFlood && a.Target.Pod == "server" && !a.Time.Before(start) {
+				found = &a
+			}
+		}
+		if found == nil && time.Now().After(deadline) {
+			t.Fatalf("no syn-flood alert naming the server within 10s of the flood: %+v", alerts())
+		}
+	}
+	if found.Response != "rateLimit" || found.Source.Pod != "client" {
+		t.Errorf("syn-flood alert %+v: want response rateLimit and source app/client", *found)
+	}
+
+	// Under the limit: a legitimate client keeps connecting while the flood goes on.
+	done := make(chan struct{})
+	var legit, legitOK int
+	go func() {
+		defer close(done)
+		for i := 0; i < 10; i++ {
+			legit++
+			for try := 0; try < 3; try++ {
+				if _, err := run("lab", "exec", "app/busy", "--", "timeout", "2", "bash", "-c", fmt.Sprintf("echo > /dev/tcp/%s/80", server)); err == nil {
+					legitOK++
+					break
+				}
+			}
+		}
+	}()
+	floodStart := time.Now()
+	sent, answered = flood(6000)
+	took := time.Since(floodStart)
+	<-done
+	if sent < 3000 {
+		t.Fatalf("second flood sent only %d SYNs", sent)
+	}
+	// The burst, the rate over the flood's time, and a little for the bucket's approximation.
+	if limit := 40 + int(20*took.Seconds()) + 20; answered > limit {
+		t.Errorf("under the limit %d of %d SYNs were answered in %v, want at most %d", answered, sent, took, limit)
+	}
+	if legitOK != legit {
+		t.Errorf("during the flood the legitimate client connected %d of %d times", legitOK, legit)
+	}
 }
 
 // exec1Status runs a command in a lab pod and reports whether it exited 0.

@@ -399,7 +399,7 @@ func (a *Agent) Status() Status {
 	a.mu.Unlock()
 	st.Source = a.src.Status()
 	st.Threat.Alerts = a.th.Log().Total()
-	st.Threat.Feeds, st.Threat.Refused, st.Threat.Blocks = a.th.FeedEntries(), len(a.th.Refused()), len(a.th.Blocks())
+	st.Threat.Feeds, st.Threat.Refused, st.Threat.Blocks, st.Threat.Limits = a.th.FeedEntries(), len(a.th.Refused()), len(a.th.Blocks()), len(a.th.Limits())
 	switch {
 	case st.Applied == 0:
 		st.Ready, st.Reason = false, "no policy programmed yet"

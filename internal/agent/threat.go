@@ -26,6 +26,7 @@ type ThreatStatus struct {
 	Feeds   map[string]int `json:"feeds,omitempty"`
 	Refused int            `json:"refused,omitempty"`
 	Blocks  int            `json:"blocks,omitempty"` // automatic blocks in force
+	Limits  int            `json:"limits,omitempty"` // SYN rate limits in force
 	Alerts  uint64         `json:"alerts"`
 	// Error is why the last configuration could not be taken (the previous stays in force).
 	Error string `json:"error,omitempty"`
@@ -50,6 +51,9 @@ func newThreat(cfg Config, dp dataplane.Dataplane, reg prometheus.Registerer) (*
 	}}
 	if b, ok := dp.(dataplane.Blocker); ok {
 		tc.Blocker = b
+	}
+	if l, ok := dp.(dataplane.SynLimiter); ok {
+		tc.Limiter = l
 	}
 	e := threat.New(tc)
 	feeds := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rampart_threat_feed_entries", Help: "Entries of the threat feeds loaded."}, func() float64 {
@@ -165,7 +169,7 @@ func protected(c *model.Cluster) threat.Protected {
 }
 
 // teeSink hands every dataplane event to the threat engine, and those that are flow records
-// (not the blocklist's early drops) to the aggregator.
+// (not the blocklist's or the SYN limits' drops) to the aggregator.
 type teeSink struct {
 	agg    flow.Sink
 	threat *threat.Engine
@@ -173,7 +177,7 @@ type teeSink struct {
 
 func (t teeSink) Observe(ev flow.Event) {
 	t.threat.Observe(ev)
-	if !ev.Blocked {
+	if !ev.Blocked && !ev.Limited {
 		t.agg.Observe(ev)
 	}
 }

@@ -134,6 +134,20 @@ type Blocker interface {
 	SetBlocked(prefixes []netip.Prefix) error
 }
 
+// SynLimit limits new TCP connection attempts toward Target: each source gets a token bucket
+// of Rate SYNs per second holding at most Burst.
+type SynLimit struct {
+	Target      netip.Addr
+	Rate, Burst uint32
+}
+
+// SynLimiter is a dataplane that can rate-limit TCP SYNs per source toward chosen pods (the
+// answer to a SYN flood), reporting a sample of the drops as flow events with Limited set.
+// SetSynLimits replaces the whole set; when it fails the previous set stays.
+type SynLimiter interface {
+	SetSynLimits(limits []SynLimit) error
+}
+
 // None enforces nothing.
 type None struct{}
 

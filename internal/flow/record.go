@@ -106,9 +106,10 @@ type Event struct {
 	Bytes   uint64 // the packet's length
 	// TCPFlags of the packet (TCP only), as in the TCP header's flags byte.
 	TCPFlags uint8
-	// Blocked: dropped by the threat blocklist before policy (dataplane.Blocker), not decided
-	// by policy; such events are for the threat detectors, not flow records.
-	Blocked bool
+	// Blocked: dropped by the threat blocklist before policy (dataplane.Blocker); Limited: a
+	// TCP SYN dropped by a SYN rate limit (dataplane.SynLimiter). Neither is decided by policy:
+	// such events (a sample of those drops) are for the threat detectors, not flow records.
+	Blocked, Limited bool
 }
 
 // Decider is the deciding rule, in the IR's terms. The zero value: no policy decided.

@@ -318,6 +318,7 @@ type floodState struct {
 	since       time.Time
 	count       int
 	sources     map[netip.Addr]int
+	limited     int     // attempts a SYN limit dropped (a sample: the dataplanes report a few)
 	baseline    float64 // attempts per second, learned from intervals that were no flood
 	learned     int     // intervals learned from
 	first, last time.Time
@@ -336,14 +337,18 @@ func (e *Engine) floodTickLocked(now time.Time) {
 		rate := float64(f.count) / dt
 		if cfg != nil {
 			threshold := max(float64(cfg.MinRate), cfg.Sensitivity*f.baseline)
-			if rate >= threshold && f.count > 0 {
+			switch {
+			case rate >= threshold && f.count > 0:
 				e.floodAlertLocked(dst, cfg, f, rate, now)
-			} else {
+			case f.limited > 0:
+				// Held down by its limit, the flood goes on: keep the limit, learn nothing.
+				e.extendLimitLocked(dst, cfg, now)
+			default:
 				f.baseline += learnRate * (rate - f.baseline)
 				f.learned++
 			}
 		}
-		f.since, f.count, f.sources, f.first = now, 0, map[netip.Addr]int{}, time.Time{}
+		f.since, f.count, f.limited, f.sources, f.first = now, 0, 0, map[netip.Addr]int{}, time.Time{}
 		if cfg == nil || (rate == 0 && f.baseline < 0.01) {
 			delete(e.floods, dst)
 		}
@@ -373,6 +378,7 @@ func (e *Engine) floodAlertLocked(dst netip.Addr, cfg *model.SynFloodDetector, f
 		source = e.partyLocked(srcs[0].a)
 	}
 	key := "flood/" + dst.String()
+	e.extendLimitLocked(dst, cfg, now)
 	if until, ok := e.quiet[key]; ok && now.Before(until) {
 		return
 	}
@@ -390,7 +396,7 @@ func (e *Engine) floodAlertLocked(dst netip.Addr, cfg *model.SynFloodDetector, f
 			resp = model.ActionAlert
 		}
 	case model.ActionRateLimit:
-		resp = "alert (rateLimit is not enforced by this version)"
+		resp = e.limitLocked(dst, cfg, now)
 	}
 	target := e.partyLocked(dst)
 	e.raiseLocked(key, time.Minute, now, Alert{

@@ -4,6 +4,9 @@
 // Zeek-style distinct counts of first contacts per source (ports on one target, addresses on one
 // port) in a sliding window; SYN floods by comparing each local pod's rate of new TCP
 // connection attempts with the rate learned for it; threat feeds (netset, Spamhaus DROP) and
-// honeypots by address. Alerts are JSON lines kept in a Log that HTTP clients read and follow.
+// honeypots by address. Responses go to the dataplane through dataplane.Blocker (blocked
+// prefixes: feeds and automatic blocks, with expiry) and dataplane.SynLimiter (per-source SYN
+// rate limits on flooded pods). Alerts are JSON lines kept in a Log that HTTP clients read and
+// follow.
 // The configuration is model.ThreatDefense; see docs/threat-defense.md.
 package threat

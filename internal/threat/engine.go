@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/model"
@@ -34,6 +35,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Blocker, when set, enforces blocks (feeds with action block, automatic blocks).
 	Blocker Blocker
+	// Limiter, when set, enforces SYN rate limits (the flood detector's rateLimit).
+	Limiter dataplane.SynLimiter
 	// OnAlert, when set, is told of every alert (Kubernetes Events, metrics).
 	OnAlert func(Alert)
 	// MaxSources bounds the sources tracked by the scan detector (default 65536).
@@ -67,7 +70,11 @@ type Engine struct {
 	blocked []netip.Prefix             // what the kernel was last given
 	// pushFailed: the kernel refused the last set; the next Configure tries again.
 	pushFailed bool
-	untrack    uint64 // first contacts not tracked (MaxSources reached)
+	limits     map[netip.Addr]synLimit // SYN rate limits on flooded pods
+	limited    []dataplane.SynLimit    // what the kernel was last given
+	// limitPushFailed: the kernel refused the last limits; the next Configure tries again.
+	limitPushFailed bool
+	untrack         uint64 // first contacts not tracked (MaxSources reached)
 }
 
 type podInfo struct {
@@ -103,7 +110,8 @@ func New(cfg Config) *Engine {
 		cfg.MaxSources = 65536
 	}
 	return &Engine{cfg: cfg, pods: map[netip.Addr]*podInfo{}, scans: map[scanKey]*scanState{},
-		floods: map[netip.Addr]*floodState{}, blocks: map[netip.Prefix]time.Time{}, quiet: map[string]time.Time{}}
+		floods: map[netip.Addr]*floodState{}, blocks: map[netip.Prefix]time.Time{}, quiet: map[string]time.Time{},
+		limits: map[netip.Addr]synLimit{}}
 }
 
 // Log is where the engine's alerts go.
@@ -148,13 +156,18 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 		}
 		if td == nil {
 			e.scans, e.floods, e.blocks = map[scanKey]*scanState{}, map[netip.Addr]*floodState{}, map[netip.Prefix]time.Time{}
+			e.limits = map[netip.Addr]synLimit{}
 		}
 	}
 	e.resolveLocked()
-	if !reload && !e.pushFailed {
-		return nil // the blocks change with the feeds, or with Observe and Tick
+	var err error
+	if reload || e.limitPushFailed {
+		err = e.pushLimitsLocked()
 	}
-	return e.pushBlocksLocked()
+	if !reload && !e.pushFailed {
+		return err // the blocks change with the feeds, or with Observe and Tick
+	}
+	return errors.Join(err, e.pushBlocksLocked())
 }
 
 // feedSet is what the feeds of one configuration loaded.
@@ -337,6 +350,9 @@ func (e *Engine) Observe(ev flow.Event) {
 			}
 			f.count++
 			f.sources[src]++
+			if ev.Limited {
+				f.limited++
+			}
 			if f.first.IsZero() {
 				f.first = now
 			}
@@ -474,6 +490,7 @@ func (e *Engine) Tick(now time.Time) {
 	}
 	e.floodTickLocked(now)
 	e.scanExpireLocked(now)
+	e.expireLimitsLocked(now)
 	changed := false
 	for p, until := range e.blocks {
 		if !now.Before(until) {

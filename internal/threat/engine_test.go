@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/model"
@@ -49,9 +50,25 @@ type fakeClock struct{ t time.Time }
 
 func (c *fakeClock) now() time.Time { return c.t }
 
-type blocker struct{ got [][]netip.Prefix }
+// blocker records what the engine gives the kernel: blocked prefixes and SYN limits.
+type blocker struct {
+	got    [][]netip.Prefix
+	limits [][]dataplane.SynLimit
+}
 
 func (b *blocker) SetBlocked(p []netip.Prefix) error { b.got = append(b.got, p); return nil }
+
+func (b *blocker) SetSynLimits(l []dataplane.SynLimit) error {
+	b.limits = append(b.limits, l)
+	return nil
+}
+
+func (b *blocker) lastLimits() []dataplane.SynLimit {
+	if len(b.limits) == 0 {
+		return nil
+	}
+	return b.limits[len(b.limits)-1]
+}
 
 func cluster(t *testing.T, td string) *model.Cluster {
 	t.Helper()
@@ -66,7 +83,7 @@ func engine(t *testing.T, td string) (*Engine, *fakeClock, *blocker) {
 	t.Helper()
 	clk := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	b := &blocker{}
-	e := New(Config{Node: "n1", Now: clk.now, Blocker: b})
+	e := New(Config{Node: "n1", Now: clk.now, Blocker: b, Limiter: b})
 	if err := e.Configure(cluster(t, td), testProtected); err != nil {
 		t.Fatal(err)
 	}
@@ -280,6 +297,72 @@ spec:
 	got := alertsOf(e, TypeSynFlood)
 	if len(got) != 1 || got[0].Target.Pod != "server" || got[0].Source.Pod != "remote" || got[0].Evidence.Rate < 4000 || got[0].Evidence.Baseline < 100 {
 		t.Fatalf("alerts %+v", got)
+	}
+}
+
+// TestSynFloodRateLimit: a flood puts a per-source SYN limit of the configured rate and burst
+// on the flooded pod; the limit stays while its drops show the flood going on (and nothing is
+// learned from those seconds), is lifted blockFor after the flood ends, and goes with the
+// configuration.
+func TestSynFloodRateLimit(t *testing.T) {
+	td := `
+apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  detectors:
+    synFlood: {action: rateLimit, minRate: 200, perSource: 20, burst: 40, blockFor: 30s}
+`
+	e, clk, b := engine(t, td)
+	second := func(rate int, limited bool) {
+		for i := 0; i < rate; i++ {
+			x := ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, netip.AddrPortFrom(netip.MustParseAddr("10.0.2.2"), uint16(1024+i)).String(), "10.0.1.3:80")
+			x.Limited, x.Allowed = limited, !limited
+			e.Observe(x)
+		}
+		clk.t = clk.t.Add(time.Second)
+		e.Tick(clk.t)
+	}
+	for i := 0; i < 5; i++ {
+		second(10, false)
+	}
+	if len(b.limits) != 0 {
+		t.Fatalf("limits before any flood: %v", b.limits)
+	}
+	second(3000, false)
+	want := []dataplane.SynLimit{{Target: netip.MustParseAddr("10.0.1.3"), Rate: 20, Burst: 40}}
+	if got := b.lastLimits(); !equalLimits(got, want) {
+		t.Fatalf("limits %v, want %v", got, want)
+	}
+	if a := alertsOf(e, TypeSynFlood); len(a) != 1 || a[0].Response != model.ActionRateLimit || a[0].Target.Pod != "server" {
+		t.Fatalf("alerts %+v", a)
+	}
+	// Held down: the kernel reports a sample of its drops, under the flood threshold. The
+	// limit stays well past blockFor, and the baseline learns nothing from those seconds.
+	for i := 0; i < 60; i++ {
+		second(50, true)
+	}
+	if got := b.lastLimits(); !equalLimits(got, want) {
+		t.Fatalf("limit lifted while the flood went on: %v", got)
+	}
+	if f := e.floods[netip.MustParseAddr("10.0.1.3")]; f == nil || f.baseline > 10 {
+		t.Fatalf("baseline learned from the flood: %+v", f)
+	}
+	for i := 0; i < 31; i++ {
+		second(0, false)
+	}
+	if got := b.lastLimits(); len(got) != 0 {
+		t.Fatalf("limit not lifted blockFor after the flood: %v", got)
+	}
+	second(3000, false)
+	if len(b.lastLimits()) != 1 {
+		t.Fatal("a new flood is not limited again")
+	}
+	if err := e.Configure(cluster(t, ""), testProtected); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.lastLimits(); len(got) != 0 {
+		t.Fatalf("limits outlive their configuration: %v", got)
 	}
 }
 

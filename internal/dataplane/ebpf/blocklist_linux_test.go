@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/netnstest"
 )
@@ -133,5 +134,94 @@ func TestBlocklistPrograms(t *testing.T) {
 	}
 	if counts, _ := d2.BlockCounts(); len(counts) != 0 {
 		t.Errorf("after clearing: %+v", counts)
+	}
+}
+
+// TestSynLimitPrograms checks the SYN token buckets: toward a limited pod each source passes
+// its burst of new connection attempts and then is dropped (counted, sampled as a Limited
+// event), another source has a bucket of its own, packets other than a bare SYN and traffic to
+// other pods are untouched, and clearing the limits lets everything pass again.
+func TestSynLimitPrograms(t *testing.T) {
+	netnstest.RequireRoot(t)
+	o, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	d := &Dataplane{objs: o, gens: map[uint32]generation{}}
+	target, other := netip.MustParseAddr("10.244.1.11"), netip.MustParseAddr("10.244.1.12")
+	for i, a := range []netip.Addr{target, other} {
+		if err := o.objs.Endpoints.Put(ipv4Key(a), policyEndpoint{Id: uint32(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.SetSynLimits([]dataplane.SynLimit{{Target: target, Rate: 1, Burst: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	flooder, bystander := netip.MustParseAddr("10.244.2.10"), netip.MustParseAddr("10.244.2.20")
+	sport := uint16(20000)
+	syn := func(src, dst netip.Addr) bool {
+		sport++
+		return run(t, o.objs.ToPod, packet(src, dst, ir.TCP, sport, 80))
+	}
+	passed := 0
+	for i := 0; i < 20; i++ {
+		if syn(flooder, target) {
+			passed++
+		}
+	}
+	// A rate of 1/s adds at most a token over the loop's run.
+	if passed < 3 || passed > 4 {
+		t.Errorf("%d of 20 SYNs passed a bucket of 3 at 1/s", passed)
+	}
+	if !syn(bystander, target) {
+		t.Error("another source shares the flooder's bucket")
+	}
+	if !syn(flooder, other) {
+		t.Error("a pod with no limit was limited")
+	}
+	ack := packet(flooder, target, ir.TCP, 30000, 80)
+	ack[14+20+13] = 0x10
+	if !run(t, o.objs.ToPod, ack) {
+		t.Error("a packet without SYN was limited")
+	}
+	c, err := o.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int(c["drop_syn_limit"]) != 20-passed {
+		t.Errorf("drop_syn_limit %d, want %d", c["drop_syn_limit"], 20-passed)
+	}
+	rd, err := ringbuf.NewReader(o.objs.FlowEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	rd.SetDeadline(time.Now().Add(time.Second))
+	limited := 0
+	for {
+		rec, err := rd.Read()
+		if err != nil {
+			break
+		}
+		var raw policyFlowEvent
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
+			t.Fatal(err)
+		}
+		if ev := d.event(&raw, time.Now()); ev.Limited {
+			limited++
+			if ev.Blocked || ev.Allowed || ev.Tuple.Src.Addr() != flooder || ev.Tuple.Dst != netip.AddrPortFrom(target, 80) || ev.Direction != ir.Ingress {
+				t.Errorf("limited event %+v", ev)
+			}
+		}
+	}
+	if limited != 20-passed {
+		t.Errorf("%d limited events, want %d", limited, 20-passed)
+	}
+	if err := d.SetSynLimits(nil); err != nil {
+		t.Fatal(err)
+	}
+	if !syn(flooder, target) {
+		t.Error("a SYN was dropped after the limits were cleared")
 	}
 }

@@ -23,8 +23,9 @@ type Objects struct {
 }
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
-// generation, its flow state (conntrack, reverse NAT, the flow-event ring), counters and
-// blocklist are reused, so flows survive new tables, counters keep counting and blocks stay.
+// generation, its flow state (conntrack, reverse NAT, the flow-event ring), counters, blocklist
+// and SYN limits are reused, so flows survive new tables, counters keep counting and the
+// threat engine's responses stay.
 func Load(prev *Objects) (*Objects, error) { return load(prev, genOptions{}) }
 
 // genOptions are a generation's load-time constants.
@@ -35,13 +36,16 @@ type genOptions struct {
 
 func load(prev *Objects, g genOptions) (*Objects, error) {
 	if prev != nil {
-		return loadWith(carried{prev.objs.Conntrack, prev.objs.Revnat, prev.objs.Counters, prev.objs.FlowEvents, prev.objs.Blocklist}, g)
+		return loadWith(carried{prev.objs.Conntrack, prev.objs.Revnat, prev.objs.Counters, prev.objs.FlowEvents, prev.objs.Blocklist,
+			prev.objs.SynLimits, prev.objs.SynBuckets}, g)
 	}
 	return loadWith(carried{}, g)
 }
 
 // carried are the maps one generation hands to the next (nil: new ones).
-type carried struct{ conntrack, revnat, counters, flowEvents, blocklist *ebpf.Map }
+type carried struct {
+	conntrack, revnat, counters, flowEvents, blocklist, synLimits, synBuckets *ebpf.Map
+}
 
 // loadWith loads a generation using the given flow-state and counter maps.
 func loadWith(c carried, g genOptions) (*Objects, error) {
@@ -61,7 +65,8 @@ func loadWith(c carried, g genOptions) (*Objects, error) {
 		return nil, fmt.Errorf("set flow_events_on: %w", err)
 	}
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{}}
-	for name, m := range map[string]*ebpf.Map{"conntrack": c.conntrack, "revnat": c.revnat, "counters": c.counters, "flow_events": c.flowEvents, "blocklist": c.blocklist} {
+	for name, m := range map[string]*ebpf.Map{"conntrack": c.conntrack, "revnat": c.revnat, "counters": c.counters, "flow_events": c.flowEvents,
+		"blocklist": c.blocklist, "syn_limits": c.synLimits, "syn_buckets": c.synBuckets} {
 		if m != nil {
 			opts.MapReplacements[name] = m
 		}
@@ -116,7 +121,7 @@ var CounterNames = []string{
 	"pass_not_ip", "pass_no_endpoint", "pass_not_selected", "pass_tracked", "allow_ingress",
 	"drop_ingress", "drop_spoof", "pass_other_protocol", "dnat", "reverse_nat", "no_backend",
 	"redirect_peer", "redirect_uplink", "allow_egress", "drop_egress", "flow_events_lost",
-	"drop_blocked", "xdp_drop_blocked",
+	"drop_blocked", "xdp_drop_blocked", "drop_syn_limit",
 }
 
 // Counters sums each counter over CPUs.

@@ -17,6 +17,8 @@ const (
 	pinRevnat    = "revnat"
 	pinFlows     = "flow_events"
 	pinBlocklist = "blocklist"
+	pinSynLimits = "syn_limits"
+	pinSynBucket = "syn_buckets"
 	pinXDP       = "uplink-xdp" // the uplink's XDP link (beside links/, which holds TCX links only)
 )
 
@@ -49,10 +51,13 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 		defer fe.Close()
 		c.flowEvents = fe
 	}
-	// The blocks in force stay in force: the threat engine's next SetBlocked diffs against them.
-	if bl, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, pinBlocklist), nil); err == nil {
-		defer bl.Close()
-		c.blocklist = bl
+	// The blocks and SYN limits in force stay in force: the threat engine's next SetBlocked and
+	// SetSynLimits write the difference.
+	for name, dst := range map[string]**ebpf.Map{pinBlocklist: &c.blocklist, pinSynLimits: &c.synLimits, pinSynBucket: &c.synBuckets} {
+		if m, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, name), nil); err == nil {
+			defer m.Close()
+			*dst = m
+		}
 	}
 	o, err := loadWith(c, d.genOptions())
 	if err != nil {
@@ -60,16 +65,19 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 		os.Remove(filepath.Join(d.PinDir, pinConntrack))
 		os.Remove(filepath.Join(d.PinDir, pinRevnat))
 		os.Remove(filepath.Join(d.PinDir, pinFlows))
-		os.Remove(filepath.Join(d.PinDir, pinBlocklist))
+		for _, name := range []string{pinBlocklist, pinSynLimits, pinSynBucket} {
+			os.Remove(filepath.Join(d.PinDir, name))
+		}
 		return load(nil, d.genOptions())
 	}
 	return o, nil
 }
 
-// pinFlowState pins the generation's conntrack, reverse-NAT, flow-event and blocklist maps,
-// unless they already are (later generations share the first one's maps).
+// pinFlowState pins the generation's conntrack, reverse-NAT, flow-event, blocklist and SYN
+// limit maps, unless they already are (later generations share the first one's maps).
 func (o *Objects) pinFlowState(dir string) error {
-	for name, m := range map[string]*ebpf.Map{pinConntrack: o.objs.Conntrack, pinRevnat: o.objs.Revnat, pinFlows: o.objs.FlowEvents, pinBlocklist: o.objs.Blocklist} {
+	for name, m := range map[string]*ebpf.Map{pinConntrack: o.objs.Conntrack, pinRevnat: o.objs.Revnat, pinFlows: o.objs.FlowEvents,
+		pinBlocklist: o.objs.Blocklist, pinSynLimits: o.objs.SynLimits, pinSynBucket: o.objs.SynBuckets} {
 		p := filepath.Join(dir, name)
 		if _, err := os.Stat(p); err == nil {
 			continue

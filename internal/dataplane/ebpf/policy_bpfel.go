@@ -66,6 +66,13 @@ type policyCtValue struct {
 	Pad      [3]uint8
 }
 
+type policyDropKind uint32
+
+const (
+	policyDropKindDROP_BLOCKLIST policyDropKind = 1
+	policyDropKindDROP_SYN_LIMIT policyDropKind = 2
+)
+
 type policyEndpoint struct {
 	Id      uint32
 	Ifindex uint32
@@ -152,6 +159,21 @@ type policySvcValue struct {
 	Count uint32
 }
 
+type policySynBucket struct {
+	Tokens uint64
+	LastNs uint64
+}
+
+type policySynBucketKey struct {
+	Target uint32
+	Source uint32
+}
+
+type policySynLimit struct {
+	Rate  uint32
+	Burst uint32
+}
+
 // loadPolicy returns the embedded CollectionSpec for policy.
 func loadPolicy() (*ebpf.CollectionSpec, error) {
 	reader := bytes.NewReader(_PolicyBytes)
@@ -218,6 +240,8 @@ type policyMapSpecs struct {
 	Revnat       *ebpf.MapSpec `ebpf:"revnat"`
 	ServiceRange *ebpf.MapSpec `ebpf:"service_range"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
+	SynBuckets   *ebpf.MapSpec `ebpf:"syn_buckets"`
+	SynLimits    *ebpf.MapSpec `ebpf:"syn_limits"`
 }
 
 // policyVariableSpecs contains global variables before they are loaded into the kernel.
@@ -226,6 +250,7 @@ type policyMapSpecs struct {
 type policyVariableSpecs struct {
 	FlowEventsOn    *ebpf.VariableSpec `ebpf:"flow_events_on"`
 	Generation      *ebpf.VariableSpec `ebpf:"generation"`
+	UnusedDropKind  *ebpf.VariableSpec `ebpf:"unused_drop_kind"`
 	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
 }
 
@@ -262,6 +287,8 @@ type policyMaps struct {
 	Revnat       *ebpf.Map `ebpf:"revnat"`
 	ServiceRange *ebpf.Map `ebpf:"service_range"`
 	Services     *ebpf.Map `ebpf:"services"`
+	SynBuckets   *ebpf.Map `ebpf:"syn_buckets"`
+	SynLimits    *ebpf.Map `ebpf:"syn_limits"`
 }
 
 func (m *policyMaps) Close() error {
@@ -279,6 +306,8 @@ func (m *policyMaps) Close() error {
 		m.Revnat,
 		m.ServiceRange,
 		m.Services,
+		m.SynBuckets,
+		m.SynLimits,
 	)
 }
 
@@ -288,6 +317,7 @@ func (m *policyMaps) Close() error {
 type policyVariables struct {
 	FlowEventsOn    *ebpf.Variable `ebpf:"flow_events_on"`
 	Generation      *ebpf.Variable `ebpf:"generation"`
+	UnusedDropKind  *ebpf.Variable `ebpf:"unused_drop_kind"`
 	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
 }
 

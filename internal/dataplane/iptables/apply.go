@@ -24,8 +24,10 @@ type Dataplane struct {
 	// applyMu serialises what changes the kernel's tables: Sync and SetBlocked (the blocklist
 	// changes from the threat engine, whenever its feeds or blocks change).
 	applyMu sync.Mutex
-	// blockInstalled: the blocklist's raw chains and jump are in place (SetBlocked).
+	// blockInstalled: the raw table's chains and jump are in place (SetBlocked, SetSynLimits);
+	// synLimits are the SYN limits they enforce.
 	blockInstalled bool
+	synLimits      []dataplane.SynLimit
 
 	mu sync.Mutex
 	// prefixes resolve flow-event prefixes: the Ruleset in force and the one before it (events
@@ -379,6 +381,6 @@ func (d *Dataplane) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	d.applied, d.blockInstalled = nil, false
+	d.applied, d.blockInstalled, d.synLimits = nil, false, nil
 	return errors.Join(errs...)
 }

@@ -4,59 +4,94 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
+	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/ir"
 )
 
-// The blocklist (dataplane.Blocker): a hash:net set of blocked prefixes and a chain in the raw
-// table, jumped to first from PREROUTING, that drops every packet from or to a member before
-// conntrack and before the filter table's policy. A sample of the drops (at most
-// blockSampleRate a second per rule) is logged to the flow group with a prefix of its own.
+// The threat engine's responses in the raw table, before conntrack and before the filter
+// table's policy, from one chain jumped to first from PREROUTING:
+//   - the blocklist (dataplane.Blocker): a hash:net set of blocked prefixes; every packet from
+//     or to a member is dropped;
+//   - SYN limits (dataplane.SynLimiter): per limited pod, a hashlimit rule that drops a
+//     source's TCP SYNs above its rate.
+//
+// A sample of each kind of drop (at most sampleRate a second per rule) is logged to the flow
+// group with a prefix of its own.
 const (
 	BlockSet       = SetPrefix + "blocklist"
 	blockChain     = ChainPrefix + "BLOCK"
 	blockDropChain = ChainPrefix + "BLOCK-DROP"
-	// blockSampleRate bounds the flow events of blocked packets, so a flood from a blocked
-	// source cannot crowd the flow records out of the NFLOG group.
-	blockSampleRate = "20/sec --limit-burst 40"
+	synChain       = ChainPrefix + "SYNLIMIT"
+	synDropChain   = ChainPrefix + "SYNLIMIT-DROP"
+	// sampleRate bounds the flow events of dropped packets, so a flood cannot crowd the flow
+	// records out of the NFLOG group.
+	sampleRate = "20/sec --limit-burst 40"
 )
 
-// blockPrefix is the NFLOG prefix of a blocked packet: "D", the direction, "!".
+// Prefixes of the sampled drops: "D", the direction, then "!" (blocklist) or "~" (SYN limit).
 func blockPrefix(dir ir.Direction) string { return verdictDir(false, dir) + "!" }
+func limitPrefix(dir ir.Direction) string { return verdictDir(false, dir) + "~" }
 
-// decodeBlockPrefix reports whether prefix is a blocked packet's, and its direction.
-func decodeBlockPrefix(prefix string) (ir.Direction, bool) {
+// decodeDropPrefix reports whether prefix is a sampled drop's, which kind and its direction.
+func decodeDropPrefix(prefix string) (dir ir.Direction, blocked, limited bool) {
 	for _, dir := range []ir.Direction{ir.Ingress, ir.Egress} {
-		if prefix == blockPrefix(dir) {
-			return dir, true
+		switch prefix {
+		case blockPrefix(dir):
+			return dir, true, false
+		case limitPrefix(dir):
+			return dir, false, true
 		}
 	}
-	return 0, false
+	return 0, false, false
 }
 
-// renderBlockChains renders the raw table's chains. Packets coming in on a pod's interface are
-// the pod's egress; everything else is ingress (as the eBPF programs report them).
-func renderBlockChains(podPrefix string, group uint16) string {
+// renderRaw renders the raw table's chains for the SYN limits in force. Packets coming in on a
+// pod's interface are the pod's egress; everything else is ingress (as the eBPF programs
+// report them).
+func renderRaw(podPrefix string, group uint16, limits []dataplane.SynLimit) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "*raw\n:%s - [0:0]\n:%s - [0:0]\n", blockChain, blockDropChain)
+	fmt.Fprintf(&b, "*raw\n")
+	for _, c := range []string{blockChain, blockDropChain, synChain, synDropChain} {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	}
 	for _, dir := range []string{"src", "dst"} {
 		fmt.Fprintf(&b, "-A %s -m set --match-set %s %s -j %s\n", blockChain, BlockSet, dir, blockDropChain)
 	}
-	if group != 0 {
-		log := func(match string, dir ir.Direction) {
-			fmt.Fprintf(&b, "-A %s %s-m limit --limit %s -j NFLOG --nflog-group %d --nflog-prefix %q --nflog-size 128\n",
-				blockDropChain, match, blockSampleRate, group, blockPrefix(dir))
-		}
-		if podPrefix != "" {
-			log(fmt.Sprintf("-i %s+ ", podPrefix), ir.Egress)
-			log(fmt.Sprintf("! -i %s+ ", podPrefix), ir.Ingress)
-		} else {
-			log("", ir.Ingress)
-		}
+	if len(limits) > 0 {
+		fmt.Fprintf(&b, "-A %s -p tcp --syn -j %s\n", blockChain, synChain)
 	}
-	fmt.Fprintf(&b, "-A %s -j DROP\nCOMMIT\n", blockDropChain)
+	for _, l := range limits {
+		if !l.Target.Unmap().Is4() {
+			continue
+		}
+		t := l.Target.Unmap().String()
+		// hashlimit names its table (at most 15 bytes here): one per target.
+		fmt.Fprintf(&b, "-A %s -d %s/32 -m hashlimit --hashlimit-above %d/sec --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name rl%s -j %s\n",
+			synChain, t, max(l.Rate, 1), max(l.Burst, 1), strings.ToLower(hash(t))[:10], synDropChain)
+	}
+	for _, c := range []struct {
+		chain  string
+		prefix func(ir.Direction) string
+	}{{blockDropChain, blockPrefix}, {synDropChain, limitPrefix}} {
+		if group != 0 {
+			log := func(match string, dir ir.Direction) {
+				fmt.Fprintf(&b, "-A %s %s-m limit --limit %s -j NFLOG --nflog-group %d --nflog-prefix %q --nflog-size 128\n",
+					c.chain, match, sampleRate, group, c.prefix(dir))
+			}
+			if podPrefix != "" {
+				log(fmt.Sprintf("-i %s+ ", podPrefix), ir.Egress)
+				log(fmt.Sprintf("! -i %s+ ", podPrefix), ir.Ingress)
+			} else {
+				log("", ir.Ingress)
+			}
+		}
+		fmt.Fprintf(&b, "-A %s -j DROP\n", c.chain)
+	}
+	b.WriteString("COMMIT\n")
 	return b.String()
 }
 
@@ -110,15 +145,10 @@ func (d *Dataplane) SetBlocked(prefixes []netip.Prefix) error {
 				return fmt.Errorf("install blocklist: %w", err)
 			}
 		}
-		if _, err := d.run.Run(ctx, renderBlockChains(d.node.PodInterfacePrefix, d.node.FlowLogGroup), "iptables-restore", "--noflush"); err != nil {
-			d.destroyStaged(ctx, []string{BlockSet})
-			return fmt.Errorf("install blocklist rules: %w", err)
-		}
-		if err := d.ensureJumps(ctx, &Spec{Jumps: []Jump{{Table: "raw", From: "PREROUTING", To: blockChain}}}); err != nil {
+		if err := d.writeRawLocked(ctx, d.synLimits); err != nil {
 			d.destroyStaged(ctx, []string{BlockSet})
 			return err
 		}
-		d.blockInstalled = true
 		if !sets[BlockSet] {
 			return nil
 		}
@@ -128,5 +158,41 @@ func (d *Dataplane) SetBlocked(prefixes []netip.Prefix) error {
 		return fmt.Errorf("swap blocklist: %w", err)
 	}
 	d.destroyStaged(ctx, []string{BlockSet}) // now the previous members
+	return nil
+}
+
+// SetSynLimits replaces the SYN rate limits (dataplane.SynLimiter): the raw table's chains are
+// rewritten in one iptables-restore transaction, so a failure leaves the previous ones.
+func (d *Dataplane) SetSynLimits(limits []dataplane.SynLimit) error {
+	ctx := context.Background()
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	limits = slices.Clone(limits)
+	sort.Slice(limits, func(i, j int) bool { return limits[i].Target.Less(limits[j].Target) })
+	if !d.blockInstalled {
+		// The chains name the blocklist: it must exist, empty until SetBlocked fills it.
+		if _, err := d.run.Run(ctx, "", "ipset", "create", BlockSet, "hash:net", "family", "inet", "maxelem", "65536", "-exist"); err != nil {
+			return fmt.Errorf("create blocklist: %w", err)
+		}
+	}
+	if err := d.writeRawLocked(ctx, limits); err != nil {
+		return err
+	}
+	d.synLimits = limits
+	return nil
+}
+
+// writeRawLocked rewrites the raw table's chains for limits and hooks them in (once). The
+// caller holds d.applyMu.
+func (d *Dataplane) writeRawLocked(ctx context.Context, limits []dataplane.SynLimit) error {
+	if _, err := d.run.Run(ctx, renderRaw(d.node.PodInterfacePrefix, d.node.FlowLogGroup, limits), "iptables-restore", "--noflush"); err != nil {
+		return fmt.Errorf("write raw table rules: %w", err)
+	}
+	if !d.blockInstalled {
+		if err := d.ensureJumps(ctx, &Spec{Jumps: []Jump{{Table: "raw", From: "PREROUTING", To: blockChain}}}); err != nil {
+			return err
+		}
+		d.blockInstalled = true
+	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/netnstest"
@@ -19,21 +20,28 @@ func TestBlockRendering(t *testing.T) {
 		name      string
 		podPrefix string
 		group     uint16
+		limits    []dataplane.SynLimit
 		want      []string
 		not       []string
 	}{
-		{"pod prefix and flows", "veth", 1727, []string{
+		{"pod prefix and flows", "veth", 1727, nil, []string{
 			"-A RAMPART-BLOCK -m set --match-set rampart-blocklist src -j RAMPART-BLOCK-DROP",
 			"-A RAMPART-BLOCK -m set --match-set rampart-blocklist dst -j RAMPART-BLOCK-DROP",
 			`-A RAMPART-BLOCK-DROP -i veth+ -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-group 1727 --nflog-prefix "DE!"`,
 			`-A RAMPART-BLOCK-DROP ! -i veth+ -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-group 1727 --nflog-prefix "DI!"`,
-			"-A RAMPART-BLOCK-DROP -j DROP\nCOMMIT",
-		}, nil},
-		{"no pod prefix", "", 5, []string{`-A RAMPART-BLOCK-DROP -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-group 5 --nflog-prefix "DI!"`}, []string{"DE!"}},
-		{"flows off", "v", 0, []string{"-A RAMPART-BLOCK-DROP -j DROP"}, []string{"NFLOG"}},
+			"-A RAMPART-BLOCK-DROP -j DROP\n",
+		}, []string{"--syn"}},
+		{"SYN limits", "v", 1727, []dataplane.SynLimit{{Target: netip.MustParseAddr("10.244.1.11"), Rate: 20, Burst: 40}, {Target: netip.MustParseAddr("2001:db8::1"), Rate: 1, Burst: 1}}, []string{
+			"-A RAMPART-BLOCK -p tcp --syn -j RAMPART-SYNLIMIT",
+			"-A RAMPART-SYNLIMIT -d 10.244.1.11/32 -m hashlimit --hashlimit-above 20/sec --hashlimit-burst 40 --hashlimit-mode srcip --hashlimit-name rl",
+			`-A RAMPART-SYNLIMIT-DROP -i v+ -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-group 1727 --nflog-prefix "DE~"`,
+			"-A RAMPART-SYNLIMIT-DROP -j DROP\nCOMMIT",
+		}, []string{"2001:db8"}},
+		{"no pod prefix", "", 5, nil, []string{`-A RAMPART-BLOCK-DROP -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-group 5 --nflog-prefix "DI!"`}, []string{"DE!"}},
+		{"flows off", "v", 0, nil, []string{"-A RAMPART-BLOCK-DROP -j DROP"}, []string{"NFLOG"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := renderBlockChains(tc.podPrefix, tc.group)
+			got := renderRaw(tc.podPrefix, tc.group, tc.limits)
 			for _, w := range tc.want {
 				if !strings.Contains(got, w) {
 					t.Errorf("missing %q in\n%s", w, got)
@@ -61,16 +69,17 @@ func TestBlockRendering(t *testing.T) {
 	}
 
 	for _, p := range []struct {
-		prefix string
-		dir    ir.Direction
-		ok     bool
-	}{{"DI!", ir.Ingress, true}, {"DE!", ir.Egress, true}, {"AI!", 0, false}, {"DIX", 0, false}} {
-		dir, ok := decodeBlockPrefix(p.prefix)
-		if ok != p.ok || dir != p.dir {
-			t.Errorf("decodeBlockPrefix(%q) = %v, %v", p.prefix, dir, ok)
+		prefix           string
+		dir              ir.Direction
+		blocked, limited bool
+	}{{"DI!", ir.Ingress, true, false}, {"DE!", ir.Egress, true, false}, {"DE~", ir.Egress, false, true}, {"DI~", ir.Ingress, false, true},
+		{"AI!", 0, false, false}, {"DIX", 0, false, false}} {
+		dir, blocked, limited := decodeDropPrefix(p.prefix)
+		if blocked != p.blocked || limited != p.limited || dir != p.dir {
+			t.Errorf("decodeDropPrefix(%q) = %v, %v, %v", p.prefix, dir, blocked, limited)
 		}
-		if _, _, _, ok := decodePrefix(p.prefix); ok && p.ok {
-			t.Errorf("decodePrefix takes the blocked prefix %q as a policy's", p.prefix)
+		if _, _, _, ok := decodePrefix(p.prefix); ok && (p.blocked || p.limited) {
+			t.Errorf("decodePrefix takes the drop prefix %q as a policy's", p.prefix)
 		}
 	}
 }

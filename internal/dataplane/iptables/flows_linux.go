@@ -25,8 +25,8 @@ func (d *Dataplane) ReadFlows(ctx context.Context, netns string, sink flow.Sink)
 		if !ok {
 			return
 		}
-		if dir, ok := decodeBlockPrefix(prefix); ok {
-			ev.Time, ev.Direction, ev.Blocked = ts, dir, true
+		if dir, blocked, limited := decodeDropPrefix(prefix); blocked || limited {
+			ev.Time, ev.Direction, ev.Blocked, ev.Limited = ts, dir, blocked, limited
 			sink.Observe(ev)
 			return
 		}

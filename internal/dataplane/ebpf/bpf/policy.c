@@ -151,6 +151,7 @@ enum counter {
 	C_FLOW_LOST, // flow events the ring buffer had no room for
 	C_DROP_BLOCKED,     // dropped by the blocklist in a TC program
 	C_XDP_DROP_BLOCKED, // dropped by the blocklist in XDP on the uplink
+	C_DROP_SYN_LIMIT,   // a TCP SYN over its source's rate limit toward a limited pod
 	C_MAX,
 };
 
@@ -254,7 +255,7 @@ struct flow_event {
 	__u8 direction;
 	__u8 allowed;
 	__u8 tcp_flags;
-	__u8 blocked; // dropped by the blocklist (a sample of those drops), not by policy
+	__u8 blocked; // not decided by policy: enum drop_kind (a sample of those drops)
 	__u8 pad;
 };
 
@@ -262,6 +263,48 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } flow_events SEC(".maps");
+
+// Drops that policy did not decide, reported in flow_event.blocked.
+enum drop_kind {
+	DROP_BLOCKLIST = 1, // from or to a blocked prefix
+	DROP_SYN_LIMIT = 2, // a SYN over its source's rate limit
+};
+
+// SYN rate limits (the threat engine's answer to a SYN flood): toward each limited pod, every
+// source gets a token bucket of `rate` new TCP connection attempts per second and `burst`.
+// Every bare SYN pays (checked before conntrack, as the iptables dataplane's raw-table rule).
+struct syn_limit {
+	__u32 rate;
+	__u32 burst;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only
+	__type(key, __u32);                   // the limited pod's address, network order
+	__type(value, struct syn_limit);
+} syn_limits SEC(".maps");
+
+struct syn_bucket_key {
+	__u32 target;
+	__u32 source;
+};
+
+// tokens are in billionths, so that refilling by elapsed nanoseconds times the rate needs no
+// division.
+struct syn_bucket {
+	__u64 tokens;
+	__u64 last_ns;
+};
+
+// Sources flooding a pod may be many (spoofed): least recently used buckets make room.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct syn_bucket_key);
+	__type(value, struct syn_bucket);
+} syn_buckets SEC(".maps");
 
 // The blocklist: prefixes whose packets are dropped before conntrack and policy, in either
 // direction (threat feeds with action block, automatic blocks). Each entry counts what it
@@ -304,6 +347,7 @@ struct {
 
 // Keeps struct flow_event in the BTF, so bpf2go generates it for the reader.
 const struct flow_event *unused_flow_event __attribute__((unused));
+const enum drop_kind *unused_drop_kind __attribute__((unused));
 
 // Set by the loader: this generation's number, and whether flow events are written at all.
 volatile const __u32 generation = 0;
@@ -539,9 +583,9 @@ static __always_inline int block_match(__u32 saddr, __u32 daddr, __u32 len)
 	return 1;
 }
 
-// drop_blocked counts a blocked packet and reports it as a flow event, by sample: at most
-// BLOCK_SAMPLES per CPU and window.
-static __always_inline void drop_blocked(struct pkt *p, int dir, __u32 counter)
+// drop_sampled counts a packet dropped without a policy decision and reports it as a flow
+// event of that kind, by sample: at most BLOCK_SAMPLES per CPU and window.
+static __always_inline void drop_sampled(struct pkt *p, int dir, __u32 counter, __u8 kind)
 {
 	count(counter);
 	__u32 zero = 0;
@@ -556,7 +600,44 @@ static __always_inline void drop_blocked(struct pkt *p, int dir, __u32 counter)
 	if (s->n >= BLOCK_SAMPLES)
 		return;
 	s->n++;
-	emit_event(p, dir, 0, 0, 1);
+	emit_event(p, dir, 0, 0, kind);
+}
+
+#define NS_PER_S 1000000000ULL
+#define TCP_SYN 0x02
+#define TCP_ACK 0x10
+
+// syn_over_limit takes a token from the bucket of the packet's source toward its destination,
+// when the destination is limited: 1 when there is none left (drop).
+static __always_inline int syn_over_limit(struct pkt *p)
+{
+	struct syn_limit *l = bpf_map_lookup_elem(&syn_limits, &p->daddr);
+	if (!l)
+		return 0;
+	__u64 cap = (__u64)l->burst * NS_PER_S;
+	__u64 now = bpf_ktime_get_ns();
+	struct syn_bucket_key k = {.target = p->daddr, .source = p->saddr};
+	struct syn_bucket *b = bpf_map_lookup_elem(&syn_buckets, &k);
+	if (!b) {
+		struct syn_bucket nb = {.tokens = cap > NS_PER_S ? cap - NS_PER_S : 0, .last_ns = now};
+		bpf_map_update_elem(&syn_buckets, &k, &nb, BPF_ANY);
+		return 0;
+	}
+	// Concurrent updates from two CPUs may lose a refill or a take: the limit is approximate
+	// by a packet or two, never unbounded.
+	__u64 elapsed = now - b->last_ns;
+	if (elapsed > 1000 * NS_PER_S)
+		elapsed = 1000 * NS_PER_S;
+	__u64 tokens = b->tokens + elapsed * l->rate;
+	if (tokens > cap)
+		tokens = cap;
+	b->last_ns = now;
+	if (tokens < NS_PER_S) {
+		b->tokens = tokens;
+		return 1;
+	}
+	b->tokens = tokens - NS_PER_S;
+	return 0;
 }
 
 // track records a new flow of an endpoint in both directions, counting its first packet.
@@ -620,7 +701,7 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 		}
 	}
 	if (block_match(p->saddr, p->daddr, p->len)) {
-		drop_blocked(p, dir, C_DROP_BLOCKED);
+		drop_sampled(p, dir, C_DROP_BLOCKED, DROP_BLOCKLIST);
 		return PARSE_BLOCKED;
 	}
 	if (!ported) {
@@ -647,7 +728,7 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 			p->dport = ports[1];
 			p->daddr = ip->daddr;
 			if (block_match(p->daddr, p->daddr, p->len)) {
-				drop_blocked(p, dir, C_DROP_BLOCKED);
+				drop_sampled(p, dir, C_DROP_BLOCKED, DROP_BLOCKLIST);
 				return PARSE_BLOCKED;
 			}
 		}
@@ -659,6 +740,14 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 // new one is looked up in the policy and tracked when allowed.
 static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __u32 *ctflags)
 {
+	// A connection attempt toward a rate-limited pod needs a token of its source, whatever
+	// policy says, and before conntrack: a SYN reusing a tracked flow's ports (a flood cycling
+	// through source ports does) is a new attempt too.
+	if (dir == DIR_INGRESS && p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
+	    syn_over_limit(p)) {
+		drop_sampled(p, dir, C_DROP_SYN_LIMIT, DROP_SYN_LIMIT);
+		return TC_ACT_SHOT;
+	}
 	struct ct_key ck = {.endpoint = ep->id, .saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport, .protocol = p->proto};
 	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &ck);
 	if (cv) {
@@ -866,7 +955,7 @@ int xdp_uplink(struct xdp_md *ctx)
 		if (proto == IPPROTO_TCP && (void *)(fl + 1) <= end)
 			p.tcp_flags = *fl;
 	}
-	drop_blocked(&p, DIR_INGRESS, C_XDP_DROP_BLOCKED);
+	drop_sampled(&p, DIR_INGRESS, C_XDP_DROP_BLOCKED, DROP_BLOCKLIST);
 	return XDP_DROP;
 }
 

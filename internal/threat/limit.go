@@ -1,0 +1,98 @@
+package threat
+
+import (
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+// synLimit is a SYN rate limit the engine put on a flooded pod.
+type synLimit struct {
+	until       time.Time
+	rate, burst uint32
+}
+
+// limitLocked rate-limits new connection attempts toward dst per source (the flood detector's
+// rateLimit response) until now+cfg.BlockFor, and reports the response taken.
+func (e *Engine) limitLocked(dst netip.Addr, cfg *model.SynFloodDetector, now time.Time) string {
+	if e.cfg.Limiter == nil {
+		return "rateLimit-unavailable"
+	}
+	e.limits[dst] = synLimit{until: now.Add(cfg.BlockFor.Duration), rate: uint32(cfg.PerSource), burst: uint32(cfg.Burst)}
+	if err := e.pushLimitsLocked(); err != nil {
+		e.cfg.Logger.Error("rate limit", "target", dst, "err", err)
+		return "rateLimit-failed"
+	}
+	return model.ActionRateLimit
+}
+
+// extendLimitLocked keeps a limit in force while the flood it answers goes on.
+func (e *Engine) extendLimitLocked(dst netip.Addr, cfg *model.SynFloodDetector, now time.Time) {
+	if l, ok := e.limits[dst]; ok && cfg.Action == model.ActionRateLimit {
+		l.until = now.Add(cfg.BlockFor.Duration)
+		e.limits[dst] = l
+	}
+}
+
+// pushLimitsLocked gives the kernel the limits in force, when they changed.
+func (e *Engine) pushLimitsLocked() error {
+	if e.cfg.Limiter == nil {
+		return nil
+	}
+	want := make([]dataplane.SynLimit, 0, len(e.limits))
+	for a, l := range e.limits {
+		want = append(want, dataplane.SynLimit{Target: a, Rate: l.rate, Burst: l.burst})
+	}
+	sort.Slice(want, func(i, j int) bool { return want[i].Target.Less(want[j].Target) })
+	if !e.limitPushFailed && equalLimits(want, e.limited) {
+		return nil
+	}
+	if err := e.cfg.Limiter.SetSynLimits(want); err != nil {
+		e.limitPushFailed = true // every Configure tries again
+		return err
+	}
+	e.limited, e.limitPushFailed = want, false
+	return nil
+}
+
+func equalLimits(a, b []dataplane.SynLimit) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// expireLimitsLocked lifts the limits whose time is up.
+func (e *Engine) expireLimitsLocked(now time.Time) {
+	changed := false
+	for a, l := range e.limits {
+		if !now.Before(l.until) {
+			delete(e.limits, a)
+			changed = true
+		}
+	}
+	if changed {
+		if err := e.pushLimitsLocked(); err != nil {
+			e.cfg.Logger.Error("lift expired rate limits", "err", err)
+		}
+	}
+}
+
+// Limits are the SYN rate limits in force, by target, and when each ends.
+func (e *Engine) Limits() map[netip.Addr]time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[netip.Addr]time.Time{}
+	for a, l := range e.limits {
+		out[a] = l.until
+	}
+	return out
+}
