@@ -147,6 +147,7 @@ func newLabCmd() *cobra.Command {
 	}
 
 	cmd.AddCommand(apply, del, label, get, kubeconfig, newLabProbeCmd(client), newLabExecCmd(client), newLabFlowsCmd(client), newLabMetricsCmd(client), newLabAlertsCmd(client))
+	cmd.AddCommand(newLabQuarantineCmds(client)...)
 	return cmd
 }
 

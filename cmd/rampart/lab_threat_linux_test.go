@@ -193,6 +193,63 @@ spec:
 	}
 	testLabFeedBlock(t, ip["app/server"], sources, write, must, exec1Status(run), alerts)
 	testLabSynFlood(t, ip["app/server"], write, must, run, alerts)
+	testLabQuarantine(t, ip, write, must, exec1Status(run), alerts)
+}
+
+// testLabQuarantine quarantines a pod by hand (lab quarantine) and by a decoy's response, and
+// checks that its connections are cut while other pods' are not, and that lab release restores
+// them.
+func testLabQuarantine(t *testing.T, ip map[string]string, write func(file, body string) string, must func(args ...string) string,
+	ok func(pod string, argv ...string) bool, alerts func() []threat.Alert) {
+	t.Helper()
+	reach := func(from string) bool {
+		for i := 0; i < 3; i++ {
+			if ok(from, "timeout", "2", "bash", "-c", fmt.Sprintf("echo > /dev/tcp/%s/80", ip["app/server"])) {
+				return true
+			}
+		}
+		return false
+	}
+	must("lab", "quarantine", "app/client")
+	if reach("app/client") {
+		t.Error("a quarantined pod still reaches the server")
+	}
+	if !reach("app/busy") {
+		t.Error("quarantining app/client cut app/busy off too")
+	}
+	must("lab", "release", "app/client")
+	if !reach("app/client") {
+		t.Error("a released pod cannot reach the server")
+	}
+
+	must("lab", "apply", "-f", write("td-quarantine.yaml", `apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  honeypots:
+  - {namespace: decoy, pod: db-0, action: quarantine}
+`))
+	start := time.Now()
+	ok("app/busy", "timeout", "1", "bash", "-c", fmt.Sprintf("echo > /dev/tcp/%s/5432", ip["decoy/db-0"]))
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		found := false
+		for _, a := range alerts() {
+			found = found || (a.Type == threat.TypeHoneypot && a.Source.Pod == "busy" && a.Response == "quarantine" && !a.Time.Before(start))
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no honeypot alert quarantining app/busy: %+v", alerts())
+		}
+	}
+	if reach("app/busy") {
+		t.Error("the pod the decoy quarantined still reaches the server")
+	}
+	must("lab", "release", "app/busy")
+	if !reach("app/busy") {
+		t.Error("released from its automatic quarantine, app/busy cannot reach the server")
+	}
 }
 
 // hpingStats matches hping3's closing statistics.

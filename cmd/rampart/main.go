@@ -34,5 +34,6 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newPolicyCmd(), newExplainCmd(), newLabCmd(), newScanCmd(), newDBCmd(), newAgentCmd(), newDoctorCmd(), newFlowsCmd(), newAlertsCmd())
+	root.AddCommand(newQuarantineCmds()...)
 	return root
 }

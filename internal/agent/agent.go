@@ -400,6 +400,7 @@ func (a *Agent) Status() Status {
 	st.Source = a.src.Status()
 	st.Threat.Alerts = a.th.Log().Total()
 	st.Threat.Feeds, st.Threat.Refused, st.Threat.Blocks, st.Threat.Limits = a.th.FeedEntries(), len(a.th.Refused()), len(a.th.Blocks()), len(a.th.Limits())
+	st.Threat.Quarantined = a.th.Quarantined()
 	switch {
 	case st.Applied == 0:
 		st.Ready, st.Reason = false, "no policy programmed yet"

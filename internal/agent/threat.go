@@ -27,7 +27,9 @@ type ThreatStatus struct {
 	Refused int            `json:"refused,omitempty"`
 	Blocks  int            `json:"blocks,omitempty"` // automatic blocks in force
 	Limits  int            `json:"limits,omitempty"` // SYN rate limits in force
-	Alerts  uint64         `json:"alerts"`
+	// Quarantined are the pods under quarantine (NS/NAME).
+	Quarantined []string `json:"quarantined,omitempty"`
+	Alerts      uint64   `json:"alerts"`
 	// Error is why the last configuration could not be taken (the previous stays in force).
 	Error string `json:"error,omitempty"`
 }
@@ -54,6 +56,9 @@ func newThreat(cfg Config, dp dataplane.Dataplane, reg prometheus.Registerer) (*
 	}
 	if l, ok := dp.(dataplane.SynLimiter); ok {
 		tc.Limiter = l
+	}
+	if q, ok := dp.(dataplane.Quarantiner); ok {
+		tc.Quarantiner = q
 	}
 	e := threat.New(tc)
 	feeds := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rampart_threat_feed_entries", Help: "Entries of the threat feeds loaded."}, func() float64 {

@@ -148,6 +148,26 @@ type SynLimiter interface {
 	SetSynLimits(limits []SynLimit) error
 }
 
+// Quarantine cuts every packet to or from Pods, established connections included, but those
+// to one of Allow's protocols and destination ports and their replies.
+type Quarantine struct {
+	Pods  []netip.Addr
+	Allow []PortProtocol
+}
+
+// PortProtocol is a transport protocol and port.
+type PortProtocol struct {
+	Protocol ir.Protocol
+	Port     uint16
+}
+
+// Quarantiner is a dataplane that can quarantine pods (before conntrack and policy), reporting
+// a sample of the drops as flow events with Blocked set. SetQuarantine replaces the whole
+// quarantine; when it fails the previous one stays.
+type Quarantiner interface {
+	SetQuarantine(q Quarantine) error
+}
+
 // None enforces nothing.
 type None struct{}
 

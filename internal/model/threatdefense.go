@@ -38,6 +38,8 @@ type ThreatDefenseSpec struct {
 	Allowlist []Source `json:"allowlist,omitempty"`
 	// Overrides change detectors for targets in some namespaces; the first matching wins.
 	Overrides []Override `json:"overrides,omitempty"`
+	// Quarantine says what quarantined pods may still do (default: DNS).
+	Quarantine *QuarantineSpec `json:"quarantine,omitempty"`
 }
 
 // Detectors configures the on-node detectors; a nil detector is off.
@@ -273,6 +275,7 @@ func validateThreatDefense(t *ThreatDefense) field.ErrorList {
 		}
 		errs = append(errs, oneOf(p.Child("action"), h.Action, ActionAlert, ActionBlock, ActionQuarantine)...)
 	}
+	errs = append(errs, validateQuarantineSpec(t.Spec.Quarantine, spec.Child("quarantine"))...)
 	for i, s := range t.Spec.Shields {
 		p := spec.Child("shields").Index(i)
 		if _, ok := knownShields[s.Name]; !ok {

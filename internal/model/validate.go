@@ -80,7 +80,7 @@ func validateMeta(o Object) field.ErrorList {
 }
 
 func validatePod(pod *corev1.Pod) field.ErrorList {
-	var errs field.ErrorList
+	errs := validateQuarantine(pod)
 	names := map[string]bool{}
 	check := func(p *field.Path, cs []corev1.Container) {
 		for i, c := range cs {

@@ -79,11 +79,13 @@ func (e *Engine) feedLocked(ev flow.Event, now time.Time) {
 // honeypotLocked alerts on any attempt to reach a decoy.
 func (e *Engine) honeypotLocked(ev flow.Event, d *decoy, now time.Time) {
 	src, dst := ev.Tuple.Src.Addr(), ev.Tuple.Dst.Addr()
-	resp := d.action
-	if d.action == model.ActionBlock && !e.allowedLocked(src) {
+	resp := model.ActionAlert
+	switch {
+	case e.allowedLocked(src):
+	case d.action == model.ActionBlock:
 		resp = e.blockLocked(src, model.DefaultBlockFor, now)
-	} else if d.action != model.ActionAlert {
-		resp = model.ActionAlert // quarantine is not enforced by this version: say what was done
+	case d.action == model.ActionQuarantine:
+		resp = e.quarantineLocked(src, model.DefaultBlockFor, now)
 	}
 	e.raiseLocked(fmt.Sprintf("decoy/%s/%s", src, dst), time.Minute, now, Alert{
 		Type: TypeHoneypot, Severity: "high", Source: e.partyLocked(src), Target: e.partyLocked(dst), Response: resp,
@@ -261,7 +263,7 @@ func (e *Engine) scanAlertLocked(cfg *model.PortScanDetector, src netip.Addr, ki
 	case model.ActionBlock:
 		resp = e.blockLocked(src, cfg.BlockFor.Duration, now)
 	case model.ActionQuarantine:
-		resp = "alert (quarantine is not enforced by this version)"
+		resp = e.quarantineLocked(src, cfg.BlockFor.Duration, now)
 	}
 	e.raiseLocked("", 0, now, Alert{Type: TypePortScan, Severity: "medium", Source: e.partyLocked(src), Target: target, Evidence: ev, Response: resp, Message: msg})
 }

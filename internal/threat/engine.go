@@ -37,6 +37,8 @@ type Config struct {
 	Blocker Blocker
 	// Limiter, when set, enforces SYN rate limits (the flood detector's rateLimit).
 	Limiter dataplane.SynLimiter
+	// Quarantiner, when set, enforces quarantines (annotated pods, detectors' quarantine).
+	Quarantiner dataplane.Quarantiner
 	// OnAlert, when set, is told of every alert (Kubernetes Events, metrics).
 	OnAlert func(Alert)
 	// MaxSources bounds the sources tracked by the scan detector (default 65536).
@@ -74,12 +76,17 @@ type Engine struct {
 	limited    []dataplane.SynLimit    // what the kernel was last given
 	// limitPushFailed: the kernel refused the last limits; the next Configure tries again.
 	limitPushFailed bool
+	quarAuto        map[netip.Addr]autoQuarantine // detectors' quarantines
+	quarSent        *dataplane.Quarantine         // what the kernel was last given
+	quarPushFailed  bool
 	untrack         uint64 // first contacts not tracked (MaxSources reached)
 }
 
 type podInfo struct {
 	ns, name, node string
 	labels         labels.Set
+	quarantined    bool      // annotated rampart.io/quarantine: "true"
+	releasedAt     time.Time // rampart.io/released-at
 }
 
 type loadedFeed struct {
@@ -111,7 +118,7 @@ func New(cfg Config) *Engine {
 	}
 	return &Engine{cfg: cfg, pods: map[netip.Addr]*podInfo{}, scans: map[scanKey]*scanState{},
 		floods: map[netip.Addr]*floodState{}, blocks: map[netip.Prefix]time.Time{}, quiet: map[string]time.Time{},
-		limits: map[netip.Addr]synLimit{}}
+		limits: map[netip.Addr]synLimit{}, quarAuto: map[netip.Addr]autoQuarantine{}}
 }
 
 // Log is where the engine's alerts go.
@@ -149,6 +156,8 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 	defer e.mu.Unlock()
 	e.pods, e.nss = pods, nss
 	if reload {
+		// A new configuration answers anew: what the last one kept quiet is reported again.
+		e.quiet = map[string]time.Time{}
 		e.key, e.td, e.loadedAt = key, td, e.cfg.Now()
 		e.feeds = feeds
 		for _, r := range feeds.refused {
@@ -156,13 +165,15 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 		}
 		if td == nil {
 			e.scans, e.floods, e.blocks = map[scanKey]*scanState{}, map[netip.Addr]*floodState{}, map[netip.Prefix]time.Time{}
-			e.limits = map[netip.Addr]synLimit{}
+			e.limits, e.quarAuto = map[netip.Addr]synLimit{}, map[netip.Addr]autoQuarantine{}
 		}
 	}
 	e.resolveLocked()
-	var err error
+	// Quarantines follow the pods' annotations (and their release), with or without a
+	// ThreatDefense.
+	err := e.pushQuarantineLocked()
 	if reload || e.limitPushFailed {
-		err = e.pushLimitsLocked()
+		err = errors.Join(err, e.pushLimitsLocked())
 	}
 	if !reload && !e.pushFailed {
 		return err // the blocks change with the feeds, or with Observe and Tick
@@ -225,7 +236,8 @@ func index(c *model.Cluster) (map[netip.Addr]*podInfo, map[string]labels.Set) {
 		if p.Spec.HostNetwork {
 			continue
 		}
-		pi := &podInfo{ns: p.Namespace, name: p.Name, node: p.Spec.NodeName, labels: labels.Set(p.Labels)}
+		pi := &podInfo{ns: p.Namespace, name: p.Name, node: p.Spec.NodeName, labels: labels.Set(p.Labels),
+			quarantined: model.IsQuarantined(p), releasedAt: model.ReleasedAt(p)}
 		for _, ip := range podIPs(p) {
 			pods[ip] = pi
 		}
@@ -491,6 +503,7 @@ func (e *Engine) Tick(now time.Time) {
 	e.floodTickLocked(now)
 	e.scanExpireLocked(now)
 	e.expireLimitsLocked(now)
+	e.expireQuarantinesLocked(now)
 	changed := false
 	for p, until := range e.blocks {
 		if !now.Before(until) {

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,6 +55,16 @@ func (c *fakeClock) now() time.Time { return c.t }
 type blocker struct {
 	got    [][]netip.Prefix
 	limits [][]dataplane.SynLimit
+	quar   []dataplane.Quarantine
+}
+
+func (b *blocker) SetQuarantine(q dataplane.Quarantine) error { b.quar = append(b.quar, q); return nil }
+
+func (b *blocker) lastQuarantine() []netip.Addr {
+	if len(b.quar) == 0 {
+		return nil
+	}
+	return b.quar[len(b.quar)-1].Pods
 }
 
 func (b *blocker) SetBlocked(p []netip.Prefix) error { b.got = append(b.got, p); return nil }
@@ -83,7 +94,7 @@ func engine(t *testing.T, td string) (*Engine, *fakeClock, *blocker) {
 	t.Helper()
 	clk := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	b := &blocker{}
-	e := New(Config{Node: "n1", Now: clk.now, Blocker: b, Limiter: b})
+	e := New(Config{Node: "n1", Now: clk.now, Blocker: b, Limiter: b, Quarantiner: b})
 	if err := e.Configure(cluster(t, td), testProtected); err != nil {
 		t.Fatal(err)
 	}
@@ -363,6 +374,75 @@ spec:
 	}
 	if got := b.lastLimits(); len(got) != 0 {
 		t.Fatalf("limits outlive their configuration: %v", got)
+	}
+}
+
+// TestQuarantine: an annotated pod is quarantined with or without a ThreatDefense, with DNS
+// allowed by default or the configured ports; a decoy with action quarantine quarantines the pod
+// that touched it until blockFor passes or the pod is released; a source that is no pod is
+// blocked instead.
+func TestQuarantine(t *testing.T) {
+	withAnn := func(c *model.Cluster, pod string, ann map[string]string) *model.Cluster {
+		c.Pods["app/"+pod].Annotations = ann
+		return c
+	}
+	e, clk, b := engine(t, "")
+	if got := b.lastQuarantine(); len(got) != 0 {
+		t.Fatalf("quarantined %v before anything", got)
+	}
+	if err := e.Configure(withAnn(cluster(t, ""), "client", map[string]string{model.QuarantineAnnotation: "true"}), testProtected); err != nil {
+		t.Fatal(err)
+	}
+	client := netip.MustParseAddr("10.0.1.2")
+	if got := b.quar[len(b.quar)-1]; !slices.Equal(got.Pods, []netip.Addr{client}) || len(got.Allow) != 2 || got.Allow[0] != (dataplane.PortProtocol{Protocol: ir.UDP, Port: 53}) {
+		t.Fatalf("quarantine %+v", got)
+	}
+	td := `
+apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  honeypots: [{namespace: app, pod: db-0, action: quarantine}]
+  quarantine: {allow: [{protocol: TCP, port: 8443}]}
+`
+	if err := e.Configure(cluster(t, td), testProtected); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.quar[len(b.quar)-1]; len(got.Pods) != 0 || !slices.Equal(got.Allow, []dataplane.PortProtocol{{Protocol: ir.TCP, Port: 8443}}) {
+		t.Fatalf("after the annotation went: %+v", got)
+	}
+	server := netip.MustParseAddr("10.0.1.3")
+	e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagSYN, "10.0.1.3:1000", "10.0.1.9:5432"))
+	if got := b.lastQuarantine(); !slices.Equal(got, []netip.Addr{server}) {
+		t.Fatalf("decoy touched: quarantined %v", got)
+	}
+	if a := alertsOf(e, TypeHoneypot); len(a) != 1 || a[0].Response != model.ActionQuarantine {
+		t.Fatalf("alerts %+v", a)
+	}
+	// Released: the detector's quarantine goes.
+	clk.t = clk.t.Add(time.Minute)
+	rel := map[string]string{model.ReleasedAnnotation: clk.t.Format(time.RFC3339)}
+	if err := e.Configure(withAnn(cluster(t, td), "server", rel), testProtected); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.lastQuarantine(); len(got) != 0 {
+		t.Fatalf("released pod still quarantined: %v", got)
+	}
+	// Touched again after the release: quarantined again, lifted after blockFor.
+	clk.t = clk.t.Add(2 * time.Minute)
+	e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagSYN, "10.0.1.3:1001", "10.0.1.9:5432"))
+	if got := b.lastQuarantine(); !slices.Equal(got, []netip.Addr{server}) {
+		t.Fatalf("touched after release: quarantined %v", got)
+	}
+	clk.t = clk.t.Add(model.DefaultBlockFor)
+	e.Tick(clk.t)
+	if got := b.lastQuarantine(); len(got) != 0 {
+		t.Fatalf("quarantine not lifted after blockFor: %v", got)
+	}
+	// An address that is no pod is blocked instead.
+	e.Observe(ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, "203.0.113.9:1000", "10.0.1.9:5432"))
+	if a := alertsOf(e, TypeHoneypot); a[len(a)-1].Response != model.ActionBlock || len(b.got) == 0 || !slices.Contains(b.got[len(b.got)-1], netip.MustParsePrefix("203.0.113.9/32")) {
+		t.Fatalf("external source: %+v, blocked %v", a[len(a)-1], b.got)
 	}
 }
 

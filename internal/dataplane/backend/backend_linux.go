@@ -72,6 +72,15 @@ var (
 	_ flow.ConnCounter       = (*ebpf.Dataplane)(nil)
 	_ dataplane.FlowReader   = (*ebpfPlane)(nil)
 	_ flow.ConnCounter       = (*ebpfPlane)(nil)
+
+	// The threat engine's responses, on both dataplanes.
+	_ dataplane.Blocker     = (*iptablesPlane)(nil)
+	_ dataplane.Blocker     = (*ebpfPlane)(nil)
+	_ dataplane.SynLimiter  = (*iptablesPlane)(nil)
+	_ dataplane.SynLimiter  = (*ebpfPlane)(nil)
+	_ dataplane.Quarantiner = (*iptablesPlane)(nil)
+	_ dataplane.Quarantiner = (*ebpfPlane)(nil)
+	_ dataplane.Blocker     = (*ebpf.Dataplane)(nil)
 )
 
 // ebpfPlane is the eBPF dataplane plus connect-time Service load balancing in a cgroup: the

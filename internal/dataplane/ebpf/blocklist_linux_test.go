@@ -225,3 +225,58 @@ func TestSynLimitPrograms(t *testing.T) {
 		t.Error("a SYN was dropped after the limits were cleared")
 	}
 }
+
+// TestQuarantinePrograms: a quarantined pod's packets, both ways and of established flows too,
+// are dropped but those to an allowed port and their replies; other pods are untouched, and
+// lifting the quarantine restores everything.
+func TestQuarantinePrograms(t *testing.T) {
+	netnstest.RequireRoot(t)
+	o, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	d := &Dataplane{objs: o}
+	q, p, x := netip.MustParseAddr("10.244.1.5"), netip.MustParseAddr("10.244.1.6"), netip.MustParseAddr("10.244.2.9")
+	for i, a := range []netip.Addr{q, p} {
+		if err := o.objs.Endpoints.Put(ipv4Key(a), policyEndpoint{Id: uint32(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	established := packet(q, x, ir.TCP, 40000, 443)
+	if !run(t, o.objs.FromPod, established) {
+		t.Fatal("dropped before any quarantine")
+	}
+	if err := d.SetQuarantine(dataplane.Quarantine{Pods: []netip.Addr{q}, Allow: []dataplane.PortProtocol{{Protocol: ir.UDP, Port: 53}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		prog *ebpf.Program
+		pkt  []byte
+		pass bool
+	}{
+		{"egress TCP", o.objs.FromPod, packet(q, x, ir.TCP, 40001, 80), false},
+		{"established flow", o.objs.FromPod, established, false},
+		{"egress ICMP", o.objs.FromPod, packet(q, x, ir.Protocol(1), 0, 0), false},
+		{"egress DNS", o.objs.FromPod, packet(q, x, ir.UDP, 40002, 53), true},
+		{"DNS reply", o.objs.ToPod, packet(x, q, ir.UDP, 53, 40002), true},
+		{"egress TCP 53 (not allowed)", o.objs.FromPod, packet(q, x, ir.TCP, 40003, 53), false},
+		{"ingress TCP", o.objs.ToPod, packet(x, q, ir.TCP, 40004, 80), false},
+		{"ingress ICMP", o.objs.ToPod, packet(x, q, ir.Protocol(1), 0, 0), false},
+		{"another pod", o.objs.FromPod, packet(p, x, ir.TCP, 40005, 80), true},
+	} {
+		if got := run(t, tc.prog, tc.pkt); got != tc.pass {
+			t.Errorf("%s: passed %v, want %v", tc.name, got, tc.pass)
+		}
+	}
+	if c, _ := o.Counters(); c["drop_quarantine"] != 6 {
+		t.Errorf("drop_quarantine %d, want 6", c["drop_quarantine"])
+	}
+	if err := d.SetQuarantine(dataplane.Quarantine{}); err != nil {
+		t.Fatal(err)
+	}
+	if !run(t, o.objs.FromPod, established) || !run(t, o.objs.ToPod, packet(x, q, ir.TCP, 40006, 80)) {
+		t.Error("dropped after the quarantine was lifted")
+	}
+}

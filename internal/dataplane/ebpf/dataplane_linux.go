@@ -32,7 +32,7 @@ import (
 // two local pods are judged for both ends at the source's veth and handed straight to the
 // destination pod (bpf_redirect_peer). The threat engine's responses (SetBlocked, SetSynLimits)
 // are maps every generation shares: a blocklist checked first by every program and by XDP on
-// the uplink, and per-source SYN token buckets toward limited pods.
+// the uplink, per-source SYN token buckets toward limited pods, and quarantined pods.
 type Dataplane struct {
 	node  dataplane.Node
 	netns string
@@ -68,8 +68,10 @@ type Dataplane struct {
 	// blockWant is the blocklist SetBlocked asked for (nil: none given yet); blockHave what the
 	// blocklist map holds (nil: unknown, read from the map when next written).
 	blockWant, blockHave map[netip.Prefix]bool
-	// synWant are the SYN limits SetSynLimits asked for, by target (nil: none given yet).
-	synWant map[uint32]policySynLimit
+	// synWant are the SYN limits SetSynLimits asked for, by target (nil: none given yet);
+	// quarWant the quarantine SetQuarantine asked for (nil: none given yet).
+	synWant  map[uint32]policySynLimit
+	quarWant *dataplane.Quarantine
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
@@ -101,7 +103,7 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	if d.objs == nil {
 		d.blockHave = nil // a new or adopted map: read what it holds
 	}
-	if err := errors.Join(d.writeBlocklistLocked(next.objs.Blocklist), d.writeSynLimitsLocked(next.objs.SynLimits)); err != nil {
+	if err := errors.Join(d.writeBlocklistLocked(next.objs.Blocklist), d.writeSynLimitsLocked(next.objs.SynLimits), d.writeQuarantineLocked(next)); err != nil {
 		if d.objs == nil {
 			d.blockHave = nil
 		}

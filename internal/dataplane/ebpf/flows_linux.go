@@ -102,11 +102,11 @@ func (d *Dataplane) event(ev *policyFlowEvent, boot time.Time) flow.Event {
 			Dst: netip.AddrPortFrom(addrOf(ev.Daddr), portOf(ev.Dport))},
 		Bytes:    uint64(ev.Len),
 		TCPFlags: ev.TcpFlags,
-		Blocked:  policyDropKind(ev.Blocked) == policyDropKindDROP_BLOCKLIST,
+		Blocked:  policyDropKind(ev.Blocked) == policyDropKindDROP_BLOCKLIST || policyDropKind(ev.Blocked) == policyDropKindDROP_QUARANTINE,
 		Limited:  policyDropKind(ev.Blocked) == policyDropKindDROP_SYN_LIMIT,
 	}
 	if ev.Blocked != 0 {
-		return out // decided by the blocklist or a SYN limit, not by a rule of any generation
+		return out // decided by a threat response, not by a rule of any generation
 	}
 	if ev.OrigDaddr != 0 {
 		out.Service = netip.AddrPortFrom(addrOf(ev.OrigDaddr), portOf(ev.OrigDport))

@@ -23,9 +23,9 @@ type Objects struct {
 }
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
-// generation, its flow state (conntrack, reverse NAT, the flow-event ring), counters, blocklist
-// and SYN limits are reused, so flows survive new tables, counters keep counting and the
-// threat engine's responses stay.
+// generation, its flow state (conntrack, reverse NAT, the flow-event ring), counters, blocklist,
+// SYN limits and quarantine are reused, so flows survive new tables, counters keep counting and
+// the threat engine's responses stay.
 func Load(prev *Objects) (*Objects, error) { return load(prev, genOptions{}) }
 
 // genOptions are a generation's load-time constants.
@@ -37,14 +37,14 @@ type genOptions struct {
 func load(prev *Objects, g genOptions) (*Objects, error) {
 	if prev != nil {
 		return loadWith(carried{prev.objs.Conntrack, prev.objs.Revnat, prev.objs.Counters, prev.objs.FlowEvents, prev.objs.Blocklist,
-			prev.objs.SynLimits, prev.objs.SynBuckets}, g)
+			prev.objs.SynLimits, prev.objs.SynBuckets, prev.objs.Quarantine, prev.objs.QuarantineAllow}, g)
 	}
 	return loadWith(carried{}, g)
 }
 
 // carried are the maps one generation hands to the next (nil: new ones).
 type carried struct {
-	conntrack, revnat, counters, flowEvents, blocklist, synLimits, synBuckets *ebpf.Map
+	conntrack, revnat, counters, flowEvents, blocklist, synLimits, synBuckets, quarantine, quarantineAllow *ebpf.Map
 }
 
 // loadWith loads a generation using the given flow-state and counter maps.
@@ -66,7 +66,8 @@ func loadWith(c carried, g genOptions) (*Objects, error) {
 	}
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{}}
 	for name, m := range map[string]*ebpf.Map{"conntrack": c.conntrack, "revnat": c.revnat, "counters": c.counters, "flow_events": c.flowEvents,
-		"blocklist": c.blocklist, "syn_limits": c.synLimits, "syn_buckets": c.synBuckets} {
+		"blocklist": c.blocklist, "syn_limits": c.synLimits, "syn_buckets": c.synBuckets,
+		"quarantine": c.quarantine, "quarantine_allow": c.quarantineAllow} {
 		if m != nil {
 			opts.MapReplacements[name] = m
 		}
@@ -121,7 +122,7 @@ var CounterNames = []string{
 	"pass_not_ip", "pass_no_endpoint", "pass_not_selected", "pass_tracked", "allow_ingress",
 	"drop_ingress", "drop_spoof", "pass_other_protocol", "dnat", "reverse_nat", "no_backend",
 	"redirect_peer", "redirect_uplink", "allow_egress", "drop_egress", "flow_events_lost",
-	"drop_blocked", "xdp_drop_blocked", "drop_syn_limit",
+	"drop_blocked", "xdp_drop_blocked", "drop_syn_limit", "drop_quarantine",
 }
 
 // Counters sums each counter over CPUs.
@@ -226,6 +227,42 @@ func putAll[K, V any](m *ebpf.Map, keys []K, vals []V) error {
 			}
 			return nil
 		}
+	}
+	return nil
+}
+
+// replaceMap makes a small hash map hold want, putting its previous content back when a write
+// fails.
+func replaceMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
+	have := map[K]V{}
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		have[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	write := func(from, to map[K]V) error {
+		for k := range from {
+			if _, ok := to[k]; !ok {
+				if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return err
+				}
+			}
+		}
+		for k, v := range to {
+			if h, ok := from[k]; !ok || h != v {
+				if err := m.Put(k, v); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	if err := write(have, want); err != nil {
+		return errors.Join(err, write(want, have))
 	}
 	return nil
 }

@@ -69,8 +69,9 @@ type policyCtValue struct {
 type policyDropKind uint32
 
 const (
-	policyDropKindDROP_BLOCKLIST policyDropKind = 1
-	policyDropKindDROP_SYN_LIMIT policyDropKind = 2
+	policyDropKindDROP_BLOCKLIST  policyDropKind = 1
+	policyDropKindDROP_SYN_LIMIT  policyDropKind = 2
+	policyDropKindDROP_QUARANTINE policyDropKind = 3
 )
 
 type policyEndpoint struct {
@@ -126,6 +127,12 @@ type policyPolicyKey struct {
 type policyPolicyValue struct {
 	Allow uint32
 	Rule  uint32
+}
+
+type policyQuarantinePort struct {
+	Protocol uint8
+	Pad      uint8
+	Port     uint16
 }
 
 type policyRevnatKey struct {
@@ -227,21 +234,23 @@ type policyProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type policyMapSpecs struct {
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	BlockSamples *ebpf.MapSpec `ebpf:"block_samples"`
-	Blocklist    *ebpf.MapSpec `ebpf:"blocklist"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	CrcZeros     *ebpf.MapSpec `ebpf:"crc_zeros"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	FlowEvents   *ebpf.MapSpec `ebpf:"flow_events"`
-	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
-	Policy       *ebpf.MapSpec `ebpf:"policy"`
-	Revnat       *ebpf.MapSpec `ebpf:"revnat"`
-	ServiceRange *ebpf.MapSpec `ebpf:"service_range"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	SynBuckets   *ebpf.MapSpec `ebpf:"syn_buckets"`
-	SynLimits    *ebpf.MapSpec `ebpf:"syn_limits"`
+	Backends        *ebpf.MapSpec `ebpf:"backends"`
+	BlockSamples    *ebpf.MapSpec `ebpf:"block_samples"`
+	Blocklist       *ebpf.MapSpec `ebpf:"blocklist"`
+	Conntrack       *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters        *ebpf.MapSpec `ebpf:"counters"`
+	CrcZeros        *ebpf.MapSpec `ebpf:"crc_zeros"`
+	Endpoints       *ebpf.MapSpec `ebpf:"endpoints"`
+	FlowEvents      *ebpf.MapSpec `ebpf:"flow_events"`
+	Ipcache         *ebpf.MapSpec `ebpf:"ipcache"`
+	Policy          *ebpf.MapSpec `ebpf:"policy"`
+	Quarantine      *ebpf.MapSpec `ebpf:"quarantine"`
+	QuarantineAllow *ebpf.MapSpec `ebpf:"quarantine_allow"`
+	Revnat          *ebpf.MapSpec `ebpf:"revnat"`
+	ServiceRange    *ebpf.MapSpec `ebpf:"service_range"`
+	Services        *ebpf.MapSpec `ebpf:"services"`
+	SynBuckets      *ebpf.MapSpec `ebpf:"syn_buckets"`
+	SynLimits       *ebpf.MapSpec `ebpf:"syn_limits"`
 }
 
 // policyVariableSpecs contains global variables before they are loaded into the kernel.
@@ -274,21 +283,23 @@ func (o *policyObjects) Close() error {
 //
 // It can be passed to loadPolicyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type policyMaps struct {
-	Backends     *ebpf.Map `ebpf:"backends"`
-	BlockSamples *ebpf.Map `ebpf:"block_samples"`
-	Blocklist    *ebpf.Map `ebpf:"blocklist"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	Counters     *ebpf.Map `ebpf:"counters"`
-	CrcZeros     *ebpf.Map `ebpf:"crc_zeros"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	FlowEvents   *ebpf.Map `ebpf:"flow_events"`
-	Ipcache      *ebpf.Map `ebpf:"ipcache"`
-	Policy       *ebpf.Map `ebpf:"policy"`
-	Revnat       *ebpf.Map `ebpf:"revnat"`
-	ServiceRange *ebpf.Map `ebpf:"service_range"`
-	Services     *ebpf.Map `ebpf:"services"`
-	SynBuckets   *ebpf.Map `ebpf:"syn_buckets"`
-	SynLimits    *ebpf.Map `ebpf:"syn_limits"`
+	Backends        *ebpf.Map `ebpf:"backends"`
+	BlockSamples    *ebpf.Map `ebpf:"block_samples"`
+	Blocklist       *ebpf.Map `ebpf:"blocklist"`
+	Conntrack       *ebpf.Map `ebpf:"conntrack"`
+	Counters        *ebpf.Map `ebpf:"counters"`
+	CrcZeros        *ebpf.Map `ebpf:"crc_zeros"`
+	Endpoints       *ebpf.Map `ebpf:"endpoints"`
+	FlowEvents      *ebpf.Map `ebpf:"flow_events"`
+	Ipcache         *ebpf.Map `ebpf:"ipcache"`
+	Policy          *ebpf.Map `ebpf:"policy"`
+	Quarantine      *ebpf.Map `ebpf:"quarantine"`
+	QuarantineAllow *ebpf.Map `ebpf:"quarantine_allow"`
+	Revnat          *ebpf.Map `ebpf:"revnat"`
+	ServiceRange    *ebpf.Map `ebpf:"service_range"`
+	Services        *ebpf.Map `ebpf:"services"`
+	SynBuckets      *ebpf.Map `ebpf:"syn_buckets"`
+	SynLimits       *ebpf.Map `ebpf:"syn_limits"`
 }
 
 func (m *policyMaps) Close() error {
@@ -303,6 +314,8 @@ func (m *policyMaps) Close() error {
 		m.FlowEvents,
 		m.Ipcache,
 		m.Policy,
+		m.Quarantine,
+		m.QuarantineAllow,
 		m.Revnat,
 		m.ServiceRange,
 		m.Services,

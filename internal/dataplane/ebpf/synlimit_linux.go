@@ -1,7 +1,6 @@
 package ebpf
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
@@ -35,50 +34,8 @@ func (d *Dataplane) writeSynLimitsLocked(m *ebpf.Map) error {
 	if d.synWant == nil {
 		return nil
 	}
-	old, err := synLimits(m)
-	if err != nil {
-		return err
-	}
-	if err := replaceSynLimits(m, old, d.synWant); err != nil {
-		// Put the previous limits back (what the failed write changed of them).
-		cur, rerr := synLimits(m)
-		if rerr == nil {
-			rerr = replaceSynLimits(m, cur, old)
-		}
-		return errors.Join(fmt.Errorf("SYN limits: %w", err), rerr)
+	if err := replaceMap(m, d.synWant); err != nil {
+		return fmt.Errorf("SYN limits: %w", err)
 	}
 	return nil
-}
-
-func replaceSynLimits(m *ebpf.Map, have, want map[uint32]policySynLimit) error {
-	for k := range have {
-		if _, ok := want[k]; !ok {
-			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return err
-			}
-		}
-	}
-	for k, v := range want {
-		if h, ok := have[k]; ok && h == v {
-			continue
-		}
-		if err := m.Put(k, v); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func synLimits(m *ebpf.Map) (map[uint32]policySynLimit, error) {
-	out := map[uint32]policySynLimit{}
-	var k uint32
-	var v policySynLimit
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read SYN limits: %w", err)
-	}
-	return out, nil
 }

@@ -24,10 +24,10 @@ type Dataplane struct {
 	// applyMu serialises what changes the kernel's tables: Sync and SetBlocked (the blocklist
 	// changes from the threat engine, whenever its feeds or blocks change).
 	applyMu sync.Mutex
-	// blockInstalled: the raw table's chains and jump are in place (SetBlocked, SetSynLimits);
-	// synLimits are the SYN limits they enforce.
-	blockInstalled bool
-	synLimits      []dataplane.SynLimit
+	// rawInstalled: the raw table's sets, chains and jump are in place (SetBlocked,
+	// SetQuarantine, SetSynLimits); raw is what the chains enforce.
+	rawInstalled bool
+	raw          rawState
 
 	mu sync.Mutex
 	// prefixes resolve flow-event prefixes: the Ruleset in force and the one before it (events
@@ -157,7 +157,7 @@ func (d *Dataplane) Apply(ctx context.Context, spec *Spec) error {
 		fmt.Fprintf(&cleanup, "destroy %s-n\n", n)
 	}
 	for name := range existingSets {
-		if strings.HasPrefix(name, SetPrefix) && !keep[name] && name != BlockSet && !strings.HasSuffix(name, "-n") {
+		if _, raw := rawSets[name]; strings.HasPrefix(name, SetPrefix) && !keep[name] && !raw && !strings.HasSuffix(name, "-n") {
 			fmt.Fprintf(&cleanup, "destroy %s\n", name)
 		}
 	}
@@ -381,6 +381,6 @@ func (d *Dataplane) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	d.applied, d.blockInstalled, d.synLimits = nil, false, nil
+	d.applied, d.rawInstalled, d.raw = nil, false, rawState{}
 	return errors.Join(errs...)
 }

@@ -97,6 +97,13 @@ func (l *Lab) Handler(down func()) http.Handler {
 		}
 		return "labelled", l.Label(ctx, req)
 	})
+	handle("/quarantine", func(ctx context.Context, b []byte) (any, error) {
+		var req QuarantineRequest
+		if err := json.Unmarshal(b, &req); err != nil {
+			return nil, err
+		}
+		return "done", l.Quarantine(ctx, req)
+	})
 	handle("/get", func(_ context.Context, b []byte) (any, error) {
 		var what string
 		if err := json.Unmarshal(b, &what); err != nil {

@@ -152,6 +152,7 @@ enum counter {
 	C_DROP_BLOCKED,     // dropped by the blocklist in a TC program
 	C_XDP_DROP_BLOCKED, // dropped by the blocklist in XDP on the uplink
 	C_DROP_SYN_LIMIT,   // a TCP SYN over its source's rate limit toward a limited pod
+	C_DROP_QUARANTINE,  // to or from a quarantined pod, and not allowed
 	C_MAX,
 };
 
@@ -268,7 +269,32 @@ struct {
 enum drop_kind {
 	DROP_BLOCKLIST = 1, // from or to a blocked prefix
 	DROP_SYN_LIMIT = 2, // a SYN over its source's rate limit
+	DROP_QUARANTINE = 3, // to or from a quarantined pod
 };
+
+// Quarantined pods: every packet to or from one is dropped before conntrack and policy, but
+// those to an allowed (protocol, destination port) and their replies (the same as source port).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only
+	__type(key, __u32);                   // the pod's address, network order
+	__type(value, __u32);
+} quarantine SEC(".maps");
+
+struct quarantine_port {
+	__u8 protocol;
+	__u8 pad;
+	__u16 port; // network order
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct quarantine_port);
+	__type(value, __u32);
+} quarantine_allow SEC(".maps");
 
 // SYN rate limits (the threat engine's answer to a SYN flood): toward each limited pod, every
 // source gets a token bucket of `rate` new TCP connection attempts per second and `burst`.
@@ -603,6 +629,19 @@ static __always_inline void drop_sampled(struct pkt *p, int dir, __u32 counter, 
 	emit_event(p, dir, 0, 0, kind);
 }
 
+// quarantine_drop says whether a packet of a local pod's egress (dir EGRESS: the pod is the
+// source) or ingress (the destination) is cut by the pod's quarantine.
+static __always_inline int quarantine_drop(struct pkt *p, int dir)
+{
+	__u32 self = dir == DIR_EGRESS ? p->saddr : p->daddr;
+	if (!bpf_map_lookup_elem(&quarantine, &self))
+		return 0;
+	struct quarantine_port k = {.protocol = p->proto, .port = dir == DIR_EGRESS ? p->dport : p->sport};
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
+		return 1;
+	return !bpf_map_lookup_elem(&quarantine_allow, &k);
+}
+
 #define NS_PER_S 1000000000ULL
 #define TCP_SYN 0x02
 #define TCP_ACK 0x10
@@ -705,8 +744,13 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 		return PARSE_BLOCKED;
 	}
 	if (!ported) {
+		// Policy speaks of TCP, UDP and SCTP only; a quarantine cuts everything.
+		if (quarantine_drop(p, dir)) {
+			drop_sampled(p, dir, C_DROP_QUARANTINE, DROP_QUARANTINE);
+			return PARSE_BLOCKED;
+		}
 		count(C_PASS_OTHER_PROTO);
-		return PARSE_PASS; // policy speaks of TCP, UDP and SCTP only
+		return PARSE_PASS;
 	}
 	__u32 daddr0 = ip->daddr;
 	if (dir == DIR_EGRESS) {
@@ -740,6 +784,11 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 // new one is looked up in the policy and tracked when allowed.
 static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __u32 *ctflags)
 {
+	// A quarantine cuts the pod's established connections too: before conntrack.
+	if (quarantine_drop(p, dir)) {
+		drop_sampled(p, dir, C_DROP_QUARANTINE, DROP_QUARANTINE);
+		return TC_ACT_SHOT;
+	}
 	// A connection attempt toward a rate-limited pod needs a token of its source, whatever
 	// policy says, and before conntrack: a SYN reusing a tracked flow's ports (a flood cycling
 	// through source ports does) is a new attempt too.

@@ -21,27 +21,35 @@ func TestBlockRendering(t *testing.T) {
 		podPrefix string
 		group     uint16
 		limits    []dataplane.SynLimit
+		allow     []dataplane.PortProtocol
 		want      []string
 		not       []string
 	}{
-		{"pod prefix and flows", "veth", 1727, nil, []string{
+		{"pod prefix and flows", "veth", 1727, nil, nil, []string{
 			"-A RAMPART-BLOCK -m set --match-set rampart-blocklist src -j RAMPART-BLOCK-DROP",
 			"-A RAMPART-BLOCK -m set --match-set rampart-blocklist dst -j RAMPART-BLOCK-DROP",
 			`-A RAMPART-BLOCK-DROP -i veth+ -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-group 1727 --nflog-prefix "DE!"`,
 			`-A RAMPART-BLOCK-DROP ! -i veth+ -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-group 1727 --nflog-prefix "DI!"`,
 			"-A RAMPART-BLOCK-DROP -j DROP\n",
-		}, []string{"--syn"}},
-		{"SYN limits", "v", 1727, []dataplane.SynLimit{{Target: netip.MustParseAddr("10.244.1.11"), Rate: 20, Burst: 40}, {Target: netip.MustParseAddr("2001:db8::1"), Rate: 1, Burst: 1}}, []string{
+			"-A RAMPART-BLOCK -m set --match-set rampart-quarantine src -j RAMPART-QUAR-OUT",
+			"-A RAMPART-BLOCK -m set --match-set rampart-quarantine dst -j RAMPART-QUAR-IN",
+			"-A RAMPART-QUAR-OUT -j RAMPART-BLOCK-DROP\n-A RAMPART-QUAR-IN -j RAMPART-BLOCK-DROP",
+		}, []string{"--syn", "RETURN"}},
+		{"quarantine allows DNS", "v", 1727, nil, []dataplane.PortProtocol{{Protocol: ir.UDP, Port: 53}, {Protocol: ir.TCP, Port: 53}}, []string{
+			"-A RAMPART-QUAR-OUT -p udp -m udp --dport 53 -j RETURN\n-A RAMPART-QUAR-IN -p udp -m udp --sport 53 -j RETURN",
+			"-A RAMPART-QUAR-OUT -p tcp -m tcp --dport 53 -j RETURN",
+		}, nil},
+		{"SYN limits", "v", 1727, []dataplane.SynLimit{{Target: netip.MustParseAddr("10.244.1.11"), Rate: 20, Burst: 40}, {Target: netip.MustParseAddr("2001:db8::1"), Rate: 1, Burst: 1}}, nil, []string{
 			"-A RAMPART-BLOCK -p tcp --syn -j RAMPART-SYNLIMIT",
 			"-A RAMPART-SYNLIMIT -d 10.244.1.11/32 -m hashlimit --hashlimit-above 20/sec --hashlimit-burst 40 --hashlimit-mode srcip --hashlimit-name rl",
 			`-A RAMPART-SYNLIMIT-DROP -i v+ -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-group 1727 --nflog-prefix "DE~"`,
 			"-A RAMPART-SYNLIMIT-DROP -j DROP\nCOMMIT",
 		}, []string{"2001:db8"}},
-		{"no pod prefix", "", 5, nil, []string{`-A RAMPART-BLOCK-DROP -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-group 5 --nflog-prefix "DI!"`}, []string{"DE!"}},
-		{"flows off", "v", 0, nil, []string{"-A RAMPART-BLOCK-DROP -j DROP"}, []string{"NFLOG"}},
+		{"no pod prefix", "", 5, nil, nil, []string{`-A RAMPART-BLOCK-DROP -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-group 5 --nflog-prefix "DI!"`}, []string{"DE!"}},
+		{"flows off", "v", 0, nil, nil, []string{"-A RAMPART-BLOCK-DROP -j DROP"}, []string{"NFLOG"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := renderRaw(tc.podPrefix, tc.group, tc.limits)
+			got := renderRaw(tc.podPrefix, tc.group, rawState{limits: tc.limits, allow: tc.allow})
 			for _, w := range tc.want {
 				if !strings.Contains(got, w) {
 					t.Errorf("missing %q in\n%s", w, got)
@@ -55,7 +63,7 @@ func TestBlockRendering(t *testing.T) {
 		})
 	}
 
-	script := blockSetScript("s", []netip.Prefix{netip.MustParsePrefix("10.1.2.3/8"), netip.MustParsePrefix("::ffff:192.0.2.0/120"), netip.MustParsePrefix("2001:db8::/32")})
+	script := setScript("s", "hash:net", ipv4Prefixes([]netip.Prefix{netip.MustParsePrefix("10.1.2.3/8"), netip.MustParsePrefix("::ffff:192.0.2.0/120"), netip.MustParsePrefix("2001:db8::/32")}))
 	want := "create s hash:net family inet maxelem 65536 -exist\nflush s\nadd s 10.0.0.0/8 -exist\nadd s 192.0.2.0/24 -exist\n"
 	if script != want {
 		t.Errorf("set script:\n%s\nwant\n%s", script, want)
@@ -64,7 +72,7 @@ func TestBlockRendering(t *testing.T) {
 	for i := range many {
 		many[i] = netip.PrefixFrom(netip.AddrFrom4([4]byte{11, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
 	}
-	if s := blockSetScript("s", many); !strings.Contains(s, "maxelem 131072") {
+	if s := setScript("s", "hash:net", ipv4Prefixes(many)); !strings.Contains(s, "maxelem 131072") {
 		t.Errorf("100,000 members: %s", s[:80])
 	}
 
@@ -173,12 +181,35 @@ func TestBlocklistInNetns(t *testing.T) {
 	if connect() {
 		t.Fatal("a policy sync lifted the block")
 	}
+	// Quarantine cuts the address too (its connections to itself, both ends), and lifting it
+	// restores the blocked state.
+	if err := dp.SetQuarantine(dataplane.Quarantine{Pods: []netip.Addr{netip.MustParseAddr("192.0.2.7")}, Allow: []dataplane.PortProtocol{{Protocol: ir.UDP, Port: 53}}}); err != nil {
+		t.Fatal(err)
+	}
+	if raw := netnstest.Run(t, ns, "iptables-save", "-t", "raw"); !strings.Contains(raw, "--dport 53 -j RETURN") {
+		t.Errorf("quarantine's allowed port missing:\n%s", raw)
+	}
+	if err := dp.SetQuarantine(dataplane.Quarantine{}); err != nil {
+		t.Fatal(err)
+	}
 	// The new process replaces the set it finds: 192.0.2.7 is lifted.
 	if err := dp2.SetBlocked(block[:1]); err != nil {
 		t.Fatal(err)
 	}
 	if !connect() {
 		t.Fatal("lifting the entry did not restore the address")
+	}
+	if err := dp2.SetQuarantine(dataplane.Quarantine{Pods: []netip.Addr{netip.MustParseAddr("192.0.2.7")}}); err != nil {
+		t.Fatal(err)
+	}
+	if connect() {
+		t.Fatal("a quarantined address still answered")
+	}
+	if err := dp2.SetQuarantine(dataplane.Quarantine{}); err != nil {
+		t.Fatal(err)
+	}
+	if !connect() {
+		t.Fatal("lifting the quarantine did not restore the address")
 	}
 	if sets := netnstest.Run(t, ns, "ipset", "list", "-n"); strings.Contains(sets, BlockSet+"-n") {
 		t.Errorf("staged set left behind: %s", sets)

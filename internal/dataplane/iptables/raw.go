@@ -1,0 +1,247 @@
+package iptables
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/ir"
+)
+
+// The threat engine's responses in the raw table, before conntrack and before the filter
+// table's policy, from one chain jumped to first from PREROUTING:
+//   - the blocklist (dataplane.Blocker): a hash:net set of blocked prefixes; every packet from
+//     or to a member is dropped;
+//   - quarantine (dataplane.Quarantiner): a hash:ip set of quarantined pods; every packet from
+//     or to one is dropped, but those to an allowed port and their replies;
+//   - SYN limits (dataplane.SynLimiter): per limited pod, a hashlimit rule that drops a
+//     source's TCP SYNs above its rate.
+//
+// A sample of each kind of drop (at most sampleRate a second per rule) is logged to the flow
+// group with a prefix of its own.
+const (
+	BlockSet       = SetPrefix + "blocklist"
+	QuarantineSet  = SetPrefix + "quarantine"
+	blockChain     = ChainPrefix + "BLOCK"
+	blockDropChain = ChainPrefix + "BLOCK-DROP"
+	quarOutChain   = ChainPrefix + "QUAR-OUT"
+	quarInChain    = ChainPrefix + "QUAR-IN"
+	synChain       = ChainPrefix + "SYNLIMIT"
+	synDropChain   = ChainPrefix + "SYNLIMIT-DROP"
+	// sampleRate bounds the flow events of dropped packets, so a flood cannot crowd the flow
+	// records out of the NFLOG group.
+	sampleRate = "20/sec --limit-burst 40"
+)
+
+// rawSets are the sets the raw chains name, with their types: Apply leaves them alone.
+var rawSets = map[string]string{BlockSet: "hash:net", QuarantineSet: "hash:ip"}
+
+// Prefixes of the sampled drops: "D", the direction, then "!" (blocklist or quarantine) or "~"
+// (SYN limit).
+func blockPrefix(dir ir.Direction) string { return verdictDir(false, dir) + "!" }
+func limitPrefix(dir ir.Direction) string { return verdictDir(false, dir) + "~" }
+
+// decodeDropPrefix reports whether prefix is a sampled drop's, which kind and its direction.
+func decodeDropPrefix(prefix string) (dir ir.Direction, blocked, limited bool) {
+	for _, dir := range []ir.Direction{ir.Ingress, ir.Egress} {
+		switch prefix {
+		case blockPrefix(dir):
+			return dir, true, false
+		case limitPrefix(dir):
+			return dir, false, true
+		}
+	}
+	return 0, false, false
+}
+
+// rawState is what the raw chains enforce beyond the sets' members.
+type rawState struct {
+	limits []dataplane.SynLimit     // sorted by target
+	allow  []dataplane.PortProtocol // what quarantined pods may reach
+}
+
+// renderRaw renders the raw table's chains. Packets coming in on a pod's interface are the
+// pod's egress; everything else is ingress (as the eBPF programs report them).
+func renderRaw(podPrefix string, group uint16, st rawState) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*raw\n")
+	for _, c := range []string{blockChain, blockDropChain, quarOutChain, quarInChain, synChain, synDropChain} {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	}
+	for _, dir := range []string{"src", "dst"} {
+		fmt.Fprintf(&b, "-A %s -m set --match-set %s %s -j %s\n", blockChain, BlockSet, dir, blockDropChain)
+	}
+	fmt.Fprintf(&b, "-A %s -m set --match-set %s src -j %s\n", blockChain, QuarantineSet, quarOutChain)
+	fmt.Fprintf(&b, "-A %s -m set --match-set %s dst -j %s\n", blockChain, QuarantineSet, quarInChain)
+	for _, a := range st.allow {
+		proto := strings.ToLower(a.Protocol.String())
+		fmt.Fprintf(&b, "-A %s -p %s -m %s --dport %d -j RETURN\n", quarOutChain, proto, proto, a.Port)
+		fmt.Fprintf(&b, "-A %s -p %s -m %s --sport %d -j RETURN\n", quarInChain, proto, proto, a.Port)
+	}
+	fmt.Fprintf(&b, "-A %s -j %s\n-A %s -j %s\n", quarOutChain, blockDropChain, quarInChain, blockDropChain)
+	if len(st.limits) > 0 {
+		fmt.Fprintf(&b, "-A %s -p tcp --syn -j %s\n", blockChain, synChain)
+	}
+	for _, l := range st.limits {
+		if !l.Target.Unmap().Is4() {
+			continue
+		}
+		t := l.Target.Unmap().String()
+		// hashlimit names its table (at most 15 bytes here): one per target.
+		fmt.Fprintf(&b, "-A %s -d %s/32 -m hashlimit --hashlimit-above %d/sec --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name rl%s -j %s\n",
+			synChain, t, max(l.Rate, 1), max(l.Burst, 1), strings.ToLower(hash(t))[:10], synDropChain)
+	}
+	for _, c := range []struct {
+		chain  string
+		prefix func(ir.Direction) string
+	}{{blockDropChain, blockPrefix}, {synDropChain, limitPrefix}} {
+		if group != 0 {
+			log := func(match string, dir ir.Direction) {
+				fmt.Fprintf(&b, "-A %s %s-m limit --limit %s -j NFLOG --nflog-group %d --nflog-prefix %q --nflog-size 128\n",
+					c.chain, match, sampleRate, group, c.prefix(dir))
+			}
+			if podPrefix != "" {
+				log(fmt.Sprintf("-i %s+ ", podPrefix), ir.Egress)
+				log(fmt.Sprintf("! -i %s+ ", podPrefix), ir.Ingress)
+			} else {
+				log("", ir.Ingress)
+			}
+		}
+		fmt.Fprintf(&b, "-A %s -j DROP\n", c.chain)
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// setScript renders the ipset restore input that fills set name (of type typ) with members.
+func setScript(name, typ string, members []string) string {
+	sort.Strings(members)
+	maxelem := 65536
+	for maxelem < len(members) {
+		maxelem *= 2
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "create %s %s family inet maxelem %d -exist\nflush %s\n", name, typ, maxelem, name)
+	for _, m := range members {
+		fmt.Fprintf(&b, "add %s %s -exist\n", name, m)
+	}
+	return b.String()
+}
+
+// ipv4Prefixes renders the IPv4 prefixes (4-in-6 ones as IPv4) as set members: the rules judge
+// IPv4.
+func ipv4Prefixes(prefixes []netip.Prefix) []string {
+	var out []string
+	for _, p := range prefixes {
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		if p.IsValid() && p.Addr().Is4() {
+			out = append(out, p.Masked().String())
+		}
+	}
+	return out
+}
+
+// SetBlocked replaces the blocked prefixes (dataplane.Blocker).
+func (d *Dataplane) SetBlocked(prefixes []netip.Prefix) error {
+	ctx := context.Background()
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	if err := d.ensureRawLocked(ctx); err != nil {
+		return err
+	}
+	return d.replaceSetLocked(ctx, BlockSet, ipv4Prefixes(prefixes))
+}
+
+// SetQuarantine replaces the quarantine (dataplane.Quarantiner): the allowed ports first (the
+// chains, in one transaction), then the pods (the set, swapped in at once).
+func (d *Dataplane) SetQuarantine(q dataplane.Quarantine) error {
+	ctx := context.Background()
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	if err := d.ensureRawLocked(ctx); err != nil {
+		return err
+	}
+	st := d.raw
+	st.allow = slices.Clone(q.Allow)
+	if !slices.Equal(st.allow, d.raw.allow) {
+		if err := d.writeRawLocked(ctx, st); err != nil {
+			return err
+		}
+	}
+	var members []string
+	for _, a := range q.Pods {
+		if a = a.Unmap(); a.Is4() {
+			members = append(members, a.String())
+		}
+	}
+	return d.replaceSetLocked(ctx, QuarantineSet, members)
+}
+
+// SetSynLimits replaces the SYN rate limits (dataplane.SynLimiter): the raw table's chains are
+// rewritten in one iptables-restore transaction, so a failure leaves the previous ones.
+func (d *Dataplane) SetSynLimits(limits []dataplane.SynLimit) error {
+	ctx := context.Background()
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	if err := d.ensureRawLocked(ctx); err != nil {
+		return err
+	}
+	st := d.raw
+	st.limits = slices.Clone(limits)
+	sort.Slice(st.limits, func(i, j int) bool { return st.limits[i].Target.Less(st.limits[j].Target) })
+	return d.writeRawLocked(ctx, st)
+}
+
+// replaceSetLocked stages members in a set of their own and swaps it in at once, so a failure
+// leaves the previous members in force. The caller holds d.applyMu.
+func (d *Dataplane) replaceSetLocked(ctx context.Context, name string, members []string) error {
+	staged := name + "-n"
+	if _, err := d.run.Run(ctx, setScript(staged, rawSets[name], members), "ipset", "restore"); err != nil {
+		d.destroyStaged(ctx, []string{name})
+		return fmt.Errorf("stage %s: %w", name, err)
+	}
+	if err := d.swap(ctx, []string{name}); err != nil {
+		d.destroyStaged(ctx, []string{name})
+		return fmt.Errorf("swap %s: %w", name, err)
+	}
+	d.destroyStaged(ctx, []string{name}) // now the previous members
+	return nil
+}
+
+// ensureRawLocked installs the raw table's sets (empty, or as a previous process left them),
+// chains and jump, once. The caller holds d.applyMu.
+func (d *Dataplane) ensureRawLocked(ctx context.Context) error {
+	if d.rawInstalled {
+		return nil
+	}
+	var b strings.Builder
+	for name, typ := range rawSets {
+		fmt.Fprintf(&b, "create %s %s family inet maxelem 65536 -exist\n", name, typ)
+	}
+	if _, err := d.run.Run(ctx, b.String(), "ipset", "restore"); err != nil {
+		return fmt.Errorf("create raw table sets: %w", err)
+	}
+	return d.writeRawLocked(ctx, d.raw)
+}
+
+// writeRawLocked rewrites the raw table's chains for st and hooks them in (once). The caller
+// holds d.applyMu.
+func (d *Dataplane) writeRawLocked(ctx context.Context, st rawState) error {
+	if _, err := d.run.Run(ctx, renderRaw(d.node.PodInterfacePrefix, d.node.FlowLogGroup, st), "iptables-restore", "--noflush"); err != nil {
+		return fmt.Errorf("write raw table rules: %w", err)
+	}
+	if !d.rawInstalled {
+		if err := d.ensureJumps(ctx, &Spec{Jumps: []Jump{{Table: "raw", From: "PREROUTING", To: blockChain}}}); err != nil {
+			return err
+		}
+		d.rawInstalled = true
+	}
+	d.raw = st
+	return nil
+}

@@ -1,0 +1,100 @@
+package threat
+
+import (
+	"net/netip"
+	"slices"
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+// autoQuarantine is a quarantine a detector put on a pod.
+type autoQuarantine struct{ since, until time.Time }
+
+// quarantineLocked quarantines the pod at addr (a detector's quarantine response) until now+d
+// and reports the response taken. An address that is no pod cannot be quarantined: it is
+// blocked instead.
+func (e *Engine) quarantineLocked(addr netip.Addr, d time.Duration, now time.Time) string {
+	if e.pods[addr] == nil {
+		return e.blockLocked(addr, d, now)
+	}
+	if e.cfg.Quarantiner == nil {
+		return "quarantine-unavailable"
+	}
+	e.quarAuto[addr] = autoQuarantine{since: now, until: now.Add(d)}
+	if err := e.pushQuarantineLocked(); err != nil {
+		e.cfg.Logger.Error("quarantine", "pod", addr, "err", err)
+		return "quarantine-failed"
+	}
+	return model.ActionQuarantine
+}
+
+// quarantinedLocked are the pods under quarantine: those annotated rampart.io/quarantine
+// "true", and those a detector quarantined, unless released (rampart.io/released-at) since.
+func (e *Engine) quarantinedLocked() []netip.Addr {
+	var out []netip.Addr
+	for a, p := range e.pods {
+		if p.quarantined {
+			out = append(out, a)
+		} else if q, ok := e.quarAuto[a]; ok && !p.releasedAt.After(q.since) {
+			out = append(out, a)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j]) })
+	return out
+}
+
+// pushQuarantineLocked gives the kernel the quarantine in force, when it changed.
+func (e *Engine) pushQuarantineLocked() error {
+	if e.cfg.Quarantiner == nil {
+		return nil
+	}
+	want := dataplane.Quarantine{Pods: e.quarantinedLocked(), Allow: quarantineAllow(e.td)}
+	if e.quarSent != nil && !e.quarPushFailed && slices.Equal(want.Pods, e.quarSent.Pods) && slices.Equal(want.Allow, e.quarSent.Allow) {
+		return nil
+	}
+	if err := e.cfg.Quarantiner.SetQuarantine(want); err != nil {
+		e.quarPushFailed = true // every Configure tries again
+		return err
+	}
+	e.quarSent, e.quarPushFailed = &want, false
+	return nil
+}
+
+// expireQuarantinesLocked lifts the detectors' quarantines whose time is up, and forgets those
+// of pods that are gone or were released.
+func (e *Engine) expireQuarantinesLocked(now time.Time) {
+	for a, q := range e.quarAuto {
+		if p := e.pods[a]; p == nil || !now.Before(q.until) || p.releasedAt.After(q.since) {
+			delete(e.quarAuto, a)
+		}
+	}
+	if err := e.pushQuarantineLocked(); err != nil {
+		e.cfg.Logger.Error("quarantine", "err", err)
+	}
+}
+
+func quarantineAllow(td *model.ThreatDefense) []dataplane.PortProtocol {
+	var out []dataplane.PortProtocol
+	for _, a := range model.QuarantineAllow(td) {
+		p := map[corev1.Protocol]ir.Protocol{corev1.ProtocolTCP: ir.TCP, corev1.ProtocolUDP: ir.UDP, corev1.ProtocolSCTP: ir.SCTP}[a.Protocol]
+		out = append(out, dataplane.PortProtocol{Protocol: p, Port: uint16(a.Port)})
+	}
+	return out
+}
+
+// Quarantined names the pods under quarantine (annotated or by a detector) as NS/NAME.
+func (e *Engine) Quarantined() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []string
+	for _, a := range e.quarantinedLocked() {
+		out = append(out, e.pods[a].ns+"/"+e.pods[a].name)
+	}
+	return out
+}
