@@ -156,10 +156,10 @@ func runAgent(parent context.Context, f agentFlags) error {
 	if err != nil {
 		return err
 	}
-	events, stopEvents := kube.GapEvents(src, "rampart-agent", f.nodeName)
-	defer stopEvents()
+	events := kube.NewEvents(src, "rampart-agent", f.nodeName)
+	defer events.Stop()
 	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace, PodInterfacePrefix: f.podPrefix, ThreatFile: f.threatFile,
-		Runner: runner.Config{MinInterval: f.minInterval}, OnUnenforced: events,
+		Runner: runner.Config{MinInterval: f.minInterval}, OnUnenforced: events.Gap, OnAlert: events.Alert,
 		Flows: agent.FlowConfig{Off: !f.flows, File: f.flowLog, FileMaxBytes: f.flowLogMaxBytes, Aggregate: flow.Config{MaxConnections: f.flowMaxConns}}}, src, dp)
 	if err != nil {
 		return err

@@ -21,6 +21,7 @@ import (
 	"github.com/rampart-sec/rampart/deploy"
 	"github.com/rampart-sec/rampart/internal/lab/apiserver"
 	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/threat"
 )
 
 // startAPIServer runs a real kube-apiserver (with etcd) on dir, stopped when the test ends.
@@ -128,28 +129,37 @@ func TestAPIServer(t *testing.T) {
 	})
 
 	// A gap becomes a Warning Event on the policy object.
-	report, stopEvents := GapEvents(s, "rampart-agent", "n1")
-	report(model.Gap{Kind: model.KindCNP, Name: "cnp", Field: "spec.egress[0].to[0].domainNames", Msg: "not enforced"})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		evs, err := cs.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			t.Fatal(err)
+	events := NewEvents(s, "rampart-agent", "n1")
+	events.Gap(model.Gap{Kind: model.KindCNP, Name: "cnp", Field: "spec.egress[0].to[0].domainNames", Msg: "not enforced"})
+	waitEvent := func(ns, what string, match func(e corev1.Event) bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range evs.Items {
+				if match(e) {
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no Event %s: %v", what, evs.Items)
+			}
 		}
-		found := false
-		for _, e := range evs.Items {
-			found = found || (e.Reason == EventReasonNotEnforced && e.InvolvedObject.Kind == model.KindCNP && e.InvolvedObject.Name == "cnp" &&
-				e.Type == "Warning" && strings.Contains(e.Message, "domainNames"))
-		}
-		if found {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s Event on ClusterNetworkPolicy cnp: %v", EventReasonNotEnforced, evs.Items)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
-	stopEvents()
+	waitEvent(metav1.NamespaceDefault, EventReasonNotEnforced+" on ClusterNetworkPolicy cnp", func(e corev1.Event) bool {
+		return e.Reason == EventReasonNotEnforced && e.InvolvedObject.Kind == model.KindCNP && e.InvolvedObject.Name == "cnp" &&
+			e.Type == "Warning" && strings.Contains(e.Message, "domainNames")
+	})
+	// A threat-defense alert becomes a Warning Event on the pod it affects.
+	events.Alert(threat.Alert{Type: threat.TypePortScan, Source: threat.Party{Namespace: "other", Pod: "scanner"},
+		Target: threat.Party{Namespace: "shop", Pod: "web"}, Response: "alert", Message: "vertical port scan"})
+	waitEvent("shop", "PortScan on pod shop/web", func(e corev1.Event) bool {
+		return e.Reason == "PortScan" && e.InvolvedObject.Kind == model.KindPod && e.InvolvedObject.Namespace == "shop" &&
+			e.InvolvedObject.Name == "web" && e.Type == "Warning" && strings.Contains(e.Message, "vertical port scan (response: alert)")
+	})
+	events.Stop()
 
 	lc, unenforced, err := Load(ctx, srv.Kubeconfig)
 	if err != nil {
@@ -177,7 +187,7 @@ func TestAPIServer(t *testing.T) {
 
 	// The API server goes away: the source says so and keeps the last state.
 	srv.Stop()
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for s.Status().Connected {
 		if time.Now().After(deadline) {
 			t.Fatal("the source still reports a connection 30s after the server stopped")
