@@ -194,6 +194,49 @@ spec:
 	testLabFeedBlock(t, ip["app/server"], sources, write, must, exec1Status(run), alerts)
 	testLabSynFlood(t, ip["app/server"], write, must, run, alerts)
 	testLabQuarantine(t, ip, write, must, exec1Status(run), alerts)
+	testLabShield(t, ip["app/server"], write, must, run, alerts)
+}
+
+// testLabShield shields the server (sack-panic): hping3 SYNs with an MSS of 48 get no answer
+// and raise a shield alert naming both pods, while SYNs with an ordinary MSS are answered.
+func testLabShield(t *testing.T, server string, write func(file, body string) string, must func(args ...string) string,
+	run func(args ...string) (string, error), alerts func() []threat.Alert) {
+	t.Helper()
+	must("lab", "apply", "-f", write("td-shield.yaml", `apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  shields: [{name: sack-panic, selector: {matchLabels: {role: server}}}]
+`))
+	syns := func(mss int) (sent, answered int) {
+		out, _ := run("lab", "exec", "app/client", "--", "timeout", "10", "hping3", "-q", "-S", "-p", "80", "--tcp-mss", fmt.Sprint(mss), "-c", "5", "-i", "u200000", server)
+		m := hpingStats.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("hping3 printed no statistics:\n%s", out)
+		}
+		sent, _ = strconv.Atoi(m[1])
+		answered, _ = strconv.Atoi(m[2])
+		return sent, answered
+	}
+	start := time.Now()
+	if sent, answered := syns(48); sent != 5 || answered != 0 {
+		t.Errorf("SYNs with MSS 48 to a shielded pod: %d of %d answered, want none", answered, sent)
+	}
+	if sent, answered := syns(1460); answered < 3 {
+		t.Errorf("SYNs with MSS 1460 to a shielded pod: %d of %d answered", answered, sent)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		found := false
+		for _, a := range alerts() {
+			found = found || (a.Type == threat.TypeShield && a.Source.Pod == "client" && a.Target.Pod == "server" && !a.Time.Before(start))
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no shield alert naming app/client and app/server: %+v", alerts())
+		}
+	}
 }
 
 // testLabQuarantine quarantines a pod by hand (lab quarantine) and by a decoy's response, and

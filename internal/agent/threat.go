@@ -60,6 +60,9 @@ func newThreat(cfg Config, dp dataplane.Dataplane, reg prometheus.Registerer) (*
 	if q, ok := dp.(dataplane.Quarantiner); ok {
 		tc.Quarantiner = q
 	}
+	if s, ok := dp.(dataplane.Shielder); ok {
+		tc.Shielder = s
+	}
 	e := threat.New(tc)
 	feeds := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rampart_threat_feed_entries", Help: "Entries of the threat feeds loaded."}, func() float64 {
 		n := 0
@@ -182,7 +185,7 @@ type teeSink struct {
 
 func (t teeSink) Observe(ev flow.Event) {
 	t.threat.Observe(ev)
-	if !ev.Blocked && !ev.Limited {
+	if ev.Drop == "" {
 		t.agg.Observe(ev)
 	}
 }

@@ -168,6 +168,20 @@ type Quarantiner interface {
 	SetQuarantine(q Quarantine) error
 }
 
+// MSSShield drops TCP SYNs (and SYN-ACKs) toward Pods that carry an MSS option below Min:
+// the SACK Panic mitigation (CVE-2019-11477/11478/11479). Min 0 turns it off.
+type MSSShield struct {
+	Pods []netip.Addr
+	Min  uint16
+}
+
+// Shielder is a dataplane that enforces shields (virtual patches) before conntrack and policy,
+// reporting a sample of the drops as flow events with Drop set. SetMSSShield replaces the whole
+// shield; when it fails the previous one stays.
+type Shielder interface {
+	SetMSSShield(s MSSShield) error
+}
+
 // None enforces nothing.
 type None struct{}
 

@@ -106,11 +106,21 @@ type Event struct {
 	Bytes   uint64 // the packet's length
 	// TCPFlags of the packet (TCP only), as in the TCP header's flags byte.
 	TCPFlags uint8
-	// Blocked: dropped by the threat blocklist before policy (dataplane.Blocker); Limited: a
-	// TCP SYN dropped by a SYN rate limit (dataplane.SynLimiter). Neither is decided by policy:
-	// such events (a sample of those drops) are for the threat detectors, not flow records.
-	Blocked, Limited bool
+	// Drop names the threat response that dropped the packet before policy ("": none, policy
+	// decided). Such events (a sample of those drops) are for the threat detectors, not flow
+	// records.
+	Drop DropKind
 }
+
+// DropKind is the threat response that dropped a packet before policy.
+type DropKind string
+
+const (
+	DropBlocklist  DropKind = "blocklist"  // from or to a blocked prefix (dataplane.Blocker)
+	DropSynLimit   DropKind = "syn-limit"  // a SYN over its source's limit (dataplane.SynLimiter)
+	DropQuarantine DropKind = "quarantine" // to or from a quarantined pod (dataplane.Quarantiner)
+	DropShield     DropKind = "shield"     // a shield's virtual patch (dataplane.Shielder)
+)
 
 // Decider is the deciding rule, in the IR's terms. The zero value: no policy decided.
 type Decider struct {

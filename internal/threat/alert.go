@@ -15,6 +15,7 @@ const (
 	TypeSynFlood   = "syn-flood"
 	TypeThreatFeed = "threat-feed"
 	TypeHoneypot   = "honeypot"
+	TypeShield     = "shield"
 )
 
 // Alert is one detection, as `rampart alerts -o json` prints it.

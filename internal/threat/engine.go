@@ -39,6 +39,8 @@ type Config struct {
 	Limiter dataplane.SynLimiter
 	// Quarantiner, when set, enforces quarantines (annotated pods, detectors' quarantine).
 	Quarantiner dataplane.Quarantiner
+	// Shielder, when set, enforces shields (spec.shields).
+	Shielder dataplane.Shielder
 	// OnAlert, when set, is told of every alert (Kubernetes Events, metrics).
 	OnAlert func(Alert)
 	// MaxSources bounds the sources tracked by the scan detector (default 65536).
@@ -75,11 +77,13 @@ type Engine struct {
 	limits     map[netip.Addr]synLimit // SYN rate limits on flooded pods
 	limited    []dataplane.SynLimit    // what the kernel was last given
 	// limitPushFailed: the kernel refused the last limits; the next Configure tries again.
-	limitPushFailed bool
-	quarAuto        map[netip.Addr]autoQuarantine // detectors' quarantines
-	quarSent        *dataplane.Quarantine         // what the kernel was last given
-	quarPushFailed  bool
-	untrack         uint64 // first contacts not tracked (MaxSources reached)
+	limitPushFailed  bool
+	quarAuto         map[netip.Addr]autoQuarantine // detectors' quarantines
+	quarSent         *dataplane.Quarantine         // what the kernel was last given
+	quarPushFailed   bool
+	shieldSent       *dataplane.MSSShield // what the kernel was last given
+	shieldPushFailed bool
+	untrack          uint64 // first contacts not tracked (MaxSources reached)
 }
 
 type podInfo struct {
@@ -171,7 +175,7 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 	e.resolveLocked()
 	// Quarantines follow the pods' annotations (and their release), with or without a
 	// ThreatDefense.
-	err := e.pushQuarantineLocked()
+	err := errors.Join(e.pushQuarantineLocked(), e.pushShieldsLocked())
 	if reload || e.limitPushFailed {
 		err = errors.Join(err, e.pushLimitsLocked())
 	}
@@ -362,7 +366,7 @@ func (e *Engine) Observe(ev flow.Event) {
 			}
 			f.count++
 			f.sources[src]++
-			if ev.Limited {
+			if ev.Drop == flow.DropSynLimit {
 				f.limited++
 			}
 			if f.first.IsZero() {
@@ -370,6 +374,11 @@ func (e *Engine) Observe(ev flow.Event) {
 			}
 			f.last = now
 		}
+	}
+	// A shield drops at the target's node only: that node reports it, whoever sent it.
+	if ev.Drop == flow.DropShield {
+		e.shieldLocked(ev, now)
+		return
 	}
 	if sp := e.pods[src]; sp != nil {
 		if sp.node != e.cfg.Node {

@@ -53,9 +53,15 @@ func (c *fakeClock) now() time.Time { return c.t }
 
 // blocker records what the engine gives the kernel: blocked prefixes and SYN limits.
 type blocker struct {
-	got    [][]netip.Prefix
-	limits [][]dataplane.SynLimit
-	quar   []dataplane.Quarantine
+	got     [][]netip.Prefix
+	limits  [][]dataplane.SynLimit
+	quar    []dataplane.Quarantine
+	shields []dataplane.MSSShield
+}
+
+func (b *blocker) SetMSSShield(s dataplane.MSSShield) error {
+	b.shields = append(b.shields, s)
+	return nil
 }
 
 func (b *blocker) SetQuarantine(q dataplane.Quarantine) error { b.quar = append(b.quar, q); return nil }
@@ -94,7 +100,7 @@ func engine(t *testing.T, td string) (*Engine, *fakeClock, *blocker) {
 	t.Helper()
 	clk := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	b := &blocker{}
-	e := New(Config{Node: "n1", Now: clk.now, Blocker: b, Limiter: b, Quarantiner: b})
+	e := New(Config{Node: "n1", Now: clk.now, Blocker: b, Limiter: b, Quarantiner: b, Shielder: b})
 	if err := e.Configure(cluster(t, td), testProtected); err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +334,10 @@ spec:
 	second := func(rate int, limited bool) {
 		for i := 0; i < rate; i++ {
 			x := ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, netip.AddrPortFrom(netip.MustParseAddr("10.0.2.2"), uint16(1024+i)).String(), "10.0.1.3:80")
-			x.Limited, x.Allowed = limited, !limited
+			x.Allowed = !limited
+			if limited {
+				x.Drop = flow.DropSynLimit
+			}
 			e.Observe(x)
 		}
 		clk.t = clk.t.Add(time.Second)
@@ -443,6 +452,35 @@ spec:
 	e.Observe(ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, "203.0.113.9:1000", "10.0.1.9:5432"))
 	if a := alertsOf(e, TypeHoneypot); a[len(a)-1].Response != model.ActionBlock || len(b.got) == 0 || !slices.Contains(b.got[len(b.got)-1], netip.MustParsePrefix("203.0.113.9/32")) {
 		t.Fatalf("external source: %+v, blocked %v", a[len(a)-1], b.got)
+	}
+}
+
+// TestShields: the sack-panic shield covers the pods its selectors pick, and a shield's drop
+// (reported by the target's node, whoever sent it) raises a shield alert.
+func TestShields(t *testing.T) {
+	td := `
+apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  shields: [{name: sack-panic, selector: {matchLabels: {role: server}}}]
+`
+	e, clk, b := engine(t, td)
+	if len(b.shields) == 0 || !slices.Equal(b.shields[len(b.shields)-1].Pods, []netip.Addr{netip.MustParseAddr("10.0.1.3")}) || b.shields[len(b.shields)-1].Min != SackPanicMinMSS {
+		t.Fatalf("shields %+v", b.shields)
+	}
+	x := ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, "10.0.2.2:1000", "10.0.1.3:80")
+	x.Allowed, x.Drop = false, flow.DropShield
+	e.Observe(x)
+	a := alertsOf(e, TypeShield)
+	if len(a) != 1 || a[0].Source.Pod != "remote" || a[0].Target.Pod != "server" || a[0].Response != "drop" {
+		t.Fatalf("alerts %+v", a)
+	}
+	if err := e.Configure(cluster(t, portScanTD), testProtected); err != nil {
+		t.Fatal(err)
+	}
+	if last := b.shields[len(b.shields)-1]; len(last.Pods) != 0 || last.Min != 0 {
+		t.Fatalf("shield outlives its configuration: %+v", last)
 	}
 }
 

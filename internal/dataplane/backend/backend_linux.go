@@ -80,6 +80,8 @@ var (
 	_ dataplane.SynLimiter  = (*ebpfPlane)(nil)
 	_ dataplane.Quarantiner = (*iptablesPlane)(nil)
 	_ dataplane.Quarantiner = (*ebpfPlane)(nil)
+	_ dataplane.Shielder    = (*iptablesPlane)(nil)
+	_ dataplane.Shielder    = (*ebpfPlane)(nil)
 	_ dataplane.Blocker     = (*ebpf.Dataplane)(nil)
 )
 

@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/netnstest"
 )
@@ -102,7 +103,7 @@ func TestBlocklistPrograms(t *testing.T) {
 		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev); err != nil {
 			t.Fatal(err)
 		}
-		if ev.Blocked != 1 || ev.Allowed != 0 {
+		if policyDropKind(ev.Blocked) != policyDropKindDROP_BLOCKLIST || ev.Allowed != 0 {
 			t.Errorf("event %+v: want blocked, not allowed", ev)
 		}
 		if n == 0 && (addrOf(ev.Saddr) != in || addrOf(ev.Daddr) != out || portOf(ev.Dport) != 80 || ev.Protocol != 6) {
@@ -208,9 +209,9 @@ func TestSynLimitPrograms(t *testing.T) {
 		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
 			t.Fatal(err)
 		}
-		if ev := d.event(&raw, time.Now()); ev.Limited {
+		if ev := d.event(&raw, time.Now()); ev.Drop == flow.DropSynLimit {
 			limited++
-			if ev.Blocked || ev.Allowed || ev.Tuple.Src.Addr() != flooder || ev.Tuple.Dst != netip.AddrPortFrom(target, 80) || ev.Direction != ir.Ingress {
+			if ev.Allowed || ev.Tuple.Src.Addr() != flooder || ev.Tuple.Dst != netip.AddrPortFrom(target, 80) || ev.Direction != ir.Ingress {
 				t.Errorf("limited event %+v", ev)
 			}
 		}
@@ -278,5 +279,120 @@ func TestQuarantinePrograms(t *testing.T) {
 	}
 	if !run(t, o.objs.FromPod, established) || !run(t, o.objs.ToPod, packet(x, q, ir.TCP, 40006, 80)) {
 		t.Error("dropped after the quarantine was lifted")
+	}
+}
+
+// synWithMSS is a TCP SYN (flags as given) carrying an MSS option of mss (none when 0), after a
+// no-op option so the walk over options is exercised.
+func synWithMSS(src, dst netip.Addr, sport, dport uint16, flags byte, mss uint16) []byte {
+	b := packet(src, dst, ir.TCP, sport, dport)
+	if mss == 0 {
+		b[14+20+13] = flags
+		return b
+	}
+	b = append(b, 1, 2, 4, byte(mss>>8), byte(mss), 0, 0, 0) // NOP, MSS, padding to 8 bytes
+	binary.BigEndian.PutUint16(b[14+2:], uint16(len(b)-14))
+	b[14+20+12] = (20 + 8) / 4 << 4
+	b[14+20+13] = flags
+	return b
+}
+
+// TestShieldPrograms: the MSS shield drops SYNs and SYN-ACKs with an MSS option below the
+// minimum toward a shielded pod, of established-looking flows too, and nothing else.
+func TestShieldPrograms(t *testing.T) {
+	netnstest.RequireRoot(t)
+	o, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	d := &Dataplane{objs: o}
+	shielded, other, client := netip.MustParseAddr("10.244.1.5"), netip.MustParseAddr("10.244.1.6"), netip.MustParseAddr("10.244.2.9")
+	for i, a := range []netip.Addr{shielded, other} {
+		if err := o.objs.Endpoints.Put(ipv4Key(a), policyEndpoint{Id: uint32(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.SetMSSShield(dataplane.MSSShield{Pods: []netip.Addr{shielded}, Min: 500}); err != nil {
+		t.Fatal(err)
+	}
+	const syn, synack = 0x02, 0x12
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+		pass bool
+	}{
+		{"SYN, MSS 48", synWithMSS(client, shielded, 1000, 80, syn, 48), false},
+		{"SYN-ACK, MSS 48", synWithMSS(client, shielded, 80, 1001, synack, 48), false},
+		{"SYN, MSS 499", synWithMSS(client, shielded, 1002, 80, syn, 499), false},
+		{"SYN, MSS 500", synWithMSS(client, shielded, 1003, 80, syn, 500), true},
+		{"SYN, MSS 1460", synWithMSS(client, shielded, 1004, 80, syn, 1460), true},
+		{"SYN, no MSS option", synWithMSS(client, shielded, 1005, 80, syn, 0), true},
+		{"another pod, MSS 48", synWithMSS(client, other, 1006, 80, syn, 48), true},
+	} {
+		if got := run(t, o.objs.ToPod, tc.pkt); got != tc.pass {
+			t.Errorf("%s: passed %v, want %v", tc.name, got, tc.pass)
+		}
+	}
+	if c, _ := o.Counters(); c["drop_shield"] != 3 {
+		t.Errorf("drop_shield %d, want 3", c["drop_shield"])
+	}
+	if err := d.SetMSSShield(dataplane.MSSShield{}); err != nil {
+		t.Fatal(err)
+	}
+	if !run(t, o.objs.ToPod, synWithMSS(client, shielded, 1007, 80, syn, 48)) {
+		t.Error("dropped after the shield was lifted")
+	}
+}
+
+// TestBlocklist100k loads a feed-sized blocklist (100,000 prefixes of two lengths) and checks
+// that a listed source is dropped by XDP and TC with its entry's counter moving, an unlisted one
+// passes, and replacing the list with one that differs in a single entry writes just that.
+func TestBlocklist100k(t *testing.T) {
+	netnstest.RequireRoot(t)
+	o, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	d := &Dataplane{objs: o}
+	list := make([]netip.Prefix, 0, 100000)
+	for i := 0; i < 100000; i++ {
+		a := netip.AddrFrom4([4]byte{100, byte(64 + i>>16), byte(i >> 8), byte(i)})
+		bits := 32
+		if i%3 == 0 {
+			a, bits = netip.AddrFrom4([4]byte{byte(20 + i>>16), byte(i >> 8), byte(i), 0}), 24
+		}
+		list = append(list, netip.PrefixFrom(a, bits))
+	}
+	start := time.Now()
+	if err := d.SetBlocked(list); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("100,000 prefixes written in %v", time.Since(start))
+	listed, unlisted := netip.MustParseAddr("100.64.1.1"), netip.MustParseAddr("100.127.0.1")
+	dst := netip.MustParseAddr("10.244.1.5")
+	if ret, err := o.objs.XdpUplink.Run(&ebpf.RunOptions{Data: packet(listed, dst, ir.UDP, 1, 2)}); err != nil || ret != 1 {
+		t.Errorf("XDP: a listed source: %d, %v; want dropped", ret, err)
+	}
+	if ret, err := o.objs.XdpUplink.Run(&ebpf.RunOptions{Data: packet(unlisted, dst, ir.UDP, 1, 2)}); err != nil || ret != 2 {
+		t.Errorf("XDP: an unlisted source: %d, %v; want passed", ret, err)
+	}
+	if run(t, o.objs.FromUplink, packet(listed, dst, ir.TCP, 1, 2)) {
+		t.Error("TC: a listed source passed")
+	}
+	var v policyBlockValue
+	if err := o.objs.Blocklist.Lookup(blockKey(netip.MustParsePrefix("100.64.1.1/32")), &v); err != nil || v.Packets != 2 {
+		t.Errorf("the entry's counter: %+v, %v; want 2 packets", v, err)
+	}
+	// One entry less: only it goes, the others keep their counts.
+	if err := d.SetBlocked(list[:len(list)-1]); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(d.blockHave); n != 99999 {
+		t.Errorf("%d prefixes held, want 99,999", n)
+	}
+	if err := o.objs.Blocklist.Lookup(blockKey(netip.MustParsePrefix("100.64.1.1/32")), &v); err != nil || v.Packets != 2 {
+		t.Errorf("a kept entry's counter after the update: %+v, %v", v, err)
 	}
 }

@@ -32,7 +32,7 @@ import (
 // two local pods are judged for both ends at the source's veth and handed straight to the
 // destination pod (bpf_redirect_peer). The threat engine's responses (SetBlocked, SetSynLimits)
 // are maps every generation shares: a blocklist checked first by every program and by XDP on
-// the uplink, per-source SYN token buckets toward limited pods, and quarantined pods.
+// the uplink, per-source SYN token buckets toward limited pods, quarantined pods, and shields.
 type Dataplane struct {
 	node  dataplane.Node
 	netns string
@@ -72,6 +72,8 @@ type Dataplane struct {
 	// quarWant the quarantine SetQuarantine asked for (nil: none given yet).
 	synWant  map[uint32]policySynLimit
 	quarWant *dataplane.Quarantine
+	// shieldWant are the shields SetMSSShield asked for, by pod (nil: none given yet).
+	shieldWant map[uint32]policyShield
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
@@ -103,7 +105,7 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	if d.objs == nil {
 		d.blockHave = nil // a new or adopted map: read what it holds
 	}
-	if err := errors.Join(d.writeBlocklistLocked(next.objs.Blocklist), d.writeSynLimitsLocked(next.objs.SynLimits), d.writeQuarantineLocked(next)); err != nil {
+	if err := errors.Join(d.writeBlocklistLocked(next.objs.Blocklist), d.writeSynLimitsLocked(next.objs.SynLimits), d.writeQuarantineLocked(next), d.writeShieldsLocked(next)); err != nil {
 		if d.objs == nil {
 			d.blockHave = nil
 		}

@@ -90,6 +90,12 @@ func (d *Dataplane) counter(i uint32) (uint64, error) {
 	return sumPerCPU(d.objs.objs.Counters, i)
 }
 
+// dropKinds names the programs' drop kinds (enum drop_kind).
+var dropKinds = map[policyDropKind]flow.DropKind{
+	policyDropKindDROP_BLOCKLIST: flow.DropBlocklist, policyDropKindDROP_SYN_LIMIT: flow.DropSynLimit,
+	policyDropKindDROP_QUARANTINE: flow.DropQuarantine, policyDropKindDROP_SHIELD: flow.DropShield,
+}
+
 // event converts a kernel event, resolving its rule id with its generation's table.
 func (d *Dataplane) event(ev *policyFlowEvent, boot time.Time) flow.Event {
 	proto, _ := ir.ProtocolOf(ev.Protocol)
@@ -102,8 +108,7 @@ func (d *Dataplane) event(ev *policyFlowEvent, boot time.Time) flow.Event {
 			Dst: netip.AddrPortFrom(addrOf(ev.Daddr), portOf(ev.Dport))},
 		Bytes:    uint64(ev.Len),
 		TCPFlags: ev.TcpFlags,
-		Blocked:  policyDropKind(ev.Blocked) == policyDropKindDROP_BLOCKLIST || policyDropKind(ev.Blocked) == policyDropKindDROP_QUARANTINE,
-		Limited:  policyDropKind(ev.Blocked) == policyDropKindDROP_SYN_LIMIT,
+		Drop:     dropKinds[policyDropKind(ev.Blocked)],
 	}
 	if ev.Blocked != 0 {
 		return out // decided by a threat response, not by a rule of any generation

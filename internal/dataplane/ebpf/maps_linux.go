@@ -24,7 +24,7 @@ type Objects struct {
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
 // generation, its flow state (conntrack, reverse NAT, the flow-event ring), counters, blocklist,
-// SYN limits and quarantine are reused, so flows survive new tables, counters keep counting and
+// SYN limits, quarantine and shields are reused, so flows survive new tables, counters keep counting and
 // the threat engine's responses stay.
 func Load(prev *Objects) (*Objects, error) { return load(prev, genOptions{}) }
 
@@ -37,14 +37,14 @@ type genOptions struct {
 func load(prev *Objects, g genOptions) (*Objects, error) {
 	if prev != nil {
 		return loadWith(carried{prev.objs.Conntrack, prev.objs.Revnat, prev.objs.Counters, prev.objs.FlowEvents, prev.objs.Blocklist,
-			prev.objs.SynLimits, prev.objs.SynBuckets, prev.objs.Quarantine, prev.objs.QuarantineAllow}, g)
+			prev.objs.SynLimits, prev.objs.SynBuckets, prev.objs.Quarantine, prev.objs.QuarantineAllow, prev.objs.Shields}, g)
 	}
 	return loadWith(carried{}, g)
 }
 
 // carried are the maps one generation hands to the next (nil: new ones).
 type carried struct {
-	conntrack, revnat, counters, flowEvents, blocklist, synLimits, synBuckets, quarantine, quarantineAllow *ebpf.Map
+	conntrack, revnat, counters, flowEvents, blocklist, synLimits, synBuckets, quarantine, quarantineAllow, shields *ebpf.Map
 }
 
 // loadWith loads a generation using the given flow-state and counter maps.
@@ -67,7 +67,7 @@ func loadWith(c carried, g genOptions) (*Objects, error) {
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{}}
 	for name, m := range map[string]*ebpf.Map{"conntrack": c.conntrack, "revnat": c.revnat, "counters": c.counters, "flow_events": c.flowEvents,
 		"blocklist": c.blocklist, "syn_limits": c.synLimits, "syn_buckets": c.synBuckets,
-		"quarantine": c.quarantine, "quarantine_allow": c.quarantineAllow} {
+		"quarantine": c.quarantine, "quarantine_allow": c.quarantineAllow, "shields": c.shields} {
 		if m != nil {
 			opts.MapReplacements[name] = m
 		}
@@ -122,7 +122,7 @@ var CounterNames = []string{
 	"pass_not_ip", "pass_no_endpoint", "pass_not_selected", "pass_tracked", "allow_ingress",
 	"drop_ingress", "drop_spoof", "pass_other_protocol", "dnat", "reverse_nat", "no_backend",
 	"redirect_peer", "redirect_uplink", "allow_egress", "drop_egress", "flow_events_lost",
-	"drop_blocked", "xdp_drop_blocked", "drop_syn_limit", "drop_quarantine",
+	"drop_blocked", "xdp_drop_blocked", "drop_syn_limit", "drop_quarantine", "drop_shield",
 }
 
 // Counters sums each counter over CPUs.

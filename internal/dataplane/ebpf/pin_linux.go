@@ -21,6 +21,7 @@ const (
 	pinSynBucket = "syn_buckets"
 	pinQuar      = "quarantine"
 	pinQuarAllow = "quarantine_allow"
+	pinShields   = "shields"
 	pinXDP       = "uplink-xdp" // the uplink's XDP link (beside links/, which holds TCX links only)
 )
 
@@ -56,7 +57,7 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 	// The blocks and SYN limits in force stay in force: the threat engine's next SetBlocked and
 	// SetSynLimits write the difference.
 	for name, dst := range map[string]**ebpf.Map{pinBlocklist: &c.blocklist, pinSynLimits: &c.synLimits, pinSynBucket: &c.synBuckets,
-		pinQuar: &c.quarantine, pinQuarAllow: &c.quarantineAllow} {
+		pinQuar: &c.quarantine, pinQuarAllow: &c.quarantineAllow, pinShields: &c.shields} {
 		if m, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, name), nil); err == nil {
 			defer m.Close()
 			*dst = m
@@ -68,7 +69,7 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 		os.Remove(filepath.Join(d.PinDir, pinConntrack))
 		os.Remove(filepath.Join(d.PinDir, pinRevnat))
 		os.Remove(filepath.Join(d.PinDir, pinFlows))
-		for _, name := range []string{pinBlocklist, pinSynLimits, pinSynBucket, pinQuar, pinQuarAllow} {
+		for _, name := range []string{pinBlocklist, pinSynLimits, pinSynBucket, pinQuar, pinQuarAllow, pinShields} {
 			os.Remove(filepath.Join(d.PinDir, name))
 		}
 		return load(nil, d.genOptions())
@@ -76,12 +77,12 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 	return o, nil
 }
 
-// pinFlowState pins the generation's conntrack, reverse-NAT, flow-event, blocklist, SYN limit
-// and quarantine maps, unless they already are (later generations share the first one's maps).
+// pinFlowState pins the generation's conntrack, reverse-NAT, flow-event, blocklist, SYN limit,
+// quarantine and shield maps, unless they already are (later generations share the first one's maps).
 func (o *Objects) pinFlowState(dir string) error {
 	for name, m := range map[string]*ebpf.Map{pinConntrack: o.objs.Conntrack, pinRevnat: o.objs.Revnat, pinFlows: o.objs.FlowEvents,
 		pinBlocklist: o.objs.Blocklist, pinSynLimits: o.objs.SynLimits, pinSynBucket: o.objs.SynBuckets,
-		pinQuar: o.objs.Quarantine, pinQuarAllow: o.objs.QuarantineAllow} {
+		pinQuar: o.objs.Quarantine, pinQuarAllow: o.objs.QuarantineAllow, pinShields: o.objs.Shields} {
 		p := filepath.Join(dir, name)
 		if _, err := os.Stat(p); err == nil {
 			continue

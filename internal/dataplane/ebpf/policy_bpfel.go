@@ -72,6 +72,7 @@ const (
 	policyDropKindDROP_BLOCKLIST  policyDropKind = 1
 	policyDropKindDROP_SYN_LIMIT  policyDropKind = 2
 	policyDropKindDROP_QUARANTINE policyDropKind = 3
+	policyDropKindDROP_SHIELD     policyDropKind = 4
 )
 
 type policyEndpoint struct {
@@ -147,6 +148,11 @@ type policyRevnatValue struct {
 	Vip   uint32
 	Vport uint16
 	Pad   uint16
+}
+
+type policyShield struct {
+	MinMss uint16
+	Pad    uint16
 }
 
 type policySvcKey struct {
@@ -249,6 +255,7 @@ type policyMapSpecs struct {
 	Revnat          *ebpf.MapSpec `ebpf:"revnat"`
 	ServiceRange    *ebpf.MapSpec `ebpf:"service_range"`
 	Services        *ebpf.MapSpec `ebpf:"services"`
+	Shields         *ebpf.MapSpec `ebpf:"shields"`
 	SynBuckets      *ebpf.MapSpec `ebpf:"syn_buckets"`
 	SynLimits       *ebpf.MapSpec `ebpf:"syn_limits"`
 }
@@ -298,6 +305,7 @@ type policyMaps struct {
 	Revnat          *ebpf.Map `ebpf:"revnat"`
 	ServiceRange    *ebpf.Map `ebpf:"service_range"`
 	Services        *ebpf.Map `ebpf:"services"`
+	Shields         *ebpf.Map `ebpf:"shields"`
 	SynBuckets      *ebpf.Map `ebpf:"syn_buckets"`
 	SynLimits       *ebpf.Map `ebpf:"syn_limits"`
 }
@@ -319,6 +327,7 @@ func (m *policyMaps) Close() error {
 		m.Revnat,
 		m.ServiceRange,
 		m.Services,
+		m.Shields,
 		m.SynBuckets,
 		m.SynLimits,
 	)

@@ -25,8 +25,8 @@ func (d *Dataplane) ReadFlows(ctx context.Context, netns string, sink flow.Sink)
 		if !ok {
 			return
 		}
-		if dir, blocked, limited := decodeDropPrefix(prefix); blocked || limited {
-			ev.Time, ev.Direction, ev.Blocked, ev.Limited = ts, dir, blocked, limited
+		if dir, drop := decodeDropPrefix(prefix); drop != "" {
+			ev.Time, ev.Direction, ev.Drop = ts, dir, drop
 			sink.Observe(ev)
 			return
 		}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 )
 
@@ -18,59 +19,77 @@ import (
 //     or to a member is dropped;
 //   - quarantine (dataplane.Quarantiner): a hash:ip set of quarantined pods; every packet from
 //     or to one is dropped, but those to an allowed port and their replies;
+//   - the MSS shield (dataplane.Shielder): a hash:ip set of shielded pods; TCP SYNs toward one
+//     with an MSS option below the minimum are dropped (tcpmss);
 //   - SYN limits (dataplane.SynLimiter): per limited pod, a hashlimit rule that drops a
 //     source's TCP SYNs above its rate.
 //
 // A sample of each kind of drop (at most sampleRate a second per rule) is logged to the flow
 // group with a prefix of its own.
 const (
-	BlockSet       = SetPrefix + "blocklist"
-	QuarantineSet  = SetPrefix + "quarantine"
-	blockChain     = ChainPrefix + "BLOCK"
-	blockDropChain = ChainPrefix + "BLOCK-DROP"
-	quarOutChain   = ChainPrefix + "QUAR-OUT"
-	quarInChain    = ChainPrefix + "QUAR-IN"
-	synChain       = ChainPrefix + "SYNLIMIT"
-	synDropChain   = ChainPrefix + "SYNLIMIT-DROP"
+	BlockSet        = SetPrefix + "blocklist"
+	QuarantineSet   = SetPrefix + "quarantine"
+	ShieldSet       = SetPrefix + "shield"
+	blockChain      = ChainPrefix + "BLOCK"
+	blockDropChain  = ChainPrefix + "BLOCK-DROP"
+	quarOutChain    = ChainPrefix + "QUAR-OUT"
+	quarInChain     = ChainPrefix + "QUAR-IN"
+	quarDropChain   = ChainPrefix + "QUAR-DROP"
+	shieldDropChain = ChainPrefix + "SHIELD-DROP"
+	synChain        = ChainPrefix + "SYNLIMIT"
+	synDropChain    = ChainPrefix + "SYNLIMIT-DROP"
 	// sampleRate bounds the flow events of dropped packets, so a flood cannot crowd the flow
 	// records out of the NFLOG group.
 	sampleRate = "20/sec --limit-burst 40"
 )
 
 // rawSets are the sets the raw chains name, with their types: Apply leaves them alone.
-var rawSets = map[string]string{BlockSet: "hash:net", QuarantineSet: "hash:ip"}
+var rawSets = map[string]string{BlockSet: "hash:net", QuarantineSet: "hash:ip", ShieldSet: "hash:ip"}
 
-// Prefixes of the sampled drops: "D", the direction, then "!" (blocklist or quarantine) or "~"
-// (SYN limit).
-func blockPrefix(dir ir.Direction) string { return verdictDir(false, dir) + "!" }
-func limitPrefix(dir ir.Direction) string { return verdictDir(false, dir) + "~" }
+// dropMarks end the prefixes of sampled drops, after "D" and the direction.
+var dropMarks = map[flow.DropKind]string{flow.DropBlocklist: "!", flow.DropSynLimit: "~", flow.DropQuarantine: "^", flow.DropShield: "%"}
 
-// decodeDropPrefix reports whether prefix is a sampled drop's, which kind and its direction.
-func decodeDropPrefix(prefix string) (dir ir.Direction, blocked, limited bool) {
+// dropPrefix is the NFLOG prefix of a drop of kind in direction dir.
+func dropPrefix(kind flow.DropKind, dir ir.Direction) string {
+	return verdictDir(false, dir) + dropMarks[kind]
+}
+
+// decodeDropPrefix reports whether prefix is a sampled drop's: its kind ("" when not) and
+// direction.
+func decodeDropPrefix(prefix string) (ir.Direction, flow.DropKind) {
 	for _, dir := range []ir.Direction{ir.Ingress, ir.Egress} {
-		switch prefix {
-		case blockPrefix(dir):
-			return dir, true, false
-		case limitPrefix(dir):
-			return dir, false, true
+		for kind := range dropMarks {
+			if prefix == dropPrefix(kind, dir) {
+				return dir, kind
+			}
 		}
 	}
-	return 0, false, false
+	return 0, ""
 }
 
 // rawState is what the raw chains enforce beyond the sets' members.
 type rawState struct {
 	limits []dataplane.SynLimit     // sorted by target
 	allow  []dataplane.PortProtocol // what quarantined pods may reach
+	minMSS uint16                   // TCP SYNs toward ShieldSet's pods with a smaller MSS are dropped (0: off)
 }
+
+// dropChains are the raw table's drop chains, one per kind, each logging a sample first.
+var dropChains = []struct {
+	kind  flow.DropKind
+	chain string
+}{{flow.DropBlocklist, blockDropChain}, {flow.DropQuarantine, quarDropChain}, {flow.DropShield, shieldDropChain}, {flow.DropSynLimit, synDropChain}}
 
 // renderRaw renders the raw table's chains. Packets coming in on a pod's interface are the
 // pod's egress; everything else is ingress (as the eBPF programs report them).
 func renderRaw(podPrefix string, group uint16, st rawState) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "*raw\n")
-	for _, c := range []string{blockChain, blockDropChain, quarOutChain, quarInChain, synChain, synDropChain} {
+	for _, c := range []string{blockChain, quarOutChain, quarInChain, synChain} {
 		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	}
+	for _, d := range dropChains {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", d.chain)
 	}
 	for _, dir := range []string{"src", "dst"} {
 		fmt.Fprintf(&b, "-A %s -m set --match-set %s %s -j %s\n", blockChain, BlockSet, dir, blockDropChain)
@@ -82,7 +101,11 @@ func renderRaw(podPrefix string, group uint16, st rawState) string {
 		fmt.Fprintf(&b, "-A %s -p %s -m %s --dport %d -j RETURN\n", quarOutChain, proto, proto, a.Port)
 		fmt.Fprintf(&b, "-A %s -p %s -m %s --sport %d -j RETURN\n", quarInChain, proto, proto, a.Port)
 	}
-	fmt.Fprintf(&b, "-A %s -j %s\n-A %s -j %s\n", quarOutChain, blockDropChain, quarInChain, blockDropChain)
+	fmt.Fprintf(&b, "-A %s -j %s\n-A %s -j %s\n", quarOutChain, quarDropChain, quarInChain, quarDropChain)
+	if st.minMSS > 0 {
+		fmt.Fprintf(&b, "-A %s -p tcp -m tcp --tcp-flags SYN SYN -m set --match-set %s dst -m tcpmss --mss 0:%d -j %s\n",
+			blockChain, ShieldSet, st.minMSS-1, shieldDropChain)
+	}
 	if len(st.limits) > 0 {
 		fmt.Fprintf(&b, "-A %s -p tcp --syn -j %s\n", blockChain, synChain)
 	}
@@ -95,14 +118,11 @@ func renderRaw(podPrefix string, group uint16, st rawState) string {
 		fmt.Fprintf(&b, "-A %s -d %s/32 -m hashlimit --hashlimit-above %d/sec --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name rl%s -j %s\n",
 			synChain, t, max(l.Rate, 1), max(l.Burst, 1), strings.ToLower(hash(t))[:10], synDropChain)
 	}
-	for _, c := range []struct {
-		chain  string
-		prefix func(ir.Direction) string
-	}{{blockDropChain, blockPrefix}, {synDropChain, limitPrefix}} {
+	for _, d := range dropChains {
 		if group != 0 {
 			log := func(match string, dir ir.Direction) {
 				fmt.Fprintf(&b, "-A %s %s-m limit --limit %s -j NFLOG --nflog-group %d --nflog-prefix %q --nflog-size 128\n",
-					c.chain, match, sampleRate, group, c.prefix(dir))
+					d.chain, match, sampleRate, group, dropPrefix(d.kind, dir))
 			}
 			if podPrefix != "" {
 				log(fmt.Sprintf("-i %s+ ", podPrefix), ir.Egress)
@@ -111,7 +131,7 @@ func renderRaw(podPrefix string, group uint16, st rawState) string {
 				log("", ir.Ingress)
 			}
 		}
-		fmt.Fprintf(&b, "-A %s -j DROP\n", c.chain)
+		fmt.Fprintf(&b, "-A %s -j DROP\n", d.chain)
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()
@@ -174,13 +194,36 @@ func (d *Dataplane) SetQuarantine(q dataplane.Quarantine) error {
 			return err
 		}
 	}
-	var members []string
-	for _, a := range q.Pods {
-		if a = a.Unmap(); a.Is4() {
-			members = append(members, a.String())
+	return d.replaceSetLocked(ctx, QuarantineSet, addrMembers(q.Pods))
+}
+
+// SetMSSShield replaces the MSS shield (dataplane.Shielder): the minimum first (the chains, in
+// one transaction), then the pods (the set, swapped in at once).
+func (d *Dataplane) SetMSSShield(sh dataplane.MSSShield) error {
+	ctx := context.Background()
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	if err := d.ensureRawLocked(ctx); err != nil {
+		return err
+	}
+	if st := d.raw; st.minMSS != sh.Min {
+		st.minMSS = sh.Min
+		if err := d.writeRawLocked(ctx, st); err != nil {
+			return err
 		}
 	}
-	return d.replaceSetLocked(ctx, QuarantineSet, members)
+	return d.replaceSetLocked(ctx, ShieldSet, addrMembers(sh.Pods))
+}
+
+// addrMembers renders IPv4 addresses as set members.
+func addrMembers(addrs []netip.Addr) []string {
+	var out []string
+	for _, a := range addrs {
+		if a = a.Unmap(); a.Is4() {
+			out = append(out, a.String())
+		}
+	}
+	return out
 }
 
 // SetSynLimits replaces the SYN rate limits (dataplane.SynLimiter): the raw table's chains are

@@ -33,8 +33,8 @@ func TestBlockRendering(t *testing.T) {
 			"-A RAMPART-BLOCK-DROP -j DROP\n",
 			"-A RAMPART-BLOCK -m set --match-set rampart-quarantine src -j RAMPART-QUAR-OUT",
 			"-A RAMPART-BLOCK -m set --match-set rampart-quarantine dst -j RAMPART-QUAR-IN",
-			"-A RAMPART-QUAR-OUT -j RAMPART-BLOCK-DROP\n-A RAMPART-QUAR-IN -j RAMPART-BLOCK-DROP",
-		}, []string{"--syn", "RETURN"}},
+			"-A RAMPART-QUAR-OUT -j RAMPART-QUAR-DROP\n-A RAMPART-QUAR-IN -j RAMPART-QUAR-DROP",
+		}, []string{"--syn", "RETURN", "tcpmss"}},
 		{"quarantine allows DNS", "v", 1727, nil, []dataplane.PortProtocol{{Protocol: ir.UDP, Port: 53}, {Protocol: ir.TCP, Port: 53}}, []string{
 			"-A RAMPART-QUAR-OUT -p udp -m udp --dport 53 -j RETURN\n-A RAMPART-QUAR-IN -p udp -m udp --sport 53 -j RETURN",
 			"-A RAMPART-QUAR-OUT -p tcp -m tcp --dport 53 -j RETURN",
@@ -63,6 +63,11 @@ func TestBlockRendering(t *testing.T) {
 		})
 	}
 
+	if got := renderRaw("v", 1727, rawState{minMSS: 500}); !strings.Contains(got,
+		"-A RAMPART-BLOCK -p tcp -m tcp --tcp-flags SYN SYN -m set --match-set rampart-shield dst -m tcpmss --mss 0:499 -j RAMPART-SHIELD-DROP") ||
+		!strings.Contains(got, `--nflog-prefix "DI%"`) {
+		t.Errorf("MSS shield:\n%s", got)
+	}
 	script := setScript("s", "hash:net", ipv4Prefixes([]netip.Prefix{netip.MustParsePrefix("10.1.2.3/8"), netip.MustParsePrefix("::ffff:192.0.2.0/120"), netip.MustParsePrefix("2001:db8::/32")}))
 	want := "create s hash:net family inet maxelem 65536 -exist\nflush s\nadd s 10.0.0.0/8 -exist\nadd s 192.0.2.0/24 -exist\n"
 	if script != want {
@@ -77,16 +82,16 @@ func TestBlockRendering(t *testing.T) {
 	}
 
 	for _, p := range []struct {
-		prefix           string
-		dir              ir.Direction
-		blocked, limited bool
-	}{{"DI!", ir.Ingress, true, false}, {"DE!", ir.Egress, true, false}, {"DE~", ir.Egress, false, true}, {"DI~", ir.Ingress, false, true},
-		{"AI!", 0, false, false}, {"DIX", 0, false, false}} {
-		dir, blocked, limited := decodeDropPrefix(p.prefix)
-		if blocked != p.blocked || limited != p.limited || dir != p.dir {
-			t.Errorf("decodeDropPrefix(%q) = %v, %v, %v", p.prefix, dir, blocked, limited)
+		prefix string
+		dir    ir.Direction
+		drop   flow.DropKind
+	}{{"DI!", ir.Ingress, flow.DropBlocklist}, {"DE!", ir.Egress, flow.DropBlocklist}, {"DE~", ir.Egress, flow.DropSynLimit},
+		{"DI^", ir.Ingress, flow.DropQuarantine}, {"DI%", ir.Ingress, flow.DropShield}, {"AI!", 0, ""}, {"DIX", 0, ""}} {
+		dir, drop := decodeDropPrefix(p.prefix)
+		if drop != p.drop || dir != p.dir {
+			t.Errorf("decodeDropPrefix(%q) = %v, %q", p.prefix, dir, drop)
 		}
-		if _, _, _, ok := decodePrefix(p.prefix); ok && (p.blocked || p.limited) {
+		if _, _, _, ok := decodePrefix(p.prefix); ok && p.drop != "" {
 			t.Errorf("decodePrefix takes the drop prefix %q as a policy's", p.prefix)
 		}
 	}
@@ -105,7 +110,7 @@ func (c *collect) blocked() []flow.Event {
 	defer c.mu.Unlock()
 	var out []flow.Event
 	for _, ev := range c.evs {
-		if ev.Blocked {
+		if ev.Drop == flow.DropBlocklist {
 			out = append(out, ev)
 		}
 	}

@@ -50,6 +50,7 @@ func (e *Events) Gap(g model.Gap) {
 // alertReasons are the Events' reasons by alert type.
 var alertReasons = map[string]string{
 	threat.TypePortScan: "PortScan", threat.TypeSynFlood: "SynFlood", threat.TypeThreatFeed: "ThreatFeed", threat.TypeHoneypot: "Honeypot",
+	threat.TypeShield: "Shield",
 }
 
 // Alert posts a Warning Event on the pod a threat-defense alert affects: its target, or its

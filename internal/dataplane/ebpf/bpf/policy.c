@@ -153,6 +153,7 @@ enum counter {
 	C_XDP_DROP_BLOCKED, // dropped by the blocklist in XDP on the uplink
 	C_DROP_SYN_LIMIT,   // a TCP SYN over its source's rate limit toward a limited pod
 	C_DROP_QUARANTINE,  // to or from a quarantined pod, and not allowed
+	C_DROP_SHIELD,      // a TCP SYN with too small an MSS toward a shielded pod
 	C_MAX,
 };
 
@@ -270,7 +271,56 @@ enum drop_kind {
 	DROP_BLOCKLIST = 1, // from or to a blocked prefix
 	DROP_SYN_LIMIT = 2, // a SYN over its source's rate limit
 	DROP_QUARANTINE = 3, // to or from a quarantined pod
+	DROP_SHIELD = 4,     // a shield's drop (a virtual patch)
 };
+
+// Shields: virtual patches of known vulnerabilities for the selected pods. min_mss: TCP SYNs
+// (and SYN-ACKs) toward the pod carrying an MSS option below it are dropped, the SACK Panic
+// mitigation (CVE-2019-11477/11478/11479: tiny segments make the kernel's SACK handling
+// overflow); 0: off.
+struct shield {
+	__u16 min_mss;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only
+	__type(key, __u32);                   // the pod's address, network order
+	__type(value, struct shield);
+} shields SEC(".maps");
+
+// tcp_syn_mss reads the MSS option of the TCP header at l4 (0: none). A global function: the
+// verifier checks its bounded walk over the options once.
+__attribute__((noinline)) __u32 tcp_syn_mss(struct __sk_buff *skb, __u32 l4)
+{
+	__u8 b;
+	if (bpf_skb_load_bytes(skb, l4 + 12, &b, 1))
+		return 0;
+	__u32 end = l4 + (b >> 4) * 4;
+	__u32 off = l4 + 20;
+	for (int i = 0; i < 40 && off < end; i++) {
+		__u8 opt[4];
+		if (bpf_skb_load_bytes(skb, off, opt, 1))
+			return 0;
+		if (opt[0] == 0) // end of options
+			return 0;
+		if (opt[0] == 1) { // no-op
+			off++;
+			continue;
+		}
+		if (off + 2 > end || bpf_skb_load_bytes(skb, off, opt, 2) || opt[1] < 2)
+			return 0;
+		if (opt[0] == 2 && opt[1] == 4) {
+			if (off + 4 > end || bpf_skb_load_bytes(skb, off, opt, 4))
+				return 0;
+			return (__u32)opt[2] << 8 | opt[3];
+		}
+		off += opt[1];
+	}
+	return 0;
+}
 
 // Quarantined pods: every packet to or from one is dropped before conntrack and policy, but
 // those to an allowed (protocol, destination port) and their replies (the same as source port).
@@ -559,7 +609,7 @@ struct pkt {
 	__u32 len;
 	__u32 orig_daddr; // before the per-packet DNAT (0: not translated)
 	__u16 orig_dport;
-	__u16 pad2;
+	__u16 mss; // a TCP SYN's MSS option, host order (0: none, or not a SYN)
 };
 
 static __always_inline void emit_event(struct pkt *p, int dir, __u32 allowed, __u32 rule, __u8 blocked)
@@ -725,6 +775,7 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 	p->orig_daddr = 0;
 	p->orig_dport = 0;
 	p->tcp_flags = 0;
+	p->mss = 0;
 	p->len = skb->len;
 	// TCP, UDP and SCTP all start with source and destination ports.
 	__u16 *ports = (void *)ip + ip->ihl * 4;
@@ -737,6 +788,8 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 			__u8 *fl = (void *)ports + 13; // the flags byte of the TCP header
 			if ((void *)(fl + 1) <= end)
 				p->tcp_flags = *fl;
+			if (p->tcp_flags & TCP_SYN)
+				p->mss = tcp_syn_mss(skb, (void *)ports - data);
 		}
 	}
 	if (block_match(p->saddr, p->daddr, p->len)) {
@@ -788,6 +841,14 @@ static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __
 	if (quarantine_drop(p, dir)) {
 		drop_sampled(p, dir, C_DROP_QUARANTINE, DROP_QUARANTINE);
 		return TC_ACT_SHOT;
+	}
+	// A shield's virtual patch: a SYN toward the pod with too small an MSS (SACK Panic).
+	if (dir == DIR_INGRESS && p->mss) {
+		struct shield *sh = bpf_map_lookup_elem(&shields, &p->daddr);
+		if (sh && p->mss < sh->min_mss) {
+			drop_sampled(p, dir, C_DROP_SHIELD, DROP_SHIELD);
+			return TC_ACT_SHOT;
+		}
 	}
 	// A connection attempt toward a rate-limited pod needs a token of its source, whatever
 	// policy says, and before conntrack: a SYN reusing a tracked flow's ports (a flood cycling
