@@ -52,8 +52,8 @@ test: deps build vet fmt-check staticcheck check-generate
 	@scripts/test.sh "$(GO)"
 
 # Every conformance suite (NetworkPolicy, ANP/BANP, ClusterNetworkPolicy) against the evaluator
-# and in the lab on both dataplanes, 1 and 2 nodes, alone and verbose (make test runs it too;
-# RAMPART_CONFORMANCE_COMBOS=iptables/1,ebpf/2 narrows it).
+# and in the lab on both dataplanes, 1 and 2 nodes, alone and verbose (make test runs the
+# two-node labs only; RAMPART_CONFORMANCE_COMBOS=iptables/1,ebpf/2 narrows it).
 conformance: deps build
 	$(GO) test ./test/conformance/ -count=1 -v -timeout 60m
 

@@ -228,10 +228,15 @@ func newLabExecCmd(client func() *controller.Client) *cobra.Command {
 		Short: "Run a command inside a pod's network namespace",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var out string
-			err := client().Call(cmd.Context(), "/exec", controller.ExecRequest{Pod: args[0], Argv: args[1:]}, &out)
-			fmt.Fprint(cmd.OutOrStdout(), out)
-			return err
+			var res controller.ExecResult
+			if err := client().Call(cmd.Context(), "/exec", controller.ExecRequest{Pod: args[0], Argv: args[1:]}, &res); err != nil {
+				return err
+			}
+			fmt.Fprint(cmd.OutOrStdout(), res.Output)
+			if res.ExitCode != 0 {
+				return exitError(res.ExitCode)
+			}
+			return nil
 		},
 	}
 }

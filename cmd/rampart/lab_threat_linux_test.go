@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand"
 	"os"
@@ -65,6 +66,13 @@ func testLabThreat(t *testing.T, dp string) {
 			t.Fatal(err)
 		}
 		return path
+	}
+
+	// lab exec passes a failing command's output and exit code on, as kubectl exec does.
+	out, err := run("lab", "exec", "app/client", "--", "bash", "-c", "echo partial; exit 3")
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 || !strings.Contains(out, "partial") {
+		t.Fatalf("lab exec of a failing command: %v\n%s", err, out)
 	}
 
 	bad := write("bad.yaml", `apiVersion: rampart.io/v1alpha1

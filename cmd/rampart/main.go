@@ -11,9 +11,19 @@ import (
 	"github.com/rampart-sec/rampart/internal/model"
 )
 
+// exitError is a command's exit code passed on (lab exec), as kubectl exec does.
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("command terminated with exit code %d", int(e)) }
+
 func main() {
 	if err := newRoot().Execute(); err != nil {
 		var es model.Errors
+		var exit exitError
+		if errors.As(err, &exit) {
+			fmt.Fprintln(os.Stderr, exit)
+			os.Exit(int(exit))
+		}
 		if errors.As(err, &es) {
 			for _, e := range es {
 				fmt.Fprintln(os.Stderr, "error:", e)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -45,6 +46,12 @@ type (
 	ExecRequest struct {
 		Pod  string   `json:"pod"`
 		Argv []string `json:"argv"`
+	}
+	// ExecResult is what a command run in a pod printed (stdout and stderr) and its exit code;
+	// a command that ran and failed is a result, not an error.
+	ExecResult struct {
+		Output   string `json:"output"`
+		ExitCode int    `json:"exitCode"`
 	}
 	apiError struct {
 		Error string `json:"error"`
@@ -128,7 +135,14 @@ func (l *Lab) Handler(down func()) http.Handler {
 			return nil, err
 		}
 		out, err := l.fabric.Exec(ctx, ns, name, req.Argv)
-		return string(out), err
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return ExecResult{Output: string(out), ExitCode: exit.ExitCode()}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		return ExecResult{Output: string(out)}, nil
 	})
 	mux.HandleFunc("/flows", l.serveFlows)
 	mux.HandleFunc("/alerts", l.serveAlerts)
