@@ -64,6 +64,7 @@ bench: deps build
 	python3 scripts/plot-agent.py bench/results/agent.json docs/agent-latency.svg
 	python3 scripts/plot-connections.py bench/results/connections.json docs/connection-rates.svg
 	python3 scripts/plot-blocklist.py bench/results/blocklist.json docs/blocklist.svg
+	python3 scripts/plot-detection.py bench/results/detection.json docs/detection-latency.svg
 	$(GO) test ./bench/ -run XXX -bench . -benchtime 20x
 
 # The agent's OCI image as a tarball (no Docker, no registry): bin/rampart-image.tar.
