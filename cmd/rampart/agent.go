@@ -119,8 +119,9 @@ func runAgent(parent context.Context, f agentFlags) error {
 	}
 	if f.threatFile != "" {
 		// A bad file stops the start with its errors; later changes that do not decode keep the
-		// configuration in force (and show in /status).
-		if err := checkThreatFile(f.threatFile); err != nil {
+		// configuration in force (and show in /status). No file is no ThreatDefense (yet): the
+		// DaemonSet mounts an optional ConfigMap.
+		if err := checkThreatFile(f.threatFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("--threat-config: %w", err)
 		}
 	}

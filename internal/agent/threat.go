@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"crypto/sha256"
 	"fmt"
 	"net/netip"
@@ -121,12 +122,17 @@ func (a *Agent) threatFileChanged() bool {
 
 // threatConfig returns the ThreatDefense in force: the cluster's (the lab's), else the one in
 // Config.ThreatFile, read again at every sync; a file that does not decode keeps the previous
-// one. The caller holds a.mu.
+// one, and no file at all (an optional ConfigMap that is not there) is no ThreatDefense. The
+// caller holds a.mu.
 func (a *Agent) threatConfig(c *model.Cluster) (*model.ThreatDefense, error) {
 	if c.ThreatDefense != nil || a.cfg.ThreatFile == "" {
 		return c.ThreatDefense, nil
 	}
 	f, err := os.Open(a.cfg.ThreatFile)
+	if errors.Is(err, os.ErrNotExist) {
+		a.fileTD = nil
+		return nil, nil
+	}
 	if err != nil {
 		return a.fileTD, err
 	}

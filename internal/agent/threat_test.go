@@ -40,4 +40,9 @@ func TestThreatFile(t *testing.T) {
 	wait("bad file", func(s ThreatStatus) bool {
 		return s.Config == "second" && strings.Contains(s.Error, "spec.detectors.portScan.action")
 	})
+	// The ConfigMap deleted: the file goes, and with it the ThreatDefense (no error).
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	wait("no file", func(s ThreatStatus) bool { return s.Config == "" && s.Error == "" })
 }
