@@ -2,8 +2,8 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
