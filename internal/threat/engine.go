@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -67,23 +68,18 @@ type Engine struct {
 	allowNS  map[string]bool
 	allowSel []selPair
 
-	scans   map[scanKey]*scanState
-	floods  map[netip.Addr]*floodState
-	blocks  map[netip.Prefix]time.Time // automatic blocks and when they end
-	quiet   map[string]time.Time       // alert key -> no repeat before
-	blocked []netip.Prefix             // what the kernel was last given
-	// pushFailed: the kernel refused the last set; the next Configure tries again.
-	pushFailed bool
-	limits     map[netip.Addr]synLimit // SYN rate limits on flooded pods
-	limited    []dataplane.SynLimit    // what the kernel was last given
-	// limitPushFailed: the kernel refused the last limits; the next Configure tries again.
-	limitPushFailed  bool
-	quarAuto         map[netip.Addr]autoQuarantine // detectors' quarantines
-	quarSent         *dataplane.Quarantine         // what the kernel was last given
-	quarPushFailed   bool
-	shieldSent       *dataplane.MSSShield // what the kernel was last given
-	shieldPushFailed bool
-	untrack          uint64 // first contacts not tracked (MaxSources reached)
+	scans    map[scanKey]*scanState
+	floods   map[netip.Addr]*floodState
+	blocks   map[netip.Prefix]time.Time    // automatic blocks and when they end
+	quiet    map[string]time.Time          // alert key -> no repeat before
+	limits   map[netip.Addr]synLimit       // SYN rate limits on flooded pods
+	quarAuto map[netip.Addr]autoQuarantine // detectors' quarantines
+	// What the kernel was last given of each response.
+	blocked  kernelState[[]netip.Prefix]
+	limited  kernelState[[]dataplane.SynLimit]
+	quarSent kernelState[dataplane.Quarantine]
+	shielded kernelState[dataplane.MSSShield]
+	untrack  uint64 // first contacts not tracked (MaxSources reached)
 }
 
 type podInfo struct {
@@ -176,10 +172,10 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 	// Quarantines follow the pods' annotations (and their release), with or without a
 	// ThreatDefense.
 	err := errors.Join(e.pushQuarantineLocked(), e.pushShieldsLocked())
-	if reload || e.limitPushFailed {
+	if reload || e.limited.failed {
 		err = errors.Join(err, e.pushLimitsLocked())
 	}
-	if !reload && !e.pushFailed {
+	if !reload && !e.blocked.failed {
 		return err // the blocks change with the feeds, or with Observe and Tick
 	}
 	return errors.Join(err, e.pushBlocksLocked())
@@ -467,15 +463,7 @@ func (e *Engine) pushBlocksLocked() error {
 		want = append(want, p)
 	}
 	sortPrefixes(want)
-	if equalPrefixes(want, e.blocked) {
-		return nil
-	}
-	if err := e.cfg.Blocker.SetBlocked(want); err != nil {
-		e.pushFailed = true // every Configure tries again
-		return err
-	}
-	e.blocked, e.pushFailed = want, false
-	return nil
+	return e.blocked.push(want, slices.Equal, e.cfg.Blocker.SetBlocked)
 }
 
 func sortPrefixes(ps []netip.Prefix) {
@@ -487,18 +475,6 @@ func comparePrefix(a, b netip.Prefix) int {
 		return c
 	}
 	return a.Bits() - b.Bits()
-}
-
-func equalPrefixes(a, b []netip.Prefix) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Tick runs the periodic work at now: flood rates, expiry of blocks, scan windows and quiet

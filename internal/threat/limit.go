@@ -2,6 +2,7 @@ package threat
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -47,27 +48,7 @@ func (e *Engine) pushLimitsLocked() error {
 		want = append(want, dataplane.SynLimit{Target: a, Rate: l.rate, Burst: l.burst})
 	}
 	sort.Slice(want, func(i, j int) bool { return want[i].Target.Less(want[j].Target) })
-	if !e.limitPushFailed && equalLimits(want, e.limited) {
-		return nil
-	}
-	if err := e.cfg.Limiter.SetSynLimits(want); err != nil {
-		e.limitPushFailed = true // every Configure tries again
-		return err
-	}
-	e.limited, e.limitPushFailed = want, false
-	return nil
-}
-
-func equalLimits(a, b []dataplane.SynLimit) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
+	return e.limited.push(want, slices.Equal, e.cfg.Limiter.SetSynLimits)
 }
 
 // expireLimitsLocked lifts the limits whose time is up.

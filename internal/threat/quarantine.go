@@ -55,15 +55,9 @@ func (e *Engine) pushQuarantineLocked() error {
 		return nil
 	}
 	want := dataplane.Quarantine{Pods: e.quarantinedLocked(), Allow: quarantineAllow(e.td)}
-	if e.quarSent != nil && !e.quarPushFailed && slices.Equal(want.Pods, e.quarSent.Pods) && slices.Equal(want.Allow, e.quarSent.Allow) {
-		return nil
-	}
-	if err := e.cfg.Quarantiner.SetQuarantine(want); err != nil {
-		e.quarPushFailed = true // every Configure tries again
-		return err
-	}
-	e.quarSent, e.quarPushFailed = &want, false
-	return nil
+	return e.quarSent.push(want, func(a, b dataplane.Quarantine) bool {
+		return slices.Equal(a.Pods, b.Pods) && slices.Equal(a.Allow, b.Allow)
+	}, e.cfg.Quarantiner.SetQuarantine)
 }
 
 // expireQuarantinesLocked lifts the detectors' quarantines whose time is up, and forgets those

@@ -46,15 +46,9 @@ func (e *Engine) pushShieldsLocked() error {
 	if len(want.Pods) > 0 {
 		want.Min = SackPanicMinMSS
 	}
-	if e.shieldSent != nil && !e.shieldPushFailed && want.Min == e.shieldSent.Min && slices.Equal(want.Pods, e.shieldSent.Pods) {
-		return nil
-	}
-	if err := e.cfg.Shielder.SetMSSShield(want); err != nil {
-		e.shieldPushFailed = true // every Configure tries again
-		return err
-	}
-	e.shieldSent, e.shieldPushFailed = &want, false
-	return nil
+	return e.shielded.push(want, func(a, b dataplane.MSSShield) bool {
+		return a.Min == b.Min && slices.Equal(a.Pods, b.Pods)
+	}, e.cfg.Shielder.SetMSSShield)
 }
 
 // shieldLocked alerts on a shield's drop (a sample of them: the kernel reports a few).

@@ -169,50 +169,67 @@ func ipv4Prefixes(prefixes []netip.Prefix) []string {
 
 // SetBlocked replaces the blocked prefixes (dataplane.Blocker).
 func (d *Dataplane) SetBlocked(prefixes []netip.Prefix) error {
+	members := ipv4Prefixes(prefixes)
+	return d.changeRaw(len(members) == 0, func(ctx context.Context) error {
+		return d.replaceSetLocked(ctx, BlockSet, members)
+	})
+}
+
+// changeRaw runs fn with d.applyMu held, once the raw table's sets, chains and jump are in
+// place. A change to nothing where rampart never installed them is nothing to do: a node
+// without threat responses keeps no raw-table rules for every packet to walk.
+func (d *Dataplane) changeRaw(empty bool, fn func(ctx context.Context) error) error {
 	ctx := context.Background()
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
+	if empty && !d.rawInstalled {
+		sets, err := d.listSets(ctx)
+		if err != nil {
+			return err
+		}
+		installed := false
+		for name := range rawSets {
+			installed = installed || sets[name]
+		}
+		if !installed {
+			return nil
+		}
+	}
 	if err := d.ensureRawLocked(ctx); err != nil {
 		return err
 	}
-	return d.replaceSetLocked(ctx, BlockSet, ipv4Prefixes(prefixes))
+	return fn(ctx)
 }
 
 // SetQuarantine replaces the quarantine (dataplane.Quarantiner): the allowed ports first (the
 // chains, in one transaction), then the pods (the set, swapped in at once).
 func (d *Dataplane) SetQuarantine(q dataplane.Quarantine) error {
-	ctx := context.Background()
-	d.applyMu.Lock()
-	defer d.applyMu.Unlock()
-	if err := d.ensureRawLocked(ctx); err != nil {
-		return err
-	}
-	st := d.raw
-	st.allow = slices.Clone(q.Allow)
-	if !slices.Equal(st.allow, d.raw.allow) {
-		if err := d.writeRawLocked(ctx, st); err != nil {
-			return err
+	members := addrMembers(q.Pods)
+	return d.changeRaw(len(members) == 0, func(ctx context.Context) error {
+		st := d.raw
+		st.allow = slices.Clone(q.Allow)
+		if !slices.Equal(st.allow, d.raw.allow) {
+			if err := d.writeRawLocked(ctx, st); err != nil {
+				return err
+			}
 		}
-	}
-	return d.replaceSetLocked(ctx, QuarantineSet, addrMembers(q.Pods))
+		return d.replaceSetLocked(ctx, QuarantineSet, members)
+	})
 }
 
 // SetMSSShield replaces the MSS shield (dataplane.Shielder): the minimum first (the chains, in
 // one transaction), then the pods (the set, swapped in at once).
 func (d *Dataplane) SetMSSShield(sh dataplane.MSSShield) error {
-	ctx := context.Background()
-	d.applyMu.Lock()
-	defer d.applyMu.Unlock()
-	if err := d.ensureRawLocked(ctx); err != nil {
-		return err
-	}
-	if st := d.raw; st.minMSS != sh.Min {
-		st.minMSS = sh.Min
-		if err := d.writeRawLocked(ctx, st); err != nil {
-			return err
+	members := addrMembers(sh.Pods)
+	return d.changeRaw(len(members) == 0 || sh.Min == 0, func(ctx context.Context) error {
+		if st := d.raw; st.minMSS != sh.Min {
+			st.minMSS = sh.Min
+			if err := d.writeRawLocked(ctx, st); err != nil {
+				return err
+			}
 		}
-	}
-	return d.replaceSetLocked(ctx, ShieldSet, addrMembers(sh.Pods))
+		return d.replaceSetLocked(ctx, ShieldSet, members)
+	})
 }
 
 // addrMembers renders IPv4 addresses as set members.
@@ -229,16 +246,12 @@ func addrMembers(addrs []netip.Addr) []string {
 // SetSynLimits replaces the SYN rate limits (dataplane.SynLimiter): the raw table's chains are
 // rewritten in one iptables-restore transaction, so a failure leaves the previous ones.
 func (d *Dataplane) SetSynLimits(limits []dataplane.SynLimit) error {
-	ctx := context.Background()
-	d.applyMu.Lock()
-	defer d.applyMu.Unlock()
-	if err := d.ensureRawLocked(ctx); err != nil {
-		return err
-	}
-	st := d.raw
-	st.limits = slices.Clone(limits)
-	sort.Slice(st.limits, func(i, j int) bool { return st.limits[i].Target.Less(st.limits[j].Target) })
-	return d.writeRawLocked(ctx, st)
+	return d.changeRaw(len(limits) == 0, func(ctx context.Context) error {
+		st := d.raw
+		st.limits = slices.Clone(limits)
+		sort.Slice(st.limits, func(i, j int) bool { return st.limits[i].Target.Less(st.limits[j].Target) })
+		return d.writeRawLocked(ctx, st)
+	})
 }
 
 // replaceSetLocked stages members in a set of their own and swaps it in at once, so a failure

@@ -152,6 +152,15 @@ func TestBlocklistInNetns(t *testing.T) {
 	if !connect() {
 		t.Fatal("not answered before any block")
 	}
+	// Nothing to block, limit, quarantine or shield on a node that never had any: no raw rules.
+	for _, err := range []error{dp.SetBlocked(nil), dp.SetSynLimits(nil), dp.SetQuarantine(dataplane.Quarantine{}), dp.SetMSSShield(dataplane.MSSShield{})} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if raw := netnstest.Run(t, ns, "iptables-save", "-t", "raw"); strings.Contains(raw, "RAMPART") {
+		t.Fatalf("empty responses installed raw rules:\n%s", raw)
+	}
 	block := []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("192.0.2.7/32")}
 	if err := dp.SetBlocked(block); err != nil {
 		t.Fatal(err)
