@@ -217,14 +217,7 @@ spec:
   shields: [{name: sack-panic, selector: {matchLabels: {role: server}}}]
 `))
 	syns := func(mss int) (sent, answered int) {
-		out, _ := run("lab", "exec", "app/client", "--", "timeout", "10", "hping3", "-q", "-S", "-p", "80", "--tcp-mss", fmt.Sprint(mss), "-c", "5", "-i", "u200000", server)
-		m := hpingStats.FindStringSubmatch(out)
-		if m == nil {
-			t.Fatalf("hping3 printed no statistics:\n%s", out)
-		}
-		sent, _ = strconv.Atoi(m[1])
-		answered, _ = strconv.Atoi(m[2])
-		return sent, answered
+		return hping(t, run, "timeout", "10", "hping3", "-q", "-S", "-p", "80", "--tcp-mss", fmt.Sprint(mss), "-c", "5", "-i", "u200000", server)
 	}
 	start := time.Now()
 	if sent, answered := syns(48); sent != 5 || answered != 0 {
@@ -306,6 +299,20 @@ spec:
 // hpingStats matches hping3's closing statistics.
 var hpingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) packets received`)
 
+// hping runs hping3 (argv) in app/client and returns the packets it sent and the answers it
+// counted (it exits non-zero when none came).
+func hping(t *testing.T, run func(args ...string) (string, error), argv ...string) (sent, answered int) {
+	t.Helper()
+	out, _ := run(append([]string{"lab", "exec", "app/client", "--"}, argv...)...)
+	m := hpingStats.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("hping3 printed no statistics:\n%s", out)
+	}
+	sent, _ = strconv.Atoi(m[1])
+	answered, _ = strconv.Atoi(m[2])
+	return sent, answered
+}
+
 // testLabSynFlood floods the server with hping3 SYNs from app/client (bounded in count and
 // time, aimed at the server alone): a syn-flood alert names the server and the rate limit it
 // took; a second flood under the limit gets no more answers than the limit's burst and rate
@@ -322,14 +329,7 @@ spec:
 `))
 	// flood sends count SYNs at 2,000 a second and returns what was sent and answered.
 	flood := func(count int) (sent, answered int) {
-		out, _ := run("lab", "exec", "app/client", "--", "timeout", "20", "hping3", "-q", "-S", "-p", "80", "-i", "u500", "-c", fmt.Sprint(count), server)
-		m := hpingStats.FindStringSubmatch(out)
-		if m == nil {
-			t.Fatalf("hping3 printed no statistics:\n%s", out)
-		}
-		sent, _ = strconv.Atoi(m[1])
-		answered, _ = strconv.Atoi(m[2])
-		return sent, answered
+		return hping(t, run, "timeout", "20", "hping3", "-q", "-S", "-p", "80", "-i", "u500", "-c", fmt.Sprint(count), server)
 	}
 	start := time.Now()
 	sent, answered := flood(4000)

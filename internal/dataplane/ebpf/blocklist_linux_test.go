@@ -87,32 +87,16 @@ func TestBlocklistPrograms(t *testing.T) {
 	}
 
 	// The sampled events: blocked, not allowed, with the packet's addresses and ports.
-	rd, err := ringbuf.NewReader(o.objs.FlowEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
-	rd.SetDeadline(time.Now().Add(time.Second))
-	n := 0
-	for {
-		rec, err := rd.Read()
-		if err != nil {
-			break
-		}
-		var ev policyFlowEvent
-		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev); err != nil {
-			t.Fatal(err)
-		}
+	evs := ringEvents(t, o)
+	for _, ev := range evs {
 		if policyDropKind(ev.Blocked) != policyDropKindDROP_BLOCKLIST || ev.Allowed != 0 {
 			t.Errorf("event %+v: want blocked, not allowed", ev)
 		}
-		if n == 0 && (addrOf(ev.Saddr) != in || addrOf(ev.Daddr) != out || portOf(ev.Dport) != 80 || ev.Protocol != 6) {
-			t.Errorf("first event %+v: want %s -> %s:80 TCP", ev, in, out)
-		}
-		n++
 	}
-	if n != 16 {
-		t.Errorf("%d blocked events, want 16 (all under the sample limit)", n)
+	if len(evs) != 16 {
+		t.Errorf("%d blocked events, want 16 (all under the sample limit)", len(evs))
+	} else if ev := evs[0]; addrOf(ev.Saddr) != in || addrOf(ev.Daddr) != out || portOf(ev.Dport) != 80 || ev.Protocol != 6 {
+		t.Errorf("first event %+v: want %s -> %s:80 TCP", ev, in, out)
 	}
 
 	// Replace: 10/8 lifted, 192.0.2.7 kept with its counts.
@@ -193,22 +177,8 @@ func TestSynLimitPrograms(t *testing.T) {
 	if int(c["drop_syn_limit"]) != 20-passed {
 		t.Errorf("drop_syn_limit %d, want %d", c["drop_syn_limit"], 20-passed)
 	}
-	rd, err := ringbuf.NewReader(o.objs.FlowEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
-	rd.SetDeadline(time.Now().Add(time.Second))
 	limited := 0
-	for {
-		rec, err := rd.Read()
-		if err != nil {
-			break
-		}
-		var raw policyFlowEvent
-		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
-			t.Fatal(err)
-		}
+	for _, raw := range ringEvents(t, o) {
 		if ev := d.event(&raw, time.Now()); ev.Drop == flow.DropSynLimit {
 			limited++
 			if ev.Allowed || ev.Tuple.Src.Addr() != flooder || ev.Tuple.Dst != netip.AddrPortFrom(target, 80) || ev.Direction != ir.Ingress {
@@ -394,5 +364,28 @@ func TestBlocklist100k(t *testing.T) {
 	}
 	if err := o.objs.Blocklist.Lookup(blockKey(netip.MustParsePrefix("100.64.1.1/32")), &v); err != nil || v.Packets != 2 {
 		t.Errorf("a kept entry's counter after the update: %+v, %v", v, err)
+	}
+}
+
+// ringEvents reads the flow events the programs wrote so far.
+func ringEvents(t *testing.T, o *Objects) []policyFlowEvent {
+	t.Helper()
+	rd, err := ringbuf.NewReader(o.objs.FlowEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	rd.SetDeadline(time.Now().Add(time.Second))
+	var out []policyFlowEvent
+	for {
+		rec, err := rd.Read()
+		if err != nil {
+			return out
+		}
+		var ev policyFlowEvent
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ev)
 	}
 }
