@@ -182,6 +182,18 @@ type Shielder interface {
 	SetMSSShield(s MSSShield) error
 }
 
+// IPv4Prefix returns p masked as an IPv4 prefix (a 4-in-6 one converted), and false for an IPv6
+// or invalid one: the threat responses judge IPv4.
+func IPv4Prefix(p netip.Prefix) (netip.Prefix, bool) {
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	if !p.IsValid() || !p.Addr().Is4() {
+		return netip.Prefix{}, false
+	}
+	return p.Masked(), true
+}
+
 // None enforces nothing.
 type None struct{}
 

@@ -61,12 +61,18 @@ func (e *Engine) pushQuarantineLocked() error {
 }
 
 // expireQuarantinesLocked lifts the detectors' quarantines whose time is up, and forgets those
-// of pods that are gone or were released.
+// of pods that are gone or were released. It runs every tick: the kernel is asked only when one
+// went.
 func (e *Engine) expireQuarantinesLocked(now time.Time) {
+	changed := false
 	for a, q := range e.quarAuto {
 		if p := e.pods[a]; p == nil || !now.Before(q.until) || p.releasedAt.After(q.since) {
 			delete(e.quarAuto, a)
+			changed = true
 		}
+	}
+	if !changed {
+		return
 	}
 	if err := e.pushQuarantineLocked(); err != nil {
 		e.cfg.Logger.Error("quarantine", "err", err)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/rampart-sec/rampart/internal/dataplane"
 )
 
 // SetBlocked replaces the blocklist: packets from or to these prefixes are dropped by every
@@ -19,16 +21,13 @@ import (
 func (d *Dataplane) SetBlocked(prefixes []netip.Prefix) error {
 	want := make(map[netip.Prefix]bool, len(prefixes))
 	for _, p := range prefixes {
-		if p.Addr().Is4In6() && p.Bits() >= 96 {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-		}
-		if p.IsValid() && p.Addr().Is4() {
-			want[p.Masked()] = true
+		if p, ok := dataplane.IPv4Prefix(p); ok {
+			want[p] = true
 		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.blockWant = want
+	d.blockWant, d.blockSynced = want, false
 	if d.objs == nil {
 		return nil
 	}
@@ -38,8 +37,8 @@ func (d *Dataplane) SetBlocked(prefixes []netip.Prefix) error {
 // writeBlocklistLocked makes m hold d.blockWant. d.blockHave is what m holds (nil: unknown, read
 // from the map: a new process adopting a pinned blocklist). The caller holds d.mu.
 func (d *Dataplane) writeBlocklistLocked(m *ebpf.Map) error {
-	if d.blockWant == nil {
-		return nil // no set given yet: leave an adopted blocklist as it is until one is
+	if d.blockWant == nil || d.blockSynced {
+		return nil // no set given yet (an adopted blocklist stays until one is), or written
 	}
 	if d.blockHave == nil {
 		have, err := blocklistKeys(m)
@@ -68,11 +67,8 @@ func (d *Dataplane) writeBlocklistLocked(m *ebpf.Map) error {
 		deleteBlocks(m, add)
 		return fmt.Errorf("blocklist: %w", err)
 	}
-	have := make(map[netip.Prefix]bool, len(d.blockWant))
-	for p := range d.blockWant {
-		have[p] = true
-	}
-	d.blockHave = have
+	// blockWant is never changed once set (SetBlocked replaces it): the map holds it now.
+	d.blockHave, d.blockSynced = d.blockWant, true
 	return nil
 }
 

@@ -68,6 +68,8 @@ type Dataplane struct {
 	// blockWant is the blocklist SetBlocked asked for (nil: none given yet); blockHave what the
 	// blocklist map holds (nil: unknown, read from the map when next written).
 	blockWant, blockHave map[netip.Prefix]bool
+	// blockSynced: the map holds blockWant, so a new generation (sharing the map) writes nothing.
+	blockSynced bool
 	// synWant are the SYN limits SetSynLimits asked for, by target (nil: none given yet);
 	// quarWant the quarantine SetQuarantine asked for (nil: none given yet).
 	synWant  map[uint32]policySynLimit
@@ -103,11 +105,11 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		return err
 	}
 	if d.objs == nil {
-		d.blockHave = nil // a new or adopted map: read what it holds
+		d.blockHave, d.blockSynced = nil, false // a new or adopted map: read what it holds
 	}
 	if err := errors.Join(d.writeBlocklistLocked(next.objs.Blocklist), d.writeSynLimitsLocked(next.objs.SynLimits), d.writeQuarantineLocked(next), d.writeShieldsLocked(next)); err != nil {
 		if d.objs == nil {
-			d.blockHave = nil
+			d.blockHave, d.blockSynced = nil, false
 		}
 		next.Close()
 		return err
@@ -140,7 +142,7 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	}
 	if err != nil {
 		if d.objs == nil {
-			d.blockHave = nil // next's blocklist goes with it
+			d.blockHave, d.blockSynced = nil, false // next's blocklist goes with it
 		}
 		next.Close()
 		return err

@@ -157,11 +157,8 @@ func setScript(name, typ string, members []string) string {
 func ipv4Prefixes(prefixes []netip.Prefix) []string {
 	var out []string
 	for _, p := range prefixes {
-		if p.Addr().Is4In6() && p.Bits() >= 96 {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-		}
-		if p.IsValid() && p.Addr().Is4() {
-			out = append(out, p.Masked().String())
+		if p, ok := dataplane.IPv4Prefix(p); ok {
+			out = append(out, p.String())
 		}
 	}
 	return out
