@@ -9,28 +9,87 @@ import (
 )
 
 // RuleTable numbers every rule of a Ruleset (from 1; 0 is "no rule"), so that a dataplane can
-// store a compact id with each verdict and name the rule again when it reports a flow.
+// store a compact id with each verdict and name the rule again when it reports a flow. Rules
+// that name the same way (the same policy, rule, name and action) share an id.
 type RuleTable struct {
 	ids   map[*ir.Rule]uint32
 	rules []Decider
+	byKey map[deciderKey]uint32
+}
+
+// deciderKey is what names a rule in a record.
+type deciderKey struct {
+	tier      ir.TierKind
+	kind      string
+	namespace string
+	name      string
+	rule      int
+	ruleName  string
+	action    ir.Action
+}
+
+func keyOf(d Decider) deciderKey {
+	return deciderKey{d.Tier, d.Kind, d.Namespace, d.Name, d.Rule, d.RuleName, d.Action}
 }
 
 // NewRuleTable numbers rs's rules in evaluation order.
-func NewRuleTable(rs *ir.Ruleset) *RuleTable {
-	t := &RuleTable{ids: map[*ir.Rule]uint32{}}
+func NewRuleTable(rs *ir.Ruleset) *RuleTable { return NextRuleTable(rs, nil) }
+
+// NextRuleTable numbers rs's rules keeping the ids prev gave rules that are still there, so
+// that a dataplane holding prev's ids rewrites only the verdicts of rules that changed. The
+// ids of rules gone are given to new ones (each table resolves its own ids).
+func NextRuleTable(rs *ir.Ruleset, prev *RuleTable) *RuleTable {
+	t := &RuleTable{ids: map[*ir.Rule]uint32{}, byKey: map[deciderKey]uint32{}}
+	var fresh []*ir.Rule
+	var freshDecider []Decider
 	for d := range rs.Tiers {
 		for ti := range rs.Tiers[d] {
 			for pi := range rs.Tiers[d][ti].Policies {
 				p := &rs.Tiers[d][ti].Policies[pi]
 				for ri := range p.Rules {
 					r := &p.Rules[ri]
-					t.rules = append(t.rules, DeciderOf(p, r))
-					t.ids[r] = uint32(len(t.rules))
+					dec := DeciderOf(p, r)
+					k := keyOf(dec)
+					if id, ok := t.byKey[k]; ok {
+						t.ids[r] = id
+						continue
+					}
+					if prev != nil {
+						if id, ok := prev.byKey[k]; ok {
+							t.set(id, k, dec)
+							t.ids[r] = id
+							continue
+						}
+					}
+					fresh = append(fresh, r)
+					freshDecider = append(freshDecider, dec)
 				}
 			}
 		}
 	}
+	next := uint32(1)
+	for i, r := range fresh {
+		k := keyOf(freshDecider[i])
+		if id, ok := t.byKey[k]; ok {
+			t.ids[r] = id
+			continue
+		}
+		for int(next) <= len(t.rules) && t.rules[next-1].Known {
+			next++
+		}
+		t.set(next, k, freshDecider[i])
+		t.ids[r] = next
+	}
 	return t
+}
+
+// set gives id to the rule named d.
+func (t *RuleTable) set(id uint32, k deciderKey, d Decider) {
+	for int(id) > len(t.rules) {
+		t.rules = append(t.rules, Decider{})
+	}
+	t.rules[id-1] = d
+	t.byKey[k] = id
 }
 
 // DeciderOf names rule r of policy p.
@@ -55,7 +114,7 @@ func (t *RuleTable) Decider(id uint32) Decider {
 	switch {
 	case id == 0:
 		return Decider{}
-	case t == nil || int(id) > len(t.rules):
+	case t == nil || int(id) > len(t.rules) || !t.rules[id-1].Known:
 		return Decider{Unresolved: true}
 	}
 	return t.rules[id-1]

@@ -3,6 +3,7 @@ package ebpf
 import (
 	"bytes"
 	"encoding/binary"
+	"maps"
 	"net/netip"
 	"testing"
 	"time"
@@ -136,9 +137,7 @@ func TestSynLimitPrograms(t *testing.T) {
 	d := &Dataplane{objs: o, gens: map[uint32]generation{}}
 	target, other := netip.MustParseAddr("10.244.1.11"), netip.MustParseAddr("10.244.1.12")
 	for i, a := range []netip.Addr{target, other} {
-		if err := o.objs.Endpoints.Put(ipv4Key(a), policyEndpoint{Id: uint32(i + 1)}); err != nil {
-			t.Fatal(err)
-		}
+		putEndpoint(t, o, a, policyEndpoint{Id: uint32(i + 1)})
 	}
 	if err := d.SetSynLimits([]dataplane.SynLimit{{Target: target, Rate: 1, Burst: 3}}); err != nil {
 		t.Fatal(err)
@@ -210,9 +209,7 @@ func TestQuarantinePrograms(t *testing.T) {
 	d := &Dataplane{objs: o}
 	q, p, x := netip.MustParseAddr("10.244.1.5"), netip.MustParseAddr("10.244.1.6"), netip.MustParseAddr("10.244.2.9")
 	for i, a := range []netip.Addr{q, p} {
-		if err := o.objs.Endpoints.Put(ipv4Key(a), policyEndpoint{Id: uint32(i + 1)}); err != nil {
-			t.Fatal(err)
-		}
+		putEndpoint(t, o, a, policyEndpoint{Id: uint32(i + 1)})
 	}
 	established := packet(q, x, ir.TCP, 40000, 443)
 	if !run(t, o.objs.FromPod, established) {
@@ -279,9 +276,7 @@ func TestShieldPrograms(t *testing.T) {
 	d := &Dataplane{objs: o}
 	shielded, other, client := netip.MustParseAddr("10.244.1.5"), netip.MustParseAddr("10.244.1.6"), netip.MustParseAddr("10.244.2.9")
 	for i, a := range []netip.Addr{shielded, other} {
-		if err := o.objs.Endpoints.Put(ipv4Key(a), policyEndpoint{Id: uint32(i + 1)}); err != nil {
-			t.Fatal(err)
-		}
+		putEndpoint(t, o, a, policyEndpoint{Id: uint32(i + 1)})
 	}
 	if err := d.SetMSSShield(dataplane.MSSShield{Pods: []netip.Addr{shielded}, Min: 500}); err != nil {
 		t.Fatal(err)
@@ -387,5 +382,20 @@ func ringEvents(t *testing.T, o *Objects) []policyFlowEvent {
 			t.Fatal(err)
 		}
 		out = append(out, ev)
+	}
+}
+
+// putEndpoint makes a the address of endpoint v in the tables in force (the next generation,
+// as Sync would).
+func putEndpoint(t *testing.T, o *Objects, a netip.Addr, v policyEndpoint) {
+	t.Helper()
+	c := *o.current()
+	c.endpoints = maps.Clone(c.endpoints)
+	if c.endpoints == nil {
+		c.endpoints = map[uint32]policyEndpoint{}
+	}
+	c.endpoints[ipv4Key(a)] = v
+	if err := o.write(&c, o.gen+1); err != nil {
+		t.Fatal(err)
 	}
 }

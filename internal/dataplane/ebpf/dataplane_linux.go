@@ -21,11 +21,11 @@ import (
 // Dataplane enforces policy with the BPF programs on the host side of each local pod's veth,
 // in one network namespace (a lab node, or the host on a real node).
 //
-// Each Sync loads a new generation of programs and maps, fills the maps completely, and then
-// switches every attachment to the new programs (TCX link.Update, or a clsact filter replaced
-// in place), so a packet sees either the old tables or the new ones, never a half-written
-// state. Flow state (conntrack, reverse NAT) is carried from one generation to the next, so
-// established flows keep passing. Services are load-balanced by the programs too (DNAT on the
+// The programs are loaded once. The tables of policy and Services exist twice: each Sync
+// writes only what changed into the pair not in force and then switches the programs to it in
+// one map write, so a packet sees either the old tables or the new ones, never a half-written
+// state, and the programs, their attachments and the flow state (conntrack, reverse NAT) stay,
+// so established flows keep passing. Services are load-balanced by the programs too (DNAT on the
 // client's veth, reverse NAT on its replies) for sockets the connect-time balancer (SockLB)
 // does not see, and, given Node.Uplink, for the node's own packets (a route program on the
 // Service range): a node under this dataplane has no iptables rules at all. Packets between
@@ -52,8 +52,10 @@ type Dataplane struct {
 
 	mu   sync.Mutex
 	objs *Objects
-	// gen numbers generations; gens keeps the rule tables and Rulesets of the last few, so
-	// that events written by a generation just replaced still resolve to what it enforced.
+	// tables numbers endpoints, identities and rules alike from one Sync to the next.
+	tables Builder
+	// gen is the generation in force; gens keeps the rule tables and Rulesets of the last few,
+	// so that events written by a generation just replaced still resolve to what it enforced.
 	gen     uint32
 	gens    map[uint32]generation
 	synced  chan struct{} // closed at the first successful Sync
@@ -86,34 +88,26 @@ func New(node dataplane.Node, netnsName string) *Dataplane {
 		gen: rand.Uint32(), gens: map[uint32]generation{}, synced: make(chan struct{})}
 }
 
-// Sync builds the tables for rs and switches the node to them.
+// Sync builds the tables for rs and switches the node to them. The first Sync loads the
+// programs; later ones write only what changed into the tables' slot not in force and then
+// put it in force (Objects.write), so the programs and their attachments stay as they are. A
+// failed write leaves the tables in force untouched; an error after the switch (attaching a
+// new pod's interface) leaves the new tables in force and is returned, for the caller to retry.
 func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	local := func(p *ir.Pod) bool { _, ok := d.node.Interface(p); return ok }
-	tables, err := Build(rs, local)
+	tables, err := d.tables.Build(rs, local)
 	if err != nil {
 		return err
 	}
-	var next *Objects
-	if d.objs == nil && d.PinDir != "" {
-		next, err = d.loadAdopting()
-	} else {
-		next, err = load(d.objs, d.genOptions())
-	}
-	if err != nil {
-		return err
-	}
-	if d.objs == nil {
-		d.blockHave, d.blockSynced = nil, false // a new or adopted map: read what it holds
-	}
-	if err := errors.Join(d.writeBlocklistLocked(next.objs.Blocklist), d.writeSynLimitsLocked(next.objs.SynLimits), d.writeQuarantineLocked(next), d.writeShieldsLocked(next)); err != nil {
-		if d.objs == nil {
-			d.blockHave, d.blockSynced = nil, false
+	o, fresh := d.objs, d.objs == nil
+	if fresh {
+		if o, err = d.loadFirst(); err != nil {
+			return err
 		}
-		next.Close()
-		return err
 	}
+	gen := d.gen + 1
 	err = d.inNetns(func() error {
 		ifaces := map[ir.PodID]Interface{}
 		for id := range tables.Endpoints {
@@ -129,36 +123,67 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 			}
 			ifaces[id] = i
 		}
-		if err := next.Fill(rs, tables, func(id ir.PodID) Interface { return ifaces[id] }); err != nil {
-			return fmt.Errorf("fill maps: %w", err)
+		if err := o.write(o.contentOf(rs, tables, func(id ir.PodID) Interface { return ifaces[id] }), gen); err != nil {
+			return fmt.Errorf("write maps: %w", err)
 		}
-		if err := d.attach(rs, tables, ifaces, next); err != nil {
+		d.generationInForce(gen, tables, rs)
+		// Only now the links: a new pod's interface is attached once its endpoint is in force.
+		if err := d.attach(rs, tables, ifaces, o, fresh); err != nil {
 			return err
 		}
-		return d.syncHost(next)
+		return d.syncHost(o)
 	})
-	if err == nil && d.PinDir != "" {
-		err = next.pinFlowState(d.PinDir)
+	if err == nil && fresh && d.PinDir != "" {
+		err = o.pinFlowState(d.PinDir)
 	}
-	if err != nil {
-		if d.objs == nil {
-			d.blockHave, d.blockSynced = nil, false // next's blocklist goes with it
-		}
-		next.Close()
+	if err != nil && fresh {
+		d.blockHave, d.blockSynced = nil, false // the blocklist goes with these maps
+		o.Close()
 		return err
 	}
-	if d.objs != nil {
-		d.objs.Close() // the links hold the new programs; the old generation can go
+	d.objs = o
+	select {
+	case <-d.synced:
+	default:
+		if err == nil {
+			close(d.synced)
+		}
 	}
-	d.objs = next
-	if len(d.gens) == 0 {
-		close(d.synced)
+	c := o.current()
+	d.entries = map[string]int{"policy_entries": len(c.policy), "ipcache_entries": len(c.ipcache),
+		"endpoints": len(c.endpoints), "service_frontends": c.frontends}
+	return err
+}
+
+// loadFirst loads the programs and maps (adopting what a previous process pinned, with PinDir)
+// and writes the threat engine's responses into them. The caller holds d.mu.
+func (d *Dataplane) loadFirst() (*Objects, error) {
+	var o *Objects
+	var err error
+	if d.PinDir != "" {
+		o, err = d.loadAdopting()
+	} else {
+		o, err = load(nil, d.genOptions())
 	}
-	d.gens[d.gen] = generation{rules: tables.Rules, resolver: flow.NewResolver(rs)}
-	delete(d.gens, d.gen-keptGenerations)
-	d.entries = map[string]int{"policy_entries": len(tables.Policy), "ipcache_entries": len(tables.IPCache),
-		"endpoints": len(tables.Endpoints), "service_frontends": next.frontends}
-	return nil
+	if err != nil {
+		return nil, err
+	}
+	o.gen = d.gen
+	d.blockHave, d.blockSynced = nil, false // a new or adopted map: read what it holds
+	if err := errors.Join(d.writeBlocklistLocked(o.objs.Blocklist), d.writeSynLimitsLocked(o.objs.SynLimits), d.writeQuarantineLocked(o), d.writeShieldsLocked(o)); err != nil {
+		d.blockHave, d.blockSynced = nil, false
+		o.Close()
+		return nil, err
+	}
+	return o, nil
+}
+
+// generationInForce records that generation gen, built from tables of rs, is in force: its
+// flow events resolve with its rule table. The caller holds d.mu.
+func (d *Dataplane) generationInForce(gen uint32, tables *Tables, rs *ir.Ruleset) {
+	d.gen = gen
+	d.gens[gen] = generation{rules: tables.Rules, resolver: flow.NewResolver(rs)}
+	delete(d.gens, gen-keptGenerations)
 }
 
 // Entries reports the map entries the last Sync wrote (dataplane.EntryCounter).
@@ -177,15 +202,14 @@ type generation struct {
 // keptGenerations is how many generations' rule tables resolve flow events.
 const keptGenerations = 4
 
-// genOptions numbers the next generation. The caller holds d.mu.
+// genOptions are the programs' load-time constants. The caller holds d.mu.
 func (d *Dataplane) genOptions() genOptions {
-	d.gen++
-	return genOptions{generation: d.gen, noFlows: d.NoFlowEvents}
+	return genOptions{noFlows: d.NoFlowEvents}
 }
 
-// attach points every local pod's links at the new programs, creating missing links and
-// removing those of pods that left.
-func (d *Dataplane) attach(rs *ir.Ruleset, tables *Tables, ifaces map[ir.PodID]Interface, o *Objects) error {
+// attach creates the links of local pods that have none (or points them at programs loaded
+// afresh) and removes those of pods that left.
+func (d *Dataplane) attach(rs *ir.Ruleset, tables *Tables, ifaces map[ir.PodID]Interface, o *Objects, fresh bool) error {
 	want := map[string]int{}
 	for id := range tables.Endpoints {
 		name, _ := d.node.Interface(&rs.Pods[id])
@@ -194,7 +218,9 @@ func (d *Dataplane) attach(rs *ir.Ruleset, tables *Tables, ifaces map[ir.PodID]I
 	var errs []error
 	for name, idx := range want {
 		if a, ok := d.links[name]; ok {
-			errs = append(errs, a.Update(o.objs.FromPod, o.objs.ToPod))
+			if fresh {
+				errs = append(errs, a.Update(o.objs.FromPod, o.objs.ToPod))
+			}
 			continue
 		}
 		if a := d.takeGuard(name); a != nil {

@@ -32,14 +32,15 @@ func (d *Dataplane) syncHost(o *Objects) error {
 	if err := d.attachXDP(up.Attrs().Index, o); err != nil {
 		return err
 	}
-	if o.svcRange.IsValid() {
+	svc := o.svcPrefix()
+	if svc.IsValid() {
 		enc := &xmitEncap{fd: o.objs.SvcXmit.FD(), name: "rampart_svc_xmit"}
-		r := &netlink.Route{LinkIndex: up.Attrs().Index, Dst: prefixNet(o.svcRange), Scope: netlink.SCOPE_LINK, Encap: enc}
+		r := &netlink.Route{LinkIndex: up.Attrs().Index, Dst: prefixNet(svc), Scope: netlink.SCOPE_LINK, Encap: enc}
 		if err := netlink.RouteReplace(r); err != nil {
-			return fmt.Errorf("route %s through the Service program: %w", o.svcRange, err)
+			return fmt.Errorf("route %s through the Service program: %w", svc, err)
 		}
 	}
-	return d.dropServiceRoutes(up, o.svcRange)
+	return d.dropServiceRoutes(up, svc)
 }
 
 // xmitEncap is an LWT encapsulation running one BPF program at xmit. netlink's own BpfEncap

@@ -7,19 +7,24 @@ import (
 	"math/bits"
 	"net"
 	"net/netip"
+	"strconv"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/rampart-sec/rampart/internal/ir"
 )
 
-// Objects are the loaded programs and maps of one node.
+// Objects are the loaded programs and maps of one node. The tables of policy and Services are
+// in two slots (bpf/policy.c): Write fills the slot not in force with the difference to what
+// it held and then puts it in force, so the programs stay loaded from one policy to the next.
 type Objects struct {
 	objs policyObjects
-	// svcRange is the smallest prefix holding every Service frontend (invalid: none).
-	svcRange netip.Prefix
-	// frontends counts the (address, port) frontends written.
-	frontends int
+	// gen is the generation in force (its tables are in slot gen&1); held[slot] is what a
+	// slot's maps hold (nil: not known, after a failed write).
+	gen  uint32
+	held [2]*content
+	// svcIDs numbers Service frontends, so that a frontend keeps its backends' keys.
+	svcIDs numbering[policySvcKey]
 }
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
@@ -28,10 +33,9 @@ type Objects struct {
 // the threat engine's responses stay.
 func Load(prev *Objects) (*Objects, error) { return load(prev, genOptions{}) }
 
-// genOptions are a generation's load-time constants.
+// genOptions are the programs' load-time constants.
 type genOptions struct {
-	generation uint32 // stamped on its flow events, to resolve their rule ids
-	noFlows    bool   // write no flow events
+	noFlows bool // write no flow events
 }
 
 func load(prev *Objects, g genOptions) (*Objects, error) {
@@ -58,9 +62,6 @@ func loadWith(c carried, g genOptions) (*Objects, error) {
 	if g.noFlows {
 		on = 0
 	}
-	if err := spec.Variables["generation"].Set(g.generation); err != nil {
-		return nil, fmt.Errorf("set generation: %w", err)
-	}
 	if err := spec.Variables["flow_events_on"].Set(on); err != nil {
 		return nil, fmt.Errorf("set flow_events_on: %w", err)
 	}
@@ -75,6 +76,7 @@ func loadWith(c carried, g genOptions) (*Objects, error) {
 	if err := spec.LoadAndAssign(&o.objs, opts); err != nil {
 		return nil, fmt.Errorf("load BPF objects: %w", err)
 	}
+	o.held = [2]*content{{}, {}} // both slots empty
 	for k, op := range crcZeroOps() {
 		if err := o.objs.CrcZeros.Put(uint32(k), op); err != nil {
 			o.Close()
@@ -168,9 +170,29 @@ type Interface struct {
 	HostMAC, PodMAC net.HardwareAddr
 }
 
-// Fill writes the tables into freshly loaded maps; iface describes each endpoint's veth.
+// Fill writes the tables as the next generation and puts it in force.
 func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, iface func(ir.PodID) Interface) error {
-	var errs []error
+	return o.write(o.contentOf(rs, t, iface), o.gen+1)
+}
+
+// content is everything one slot's maps hold.
+type content struct {
+	endpoints map[uint32]policyEndpoint // by pod address
+	ipcache   map[policyIpcacheKey]uint32
+	policy    map[policyPolicyKey]policyPolicyValue
+	services  map[policySvcKey]policySvcValue
+	backends  map[policyBackendKey]policyBackendValue
+	svcRange  policySvcRange
+	// svcPrefix is the smallest prefix holding every Service frontend (invalid: none);
+	// frontends counts the (address, port) frontends.
+	svcPrefix netip.Prefix
+	frontends int
+}
+
+// contentOf is what the maps hold for tables t of rs; iface describes each endpoint's veth.
+func (o *Objects) contentOf(rs *ir.Ruleset, t *Tables, iface func(ir.PodID) Interface) *content {
+	c := &content{endpoints: make(map[uint32]policyEndpoint, len(t.Endpoints)), ipcache: make(map[policyIpcacheKey]uint32, len(t.IPCache)),
+		policy: make(map[policyPolicyKey]policyPolicyValue, len(t.Policy))}
 	for id, ep := range t.Endpoints {
 		i := iface(id)
 		v := policyEndpoint{Id: ep, Ifindex: i.Index}
@@ -185,33 +207,126 @@ func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, iface func(ir.PodID) Interface
 			copy(v.Mac[:], i.PodMAC)
 			copy(v.HostMac[:], i.HostMAC)
 		}
-		errs = append(errs, o.objs.Endpoints.Put(ipv4Key(rs.Pods[id].IP()), v))
+		c.endpoints[ipv4Key(rs.Pods[id].IP())] = v
 	}
-	ipKeys := make([]policyIpcacheKey, len(t.IPCache))
-	ipVals := make([]uint32, len(t.IPCache))
-	for i, c := range t.IPCache {
-		ipKeys[i] = policyIpcacheKey{Prefixlen: uint32(c.Prefix.Bits()), Addr: ipv4Key(c.Prefix.Addr())}
-		ipVals[i] = uint32(c.Identity)
+	for _, e := range t.IPCache {
+		c.ipcache[policyIpcacheKey{Prefixlen: uint32(e.Prefix.Bits()), Addr: ipv4Key(e.Prefix.Addr())}] = uint32(e.Identity)
 	}
-	errs = append(errs, putAll(o.objs.Ipcache, ipKeys, ipVals))
-	polKeys := make([]policyPolicyKey, len(t.Policy))
-	polVals := make([]policyPolicyValue, len(t.Policy))
-	for i, p := range t.Policy {
-		polKeys[i] = policyPolicyKey{Prefixlen: 80 + uint32(p.PortBits), Endpoint: p.Endpoint, Identity: uint32(p.Identity),
+	for _, p := range t.Policy {
+		k := policyPolicyKey{Prefixlen: 80 + uint32(p.PortBits), Endpoint: p.Endpoint, Identity: uint32(p.Identity),
 			Protocol: uint8(p.Protocol), Direction: uint8(p.Direction), Port: portKey16(p.Port)}
-		polVals[i].Rule = p.Rule
+		v := policyPolicyValue{Rule: p.Rule}
 		if p.Allow {
-			polVals[i].Allow = 1
+			v.Allow = 1
 		}
+		c.policy[k] = v
 	}
-	errs = append(errs, putAll(o.objs.Policy, polKeys, polVals))
-	errs = append(errs, o.fillServices(rs))
-	return errors.Join(errs...)
+	o.services(rs, c)
+	return c
 }
 
-// putAll writes every entry into a map just created: in batches of one syscall each where the
-// kernel has batch operations for the map type, one by one otherwise (a 10,000-pod cluster's
-// policy table has some 450,000 entries).
+// write makes the slot of generation gen hold c, writing only what differs from what it
+// holds, and puts it in force. Until it is in force no packet reads the slot; a failed write
+// leaves the generation in force as it was (and the slot to be rewritten whole next time).
+func (o *Objects) write(c *content, gen uint32) error {
+	slot := gen & 1
+	if gen == o.gen {
+		return fmt.Errorf("generation %d is in force already", gen)
+	}
+	have := o.held[slot]
+	o.held[slot] = nil
+	if have == nil {
+		if err := o.freshSlot(slot); err != nil {
+			return err
+		}
+		have = &content{}
+	}
+	in := o.inner(slot)
+	if err := errors.Join(
+		writeDiff(*in[0], have.endpoints, c.endpoints),
+		writeDiff(*in[1], have.ipcache, c.ipcache),
+		writeDiff(*in[2], have.policy, c.policy),
+		writeDiff(*in[3], have.services, c.services),
+		writeDiff(*in[4], have.backends, c.backends),
+		o.objs.ServiceRange.Put(slot, c.svcRange),
+	); err != nil {
+		return err
+	}
+	o.held[slot] = c
+	if err := o.objs.Active.Put(uint32(0), gen); err != nil {
+		return fmt.Errorf("put generation %d in force: %w", gen, err)
+	}
+	o.gen = gen
+	return nil
+}
+
+// current is what the slot in force holds (nil before the first write).
+func (o *Objects) current() *content { return o.held[o.gen&1] }
+
+// svcPrefix is the smallest prefix holding every Service frontend in force (invalid: none).
+func (o *Objects) svcPrefix() netip.Prefix {
+	if c := o.current(); c != nil {
+		return c.svcPrefix
+	}
+	return netip.Prefix{}
+}
+
+// inner are a slot's maps: endpoints, ipcache, policy, services, backends.
+func (o *Objects) inner(slot uint32) [5]**ebpf.Map {
+	if slot == 0 {
+		return [5]**ebpf.Map{&o.objs.Endpoints0, &o.objs.Ipcache0, &o.objs.Policy0, &o.objs.Services0, &o.objs.Backends0}
+	}
+	return [5]**ebpf.Map{&o.objs.Endpoints1, &o.objs.Ipcache1, &o.objs.Policy1, &o.objs.Services1, &o.objs.Backends1}
+}
+
+// freshSlot replaces a slot's maps (whose content is not known) with empty ones.
+func (o *Objects) freshSlot(slot uint32) error {
+	spec, err := loadPolicy()
+	if err != nil {
+		return err
+	}
+	outers := [5]*ebpf.Map{o.objs.Endpoints, o.objs.Ipcache, o.objs.Policy, o.objs.Services, o.objs.Backends}
+	for i, m := range o.inner(slot) {
+		fresh, err := ebpf.NewMap(spec.Maps[innerNames[i]+strconv.Itoa(int(slot))])
+		if err != nil {
+			return fmt.Errorf("new %s map: %w", innerNames[i], err)
+		}
+		if err := outers[i].Put(slot, fresh); err != nil {
+			fresh.Close()
+			return fmt.Errorf("put a new %s map in slot %d: %w", innerNames[i], slot, err)
+		}
+		(*m).Close()
+		*m = fresh
+	}
+	return nil
+}
+
+var innerNames = [5]string{"endpoints", "ipcache", "policy", "services", "backends"}
+
+// writeDiff makes a map holding have hold want: puts (in batches) and deletes of what differs.
+func writeDiff[K, V comparable](m *ebpf.Map, have, want map[K]V) error {
+	var keys []K
+	var vals []V
+	for k, v := range want {
+		if h, ok := have[k]; !ok || h != v {
+			keys = append(keys, k)
+			vals = append(vals, v)
+		}
+	}
+	if err := putAll(m, keys, vals); err != nil {
+		return err
+	}
+	var gone []K
+	for k := range have {
+		if _, ok := want[k]; !ok {
+			gone = append(gone, k)
+		}
+	}
+	return deleteAll(m, gone)
+}
+
+// putAll writes entries: in batches of one syscall each where the kernel has batch operations
+// for the map type, one by one otherwise.
 func putAll[K, V any](m *ebpf.Map, keys []K, vals []V) error {
 	const batch = 4096
 	for i := 0; i < len(keys); i += batch {
@@ -222,6 +337,26 @@ func putAll[K, V any](m *ebpf.Map, keys []K, vals []V) error {
 			}
 			for k := i; k < len(keys); k++ {
 				if err := m.Put(keys[k], vals[k]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// deleteAll deletes keys, in batches where the kernel can.
+func deleteAll[K any](m *ebpf.Map, keys []K) error {
+	const batch = 4096
+	for i := 0; i < len(keys); i += batch {
+		j := min(i+batch, len(keys))
+		if _, err := m.BatchDelete(keys[i:j], nil); err != nil {
+			if !errors.Is(err, ebpf.ErrNotSupported) {
+				return fmt.Errorf("batch delete %s: %w", m, err)
+			}
+			for k := i; k < len(keys); k++ {
+				if err := m.Delete(keys[k]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 					return err
 				}
 			}
@@ -267,11 +402,16 @@ func replaceMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
 	return nil
 }
 
-// fillServices writes every ClusterIP frontend and its backends, and the range holding the
-// frontends.
-func (o *Objects) fillServices(rs *ir.Ruleset) error {
-	var errs []error
-	id := uint32(0)
+// services adds every ClusterIP frontend and its backends to c, and the range holding the
+// frontends. A frontend keeps its number while it exists, so its backends' keys stay.
+func (o *Objects) services(rs *ir.Ruleset, c *content) {
+	c.services, c.backends = map[policySvcKey]policySvcValue{}, map[policyBackendKey]policyBackendValue{}
+	type frontend struct {
+		key      policySvcKey
+		backends []policyBackendValue
+	}
+	var fronts []frontend
+	var keys []policySvcKey
 	var vips []netip.Addr
 	for _, s := range rs.Services {
 		for _, sp := range s.Ports {
@@ -279,29 +419,32 @@ func (o *Objects) fillServices(rs *ir.Ruleset) error {
 				if !vip.Is4() {
 					continue
 				}
-				id++
-				var n uint32
+				f := frontend{key: policySvcKey{Vip: ipv4Key(vip), Port: portKey16(sp.Port), Protocol: uint8(sp.Protocol)}}
 				for _, b := range sp.Backends {
-					if !b.IP.Is4() {
-						continue
+					if b.IP.Is4() {
+						f.backends = append(f.backends, policyBackendValue{Addr: ipv4Key(b.IP), Port: portKey16(b.Port)})
 					}
-					errs = append(errs, o.objs.Backends.Put(policyBackendKey{Id: id, Index: n}, policyBackendValue{Addr: ipv4Key(b.IP), Port: portKey16(b.Port)}))
-					n++
 				}
-				k := policySvcKey{Vip: ipv4Key(vip), Port: portKey16(sp.Port), Protocol: uint8(sp.Protocol)}
-				errs = append(errs, o.objs.Services.Put(k, policySvcValue{Id: id, Count: n}))
+				fronts = append(fronts, f)
+				keys = append(keys, f.key)
 				vips = append(vips, vip)
 			}
 		}
 	}
-	o.frontends = len(vips)
-	rg := policySvcRange{Addr: 0, Mask: 0xffffffff} // no frontends: matches only 0.0.0.0
-	if p, ok := covering(vips); ok {
-		o.svcRange = p
-		rg = policySvcRange{Addr: ipv4Key(p.Addr()), Mask: binary.NativeEndian.Uint32(net.CIDRMask(p.Bits(), 32))}
+	o.svcIDs.first = 1
+	ids := o.svcIDs.assign(keys)
+	for i, f := range fronts {
+		for n, b := range f.backends {
+			c.backends[policyBackendKey{Id: ids[i], Index: uint32(n)}] = b
+		}
+		c.services[f.key] = policySvcValue{Id: ids[i], Count: uint32(len(f.backends))}
 	}
-	errs = append(errs, o.objs.ServiceRange.Put(uint32(0), rg))
-	return errors.Join(errs...)
+	c.frontends = len(vips)
+	c.svcRange = policySvcRange{Addr: 0, Mask: 0xffffffff} // no frontends: matches only 0.0.0.0
+	if p, ok := covering(vips); ok {
+		c.svcPrefix = p
+		c.svcRange = policySvcRange{Addr: ipv4Key(p.Addr()), Mask: binary.NativeEndian.Uint32(net.CIDRMask(p.Bits(), 32))}
+	}
 }
 
 // covering is the longest prefix holding every address (IPv4).

@@ -240,21 +240,32 @@ type policyProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type policyMapSpecs struct {
+	Active          *ebpf.MapSpec `ebpf:"active"`
 	Backends        *ebpf.MapSpec `ebpf:"backends"`
+	Backends0       *ebpf.MapSpec `ebpf:"backends0"`
+	Backends1       *ebpf.MapSpec `ebpf:"backends1"`
 	BlockSamples    *ebpf.MapSpec `ebpf:"block_samples"`
 	Blocklist       *ebpf.MapSpec `ebpf:"blocklist"`
 	Conntrack       *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters        *ebpf.MapSpec `ebpf:"counters"`
 	CrcZeros        *ebpf.MapSpec `ebpf:"crc_zeros"`
 	Endpoints       *ebpf.MapSpec `ebpf:"endpoints"`
+	Endpoints0      *ebpf.MapSpec `ebpf:"endpoints0"`
+	Endpoints1      *ebpf.MapSpec `ebpf:"endpoints1"`
 	FlowEvents      *ebpf.MapSpec `ebpf:"flow_events"`
 	Ipcache         *ebpf.MapSpec `ebpf:"ipcache"`
+	Ipcache0        *ebpf.MapSpec `ebpf:"ipcache0"`
+	Ipcache1        *ebpf.MapSpec `ebpf:"ipcache1"`
 	Policy          *ebpf.MapSpec `ebpf:"policy"`
+	Policy0         *ebpf.MapSpec `ebpf:"policy0"`
+	Policy1         *ebpf.MapSpec `ebpf:"policy1"`
 	Quarantine      *ebpf.MapSpec `ebpf:"quarantine"`
 	QuarantineAllow *ebpf.MapSpec `ebpf:"quarantine_allow"`
 	Revnat          *ebpf.MapSpec `ebpf:"revnat"`
 	ServiceRange    *ebpf.MapSpec `ebpf:"service_range"`
 	Services        *ebpf.MapSpec `ebpf:"services"`
+	Services0       *ebpf.MapSpec `ebpf:"services0"`
+	Services1       *ebpf.MapSpec `ebpf:"services1"`
 	Shields         *ebpf.MapSpec `ebpf:"shields"`
 	SynBuckets      *ebpf.MapSpec `ebpf:"syn_buckets"`
 	SynLimits       *ebpf.MapSpec `ebpf:"syn_limits"`
@@ -265,7 +276,6 @@ type policyMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type policyVariableSpecs struct {
 	FlowEventsOn    *ebpf.VariableSpec `ebpf:"flow_events_on"`
-	Generation      *ebpf.VariableSpec `ebpf:"generation"`
 	UnusedDropKind  *ebpf.VariableSpec `ebpf:"unused_drop_kind"`
 	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
 }
@@ -290,21 +300,32 @@ func (o *policyObjects) Close() error {
 //
 // It can be passed to loadPolicyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type policyMaps struct {
+	Active          *ebpf.Map `ebpf:"active"`
 	Backends        *ebpf.Map `ebpf:"backends"`
+	Backends0       *ebpf.Map `ebpf:"backends0"`
+	Backends1       *ebpf.Map `ebpf:"backends1"`
 	BlockSamples    *ebpf.Map `ebpf:"block_samples"`
 	Blocklist       *ebpf.Map `ebpf:"blocklist"`
 	Conntrack       *ebpf.Map `ebpf:"conntrack"`
 	Counters        *ebpf.Map `ebpf:"counters"`
 	CrcZeros        *ebpf.Map `ebpf:"crc_zeros"`
 	Endpoints       *ebpf.Map `ebpf:"endpoints"`
+	Endpoints0      *ebpf.Map `ebpf:"endpoints0"`
+	Endpoints1      *ebpf.Map `ebpf:"endpoints1"`
 	FlowEvents      *ebpf.Map `ebpf:"flow_events"`
 	Ipcache         *ebpf.Map `ebpf:"ipcache"`
+	Ipcache0        *ebpf.Map `ebpf:"ipcache0"`
+	Ipcache1        *ebpf.Map `ebpf:"ipcache1"`
 	Policy          *ebpf.Map `ebpf:"policy"`
+	Policy0         *ebpf.Map `ebpf:"policy0"`
+	Policy1         *ebpf.Map `ebpf:"policy1"`
 	Quarantine      *ebpf.Map `ebpf:"quarantine"`
 	QuarantineAllow *ebpf.Map `ebpf:"quarantine_allow"`
 	Revnat          *ebpf.Map `ebpf:"revnat"`
 	ServiceRange    *ebpf.Map `ebpf:"service_range"`
 	Services        *ebpf.Map `ebpf:"services"`
+	Services0       *ebpf.Map `ebpf:"services0"`
+	Services1       *ebpf.Map `ebpf:"services1"`
 	Shields         *ebpf.Map `ebpf:"shields"`
 	SynBuckets      *ebpf.Map `ebpf:"syn_buckets"`
 	SynLimits       *ebpf.Map `ebpf:"syn_limits"`
@@ -312,21 +333,32 @@ type policyMaps struct {
 
 func (m *policyMaps) Close() error {
 	return _PolicyClose(
+		m.Active,
 		m.Backends,
+		m.Backends0,
+		m.Backends1,
 		m.BlockSamples,
 		m.Blocklist,
 		m.Conntrack,
 		m.Counters,
 		m.CrcZeros,
 		m.Endpoints,
+		m.Endpoints0,
+		m.Endpoints1,
 		m.FlowEvents,
 		m.Ipcache,
+		m.Ipcache0,
+		m.Ipcache1,
 		m.Policy,
+		m.Policy0,
+		m.Policy1,
 		m.Quarantine,
 		m.QuarantineAllow,
 		m.Revnat,
 		m.ServiceRange,
 		m.Services,
+		m.Services0,
+		m.Services1,
 		m.Shields,
 		m.SynBuckets,
 		m.SynLimits,
@@ -338,7 +370,6 @@ func (m *policyMaps) Close() error {
 // It can be passed to loadPolicyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type policyVariables struct {
 	FlowEventsOn    *ebpf.Variable `ebpf:"flow_events_on"`
-	Generation      *ebpf.Variable `ebpf:"generation"`
 	UnusedDropKind  *ebpf.Variable `ebpf:"unused_drop_kind"`
 	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
 }

@@ -2,6 +2,8 @@ package ebpf
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -50,7 +52,10 @@ func run(t *testing.T, prog *ebpf.Program, pkt []byte) bool {
 // program of the source's endpoint, then the ingress program of the destination's) with the
 // maps filled from the tables, and compares with the evaluator on random policy sets. Each flow
 // uses fresh source ports so conntrack from earlier flows does not decide it; a reply then
-// passes both programs because the flow was allowed.
+// passes both programs because the flow was allowed. The policy sets follow one another on the
+// same loaded programs, as Sync applies them: each is written as the difference to the tables
+// of two sets before (the slot not in force), and the maps in force must then hold exactly the
+// new tables.
 func TestProgramsMatchEvaluator(t *testing.T) {
 	netnstest.RequireRoot(t)
 	base, err := model.Decode(strings.NewReader(randpolicy.Cluster()), "cluster", model.DecodeOptions{})
@@ -59,20 +64,23 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 	}
 	external := netip.MustParseAddr("8.8.8.8")
 	sport := uint16(10000)
+	o, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	var b Builder
 	for seed := int64(0); seed < 25; seed++ {
 		rs, y := randomRuleset(t, base, seed)
-		tables, err := Build(rs, func(*ir.Pod) bool { return true })
+		tables, err := b.Build(rs, func(*ir.Pod) bool { return true })
 		if err != nil {
 			t.Fatal(err)
 		}
-		o, err := Load(nil)
-		if err != nil {
+		want := o.contentOf(rs, tables, func(ir.PodID) Interface { return Interface{} })
+		if err := o.write(want, o.gen+1); err != nil {
 			t.Fatal(err)
 		}
-		if err := o.Fill(rs, tables, func(ir.PodID) Interface { return Interface{} }); err != nil {
-			o.Close()
-			t.Fatal(err)
-		}
+		checkMapsHold(t, o, want)
 		ev := policy.New(rs)
 		addrs := []netip.Addr{external}
 		for _, p := range rs.Pods {
@@ -90,7 +98,6 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 						pkt := packet(src, dst, proto, sport, port)
 						got := run(t, o.objs.FromPod, pkt) && run(t, o.objs.ToPod, pkt)
 						if want := ev.Verdict(f).Allowed; got != want {
-							o.Close()
 							min := randpolicy.Shrink(y, func(c string) bool {
 								sport++
 								g, w, ok := programVerdict(t, base, c, f, sport)
@@ -101,7 +108,6 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 						if got { // the reply of an allowed flow passes both ways
 							reply := packet(dst, src, proto, port, sport)
 							if !run(t, o.objs.FromPod, reply) || !run(t, o.objs.ToPod, reply) {
-								o.Close()
 								t.Fatalf("seed %d: reply of allowed %v dropped", seed, f)
 							}
 						}
@@ -109,8 +115,45 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 				}
 			}
 		}
-		o.Close()
 	}
+}
+
+// checkMapsHold reads the maps of the slot in force back and compares them with want.
+func checkMapsHold(t *testing.T, o *Objects, want *content) {
+	t.Helper()
+	in := o.inner(o.gen & 1)
+	var errs []error
+	errs = append(errs, mapHolds(*in[0], want.endpoints), mapHolds(*in[1], want.ipcache), mapHolds(*in[2], want.policy),
+		mapHolds(*in[3], want.services), mapHolds(*in[4], want.backends))
+	var active uint32
+	if err := o.objs.Active.Lookup(uint32(0), &active); err != nil || active != o.gen {
+		errs = append(errs, fmt.Errorf("active generation %d (%v), want %d", active, err, o.gen))
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mapHolds[K, V comparable](m *ebpf.Map, want map[K]V) error {
+	got := map[K]V{}
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		got[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	if len(got) != len(want) {
+		return fmt.Errorf("%s holds %d entries, want %d", m, len(got), len(want))
+	}
+	for k, w := range want {
+		if g, ok := got[k]; !ok || g != w {
+			return fmt.Errorf("%s: %+v holds %+v (%v), want %+v", m, k, g, ok, w)
+		}
+	}
+	return nil
 }
 
 // programVerdict runs one new flow through freshly loaded programs for the policy set y on the

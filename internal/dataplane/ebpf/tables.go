@@ -1,10 +1,12 @@
 package ebpf
 
 import (
-	"fmt"
+	"encoding/binary"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/rampart-sec/rampart/internal/flow"
@@ -57,37 +59,158 @@ type portKey struct {
 	port  uint16
 }
 
+// key tells classes apart within one build (set ids are the build's own).
 func (c class) key() string {
-	var b strings.Builder
+	b := make([]byte, 0, 4*len(c.sets)+8)
 	for _, s := range c.sets {
-		fmt.Fprintf(&b, "%d,", s)
+		b = binary.LittleEndian.AppendUint32(b, uint32(s))
 	}
-	b.WriteString("|")
-	ids := make([]int, 0, len(c.named))
-	for id := range c.named {
-		ids = append(ids, int(id))
+	if len(c.named) == 0 {
+		return string(b)
 	}
-	sort.Ints(ids)
-	for _, id := range ids {
-		fmt.Fprintf(&b, "%d:%v;", id, c.named[ir.SetID(id)])
+	b = append(b, 0xff, 0xff, 0xff, 0xff) // no set id is -1
+	for _, id := range slices.Sorted(maps.Keys(c.named)) {
+		b = binary.LittleEndian.AppendUint32(b, uint32(id))
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(c.named[id])))
+		for _, pk := range c.named[id] {
+			b = append(b, byte(pk.proto))
+			b = binary.LittleEndian.AppendUint16(b, pk.port)
+		}
 	}
-	return b.String()
+	return string(b)
+}
+
+// stableKey names a class the same way in every build: by the names of its sets, which derive
+// from what the sets select.
+func (c class) stableKey(rs *ir.Ruleset) string {
+	names := make([]string, 0, len(c.sets)+len(c.named))
+	for _, s := range c.sets {
+		names = append(names, rs.Sets[s].Name)
+	}
+	for id, pks := range c.named {
+		var b strings.Builder
+		b.WriteString(rs.PortSets[id].Name + ":")
+		for _, pk := range pks {
+			b.WriteString(strconv.Itoa(int(pk.proto)) + "/" + strconv.Itoa(int(pk.port)) + ",")
+		}
+		names = append(names, b.String())
+	}
+	slices.Sort(names)
+	return strings.Join(names, ";")
+}
+
+// Builder builds the tables of one node again and again, keeping the numbers it gave out
+// (endpoints, remote identities, rules) for what is still there: between two builds only what
+// changed gets other entries, so the dataplane writes only the difference. Build without a
+// Builder numbers afresh.
+type Builder struct {
+	endpoints  numbering[netip.Addr]
+	identities numbering[string]
+	rules      *flow.RuleTable
+	// last are the identities of the last build and the sets they were computed from: most
+	// changes (a policy's ports, rules naming peers already named) leave every set as it was,
+	// and then the identities are too.
+	last *identityMemo
+}
+
+// identityMemo is what the identities of a build were computed from, and what they were.
+type identityMemo struct {
+	sets     map[string]*ir.AddrSet // by name
+	portSets map[string]*ir.PortSet
+	setNames []string // by the build's set id
+	portName []string // by the build's port set id
+	classes  []identified
+	ipcache  []IPCacheEntry
+}
+
+// reuse returns the memoized identities if rs has the same sets (by name and content) as the
+// build they were computed for, with set ids translated to rs's.
+func (m *identityMemo) reuse(rs *ir.Ruleset) ([]identified, bool) {
+	if m == nil || len(rs.Sets) != len(m.sets) || len(rs.PortSets) != len(m.portSets) {
+		return nil, false
+	}
+	setID := make(map[string]ir.SetID, len(rs.Sets))
+	for i := range rs.Sets {
+		s := &rs.Sets[i]
+		old, ok := m.sets[s.Name]
+		if !ok || !slices.Equal(old.IPs, s.IPs) || !slices.EqualFunc(old.Blocks, s.Blocks, func(a, b ir.Block) bool {
+			return a.CIDR == b.CIDR && slices.Equal(a.Except, b.Except)
+		}) {
+			return nil, false
+		}
+		setID[s.Name] = s.ID
+	}
+	portID := make(map[string]ir.SetID, len(rs.PortSets))
+	for i := range rs.PortSets {
+		s := &rs.PortSets[i]
+		old, ok := m.portSets[s.Name]
+		if !ok || !slices.Equal(old.Entries, s.Entries) {
+			return nil, false
+		}
+		portID[s.Name] = s.ID
+	}
+	out := make([]identified, len(m.classes))
+	for i, c := range m.classes {
+		n := class{sets: make([]ir.SetID, len(c.class.sets)), named: make(map[ir.SetID][]portKey, len(c.class.named))}
+		for j, id := range c.class.sets {
+			n.sets[j] = setID[m.setNames[id]]
+		}
+		slices.Sort(n.sets)
+		for id, pks := range c.class.named {
+			n.named[portID[m.portName[id]]] = pks
+		}
+		out[i] = identified{class: n, id: c.id}
+	}
+	return out, true
+}
+
+// remember memoizes the identities computed for rs.
+func (b *Builder) remember(rs *ir.Ruleset, classes []identified, ipcache []IPCacheEntry) {
+	m := &identityMemo{sets: make(map[string]*ir.AddrSet, len(rs.Sets)), portSets: make(map[string]*ir.PortSet, len(rs.PortSets)),
+		classes: classes, ipcache: ipcache}
+	for i := range rs.Sets {
+		m.sets[rs.Sets[i].Name] = &rs.Sets[i]
+		m.setNames = append(m.setNames, rs.Sets[i].Name)
+	}
+	for i := range rs.PortSets {
+		m.portSets[rs.PortSets[i].Name] = &rs.PortSets[i]
+		m.portName = append(m.portName, rs.PortSets[i].Name)
+	}
+	b.last = m
 }
 
 // Build computes the tables for the pods local reports true for (IPv4 only, as the lab).
 func Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, error) {
-	rules := flow.NewRuleTable(rs)
+	return new(Builder).Build(rs, local)
+}
+
+// Build computes the tables for the pods local reports true for, numbering what the previous
+// build numbered as it did.
+func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, error) {
+	rules := flow.NextRuleTable(rs, b.rules)
 	t := &Tables{Endpoints: map[ir.PodID]uint32{}, Selected: map[[2]uint32]bool{}, Rules: rules}
-	classes, err := t.identities(rs)
-	if err != nil {
-		return nil, err
+	classes, ok := b.last.reuse(rs)
+	if ok {
+		t.IPCache = b.last.ipcache
+		b.remember(rs, classes, t.IPCache)
+	} else {
+		classes = t.identities(rs, &b.identities)
+		b.remember(rs, classes, t.IPCache)
 	}
+	var pods []*ir.Pod
+	var addrs []netip.Addr
 	for i := range rs.Pods {
 		p := &rs.Pods[i]
 		if p.HostNetwork || !local(p) || len(p.IPs) == 0 {
 			continue
 		}
-		ep := uint32(len(t.Endpoints) + 1)
+		pods = append(pods, p)
+		addrs = append(addrs, p.IP())
+	}
+	b.endpoints.first = 1 // 0: no endpoint
+	eps := b.endpoints.assign(addrs)
+	for i, p := range pods {
+		ep := eps[i]
 		t.Endpoints[p.ID] = ep
 		for _, dir := range []ir.Direction{ir.Ingress, ir.Egress} {
 			if len(rs.PoliciesFor(p.ID, dir)) == 0 {
@@ -95,18 +218,56 @@ func Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, error) {
 			}
 			t.Selected[[2]uint32{ep, uint32(dir)}] = true
 			pr := rulesFor(rs, p, dir)
-			for id, c := range classes {
-				t.verdicts(rs, p, ep, dir, Identity(id), c, pr)
+			for _, c := range classes {
+				t.verdicts(rs, p, ep, dir, c.id, c.class, pr)
 			}
 		}
 	}
+	b.rules = rules
 	return t, nil
+}
+
+// numbering gives keys small numbers from first on, keeps a key's number while the key is
+// there, and gives the numbers of keys gone to new ones.
+type numbering[K comparable] struct {
+	first uint32
+	ids   map[K]uint32
+}
+
+// assign numbers keys (equal keys alike), keeping the numbers of keys numbered before; keys
+// not among them lose theirs.
+func (n *numbering[K]) assign(keys []K) []uint32 {
+	out := make([]uint32, len(keys))
+	ids := make(map[K]uint32, len(keys))
+	used := map[uint32]bool{}
+	var fresh []int
+	for i, k := range keys {
+		if id, ok := n.ids[k]; ok {
+			out[i], ids[k], used[id] = id, id, true
+			continue
+		}
+		fresh = append(fresh, i)
+	}
+	next := n.first
+	for _, i := range fresh {
+		if id, ok := ids[keys[i]]; ok {
+			out[i] = id
+			continue
+		}
+		for used[next] {
+			next++
+		}
+		out[i], ids[keys[i]], used[next] = next, next, true
+	}
+	n.ids = ids
+	return out
 }
 
 // identities partitions the IPv4 space: every address's class is decided by the longest prefix,
 // among all prefixes any set uses, that contains it (a shorter prefix containing the address
-// contains the longer one too). Returns the class of each identity.
-func (t *Tables) identities(rs *ir.Ruleset) ([]class, error) {
+// contains the longer one too). Identities are numbered by ids, which keeps a class's number
+// from one build to the next. Returns each class with its identity.
+func (t *Tables) identities(rs *ir.Ruleset, ids *numbering[string]) []identified {
 	type member struct {
 		set   ir.SetID
 		named *ir.IPPort // for named-port sets
@@ -143,9 +304,10 @@ func (t *Tables) identities(rs *ir.Ruleset) ([]class, error) {
 		return prefixes[i].Addr().Less(prefixes[j].Addr())
 	})
 
-	byKey := map[string]Identity{}
+	byKey := map[string]int{} // class key -> index in classes
 	var classes []class
-	for _, p := range prefixes {
+	classOf := make([]int, len(prefixes))
+	for pi, p := range prefixes {
 		c := class{named: map[ir.SetID][]portKey{}}
 		seen := map[ir.SetID]bool{}
 		// Every prefix containing p (p itself included) contributes its sets: its ancestors,
@@ -172,13 +334,32 @@ func (t *Tables) identities(rs *ir.Ruleset) ([]class, error) {
 				return int(a.port) - int(b.port)
 			})
 		}
-		id, ok := byKey[c.key()]
+		k := c.key()
+		ci, ok := byKey[k]
 		if !ok {
-			id = Identity(len(classes))
-			byKey[c.key()] = id
+			ci = len(classes)
+			byKey[k] = ci
 			classes = append(classes, c)
 		}
-		t.IPCache = append(t.IPCache, IPCacheEntry{Prefix: p, Identity: id})
+		classOf[pi] = ci
 	}
-	return classes, nil
+	keys := make([]string, len(classes))
+	for i, c := range classes {
+		keys[i] = c.stableKey(rs)
+	}
+	nums := ids.assign(keys)
+	out := make([]identified, len(classes))
+	for i, c := range classes {
+		out[i] = identified{class: c, id: Identity(nums[i])}
+	}
+	for pi, p := range prefixes {
+		t.IPCache = append(t.IPCache, IPCacheEntry{Prefix: p, Identity: out[classOf[pi]].id})
+	}
+	return out
+}
+
+// identified is a class and its identity.
+type identified struct {
+	class class
+	id    Identity
 }

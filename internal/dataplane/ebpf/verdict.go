@@ -73,6 +73,9 @@ func (pr *podRules) candidates(c class) []int {
 // once, and equal neighbours are merged before being encoded as prefixes.
 func (t *Tables) verdicts(rs *ir.Ruleset, pod *ir.Pod, ep uint32, dir ir.Direction, id Identity, c class, pr *podRules) {
 	cand := pr.candidates(c)
+	if len(cand) == 0 && pr.isolated {
+		return // every port is denied by isolation: the programs deny what has no entry
+	}
 	for _, proto := range ir.Protocols {
 		bounds := []int{0, 65536}
 		for _, i := range cand {
@@ -105,8 +108,12 @@ func (t *Tables) verdicts(rs *ir.Ruleset, pod *ir.Pod, ep uint32, dir ir.Directi
 					continue
 				}
 			}
-			for _, pfx := range rangePrefixes(start, next-1) {
-				t.Policy = append(t.Policy, PolicyEntry{Endpoint: ep, Direction: dir, Identity: id, Protocol: proto, Port: pfx.port, PortBits: pfx.bits, Allow: cur.allow, Rule: cur.rule})
+			// A denial no rule decided is what a missing entry means: the table stays small (most
+			// remote classes match no rule of a given endpoint).
+			if cur != (verdict{}) {
+				for _, pfx := range rangePrefixes(start, next-1) {
+					t.Policy = append(t.Policy, PolicyEntry{Endpoint: ep, Direction: dir, Identity: id, Protocol: proto, Port: pfx.port, PortBits: pfx.bits, Allow: cur.allow, Rule: cur.rule})
+				}
 			}
 			start, cur = next, nextV
 		}

@@ -157,29 +157,62 @@ enum counter {
 	C_MAX,
 };
 
+// The tables of one generation of policy and Services (endpoints, ipcache, policy, services,
+// backends, service_range) exist twice, in slots 0 and 1 of an array of maps each. The agent
+// writes only the differences into the slot not in force and then switches `active` to it: a
+// packet reads the generation in force once and looks everything up in its slot, so it sees the
+// old tables or the new ones, never a half-written state, and the programs stay loaded.
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32); // the generation in force; its tables are in slot generation & 1
+} active SEC(".maps");
+
+struct endpoints_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only: memory as used, not as sized
 	__type(key, __u32); // pod IPv4 address, network order
 	__type(value, struct endpoint);
-} endpoints SEC(".maps");
+} endpoints0 SEC(".maps"), endpoints1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct endpoints_map);
+} endpoints SEC(".maps") = {.values = {&endpoints0, &endpoints1}};
+
+struct ipcache_map {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 1 << 20);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ipcache_key);
 	__type(value, __u32);
-} ipcache SEC(".maps");
+} ipcache0 SEC(".maps"), ipcache1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct ipcache_map);
+} ipcache SEC(".maps") = {.values = {&ipcache0, &ipcache1}};
+
+struct policy_map {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 1 << 22);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
-} policy SEC(".maps");
+} policy0 SEC(".maps"), policy1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct policy_map);
+} policy SEC(".maps") = {.values = {&policy0, &policy1}};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -188,16 +221,23 @@ struct {
 	__type(value, struct ct_value);
 } conntrack SEC(".maps");
 
-struct {
+struct services_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only: memory as used, not as sized
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
-} services SEC(".maps");
+} services0 SEC(".maps"), services1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct services_map);
+} services SEC(".maps") = {.values = {&services0, &services1}};
 
 // The smallest prefix holding every frontend address: packets outside it skip the Service
-// lookup. Written once per generation; {addr 0, mask all ones} when there are no Services.
+// lookup. One per slot; {addr 0, mask all ones} when there are no Services.
 struct svc_range {
 	__u32 addr; // network order
 	__u32 mask; // network order
@@ -205,18 +245,42 @@ struct svc_range {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2); // by slot
 	__type(key, __u32);
 	__type(value, struct svc_range);
 } service_range SEC(".maps");
 
-struct {
+struct backends_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 20);
 	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only: memory as used, not as sized
 	__type(key, struct backend_key);
 	__type(value, struct backend_value);
-} backends SEC(".maps");
+} backends0 SEC(".maps"), backends1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct backends_map);
+} backends SEC(".maps") = {.values = {&backends0, &backends1}};
+
+// active_gen is the generation in force.
+static __always_inline __u32 active_gen(void)
+{
+	__u32 zero = 0;
+	__u32 *g = bpf_map_lookup_elem(&active, &zero);
+	return g ? *g : 0;
+}
+
+// lookup_in looks key up in generation gen's table of an array of maps (endpoints, ipcache,
+// policy, services, backends).
+static __always_inline void *lookup_in(void *outer, __u32 gen, const void *key)
+{
+	__u32 slot = gen & 1;
+	void *inner = bpf_map_lookup_elem(outer, &slot);
+	return inner ? bpf_map_lookup_elem(inner, key) : NULL;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -240,8 +304,8 @@ static __always_inline void count(__u32 c)
 }
 
 // Flow events (docs/ebpf-design.md, flow records): one per denied packet and per new tracked
-// flow, read by the agent, which resolves rule ids with the table of the generation that
-// wrote them. The ring buffer outlives generations (it is carried over like conntrack).
+// flow, read by the agent, which resolves rule ids with the table of the generation whose
+// tables decided them. The ring buffer outlives generations (it is carried over like conntrack).
 struct flow_event {
 	__u64 ts_ns;
 	__u32 generation;
@@ -425,8 +489,7 @@ struct {
 const struct flow_event *unused_flow_event __attribute__((unused));
 const enum drop_kind *unused_drop_kind __attribute__((unused));
 
-// Set by the loader: this generation's number, and whether flow events are written at all.
-volatile const __u32 generation = 0;
+// Set by the loader: whether flow events are written at all.
 volatile const __u32 flow_events_on = 1;
 
 // Offsets in the IPv4 header; the header starts after the Ethernet one in TC programs and at
@@ -540,14 +603,15 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u32 l3, __u32 l4, __
 
 // dnat sends a packet addressed to a Service frontend to one of its backends, remembering the
 // frontend for the replies. Returns -1 to drop (no backend, or a rewrite failed).
-static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l3, __u32 l4, __u16 sport, __u16 dport)
+static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l3, __u32 l4, __u16 sport, __u16 dport,
+				__u32 gen)
 {
-	__u32 zero = 0;
-	struct svc_range *rg = bpf_map_lookup_elem(&service_range, &zero);
+	__u32 slot = gen & 1;
+	struct svc_range *rg = bpf_map_lookup_elem(&service_range, &slot);
 	if (!rg || (ip->daddr & rg->mask) != rg->addr)
 		return 0;
 	struct svc_key sk = {.vip = ip->daddr, .port = dport, .protocol = ip->protocol};
-	struct svc_value *sv = bpf_map_lookup_elem(&services, &sk);
+	struct svc_value *sv = lookup_in(&services, gen, &sk);
 	if (!sv)
 		return 0;
 	if (!sv->count) {
@@ -559,7 +623,7 @@ static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l
 	h *= 0x45d9f3b;
 	h ^= h >> 16;
 	struct backend_key bk = {.id = sv->id, .index = h % sv->count};
-	struct backend_value *bv = bpf_map_lookup_elem(&backends, &bk);
+	struct backend_value *bv = lookup_in(&backends, gen, &bk);
 	if (!bv)
 		return -1;
 	__u8 proto = ip->protocol;
@@ -610,6 +674,7 @@ struct pkt {
 	__u32 orig_daddr; // before the per-packet DNAT (0: not translated)
 	__u16 orig_dport;
 	__u16 mss; // a TCP SYN's MSS option, host order (0: none, or not a SYN)
+	__u32 gen; // the generation whose tables judge the packet (read once per packet)
 };
 
 static __always_inline void emit_event(struct pkt *p, int dir, __u32 allowed, __u32 rule, __u8 blocked)
@@ -618,7 +683,7 @@ static __always_inline void emit_event(struct pkt *p, int dir, __u32 allowed, __
 		return;
 	struct flow_event ev = {
 		.ts_ns = bpf_ktime_get_ns(),
-		.generation = generation,
+		.generation = p->gen,
 		.rule = rule,
 		.saddr = p->saddr,
 		.daddr = p->daddr,
@@ -765,6 +830,7 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 	}
 	__u8 proto = ip->protocol;
 	int ported = proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+	p->gen = active_gen();
 	p->saddr = ip->saddr;
 	p->daddr = ip->daddr;
 	p->proto = proto;
@@ -807,7 +873,7 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 	}
 	__u32 daddr0 = ip->daddr;
 	if (dir == DIR_EGRESS) {
-		int nat = dnat(skb, ip, IP_OFF, (void *)ports - data, p->sport, p->dport);
+		int nat = dnat(skb, ip, IP_OFF, (void *)ports - data, p->sport, p->dport, p->gen);
 		if (nat < 0)
 			return PARSE_DROP;
 		if (nat > 0) { // the packet changed: read it again
@@ -882,7 +948,7 @@ static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __
 	}
 
 	struct ipcache_key ik = {.prefixlen = 32, .addr = dir == DIR_EGRESS ? p->daddr : p->saddr};
-	__u32 *identity = bpf_map_lookup_elem(&ipcache, &ik);
+	__u32 *identity = lookup_in(&ipcache, p->gen, &ik);
 	struct policy_key pk = {
 		.prefixlen = 96,
 		.endpoint = ep->id,
@@ -891,7 +957,7 @@ static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __
 		.direction = dir,
 		.port = p->dport,
 	};
-	struct policy_value *pv = bpf_map_lookup_elem(&policy, &pk);
+	struct policy_value *pv = lookup_in(&policy, p->gen, &pk);
 	if (!pv || !pv->allow) {
 		emit_flow(p, dir, 0, pv ? pv->rule : 0);
 		count(dir == DIR_EGRESS ? C_DROP_EGRESS : C_DROP_INGRESS);
@@ -938,7 +1004,7 @@ static __always_inline int endpoint_of(struct __sk_buff *skb, int dir, struct pk
 	if (r != PARSE_OK)
 		return r == PARSE_PASS ? TC_ACT_OK : TC_ACT_SHOT;
 	__u32 addr = dir == DIR_EGRESS ? p->saddr : p->daddr;
-	*ep = bpf_map_lookup_elem(&endpoints, &addr);
+	*ep = lookup_in(&endpoints, p->gen, &addr);
 	if (!*ep) {
 		count(C_PASS_NO_ENDPOINT);
 		return TC_ACT_OK;
@@ -962,7 +1028,7 @@ int from_pod(struct __sk_buff *skb)
 	if (judge(ep, &p, DIR_EGRESS, &ctflags) != TC_ACT_OK)
 		return TC_ACT_SHOT;
 	struct endpoint *dst;
-	if (ep->ifindex && (dst = bpf_map_lookup_elem(&endpoints, &p.daddr))) {
+	if (ep->ifindex && (dst = lookup_in(&endpoints, p.gen, &p.daddr))) {
 		r = deliver(skb, ep->ifindex, dst, &p);
 		if (r >= 0)
 			return r;
@@ -1009,7 +1075,7 @@ int svc_xmit(struct __sk_buff *skb)
 	__u16 *ports = (void *)ip + ip->ihl * 4;
 	if ((void *)(ports + 2) > end)
 		return BPF_OK;
-	int nat = dnat(skb, ip, 0, (void *)ports - data, ports[0], ports[1]);
+	int nat = dnat(skb, ip, 0, (void *)ports - data, ports[0], ports[1], active_gen());
 	if (nat < 0)
 		return BPF_DROP;
 	if (nat == 0)
@@ -1030,7 +1096,7 @@ int from_uplink(struct __sk_buff *skb)
 		return TC_ACT_SHOT; // when no XDP program is attached, or it was replaced
 	if (r != PARSE_OK)
 		return TC_ACT_OK; // to_pod judges whatever reaches a pod
-	struct endpoint *dst = bpf_map_lookup_elem(&endpoints, &p.daddr);
+	struct endpoint *dst = lookup_in(&endpoints, p.gen, &p.daddr);
 	if (!dst) {
 		revnat_reply(skb);
 		return TC_ACT_OK;
@@ -1055,7 +1121,7 @@ int xdp_uplink(struct xdp_md *ctx)
 	__u32 len = end - data;
 	if (!block_match(ip->saddr, ip->daddr, len))
 		return XDP_PASS;
-	struct pkt p = {.saddr = ip->saddr, .daddr = ip->daddr, .proto = ip->protocol, .len = len};
+	struct pkt p = {.saddr = ip->saddr, .daddr = ip->daddr, .proto = ip->protocol, .len = len, .gen = active_gen()};
 	__u8 proto = ip->protocol;
 	__u16 *ports = (void *)ip + ip->ihl * 4;
 	if ((proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP) && (void *)(ports + 2) <= end) {
