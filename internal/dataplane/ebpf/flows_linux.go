@@ -139,8 +139,8 @@ func (d *Dataplane) ConnCounts(conns []flow.Conn) ([]flow.Counts, error) {
 	}
 	out := make([]flow.Counts, len(conns))
 	for i, c := range conns {
-		var ep policyEndpoint
-		if err := d.objs.objs.Endpoints.Lookup(ipv4Key(c.Tuple.Subject(c.Direction)), &ep); err != nil {
+		ep, ok := d.objs.current().endpoints[ipv4Key(c.Tuple.Subject(c.Direction))]
+		if !ok {
 			out[i].Gone = true
 			continue
 		}

@@ -176,3 +176,58 @@ func programVerdict(t *testing.T, base []model.Object, y string, f policy.Flow, 
 	got = run(t, o.objs.FromPod, pkt) && run(t, o.objs.ToPod, pkt)
 	return got, policy.New(rs).Verdict(f).Allowed, true
 }
+
+// TestMidStreamPacketStartsNoFlow: with no tracked flow (a policy change swept it), a TCP
+// packet without SYN from the side policy does not restrict (a server retransmitting) passes,
+// but does not make the other side's packets its replies: the client's packets are still
+// judged, and denied, by the server's ingress policy. A SYN does start a flow whose replies
+// pass.
+func TestMidStreamPacketStartsNoFlow(t *testing.T) {
+	netnstest.RequireRoot(t)
+	y := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all-in, namespace: x}
+spec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}
+`
+	base, err := model.Decode(strings.NewReader(randpolicy.Cluster()), "cluster", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, tables, err := compileSet(base, y)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	if err := o.Fill(rs, tables, func(ir.PodID) Interface { return Interface{} }); err != nil {
+		t.Fatal(err)
+	}
+	server, client := netip.MustParseAddr(randpolicy.PodIP("x", "a")), netip.MustParseAddr(randpolicy.PodIP("y", "b"))
+	through := func(pkt []byte) bool { return run(t, o.objs.FromPod, pkt) && run(t, o.objs.ToPod, pkt) }
+	withFlags := func(pkt []byte, flags byte) []byte { pkt[14+20+13] = flags; return pkt }
+
+	// The server's retransmission (ACK|PSH) to the client: its egress is not restricted.
+	if !through(withFlags(packet(server, client, ir.TCP, 80, 40000), 0x18)) {
+		t.Fatal("the server's mid-stream packet was dropped: its egress allows everything")
+	}
+	if through(withFlags(packet(client, server, ir.TCP, 40000, 80), 0x10)) {
+		t.Fatal("the client's ACK passed as a reply of the server's mid-stream packet; the server's ingress denies it")
+	}
+	// A SYN-ACK does not start a flow either.
+	if !through(withFlags(packet(server, client, ir.TCP, 80, 40001), 0x12)) {
+		t.Fatal("the server's SYN-ACK was dropped")
+	}
+	if through(withFlags(packet(client, server, ir.TCP, 40001, 80), 0x10)) {
+		t.Fatal("the client's ACK passed as a reply of a SYN-ACK; the server's ingress denies it")
+	}
+	// A connection the server opens: the client's replies pass.
+	if !through(packet(server, client, ir.TCP, 40002, 8080)) {
+		t.Fatal("the server's SYN was dropped")
+	}
+	if !through(withFlags(packet(client, server, ir.TCP, 8080, 40002), 0x12)) {
+		t.Fatal("the reply to the server's own connection was dropped")
+	}
+}

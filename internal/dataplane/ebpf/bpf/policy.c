@@ -794,14 +794,20 @@ static __always_inline int syn_over_limit(struct pkt *p)
 	return 0;
 }
 
-// track records a new flow of an endpoint in both directions, counting its first packet.
+// track records a new flow of an endpoint in both directions, counting its first packet. A TCP
+// packet that is not a connection's first (no SYN, or a SYN-ACK) is tracked in its own
+// direction only: taken for a flow's start, it would admit the other side's packets as its
+// replies, and the other side may be the one policy denies (a server retransmitting to a client
+// whose connection a policy change just cut and swept). The other side is judged on its own.
 static __always_inline void track(struct ct_key *ck, struct pkt *p)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_value fwd = {.seen_ns = now, .flags = p->natflag, .packets = 1, .bytes = p->len, .tcp_flags = p->tcp_flags};
+	bpf_map_update_elem(&conntrack, ck, &fwd, BPF_ANY);
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+		return;
 	struct ct_value rev = {.seen_ns = now, .flags = p->natflag | CT_REPLY};
 	struct ct_key rk = {.endpoint = ck->endpoint, .saddr = ck->daddr, .daddr = ck->saddr, .sport = ck->dport, .dport = ck->sport, .protocol = ck->protocol};
-	bpf_map_update_elem(&conntrack, ck, &fwd, BPF_ANY);
 	bpf_map_update_elem(&conntrack, &rk, &rev, BPF_ANY);
 }
 
