@@ -106,6 +106,9 @@ type Agent struct {
 	m   *metrics
 	fl  *flows // nil: no flow records
 	th  *threat.Engine
+	// compiler carries what the last sync resolved to the next (used by sync only, which the
+	// runner never runs twice at once).
+	compiler *compile.Compiler
 
 	mu       sync.Mutex
 	st       Status
@@ -150,7 +153,7 @@ func New(cfg Config, src source.Source, dp dataplane.Dataplane) (*Agent, error) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, src: src, dp: dp, progress: make(chan struct{}),
+	a := &Agent{cfg: cfg, src: src, dp: dp, progress: make(chan struct{}), compiler: compile.NewCompiler(compile.Options{}),
 		st: Status{Node: cfg.Node, Dataplane: cfg.Dataplane, Reason: "waiting for the first sync"}}
 	var err error
 	if a.run, err = runner.New(a.sync, cfg.Runner); err != nil {
@@ -259,7 +262,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	c, rev := a.src.Snapshot()
 	start := time.Now()
-	rs, err := compile.Compile(c)
+	rs, err := a.compiler.Compile(c)
 	if err == nil {
 		err = a.dp.Sync(ctx, rs)
 	}

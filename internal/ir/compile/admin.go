@@ -54,7 +54,7 @@ func (k *compiler) adminPolicy(tier ir.TierKind, kind, name string, prio int32, 
 		if err != nil {
 			return nil, fmt.Errorf("spec.subject.namespaces: %w", err)
 		}
-		subjects = k.policyPods(m, nil)
+		subjects = k.selection("subjects|nssel="+k.describeSelector(subj.Namespaces), func() []ir.PodID { return k.policyPods(m, nil) })
 	case subj.Pods != nil:
 		m, err := k.nsSelector(&subj.Pods.NamespaceSelector)
 		if err != nil {
@@ -64,7 +64,8 @@ func (k *compiler) adminPolicy(tier ir.TierKind, kind, name string, prio int32, 
 		if err != nil {
 			return nil, fmt.Errorf("spec.subject.pods.podSelector: %w", err)
 		}
-		subjects = k.policyPods(m, s)
+		subjects = k.selection("subjects|nssel="+k.describeSelector(&subj.Pods.NamespaceSelector)+"|podsel="+k.describeSelector(&subj.Pods.PodSelector),
+			func() []ir.PodID { return k.policyPods(m, s) })
 	}
 	ingress, egress := model.AdminRules(obj)
 	var out []ir.Policy

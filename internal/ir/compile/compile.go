@@ -39,8 +39,12 @@ type compiler struct {
 	// lblIndex: per namespace, "key=value" -> its pods in ID order (built on first use).
 	lblIndex map[string]map[string][]ir.PodID
 	// sels memoizes selector conversions: converting and formatting a LabelSelector costs
-	// more than matching it, and policies share selectors by pointer within one cluster.
-	sels map[*metav1.LabelSelector]selEntry
+	// more than matching it, and policies share selectors by pointer within one cluster;
+	// prevSels are a Compiler's of the last compile (nil: none).
+	sels, prevSels map[*metav1.LabelSelector]selEntry
+	// cache, given by a Compiler, holds the selections resolved with the same pods (nil:
+	// resolve everything).
+	cache *podState
 }
 
 type selEntry struct {
@@ -62,14 +66,29 @@ func Compile(c *model.Cluster) (*ir.Ruleset, error) { return CompileWith(c, Opti
 
 // CompileWith is Compile with options.
 func CompileWith(c *model.Cluster, opts Options) (*ir.Ruleset, error) {
-	k := &compiler{c: c, opts: opts, rs: &ir.Ruleset{}, nsLabel: map[string]labels.Set{}, nodeLbl: map[string]labels.Set{},
-		setKey: map[string]ir.SetID{}, portKey: map[string]ir.SetID{}, sels: map[*metav1.LabelSelector]selEntry{}}
-	for name, ns := range c.Namespaces {
+	k := newCompiler(c, opts)
+	k.derivePods()
+	return k.policiesAndServices()
+}
+
+func newCompiler(c *model.Cluster, opts Options) *compiler {
+	return &compiler{c: c, opts: opts, rs: &ir.Ruleset{}, setKey: map[string]ir.SetID{}, portKey: map[string]ir.SetID{},
+		sels: map[*metav1.LabelSelector]selEntry{}}
+}
+
+// derivePods converts namespaces, nodes and pods and indexes the pods.
+func (k *compiler) derivePods() {
+	k.nsLabel, k.nodeLbl = map[string]labels.Set{}, map[string]labels.Set{}
+	for name, ns := range k.c.Namespaces {
 		k.nsLabel[name] = labels.Set(ns.Labels)
 	}
 	k.nodes()
 	k.pods()
 	k.indexPods()
+}
+
+// policiesAndServices compiles the policies and Services over the derived pods.
+func (k *compiler) policiesAndServices() (*ir.Ruleset, error) {
 	if err := k.networkPolicies(); err != nil {
 		return nil, err
 	}
@@ -180,6 +199,10 @@ func (k *compiler) lookup(s *metav1.LabelSelector) selEntry {
 	if e, ok := k.sels[s]; ok {
 		return e
 	}
+	if e, ok := k.prevSels[s]; ok {
+		k.sels[s] = e
+		return e
+	}
 	var e selEntry
 	e.sel, e.err = metav1.LabelSelectorAsSelector(s)
 	switch {
@@ -285,7 +308,7 @@ func (k *compiler) podSet(def string, resolve func() []ir.PodID, desc string) ir
 	if id, ok := k.setKey[def]; ok {
 		return id // the same selection was resolved already
 	}
-	ids := resolve()
+	ids := k.selection(def, resolve)
 	var ips []netip.Addr
 	for _, id := range ids {
 		ips = append(ips, k.rs.Pods[id].IPs...)
@@ -327,17 +350,22 @@ func (k *compiler) namedPortSet(name string, proto ir.Protocol) ir.SetID {
 		return id
 	}
 	var entries []ir.IPPort
-	for _, p := range k.rs.Pods {
-		if p.HostNetwork {
-			continue
-		}
-		for _, cp := range p.Ports {
-			if cp.Name == name && (proto == 0 || cp.Protocol == proto) {
-				for _, ip := range p.IPs {
-					entries = append(entries, ir.IPPort{IP: ip, Protocol: cp.Protocol, Port: cp.Port})
+	if cached, ok := k.cache.namedPorts(key); ok {
+		entries = cached
+	} else {
+		for _, p := range k.rs.Pods {
+			if p.HostNetwork {
+				continue
+			}
+			for _, cp := range p.Ports {
+				if cp.Name == name && (proto == 0 || cp.Protocol == proto) {
+					for _, ip := range p.IPs {
+						entries = append(entries, ir.IPPort{IP: ip, Protocol: cp.Protocol, Port: cp.Port})
+					}
 				}
 			}
 		}
+		k.cache.rememberPorts(key, entries)
 	}
 	id := ir.SetID(len(k.rs.PortSets))
 	k.rs.PortSets = append(k.rs.PortSets, ir.PortSet{ID: id, Name: "n" + shortHash(key), Entries: entries})

@@ -27,7 +27,9 @@ func (k *compiler) networkPolicies() error {
 		if err != nil {
 			return fmt.Errorf("NetworkPolicy %s: spec.podSelector: %w", key, err)
 		}
-		subjects := k.podsIn(np.Namespace, podSel)
+		subjects := k.selection("subjects|ns="+np.Namespace+"|podsel="+k.describeSelector(&np.Spec.PodSelector), func() []ir.PodID {
+			return k.podsIn(np.Namespace, podSel)
+		})
 		for _, t := range np.Spec.PolicyTypes {
 			pol := ir.Policy{Tier: ir.TierNetworkPolicy, Namespace: np.Namespace, Name: np.Name, Subjects: subjects, Staged: staged}
 			switch t {
