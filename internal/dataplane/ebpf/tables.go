@@ -111,6 +111,21 @@ type Builder struct {
 	// changes (a policy's ports, rules naming peers already named) leave every set as it was,
 	// and then the identities are too.
 	last *identityMemo
+	// verdicts are the last build's entries of each local pod and direction, with the key of
+	// the rules they were decided from: with the same identities and rules, an endpoint's
+	// entries are the same (a change touches the endpoints its policies select).
+	verdicts map[sideKey]sideVerdicts
+}
+
+// sideKey is one local pod (by address) and direction.
+type sideKey struct {
+	addr netip.Addr
+	dir  ir.Direction
+}
+
+type sideVerdicts struct {
+	rules   string // podRules.key
+	entries []PolicyEntry
 }
 
 // identityMemo is what the identities of a build were computed from, and what they were.
@@ -189,8 +204,8 @@ func Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, error) {
 func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, error) {
 	rules := flow.NextRuleTable(rs, b.rules)
 	t := &Tables{Endpoints: map[ir.PodID]uint32{}, Selected: map[[2]uint32]bool{}, Rules: rules}
-	classes, ok := b.last.reuse(rs)
-	if ok {
+	classes, sameIdentities := b.last.reuse(rs)
+	if sameIdentities {
 		t.IPCache = b.last.ipcache
 		b.remember(rs, classes, t.IPCache)
 	} else {
@@ -209,6 +224,7 @@ func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, erro
 	}
 	b.endpoints.first = 1 // 0: no endpoint
 	eps := b.endpoints.assign(addrs)
+	verdicts := map[sideKey]sideVerdicts{}
 	for i, p := range pods {
 		ep := eps[i]
 		t.Endpoints[p.ID] = ep
@@ -218,12 +234,23 @@ func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, erro
 			}
 			t.Selected[[2]uint32{ep, uint32(dir)}] = true
 			pr := rulesFor(rs, p, dir)
-			for _, c := range classes {
-				t.verdicts(rs, p, ep, dir, c.id, c.class, pr)
+			side := sideKey{addrs[i], dir}
+			v := sideVerdicts{rules: pr.key(rs, rules, p)}
+			// The same address keeps its endpoint number, so the entries can be taken as they are.
+			if last, ok := b.verdicts[side]; ok && sameIdentities && last.rules == v.rules {
+				v.entries = last.entries
+				t.Policy = append(t.Policy, v.entries...)
+			} else {
+				start := len(t.Policy)
+				for _, c := range classes {
+					t.verdicts(rs, p, ep, dir, c.id, c.class, pr)
+				}
+				v.entries = t.Policy[start:len(t.Policy):len(t.Policy)]
 			}
+			verdicts[side] = v
 		}
 	}
-	b.rules = rules
+	b.rules, b.verdicts = rules, verdicts
 	return t, nil
 }
 

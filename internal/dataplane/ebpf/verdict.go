@@ -2,7 +2,9 @@ package ebpf
 
 import (
 	"slices"
+	"strconv"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 )
 
@@ -56,6 +58,45 @@ func rulesFor(rs *ir.Ruleset, pod *ir.Pod, dir ir.Direction) *podRules {
 		}
 	}
 	return pr
+}
+
+// key says everything the endpoint's verdicts are decided from, besides the remote classes:
+// whether it is isolated, and each rule in order (its tier, id, action, peer sets and ports, by
+// name), and the pod's addresses (named ports resolve on them for ingress).
+func (pr *podRules) key(rs *ir.Ruleset, rules *flow.RuleTable, pod *ir.Pod) string {
+	b := make([]byte, 0, 64*len(pr.rules)+32)
+	for _, ip := range pod.IPs {
+		b = ip.AppendTo(b)
+		b = append(b, ',')
+	}
+	if pr.isolated {
+		b = append(b, 'i')
+	}
+	for _, fr := range pr.rules {
+		r := fr.r
+		b = append(b, '|', byte('0'+fr.tier), byte('0'+r.Action))
+		b = strconv.AppendUint(b, uint64(rules.ID(r)), 10)
+		if r.AnyPeer {
+			b = append(b, '*')
+		}
+		for _, p := range r.Peers {
+			b = append(b, ',')
+			b = append(b, rs.Sets[p.Set].Name...)
+		}
+		b = append(b, '/')
+		if r.Ports.All {
+			b = append(b, '*')
+		}
+		for _, rg := range r.Ports.Ranges {
+			b = strconv.AppendUint(append(b, ','), uint64(rg.Protocol), 10)
+			b = strconv.AppendUint(append(b, ':'), uint64(rg.First), 10)
+			b = strconv.AppendUint(append(b, '-'), uint64(rg.Last), 10)
+		}
+		for _, n := range r.Ports.Named {
+			b = append(append(b, ','), rs.PortSets[n.Set].Name...)
+		}
+	}
+	return string(b)
 }
 
 // candidates lists, in evaluation order, the rules whose peers match class c.
