@@ -61,6 +61,11 @@ type Engine struct {
 	loadedAt time.Time
 	pods     map[netip.Addr]*podInfo
 	nss      map[string]labels.Set
+	marked   []netip.Addr // pods annotated for quarantine
+	// byObject is the last index by pod object: a pod a source hands over again as the same
+	// object (an informer's cache does) is not converted again (guarded by idxMu).
+	idxMu    sync.Mutex
+	byObject map[*corev1.Pod]indexed
 
 	feeds    feedSet
 	decoys   map[netip.Addr]*decoy
@@ -128,7 +133,7 @@ func (e *Engine) Log() *Log { return e.cfg.Log }
 // When the ThreatDefense is new or was applied again, every feed is read again; if one cannot
 // be read the previous configuration stays in force and the error says why.
 func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
-	pods, nss := index(c)
+	ix := e.index(c)
 	td := c.ThreatDefense
 	key := ""
 	if td != nil {
@@ -147,14 +152,14 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 		var err error
 		if feeds, err = e.loadFeeds(td); err != nil {
 			e.mu.Lock()
-			e.pods, e.nss = pods, nss
+			e.pods, e.nss, e.marked = ix.pods, ix.nss, ix.marked
 			e.mu.Unlock()
 			return fmt.Errorf("ThreatDefense %s: %w; the previous configuration stays in force", td.Name, err)
 		}
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.pods, e.nss = pods, nss
+	e.pods, e.nss, e.marked = ix.pods, ix.nss, ix.marked
 	if reload {
 		// A new configuration answers anew: what the last one kept quiet is reported again.
 		e.quiet = map[string]time.Time{}
@@ -230,23 +235,48 @@ func (e *Engine) FeedEntries() map[string]int {
 	return out
 }
 
-func index(c *model.Cluster) (map[netip.Addr]*podInfo, map[string]labels.Set) {
-	pods := map[netip.Addr]*podInfo{}
+// clusterIndex is what the engine looks pods and namespaces up in.
+type clusterIndex struct {
+	pods   map[netip.Addr]*podInfo
+	nss    map[string]labels.Set
+	marked []netip.Addr // annotated for quarantine, in order
+}
+
+// indexed is one pod object's entry.
+type indexed struct {
+	info *podInfo
+	ips  []netip.Addr
+}
+
+func (e *Engine) index(c *model.Cluster) clusterIndex {
+	e.idxMu.Lock()
+	defer e.idxMu.Unlock()
+	ix := clusterIndex{pods: make(map[netip.Addr]*podInfo, len(c.Pods)), nss: make(map[string]labels.Set, len(c.Namespaces))}
+	byObject := make(map[*corev1.Pod]indexed, len(c.Pods))
 	for _, p := range c.Pods {
 		if p.Spec.HostNetwork {
 			continue
 		}
-		pi := &podInfo{ns: p.Namespace, name: p.Name, node: p.Spec.NodeName, labels: labels.Set(p.Labels),
-			quarantined: model.IsQuarantined(p), releasedAt: model.ReleasedAt(p)}
-		for _, ip := range podIPs(p) {
-			pods[ip] = pi
+		x, ok := e.byObject[p]
+		if !ok {
+			x = indexed{info: &podInfo{ns: p.Namespace, name: p.Name, node: p.Spec.NodeName, labels: labels.Set(p.Labels),
+				quarantined: model.IsQuarantined(p), releasedAt: model.ReleasedAt(p)}, ips: podIPs(p)}
+		}
+		byObject[p] = x
+		for _, ip := range x.ips {
+			ix.pods[ip] = x.info
+			if x.info.quarantined {
+				ix.marked = append(ix.marked, ip)
+			}
 		}
 	}
-	nss := map[string]labels.Set{}
+	e.byObject = byObject
 	for name, ns := range c.Namespaces {
-		nss[name] = labels.Set(ns.Labels)
+		ix.nss[name] = labels.Set(ns.Labels)
 	}
-	return pods, nss
+	slices.SortFunc(ix.marked, netip.Addr.Compare)
+	ix.marked = slices.Compact(ix.marked)
+	return ix
 }
 
 func podIPs(p *corev1.Pod) []netip.Addr {

@@ -3,7 +3,6 @@ package threat
 import (
 	"net/netip"
 	"slices"
-	"sort"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -37,15 +36,13 @@ func (e *Engine) quarantineLocked(addr netip.Addr, d time.Duration, now time.Tim
 // quarantinedLocked are the pods under quarantine: those annotated rampart.io/quarantine
 // "true", and those a detector quarantined, unless released (rampart.io/released-at) since.
 func (e *Engine) quarantinedLocked() []netip.Addr {
-	var out []netip.Addr
-	for a, p := range e.pods {
-		if p.quarantined {
-			out = append(out, a)
-		} else if q, ok := e.quarAuto[a]; ok && !p.releasedAt.After(q.since) {
+	out := slices.Clone(e.marked)
+	for a, q := range e.quarAuto {
+		if p := e.pods[a]; p != nil && !p.quarantined && !p.releasedAt.After(q.since) {
 			out = append(out, a)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j]) })
+	slices.SortFunc(out, netip.Addr.Compare)
 	return out
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"sync"
 
@@ -62,6 +61,8 @@ type Dataplane struct {
 	entries map[string]int
 	links   map[string]attachment // by interface
 	uplink  attachment
+	// ifaces are the local pods' veths as the last Sync found them, by name.
+	ifaces map[string]Interface
 	// guards hold pod interfaces not programmed yet under deny (Guard); Sync takes them over.
 	guards map[string]attachment
 	deny   *ebpf.Program
@@ -70,7 +71,7 @@ type Dataplane struct {
 	// blockWant is the blocklist SetBlocked asked for (nil: none given yet); blockHave what the
 	// blocklist map holds (nil: unknown, read from the map when next written).
 	blockWant, blockHave map[netip.Prefix]bool
-	// blockSynced: the map holds blockWant, so a new generation (sharing the map) writes nothing.
+	// blockSynced: the map holds blockWant, so writing it again writes nothing.
 	blockSynced bool
 	// synWant are the SYN limits SetSynLimits asked for, by target (nil: none given yet);
 	// quarWant the quarantine SetQuarantine asked for (nil: none given yet).
@@ -109,19 +110,13 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	}
 	gen := d.gen + 1
 	err = d.inNetns(func() error {
-		ifaces := map[ir.PodID]Interface{}
+		names := make(map[ir.PodID]string, len(tables.Endpoints))
 		for id := range tables.Endpoints {
-			name, _ := d.node.Interface(&rs.Pods[id])
-			iface, err := net.InterfaceByName(name)
-			if err != nil {
-				return fmt.Errorf("interface %s: %w", name, err)
-			}
-			i := Interface{Index: uint32(iface.Index)}
-			// Without both MACs the pod is still enforced, only not handed packets directly.
-			if host, pod, err := vethMACs(name); err == nil && len(host) == 6 && len(pod) == 6 {
-				i.HostMAC, i.PodMAC = host, pod
-			}
-			ifaces[id] = i
+			names[id], _ = d.node.Interface(&rs.Pods[id])
+		}
+		ifaces, err := d.interfaces(names)
+		if err != nil {
+			return err
 		}
 		if err := o.write(o.contentOf(rs, tables, func(id ir.PodID) Interface { return ifaces[id] }), gen); err != nil {
 			return fmt.Errorf("write maps: %w", err)
@@ -193,7 +188,7 @@ func (d *Dataplane) Entries() map[string]int {
 	return d.entries
 }
 
-// generation is what resolves the flow events of one generation of programs.
+// generation is what resolves the flow events of one generation of tables.
 type generation struct {
 	rules    *flow.RuleTable
 	resolver *flow.Resolver // of the Ruleset it enforced: the pods a denial isolated
