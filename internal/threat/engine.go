@@ -66,6 +66,8 @@ type Engine struct {
 	// object (an informer's cache does) is not converted again (guarded by idxMu).
 	idxMu    sync.Mutex
 	byObject map[*corev1.Pod]indexed
+	lastNS   map[string]*corev1.Namespace
+	lastIx   clusterIndex
 
 	feeds    feedSet
 	decoys   map[netip.Addr]*decoy
@@ -251,6 +253,9 @@ type indexed struct {
 func (e *Engine) index(c *model.Cluster) clusterIndex {
 	e.idxMu.Lock()
 	defer e.idxMu.Unlock()
+	if e.sameObjects(c) {
+		return e.lastIx // nothing the index holds changed (a policy change)
+	}
 	ix := clusterIndex{pods: make(map[netip.Addr]*podInfo, len(c.Pods)), nss: make(map[string]labels.Set, len(c.Namespaces))}
 	byObject := make(map[*corev1.Pod]indexed, len(c.Pods))
 	for _, p := range c.Pods {
@@ -276,7 +281,34 @@ func (e *Engine) index(c *model.Cluster) clusterIndex {
 	}
 	slices.SortFunc(ix.marked, netip.Addr.Compare)
 	ix.marked = slices.Compact(ix.marked)
+	e.lastNS, e.lastIx = c.Namespaces, ix
 	return ix
+}
+
+// sameObjects says whether c holds exactly the pod and namespace objects the last index was
+// built from. The caller holds idxMu.
+func (e *Engine) sameObjects(c *model.Cluster) bool {
+	if e.lastIx.pods == nil || len(c.Namespaces) != len(e.lastNS) {
+		return false
+	}
+	n := 0
+	for _, p := range c.Pods {
+		if _, ok := e.byObject[p]; !ok && !p.Spec.HostNetwork {
+			return false
+		}
+		if !p.Spec.HostNetwork {
+			n++
+		}
+	}
+	if n != len(e.byObject) {
+		return false
+	}
+	for name, ns := range c.Namespaces {
+		if e.lastNS[name] != ns {
+			return false
+		}
+	}
+	return true
 }
 
 func podIPs(p *corev1.Pod) []netip.Addr {

@@ -1,6 +1,7 @@
 package threat
 
 import (
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -533,5 +534,49 @@ func TestParseFeedSpamhaus(t *testing.T) {
 	ps, _, err := ParseFeed(strings.NewReader("; Spamhaus DROP List\n1.10.16.0/20 ; SBL256894\n1.19.0.0/16 ; SBL434604\n"), model.FormatSpamhaus)
 	if err != nil || len(ps) != 2 || ps[1] != netip.MustParsePrefix("1.19.0.0/16") {
 		t.Fatalf("%v %v", ps, err)
+	}
+}
+
+// TestIndexFollowsObjects: a source hands pods over again as the same objects (an informer's
+// cache) or as new ones; the engine's index reuses what it can and still sees every change: a
+// pod annotated, the same objects again, the annotation gone, a pod removed.
+func TestIndexFollowsObjects(t *testing.T) {
+	e, _, b := engine(t, "")
+	c := cluster(t, "")
+	if err := e.Configure(c, testProtected); err != nil {
+		t.Fatal(err)
+	}
+	next := func(c *model.Cluster) *model.Cluster {
+		n := *c
+		n.Pods, n.Namespaces = maps.Clone(c.Pods), maps.Clone(c.Namespaces)
+		return &n
+	}
+	client := netip.MustParseAddr("10.0.1.2")
+	c = next(c)
+	p := c.Pods["app/client"].DeepCopy()
+	p.Annotations = map[string]string{model.QuarantineAnnotation: "true"}
+	c.Pods["app/client"] = p
+	for i, step := range []struct {
+		c    *model.Cluster
+		want []netip.Addr
+	}{
+		{c, []netip.Addr{client}},
+		{next(c), []netip.Addr{client}}, // the same objects
+		{func() *model.Cluster {
+			n := next(c)
+			n.Pods["app/client"] = cluster(t, "").Pods["app/client"]
+			return n
+		}(), nil},
+		{func() *model.Cluster { n := next(c); delete(n.Pods, "app/client"); return n }(), nil},
+	} {
+		if err := e.Configure(step.c, testProtected); err != nil {
+			t.Fatal(err)
+		}
+		if got := b.lastQuarantine(); !slices.Equal(got, step.want) {
+			t.Fatalf("step %d: quarantined %v, want %v", i, got, step.want)
+		}
+		if got := e.Quarantined(); len(got) != len(step.want) {
+			t.Fatalf("step %d: Quarantined() %v", i, got)
+		}
 	}
 }

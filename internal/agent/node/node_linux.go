@@ -8,6 +8,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -21,6 +23,18 @@ type Interfaces struct {
 	node string
 	ns   netns.NsHandle
 	h    *netlink.Handle
+
+	// While Watch runs, answers are remembered until the next link or route change: a sync
+	// asks for every local pod, several times (two netlink requests each).
+	mu       sync.Mutex
+	watching bool
+	known    map[netip.Addr]iface
+	gen      uint64 // counts forget: an answer looked up across one is not remembered
+}
+
+type iface struct {
+	name string
+	ok   bool
 }
 
 // Open returns a resolver for node working in the named network namespace ("" for the
@@ -57,15 +71,41 @@ func (r *Interfaces) Interface(p *ir.Pod) (string, bool) {
 	if p.Node != r.node || p.HostNetwork || len(p.IPs) == 0 {
 		return "", false
 	}
-	routes, err := r.h.RouteGet(net.IP(p.IP().AsSlice()))
+	r.mu.Lock()
+	i, ok := r.known[p.IP()]
+	gen := r.gen
+	r.mu.Unlock()
+	if ok {
+		return i.name, i.ok
+	}
+	i = r.lookup(p.IP())
+	r.mu.Lock()
+	if r.watching && r.gen == gen {
+		r.known[p.IP()] = i
+	}
+	r.mu.Unlock()
+	return i.name, i.ok
+}
+
+func (r *Interfaces) lookup(ip netip.Addr) iface {
+	routes, err := r.h.RouteGet(net.IP(ip.AsSlice()))
 	if err != nil || len(routes) == 0 {
-		return "", false
+		return iface{}
 	}
 	link, err := r.h.LinkByIndex(routes[0].LinkIndex)
 	if err != nil || link.Type() != "veth" {
-		return "", false
+		return iface{}
 	}
-	return link.Attrs().Name, true
+	return iface{link.Attrs().Name, true}
+}
+
+// forget drops the remembered answers (a link or route changed); watching says whether they
+// may be remembered from now on.
+func (r *Interfaces) forget(watching bool) {
+	r.mu.Lock()
+	r.known, r.watching = map[netip.Addr]iface{}, watching
+	r.gen++
+	r.mu.Unlock()
 }
 
 // Watch calls fn after every link change (with the link's name) or route change (with "")
@@ -81,8 +121,10 @@ func (r *Interfaces) Watch(ctx context.Context, fn func(link string)) error {
 		close(done)
 		return fmt.Errorf("watch routes: %w", err)
 	}
+	r.forget(true)
 	go func() {
 		defer close(done)
+		defer r.forget(false)
 		for {
 			select {
 			case <-ctx.Done():
@@ -95,11 +137,13 @@ func (r *Interfaces) Watch(ctx context.Context, fn func(link string)) error {
 				if u.Link != nil && u.Header.Type == unix.RTM_NEWLINK {
 					name = u.Link.Attrs().Name
 				}
+				r.forget(true)
 				fn(name)
 			case _, ok := <-routes:
 				if !ok {
 					return
 				}
+				r.forget(true)
 				fn("")
 			}
 		}

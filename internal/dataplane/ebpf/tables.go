@@ -148,7 +148,7 @@ func (m *identityMemo) reuse(rs *ir.Ruleset) ([]identified, bool) {
 	for i := range rs.Sets {
 		s := &rs.Sets[i]
 		old, ok := m.sets[s.Name]
-		if !ok || !slices.Equal(old.IPs, s.IPs) || !slices.EqualFunc(old.Blocks, s.Blocks, func(a, b ir.Block) bool {
+		if !ok || !sameAddrs(old.IPs, s.IPs) || !slices.EqualFunc(old.Blocks, s.Blocks, func(a, b ir.Block) bool {
 			return a.CIDR == b.CIDR && slices.Equal(a.Except, b.Except)
 		}) {
 			return nil, false
@@ -177,6 +177,18 @@ func (m *identityMemo) reuse(rs *ir.Ruleset) ([]identified, bool) {
 		out[i] = identified{class: n, id: c.id}
 	}
 	return out, true
+}
+
+// sameAddrs compares two address lists, at once when they are the same slice (a compiler that
+// reuses its selections hands unchanged sets over so).
+func sameAddrs(a, b []netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || &a[0] == &b[0] {
+		return true
+	}
+	return slices.Equal(a, b)
 }
 
 // remember memoizes the identities computed for rs.

@@ -308,12 +308,19 @@ func (k *compiler) podSet(def string, resolve func() []ir.PodID, desc string) ir
 	if id, ok := k.setKey[def]; ok {
 		return id // the same selection was resolved already
 	}
+	if s, ok := k.cache.podSet(def); ok {
+		// The same members as last time, as the same slices: the dataplanes compare sets
+		// with the last ones, and identical slices compare at once.
+		return k.internSet(def, s.ips, s.ids, nil, desc)
+	}
 	ids := k.selection(def, resolve)
 	var ips []netip.Addr
 	for _, id := range ids {
 		ips = append(ips, k.rs.Pods[id].IPs...)
 	}
-	return k.addrSet(def, ips, ids, nil, desc)
+	id := k.addrSet(def, ips, ids, nil, desc)
+	k.cache.rememberPodSet(def, ids, k.rs.Sets[id].IPs)
+	return id
 }
 
 func (k *compiler) addrSet(def string, ips []netip.Addr, pods []ir.PodID, blocks []ir.Block, desc string) ir.SetID {
@@ -321,7 +328,11 @@ func (k *compiler) addrSet(def string, ips []netip.Addr, pods []ir.PodID, blocks
 		return id
 	}
 	slices.SortFunc(ips, func(a, b netip.Addr) int { return a.Compare(b) })
-	ips = slices.Compact(ips)
+	return k.internSet(def, slices.Compact(ips), pods, blocks, desc)
+}
+
+// internSet adds a set whose addresses are sorted and unique.
+func (k *compiler) internSet(def string, ips []netip.Addr, pods []ir.PodID, blocks []ir.Block, desc string) ir.SetID {
 	id := ir.SetID(len(k.rs.Sets))
 	k.rs.Sets = append(k.rs.Sets, ir.AddrSet{ID: id, Name: "a" + shortHash(def), Desc: desc, IPs: ips, Pods: pods, Blocks: blocks})
 	k.setKey[def] = id

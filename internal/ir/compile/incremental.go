@@ -2,6 +2,7 @@ package compile
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -46,9 +47,16 @@ type podState struct {
 	nsPods   map[string][]ir.PodID
 	nsList   []string
 	lblIndex map[string]map[string][]ir.PodID
-	// selections are resolved selections by definition; portSets resolved named ports by key.
+	// selections are resolved selections by definition, podSets the address sets of pods
+	// (members and addresses) by definition, portSets resolved named ports by key.
 	selections map[string][]ir.PodID
+	podSets    map[string]podSet
 	portSets   map[string][]ir.IPPort
+}
+
+type podSet struct {
+	ids []ir.PodID
+	ips []netip.Addr // sorted, unique
 }
 
 // Compile compiles c, reusing what the last compile derived from pods, namespaces and nodes
@@ -67,7 +75,7 @@ func (x *Compiler) Compile(c *model.Cluster) (*ir.Ruleset, error) {
 		st = &podState{pods: c.Pods, namespaces: c.Namespaces, nodes: c.Nodes,
 			rsPods: k.rs.Pods, rsNodes: k.rs.Nodes, podLbl: k.podLbl, nsLabel: k.nsLabel, nodeLbl: k.nodeLbl,
 			nsPods: k.nsPods, nsList: k.nsList, lblIndex: k.lblIndex,
-			selections: map[string][]ir.PodID{}, portSets: map[string][]ir.IPPort{}}
+			selections: map[string][]ir.PodID{}, podSets: map[string]podSet{}, portSets: map[string][]ir.IPPort{}}
 	}
 	k.cache = st
 	rs, err := k.policiesAndServices()
@@ -151,5 +159,20 @@ func (st *podState) namedPorts(key string) ([]ir.IPPort, bool) {
 func (st *podState) rememberPorts(key string, entries []ir.IPPort) {
 	if st != nil {
 		st.portSets[key] = entries
+	}
+}
+
+// podSet returns the pod set def made with the same pods (a nil state has none).
+func (st *podState) podSet(def string) (podSet, bool) {
+	if st == nil {
+		return podSet{}, false
+	}
+	s, ok := st.podSets[def]
+	return s, ok
+}
+
+func (st *podState) rememberPodSet(def string, ids []ir.PodID, ips []netip.Addr) {
+	if st != nil {
+		st.podSets[def] = podSet{ids, ips}
 	}
 }
