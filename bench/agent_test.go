@@ -30,6 +30,7 @@ import (
 type agentResult struct {
 	Dataplane string `json:"dataplane"`
 	Pods      int    `json:"pods"`
+	Nodes     int    `json:"nodes"`
 	Policies  int    `json:"policies"`
 	LocalPods int    `json:"local_pods"`
 	Changes   int    `json:"changes"`
@@ -63,9 +64,16 @@ func TestBenchAgent(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	var results []agentResult
-	for _, scale := range []struct{ pods, policies int }{{1000, 100}, {10000, 1000}} {
+	type scale struct{ pods, policies, nodes, changes int }
+	scales := []scale{{1000, 100, otherNodes, 40}, {10000, 1000, otherNodes, 40}}
+	if os.Getenv("RAMPART_BENCH_ENVELOPE") != "" {
+		// The edge of Kubernetes' scalability envelope: 150,000 pods on 5,000 nodes, and
+		// 10,000 policies, as API objects; one real node enforcing.
+		scales = append(scales, scale{150000, 10000, 4999, 20})
+	}
+	for _, sc := range scales {
 		for _, dp := range []string{"iptables", "ebpf"} {
-			r := benchAgent(t, bin, dp, scale.pods, scale.policies)
+			r := benchAgent(t, bin, dp, sc.pods, sc.policies, sc.nodes, sc.changes)
 			t.Logf("%+v", r)
 			results = append(results, r)
 		}
@@ -79,10 +87,10 @@ func TestBenchAgent(t *testing.T) {
 
 const benchLocal = 20 // local pods of the enforcing node
 
-func benchAgent(t *testing.T, bin, dp string, pods, policies int) agentResult {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+func benchAgent(t *testing.T, bin, dp string, pods, policies, nodes, changes int) agentResult {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
-	r := agentResult{Dataplane: dp, Pods: pods, Policies: policies, LocalPods: benchLocal, Changes: 40}
+	r := agentResult{Dataplane: dp, Pods: pods, Policies: policies, Nodes: nodes + 1, LocalPods: benchLocal, Changes: changes}
 	dir := t.TempDir()
 	srv, err := apiserver.Start(ctx, filepath.Join(dir, "apiserver"), apiserver.Options{})
 	if err != nil {
@@ -96,8 +104,8 @@ func benchAgent(t *testing.T, bin, dp string, pods, policies int) agentResult {
 	cfg.QPS, cfg.Burst = 5000, 5000
 	cfg.WarningHandler = rest.NoWarnings{}
 	cs := kubernetes.NewForConfigOrDie(cfg)
-	c := sizedCluster(pods, policies, benchLocal)
-	createCluster(t, ctx, cs, c)
+	c := clusterOn(pods, policies, benchLocal, nodes)
+	createCluster(t, ctx, cs, c, nodes)
 
 	// The node: routed veths for its local pods, as the ptp CNI plugin makes them.
 	ns := netnstest.New(t, "rb-agent")
@@ -212,17 +220,10 @@ func benchAgent(t *testing.T, bin, dp string, pods, policies int) agentResult {
 }
 
 // createCluster writes the cluster's objects through the API server, 16 writers at once.
-func createCluster(t *testing.T, ctx context.Context, cs kubernetes.Interface, c *model.Cluster) {
+func createCluster(t *testing.T, ctx context.Context, cs kubernetes.Interface, c *model.Cluster, others int) {
 	t.Helper()
 	for _, k := range model.SortedKeys(c.Namespaces) {
 		if _, err := cs.CoreV1().Namespaces().Create(ctx, c.Namespaces[k], metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for n := 0; n <= 40; n++ {
-		node := &corev1.Node{}
-		node.Name = fmt.Sprintf("node-%d", n)
-		if _, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -244,6 +245,14 @@ func createCluster(t *testing.T, ctx context.Context, cs kubernetes.Interface, c
 				}
 			}
 		}()
+	}
+	for n := 0; n <= others; n++ {
+		node := &corev1.Node{}
+		node.Name = fmt.Sprintf("node-%d", n)
+		work <- func() error {
+			_, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+			return err
+		}
 	}
 	for _, k := range model.SortedKeys(c.Pods) {
 		p := c.Pods[k]

@@ -39,6 +39,14 @@ func scaleCluster() *model.Cluster { return sizedCluster(scalePods, scalePolicie
 
 // sizedCluster is scaleCluster with other numbers of pods, policies and local pods.
 func sizedCluster(pods, policies, local int) *model.Cluster {
+	return clusterOn(pods, policies, local, otherNodes)
+}
+
+// otherNodes is how many nodes besides node-0 the pods of sizedCluster run on.
+const otherNodes = 40
+
+// clusterOn is sizedCluster on node-0 and nodes others nodes more.
+func clusterOn(pods, policies, local, others int) *model.Cluster {
 	c := model.NewCluster()
 	for n := 0; n < scaleNamespaces; n++ {
 		ns := &corev1.Namespace{}
@@ -53,7 +61,7 @@ func sizedCluster(pods, policies, local int) *model.Cluster {
 		p.Labels = map[string]string{"app": fmt.Sprintf("app-%d", (i/scaleNamespaces)%20)}
 		p.Spec.NodeName = "node-0"
 		if i >= local {
-			p.Spec.NodeName = fmt.Sprintf("node-%d", 1+i%40)
+			p.Spec.NodeName = fmt.Sprintf("node-%d", 1+i%others)
 		}
 		p.Spec.Containers = []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP}}}}
 		ip := fmt.Sprintf("10.%d.%d.%d", 100+i/65536, (i/256)%256, i%256)
