@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"net/netip"
+	"reflect"
 	"testing"
 
 	"strings"
@@ -207,10 +208,19 @@ func TestSourceFollowsChanges(t *testing.T) {
 			}
 		}
 	}
+	before, _ := s.Snapshot()
 	if err := cs.NetworkingV1().NetworkPolicies("shop").Delete(ctx, "db-from-web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	wait(func(c *model.Cluster) bool { return len(c.NetworkPolicies) == 0 })
+	// A kind without events is handed over as the same map; the changed kind is a new one.
+	after, _ := s.Snapshot()
+	if reflect.ValueOf(after.Pods).UnsafePointer() != reflect.ValueOf(before.Pods).UnsafePointer() {
+		t.Fatal("the pods were copied again although none changed")
+	}
+	if len(before.NetworkPolicies) == 0 {
+		t.Fatal("the earlier snapshot lost its NetworkPolicy: snapshots must not share a changed kind's map")
+	}
 	p, _ := cs.CoreV1().Pods("shop").Get(ctx, "web", metav1.GetOptions{})
 	p.Labels["tier"] = "front"
 	if _, err := cs.CoreV1().Pods("shop").Update(ctx, p, metav1.UpdateOptions{}); err != nil {

@@ -78,6 +78,12 @@ type Source struct {
 	// The map is fixed at New.
 	kindRV map[string]*atomic.Uint64
 	synced chan struct{}
+	// changes counts each kind's events (fixed at New); snaps keeps each kind's last snapshot
+	// map with the count it was built at: a kind without events since is handed over as the
+	// same map (snapshots are read only), so a policy change does not copy 10,000 pods.
+	changes map[string]*atomic.Uint64
+	snapMu  sync.Mutex
+	snaps   map[string]kindSnap
 
 	mu     sync.Mutex
 	status source.Status
@@ -93,9 +99,9 @@ func New(cs kubernetes.Interface, np npclient.Interface, opts Options) *Source {
 	strip := informers.WithTransform(stripManagedFields)
 	s.core = informers.NewSharedInformerFactoryWithOptions(cs, opts.Resync, strip)
 	s.npF = npinformers.NewSharedInformerFactoryWithOptions(np, opts.Resync, npinformers.WithTransform(stripManagedFields))
-	s.kindRV = map[string]*atomic.Uint64{}
+	s.kindRV, s.changes, s.snaps = map[string]*atomic.Uint64{}, map[string]*atomic.Uint64{}, map[string]kindSnap{}
 	for _, k := range model.SupportedKinds {
-		s.kindRV[k] = new(atomic.Uint64)
+		s.kindRV[k], s.changes[k] = new(atomic.Uint64), new(atomic.Uint64)
 	}
 	for _, ki := range []struct {
 		kind string
@@ -190,6 +196,8 @@ func slimPod(p *corev1.Pod) *corev1.Pod {
 func (s *Source) watch(kind string, inf cache.SharedIndexInformer) {
 	changed := func(obj any) {
 		s.observe(kind, obj)
+		// Counted after the informer's cache holds the change (handlers run after it).
+		s.changes[kind].Add(1)
 		s.rev.Add(1)
 		s.Notify()
 	}
@@ -414,52 +422,60 @@ func (s *Source) Status() source.Status {
 func (s *Source) Synced() <-chan struct{} { return s.synced }
 
 // Snapshot builds a cluster of the cached objects (shared with the caches: read only). The
-// revision is read first, so the objects are at least that new.
+// revision is read first, so the objects are at least that new. A kind with no event since
+// the last snapshot is the same map as in it.
 func (s *Source) Snapshot() (*model.Cluster, uint64) {
 	rev := s.rev.Load()
 	c := model.NewCluster()
 	f := s.core
-	for _, o := range f.Core().V1().Namespaces().Informer().GetStore().List() {
-		n := o.(*corev1.Namespace)
-		c.Namespaces[n.Name] = n
-	}
-	for _, o := range f.Core().V1().Nodes().Informer().GetStore().List() {
-		n := o.(*corev1.Node)
-		c.Nodes[n.Name] = n
-	}
-	for _, o := range f.Core().V1().Pods().Informer().GetStore().List() {
-		p := o.(*corev1.Pod)
-		c.Pods[p.Namespace+"/"+p.Name] = p
-	}
-	for _, o := range f.Core().V1().Services().Informer().GetStore().List() {
-		v := o.(*corev1.Service)
-		c.Services[v.Namespace+"/"+v.Name] = v
-	}
-	for _, o := range f.Discovery().V1().EndpointSlices().Informer().GetStore().List() {
-		e := o.(*discoveryv1.EndpointSlice)
-		c.EndpointSlices[e.Namespace+"/"+e.Name] = e
-	}
-	for _, o := range f.Networking().V1().NetworkPolicies().Informer().GetStore().List() {
-		p := o.(*networkingv1.NetworkPolicy)
-		c.NetworkPolicies[p.Namespace+"/"+p.Name] = p
-	}
+	c.Namespaces = snapKind(s, model.KindNamespace, f.Core().V1().Namespaces().Informer(), func(n *corev1.Namespace) string { return n.Name })
+	c.Nodes = snapKind(s, model.KindNode, f.Core().V1().Nodes().Informer(), func(n *corev1.Node) string { return n.Name })
+	c.Pods = snapKind(s, model.KindPod, f.Core().V1().Pods().Informer(), func(p *corev1.Pod) string { return p.Namespace + "/" + p.Name })
+	c.Services = snapKind(s, model.KindService, f.Core().V1().Services().Informer(), func(v *corev1.Service) string { return v.Namespace + "/" + v.Name })
+	c.EndpointSlices = snapKind(s, model.KindEndpointSlice, f.Discovery().V1().EndpointSlices().Informer(),
+		func(e *discoveryv1.EndpointSlice) string { return e.Namespace + "/" + e.Name })
+	c.NetworkPolicies = snapKind(s, model.KindNetworkPolicy, f.Networking().V1().NetworkPolicies().Informer(),
+		func(p *networkingv1.NetworkPolicy) string { return p.Namespace + "/" + p.Name })
 	if inf := s.anp.Load(); inf != nil {
-		for _, o := range (*inf).GetStore().List() {
-			p := o.(*anpv1alpha1.AdminNetworkPolicy)
-			c.ANPs[p.Name] = p
-		}
+		c.ANPs = snapKind(s, model.KindANP, *inf, func(p *anpv1alpha1.AdminNetworkPolicy) string { return p.Name })
 	}
 	if inf := s.banp.Load(); inf != nil {
-		for _, o := range (*inf).GetStore().List() {
-			p := o.(*anpv1alpha1.BaselineAdminNetworkPolicy)
-			c.BANPs[p.Name] = p
-		}
+		c.BANPs = snapKind(s, model.KindBANP, *inf, func(p *anpv1alpha1.BaselineAdminNetworkPolicy) string { return p.Name })
 	}
 	if inf := s.cnp.Load(); inf != nil {
-		for _, o := range (*inf).GetStore().List() {
-			p := o.(*cnpv1alpha2.ClusterNetworkPolicy)
-			c.CNPs[p.Name] = p
-		}
+		c.CNPs = snapKind(s, model.KindCNP, *inf, func(p *cnpv1alpha2.ClusterNetworkPolicy) string { return p.Name })
 	}
 	return c, rev
+}
+
+// kindSnap is one kind's last snapshot map (a map[string]*T) and the event count it holds.
+type kindSnap struct {
+	changes uint64
+	m       any
+}
+
+// snapKind returns the objects of one informer by key: the last snapshot's map when the kind
+// had no event since (the count is read before the cache is listed, so a map never claims
+// more than it holds), a new one otherwise.
+func snapKind[T any](s *Source, kind string, inf cache.SharedIndexInformer, key func(*T) string) map[string]*T {
+	n := s.changes[kind].Load()
+	s.snapMu.Lock()
+	last, ok := s.snaps[kind]
+	s.snapMu.Unlock()
+	if ok && last.changes == n {
+		if m, ok := last.m.(map[string]*T); ok {
+			return m
+		}
+	}
+	objs := inf.GetStore().List()
+	m := make(map[string]*T, len(objs))
+	for _, o := range objs {
+		if v, ok := o.(*T); ok {
+			m[key(v)] = v
+		}
+	}
+	s.snapMu.Lock()
+	s.snaps[kind] = kindSnap{changes: n, m: m}
+	s.snapMu.Unlock()
+	return m
 }
