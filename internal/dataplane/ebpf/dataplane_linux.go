@@ -118,10 +118,20 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		if err != nil {
 			return err
 		}
-		if err := o.write(o.contentOf(rs, tables, func(id ir.PodID) Interface { return ifaces[id] }), gen); err != nil {
+		c := o.contentOf(rs, tables, func(id ir.PodID) Interface { return ifaces[id] })
+		if err := o.write(c, gen); err != nil {
 			return fmt.Errorf("write maps: %w", err)
 		}
 		d.generationInForce(gen, tables, rs)
+		if fresh {
+			// The other slot too, so that the next change writes only its difference (an empty
+			// slot would be written whole, on the first change users make).
+			if err := o.write(c, gen+1); err != nil {
+				return fmt.Errorf("write maps: %w", err)
+			}
+			gen++
+			d.generationInForce(gen, tables, rs)
+		}
 		// Only now the links: a new pod's interface is attached once its endpoint is in force.
 		if err := d.attach(rs, tables, ifaces, o, fresh); err != nil {
 			return err
