@@ -156,7 +156,7 @@ func benchAgent(t *testing.T, bin, dp string, pods, policies, nodes, changes int
 	// Single-policy changes through the API server.
 	var writes, enforced []time.Duration
 	for i := 0; i < r.Changes; i++ {
-		np := scalePolicy(i, int32(9100+i))
+		np := scalePolicy(i%policies, int32(9100+i))
 		cur, err := cs.NetworkingV1().NetworkPolicies(np.Namespace).Get(ctx, np.Name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
