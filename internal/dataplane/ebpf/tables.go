@@ -38,7 +38,7 @@ type PolicyEntry struct {
 // Tables is everything the programs look up.
 type Tables struct {
 	IPCache []IPCacheEntry
-	// Endpoints numbers the local pods (from 1).
+	// Endpoints numbers the local pods (by address: endpointID).
 	Endpoints map[ir.PodID]uint32
 	// Selected says which (endpoint, direction) have policy; the others allow everything.
 	Selected map[[2]uint32]bool
@@ -100,11 +100,10 @@ func (c class) stableKey(rs *ir.Ruleset) string {
 }
 
 // Builder builds the tables of one node again and again, keeping the numbers it gave out
-// (endpoints, remote identities, rules) for what is still there: between two builds only what
+// (remote identities, rules; an endpoint's is its address) for what is still there: between two builds only what
 // changed gets other entries, so the dataplane writes only the difference. Build without a
 // Builder numbers afresh.
 type Builder struct {
-	endpoints  numbering[netip.Addr]
 	identities numbering[string]
 	rules      *flow.RuleTable
 	// last are the identities of the last build and the sets they were computed from: most
@@ -234,11 +233,9 @@ func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, erro
 		pods = append(pods, p)
 		addrs = append(addrs, p.IP())
 	}
-	b.endpoints.first = 1 // 0: no endpoint
-	eps := b.endpoints.assign(addrs)
 	verdicts := map[sideKey]sideVerdicts{}
 	for i, p := range pods {
-		ep := eps[i]
+		ep := endpointID(addrs[i])
 		t.Endpoints[p.ID] = ep
 		for _, dir := range []ir.Direction{ir.Ingress, ir.Egress} {
 			if len(rs.PoliciesFor(p.ID, dir)) == 0 {
@@ -248,7 +245,7 @@ func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, erro
 			pr := rulesFor(rs, p, dir)
 			side := sideKey{addrs[i], dir}
 			v := sideVerdicts{rules: pr.key(rs, rules, p)}
-			// The same address keeps its endpoint number, so the entries can be taken as they are.
+			// The same address is the same endpoint number, so the entries can be taken as they are.
 			if last, ok := b.verdicts[side]; ok && sameIdentities && last.rules == v.rules {
 				v.entries = last.entries
 				t.Policy = append(t.Policy, v.entries...)
@@ -264,6 +261,14 @@ func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, erro
 	}
 	b.rules, b.verdicts = rules, verdicts
 	return t, nil
+}
+
+// endpointID numbers a local pod by its address: the same in every build and in every agent
+// process, so conntrack entries (keyed by endpoint) pinned by an agent that was restarted still
+// name the same pods. Never 0 (no pod has 0.0.0.0).
+func endpointID(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.BigEndian.Uint32(b[:])
 }
 
 // numbering gives keys small numbers from first on, keeps a key's number while the key is
