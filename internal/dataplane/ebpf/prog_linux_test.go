@@ -164,14 +164,8 @@ func programVerdict(t *testing.T, base []model.Object, y string, f policy.Flow, 
 	if err != nil {
 		return false, false, false
 	}
-	o, err := Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	o := loadFilled(t, rs, tables)
 	defer o.Close()
-	if err := o.Fill(rs, tables, func(ir.PodID) Interface { return Interface{} }); err != nil {
-		t.Fatal(err)
-	}
 	pkt := packet(f.Src, f.Dst, f.Protocol, sport, f.Port)
 	got = run(t, o.objs.FromPod, pkt) && run(t, o.objs.ToPod, pkt)
 	return got, policy.New(rs).Verdict(f).Allowed, true
@@ -197,14 +191,8 @@ spec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	o := loadFilled(t, rs, tables)
 	defer o.Close()
-	if err := o.Fill(rs, tables, func(ir.PodID) Interface { return Interface{} }); err != nil {
-		t.Fatal(err)
-	}
 	server, client := netip.MustParseAddr(randpolicy.PodIP("x", "a")), netip.MustParseAddr(randpolicy.PodIP("y", "b"))
 	through := func(pkt []byte) bool { return run(t, o.objs.FromPod, pkt) && run(t, o.objs.ToPod, pkt) }
 	withFlags := func(pkt []byte, flags byte) []byte { pkt[14+20+13] = flags; return pkt }
@@ -230,4 +218,18 @@ spec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}
 	if !through(withFlags(packet(client, server, ir.TCP, 8080, 40002), 0x12)) {
 		t.Fatal("the reply to the server's own connection was dropped")
 	}
+}
+
+// loadFilled loads programs with the tables of rs in force (no interfaces).
+func loadFilled(t *testing.T, rs *ir.Ruleset, tables *Tables) *Objects {
+	t.Helper()
+	o, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Fill(rs, tables, func(ir.PodID) Interface { return Interface{} }); err != nil {
+		o.Close()
+		t.Fatal(err)
+	}
+	return o
 }
