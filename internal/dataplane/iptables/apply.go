@@ -99,7 +99,7 @@ func (d *Dataplane) Apply(ctx context.Context, spec *Spec) error {
 			target = s.Name + "-n"
 			swaps = append(swaps, s.Name)
 		}
-		fmt.Fprintf(&script, "create %s %s family %s -exist\nflush %s\n", target, s.Type, s.Family, target)
+		fmt.Fprintf(&script, "create %s %s family %s maxelem %d -exist\nflush %s\n", target, s.Type, s.Family, maxElem(len(s.Entries)), target)
 		for _, e := range s.Entries {
 			fmt.Fprintf(&script, "add %s %s\n", target, e)
 		}

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -71,5 +72,31 @@ func TestApplyInNetns(t *testing.T) {
 	}
 	if s := save(); strings.Contains(s, "RAMPART") || strings.Contains(s, "rampart") {
 		t.Errorf("close left state behind:\n%s", s)
+	}
+}
+
+// TestApplyLargeSet: a set with more members than ipset's default maxelem (65,536; a set of
+// every pod of a 150,000-pod cluster) is created, and grows past it when swapped in.
+func TestApplyLargeSet(t *testing.T) {
+	netnstest.RequireRoot(t, "iptables-restore", "ipset")
+	ns := netnstest.New(t, "rt-big")
+	ctx := context.Background()
+	dp := New(allLocal(0), NetnsRunner{Netns: ns})
+	t.Cleanup(func() { _ = dp.Close() })
+	set := func(n int) *Spec {
+		s := IPSet{Name: "rampart-big", Type: "hash:ip", Family: "inet"}
+		for i := 0; i < n; i++ {
+			s.Entries = append(s.Entries, fmt.Sprintf("10.%d.%d.%d", 100+i/65536, i/256%256, i%256))
+		}
+		return &Spec{Sets: []IPSet{s}, Tables: map[string][]Chain{}}
+	}
+	for _, n := range []int{1000, 70000, 140000} {
+		if err := dp.Apply(ctx, set(n)); err != nil {
+			t.Fatalf("%d members: %v", n, err)
+		}
+		out := netnstest.Run(t, ns, "ipset", "list", "-t", "rampart-big")
+		if want := fmt.Sprintf("Number of entries: %d", n); !strings.Contains(out, want) {
+			t.Fatalf("%d members: %s", n, out)
+		}
 	}
 }

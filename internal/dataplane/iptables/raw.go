@@ -140,12 +140,8 @@ func renderRaw(podPrefix string, group uint16, st rawState) string {
 // setScript renders the ipset restore input that fills set name (of type typ) with members.
 func setScript(name, typ string, members []string) string {
 	sort.Strings(members)
-	maxelem := 65536
-	for maxelem < len(members) {
-		maxelem *= 2
-	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "create %s %s family inet maxelem %d -exist\nflush %s\n", name, typ, maxelem, name)
+	fmt.Fprintf(&b, "create %s %s family inet maxelem %d -exist\nflush %s\n", name, typ, maxElem(len(members)), name)
 	for _, m := range members {
 		fmt.Fprintf(&b, "add %s %s -exist\n", name, m)
 	}

@@ -23,6 +23,17 @@ type IPSet struct {
 	Entries []string
 }
 
+// maxElem is the maxelem a set of n members is created with: ipset's default (65,536) and
+// doubled until the members fit (a set of every pod of a 150,000-pod cluster overflows the
+// default: "Hash is full").
+func maxElem(n int) int {
+	m := 65536
+	for m < n {
+		m *= 2
+	}
+	return m
+}
+
 // Chain is a rampart-owned chain and its rules (iptables-restore syntax, without "-A CHAIN").
 type Chain struct {
 	Name  string
