@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
@@ -45,6 +46,10 @@ type compiler struct {
 	// cache, given by a Compiler, holds the selections resolved with the same pods (nil:
 	// resolve everything).
 	cache *podState
+	// defs are the definitions of rs.Sets, by id; nps the NetworkPolicies compiled or replayed
+	// (a Compiler's, kept for the next compile).
+	defs []string
+	nps  map[*networkingv1.NetworkPolicy]npMemo
 }
 
 type selEntry struct {
@@ -334,6 +339,7 @@ func (k *compiler) addrSet(def string, ips []netip.Addr, pods []ir.PodID, blocks
 // internSet adds a set whose addresses are sorted and unique.
 func (k *compiler) internSet(def string, ips []netip.Addr, pods []ir.PodID, blocks []ir.Block, desc string) ir.SetID {
 	id := ir.SetID(len(k.rs.Sets))
+	k.defs = append(k.defs, def)
 	k.rs.Sets = append(k.rs.Sets, ir.AddrSet{ID: id, Name: "a" + shortHash(def), Desc: desc, IPs: ips, Pods: pods, Blocks: blocks})
 	k.setKey[def] = id
 	return id

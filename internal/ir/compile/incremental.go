@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -52,6 +53,8 @@ type podState struct {
 	selections map[string][]ir.PodID
 	podSets    map[string]podSet
 	portSets   map[string][]ir.IPPort
+	// nps are the NetworkPolicy objects of the last compile, as compiled.
+	nps map[*networkingv1.NetworkPolicy]npMemo
 }
 
 type podSet struct {
@@ -77,11 +80,12 @@ func (x *Compiler) Compile(c *model.Cluster) (*ir.Ruleset, error) {
 			nsPods: k.nsPods, nsList: k.nsList, lblIndex: k.lblIndex,
 			selections: map[string][]ir.PodID{}, podSets: map[string]podSet{}, portSets: map[string][]ir.IPPort{}}
 	}
-	k.cache = st
+	k.cache, k.nps = st, map[*networkingv1.NetworkPolicy]npMemo{}
 	rs, err := k.policiesAndServices()
 	if err != nil {
 		return nil, err
 	}
+	st.nps = k.nps // only the objects of this compile: a replaced object's entry goes
 	// The objects compared next time are this cluster's (its maps are not changed after a
 	// snapshot: sources publish new ones).
 	st.pods, st.namespaces, st.nodes = c.Pods, c.Namespaces, c.Nodes

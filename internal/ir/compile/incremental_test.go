@@ -8,13 +8,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/randpolicy"
 )
 
 // TestCompilerMatchesCompile: a Compiler given a cluster's successive states (random policy
-// sets, and between them pods, namespaces and nodes changed, added or removed, handed over as
+// sets, one policy changed among unchanged ones (which it replays), and between them pods,
+// namespaces and nodes changed, added or removed, handed over as
 // the same objects, as a source's cache does, or as equal copies, as the lab's store does)
 // returns exactly what Compile returns for each state.
 func TestCompilerMatchesCompile(t *testing.T) {
@@ -25,13 +27,13 @@ func TestCompilerMatchesCompile(t *testing.T) {
 	c := model.FromObjects(base)
 	x := compile.NewCompiler(compile.Options{})
 	r := rand.New(rand.NewSource(1))
-	for step := 0; step < 150; step++ {
+	for step := 0; step < 300; step++ {
 		next := shallowCopy(c)
 		if r.Intn(2) == 0 {
 			next = c.Clone()
 		}
 		var what string
-		switch r.Intn(6) {
+		switch r.Intn(8) {
 		case 0, 1, 2: // a policy change: pods as they were
 			y := randpolicy.Generate(rand.New(rand.NewSource(int64(step))), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 2, Baseline: true, ClusterPolicies: 2})
 			objs, err := model.Decode(strings.NewReader(y), "gen", model.DecodeOptions{})
@@ -72,6 +74,26 @@ func TestCompilerMatchesCompile(t *testing.T) {
 				next.Pods[pod.Namespace+"/"+pod.Name] = pod
 				what = "pod added"
 			}
+		case 6, 7: // one NetworkPolicy changed, the others kept as they were
+			keys := model.SortedKeys(next.NetworkPolicies)
+			if len(keys) == 0 {
+				continue
+			}
+			key := keys[0] // the first compiled: the sets of the others move
+			if r.Intn(3) == 0 {
+				key = keys[r.Intn(len(keys))]
+			}
+			np := next.NetworkPolicies[key].DeepCopy()
+			switch {
+			case len(np.Spec.Ingress) > 0 && r.Intn(2) == 0:
+				np.Spec.Ingress = np.Spec.Ingress[1:] // a rule less: its sets may go
+			case len(np.Spec.Egress) > 0:
+				np.Spec.Egress = append(np.Spec.Egress, np.Spec.Egress[0]) // a rule more
+			default:
+				np.Spec.PodSelector.MatchLabels = map[string]string{"pod": "b"}
+			}
+			next.NetworkPolicies[key] = np
+			what = "NetworkPolicy " + key
 		case 5: // a namespace's labels
 			keys := model.SortedKeys(next.Namespaces)
 			key := keys[r.Intn(len(keys))]
@@ -91,7 +113,7 @@ func TestCompilerMatchesCompile(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("step %d (%s): the Compiler's Ruleset differs from Compile's", step, what)
+			t.Fatalf("step %d (%s): the Compiler's Ruleset differs from Compile's: %s", step, what, diffRS(got, want))
 		}
 	}
 }
@@ -102,4 +124,41 @@ func shallowCopy(c *model.Cluster) *model.Cluster {
 	n.Namespaces, n.Nodes, n.Pods = maps.Clone(c.Namespaces), maps.Clone(c.Nodes), maps.Clone(c.Pods)
 	n.NetworkPolicies, n.ANPs, n.BANPs, n.CNPs = maps.Clone(c.NetworkPolicies), maps.Clone(c.ANPs), maps.Clone(c.BANPs), maps.Clone(c.CNPs)
 	return &n
+}
+
+// diffRS names the first part in which two Rulesets differ, for a failure's message.
+func diffRS(a, b *ir.Ruleset) string {
+	if !reflect.DeepEqual(a.Sets, b.Sets) {
+		for i := range a.Sets {
+			if i >= len(b.Sets) || !reflect.DeepEqual(a.Sets[i], b.Sets[i]) {
+				var bs any
+				if i < len(b.Sets) {
+					bs = b.Sets[i]
+				}
+				return fmt.Sprintf("set %d: %+v vs %+v (len %d %d)", i, a.Sets[i], bs, len(a.Sets), len(b.Sets))
+			}
+		}
+		return fmt.Sprintf("sets len %d %d", len(a.Sets), len(b.Sets))
+	}
+	if !reflect.DeepEqual(a.Tiers, b.Tiers) {
+		for d := range a.Tiers {
+			for ti := range a.Tiers[d] {
+				if !reflect.DeepEqual(a.Tiers[d][ti], b.Tiers[d][ti]) {
+					for pi := range a.Tiers[d][ti].Policies {
+						if pi < len(b.Tiers[d][ti].Policies) && !reflect.DeepEqual(a.Tiers[d][ti].Policies[pi], b.Tiers[d][ti].Policies[pi]) {
+							return fmt.Sprintf("tier %d %d pol %d: %+v\nvs %+v", d, ti, pi, a.Tiers[d][ti].Policies[pi], b.Tiers[d][ti].Policies[pi])
+						}
+					}
+					return fmt.Sprintf("tier %d %d", d, ti)
+				}
+			}
+		}
+	}
+	if !reflect.DeepEqual(a.PortSets, b.PortSets) {
+		return "portsets"
+	}
+	if !reflect.DeepEqual(a.Pods, b.Pods) {
+		return "pods"
+	}
+	return "other"
 }

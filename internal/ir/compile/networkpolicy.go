@@ -2,6 +2,7 @@ package compile
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -23,6 +24,13 @@ func (k *compiler) networkPolicies() error {
 		if staged && !k.opts.Staged {
 			continue
 		}
+		if pols, ok := k.replayNP(np); ok {
+			for _, pol := range pols {
+				tiers[pol.Direction] = append(tiers[pol.Direction], pol)
+			}
+			continue
+		}
+		var compiled []ir.Policy
 		podSel, err := k.selector(&np.Spec.PodSelector)
 		if err != nil {
 			return fmt.Errorf("NetworkPolicy %s: spec.podSelector: %w", key, err)
@@ -53,7 +61,9 @@ func (k *compiler) networkPolicies() error {
 				}
 			}
 			tiers[pol.Direction] = append(tiers[pol.Direction], pol)
+			compiled = append(compiled, pol)
 		}
+		k.rememberNP(np, compiled)
 	}
 	for d := range tiers {
 		k.tiers[d][ir.TierNetworkPolicy] = ir.Tier{Kind: ir.TierNetworkPolicy, Policies: tiers[d]}
@@ -144,4 +154,69 @@ func (k *compiler) npPorts(ports []networkingv1.NetworkPolicyPort) ir.Ports {
 		}
 	}
 	return out
+}
+
+// npMemo is one NetworkPolicy object as compiled with the same pods and namespaces: its
+// policies (their set ids those of the compile that made them) and what those sets were.
+type npMemo struct {
+	pols []ir.Policy
+	sets map[ir.SetID]memoSet
+}
+
+type memoSet struct {
+	def string
+	set ir.AddrSet
+}
+
+// rememberNP keeps what np compiled to, for a Compiler's next compile (with the same pods).
+func (k *compiler) rememberNP(np *networkingv1.NetworkPolicy, pols []ir.Policy) {
+	if k.nps == nil {
+		return
+	}
+	m := npMemo{pols: pols, sets: map[ir.SetID]memoSet{}}
+	for _, pol := range pols {
+		for _, r := range pol.Rules {
+			for _, p := range r.Peers {
+				m.sets[p.Set] = memoSet{def: k.defs[p.Set], set: k.rs.Sets[p.Set]}
+			}
+		}
+	}
+	k.nps[np] = m
+}
+
+// replayNP returns np's policies as the last compile made them, when the object and the pods
+// are the same: its sets are interned again in the order compiling would intern them (each
+// rule's named ports, then its peers), so the Ruleset is the one compiling gives.
+func (k *compiler) replayNP(np *networkingv1.NetworkPolicy) ([]ir.Policy, bool) {
+	if k.cache == nil {
+		return nil, false
+	}
+	m, ok := k.cache.nps[np]
+	if !ok {
+		return nil, false
+	}
+	out := make([]ir.Policy, len(m.pols))
+	for i, pol := range m.pols {
+		rules := slices.Clone(pol.Rules)
+		for j, r := range rules {
+			r.Ports.Named = slices.Clone(r.Ports.Named)
+			for n := range r.Ports.Named {
+				r.Ports.Named[n].Set = k.namedPortSet(r.Ports.Named[n].Name, r.Ports.Named[n].Protocol)
+			}
+			r.Peers = slices.Clone(r.Peers)
+			for n := range r.Peers {
+				s := m.sets[r.Peers[n].Set]
+				id, ok := k.setKey[s.def]
+				if !ok {
+					id = k.internSet(s.def, s.set.IPs, s.set.Pods, s.set.Blocks, s.set.Desc)
+				}
+				r.Peers[n].Set = id
+			}
+			rules[j] = r
+		}
+		pol.Rules = rules
+		out[i] = pol
+	}
+	k.nps[np] = m
+	return out, true
 }
