@@ -155,7 +155,7 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		}
 	}
 	c := o.current()
-	d.entries = map[string]int{"policy_entries": len(c.policy), "ipcache_entries": len(c.ipcache),
+	d.entries = map[string]int{"policy_entries": c.policyEntries(), "ipcache_entries": len(c.ipcache.m),
 		"endpoints": len(c.endpoints), "service_frontends": c.frontends}
 	return err
 }

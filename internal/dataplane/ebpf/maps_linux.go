@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math/bits"
 	"net"
 	"net/netip"
@@ -178,8 +179,8 @@ func (o *Objects) Fill(rs *ir.Ruleset, t *Tables, iface func(ir.PodID) Interface
 // content is everything one slot's maps hold.
 type content struct {
 	endpoints map[uint32]policyEndpoint // by pod address
-	ipcache   map[policyIpcacheKey]uint32
-	policy    map[policyPolicyKey]policyPolicyValue
+	ipcache   *ipcacheContent
+	policy    map[[2]uint32]*sideContent // by endpoint and direction
 	services  map[policySvcKey]policySvcValue
 	backends  map[policyBackendKey]policyBackendValue
 	svcRange  policySvcRange
@@ -189,10 +190,46 @@ type content struct {
 	frontends int
 }
 
+// ipcacheContent is the ipcache's entries and the table entries they were made from;
+// sideContent one endpoint and direction's policy entries, likewise. Contents of successive
+// generations share them where the Builder reused the tables, and writing skips what is shared.
+type ipcacheContent struct {
+	from []IPCacheEntry
+	m    map[policyIpcacheKey]uint32
+}
+
+type sideContent struct {
+	from []PolicyEntry
+	m    map[policyPolicyKey]policyPolicyValue
+}
+
+// policyMap is every policy entry of c.
+func (c *content) policyMap() map[policyPolicyKey]policyPolicyValue {
+	out := map[policyPolicyKey]policyPolicyValue{}
+	for _, s := range c.policy {
+		maps.Copy(out, s.m)
+	}
+	return out
+}
+
+func (c *content) policyEntries() int {
+	n := 0
+	for _, s := range c.policy {
+		n += len(s.m)
+	}
+	return n
+}
+
+// sameSlice says whether a and b are the same slice (not only equal).
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
 // contentOf is what the maps hold for tables t of rs; iface describes each endpoint's veth.
+// What the Builder reused is taken from the content in force as it is.
 func (o *Objects) contentOf(rs *ir.Ruleset, t *Tables, iface func(ir.PodID) Interface) *content {
-	c := &content{endpoints: make(map[uint32]policyEndpoint, len(t.Endpoints)), ipcache: make(map[policyIpcacheKey]uint32, len(t.IPCache)),
-		policy: make(map[policyPolicyKey]policyPolicyValue, len(t.Policy))}
+	prev := o.current()
+	c := &content{endpoints: make(map[uint32]policyEndpoint, len(t.Endpoints)), policy: make(map[[2]uint32]*sideContent, len(t.sides))}
 	for id, ep := range t.Endpoints {
 		i := iface(id)
 		v := policyEndpoint{Id: ep, Ifindex: i.Index}
@@ -209,20 +246,54 @@ func (o *Objects) contentOf(rs *ir.Ruleset, t *Tables, iface func(ir.PodID) Inte
 		}
 		c.endpoints[ipv4Key(rs.Pods[id].IP())] = v
 	}
-	for _, e := range t.IPCache {
-		c.ipcache[policyIpcacheKey{Prefixlen: uint32(e.Prefix.Bits()), Addr: ipv4Key(e.Prefix.Addr())}] = uint32(e.Identity)
-	}
-	for _, p := range t.Policy {
-		k := policyPolicyKey{Prefixlen: 80 + uint32(p.PortBits), Endpoint: p.Endpoint, Identity: uint32(p.Identity),
-			Protocol: uint8(p.Protocol), Direction: uint8(p.Direction), Port: portKey16(p.Port)}
-		v := policyPolicyValue{Rule: p.Rule}
-		if p.Allow {
-			v.Allow = 1
+	if prev != nil && prev.ipcache != nil && sameSlice(prev.ipcache.from, t.IPCache) {
+		c.ipcache = prev.ipcache
+	} else {
+		c.ipcache = &ipcacheContent{from: t.IPCache, m: make(map[policyIpcacheKey]uint32, len(t.IPCache))}
+		for _, e := range t.IPCache {
+			c.ipcache.m[policyIpcacheKey{Prefixlen: uint32(e.Prefix.Bits()), Addr: ipv4Key(e.Prefix.Addr())}] = uint32(e.Identity)
 		}
-		c.policy[k] = v
+	}
+	sides := t.sides
+	if len(sides) == 0 && len(t.Policy) > 0 {
+		sides = groupSides(t.Policy) // tables not made by a Builder
+	}
+	for _, sd := range sides {
+		id := [2]uint32{sd.ep, uint32(sd.dir)}
+		if prev != nil {
+			if p := prev.policy[id]; p != nil && sameSlice(p.from, sd.entries) {
+				c.policy[id] = p
+				continue
+			}
+		}
+		sc := &sideContent{from: sd.entries, m: make(map[policyPolicyKey]policyPolicyValue, len(sd.entries))}
+		for _, p := range sd.entries {
+			k := policyPolicyKey{Prefixlen: 80 + uint32(p.PortBits), Endpoint: p.Endpoint, Identity: uint32(p.Identity),
+				Protocol: uint8(p.Protocol), Direction: uint8(p.Direction), Port: portKey16(p.Port)}
+			v := policyPolicyValue{Rule: p.Rule}
+			if p.Allow {
+				v.Allow = 1
+			}
+			sc.m[k] = v
+		}
+		c.policy[id] = sc
 	}
 	o.services(rs, c)
 	return c
+}
+
+// groupSides splits entries into their endpoints and directions.
+func groupSides(entries []PolicyEntry) []side {
+	var out []side
+	for i := 0; i < len(entries); {
+		j := i
+		for j < len(entries) && entries[j].Endpoint == entries[i].Endpoint && entries[j].Direction == entries[i].Direction {
+			j++
+		}
+		out = append(out, sideOf(entries[i].Endpoint, entries[i].Direction, entries[i:j:j]))
+		i = j
+	}
+	return out
 }
 
 // write makes the slot of generation gen hold c, writing only what differs from what it
@@ -244,8 +315,8 @@ func (o *Objects) write(c *content, gen uint32) error {
 	in := o.inner(slot)
 	if err := errors.Join(
 		writeDiff(*in[0], have.endpoints, c.endpoints),
-		writeDiff(*in[1], have.ipcache, c.ipcache),
-		writeDiff(*in[2], have.policy, c.policy),
+		writeIPCache(*in[1], have.ipcache, c.ipcache),
+		writePolicy(*in[2], have.policy, c.policy),
 		writeDiff(*in[3], have.services, c.services),
 		writeDiff(*in[4], have.backends, c.backends),
 		o.objs.ServiceRange.Put(slot, c.svcRange),
@@ -302,6 +373,45 @@ func (o *Objects) freshSlot(slot uint32) error {
 }
 
 var innerNames = [5]string{"endpoints", "ipcache", "policy", "services", "backends"}
+
+// writeIPCache makes the ipcache map holding have hold want (nothing to write when the two
+// are shared).
+func writeIPCache(m *ebpf.Map, have, want *ipcacheContent) error {
+	if have == want {
+		return nil
+	}
+	var h, w map[policyIpcacheKey]uint32
+	if have != nil {
+		h = have.m
+	}
+	if want != nil {
+		w = want.m
+	}
+	return writeDiff(m, h, w)
+}
+
+// writePolicy makes the policy map holding have hold want, side by side: a side both share
+// is skipped.
+func writePolicy(m *ebpf.Map, have, want map[[2]uint32]*sideContent) error {
+	var errs []error
+	for id, w := range want {
+		h := have[id]
+		if h == w {
+			continue
+		}
+		var hm map[policyPolicyKey]policyPolicyValue
+		if h != nil {
+			hm = h.m
+		}
+		errs = append(errs, writeDiff(m, hm, w.m))
+	}
+	for id, h := range have {
+		if _, ok := want[id]; !ok {
+			errs = append(errs, writeDiff(m, h.m, nil))
+		}
+	}
+	return errors.Join(errs...)
+}
 
 // writeDiff makes a map holding have hold want: puts (in batches) and deletes of what differs.
 func writeDiff[K, V comparable](m *ebpf.Map, have, want map[K]V) error {

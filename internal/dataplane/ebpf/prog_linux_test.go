@@ -70,8 +70,8 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 	}
 	defer o.Close()
 	var b Builder
-	for seed := int64(0); seed < 25; seed++ {
-		rs, y := randomRuleset(t, base, seed)
+	// apply writes a policy set as Sync does and checks the maps and the programs' verdicts.
+	apply := func(rs *ir.Ruleset, y, what string) {
 		tables, err := b.Build(rs, func(*ir.Pod) bool { return true })
 		if err != nil {
 			t.Fatal(err)
@@ -92,7 +92,7 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 					continue
 				}
 				for _, proto := range ir.Protocols {
-					for _, port := range []uint16{80, 81, 1000} {
+					for _, port := range []uint16{79, 80, 81, 1000} {
 						sport++
 						f := policy.Flow{Src: src, Dst: dst, Protocol: proto, Port: port}
 						pkt := packet(src, dst, proto, sport, port)
@@ -103,18 +103,30 @@ func TestProgramsMatchEvaluator(t *testing.T) {
 								g, w, ok := programVerdict(t, base, c, f, sport)
 								return ok && g != w
 							})
-							t.Fatalf("seed %d: %v: programs say %v, evaluator %v; smallest policy set that disagrees:\n%s", seed, f, got, want, min)
+							t.Fatalf("%s: %v: programs say %v, evaluator %v; smallest policy set that disagrees:\n%s", what, f, got, want, min)
 						}
 						if got { // the reply of an allowed flow passes both ways
 							reply := packet(dst, src, proto, port, sport)
 							if !run(t, o.objs.FromPod, reply) || !run(t, o.objs.ToPod, reply) {
-								t.Fatalf("seed %d: reply of allowed %v dropped", seed, f)
+								t.Fatalf("%s: reply of allowed %v dropped", what, f)
 							}
 						}
 					}
 				}
 			}
 		}
+	}
+	for seed := int64(0); seed < 25; seed++ {
+		rs, y := randomRuleset(t, base, seed)
+		apply(rs, y, fmt.Sprintf("seed %d", seed))
+		// The same sets, renamed and port 80 moved: the Builder and the content reuse what
+		// did not change, and only the rest is written.
+		y2 := strings.ReplaceAll(reverseNames(y), "port: 80,", "port: 79,")
+		rs2, _, err := compileSet(base, y2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		apply(rs2, y2, fmt.Sprintf("seed %d, renamed and port 80 moved", seed))
 	}
 }
 
@@ -123,7 +135,7 @@ func checkMapsHold(t *testing.T, o *Objects, want *content) {
 	t.Helper()
 	in := o.inner(o.gen & 1)
 	var errs []error
-	errs = append(errs, mapHolds(*in[0], want.endpoints), mapHolds(*in[1], want.ipcache), mapHolds(*in[2], want.policy),
+	errs = append(errs, mapHolds(*in[0], want.endpoints), mapHolds(*in[1], want.ipcache.m), mapHolds(*in[2], want.policyMap()),
 		mapHolds(*in[3], want.services), mapHolds(*in[4], want.backends))
 	var active uint32
 	if err := o.objs.Active.Lookup(uint32(0), &active); err != nil || active != o.gen {

@@ -45,6 +45,15 @@ type Tables struct {
 	Policy   []PolicyEntry
 	// Rules numbers the rules that Policy entries name.
 	Rules *flow.RuleTable
+	// sides are Policy's entries by endpoint and direction, each the slice the Builder made or
+	// reused for it: a side whose slice is the last build's is unchanged.
+	sides []side
+}
+
+type side struct {
+	ep      uint32
+	dir     ir.Direction
+	entries []PolicyEntry
 }
 
 // class is what distinguishes remote addresses: the address sets holding them and, per
@@ -257,10 +266,15 @@ func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, erro
 				v.entries = t.Policy[start:len(t.Policy):len(t.Policy)]
 			}
 			verdicts[side] = v
+			t.sides = append(t.sides, sideOf(ep, dir, v.entries))
 		}
 	}
 	b.rules, b.verdicts = rules, verdicts
 	return t, nil
+}
+
+func sideOf(ep uint32, dir ir.Direction, entries []PolicyEntry) side {
+	return side{ep: ep, dir: dir, entries: entries}
 }
 
 // endpointID numbers a local pod by its address: the same in every build and in every agent
