@@ -24,12 +24,7 @@ import (
 // replacing the set lifts what left it while the entries that stay keep their counts.
 func TestBlocklistPrograms(t *testing.T) {
 	netnstest.RequireRoot(t)
-	o, err := Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
-	d := &Dataplane{objs: o}
+	o, d := loadedDataplane(t)
 	listedNet, listedHost := netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32")
 	// An IPv6 entry is ignored; a 4-in-6 one is taken as IPv4.
 	if err := d.SetBlocked([]netip.Prefix{listedNet, netip.MustParsePrefix("::ffff:192.0.2.7/128"), netip.MustParsePrefix("2001:db8::/32")}); err != nil {
@@ -201,12 +196,7 @@ func TestSynLimitPrograms(t *testing.T) {
 // lifting the quarantine restores everything.
 func TestQuarantinePrograms(t *testing.T) {
 	netnstest.RequireRoot(t)
-	o, err := Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
-	d := &Dataplane{objs: o}
+	o, d := loadedDataplane(t)
 	q, p, x := netip.MustParseAddr("10.244.1.5"), netip.MustParseAddr("10.244.1.6"), netip.MustParseAddr("10.244.2.9")
 	for i, a := range []netip.Addr{q, p} {
 		putEndpoint(t, o, a, policyEndpoint{Id: uint32(i + 1)})
@@ -268,12 +258,7 @@ func synWithMSS(src, dst netip.Addr, sport, dport uint16, flags byte, mss uint16
 // minimum toward a shielded pod, of established-looking flows too, and nothing else.
 func TestShieldPrograms(t *testing.T) {
 	netnstest.RequireRoot(t)
-	o, err := Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
-	d := &Dataplane{objs: o}
+	o, d := loadedDataplane(t)
 	shielded, other, client := netip.MustParseAddr("10.244.1.5"), netip.MustParseAddr("10.244.1.6"), netip.MustParseAddr("10.244.2.9")
 	for i, a := range []netip.Addr{shielded, other} {
 		putEndpoint(t, o, a, policyEndpoint{Id: uint32(i + 1)})
@@ -315,12 +300,7 @@ func TestShieldPrograms(t *testing.T) {
 // passes, and replacing the list with one that differs in a single entry writes just that.
 func TestBlocklist100k(t *testing.T) {
 	netnstest.RequireRoot(t)
-	o, err := Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
-	d := &Dataplane{objs: o}
+	o, d := loadedDataplane(t)
 	list := make([]netip.Prefix, 0, 100000)
 	for i := 0; i < 100000; i++ {
 		a := netip.AddrFrom4([4]byte{100, byte(64 + i>>16), byte(i >> 8), byte(i)})
@@ -398,4 +378,16 @@ func putEndpoint(t *testing.T, o *Objects, a netip.Addr, v policyEndpoint) {
 	if err := o.write(&c, o.gen+1); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// loadedDataplane is a Dataplane holding freshly loaded programs (closed when the test ends),
+// for tests that run them directly.
+func loadedDataplane(t *testing.T) (*Objects, *Dataplane) {
+	t.Helper()
+	o, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close() })
+	return o, &Dataplane{objs: o}
 }
