@@ -290,7 +290,7 @@ func groupSides(entries []PolicyEntry) []side {
 		for j < len(entries) && entries[j].Endpoint == entries[i].Endpoint && entries[j].Direction == entries[i].Direction {
 			j++
 		}
-		out = append(out, sideOf(entries[i].Endpoint, entries[i].Direction, entries[i:j:j]))
+		out = append(out, side{ep: entries[i].Endpoint, dir: entries[i].Direction, entries: entries[i:j:j]})
 		i = j
 	}
 	return out

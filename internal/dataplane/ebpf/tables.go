@@ -119,16 +119,10 @@ type Builder struct {
 	// changes (a policy's ports, rules naming peers already named) leave every set as it was,
 	// and then the identities are too.
 	last *identityMemo
-	// verdicts are the last build's entries of each local pod and direction, with the key of
+	// verdicts are the last build's entries of each endpoint and direction, with the key of
 	// the rules they were decided from: with the same identities and rules, an endpoint's
 	// entries are the same (a change touches the endpoints its policies select).
-	verdicts map[sideKey]sideVerdicts
-}
-
-// sideKey is one local pod (by address) and direction.
-type sideKey struct {
-	addr netip.Addr
-	dir  ir.Direction
+	verdicts map[[2]uint32]sideVerdicts
 }
 
 type sideVerdicts struct {
@@ -227,35 +221,28 @@ func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, erro
 	classes, sameIdentities := b.last.reuse(rs)
 	if sameIdentities {
 		t.IPCache = b.last.ipcache
-		b.remember(rs, classes, t.IPCache)
 	} else {
 		classes = t.identities(rs, &b.identities)
-		b.remember(rs, classes, t.IPCache)
 	}
-	var pods []*ir.Pod
-	var addrs []netip.Addr
+	b.remember(rs, classes, t.IPCache)
+	verdicts := map[[2]uint32]sideVerdicts{}
 	for i := range rs.Pods {
 		p := &rs.Pods[i]
 		if p.HostNetwork || !local(p) || len(p.IPs) == 0 {
 			continue
 		}
-		pods = append(pods, p)
-		addrs = append(addrs, p.IP())
-	}
-	verdicts := map[sideKey]sideVerdicts{}
-	for i, p := range pods {
-		ep := endpointID(addrs[i])
+		ep := endpointID(p.IP())
 		t.Endpoints[p.ID] = ep
 		for _, dir := range []ir.Direction{ir.Ingress, ir.Egress} {
 			if len(rs.PoliciesFor(p.ID, dir)) == 0 {
 				continue
 			}
-			t.Selected[[2]uint32{ep, uint32(dir)}] = true
+			id := [2]uint32{ep, uint32(dir)}
+			t.Selected[id] = true
 			pr := rulesFor(rs, p, dir)
-			side := sideKey{addrs[i], dir}
 			v := sideVerdicts{rules: pr.key(rs, rules, p)}
 			// The same address is the same endpoint number, so the entries can be taken as they are.
-			if last, ok := b.verdicts[side]; ok && sameIdentities && last.rules == v.rules {
+			if last, ok := b.verdicts[id]; ok && sameIdentities && last.rules == v.rules {
 				v.entries = last.entries
 				t.Policy = append(t.Policy, v.entries...)
 			} else {
@@ -265,16 +252,12 @@ func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, erro
 				}
 				v.entries = t.Policy[start:len(t.Policy):len(t.Policy)]
 			}
-			verdicts[side] = v
-			t.sides = append(t.sides, sideOf(ep, dir, v.entries))
+			verdicts[id] = v
+			t.sides = append(t.sides, side{ep: ep, dir: dir, entries: v.entries})
 		}
 	}
 	b.rules, b.verdicts = rules, verdicts
 	return t, nil
-}
-
-func sideOf(ep uint32, dir ir.Direction, entries []PolicyEntry) side {
-	return side{ep: ep, dir: dir, entries: entries}
 }
 
 // endpointID numbers a local pod by its address: the same in every build and in every agent

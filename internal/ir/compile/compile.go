@@ -318,7 +318,7 @@ func (k *compiler) podSet(def string, resolve func() []ir.PodID, desc string) ir
 		// with the last ones, and identical slices compare at once.
 		return k.internSet(def, s.ips, s.ids, nil, desc)
 	}
-	ids := k.selection(def, resolve)
+	ids := resolve()
 	var ips []netip.Addr
 	for _, id := range ids {
 		ips = append(ips, k.rs.Pods[id].IPs...)

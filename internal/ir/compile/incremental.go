@@ -48,7 +48,7 @@ type podState struct {
 	nsPods   map[string][]ir.PodID
 	nsList   []string
 	lblIndex map[string]map[string][]ir.PodID
-	// selections are resolved selections by definition, podSets the address sets of pods
+	// selections are resolved policy subjects by definition, podSets the address sets of pods
 	// (members and addresses) by definition, portSets resolved named ports by key.
 	selections map[string][]ir.PodID
 	podSets    map[string]podSet
