@@ -47,24 +47,44 @@ func (d *Dataplane) Sweep(ev *policy.Evaluator) (int, error) {
 	if err := it.Err(); err != nil {
 		return 0, err
 	}
+	return removeFlows(ct, stale, replies)
+}
+
+// ctMap is what removeFlows needs of the conntrack map.
+type ctMap interface {
+	Lookup(key, value any) error
+	Delete(key any) error
+}
+
+// removeFlows deletes the stale flows (forward and reply entries) and the reply entries whose
+// forward entry is gone, returning how many flows it removed. The programs delete entries too
+// (a closed connection, an LRU eviction) while the sweep runs, so an entry already gone is
+// what the sweep wanted, not an error.
+func removeFlows(ct ctMap, stale, replies []policyCtKey) (int, error) {
 	var errs []error
-	for _, k := range stale {
-		errs = append(errs, ct.Delete(k))
-		if err := ct.Delete(reverse(k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	del := func(k policyCtKey) bool {
+		err := ct.Delete(k)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
 		}
+		return err == nil
+	}
+	deleted := 0
+	for _, k := range stale {
+		if del(k) {
+			deleted++
+		}
+		del(reverse(k))
 	}
 	// A reply entry whose forward entry is gone (deleted above, or evicted) must not keep
 	// admitting packets on its own.
 	var fv policyCtValue
 	for _, k := range replies {
 		if err := ct.Lookup(reverse(k), &fv); errors.Is(err, ebpf.ErrKeyNotExist) {
-			if err := ct.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs = append(errs, err)
-			}
+			del(k)
 		}
 	}
-	return len(stale), errors.Join(errs...)
+	return deleted, errors.Join(errs...)
 }
 
 func reverse(k policyCtKey) policyCtKey {
