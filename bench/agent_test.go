@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,14 +44,18 @@ type agentResult struct {
 	EnforcedP50ms float64 `json:"enforced_p50_ms"`
 	EnforcedP99ms float64 `json:"enforced_p99_ms"`
 	// Ratio of the enforced p50 to the API write p50 of the same run.
-	Ratio       float64 `json:"enforced_to_api_write_p50"`
-	RSSMiB      float64 `json:"agent_rss_mib"`
+	Ratio  float64 `json:"enforced_to_api_write_p50"`
+	RSSMiB float64 `json:"agent_rss_mib"`
+	// Of the RSS: anonymous memory (heap, stacks) and mapped file pages (the binary's code and
+	// data; shared, clean, reclaimable by the kernel).
+	RSSAnonMiB  float64 `json:"agent_rss_anon_mib"`
+	RSSFileMiB  float64 `json:"agent_rss_file_mib"`
 	InterfaceMs float64 `json:"pod_interface_to_enforced_ms"`
 	InitialMs   float64 `json:"initial_sync_ms"`
 }
 
 // TestBenchAgent measures the agent as users run it: a real kube-apiserver holding the cluster as
-// API objects, one `rampart agent` process enforcing one node (a network namespace with routed
+// API objects, one rampart-agent process (the DaemonSet's) enforcing one node (a network namespace with routed
 // veths for its local pods), and single-policy changes written through the API server, timed
 // until the agent reports them programmed. Beside each change's latency it records the API
 // server's own write latency in the same run, the agent's resident memory, and the time from a
@@ -59,8 +66,9 @@ func TestBenchAgent(t *testing.T) {
 		t.Skip("set RAMPART_BENCH=1 (make bench) to run the agent benchmark")
 	}
 	netnstest.RequireRoot(t, "iptables-restore", "ipset")
-	bin := filepath.Join(t.TempDir(), "rampart")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/rampart").CombinedOutput(); err != nil {
+	// The DaemonSet's binary: `rampart agent` alone.
+	bin := filepath.Join(t.TempDir(), "rampart-agent")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/rampart-agent").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	var results []agentResult
@@ -114,8 +122,12 @@ func benchAgent(t *testing.T, bin, dp string, pods, policies, nodes, changes int
 		addPodVeth(t, ns, i, c.Pods[fmt.Sprintf("ns-%d/pod-%d", i%scaleNamespaces, i)].Status.PodIP)
 	}
 	sock := filepath.Join(dir, "agent.sock")
-	args := []string{"agent", "--kubeconfig", srv.Kubeconfig, "--node-name", "node-0", "--dataplane", dp, "--netns", ns,
+	args := []string{"--kubeconfig", srv.Kubeconfig, "--node-name", "node-0", "--dataplane", dp, "--netns", ns,
 		"--health-addr", "unix:" + sock, "--metrics-addr", "unix:" + sock, "--log-format", "json"}
+	profDir := os.Getenv("RAMPART_BENCH_PROFILE") // where the agent's CPU and heap profiles go
+	if profDir != "" {
+		args = append(args, "--pprof")
+	}
 	if dp == "ebpf" {
 		pins := filepath.Join(dir, "bpf")
 		if err := os.Mkdir(pins, 0o700); err != nil {
@@ -155,6 +167,16 @@ func benchAgent(t *testing.T, bin, dp string, pods, policies, nodes, changes int
 
 	// Single-policy changes through the API server.
 	var writes, enforced []time.Duration
+	name := fmt.Sprintf("%s-%d-", dp, pods)
+	cpuDone := make(chan struct{})
+	if profDir != "" {
+		go func() {
+			defer close(cpuDone)
+			saveProfile(t, sock, "/debug/pprof/profile?seconds=10", filepath.Join(profDir, name+"cpu.pprof"))
+		}()
+	} else {
+		close(cpuDone)
+	}
 	for i := 0; i < r.Changes; i++ {
 		np := scalePolicy(i%policies, int32(9100+i))
 		cur, err := cs.NetworkingV1().NetworkPolicies(np.Namespace).Get(ctx, np.Name, metav1.GetOptions{})
@@ -184,7 +206,11 @@ func benchAgent(t *testing.T, bin, dp string, pods, policies, nodes, changes int
 	r.APIWriteP50ms, r.APIWriteP99ms = percentiles(writes)
 	r.EnforcedP50ms, r.EnforcedP99ms = percentiles(enforced)
 	r.Ratio = r.EnforcedP50ms / r.APIWriteP50ms
-	r.RSSMiB = rssMiB(t, cmd.Process.Pid)
+	r.RSSMiB, r.RSSAnonMiB, r.RSSFileMiB = rssMiB(t, cmd.Process.Pid)
+	if profDir != "" {
+		<-cpuDone
+		saveProfile(t, sock, "/debug/pprof/heap?gc=1", filepath.Join(profDir, name+"heap.pprof"))
+	}
 
 	// A new local pod: its object first (as the kubelet reports the address before the CNI
 	// plugin's veth exists to the agent), then its interface; timed until it is enforced.
@@ -317,17 +343,51 @@ func programmed(ns, dp, iface string) bool {
 	return netnstest.TCXAttached(ns, iface)
 }
 
-func rssMiB(t *testing.T, pid int) float64 {
+// rssMiB reads a process's resident memory: in all, anonymous, and mapped file pages.
+func rssMiB(t *testing.T, pid int) (all, anon, file float64) {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			all = kb / 1024
+		case "RssAnon:":
+			anon = kb / 1024
+		case "RssFile:":
+			file = kb / 1024
 		}
 	}
-	return 0
+	return all, anon, file
+}
+
+// saveProfile fetches one of the agent's pprof profiles (it runs with --pprof) into a file.
+func saveProfile(t *testing.T, sock, path, file string) {
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := c.Get("http://agent" + path)
+	if err != nil {
+		t.Errorf("profile %s: %v", path, err)
+		return
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	if err == nil {
+		err = os.WriteFile(file, b, 0o644)
+	}
+	if err != nil {
+		t.Errorf("profile %s: %v", path, err)
+	}
 }

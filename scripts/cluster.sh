@@ -326,8 +326,11 @@ down() {
 
 deploy_rampart() {
   mkdir -p "$C/deploy"
-  local patch="- op: replace
-  path: /spec/template/spec/containers/0/args/1
+  local patch="- op: test
+  path: /spec/template/spec/containers/0/args/0
+  value: --dataplane=auto
+- op: replace
+  path: /spec/template/spec/containers/0/args/0
   value: --dataplane=$DATAPLANE"
   if [ "$DATAPLANE" = iptables ]; then
     # kube-proxy translates Services; rampart enforces policy on the translated traffic.

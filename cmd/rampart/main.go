@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/rampart-sec/rampart/internal/agent/agentcmd"
 	"github.com/rampart-sec/rampart/internal/model"
 )
 
@@ -43,7 +44,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newPolicyCmd(), newExplainCmd(), newLabCmd(), newScanCmd(), newDBCmd(), newAgentCmd(), newDoctorCmd(), newFlowsCmd(), newAlertsCmd())
+	root.AddCommand(newPolicyCmd(), newExplainCmd(), newLabCmd(), newScanCmd(), newDBCmd(), agentcmd.New("agent"), newDoctorCmd(), newFlowsCmd(), newAlertsCmd())
 	root.AddCommand(newQuarantineCmds()...)
 	return root
 }

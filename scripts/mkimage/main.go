@@ -4,7 +4,7 @@
 // `ctr images import` and `docker load` take.
 //
 //	go run ./scripts/mkimage -o bin/rampart-image.tar -t localhost/rampart:dev -layer ROOTFS.tar \
-//	    -entrypoint /usr/local/bin/rampart -cmd agent
+//	    -entrypoint /usr/local/bin/rampart-agent -cmd ""
 package main
 
 import (
@@ -24,8 +24,8 @@ func main() {
 	out := flag.String("o", "bin/rampart-image.tar", "output tarball")
 	tag := flag.String("t", "localhost/rampart:dev", "image reference")
 	layer := flag.String("layer", "", "the layer: a tar of the image's root filesystem")
-	entry := flag.String("entrypoint", "/usr/local/bin/rampart", "the entrypoint, its words separated by commas")
-	cmd := flag.String("cmd", "agent", "the command (the entrypoint's default arguments), separated by commas")
+	entry := flag.String("entrypoint", "/usr/local/bin/rampart-agent", "the entrypoint, its words separated by commas")
+	cmd := flag.String("cmd", "", "the command (the entrypoint's default arguments), separated by commas")
 	flag.Parse()
 	if err := run(*out, *tag, *layer, words(*entry), words(*cmd)); err != nil {
 		fmt.Fprintln(os.Stderr, "mkimage:", err)

@@ -1,4 +1,8 @@
-package main
+// Package agentcmd is the node agent's command line: its flags wired to the agent, its
+// dataplane and the cluster source, and its health, metrics and profile endpoints. `rampart
+// agent` and the rampart-agent binary (the DaemonSet's entrypoint, without the CLI's scanner and
+// lab) are this one command.
+package agentcmd
 
 import (
 	"context"
@@ -7,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -37,12 +42,14 @@ type agentFlags struct {
 	flowLog                                                                  string
 	flowLogMaxBytes                                                          int64
 	flowMaxConns                                                             int
+	pprof                                                                    bool
 }
 
-func newAgentCmd() *cobra.Command {
+// New returns the agent's command, named use ("agent" under rampart, "rampart-agent" alone).
+func New(use string) *cobra.Command {
 	var f agentFlags
 	cmd := &cobra.Command{
-		Use:   "agent",
+		Use:   use,
 		Short: "Run the node agent: enforce the cluster's policies on this node (a DaemonSet's container)",
 		Long: `The node agent watches the cluster (Namespaces, Nodes, Pods, Services, EndpointSlices,
 NetworkPolicies, AdminNetworkPolicies, BaselineAdminNetworkPolicies) and keeps this node's
@@ -72,6 +79,7 @@ it.`,
 	fl.StringVar(&f.flowLog, "flow-log", "", "also append every flow record as a JSON line to this file (rotated by size)")
 	fl.Int64Var(&f.flowLogMaxBytes, "flow-log-max-bytes", 100<<20, "rotate --flow-log at this size (3 old files are kept)")
 	fl.IntVar(&f.flowMaxConns, "flow-max-connections", 16384, "connections aggregated at once; events of more are dropped and counted (rampart_flow_records_dropped_total)")
+	fl.BoolVar(&f.pprof, "pprof", false, "also serve Go's profiles (/debug/pprof/) on the health address, for diagnosing the agent's CPU and memory")
 	fl.DurationVar(&f.grace, "disconnect-grace", 30*time.Second, "how long the API server may be unreachable before /readyz fails (enforcement goes on)")
 	return cmd
 }
@@ -169,7 +177,7 @@ func runAgent(parent context.Context, f agentFlags) error {
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	errc := make(chan error, 4)
-	srvs, err := serveAgent(a, f.healthAddr, f.metricsAddr, errc)
+	srvs, err := serveAgent(a, f.healthAddr, f.metricsAddr, f.pprof, errc)
 	if err != nil {
 		return err
 	}
@@ -198,7 +206,7 @@ func runAgent(parent context.Context, f agentFlags) error {
 
 // serveAgent serves the health and metrics endpoints (on one listener when the addresses are
 // the same).
-func serveAgent(a *agent.Agent, healthAddr, metricsAddr string, errc chan<- error) ([]*http.Server, error) {
+func serveAgent(a *agent.Agent, healthAddr, metricsAddr string, profiles bool, errc chan<- error) ([]*http.Server, error) {
 	type ep struct {
 		addr string
 		mux  *http.ServeMux
@@ -220,6 +228,11 @@ func serveAgent(a *agent.Agent, healthAddr, metricsAddr string, errc chan<- erro
 	}
 	add(healthAddr, "/", a.HealthHandler())
 	add(metricsAddr, "/metrics", a.MetricsHandler())
+	if profiles {
+		add(healthAddr, "/debug/pprof/", http.HandlerFunc(pprof.Index)) // heap, allocs, goroutine, ...
+		add(healthAddr, "/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		add(healthAddr, "/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
+	}
 	var srvs []*http.Server
 	for _, e := range eps {
 		ln, err := listen(e.addr)

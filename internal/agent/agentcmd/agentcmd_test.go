@@ -1,9 +1,13 @@
-package main
+package agentcmd
 
 import (
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/rampart-sec/rampart/deploy"
 	"github.com/rampart-sec/rampart/internal/dataplane"
 )
 
@@ -35,5 +39,33 @@ func TestAgentFlagsCheck(t *testing.T) {
 				t.Fatalf("check: %v, want an error with %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestDaemonSetArgs: the DaemonSet's container arguments are flags of the agent's command (its
+// entrypoint is rampart-agent), which check accepts: a renamed or removed flag, or a leftover
+// subcommand word, fails here rather than in a crash-looping pod.
+func TestDaemonSetArgs(t *testing.T) {
+	b, err := deploy.Files.ReadFile("daemonset.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds appsv1.DaemonSet
+	if err := yaml.UnmarshalStrict(b, &ds); err != nil {
+		t.Fatal(err)
+	}
+	c := ds.Spec.Template.Spec.Containers[0]
+	cmd := New("rampart-agent")
+	if err := cmd.ParseFlags(c.Args); err != nil {
+		t.Fatalf("DaemonSet args %q: %v", c.Args, err)
+	}
+	if rest := cmd.Flags().Args(); len(rest) > 0 {
+		t.Fatalf("DaemonSet args leave %q, which the agent takes no arguments for", rest)
+	}
+	if dp, _ := cmd.Flags().GetString("dataplane"); dp != "auto" {
+		t.Errorf("--dataplane=%s, want auto (scripts/cluster.sh replaces that first argument)", dp)
+	}
+	if c.Args[0] != "--dataplane=auto" {
+		t.Errorf("first argument %q, want --dataplane=auto (scripts/cluster.sh patches it by position)", c.Args[0])
 	}
 }
