@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
@@ -357,9 +358,16 @@ func (r *renderer) sets() {
 			continue
 		}
 		set := IPSet{Name: name, Type: "hash:ip,port", Family: "inet"}
+		set.Entries = make([]string, 0, len(s.Entries))
+		var b []byte
 		for _, e := range s.Entries {
 			if e.IP.Is4() {
-				set.Entries = append(set.Entries, fmt.Sprintf("%s,%s:%d", e.IP, strings.ToLower(e.Protocol.String()), e.Port))
+				// "10.0.0.1,tcp:80"; a named port's set holds every pod declaring it, so this
+				// runs per pod and sync (without fmt).
+				b = append(e.IP.AppendTo(b[:0]), ',')
+				b = append(b, strings.ToLower(e.Protocol.String())...)
+				b = strconv.AppendUint(append(b, ':'), uint64(e.Port), 10)
+				set.Entries = append(set.Entries, string(b))
 			}
 		}
 		r.spec.Sets = append(r.spec.Sets, set)
