@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -43,6 +44,7 @@ type agentFlags struct {
 	flowLogMaxBytes                                                          int64
 	flowMaxConns                                                             int
 	pprof                                                                    bool
+	gcPercent                                                                int
 }
 
 // New returns the agent's command, named use ("agent" under rampart, "rampart-agent" alone).
@@ -58,7 +60,12 @@ interface is the one the route to its address leaves through (routed veths, as t
 plugin makes them). Stopping or killing the agent leaves enforcement in force; a new agent adopts
 it.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), f) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("gc-percent") || os.Getenv("GOGC") == "" {
+				debug.SetGCPercent(f.gcPercent)
+			}
+			return runAgent(cmd.Context(), f)
+		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default: in-cluster, then $KUBECONFIG)")
@@ -79,6 +86,7 @@ it.`,
 	fl.StringVar(&f.flowLog, "flow-log", "", "also append every flow record as a JSON line to this file (rotated by size)")
 	fl.Int64Var(&f.flowLogMaxBytes, "flow-log-max-bytes", 100<<20, "rotate --flow-log at this size (3 old files are kept)")
 	fl.IntVar(&f.flowMaxConns, "flow-max-connections", 16384, "connections aggregated at once; events of more are dropped and counted (rampart_flow_records_dropped_total)")
+	fl.IntVar(&f.gcPercent, "gc-percent", 40, "heap growth that triggers Go's garbage collector (as GOGC; when the flag is not given, $GOGC wins): below Go's 100 it holds the heap, most of it the cluster's objects, closer to what is live for a little more CPU, as felix's GoGCPercent does")
 	fl.BoolVar(&f.pprof, "pprof", false, "also serve Go's profiles (/debug/pprof/) on the health address, for diagnosing the agent's CPU and memory")
 	fl.DurationVar(&f.grace, "disconnect-grace", 30*time.Second, "how long the API server may be unreachable before /readyz fails (enforcement goes on)")
 	return cmd

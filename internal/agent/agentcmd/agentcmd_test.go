@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 
 	"github.com/rampart-sec/rampart/deploy"
@@ -64,6 +65,17 @@ func TestDaemonSetArgs(t *testing.T) {
 	}
 	if dp, _ := cmd.Flags().GetString("dataplane"); dp != "auto" {
 		t.Errorf("--dataplane=%s, want auto (scripts/cluster.sh replaces that first argument)", dp)
+	}
+	// Go's soft memory limit must sit under the container's hard one.
+	limit := c.Resources.Limits.Memory()
+	for _, e := range c.Env {
+		if e.Name != "GOMEMLIMIT" {
+			continue
+		}
+		soft, err := resource.ParseQuantity(strings.TrimSuffix(e.Value, "B"))
+		if err != nil || limit.IsZero() || soft.Cmp(*limit) >= 0 {
+			t.Errorf("GOMEMLIMIT=%s, container memory limit %s: want a soft limit under the hard one (%v)", e.Value, limit, err)
+		}
 	}
 	if c.Args[0] != "--dataplane=auto" {
 		t.Errorf("first argument %q, want --dataplane=auto (scripts/cluster.sh patches it by position)", c.Args[0])
