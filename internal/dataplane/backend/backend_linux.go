@@ -24,7 +24,7 @@ func New(kind dataplane.Kind, node dataplane.Node, opts dataplane.Options) (data
 		if !opts.NoFlowEvents && node.FlowLogGroup == 0 {
 			node.FlowLogGroup = iptables.DefaultFlowGroup
 		}
-		return &iptablesPlane{Dataplane: iptables.New(node, iptables.NetnsRunner{Netns: opts.Netns}), netns: opts.Netns}, nil
+		return &iptablesPlane{Dataplane: iptables.New(node, iptables.NetnsRunner{Netns: opts.Netns}), netns: opts.Netns, ct: ctsweep.NewTracker(opts.Netns)}, nil
 	case dataplane.KindEBPF:
 		dp := ebpf.New(node, opts.Netns)
 		dp.PinDir = opts.PinDir
@@ -48,6 +48,7 @@ func New(kind dataplane.Kind, node dataplane.Node, opts dataplane.Options) (data
 type iptablesPlane struct {
 	*iptables.Dataplane
 	netns string
+	ct    *ctsweep.Tracker
 }
 
 var (
@@ -131,8 +132,13 @@ func (p *ebpfPlane) closeSock() error {
 
 // Sweep removes conntrack entries of connections the evaluator now denies.
 func (p *iptablesPlane) Sweep(ev *policy.Evaluator) (int, error) {
-	n, err := ctsweep.Sweep(p.netns, ev)
+	n, err := p.ct.Sweep(ev)
 	return int(n), err
+}
+
+// Close removes the rules and stops following conntrack.
+func (p *iptablesPlane) Close() error {
+	return errors.Join(p.ct.Close(), p.Dataplane.Close())
 }
 
 // ReadFlows reads the rules' NFLOG flow events in the node's namespace, with conntrack's
@@ -150,5 +156,5 @@ func (p *iptablesPlane) ConnCounts(conns []flow.Conn) ([]flow.Counts, error) {
 	return ctsweep.Counts(p.netns, conns)
 }
 
-// Release leaves the rules and sets in the kernel.
-func (p *iptablesPlane) Release() error { return nil }
+// Release leaves the rules and sets in the kernel, and stops following conntrack.
+func (p *iptablesPlane) Release() error { return p.ct.Close() }

@@ -1,5 +1,7 @@
 // Package ctsweep removes kernel conntrack entries of connections that the current policy no
-// longer allows, and reads the entries' counts for flow records. Dataplanes accept packets of established connections without a new policy
+// longer allows (Sweep dumps the table; a Tracker follows it by conntrack events, so a sweep
+// need not walk the kernel's whole table), and reads the entries' counts for flow records.
+// Dataplanes accept packets of established connections without a new policy
 // decision (that is what keeps replies flowing), so without a sweep a connection opened
 // before a deny would outlive it. Connections the new policy still allows are left alone.
 package ctsweep

@@ -1,9 +1,12 @@
 package ctsweep
 
 import (
+	"fmt"
 	"net"
+	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -82,4 +85,130 @@ func TestSweepRemovesOnlyDeniedConnections(t *testing.T) {
 	if strings.Join(got, ",") != "10.0.0.2>10.0.0.1,10.0.0.1>10.0.0.3" && strings.Join(got, ",") != "10.0.0.1>10.0.0.3,10.0.0.2>10.0.0.1" {
 		t.Errorf("remaining entries %v", got)
 	}
+}
+
+// TestTrackerFollowsEvents: the tracker finds the entries that predate it by a dump, then
+// follows new and destroyed ones by events alone (no second dump), and after lost events (its
+// listener detached, as when the socket overruns) dumps again, so no denied connection outlives
+// a sweep either way.
+func TestTrackerFollowsEvents(t *testing.T) {
+	ns := netnstest.New(t, "rt-ctt")
+	objs, err := model.Decode(strings.NewReader(cluster), "t", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := compile.Compile(model.FromObjects(objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := policy.New(rs)
+	h, err := handle(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	entry := func(src, dst string, sport, dport uint16) *netlink.ConntrackFlow {
+		return &netlink.ConntrackFlow{FamilyType: netlink.FAMILY_V4, TimeOut: 100,
+			Forward: netlink.IPTuple{SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP(dst).To4(), Protocol: 17, SrcPort: sport, DstPort: dport},
+			Reverse: netlink.IPTuple{SrcIP: net.ParseIP(dst).To4(), DstIP: net.ParseIP(src).To4(), Protocol: 17, SrcPort: dport, DstPort: sport}}
+	}
+	add := func(f *netlink.ConntrackFlow) {
+		t.Helper()
+		if err := h.ConntrackCreate(netlink.ConntrackTable, netlink.FAMILY_V4, f); err != nil {
+			t.Fatalf("create conntrack entry: %v", err)
+		}
+	}
+	left := func() string {
+		t.Helper()
+		flows, err := h.ConntrackTableList(netlink.ConntrackTable, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, f := range flows {
+			got = append(got, fmt.Sprintf("%s:%d>%s:%d", f.Forward.SrcIP, f.Forward.SrcPort, f.Forward.DstIP, f.Forward.DstPort))
+		}
+		sort.Strings(got)
+		return strings.Join(got, ",")
+	}
+	tr := NewTracker(ns)
+	defer tr.Close()
+	sweep := func(want uint) {
+		t.Helper()
+		n, err := tr.Sweep(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != want {
+			t.Errorf("swept %d entries, want %d", n, want)
+		}
+	}
+	// has reports whether the tracker's copy holds the entry with this source port.
+	has := func(sport uint16) bool {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		for k := range tr.conns {
+			if k.sport == sport {
+				return true
+			}
+		}
+		return false
+	}
+	// seen polls until the entry's events have arrived (they come asynchronously, in order).
+	seen := func(sport uint16) {
+		t.Helper()
+		for i := 0; !has(sport); i++ {
+			if i == 500 {
+				t.Fatalf("the tracker never saw entry :%d", sport)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	add(entry("10.0.0.2", "10.0.0.1", 40000, 80)) // b -> a:80: allowed
+	add(entry("10.0.0.3", "10.0.0.1", 40000, 80)) // c -> a:80: denied
+	sweep(1)                                      // found by the first dump
+	if got := left(); got != "10.0.0.2:40000>10.0.0.1:80" {
+		t.Fatalf("after the first sweep: %s", got)
+	}
+	tr.mu.Lock()
+	dumped := tr.dumped
+	tr.mu.Unlock()
+
+	add(entry("10.0.0.3", "10.0.0.1", 40001, 80))   // denied, seen by its NEW event
+	add(entry("10.0.0.1", "10.0.0.3", 40002, 5000)) // allowed
+	add(entry("10.0.0.2", "10.0.0.1", 40004, 80))   // allowed, then gone: its DESTROY event
+	if n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.FAMILY_V4, srcPort(40004)); err != nil || n != 1 {
+		t.Fatalf("deleted %d entries: %v", n, err)
+	}
+	add(entry("10.0.0.1", "10.0.0.3", 40005, 5000)) // allowed; its event comes last
+	seen(40005)
+	if !has(40001) || !has(40002) || has(40004) {
+		t.Fatalf("tracker's copy: 40001 %v, 40002 %v, 40004 (destroyed) %v", has(40001), has(40002), has(40004))
+	}
+	sweep(1)
+	const rest = "10.0.0.1:40002>10.0.0.3:5000,10.0.0.1:40005>10.0.0.3:5000,10.0.0.2:40000>10.0.0.1:80"
+	if got := left(); got != rest {
+		t.Fatalf("after the second sweep: %s", got)
+	}
+	tr.mu.Lock()
+	if !tr.dumped.Equal(dumped) {
+		t.Error("the second sweep dumped the table; it should have used the events")
+	}
+	// Lost events: the listener is detached as on an overrun; an entry made meanwhile is only
+	// in the kernel.
+	_ = tr.stopLocked()
+	tr.mu.Unlock()
+	add(entry("10.0.0.3", "10.0.0.1", 40003, 80))
+	sweep(1)
+	if got := left(); got != rest {
+		t.Fatalf("after lost events: %s", got)
+	}
+}
+
+// srcPort matches conntrack entries by their original source port.
+type srcPort uint16
+
+func (p srcPort) MatchConntrackFlow(f *netlink.ConntrackFlow) bool {
+	return f.Forward.SrcPort == uint16(p)
 }

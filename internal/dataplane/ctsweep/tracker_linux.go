@@ -1,0 +1,279 @@
+package ctsweep
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	mdnetlink "github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/nsexec"
+	"github.com/rampart-sec/rampart/internal/policy"
+)
+
+// resyncEvery bounds how long entries whose end sent no event (connections opened before the
+// tracker listened carry no event extension when net.netfilter.nf_conntrack_events is 2, the
+// default) stay in the tracker's copy: a full dump replaces it at the next sweep after this.
+const resyncEvery = 2 * time.Minute
+
+// Tracker sweeps like Sweep, from a copy of the namespace's IPv4 conntrack entries kept current
+// by conntrack's NEW and DESTROY events, and deletes the denied ones by their tuple. Sweep dumps
+// the table instead, and a dump walks the kernel's one table of every namespace (262,144
+// buckets on a 24 GiB machine: about 11 ms per sweep even when the namespace has no entry);
+// with the tracker a policy change costs a pass over the namespace's own connections. Lost
+// events (the socket's buffer overran) and resyncEvery trigger a full dump at the next sweep;
+// where events cannot be had (nf_conntrack_events=0, no netlink multicast), every sweep dumps.
+// A Tracker is safe for concurrent use.
+type Tracker struct {
+	nsName string
+
+	mu        sync.Mutex
+	conns     map[connKey]struct{}
+	synced    bool // conns mirrors the table: a dump, then every event since
+	dumped    time.Time
+	listen    *conntrack.Conn // nil: not listening
+	stop      chan struct{}   // closed with listen
+	ctl       *conntrack.Conn
+	noEvents  error // why events cannot be had; every sweep dumps
+	listening sync.WaitGroup
+}
+
+// connKey is an IPv4 conntrack entry as policy reads it: its original tuple (what a delete
+// names) and the reply's source, the real destination after DNAT.
+type connKey struct {
+	proto              uint8
+	src, dst, replySrc [4]byte
+	sport, dport       uint16
+	replySport         uint16
+}
+
+// NewTracker returns a tracker of the named network namespace ("" for the current one); it
+// starts listening at its first Sweep.
+func NewTracker(nsName string) *Tracker {
+	return &Tracker{nsName: nsName, conns: map[connKey]struct{}{}}
+}
+
+// Sweep deletes every entry whose connection the evaluator now denies, and returns how many.
+func (t *Tracker) Sweep(ev *policy.Evaluator) (uint, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.noEvents == nil && t.listen == nil {
+		if err := t.start(); err != nil {
+			t.noEvents = err
+			slog.Warn("conntrack events unavailable: every policy change dumps the conntrack table", "netns", t.nsName, "err", err)
+		}
+	}
+	if t.noEvents != nil {
+		return Sweep(t.nsName, ev)
+	}
+	if !t.synced || time.Since(t.dumped) > resyncEvery {
+		if err := t.resync(); err != nil {
+			return 0, err
+		}
+	}
+	var n uint
+	var errs []error
+	for k := range t.conns {
+		if ev.Verdict(k.flow()).Allowed {
+			continue
+		}
+		err := t.ctl.Delete(k.orig())
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, err)
+			continue
+		}
+		if err == nil {
+			n++
+		}
+		delete(t.conns, k)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return n, fmt.Errorf("sweep conntrack in %q: %w", t.nsName, err)
+	}
+	return n, nil
+}
+
+// Close stops listening.
+func (t *Tracker) Close() error {
+	t.mu.Lock()
+	err := t.stopLocked()
+	t.mu.Unlock()
+	t.listening.Wait()
+	return err
+}
+
+// stopLocked detaches the listener (follow closes it) and closes the control socket.
+func (t *Tracker) stopLocked() error {
+	var err error
+	if t.ctl != nil {
+		err = t.ctl.Close()
+	}
+	if t.stop != nil {
+		close(t.stop)
+	}
+	t.listen, t.stop, t.ctl, t.synced = nil, nil, nil, false
+	return err
+}
+
+// start opens the control socket and the event socket, subscribed before the first dump so that
+// no connection falls between the two.
+func (t *Tracker) start() error {
+	if err := t.eventsEnabled(); err != nil {
+		return err
+	}
+	cfg := &mdnetlink.Config{}
+	if t.nsName != "" {
+		ns, err := netns.GetFromName(t.nsName)
+		if err != nil {
+			return fmt.Errorf("open netns %q: %w", t.nsName, err)
+		}
+		defer ns.Close()
+		cfg.NetNS = int(ns)
+	}
+	ctl, err := conntrack.Dial(cfg)
+	if err != nil {
+		return err
+	}
+	l, err := conntrack.Dial(cfg)
+	if err != nil {
+		ctl.Close()
+		return err
+	}
+	_ = l.SetReadBuffer(4 << 20) // best effort: a lost event only costs a dump
+	events := make(chan conntrack.Event, 1024)
+	errc, err := l.Listen(events, 1, []netfilter.NetlinkGroup{netfilter.GroupCTNew, netfilter.GroupCTDestroy})
+	if err != nil {
+		ctl.Close()
+		l.Close()
+		return err
+	}
+	t.ctl, t.listen, t.stop, t.synced = ctl, l, make(chan struct{}), false
+	t.listening.Add(1)
+	go t.follow(l, t.stop, events, errc)
+	return nil
+}
+
+// eventsEnabled reports an error when the namespace sends no conntrack events.
+func (t *Tracker) eventsEnabled() error {
+	return nsexec.Do(t.nsName, func() error {
+		b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_events")
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(string(b)) == "0" {
+			return errors.New("net.netfilter.nf_conntrack_events is 0")
+		}
+		return nil
+	})
+}
+
+// follow applies l's events to the copy until the tracker detaches l (stop), then closes l. On
+// an error (the socket overran) it detaches l itself and leaves the copy unsynced, so the next
+// sweep listens again and dumps.
+func (t *Tracker) follow(l *conntrack.Conn, stop <-chan struct{}, events <-chan conntrack.Event, errc <-chan error) {
+	defer t.listening.Done()
+	for {
+		select {
+		case <-stop:
+			// Close waits for l's worker, which may be blocked handing over an event.
+			closed := make(chan struct{})
+			go func() {
+				for {
+					select {
+					case <-events:
+					case <-errc:
+					case <-closed:
+						return
+					}
+				}
+			}()
+			_ = l.Close()
+			close(closed)
+			return
+		case ev := <-events:
+			k, ok := keyOf(ev.Flow)
+			if !ok {
+				continue
+			}
+			t.mu.Lock()
+			if t.listen == l {
+				switch ev.Type {
+				case conntrack.EventNew:
+					t.conns[k] = struct{}{}
+				case conntrack.EventDestroy:
+					delete(t.conns, k)
+				}
+			}
+			t.mu.Unlock()
+		case err := <-errc:
+			t.mu.Lock()
+			if t.listen == l {
+				slog.Warn("conntrack events lost: the next policy change dumps the table", "netns", t.nsName, "err", err)
+				_ = t.stopLocked() // closes stop: the next pass closes l
+			}
+			t.mu.Unlock()
+		}
+	}
+}
+
+// resync replaces the copy with a dump of the table.
+func (t *Tracker) resync() error {
+	if t.listen == nil {
+		if err := t.start(); err != nil {
+			return err
+		}
+	}
+	flows, err := t.ctl.Dump(nil)
+	if err != nil {
+		return fmt.Errorf("list conntrack in %q: %w", t.nsName, err)
+	}
+	clear(t.conns)
+	for i := range flows {
+		if k, ok := keyOf(&flows[i]); ok {
+			t.conns[k] = struct{}{}
+		}
+	}
+	t.synced, t.dumped = true, time.Now()
+	return nil
+}
+
+// keyOf reads an IPv4 entry of a protocol policy covers.
+func keyOf(f *conntrack.Flow) (connKey, bool) {
+	if f == nil {
+		return connKey{}, false
+	}
+	o, r := f.TupleOrig, f.TupleReply
+	src, dst, rsrc := o.IP.SourceAddress.Unmap(), o.IP.DestinationAddress.Unmap(), r.IP.SourceAddress.Unmap()
+	if !src.Is4() || !dst.Is4() || !rsrc.Is4() {
+		return connKey{}, false
+	}
+	if _, ok := ir.ProtocolOf(o.Proto.Protocol); !ok {
+		return connKey{}, false
+	}
+	return connKey{proto: o.Proto.Protocol, src: src.As4(), dst: dst.As4(), replySrc: rsrc.As4(),
+		sport: o.Proto.SourcePort, dport: o.Proto.DestinationPort, replySport: r.Proto.SourcePort}, true
+}
+
+// flow is the flow policy decides (as Flow reads a dumped entry).
+func (k connKey) flow() policy.Flow {
+	proto, _ := ir.ProtocolOf(k.proto)
+	return policy.Flow{Src: netip.AddrFrom4(k.src), Dst: netip.AddrFrom4(k.replySrc), Protocol: proto, Port: k.replySport}
+}
+
+// orig names the entry for a delete: its original tuple.
+func (k connKey) orig() conntrack.Flow {
+	var f conntrack.Flow
+	f.TupleOrig.IP.SourceAddress, f.TupleOrig.IP.DestinationAddress = netip.AddrFrom4(k.src), netip.AddrFrom4(k.dst)
+	f.TupleOrig.Proto.Protocol, f.TupleOrig.Proto.SourcePort, f.TupleOrig.Proto.DestinationPort = k.proto, k.sport, k.dport
+	return f
+}
