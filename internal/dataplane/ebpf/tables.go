@@ -42,12 +42,27 @@ type Tables struct {
 	Endpoints map[ir.PodID]uint32
 	// Selected says which (endpoint, direction) have policy; the others allow everything.
 	Selected map[[2]uint32]bool
-	Policy   []PolicyEntry
+	// Policy holds the verdict entries of tables made by hand; a Builder's are in sides
+	// (PolicyEntries reads either).
+	Policy []PolicyEntry
 	// Rules numbers the rules that Policy entries name.
 	Rules *flow.RuleTable
-	// sides are Policy's entries by endpoint and direction, each the slice the Builder made or
-	// reused for it: a side whose slice is the last build's is unchanged.
+	// sides are the entries by endpoint and direction, each the slice the Builder made or
+	// reused for it (a side whose slice is the last build's is unchanged), sized exactly: an
+	// unchanged side is kept across builds, so one flat slice would keep every old one alive.
 	sides []side
+}
+
+// PolicyEntries returns every verdict entry.
+func (t *Tables) PolicyEntries() []PolicyEntry {
+	if len(t.sides) == 0 {
+		return t.Policy
+	}
+	var out []PolicyEntry
+	for _, s := range t.sides {
+		out = append(out, s.entries...)
+	}
+	return out
 }
 
 type side struct {
@@ -226,6 +241,7 @@ func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, erro
 	}
 	b.remember(rs, classes, t.IPCache)
 	verdicts := map[[2]uint32]sideVerdicts{}
+	var scratch []PolicyEntry
 	for i := range rs.Pods {
 		p := &rs.Pods[i]
 		if p.HostNetwork || !local(p) || len(p.IPs) == 0 {
@@ -244,13 +260,12 @@ func (b *Builder) Build(rs *ir.Ruleset, local func(*ir.Pod) bool) (*Tables, erro
 			// The same address is the same endpoint number, so the entries can be taken as they are.
 			if last, ok := b.verdicts[id]; ok && sameIdentities && last.rules == v.rules {
 				v.entries = last.entries
-				t.Policy = append(t.Policy, v.entries...)
 			} else {
-				start := len(t.Policy)
+				t.Policy = scratch[:0] // verdicts appends here
 				for _, c := range classes {
 					t.verdicts(rs, p, ep, dir, c.id, c.class, pr)
 				}
-				v.entries = t.Policy[start:len(t.Policy):len(t.Policy)]
+				v.entries, scratch, t.Policy = slices.Clone(t.Policy), t.Policy, nil
 			}
 			verdicts[id] = v
 			t.sides = append(t.sides, side{ep: ep, dir: dir, entries: v.entries})

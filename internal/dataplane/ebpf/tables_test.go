@@ -67,7 +67,7 @@ func newEmulator(t *Tables, rs *ir.Ruleset) *emulator {
 	for id, ep := range t.Endpoints {
 		e.byIP[rs.Pods[id].IP()] = ep
 	}
-	for _, p := range t.Policy {
+	for _, p := range t.PolicyEntries() {
 		k := [4]uint32{p.Endpoint, uint32(p.Direction), uint32(p.Identity), uint32(p.Protocol)}
 		e.index[k] = append(e.index[k], p)
 	}
