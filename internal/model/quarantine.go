@@ -15,8 +15,8 @@ import (
 // response) begun before then. Annotations, so that the state lives with the pod in the API
 // server, every agent reads it from the informer it already has, and it goes with the pod.
 const (
-	QuarantineAnnotation = "rampart.io/quarantine"
-	ReleasedAnnotation   = "rampart.io/released-at"
+	QuarantineAnnotation = AnnotationPrefix + "quarantine"
+	ReleasedAnnotation   = AnnotationPrefix + "released-at"
 )
 
 // IsQuarantined reports whether a pod carries rampart.io/quarantine: "true".

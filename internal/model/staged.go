@@ -7,7 +7,10 @@ import (
 
 // StagedAnnotation marks a policy as staged (audit mode): it is not enforced, and flow records
 // say what it would decide (Calico's staged policies, Cilium's audit mode).
-const StagedAnnotation = "rampart.io/staged"
+const StagedAnnotation = AnnotationPrefix + "staged"
+
+// AnnotationPrefix starts every annotation rampart reads.
+const AnnotationPrefix = "rampart.io/"
 
 // IsStaged reports whether a policy object carries rampart.io/staged: "true".
 func IsStaged(o metav1.Object) bool { return o.GetAnnotations()[StagedAnnotation] == "true" }

@@ -234,7 +234,7 @@ func mustIP(s string) netip.Addr { return netip.MustParseAddr(s) }
 func TestSlimPod(t *testing.T) {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web", Labels: map[string]string{"app": "web"},
-			Annotations: map[string]string{corev1.LastAppliedConfigAnnotation: "{...}", "keep": "me"}},
+			Annotations: map[string]string{corev1.LastAppliedConfigAnnotation: "{...}", "k8s.v1.cni.cncf.io/network-status": "[...]", model.QuarantineAnnotation: "true"}},
 		Spec: corev1.PodSpec{NodeName: "n1", Volumes: []corev1.Volume{{Name: "v"}},
 			InitContainers: []corev1.Container{{Name: "init", Image: "init:1"}},
 			Containers: []corev1.Container{{Name: "c", Image: "web:1", Env: []corev1.EnvVar{{Name: "SECRET", Value: "x"}},
@@ -248,7 +248,7 @@ func TestSlimPod(t *testing.T) {
 	}
 	got := o.(*corev1.Pod)
 	want := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web", Labels: map[string]string{"app": "web"}, Annotations: map[string]string{"keep": "me"}},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web", Labels: map[string]string{"app": "web"}, Annotations: map[string]string{model.QuarantineAnnotation: "true"}},
 		Spec: corev1.PodSpec{NodeName: "n1", InitContainers: []corev1.Container{{Name: "init", Image: "init:1"}},
 			Containers: []corev1.Container{{Name: "c", Image: "web:1", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP}}}}},
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.1", PodIPs: []corev1.PodIP{{IP: "10.0.0.1"}},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -170,10 +171,20 @@ func stripManagedFields(obj any) (any, error) {
 	return obj, nil
 }
 
-// slimPod keeps a pod's identity, labels, owners, node, host networking, container names,
-// images and ports, phase, addresses and Ready condition.
+// slimPod keeps a pod's identity, labels, owners, rampart's own annotations (quarantine), node,
+// host networking, container names, images and ports, phase, addresses and Ready condition.
+// Other annotations go: clusters put large values there (CNI network status, checksums).
 func slimPod(p *corev1.Pod) *corev1.Pod {
 	out := &corev1.Pod{TypeMeta: p.TypeMeta, ObjectMeta: p.ObjectMeta}
+	out.Annotations = nil
+	for k, v := range p.Annotations {
+		if strings.HasPrefix(k, model.AnnotationPrefix) {
+			if out.Annotations == nil {
+				out.Annotations = map[string]string{}
+			}
+			out.Annotations[k] = v
+		}
+	}
 	out.Spec.NodeName, out.Spec.HostNetwork = p.Spec.NodeName, p.Spec.HostNetwork
 	slim := func(cs []corev1.Container) []corev1.Container {
 		out := make([]corev1.Container, len(cs))
