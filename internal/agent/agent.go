@@ -109,6 +109,9 @@ type Agent struct {
 	// compiler carries what the last sync resolved to the next (used by sync only, which the
 	// runner never runs twice at once).
 	compiler *compile.Compiler
+	// resolver is the last applied Ruleset's (sync only): the next shares its address index
+	// when no pod or node changed.
+	resolver *flow.Resolver
 
 	mu       sync.Mutex
 	st       Status
@@ -269,7 +272,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	// One evaluator index of rs, built on first use, serves the sweep and the flow records.
 	var resolver *flow.Resolver
 	if err == nil {
-		resolver = flow.NewResolver(rs)
+		resolver = flow.NewResolverFrom(a.resolver, rs)
 		if a.fl != nil {
 			err = withStaged(resolver, c)
 		}
@@ -299,6 +302,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
 		a.reportGaps(c.Unsupported())
 		a.configureThreat(c)
+		a.resolver = resolver
 		if a.fl != nil {
 			a.fl.setResolver(resolver)
 		}
@@ -356,12 +360,20 @@ func countLocal(rs *ir.Ruleset, node string) int {
 	return n
 }
 
+// countPolicies counts policy objects (one with rules in both directions appears in both).
 func countPolicies(rs *ir.Ruleset) int {
-	seen := map[string]bool{}
+	type object struct {
+		tier      ir.TierKind
+		kind      string
+		namespace string
+		name      string
+	}
+	seen := map[object]bool{}
 	for _, tiers := range rs.Tiers {
 		for _, t := range tiers {
 			for i := range t.Policies {
-				seen[fmt.Sprint(t.Kind, "/", t.Policies[i].Ref())] = true
+				p := &t.Policies[i]
+				seen[object{p.Tier, p.Kind, p.Namespace, p.Name}] = true
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package flow
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/policy"
@@ -130,6 +131,10 @@ type Resolver struct {
 	svcs map[svcKey]*ir.Service
 	// staged evaluates the enforced policies together with the staged ones (nil: none staged).
 	staged *policy.Evaluator
+	// base is the evaluator of an earlier resolver whose address index ev may share; built is
+	// ev once indexed (what NewResolverFrom reads from another goroutine).
+	base  *policy.Evaluator
+	built atomic.Pointer[policy.Evaluator]
 }
 
 type svcKey struct {
@@ -141,6 +146,16 @@ type svcKey struct {
 // NewResolver returns a resolver for rs.
 func NewResolver(rs *ir.Ruleset) *Resolver { return &Resolver{rs: rs} }
 
+// NewResolverFrom is NewResolver sharing the address index of prev's evaluator, if prev has
+// built one, where rs did not change its pods and nodes (policy.NewFrom).
+func NewResolverFrom(prev *Resolver, rs *ir.Ruleset) *Resolver {
+	r := &Resolver{rs: rs}
+	if prev != nil {
+		r.base = prev.built.Load() // not prev itself: resolvers never indexed must not chain
+	}
+	return r
+}
+
 // NewResolverFor returns a resolver sharing an evaluator already built for its Ruleset.
 func NewResolverFor(ev *policy.Evaluator) *Resolver {
 	r := &Resolver{rs: ev.Ruleset()}
@@ -149,6 +164,7 @@ func NewResolverFor(ev *policy.Evaluator) *Resolver {
 }
 
 func (r *Resolver) index(ev *policy.Evaluator) {
+	defer r.built.Store(ev)
 	r.ev, r.svcs = ev, map[svcKey]*ir.Service{}
 	for i := range r.rs.Services {
 		s := &r.rs.Services[i]
@@ -162,7 +178,10 @@ func (r *Resolver) index(ev *policy.Evaluator) {
 
 // indexed builds the indexes once.
 func (r *Resolver) indexed() *Resolver {
-	r.once.Do(func() { r.index(policy.New(r.rs)) })
+	r.once.Do(func() {
+		r.index(policy.NewFrom(r.base, r.rs))
+		r.base = nil
+	})
 	return r
 }
 

@@ -130,6 +130,20 @@ func New(rs *ir.Ruleset) *Evaluator {
 	return e
 }
 
+// NewFrom is New sharing prev's address index when rs holds the same pods and nodes as prev's
+// Ruleset: the incremental compiler hands unchanged ones over as the same slices, so an agent
+// answering each policy change does not index every pod of the cluster again.
+func NewFrom(prev *Evaluator, rs *ir.Ruleset) *Evaluator {
+	if prev != nil && sameSlice(prev.rs.Pods, rs.Pods) && sameSlice(prev.rs.Nodes, rs.Nodes) {
+		return &Evaluator{rs: rs, pods: prev.pods, nodes: prev.nodes}
+	}
+	return New(rs)
+}
+
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
 // Ruleset returns the rules the evaluator answers from.
 func (e *Evaluator) Ruleset() *ir.Ruleset { return e.rs }
 

@@ -1,10 +1,12 @@
 package policy_test
 
 import (
+	"fmt"
 	"math/rand"
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 
 	"github.com/rampart-sec/rampart/internal/ir/compile"
@@ -127,5 +129,49 @@ func TestPropertyIsolationOnlyDenies(t *testing.T) {
 				t.Fatalf("seed %d: %s -> %s %d/%s became allowed after isolating every pod\n%s", seed, c.From, c.To, c.Port, c.Protocol, y)
 			}
 		}
+	}
+}
+
+// TestNewFromMatchesNew: an evaluator sharing the previous one's address index (NewFrom, as
+// the agent makes one per policy change) answers as a fresh one, through policy changes (pods
+// handed over unchanged by the incremental compiler: shared) and a pod's address moving
+// (rebuilt: a shared index would miss the new address).
+func TestNewFromMatchesNew(t *testing.T) {
+	base := decode(t, randpolicy.Cluster())
+	comp := compile.NewCompiler(compile.Options{})
+	var prev *policy.Evaluator
+	for seed := int64(0); seed < 40; seed++ {
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 2, Baseline: true})
+		c := model.FromObjects(append(append([]model.Object{}, base...), decode(t, y)...))
+		if seed%4 == 3 { // a pod moves to a new address
+			for _, k := range model.SortedKeys(c.Pods) {
+				p := c.Pods[k].DeepCopy()
+				ip := fmt.Sprintf("10.99.0.%d", seed)
+				p.Status.PodIP, p.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
+				c.Pods[k] = p
+				break
+			}
+		}
+		rs, err := comp.Compile(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev := policy.NewFrom(prev, rs)
+		fresh := policy.New(rs)
+		got, want := ev.Matrix(nil), fresh.Matrix(nil)
+		if len(got) != len(want) {
+			t.Fatalf("seed %d: %d cells, want %d", seed, len(got), len(want))
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("seed %d: %+v, fresh evaluator %+v\n%s", seed, got[i], want[i], y)
+			}
+		}
+		for _, p := range rs.Pods {
+			if e := ev.Endpoint(p.IP()); e.Pod == nil || e.Pod.Name != p.Name {
+				t.Fatalf("seed %d: %s resolves to %+v, want pod %s", seed, p.IP(), e.Pod, p.Name)
+			}
+		}
+		prev = ev
 	}
 }

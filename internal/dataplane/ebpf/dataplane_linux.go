@@ -186,8 +186,9 @@ func (d *Dataplane) loadFirst() (*Objects, error) {
 // generationInForce records that generation gen, built from tables of rs, is in force: its
 // flow events resolve with its rule table. The caller holds d.mu.
 func (d *Dataplane) generationInForce(gen uint32, tables *Tables, rs *ir.Ruleset) {
+	prev := d.gens[d.gen].resolver // nil at the first generation
 	d.gen = gen
-	d.gens[gen] = generation{rules: tables.Rules, resolver: flow.NewResolver(rs)}
+	d.gens[gen] = generation{rules: tables.Rules, resolver: flow.NewResolverFrom(prev, rs)}
 	delete(d.gens, gen-keptGenerations)
 }
 
