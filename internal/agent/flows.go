@@ -112,6 +112,13 @@ func (f *flows) run(ctx context.Context, sink flow.Sink, logErr func(error)) {
 
 func (f *flows) setResolver(r *flow.Resolver) {
 	f.agg.SetResolver(r)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.resolver, f.resolverAt = r, time.Now()
+	if len(f.counted) == 0 {
+		return
+	}
+	// Verdict counters of policies that are gone go with them.
 	rs := r.Ruleset()
 	live := map[[3]string]bool{}
 	for d := range rs.Tiers {
@@ -122,9 +129,6 @@ func (f *flows) setResolver(r *flow.Resolver) {
 			}
 		}
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.resolver, f.resolverAt = r, time.Now()
 	for k := range f.counted {
 		if !live[k] {
 			f.verdicts.DeletePartialMatch(prometheus.Labels{"kind": k[0], "namespace": k[1], "policy": k[2]})

@@ -55,9 +55,8 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	if err != nil {
 		return err
 	}
-	t := newPrefixTable(rs)
 	d.mu.Lock()
-	d.prefixes[0], d.prefixes[1] = t, d.prefixes[0]
+	d.prefixes[0], d.prefixes[1] = newPrefixTable(rs, d.prefixes[0]), d.prefixes[0]
 	d.entries = spec.Entries()
 	d.mu.Unlock()
 	return nil

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
@@ -71,26 +72,44 @@ func policyKey(p *ir.Policy) string {
 func isolationPrefix(dir ir.Direction) string { return verdictDir(false, dir) + "X" }
 func defaultPrefix(dir ir.Direction) string   { return verdictDir(true, dir) + "-" }
 
-// prefixTable resolves prefixes to deciders, from the policies of the Rulesets programmed.
+// prefixTable resolves prefixes to deciders, from the policies of the Rulesets programmed. Its
+// maps are built when a flow event first needs them, not per sync.
 type prefixTable struct {
+	rs    *ir.Ruleset
+	once  sync.Once
 	byKey map[string]*ir.Policy // policyKey -> policy
 	byID  map[string]*ir.Policy // "#"+hash(policyKey) -> policy
 	// resolver names the policies isolating a pod, as of this Ruleset.
 	resolver *flow.Resolver
 }
 
-func newPrefixTable(rs *ir.Ruleset) *prefixTable {
-	t := &prefixTable{byKey: map[string]*ir.Policy{}, byID: map[string]*ir.Policy{}, resolver: flow.NewResolver(rs)}
-	for d := range rs.Tiers {
-		for ti := range rs.Tiers[d] {
-			for pi := range rs.Tiers[d][ti].Policies {
-				p := &rs.Tiers[d][ti].Policies[pi]
-				k := policyKey(p)
-				t.byKey[k] = p
-				t.byID["#"+hash(k)] = p
+// newPrefixTable returns the table of rs; prev (nil: none) is the table it follows, whose
+// address index its resolver may share.
+func newPrefixTable(rs *ir.Ruleset, prev *prefixTable) *prefixTable {
+	t := &prefixTable{rs: rs}
+	if prev != nil {
+		t.resolver = flow.NewResolverFrom(prev.resolver, rs)
+	} else {
+		t.resolver = flow.NewResolver(rs)
+	}
+	return t
+}
+
+func (t *prefixTable) indexed() *prefixTable {
+	t.once.Do(func() {
+		rs := t.rs
+		t.byKey, t.byID = map[string]*ir.Policy{}, map[string]*ir.Policy{}
+		for d := range rs.Tiers {
+			for ti := range rs.Tiers[d] {
+				for pi := range rs.Tiers[d][ti].Policies {
+					p := &rs.Tiers[d][ti].Policies[pi]
+					k := policyKey(p)
+					t.byKey[k] = p
+					t.byID["#"+hash(k)] = p
+				}
 			}
 		}
-	}
+	})
 	return t
 }
 
@@ -135,9 +154,9 @@ func decodePrefix(prefix string, tables ...*prefixTable) (dir ir.Direction, allo
 		}
 		var p *ir.Policy
 		if strings.HasPrefix(id, "#") {
-			p = t.byID[id]
+			p = t.indexed().byID[id]
 		} else {
-			p = t.byKey[fmt.Sprintf("%c|%s|%s", letter, dir, id)]
+			p = t.indexed().byKey[fmt.Sprintf("%c|%s|%s", letter, dir, id)]
 		}
 		if p != nil && idx < len(p.Rules) {
 			return dir, allowed, flow.DeciderOf(p, &p.Rules[idx]), true

@@ -20,7 +20,7 @@ func TestFlowPrefixes(t *testing.T) {
 		{Kind: ir.TierBaseline, Policies: []ir.Policy{{Tier: ir.TierBaseline, Name: "default", Direction: ir.Egress,
 			Rules: []ir.Rule{{Index: 0, Action: ir.Allow}}}}},
 	}
-	tab := newPrefixTable(rs)
+	tab := newPrefixTable(rs, nil)
 	admin, np, base := &rs.Tiers[ir.Ingress][0].Policies[0], &rs.Tiers[ir.Ingress][1].Policies[0], &rs.Tiers[ir.Egress][0].Policies[0]
 	for _, tc := range []struct {
 		prefix  string
