@@ -209,6 +209,7 @@ func benchAgent(t *testing.T, bin, dp string, pods, policies, nodes, changes int
 	r.RSSMiB, r.RSSAnonMiB, r.RSSFileMiB = rssMiB(t, cmd.Process.Pid)
 	if profDir != "" {
 		<-cpuDone
+		saveProfile(t, sock, "/metrics", filepath.Join(profDir, name+"metrics.txt")) // the Go runtime's memory
 		saveProfile(t, sock, "/debug/pprof/heap?gc=1", filepath.Join(profDir, name+"heap.pprof"))
 	}
 

@@ -6,16 +6,16 @@ import (
 	"io"
 	"strings"
 	"sync"
+
+	"github.com/rampart-sec/rampart/internal/ring"
 	"time"
 )
 
-// Log keeps the last published records (a ring of fixed size: older records make room, which
-// is retention, not loss) and hands new ones to followers and to an optional writer.
+// Log keeps the last published records (a ring.Buffer: up to its size, older records make
+// room, which is retention, not loss) and hands new ones to followers and to an optional writer.
 type Log struct {
 	mu      sync.Mutex
-	ring    []Record
-	next    int // where the next record goes
-	full    bool
+	ring    *ring.Buffer[Record]
 	subs    map[*subscriber]struct{}
 	w       io.Writer
 	dropped map[string]uint64
@@ -33,7 +33,7 @@ func NewLog(size int, w io.Writer) *Log {
 	if size <= 0 {
 		size = 8192
 	}
-	return &Log{ring: make([]Record, size), subs: map[*subscriber]struct{}{}, w: w, dropped: map[string]uint64{}}
+	return &Log{ring: ring.New[Record](size), subs: map[*subscriber]struct{}{}, w: w, dropped: map[string]uint64{}}
 }
 
 // Add publishes a record.
@@ -41,11 +41,7 @@ func (l *Log) Add(r Record) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total++
-	l.ring[l.next] = r
-	l.next = (l.next + 1) % len(l.ring)
-	if l.next == 0 {
-		l.full = true
-	}
+	l.ring.Add(r)
 	for s := range l.subs {
 		if !s.f.Match(&r) {
 			continue
@@ -95,16 +91,12 @@ func (l *Log) Query(f Filter) []Record {
 
 func (l *Log) queryLocked(f Filter) []Record {
 	var out []Record
-	start, n := 0, l.next
-	if l.full {
-		start, n = l.next, len(l.ring)
-	}
-	for i := 0; i < n; i++ {
-		r := &l.ring[(start+i)%len(l.ring)]
+	l.ring.Each(func(r *Record) bool {
 		if f.Match(r) {
 			out = append(out, *r)
 		}
-	}
+		return true
+	})
 	return out
 }
 

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/rampart-sec/rampart/internal/ring"
 )
 
 // Alert types.
@@ -61,9 +63,7 @@ type Evidence struct {
 // Log keeps the last alerts and hands new ones to followers.
 type Log struct {
 	mu     sync.Mutex
-	ring   []Alert
-	next   int
-	full   bool
+	ring   *ring.Buffer[Alert]
 	total  uint64
 	subs   map[chan Alert]struct{}
 	missed uint64 // alerts a slow follower did not get
@@ -74,7 +74,7 @@ func NewLog(size int) *Log {
 	if size <= 0 {
 		size = 4096
 	}
-	return &Log{ring: make([]Alert, size), subs: map[chan Alert]struct{}{}}
+	return &Log{ring: ring.New[Alert](size), subs: map[chan Alert]struct{}{}}
 }
 
 // Add publishes an alert.
@@ -82,11 +82,7 @@ func (l *Log) Add(a Alert) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total++
-	l.ring[l.next] = a
-	l.next = (l.next + 1) % len(l.ring)
-	if l.next == 0 {
-		l.full = true
-	}
+	l.ring.Add(a)
 	for ch := range l.subs {
 		select {
 		case ch <- a:
@@ -105,16 +101,12 @@ func (l *Log) Query(f Filter) []Alert {
 
 func (l *Log) queryLocked(f Filter) []Alert {
 	var out []Alert
-	start, n := 0, l.next
-	if l.full {
-		start, n = l.next, len(l.ring)
-	}
-	for i := 0; i < n; i++ {
-		a := l.ring[(start+i)%len(l.ring)]
-		if f.Match(&a) {
-			out = append(out, a)
+	l.ring.Each(func(a *Alert) bool {
+		if f.Match(a) {
+			out = append(out, *a)
 		}
-	}
+		return true
+	})
 	return out
 }
 
