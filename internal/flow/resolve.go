@@ -41,6 +41,10 @@ func NewRuleTable(rs *ir.Ruleset) *RuleTable { return NextRuleTable(rs, nil) }
 // ids of rules gone are given to new ones (each table resolves its own ids).
 func NextRuleTable(rs *ir.Ruleset, prev *RuleTable) *RuleTable {
 	t := &RuleTable{ids: map[*ir.Rule]uint32{}, byKey: map[deciderKey]uint32{}}
+	if prev != nil { // sized as the last: most changes keep the number of rules
+		t.ids, t.byKey = make(map[*ir.Rule]uint32, len(prev.ids)), make(map[deciderKey]uint32, len(prev.byKey))
+		t.rules = make([]Decider, 0, len(prev.rules))
+	}
 	var fresh []*ir.Rule
 	var freshDecider []Decider
 	for d := range rs.Tiers {

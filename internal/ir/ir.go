@@ -383,8 +383,9 @@ type Ruleset struct {
 	Tiers    [2][]Tier
 	Services []Service
 
-	// selected[dir][pod] lists (tier, policy) indexes selecting the pod, built by Index.
-	selected [2]map[PodID][]PolicyRef
+	// selected[dir][pod] lists (tier, policy) indexes selecting the pod, built by Index: pod
+	// ids are indexes of Pods, and each direction's lists share one array.
+	selected [2][][]PolicyRef
 }
 
 // PolicyRef locates a policy in Ruleset.Tiers[dir].
@@ -392,20 +393,55 @@ type PolicyRef struct{ Tier, Policy int }
 
 // Index builds the per-pod lookup used by PoliciesFor. Compilers call it once.
 func (r *Ruleset) Index() {
-	for d := range r.Tiers {
-		r.selected[d] = map[PodID][]PolicyRef{}
-		for ti, t := range r.Tiers[d] {
-			for pi, p := range t.Policies {
+	n := len(r.Pods)
+	for _, tiers := range r.Tiers {
+		for _, t := range tiers {
+			for _, p := range t.Policies {
 				for _, s := range p.Subjects {
-					r.selected[d][s] = append(r.selected[d][s], PolicyRef{ti, pi})
+					n = max(n, int(s)+1) // hand-built rulesets may name pods they do not hold
 				}
 			}
 		}
+	}
+	for d := range r.Tiers {
+		count := make([]int32, n)
+		total := 0
+		for _, t := range r.Tiers[d] {
+			for _, p := range t.Policies {
+				for _, s := range p.Subjects {
+					count[s]++
+				}
+				total += len(p.Subjects)
+			}
+		}
+		all := make([]PolicyRef, total)
+		sel := make([][]PolicyRef, n)
+		off := 0
+		for i, c := range count {
+			sel[i] = all[off : off : off+int(c)]
+			off += int(c)
+		}
+		for ti, t := range r.Tiers[d] {
+			for pi, p := range t.Policies {
+				for _, s := range p.Subjects {
+					sel[s] = append(sel[s], PolicyRef{ti, pi})
+				}
+			}
+		}
+		for i := range sel {
+			if len(sel[i]) == 0 {
+				sel[i] = nil
+			}
+		}
+		r.selected[d] = sel
 	}
 }
 
 // PoliciesFor returns, in evaluation order, the policies of direction dir that select pod.
 func (r *Ruleset) PoliciesFor(pod PodID, dir Direction) []PolicyRef {
+	if int(pod) < 0 || int(pod) >= len(r.selected[dir]) {
+		return nil
+	}
 	return r.selected[dir][pod]
 }
 

@@ -162,6 +162,7 @@ func (m *identityMemo) reuse(rs *ir.Ruleset) ([]identified, bool) {
 		return nil, false
 	}
 	setID := make(map[string]ir.SetID, len(rs.Sets))
+	sameIDs := true // every set has the id it had: the classes hold as they are
 	for i := range rs.Sets {
 		s := &rs.Sets[i]
 		old, ok := m.sets[s.Name]
@@ -171,6 +172,7 @@ func (m *identityMemo) reuse(rs *ir.Ruleset) ([]identified, bool) {
 			return nil, false
 		}
 		setID[s.Name] = s.ID
+		sameIDs = sameIDs && int(s.ID) < len(m.setNames) && m.setNames[s.ID] == s.Name
 	}
 	portID := make(map[string]ir.SetID, len(rs.PortSets))
 	for i := range rs.PortSets {
@@ -180,6 +182,10 @@ func (m *identityMemo) reuse(rs *ir.Ruleset) ([]identified, bool) {
 			return nil, false
 		}
 		portID[s.Name] = s.ID
+		sameIDs = sameIDs && int(s.ID) < len(m.portName) && m.portName[s.ID] == s.Name
+	}
+	if sameIDs {
+		return m.classes, true // never written after they are built
 	}
 	out := make([]identified, len(m.classes))
 	for i, c := range m.classes {
