@@ -32,20 +32,22 @@ const resyncEvery = 2 * time.Minute
 // buckets on a 24 GiB machine: about 11 ms per sweep even when the namespace has no entry);
 // with the tracker a policy change costs a pass over the namespace's own connections. Lost
 // events (the socket's buffer overran) and resyncEvery trigger a full dump at the next sweep;
-// where events cannot be had (nf_conntrack_events=0, no netlink multicast), every sweep dumps.
+// where events cannot be had (nf_conntrack_events=0, no netlink multicast), sweeps dump, and
+// the tracker tries again after resyncEvery.
 // A Tracker is safe for concurrent use.
 type Tracker struct {
 	nsName string
 
-	mu        sync.Mutex
-	conns     map[connKey]struct{}
-	synced    bool // conns mirrors the table: a dump, then every event since
-	dumped    time.Time
-	listen    *conntrack.Conn // nil: not listening
-	stop      chan struct{}   // closed with listen
-	ctl       *conntrack.Conn
-	noEvents  error // why events cannot be had; every sweep dumps
-	listening sync.WaitGroup
+	mu         sync.Mutex
+	conns      map[connKey]struct{}
+	synced     bool // conns mirrors the table: a dump, then every event since
+	dumped     time.Time
+	listen     *conntrack.Conn // nil: not listening
+	stop       chan struct{}   // closed with listen
+	ctl        *conntrack.Conn
+	noEvents   error // why events could not be had; sweeps dump until noEventsAt+resyncEvery
+	noEventsAt time.Time
+	listening  sync.WaitGroup
 }
 
 // connKey is an IPv4 conntrack entry as policy reads it: its original tuple (what a delete
@@ -67,10 +69,13 @@ func NewTracker(nsName string) *Tracker {
 func (t *Tracker) Sweep(ev *policy.Evaluator) (uint, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.noEvents != nil && time.Since(t.noEventsAt) > resyncEvery {
+		t.noEvents = nil // try again: conntrack may have been loaded, the sysctl changed
+	}
 	if t.noEvents == nil && t.listen == nil {
 		if err := t.start(); err != nil {
-			t.noEvents = err
-			slog.Warn("conntrack events unavailable: every policy change dumps the conntrack table", "netns", t.nsName, "err", err)
+			t.noEvents, t.noEventsAt = err, time.Now()
+			slog.Warn("conntrack events unavailable: policy changes dump the conntrack table", "netns", t.nsName, "err", err)
 		}
 	}
 	if t.noEvents != nil {
