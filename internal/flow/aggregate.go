@@ -3,6 +3,7 @@ package flow
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -26,6 +27,17 @@ type Conn struct {
 type ConnCounter interface {
 	ConnCounts(conns []Conn) ([]Counts, error)
 }
+
+// ServiceFinder is a dataplane whose events cannot say which Service address a connection's
+// client addressed, but whose connection tracking can, once the connection is tracked (the
+// iptables dataplane: netfilter's NAT, followed through conntrack events).
+type ServiceFinder interface {
+	ServiceOf(c Conn) (netip.AddrPort, bool)
+}
+
+// serviceWait is how long a new allowed connection's first record may wait for its tracking
+// to name its Service: conntrack reports a connection after the packet that logged it.
+const serviceWait = 250 * time.Millisecond
 
 // Config bounds the aggregator.
 type Config struct {
@@ -93,7 +105,8 @@ type entry struct {
 type Aggregator struct {
 	cfg     Config
 	log     *Log
-	counter ConnCounter // optional
+	counter ConnCounter   // optional
+	finder  ServiceFinder // optional: the counter, when it is one
 
 	mu       sync.Mutex
 	resolver *Resolver
@@ -109,7 +122,8 @@ func NewAggregator(cfg Config, log *Log, counter ConnCounter) (*Aggregator, erro
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Aggregator{cfg: cfg, log: log, counter: counter, active: map[aggKey]*entry{}, dropped: map[string]uint64{}}, nil
+	finder, _ := counter.(ServiceFinder)
+	return &Aggregator{cfg: cfg, log: log, counter: counter, finder: finder, active: map[aggKey]*entry{}, dropped: map[string]uint64{}}, nil
 }
 
 // SetResolver makes names come from the Ruleset now in force.
@@ -212,6 +226,13 @@ func (a *Aggregator) Tick(now time.Time, final bool) {
 		switch {
 		case !e.published:
 			publish = true
+			if k.allowed && !e.ev.Service.IsValid() && a.finder != nil {
+				if svc, ok := a.finder.ServiceOf(Conn{k.dir, k.tuple}); ok {
+					e.ev.Service = svc
+				} else if !final && now.Sub(e.first) < serviceWait {
+					continue // the next tick
+				}
+			}
 		case final:
 			publish, drop = e.packets != e.pubPackets, true
 		case k.allowed:

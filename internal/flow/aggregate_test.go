@@ -110,3 +110,47 @@ func TestAggregatorBoundedAndCountsDrops(t *testing.T) {
 		t.Errorf("published %d, want 5", got)
 	}
 }
+
+// finderCounter is a dataplane that learns a connection's Service address some time after the
+// connection's first event (conntrack reports it after the packet).
+type finderCounter struct {
+	fakeCounter
+	known map[Tuple]netip.AddrPort
+}
+
+func (f finderCounter) ServiceOf(c Conn) (netip.AddrPort, bool) {
+	s, ok := f.known[c.Tuple]
+	return s, ok
+}
+
+// TestAggregatorAsksForTheService: a new allowed connection whose events name no Service waits
+// (briefly) for the dataplane's tracking to name it; a connection that turns out not to be
+// addressed to a Service is published without one once the wait is over; denied ones never wait.
+func TestAggregatorAsksForTheService(t *testing.T) {
+	log := NewLog(100, nil)
+	viaSvc, direct, denied := tuple("10.0.0.1:40000", "10.0.0.2:80"), tuple("10.0.0.1:40001", "10.0.0.2:80"), tuple("10.0.0.3:40000", "10.0.0.2:80")
+	dp := finderCounter{fakeCounter{viaSvc: {Packets: 1}, direct: {Packets: 1}}, map[Tuple]netip.AddrPort{}}
+	a, err := NewAggregator(Config{Node: "n1"}, log, dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tu := range []Tuple{viaSvc, direct} {
+		a.Observe(Event{Time: t0, Direction: ir.Egress, Allowed: true, Tuple: tu, Bytes: 60, TCPFlags: FlagSYN})
+	}
+	a.Observe(Event{Time: t0, Direction: ir.Ingress, Tuple: denied, Bytes: 60, TCPFlags: FlagSYN})
+	a.Tick(t0.Add(10*time.Millisecond), false)
+	if recs := log.Query(Filter{}); len(recs) != 1 || recs[0].Verdict != Denied {
+		t.Fatalf("before the tracking knows: want only the denied record, got %+v", recs)
+	}
+	dp.known[viaSvc] = netip.MustParseAddrPort("10.96.0.10:8080")
+	a.Tick(t0.Add(20*time.Millisecond), false)
+	recs := log.Query(Filter{})
+	if len(recs) != 2 || recs[1].Destination.Service == nil || recs[1].Destination.Service.IP != "10.96.0.10" || recs[1].Destination.Service.Port != 8080 {
+		t.Fatalf("once the tracking knows: %+v", recs)
+	}
+	a.Tick(t0.Add(time.Second), false)
+	recs = log.Query(Filter{})
+	if len(recs) != 3 || recs[2].Source.Port != 40001 || recs[2].Destination.Service != nil {
+		t.Fatalf("after the wait, the direct connection without a Service: %+v", recs)
+	}
+}

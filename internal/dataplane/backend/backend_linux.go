@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/dataplane/ctsweep"
@@ -69,6 +70,7 @@ var (
 	_ dataplane.EntryCounter = (*ebpfPlane)(nil)
 	_ dataplane.FlowReader   = (*iptablesPlane)(nil)
 	_ flow.ConnCounter       = (*iptablesPlane)(nil)
+	_ flow.ServiceFinder     = (*iptablesPlane)(nil)
 	_ dataplane.FlowReader   = (*ebpf.Dataplane)(nil)
 	_ flow.ConnCounter       = (*ebpf.Dataplane)(nil)
 	_ dataplane.FlowReader   = (*ebpfPlane)(nil)
@@ -154,6 +156,13 @@ func (p *iptablesPlane) ReadFlows(ctx context.Context, sink flow.Sink) error {
 // ConnCounts reads connections' counts from the kernel's conntrack.
 func (p *iptablesPlane) ConnCounts(conns []flow.Conn) ([]flow.Counts, error) {
 	return ctsweep.Counts(p.netns, conns)
+}
+
+// ServiceOf names the Service address a connection's client addressed, from the conntrack
+// entries the sweep follows: netfilter's NAT (rampart's Service chains or kube-proxy's)
+// translated it before the rules, and so before the NFLOG event, saw the packet.
+func (p *iptablesPlane) ServiceOf(c flow.Conn) (netip.AddrPort, bool) {
+	return p.ct.Frontend(uint8(c.Tuple.Protocol), c.Tuple.Src, c.Tuple.Dst)
 }
 
 // Release leaves the rules and sets in the kernel, and stops following conntrack.

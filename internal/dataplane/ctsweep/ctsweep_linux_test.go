@@ -3,6 +3,7 @@ package ctsweep
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"sort"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/netnstest"
@@ -211,4 +213,66 @@ type srcPort uint16
 
 func (p srcPort) MatchConntrackFlow(f *netlink.ConntrackFlow) bool {
 	return f.Forward.SrcPort == uint16(p)
+}
+
+// TestTrackerNamesFrontends: for a connection netfilter translated (a Service address DNATed to
+// a backend), the tracker answers what the client addressed, from the flow as policy sees it
+// (client to backend), found by the first dump or by events; untranslated and gone ones have none.
+func TestTrackerNamesFrontends(t *testing.T) {
+	ns := netnstest.New(t, "rt-ctf")
+	h, err := handle(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	add := func(sport uint16, dst string, dport uint16) {
+		t.Helper()
+		f := &netlink.ConntrackFlow{FamilyType: netlink.FAMILY_V4, TimeOut: 100,
+			Forward: netlink.IPTuple{SrcIP: net.ParseIP("10.0.0.2").To4(), DstIP: net.ParseIP(dst).To4(), Protocol: 6, SrcPort: sport, DstPort: dport},
+			Reverse: netlink.IPTuple{SrcIP: net.ParseIP("10.0.0.1").To4(), DstIP: net.ParseIP("10.0.0.2").To4(), Protocol: 6, SrcPort: 80, DstPort: sport}}
+		if err := h.ConntrackCreate(netlink.ConntrackTable, netlink.FAMILY_V4, f); err != nil {
+			t.Fatalf("create conntrack entry: %v", err)
+		}
+	}
+	backend := netip.MustParseAddrPort("10.0.0.1:80")
+	client := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), port) }
+	tr := NewTracker(ns)
+	defer tr.Close()
+	add(41000, "10.96.0.10", 8080) // before the tracker: found by its first dump
+	add(41001, "10.0.0.1", 80)     // not translated
+	if _, err := tr.Sweep(policy.New(&ir.Ruleset{})); err != nil {
+		t.Fatal(err)
+	}
+	add(41002, "10.96.0.11", 8081) // after: found by its NEW event
+	svc := netip.MustParseAddrPort("10.96.0.11:8081")
+	for i := 0; ; i++ {
+		if fe, ok := tr.Frontend(6, client(41002), backend); ok && fe == svc {
+			break
+		}
+		if i == 500 {
+			t.Fatal("the translated connection's NEW event never named its frontend")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if fe, ok := tr.Frontend(6, client(41000), backend); !ok || fe != netip.MustParseAddrPort("10.96.0.10:8080") {
+		t.Errorf("dumped translated connection: %v %v", fe, ok)
+	}
+	if fe, ok := tr.Frontend(6, client(41001), backend); ok {
+		t.Errorf("untranslated connection names frontend %v", fe)
+	}
+	if fe, ok := tr.Frontend(17, client(41000), backend); ok {
+		t.Errorf("another protocol names frontend %v", fe)
+	}
+	if n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.FAMILY_V4, srcPort(41002)); err != nil || n != 1 {
+		t.Fatalf("deleted %d entries: %v", n, err)
+	}
+	for i := 0; ; i++ {
+		if _, ok := tr.Frontend(6, client(41002), backend); !ok {
+			break
+		}
+		if i == 500 {
+			t.Fatal("a destroyed connection still names its frontend")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -40,7 +40,8 @@ type Tracker struct {
 
 	mu         sync.Mutex
 	conns      map[connKey]struct{}
-	synced     bool // conns mirrors the table: a dump, then every event since
+	nat        map[natKey]netip.AddrPort // translated entries: what the client addressed
+	synced     bool                      // conns mirrors the table: a dump, then every event since
 	dumped     time.Time
 	listen     *conntrack.Conn // nil: not listening
 	stop       chan struct{}   // closed with listen
@@ -59,10 +60,53 @@ type connKey struct {
 	replySport         uint16
 }
 
+// natKey finds a translated entry from the flow policy saw: the client and the real
+// destination (the reply's source).
+type natKey struct {
+	proto             uint8
+	src, replySrc     [4]byte
+	sport, replySport uint16
+}
+
+func (k connKey) nat() (natKey, netip.AddrPort, bool) {
+	if k.dst == k.replySrc && k.dport == k.replySport {
+		return natKey{}, netip.AddrPort{}, false
+	}
+	return natKey{k.proto, k.src, k.replySrc, k.sport, k.replySport}, netip.AddrPortFrom(netip.AddrFrom4(k.dst), k.dport), true
+}
+
 // NewTracker returns a tracker of the named network namespace ("" for the current one); it
 // starts listening at its first Sweep.
 func NewTracker(nsName string) *Tracker {
-	return &Tracker{nsName: nsName, conns: map[connKey]struct{}{}}
+	return &Tracker{nsName: nsName, conns: map[connKey]struct{}{}, nat: map[natKey]netip.AddrPort{}}
+}
+
+// Frontend returns the destination the client of a tracked IPv4 connection addressed, when
+// netfilter translated it (a Service's address and port, DNATed to the backend the flow
+// reached): proto, client and backend as policy saw the flow. False when the connection was
+// not translated, is not tracked (yet), or the tracker is not following events.
+func (t *Tracker) Frontend(proto uint8, client, backend netip.AddrPort) (netip.AddrPort, bool) {
+	if !client.Addr().Is4() || !backend.Addr().Is4() {
+		return netip.AddrPort{}, false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	fe, ok := t.nat[natKey{proto, client.Addr().As4(), backend.Addr().As4(), client.Port(), backend.Port()}]
+	return fe, ok
+}
+
+func (t *Tracker) addLocked(k connKey) {
+	t.conns[k] = struct{}{}
+	if nk, fe, ok := k.nat(); ok {
+		t.nat[nk] = fe
+	}
+}
+
+func (t *Tracker) removeLocked(k connKey) {
+	delete(t.conns, k)
+	if nk, _, ok := k.nat(); ok {
+		delete(t.nat, nk)
+	}
 }
 
 // Sweep deletes every entry whose connection the evaluator now denies, and returns how many.
@@ -100,7 +144,7 @@ func (t *Tracker) Sweep(ev *policy.Evaluator) (uint, error) {
 		if err == nil {
 			n++
 		}
-		delete(t.conns, k)
+		t.removeLocked(k)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return n, fmt.Errorf("sweep conntrack in %q: %w", t.nsName, err)
@@ -214,9 +258,9 @@ func (t *Tracker) follow(l *conntrack.Conn, stop <-chan struct{}, events <-chan 
 			if t.listen == l {
 				switch ev.Type {
 				case conntrack.EventNew:
-					t.conns[k] = struct{}{}
+					t.addLocked(k)
 				case conntrack.EventDestroy:
-					delete(t.conns, k)
+					t.removeLocked(k)
 				}
 			}
 			t.mu.Unlock()
@@ -243,9 +287,10 @@ func (t *Tracker) resync() error {
 		return fmt.Errorf("list conntrack in %q: %w", t.nsName, err)
 	}
 	clear(t.conns)
+	clear(t.nat)
 	for i := range flows {
 		if k, ok := keyOf(&flows[i]); ok {
-			t.conns[k] = struct{}{}
+			t.addLocked(k)
 		}
 	}
 	t.synced, t.dumped = true, time.Now()

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/rampart-sec/rampart/internal/flow"
@@ -20,10 +21,13 @@ func (d *Dataplane) ReadFlows(ctx context.Context, netns string, sink flow.Sink)
 		return err
 	}
 	defer s.Close()
-	return s.read(ctx, func(prefix string, ts time.Time, payload []byte) {
+	return s.read(ctx, func(prefix string, ts time.Time, payload []byte, origDst netip.AddrPort) {
 		ev, ok := packetEvent(payload)
 		if !ok {
 			return
+		}
+		if origDst.IsValid() && origDst != ev.Tuple.Dst {
+			ev.Service = origDst // translated: the client addressed a Service (ours or kube-proxy's)
 		}
 		if dir, drop := decodeDropPrefix(prefix); drop != "" {
 			ev.Time, ev.Direction, ev.Drop = ts, dir, drop

@@ -30,11 +30,20 @@ const (
 	nfulnlCfgCmdBind = 1
 	nfulnlCopyPacket = 2
 	nfulnlCfgFSeq    = 1
+	nfulnlCfgFCt     = 2 // NFULNL_CFG_F_CONNTRACK: each packet's conntrack entry comes with it
 
 	nfulaTimestamp = 3
 	nfulaPayload   = 9
 	nfulaPrefix    = 10
 	nfulaSeq       = 12
+	nfulaCt        = 18
+
+	// ctnetlink attributes of NFULA_CT, from linux/netfilter/nfnetlink_conntrack.h.
+	ctaTupleOrig    = 1
+	ctaTupleIP      = 1
+	ctaTupleProto   = 2
+	ctaIPv4Dst      = 2
+	ctaProtoDstPort = 3
 )
 
 // nflogSocket is a netlink socket bound to one NFLOG group in a network namespace.
@@ -67,10 +76,14 @@ func openNFLOG(netns string, group uint16) (*nflogSocket, error) {
 	mode := make([]byte, 6)
 	binary.BigEndian.PutUint32(mode, 128) // copy range
 	mode[4] = nfulnlCopyPacket
+	// The conntrack entry carries the destination the client addressed before DNAT (a Service):
+	// the rules see the packet after it. Kernels without ctnetlink refuse the flag; their
+	// events name no Service.
+	const flagStep = 2
 	steps := [][]byte{
 		attr(nfulaCfgCmd, []byte{nfulnlCfgCmdBind}),
 		attr(nfulaCfgMode, mode),
-		attr(nfulaCfgFlags, be16(nfulnlCfgFSeq)),
+		flagStep: attr(nfulaCfgFlags, be16(nfulnlCfgFSeq|nfulnlCfgFCt)),
 		// Batches of up to 64 packets, flushed after at most 50 ms: far fewer wakeups under a
 		// burst of new connections, well within the aggregator's one-second flush.
 		attr(nfulaCfgQthresh, be32(64)),
@@ -78,7 +91,11 @@ func openNFLOG(netns string, group uint16) (*nflogSocket, error) {
 		attr(nfulaCfgNlbufsiz, be32(65536)),
 	}
 	for i, a := range steps {
-		if err := s.config(uint32(i+1), a); err != nil {
+		err := s.config(uint32(i+1), a)
+		if err != nil && i == flagStep {
+			err = s.config(uint32(i+1), attr(nfulaCfgFlags, be16(nfulnlCfgFSeq)))
+		}
+		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("nflog group %d: %w", group, err)
 		}
@@ -115,9 +132,10 @@ func (s *nflogSocket) config(seq uint32, attrs []byte) error {
 
 func (s *nflogSocket) Close() error { return unix.Close(s.fd) }
 
-// read delivers logged packets to fn until ctx ends; lost reports messages the kernel
-// dropped (sequence gaps, and a socket overflow before any gap is seen).
-func (s *nflogSocket) read(ctx context.Context, fn func(prefix string, ts time.Time, payload []byte), lost func(n uint64)) error {
+// read delivers logged packets to fn until ctx ends, with the destination their connection's
+// first packet was addressed to (before DNAT; invalid when unknown); lost reports messages the
+// kernel dropped (sequence gaps, and a socket overflow before any gap is seen).
+func (s *nflogSocket) read(ctx context.Context, fn func(prefix string, ts time.Time, payload []byte, origDst netip.AddrPort), lost func(n uint64)) error {
 	buf := make([]byte, 1<<16)
 	var lastSeq uint32
 	haveSeq := false
@@ -141,6 +159,7 @@ func (s *nflogSocket) read(ctx context.Context, fn func(prefix string, ts time.T
 			}
 			var prefix string
 			var payload []byte
+			var origDst netip.AddrPort
 			ts := time.Now()
 			for a := range attrs(m.Data[4:]) {
 				switch a.typ {
@@ -148,6 +167,8 @@ func (s *nflogSocket) read(ctx context.Context, fn func(prefix string, ts time.T
 					prefix = cString(a.val)
 				case nfulaPayload:
 					payload = a.val
+				case nfulaCt:
+					origDst = ctOrigDst(a.val)
 				case nfulaTimestamp:
 					if len(a.val) == 16 {
 						ts = time.Unix(int64(binary.BigEndian.Uint64(a.val)), int64(binary.BigEndian.Uint64(a.val[8:]))*1000)
@@ -162,10 +183,36 @@ func (s *nflogSocket) read(ctx context.Context, fn func(prefix string, ts time.T
 					}
 				}
 			}
-			fn(prefix, ts, payload)
+			fn(prefix, ts, payload, origDst)
 		}
 	}
 	return nil
+}
+
+// ctOrigDst reads the IPv4 destination address and port of a conntrack entry's original tuple
+// (ctnetlink attributes); invalid when absent.
+func ctOrigDst(ct []byte) netip.AddrPort {
+	var addr netip.Addr
+	var port uint16
+	for a := range attrs(ct) {
+		if a.typ != ctaTupleOrig {
+			continue
+		}
+		for t := range attrs(a.val) {
+			for v := range attrs(t.val) {
+				switch {
+				case t.typ == ctaTupleIP && v.typ == ctaIPv4Dst && len(v.val) == 4:
+					addr = netip.AddrFrom4([4]byte(v.val))
+				case t.typ == ctaTupleProto && v.typ == ctaProtoDstPort && len(v.val) == 2:
+					port = binary.BigEndian.Uint16(v.val)
+				}
+			}
+		}
+	}
+	if !addr.IsValid() {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(addr, port)
 }
 
 // packetEvent reads an IPv4 packet's tuple, length and TCP flags.

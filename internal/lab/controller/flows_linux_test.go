@@ -331,3 +331,118 @@ func nodeMetrics(t *testing.T, l labtest.Lab, node string) map[string]float64 {
 	}
 	return out
 }
+
+const serviceFlowCluster = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+status: {podIP: 10.244.1.11}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: c
+    ports: [{containerPort: 80}]
+status: {podIP: 10.244.1.12}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {app: c}}
+spec: {nodeName: node-2, containers: [{name: c}]}
+status: {podIP: 10.244.2.11}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc-b, namespace: x}
+spec:
+  selector: {app: b}
+  ports: [{name: http, port: 8080, targetPort: 80}]
+`
+
+// TestLabFlowRecordsNameService: on the iptables dataplane, the records of an allowed
+// connection addressed to a Service carry destination.service (address, port, name) on the node
+// whose NAT translated it (the client's), in both directions there, from the conntrack entries
+// the agent follows; a connection to the pod's own address carries none. (The eBPF dataplane
+// fills it where its programs translate per packet; sockets it balances at connect time, and,
+// on iptables, denied packets, whose conntrack entry never gets confirmed, are not covered.)
+func TestLabFlowRecordsNameService(t *testing.T) {
+	l := labtest.New(t, 2, "iptables", serviceFlowCluster)
+	ctx := context.Background()
+	for _, p := range []struct{ from, via string }{{"x/a", "service"}, {"x/c", "service"}, {"x/a", "pod"}} {
+		got, err := l.Probe(ctx, controller.ProbeRequest{From: p.from, To: "x/b", Port: 80, Protocol: "TCP", Via: p.via, Timeout: time.Second})
+		if err != nil || len(got) != 1 || !got[0].Connected || got[0].Via != p.via {
+			t.Fatalf("probe %s -> x/b 80 via %s: %+v %v", p.from, p.via, got, err)
+		}
+	}
+	type side struct{ node, from, direction, via string }
+	want := []side{{"node-1", "a", "egress", "service"}, {"node-1", "a", "ingress", "service"}, {"node-2", "c", "egress", "service"},
+		{"node-1", "a", "egress", "pod"}, {"node-1", "a", "ingress", "pod"}}
+	// by side, the source ports of its records: two connections from a, told apart by whether
+	// a record names the Service.
+	var recs []flow.Record
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		recs = labFlows(t, l, "pod=x/b")
+		seen := map[side]bool{}
+		for _, r := range recs {
+			via := map[bool]string{true: "service", false: "pod"}[r.Destination.Service != nil]
+			seen[side{r.Node, r.Source.Pod, r.Direction, via}] = true
+		}
+		n := 0
+		for _, w := range want {
+			if seen[w] {
+				n++
+			}
+		}
+		if n == len(want) || time.Now().After(deadline) {
+			break
+		}
+	}
+	ports := map[string]map[uint16]bool{} // "from/via" -> source ports seen
+	for _, w := range want {
+		found := false
+		for _, r := range recs {
+			if r.Node != w.node || r.Source.Pod != w.from || r.Direction != w.direction || r.Destination.Pod != "b" || r.Protocol != "TCP" {
+				continue
+			}
+			s := r.Destination.Service
+			if (s != nil) != (w.via == "service") {
+				continue
+			}
+			found = true
+			if s != nil && (s.Name != "svc-b" || s.Namespace != "x" || s.Port != 8080 || s.IP == "" || s.IP == r.Destination.IP || r.Destination.Port != 80) {
+				t.Errorf("%+v: record %+v names service %+v, want svc-b's address, port 8080", w, r, s)
+			}
+			k := w.from + "/" + w.via
+			if ports[k] == nil {
+				ports[k] = map[uint16]bool{}
+			}
+			ports[k][r.Source.Port] = true
+		}
+		if !found {
+			t.Errorf("no record for %+v among %d: %+v", w, len(recs), recs)
+		}
+	}
+	// Each connection is named consistently: the via-service and direct connections from a are
+	// different connections, each with one source port.
+	for k, ps := range ports {
+		if len(ps) != 1 {
+			t.Errorf("%s: records of %d connections (source ports %v), want 1", k, len(ps), ps)
+		}
+	}
+}
