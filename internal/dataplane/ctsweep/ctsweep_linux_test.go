@@ -41,8 +41,9 @@ spec:
   ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80, protocol: UDP}]}]
 `
 
-func TestSweepRemovesOnlyDeniedConnections(t *testing.T) {
-	ns := netnstest.New(t, "rt-ct")
+// clusterEvaluator evaluates cluster.
+func clusterEvaluator(t *testing.T) *policy.Evaluator {
+	t.Helper()
 	objs, err := model.Decode(strings.NewReader(cluster), "t", model.DecodeOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +52,12 @@ func TestSweepRemovesOnlyDeniedConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return policy.New(rs)
+}
+
+func TestSweepRemovesOnlyDeniedConnections(t *testing.T) {
+	ns := netnstest.New(t, "rt-ct")
+	ev := clusterEvaluator(t)
 	h, err := handle(ns)
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +76,7 @@ func TestSweepRemovesOnlyDeniedConnections(t *testing.T) {
 	add("10.0.0.2", "10.96.0.1", "10.0.0.1", 81)  // b -> service -> a:81: denied after DNAT
 	add("10.0.0.1", "10.0.0.3", "10.0.0.3", 5000) // a -> c: allowed (c is not isolated)
 
-	n, err := Sweep(ns, policy.New(rs))
+	n, err := Sweep(ns, ev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,15 +102,7 @@ func TestSweepRemovesOnlyDeniedConnections(t *testing.T) {
 // a sweep either way.
 func TestTrackerFollowsEvents(t *testing.T) {
 	ns := netnstest.New(t, "rt-ctt")
-	objs, err := model.Decode(strings.NewReader(cluster), "t", model.DecodeOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, err := compile.Compile(model.FromObjects(objs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev := policy.New(rs)
+	ev := clusterEvaluator(t)
 	h, err := handle(ns)
 	if err != nil {
 		t.Fatal(err)
