@@ -54,6 +54,10 @@ type Options struct {
 	Cgroup string
 	// NoFlowEvents turns flow events off in the dataplane itself (measurements of their cost).
 	NoFlowEvents bool
+	// Frontend (eBPF, optional) names the Service address a TCP connection's client addressed
+	// where a connect-time load balancer the dataplane does not own translated it (the lab's,
+	// shared by its nodes); with Cgroup the dataplane asks its own.
+	Frontend func(client, backend netip.AddrPort) (netip.AddrPort, bool)
 }
 
 // Node describes the node a dataplane instance enforces on.

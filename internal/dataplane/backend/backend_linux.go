@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/dataplane/ctsweep"
@@ -33,8 +34,8 @@ func New(kind dataplane.Kind, node dataplane.Node, opts dataplane.Options) (data
 		if opts.Attach != "" {
 			dp.Attach = opts.Attach
 		}
-		if opts.Cgroup != "" {
-			return &ebpfPlane{Dataplane: dp, cgroup: opts.Cgroup}, nil
+		if opts.Cgroup != "" || opts.Frontend != nil {
+			return &ebpfPlane{Dataplane: dp, cgroup: opts.Cgroup, frontend: opts.Frontend}, nil
 		}
 		return dp, nil
 	case dataplane.KindNone:
@@ -71,6 +72,7 @@ var (
 	_ dataplane.FlowReader   = (*iptablesPlane)(nil)
 	_ flow.ConnCounter       = (*iptablesPlane)(nil)
 	_ flow.ServiceFinder     = (*iptablesPlane)(nil)
+	_ flow.ServiceFinder     = (*ebpfPlane)(nil)
 	_ dataplane.FlowReader   = (*ebpf.Dataplane)(nil)
 	_ flow.ConnCounter       = (*ebpf.Dataplane)(nil)
 	_ dataplane.FlowReader   = (*ebpfPlane)(nil)
@@ -88,26 +90,48 @@ var (
 	_ dataplane.Blocker     = (*ebpf.Dataplane)(nil)
 )
 
-// ebpfPlane is the eBPF dataplane plus connect-time Service load balancing in a cgroup: the
-// socket programs are attached at the first Sync and get the same Services at every one.
+// ebpfPlane is the eBPF dataplane plus connect-time Service load balancing in a cgroup (the
+// socket programs are attached at the first Sync and get the same Services at every one), or
+// beside one it does not own (frontend).
 type ebpfPlane struct {
 	*ebpf.Dataplane
-	cgroup string
-	sock   *ebpf.SockLB
+	cgroup   string
+	sock     atomic.Pointer[ebpf.SockLB] // read by the flow aggregator too
+	frontend func(client, backend netip.AddrPort) (netip.AddrPort, bool)
+}
+
+// ServiceOf names the Service a TCP connection's client addressed when a connect-time load
+// balancer sent its socket to the backend (the packets never carried the Service address).
+func (p *ebpfPlane) ServiceOf(c flow.Conn) (netip.AddrPort, bool) {
+	if c.Tuple.Protocol != ir.TCP {
+		return netip.AddrPort{}, false
+	}
+	if sock := p.sock.Load(); sock != nil {
+		return sock.Frontend(c.Tuple.Src, c.Tuple.Dst)
+	}
+	if p.frontend != nil {
+		return p.frontend(c.Tuple.Src, c.Tuple.Dst)
+	}
+	return netip.AddrPort{}, false
 }
 
 func (p *ebpfPlane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	if err := p.Dataplane.Sync(ctx, rs); err != nil {
 		return err
 	}
-	if p.sock == nil {
+	if p.cgroup == "" {
+		return nil
+	}
+	sock := p.sock.Load()
+	if sock == nil {
 		s, err := ebpf.NewSockLB(p.cgroup)
 		if err != nil {
 			return fmt.Errorf("connect-time Services: %w", err)
 		}
-		p.sock = s
+		sock = s
+		p.sock.Store(s)
 	}
-	if err := p.sock.Sync(rs); err != nil {
+	if err := sock.Sync(rs); err != nil {
 		return fmt.Errorf("connect-time Services: %w", err)
 	}
 	return nil
@@ -124,11 +148,11 @@ func (p *ebpfPlane) Close() error {
 }
 
 func (p *ebpfPlane) closeSock() error {
-	if p.sock == nil {
+	sock := p.sock.Swap(nil)
+	if sock == nil {
 		return nil
 	}
-	err := p.sock.Close()
-	p.sock = nil
+	err := sock.Close()
 	return err
 }
 

@@ -23,6 +23,13 @@ type sockLbBackendValue struct {
 	Pad  uint16
 }
 
+type sockLbFlowKey struct {
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+}
+
 type sockLbRevnatKey struct {
 	Cookie  uint64
 	Backend uint32
@@ -94,6 +101,7 @@ type sockProgramSpecs struct {
 	LbGetpeername4 *ebpf.ProgramSpec `ebpf:"lb_getpeername4"`
 	LbRecvmsg4     *ebpf.ProgramSpec `ebpf:"lb_recvmsg4"`
 	LbSendmsg4     *ebpf.ProgramSpec `ebpf:"lb_sendmsg4"`
+	LbSockops      *ebpf.ProgramSpec `ebpf:"lb_sockops"`
 }
 
 // sockMapSpecs contains maps before they are loaded into the kernel.
@@ -102,6 +110,7 @@ type sockProgramSpecs struct {
 type sockMapSpecs struct {
 	LbBackends *ebpf.MapSpec `ebpf:"lb_backends"`
 	LbCounters *ebpf.MapSpec `ebpf:"lb_counters"`
+	LbFlows    *ebpf.MapSpec `ebpf:"lb_flows"`
 	LbRevnat   *ebpf.MapSpec `ebpf:"lb_revnat"`
 	LbServices *ebpf.MapSpec `ebpf:"lb_services"`
 }
@@ -134,6 +143,7 @@ func (o *sockObjects) Close() error {
 type sockMaps struct {
 	LbBackends *ebpf.Map `ebpf:"lb_backends"`
 	LbCounters *ebpf.Map `ebpf:"lb_counters"`
+	LbFlows    *ebpf.Map `ebpf:"lb_flows"`
 	LbRevnat   *ebpf.Map `ebpf:"lb_revnat"`
 	LbServices *ebpf.Map `ebpf:"lb_services"`
 }
@@ -142,6 +152,7 @@ func (m *sockMaps) Close() error {
 	return _SockClose(
 		m.LbBackends,
 		m.LbCounters,
+		m.LbFlows,
 		m.LbRevnat,
 		m.LbServices,
 	)
@@ -161,6 +172,7 @@ type sockPrograms struct {
 	LbGetpeername4 *ebpf.Program `ebpf:"lb_getpeername4"`
 	LbRecvmsg4     *ebpf.Program `ebpf:"lb_recvmsg4"`
 	LbSendmsg4     *ebpf.Program `ebpf:"lb_sendmsg4"`
+	LbSockops      *ebpf.Program `ebpf:"lb_sockops"`
 }
 
 func (p *sockPrograms) Close() error {
@@ -169,6 +181,7 @@ func (p *sockPrograms) Close() error {
 		p.LbGetpeername4,
 		p.LbRecvmsg4,
 		p.LbSendmsg4,
+		p.LbSockops,
 	)
 }
 

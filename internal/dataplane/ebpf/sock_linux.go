@@ -3,6 +3,7 @@ package ebpf
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 
@@ -14,7 +15,8 @@ import (
 
 // SockLB is connect-time Service load balancing: programs in a cgroup's socket hooks (connect4,
 // sendmsg4, recvmsg4, getpeername4) send the sockets created in that cgroup (and below it)
-// straight to a backend. Traffic from sockets outside it is left to the per-packet DNAT of the
+// straight to a backend, and a sockops program notes the frontend of each translated TCP
+// connection (Frontend) for flow records. Traffic from sockets outside it is left to the per-packet DNAT of the
 // veth programs.
 //
 // A Service's backends change atomically: the new list is written under a fresh id, then the
@@ -47,6 +49,7 @@ func NewSockLB(cgroupPath string) (*SockLB, error) {
 		{s.objs.LbSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
 		{s.objs.LbRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg},
 		{s.objs.LbGetpeername4, ebpf.AttachCgroupInet4GetPeername},
+		{s.objs.LbSockops, ebpf.AttachCGroupSockOps},
 	} {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: a.at, Program: a.prog})
 		if err != nil {
@@ -126,6 +129,25 @@ func (s *SockLB) dropBackends(id uint32, n int) {
 	}
 }
 
+// Frontend returns the Service address and port a TCP connection from client to backend
+// addressed, when connect4 translated it (false otherwise, or once the LRU map let it go).
+func (s *SockLB) Frontend(client, backend netip.AddrPort) (netip.AddrPort, bool) {
+	if !client.Addr().Is4() || !backend.Addr().Is4() {
+		return netip.AddrPort{}, false
+	}
+	k := sockLbFlowKey{Saddr: ipv4Key(client.Addr()), Daddr: ipv4Key(backend.Addr()), Sport: portKey16(client.Port()), Dport: portKey16(backend.Port())}
+	var v sockLbRevnatValue
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.objs.LbFlows == nil {
+		return netip.AddrPort{}, false // closed
+	}
+	if err := s.objs.LbFlows.Lookup(k, &v); err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(addrOf(v.Vip), portOf(v.Port)), true
+}
+
 // LBCounters are the connect-time load balancer's counters, summed over CPUs.
 type LBCounters struct {
 	Connect, Sendmsg, Recvmsg, Getpeername, NoBackend uint64
@@ -153,5 +175,7 @@ func (s *SockLB) Close() error {
 		errs = append(errs, l.Close())
 	}
 	s.links = nil
-	return errors.Join(append(errs, s.objs.Close())...)
+	errs = append(errs, s.objs.Close())
+	s.objs = sockObjects{} // closed: Frontend answers nothing
+	return errors.Join(errs...)
 }

@@ -375,14 +375,21 @@ spec:
   ports: [{name: http, port: 8080, targetPort: 80}]
 `
 
-// TestLabFlowRecordsNameService: on the iptables dataplane, the records of an allowed
-// connection addressed to a Service carry destination.service (address, port, name) on the node
-// whose NAT translated it (the client's), in both directions there, from the conntrack entries
-// the agent follows; a connection to the pod's own address carries none. (The eBPF dataplane
-// fills it where its programs translate per packet; sockets it balances at connect time, and,
-// on iptables, denied packets, whose conntrack entry never gets confirmed, are not covered.)
+// TestLabFlowRecordsNameService: the records of an allowed TCP connection addressed to a
+// Service carry destination.service (address, port, name) on the client's node, in both
+// directions there: on iptables from the conntrack entries of netfilter's NAT that the agent
+// follows, on eBPF from the connect-time balancer's note of the socket it sent to the backend
+// (the lab's pods connect through it); a connection to the pod's own address carries none.
+// (Not covered: UDP balanced at connect time, and on iptables denied packets, whose conntrack
+// entry is never confirmed.)
 func TestLabFlowRecordsNameService(t *testing.T) {
-	l := labtest.New(t, 2, "iptables", serviceFlowCluster)
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) { labFlowRecordsNameService(t, dp) })
+	}
+}
+
+func labFlowRecordsNameService(t *testing.T, dp string) {
+	l := labtest.New(t, 2, dp, serviceFlowCluster)
 	ctx := context.Background()
 	for _, p := range []struct{ from, via string }{{"x/a", "service"}, {"x/c", "service"}, {"x/a", "pod"}} {
 		got, err := l.Probe(ctx, controller.ProbeRequest{From: p.from, To: "x/b", Port: 80, Protocol: "TCP", Via: p.via, Timeout: time.Second})

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rampart-sec/rampart/internal/agent"
@@ -50,7 +51,8 @@ type Lab struct {
 
 	// With eBPF, Services are balanced at connect time for the pods' (and nodes') sockets.
 	sock      *ebpf.SockLB
-	cg        *cgroup.Group // the lab's, parent of its pods' groups
+	sockRef   atomic.Pointer[ebpf.SockLB] // sock, for the nodes' flow records (other goroutines)
+	cg        *cgroup.Group               // the lab's, parent of its pods' groups
 	releaseCG func() error
 	sockErr   error // why connect-time balancing is off, if it is
 }
@@ -160,7 +162,15 @@ func (l *Lab) startAgent(node string) error {
 		dn.Uplink = "eth0" // the node's link to the fabric bridge
 	}
 	dn.PodInterfacePrefix = PodInterfacePrefix
-	dp, err := backend.New(kind, dn, dataplane.Options{Netns: l.fabric.NodeNetns(node), NoFlowEvents: l.settings.NoFlows})
+	// The lab's connect-time balancer serves every node's pods: their flow records ask it which
+	// Service a connection addressed.
+	frontend := func(client, server netip.AddrPort) (netip.AddrPort, bool) {
+		if s := l.sockRef.Load(); s != nil {
+			return s.Frontend(client, server)
+		}
+		return netip.AddrPort{}, false
+	}
+	dp, err := backend.New(kind, dn, dataplane.Options{Netns: l.fabric.NodeNetns(node), NoFlowEvents: l.settings.NoFlows, Frontend: frontend})
 	if err != nil {
 		return err
 	}
@@ -214,6 +224,7 @@ func (l *Lab) syncSockLB(rs *ir.Ruleset) error {
 			fmt.Fprintf(os.Stderr, "warning: connect-time Service load balancing is off (%v); Services are translated per packet\n", err)
 			return nil
 		}
+		l.sockRef.Store(l.sock)
 	}
 	if err := l.sock.Sync(rs); err != nil {
 		return fmt.Errorf("connect-time load balancer: %w", err)
@@ -298,6 +309,7 @@ func (l *Lab) Teardown() error {
 		<-na.done
 	}
 	if l.sock != nil {
+		l.sockRef.Store(nil)
 		errs = append(errs, l.sock.Close())
 		l.sock = nil
 	}

@@ -4,6 +4,9 @@
 //   sendmsg4:     unconnected UDP: each datagram to a frontend goes to a backend.
 //   recvmsg4:     UDP replies appear to come from the frontend the client addressed.
 //   getpeername4: the socket's peer reads as the frontend.
+//   sockops:      when a translated TCP socket opens (its source port now known), the frontend
+//                 it addressed is noted by the connection's addresses, so the agent's flow
+//                 records name the Service (lb_flows).
 // Packets then carry the backend address from the start, so the veth programs decide policy on
 // the backend and need no per-packet NAT. Every socket created in the cgroup the programs are
 // attached to (or below it) is translated: on a node that is the root, in the lab the lab's
@@ -49,6 +52,14 @@ struct lb_revnat_value {
 	__u16 pad;
 };
 
+// A translated TCP connection, as the veth programs see its packets.
+struct lb_flow_key {
+	__u32 saddr; // network order
+	__u32 daddr; // the backend, network order
+	__u16 sport; // network order
+	__u16 dport; // network order
+};
+
 enum lb_counter {
 	LB_CONNECT,
 	LB_SENDMSG,
@@ -80,6 +91,13 @@ struct {
 	__type(key, struct lb_revnat_key);
 	__type(value, struct lb_revnat_value);
 } lb_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct lb_flow_key);
+	__type(value, struct lb_revnat_value);
+} lb_flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -157,6 +175,27 @@ SEC("cgroup/getpeername4")
 int lb_getpeername4(struct bpf_sock_addr *ctx)
 {
 	return restore(ctx, LB_GETPEERNAME);
+}
+
+// lb_sockops notes the frontend of a TCP connection connect4 translated, once the kernel has
+// chosen its source port (TCP_CONNECT_CB runs before the SYN leaves).
+SEC("sockops")
+int lb_sockops(struct bpf_sock_ops *ctx)
+{
+	if (ctx->op != BPF_SOCK_OPS_TCP_CONNECT_CB || ctx->family != 2 /* AF_INET */)
+		return 1;
+	// remote_port holds the port in network order in its upper 16 bits (the kernel shifts it
+	// there on little-endian machines; some kernels leave it low); local_port is in host order.
+	__u32 rp = ctx->remote_port;
+	__u16 dport = rp >> 16 ? (__u16)(rp >> 16) : (__u16)rp;
+	struct lb_revnat_key rk = {.cookie = bpf_get_socket_cookie(ctx), .backend = ctx->remote_ip4, .port = dport};
+	struct lb_revnat_value *rv = bpf_map_lookup_elem(&lb_revnat, &rk);
+	if (!rv)
+		return 1;
+	struct lb_flow_key fk = {.saddr = ctx->local_ip4, .daddr = ctx->remote_ip4, .sport = __builtin_bswap16((__u16)ctx->local_port), .dport = dport};
+	struct lb_revnat_value fv = *rv;
+	bpf_map_update_elem(&lb_flows, &fk, &fv, BPF_ANY);
+	return 1;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";
