@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -176,21 +175,11 @@ func newLabFlowsCmd(client func() *controller.Client) *cobra.Command {
 			defer cancel()
 			p := newPrinter(cmd.OutOrStdout(), ff.out)
 			err = client().Get(ctx, "/flows", q, func(body io.Reader) error {
-				sc := bufio.NewScanner(body)
-				sc.Buffer(make([]byte, 64<<10), 1<<20)
-				for sc.Scan() {
-					var r flow.Record
-					if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-						return fmt.Errorf("lab flows: bad record: %w", err)
-					}
-					if err := p.print(r, ff.follow); err != nil {
-						return err
-					}
+				err := flow.Decode(body, func(r flow.Record) error { return p.print(r, ff.follow) })
+				if err != nil && ctx.Err() == nil {
+					return fmt.Errorf("lab flows: %w", err)
 				}
-				if ctx.Err() != nil {
-					return nil
-				}
-				return sc.Err()
+				return nil
 			})
 			return firstErr(err, p.done())
 		},

@@ -2,6 +2,7 @@ package flow
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -121,19 +122,29 @@ func Fetch(ctx context.Context, c *http.Client, base string, f Filter, follow bo
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return fmt.Errorf("flows: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
-	sc := bufio.NewScanner(resp.Body)
+	if err := Decode(resp.Body, fn); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("flows: %w", err)
+	}
+	return nil
+}
+
+// Decode reads records as JSON lines (what `rampart flows -o json` prints), calling fn for
+// each; blank lines are skipped, and a line that is no record is an error naming it.
+func Decode(r io.Reader, fn func(Record) error) error {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var r Record
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			return fmt.Errorf("flows: bad record: %w", err)
+	for line := 1; sc.Scan(); line++ {
+		b := bytes.TrimSpace(sc.Bytes())
+		if len(b) == 0 {
+			continue
 		}
-		if err := fn(r); err != nil {
+		var rec Record
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return fmt.Errorf("line %d: not a flow record: %w", line, err)
+		}
+		if err := fn(rec); err != nil {
 			return err
 		}
 	}
-	if err := sc.Err(); err != nil && ctx.Err() == nil {
-		return err
-	}
-	return nil
+	return sc.Err()
 }
