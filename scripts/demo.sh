@@ -2,7 +2,8 @@
 # The demo: the example application in a lab of network namespaces, its reachability as the
 # kernel enforces it before and after its policies, its images' known vulnerabilities ranked by
 # how reachable each pod is, why one flow is denied and which policy denied the real traffic
-# (flow records), the same under the eBPF dataplane, then teardown.
+# (flow records), the same under the eBPF dataplane, policies recommended from the application's
+# observed traffic (checked, then enforced), then teardown.
 set -euo pipefail
 BIN=${1:-bin/rampart}
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 cleanup() {
   "$BIN" lab down --name "$LAB" >/dev/null 2>&1 || true
   "$BIN" lab down --name "$LAB-ebpf" >/dev/null 2>&1 || true
+  "$BIN" lab down --name "$LAB-fix" >/dev/null 2>&1 || true
   [ -z "$WORK" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -90,6 +92,43 @@ echo "iptables rules in the node namespaces: $rules"
 echo "flow records of the eBPF programs (ring buffer), denied ones naming their policy:"
 "$BIN" lab flows --name "$LAB-ebpf" --verdict denied --pod db/postgres-0 | sed -n 1,4p
 "$BIN" lab down --name "$LAB-ebpf"
+
+bold "From exposure to a fix: policies recommended from the application's observed traffic"
+FIX=$LAB-fix
+"$BIN" lab up --name "$FIX" --nodes 2 --dataplane ebpf -f examples/cluster >/dev/null
+echo "the application's request path, as probes (web -> api through its Service, api -> postgres, DNS, metrics):"
+hop() { "$BIN" lab probe --name "$FIX" --from "$1" --to "$2" --port "$3" --protocol "$4" --via "$5" --timeout 700ms | tail -n 1; }
+hop frontend/web-0 backend/api-0 8080 TCP service
+hop frontend/web-1 backend/api-1 8080 TCP pod
+hop backend/api-0 db/postgres-0 5432 TCP pod
+hop backend/api-1 db/postgres-0 5432 TCP pod
+hop monitoring/prometheus-0 backend/api-0 9090 TCP pod
+hop frontend/web-0 kube-system/coredns-0 53 UDP pod
+sleep 1 # the last records leave the agents' aggregators
+"$BIN" lab flows --name "$FIX" --verdict allowed -o json > "$WORK/flows.json"
+"$BIN" lab flows --name "$FIX" --verdict allowed | sed -n 1,7p
+echo
+echo "rampart policy recommend --lab $FIX --enforce:"
+"$BIN" policy recommend --lab "$FIX" --enforce > "$WORK/proposal.yaml"
+grep -E '^  (name|namespace):' "$WORK/proposal.yaml" | paste - - | sed 's/^ */  /'
+echo
+echo "rampart policy diff (the evaluator: does the proposal break an observed flow?):"
+"$BIN" policy diff --lab "$FIX" --proposed "$WORK/proposal.yaml" --flows "$WORK/flows.json"
+args=()
+for img in web api postgres coredns prometheus; do args+=(--image "registry.example/$img:1.0=$WORK/$img.tar"); done
+echo
+echo "what it would do to the findings (scan cluster --with-policies), before enforcing anything:"
+"$BIN" scan cluster --db "$WORK/db" --lab "$FIX" --no-pull "${args[@]}" --with-policies "$WORK/proposal.yaml" > "$WORK/whatif.txt"
+sed -n 3p "$WORK/whatif.txt"
+grep -A2 -E 'internet->(pods|none|external) ' "$WORK/whatif.txt" | grep -v '^--$' | head -n 9
+echo "(kube-system is covered only when named: recommend --namespace kube-system)"
+"$BIN" lab apply --name "$FIX" -f "$WORK/proposal.yaml" >/dev/null
+echo
+echo "enforced: the observed hops still connect through the kernel, an unobserved one does not:"
+hop backend/api-0 db/postgres-0 5432 TCP pod
+hop frontend/web-0 backend/api-0 8080 TCP service
+hop frontend/web-0 db/postgres-0 5432 TCP pod
+"$BIN" lab down --name "$FIX"
 
 bold "Tearing the lab down"
 "$BIN" lab down --name "$LAB"

@@ -81,7 +81,7 @@ func (f *inputFlags) evaluators(stdin io.Reader, staged bool) (enforced, withSta
 
 func newPolicyCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "policy", Short: "Validate policies and compute reachability without a cluster"}
-	cmd.AddCommand(newValidateCmd(), newMatrixCmd())
+	cmd.AddCommand(newValidateCmd(), newMatrixCmd(), newRecommendCmd(), newDiffCmd())
 	return cmd
 }
 

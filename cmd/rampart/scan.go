@@ -12,14 +12,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/rampart-sec/rampart/internal/ir/compile"
-	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/policy"
-	"github.com/rampart-sec/rampart/internal/source/kube"
 	"github.com/rampart-sec/rampart/internal/vuln"
 	"github.com/rampart-sec/rampart/internal/vuln/exposure"
 	"github.com/rampart-sec/rampart/internal/vuln/inventory"
 	"github.com/rampart-sec/rampart/internal/vuln/report"
+	"github.com/rampart-sec/rampart/internal/whatif"
 )
 
 func newDBCmd() *cobra.Command {
@@ -183,29 +182,29 @@ func writeImages(w io.Writer, output string, imgs []report.Image) error {
 
 func newScanClusterCmd() *cobra.Command {
 	var (
-		f      scanFlags
-		in     inputFlags
-		lab    string
-		kubecf string
-		images []string
-		noPull bool
+		f        scanFlags
+		cf       clusterFlags
+		images   []string
+		noPull   bool
+		withPols []string
+		replace  bool
 	)
 	cmd := &cobra.Command{
-		Use:   "cluster -f PATH... | --lab NAME | --kubeconfig PATH [--image REF=PATH]...",
+		Use:   "cluster -f PATH... | --lab NAME | --kubeconfig PATH [--image REF=PATH]... [--with-policies PATH... [--replace]]",
 		Short: "Scan every image the cluster's pods run and rank findings by how reachable each pod is under the policies",
-		Args:  cobra.NoArgs,
+		Long: `Scan every image the cluster's pods run and rank findings by how reachable each pod is under
+the policies in force.
+
+With --with-policies, findings are ranked as they would be with the given policies added to the
+cluster's (or, with --replace, in place of them), and each finding shows its exposure before
+and after: which critical findings a policy change takes off the internet.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.check(); err != nil {
 				return err
 			}
-			sources := 0
-			for _, set := range []bool{len(in.files) > 0, lab != "", kubecf != ""} {
-				if set {
-					sources++
-				}
-			}
-			if sources != 1 {
-				return errors.New("give the cluster's objects with one of -f PATH..., --lab NAME or --kubeconfig PATH")
+			if replace && len(withPols) == 0 {
+				return errors.New("--replace needs --with-policies")
 			}
 			local := map[string]string{}
 			for _, m := range images {
@@ -215,39 +214,30 @@ func newScanClusterCmd() *cobra.Command {
 				}
 				local[ref] = path
 			}
-			var c *model.Cluster
-			var gaps []model.Gap
-			switch {
-			case lab != "":
-				_, lc, err := controller.LoadState(lab)
-				if err != nil {
-					return err
-				}
-				c = lc
-			case kubecf != "":
-				ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
-				kc, unenforced, err := kube.Load(ctx, kubecf)
-				cancel()
-				if err != nil {
-					return err
-				}
-				for _, k := range unenforced {
-					gaps = append(gaps, model.Gap{Kind: k, Msg: "the cluster serves this policy kind, which rampart does not enforce: its objects are not taken into account"})
-				}
-				c = kc
-			default:
-				objs, err := in.load(cmd.InOrStdin())
-				if err != nil {
-					return err
-				}
-				c = model.FromObjects(objs)
-			}
-			if err := in.checkGaps(append(gaps, c.Unsupported()...)); err != nil {
+			c, err := cf.load(cmd.Context(), cmd.InOrStdin())
+			if err != nil {
 				return err
 			}
 			rs, err := compile.Compile(c)
 			if err != nil {
 				return err
+			}
+			var after *policy.Evaluator
+			if len(withPols) > 0 {
+				pin := inputFlags{files: withPols, allowUnknown: cf.in.allowUnknown, skipUnsupported: cf.in.skipUnsupported}
+				objs, err := pin.load(cmd.InOrStdin())
+				if err != nil {
+					return fmt.Errorf("--with-policies: %w", err)
+				}
+				ac, err := whatif.Apply(c, objs, replace)
+				if err != nil {
+					return fmt.Errorf("--with-policies: %w", err)
+				}
+				ars, err := compile.Compile(ac)
+				if err != nil {
+					return fmt.Errorf("--with-policies: %w", err)
+				}
+				after = policy.New(ars)
 			}
 			db, err := vuln.Open(f.db)
 			if err != nil {
@@ -255,7 +245,12 @@ func newScanClusterCmd() *cobra.Command {
 			}
 			defer db.Close()
 			r := scanCluster(cmd.Context(), db, report.ImagesInUse(c), local, noPull)
-			r.Findings = report.Rank(r.Images, exposure.New(policy.New(rs)))
+			now := exposure.New(policy.New(rs))
+			if after != nil {
+				r.Findings = report.RankWhatIf(r.Images, now, exposure.New(after))
+			} else {
+				r.Findings = report.Rank(r.Images, now)
+			}
 			if r.Findings == nil {
 				r.Findings = []report.Finding{}
 			}
@@ -272,11 +267,11 @@ func newScanClusterCmd() *cobra.Command {
 		},
 	}
 	f.register(cmd)
-	in.register(cmd)
-	cmd.Flags().StringVar(&lab, "lab", "", "take the cluster's objects from this lab")
-	cmd.Flags().StringVar(&kubecf, "kubeconfig", "", "take the cluster's objects from the API server this kubeconfig names")
+	cf.register(cmd)
 	cmd.Flags().StringArrayVar(&images, "image", nil, "REF=PATH: scan the local tarball, OCI layout or root filesystem at PATH for image REF; repeatable")
 	cmd.Flags().BoolVar(&noPull, "no-pull", false, "never contact a registry: images without --image are reported as not scanned")
+	cmd.Flags().StringArrayVar(&withPols, "with-policies", nil, "rank as if these policies (file, directory or -) were in force too; staged ones count as enforced; repeatable")
+	cmd.Flags().BoolVar(&replace, "replace", false, "with --with-policies: in place of the cluster's own policies")
 	return cmd
 }
 

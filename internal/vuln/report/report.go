@@ -34,6 +34,11 @@ type Finding struct {
 	// differently make separate findings.
 	Exposure exposure.Class `json:"exposure"`
 	Pods     []exposure.Pod `json:"pods"`
+	// ExposureBefore is, in a what-if scan (scan cluster --with-policies), the exposure under
+	// the policies in force, while Exposure and Pods are under the proposal; ExposureChange
+	// says both, e.g. "internet -> 2 pods (backend/api-0, backend/api-1)".
+	ExposureBefore exposure.Class `json:"exposureBefore,omitempty"`
+	ExposureChange string         `json:"exposureChange,omitempty"`
 	// Rank is severity (CVSS, or its level's band) x exposure weight; higher is more urgent.
 	Rank        float64 `json:"rank"`
 	Explanation string  `json:"explanation"`
@@ -71,6 +76,85 @@ func ImagesInUse(c *model.Cluster) map[string][]string {
 // Rank builds the ranked findings of scanned images, whose Pods name the pods running them.
 func Rank(images []Image, a *exposure.Analyzer) []Finding {
 	return rank(images, a.Of)
+}
+
+// RankWhatIf ranks findings as they would be under the proposal (after), each saying how
+// its pods are reachable now (now) and would be then.
+func RankWhatIf(images []Image, now, after *exposure.Analyzer) []Finding {
+	return rankWhatIf(images, now.Of, after.Of)
+}
+
+func rankWhatIf(images []Image, nowOf, afterOf func(string) (exposure.Pod, bool)) []Finding {
+	out := rank(images, afterOf)
+	for i := range out {
+		f := &out[i]
+		var before []exposure.Pod
+		for _, p := range f.Pods {
+			if e, ok := nowOf(p.Pod); ok {
+				before = append(before, e)
+			}
+		}
+		f.ExposureBefore = widest(before)
+		f.ExposureChange = audience(before) + " -> " + audience(f.Pods)
+	}
+	return out
+}
+
+// widest is the widest class of pods (none for no pods).
+func widest(pods []exposure.Pod) exposure.Class {
+	c := exposure.None
+	for _, p := range pods {
+		if p.Class.Weight() > c.Weight() {
+			c = p.Class
+		}
+	}
+	return c
+}
+
+// audience says in a few words who can reach the widest-exposed of pods: "internet",
+// "addresses outside the cluster (10.0.0.0/8)", "every pod", "2 pods (a/b, c/d)" or "none".
+func audience(pods []exposure.Pod) string {
+	c := widest(pods)
+	switch c {
+	case exposure.External:
+		var from []string
+		seen := map[string]bool{}
+		for _, p := range pods {
+			for _, pt := range p.Ports {
+				for _, a := range pt.FromAddresses {
+					if pt.Class == c && !seen[a] {
+						seen[a] = true
+						from = append(from, a)
+					}
+				}
+			}
+		}
+		return "addresses outside the cluster (" + strings.Join(first(from, 3), ", ") + ")"
+	case exposure.Cluster:
+		return "every pod"
+	case exposure.Pods:
+		var from []string
+		seen := map[string]bool{}
+		n := 0
+		for _, p := range pods {
+			for _, pt := range p.Ports {
+				if pt.Class != c {
+					continue
+				}
+				n = max(n, pt.PodsAllowed)
+				for _, q := range pt.FromPods {
+					if !seen[q] {
+						seen[q] = true
+						from = append(from, q)
+					}
+				}
+			}
+		}
+		sort.Strings(from)
+		n = max(n, len(from))
+		return fmt.Sprintf("%d pod%s (%s)", n, plural(n), strings.Join(first(from, 3), ", "))
+	}
+	return string(c)
 }
 
 func rank(images []Image, of func(string) (exposure.Pod, bool)) []Finding {

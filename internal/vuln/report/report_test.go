@@ -60,3 +60,42 @@ func TestRankOrdersBySeverityTimesExposure(t *testing.T) {
 func rankWith(images []Image, m map[string]exposure.Pod) []Finding {
 	return rank(images, func(k string) (exposure.Pod, bool) { p, ok := m[k]; return p, ok })
 }
+
+func TestRankWhatIf(t *testing.T) {
+	crit := vuln.Vulnerability{ID: "C", Severity: vuln.Severity{Score: 9.8, Level: vuln.LevelCritical}}
+	imgs := []Image{{Image: "api", Pods: []string{"backend/api-0", "backend/api-1"}, Vulnerabilities: []vuln.Vulnerability{crit}}}
+	open := func(pod string) exposure.Pod {
+		return exposure.Pod{Pod: pod, Class: exposure.Internet, Ports: []exposure.Port{{Port: 8080, Protocol: "TCP", Class: exposure.Internet}}}
+	}
+	only := func(pod string, from ...string) exposure.Pod {
+		return exposure.Pod{Pod: pod, Class: exposure.Pods, Ports: []exposure.Port{
+			{Port: 8080, Protocol: "TCP", Class: exposure.Pods, FromPods: from, PodsAllowed: len(from), PodsTotal: 6},
+			{Port: 9090, Protocol: "TCP", Class: exposure.None}}}
+	}
+	now := map[string]exposure.Pod{"backend/api-0": open("backend/api-0"), "backend/api-1": open("backend/api-1")}
+	after := map[string]exposure.Pod{
+		"backend/api-0": only("backend/api-0", "frontend/web-0", "frontend/web-1"),
+		"backend/api-1": only("backend/api-1", "frontend/web-0", "frontend/web-1"),
+	}
+	lookup := func(m map[string]exposure.Pod) func(string) (exposure.Pod, bool) {
+		return func(k string) (exposure.Pod, bool) { p, ok := m[k]; return p, ok }
+	}
+	fs := rankWhatIf(imgs, lookup(now), lookup(after))
+	if len(fs) != 1 {
+		t.Fatalf("findings %+v", fs)
+	}
+	f := fs[0]
+	if f.Exposure != exposure.Pods || f.ExposureBefore != exposure.Internet || f.Rank != 2.94 {
+		t.Errorf("exposure %s, before %s, rank %v; want pods, internet, 2.94", f.Exposure, f.ExposureBefore, f.Rank)
+	}
+	if want := "internet -> 2 pods (frontend/web-0, frontend/web-1)"; f.ExposureChange != want {
+		t.Errorf("change %q, want %q", f.ExposureChange, want)
+	}
+	// Closed entirely: "none".
+	for k := range after {
+		after[k] = exposure.Pod{Pod: k, Class: exposure.None, Ports: []exposure.Port{{Port: 8080, Protocol: "TCP", Class: exposure.None}}}
+	}
+	if got := rankWhatIf(imgs, lookup(now), lookup(after))[0].ExposureChange; got != "internet -> none" {
+		t.Errorf("change %q, want internet -> none", got)
+	}
+}

@@ -51,7 +51,11 @@ func WriteClusterTable(w io.Writer, r Cluster) error {
 	tw := tabwriter.NewWriter(&rows, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "RANK\tSEVERITY\tEXPOSURE\tID\tPACKAGE\tINSTALLED\tFIXED\tIMAGE")
 	for _, f := range r.Findings {
-		fmt.Fprintf(tw, "%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Rank, levelName(f.Severity.Level), f.Exposure, f.ID, pkgName(f.Package), f.Package.Version, orDash(f.Fixed), f.Image)
+		exp := string(f.Exposure)
+		if f.ExposureChange != "" {
+			exp = string(f.ExposureBefore) + "->" + exp
+		}
+		fmt.Fprintf(tw, "%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Rank, levelName(f.Severity.Level), exp, f.ID, pkgName(f.Package), f.Package.Version, orDash(f.Fixed), f.Image)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -61,6 +65,9 @@ func WriteClusterTable(w io.Writer, r Cluster) error {
 	for i, f := range r.Findings {
 		fmt.Fprintln(w, lines[i+1])
 		fmt.Fprintf(w, "      %s\n", f.Explanation)
+		if f.ExposureChange != "" {
+			fmt.Fprintf(w, "      with the proposed policies: %s\n", f.ExposureChange)
+		}
 	}
 	return nil
 }
