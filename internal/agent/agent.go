@@ -243,7 +243,7 @@ func (a *Agent) reportGaps(gaps []model.Gap) {
 	for _, g := range gaps {
 		s := g.String()
 		if !was[s] {
-			a.cfg.Logger.Warn("policy not enforced as written", "kind", g.Kind, "name", g.Name, "field", g.Field, "detail", g.Msg)
+			a.cfg.Logger.Warn("policy not enforced as written", "apiVersion", g.APIVersion, "kind", g.Kind, "namespace", g.Namespace, "name", g.Name, "field", g.Field, "detail", g.Msg)
 			if a.cfg.OnUnenforced != nil {
 				a.cfg.OnUnenforced(g)
 			}
@@ -300,7 +300,11 @@ func (a *Agent) sync(ctx context.Context) error {
 		}
 		a.st.Applied, a.st.ResourceVersion, a.st.ResourceVersions, a.st.LastSync, a.st.LastError, a.st.ErrorRevision = rev, rv, rvs, time.Now(), "", 0
 		a.st.LocalPods, a.st.Policies = countLocal(rs, a.cfg.Node), countPolicies(rs)
-		a.reportGaps(c.Unsupported())
+		gaps := c.Unsupported()
+		if g, ok := a.src.(interface{ Gaps() []model.Gap }); ok {
+			gaps = append(gaps, g.Gaps()...) // objects of policy kinds rampart does not enforce
+		}
+		a.reportGaps(gaps)
 		a.configureThreat(c)
 		a.resolver = resolver
 		if a.fl != nil {

@@ -244,3 +244,43 @@ func scrape(t *testing.T, h http.Handler) string {
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// gapSource is a store that also reports policy objects of kinds rampart does not enforce,
+// as the Kubernetes source does.
+type gapSource struct {
+	*store.Store
+	gaps []model.Gap
+}
+
+func (g *gapSource) Gaps() []model.Gap { return g.gaps }
+
+// Objects of policy kinds rampart does not enforce are reported like unenforced fields: in the
+// status, once to the OnUnenforced hook (Events), and in the metric.
+func TestReportsUnenforcedObjects(t *testing.T) {
+	gap := model.Gap{APIVersion: "cilium.io/v2", Kind: "CiliumNetworkPolicy", Namespace: "shop", Name: "l7", Msg: "rampart does not enforce this policy kind"}
+	s := &gapSource{Store: store.New(cluster()), gaps: []model.Gap{gap}}
+	var mu sync.Mutex
+	var told []model.Gap
+	a, _, _ := start(t, s, &fakePlane{}, Config{OnUnenforced: func(g model.Gap) { mu.Lock(); told = append(told, g); mu.Unlock() }})
+	ctx := waitCtx(t)
+	_, rev := s.Snapshot()
+	if err := a.WaitApplied(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	rev, _ = s.Update(denyAll) // a second sync: told once, listed still
+	if err := a.WaitApplied(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	want := "cilium.io/v2 CiliumNetworkPolicy shop/l7: rampart does not enforce this policy kind"
+	if st := a.Status(); len(st.Unenforced) != 1 || st.Unenforced[0] != want {
+		t.Errorf("status unenforced %q, want [%q]", st.Unenforced, want)
+	}
+	mu.Lock()
+	if len(told) != 1 || told[0] != gap {
+		t.Errorf("OnUnenforced told %v, want the gap once", told)
+	}
+	mu.Unlock()
+	if body := scrape(t, a.MetricsHandler()); !strings.Contains(body, "rampart_unenforced_policy_fields 1") {
+		t.Errorf("metric:\n%s", body)
+	}
+}

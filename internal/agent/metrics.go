@@ -32,7 +32,7 @@ func newMetrics(reg prometheus.Registerer, dp dataplane.Dataplane) (*metrics, er
 		ready:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_agent_ready", Help: "1 when the agent is ready (policy programmed, source reachable)."}),
 		swept:      prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_swept_connections_total", Help: "Tracked connections removed because a new policy denies them."}),
 		unenforced: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_unenforced_policy_fields",
-			Help: "Fields of the cluster's policies that rampart does not enforce as written (compiled fail-closed); the agent's /status lists them."}),
+			Help: "Fields of the cluster's policies that rampart does not enforce as written (compiled fail-closed), and objects of policy kinds it does not enforce; the agent's /status lists them."}),
 	}
 	m.entries = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rampart_programmed_entries",
 		Help: "State the dataplane programmed at its last sync, by kind (iptables rules and ipset members; BPF map entries)."}, []string{"kind"})

@@ -48,14 +48,22 @@ func IsPolicyKind(apiVersion, kind string) bool {
 
 // Gap is something a policy object says that rampart does not enforce as written.
 type Gap struct {
+	// APIVersion is set for kinds rampart does not model ("cilium.io/v2").
+	APIVersion string
 	Kind, Name string // the object
+	Namespace  string // a namespaced object's
 	Field      string // the field path, "" for the whole object
 	Msg        string // what is not enforced and what rampart does instead
 }
 
 func (g Gap) String() string {
 	s := g.Kind
-	if g.Name != "" {
+	if g.APIVersion != "" {
+		s = g.APIVersion + " " + s
+	}
+	if g.Namespace != "" {
+		s += " " + g.Namespace + "/" + g.Name
+	} else if g.Name != "" {
 		s += " " + g.Name
 	}
 	if g.Field != "" {

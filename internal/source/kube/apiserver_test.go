@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -216,5 +217,103 @@ func TestAPIServer(t *testing.T) {
 			t.Fatal("the source does not report the connection back")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+const ciliumCRD = `apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: ciliumnetworkpolicies.cilium.io}
+spec:
+  group: cilium.io
+  scope: Namespaced
+  names: {kind: CiliumNetworkPolicy, plural: ciliumnetworkpolicies, singular: ciliumnetworkpolicy, listKind: CiliumNetworkPolicyList}
+  versions:
+  - name: v2
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+`
+
+// No silent gaps in a cluster: objects of a policy kind rampart does not enforce (here a
+// CiliumNetworkPolicy, its CRD installed after the agent started) are found, named and posted
+// as Warning Events on themselves.
+func TestAPIServerUnenforcedKinds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real kube-apiserver")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	_, cfg := startAPIServer(t, t.TempDir())
+	cs := kubernetes.NewForConfigOrDie(cfg)
+	createObjects(t, ctx, cs)
+	s, err := NewFromConfig(cfg, Options{UnenforcedPoll: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := s.Subscribe(ctx)
+	go func() { _ = s.Run(ctx) }()
+	<-s.Synced()
+	if g := s.Gaps(); len(g) != 0 {
+		t.Fatalf("gaps before any unenforced kind: %v", g)
+	}
+	if err := apiserver.Create(ctx, cfg, []byte(ciliumCRD), false); err != nil {
+		t.Fatal(err)
+	}
+	obj := []byte("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: l7, namespace: shop}\nspec: {endpointSelector: {}}\n")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		err := apiserver.Create(ctx, cfg, obj, false)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("create the CiliumNetworkPolicy: %v", err)
+		}
+	}
+	want := "cilium.io/v2 CiliumNetworkPolicy shop/l7: rampart does not enforce this policy kind"
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		g := s.Gaps()
+		if len(g) == 1 && strings.HasPrefix(g[0].String(), want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gaps %v, want %q", g, want)
+		}
+		select {
+		case <-changed:
+		case <-time.After(time.Second):
+		}
+	}
+	if kinds, err := UnenforcedKinds(s); err != nil || len(kinds) != 1 || kinds[0] != "cilium.io/v2 CiliumNetworkPolicy" {
+		t.Errorf("UnenforcedKinds = %v, %v", kinds, err)
+	}
+	events := NewEvents(s, "rampart-agent", "n1")
+	defer events.Stop()
+	events.Gap(s.Gaps()[0])
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		evs, err := cs.CoreV1().Events("shop").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, e := range evs.Items {
+			found = found || e.Reason == EventReasonNotEnforced && e.InvolvedObject.Kind == "CiliumNetworkPolicy" &&
+				e.InvolvedObject.APIVersion == "cilium.io/v2" && e.InvolvedObject.Name == "l7"
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no PolicyNotEnforced Event on shop/l7: %v", evs.Items)
+		}
+	}
+	// Deleted, it is no gap any more.
+	md := s.md.Resource(schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"})
+	if err := md.Namespace("shop").Delete(ctx, "l7", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); len(s.Gaps()) != 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("gaps after the deletion: %v", s.Gaps())
+		}
 	}
 }

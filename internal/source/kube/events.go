@@ -34,12 +34,16 @@ func (e *Events) Stop() { e.b.Shutdown() }
 
 // Gap posts a Warning Event (EventReasonNotEnforced) on the policy object of a gap.
 func (e *Events) Gap(g model.Gap) {
-	ref := &corev1.ObjectReference{APIVersion: model.APIVersion(g.Kind), Kind: g.Kind, Name: g.Name}
+	ref := &corev1.ObjectReference{APIVersion: g.APIVersion, Kind: g.Kind, Namespace: g.Namespace, Name: g.Name}
+	if ref.APIVersion == "" {
+		ref.APIVersion = model.APIVersion(g.Kind)
+	}
 	if ref.APIVersion == "" || g.Name == "" {
 		return // a kind, not an object: the agent's status and logs carry it
 	}
-	// Cluster-scoped objects' Events live in the default namespace, as kubectl expects.
-	ref.Namespace = corev1.NamespaceDefault
+	if ref.Namespace == "" { // cluster-scoped objects' Events live in the default namespace, as kubectl expects
+		ref.Namespace = corev1.NamespaceDefault
+	}
 	msg := g.Msg
 	if g.Field != "" {
 		msg = g.Field + ": " + msg

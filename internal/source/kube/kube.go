@@ -1,17 +1,15 @@
 // Package kube reads a cluster's objects from its API server (client-go) as the model holds
 // them: Namespaces, Nodes, Pods, Services, EndpointSlices, NetworkPolicies, and the
 // AdminNetworkPolicies, BaselineAdminNetworkPolicies and ClusterNetworkPolicies where their
-// CRDs are installed; UnenforcedKinds names the policy kinds it serves that rampart does not
-// enforce. Source
-// keeps them current with shared informers (the agent's view); Load takes one snapshot through
-// the same Source (the CLI's).
+// CRDs are installed. Source keeps them current with shared informers (the agent's view) and
+// finds the objects of policy kinds the cluster serves that rampart does not enforce (Gaps), so
+// they are reported instead of silently ignored; Load takes one snapshot through the same
+// Source (the CLI's), with UnenforcedKinds.
 package kube
 
 import (
 	"context"
 	"fmt"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/rampart-sec/rampart/internal/model"
@@ -62,32 +60,4 @@ func Once(ctx context.Context, s *Source) (*model.Cluster, error) {
 		}
 		return nil, fmt.Errorf("read the cluster: %w", ctx.Err())
 	}
-}
-
-// UnenforcedKinds lists the policy kinds the API server serves that rampart does not enforce
-// ("cilium.io/v2 CiliumNetworkPolicy"), from discovery: objects of those kinds would
-// otherwise be silently ignored. Discovery needs no RBAC beyond what every client has.
-func UnenforcedKinds(s *Source) ([]string, error) {
-	_, lists, err := s.cs.Discovery().ServerGroupsAndResources()
-	if err != nil && len(lists) == 0 {
-		return nil, fmt.Errorf("discovery: %w", err)
-	}
-	var out []string
-	seen := map[string]bool{}
-	for _, l := range lists {
-		for _, r := range l.APIResources {
-			if strings.Contains(r.Name, "/") || !model.IsPolicyKind(l.GroupVersion, r.Kind) {
-				continue // subresources, and what is no policy
-			}
-			if model.Accepts(r.Kind, l.GroupVersion) {
-				continue
-			}
-			if k := l.GroupVersion + " " + r.Kind; !seen[k] {
-				seen[k] = true
-				out = append(out, k)
-			}
-		}
-	}
-	sort.Strings(out)
-	return out, nil
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -36,6 +37,9 @@ type Options struct {
 	CRDPoll time.Duration
 	// HealthPoll is how often the API server's /healthz is checked (default 2s).
 	HealthPoll time.Duration
+	// UnenforcedPoll is how often the cluster is searched for objects of policy kinds rampart
+	// does not enforce (default 1m).
+	UnenforcedPoll time.Duration
 	// Resync is the informers' resync period (default none: the watch is the truth).
 	Resync time.Duration
 	Logger *slog.Logger
@@ -47,6 +51,9 @@ func (o *Options) defaults() {
 	}
 	if o.HealthPoll == 0 {
 		o.HealthPoll = 2 * time.Second
+	}
+	if o.UnenforcedPoll == 0 {
+		o.UnenforcedPoll = time.Minute
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -63,6 +70,7 @@ type Source struct {
 	*source.Notifier
 	cs   kubernetes.Interface
 	np   npclient.Interface
+	md   metadata.Interface // lists objects of policy kinds rampart does not enforce; nil: kinds only
 	opts Options
 
 	core     informers.SharedInformerFactory
@@ -86,8 +94,9 @@ type Source struct {
 	snapMu  sync.Mutex
 	snaps   map[string]kindSnap
 
-	mu     sync.Mutex
-	status source.Status
+	mu         sync.Mutex
+	status     source.Status
+	unenforced []model.Gap // objects of policy kinds rampart does not enforce (watchUnenforced)
 }
 
 var _ source.Source = (*Source)(nil)
@@ -149,7 +158,13 @@ func NewFromConfig(cfg *rest.Config, opts Options) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	return New(cs, np, opts), nil
+	md, err := metadata.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := New(cs, np, opts)
+	s.md = md
+	return s, nil
 }
 
 // stripManagedFields drops what no consumer reads before objects enter the caches: every
@@ -289,6 +304,7 @@ func (s *Source) Run(ctx context.Context) error {
 	s.rev.Add(1)
 	close(s.synced)
 	s.Notify()
+	go s.watchUnenforced(ctx)
 	if !anp || !cnp {
 		t := time.NewTicker(s.opts.CRDPoll)
 		defer t.Stop()
