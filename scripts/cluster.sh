@@ -8,6 +8,7 @@
 #   scripts/cluster.sh down                 stop and remove everything, also after a crash
 #   scripts/cluster.sh kubectl ARGS...      kubectl inside the node's network namespace
 #   scripts/cluster.sh e2e [GINKGO ARGS]    the upstream NetworkPolicy e2e suite
+#   scripts/cluster.sh cnp-conformance      the upstream ClusterNetworkPolicy conformance suite
 #   scripts/cluster.sh check                a policy applied with kubectl is in force within 1s
 #   scripts/cluster.sh image                rebuild rampart's image and roll the DaemonSet to it
 #   scripts/cluster.sh smoke                both dataplanes: up, check, five upstream tests, down
@@ -430,6 +431,38 @@ e2e() {
   return $rc
 }
 
+# cnp_conformance: the upstream ClusterNetworkPolicy conformance suite (network-policy-api's
+# conformance/, test/cnpconformance: SCTP containers and probes left out, as this kernel has no
+# SCTP sockets), standard profile plus named ports and node peers, against the running cluster.
+# Its test binary is cached by its inputs. Report in .cluster/cnp-conformance/.
+cnp_conformance() {
+  load_env
+  local mod=$here/test/cnpconformance t0=$SECONDS rc=0
+  local key
+  key=$(cat "$mod/go.mod" "$mod/go.sum" "$mod"/*.go "$mod"/gen/*.go | sha256sum | cut -c1-12)
+  local bin=${RAMPART_CACHE:-$HOME/.cache/rampart}/cluster/cnp-conformance-$key
+  if [ ! -x "$bin/cnp-conformance.test" ]; then
+    log "building the ClusterNetworkPolicy conformance suite"
+    mkdir -p "$bin.tmp"
+    (cd "$mod" && CGO_ENABLED=0 "$GO" run ./gen >&2 && CGO_ENABLED=0 "$GO" test -c -trimpath -o "$bin.tmp/cnp-conformance.test" .) ||
+      die "could not build the conformance suite"
+    mv "$bin.tmp" "$bin"
+  fi
+  mkdir -p "$C/cnp-conformance"
+  # A run killed midway leaves its namespaces; the suite would apply into terminating ones.
+  kubectl_node delete namespace --ignore-not-found --wait=true --timeout=180s \
+    network-policy-conformance-{gryffindor,slytherin,hufflepuff,ravenclaw,forbidden-forrest} >/dev/null
+  # The suite runs kubectl-like execs and reads the kubeconfig from $KUBECONFIG.
+  in_node env KUBECONFIG="$C/kubeconfig" "$bin/cnp-conformance.test" -test.run TestConformance -test.v -test.timeout 60m \
+    -supported-features ClusterNetworkPolicy,ClusterNetworkPolicyNamedPorts,ClusterNetworkPolicyEgressNodePeers \
+    >"$C/cnp-conformance/conformance.log" 2>&1 || rc=$?
+  # One line per upstream test; those skipped by name (SCTP only) still say PASS upstream.
+  grep -E '^    --- (PASS|FAIL|SKIP): TestConformance/[^/]* ' "$C/cnp-conformance/conformance.log" | sed 's/^    //' >&2 || true
+  grep -oE 'Skipping [A-Za-z]+' "$C/cnp-conformance/conformance.log" | sed 's/^/  (skipped by name) /' >&2 || true
+  log "ClusterNetworkPolicy conformance ($DATAPLANE) finished in $((SECONDS - t0))s, exit $rc; log in $C/cnp-conformance/"
+  return $rc
+}
+
 # check: a NetworkPolicy applied with kubectl changes what a real pod's connection attempts see
 # within a second (and so does deleting it), timed from kubectl's return to the start of the
 # first probe (agnhost connect through kubectl exec) that sees the new verdict.
@@ -524,10 +557,11 @@ main() {
   node) node ;;
   kubectl) load_env && kubectl_node "$@" ;;
   e2e) e2e "$@" ;;
+  cnp-conformance) cnp_conformance ;;
   check) check ;;
   image) image ;;
   smoke) smoke ;;
-  *) die "usage: $0 up [iptables|ebpf] | down | kubectl ARGS... | e2e [ARGS...] | check | image | smoke" ;;
+  *) die "usage: $0 up [iptables|ebpf] | down | kubectl ARGS... | e2e [ARGS...] | cnp-conformance | check | image | smoke" ;;
   esac
 }
 
