@@ -27,14 +27,7 @@ status: {podIP: 10.0.0.2}
 // No silent gaps: policy matrix (and every command reading manifests) fails on a policy it
 // would not enforce as written, naming it, unless --skip-unsupported.
 func TestPolicyCommandsRejectWhatTheyWouldNotEnforce(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, body string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := tempWriter(t)
 	cluster := write("cluster.yaml", cnpCluster)
 	deny := write("deny.yaml", `apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -84,4 +77,17 @@ func mustRead(t *testing.T, p string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// tempWriter returns a function writing files into a temporary directory, returning each path.
+func tempWriter(t *testing.T) func(name, body string) string {
+	dir := t.TempDir()
+	return func(name, body string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 }

@@ -83,6 +83,17 @@ func (f *clusterFlags) load(ctx context.Context, stdin io.Reader) (*model.Cluste
 	return c, nil
 }
 
+// withProposal is c with the policies in files added (replace: instead of its own), read as
+// strictly as the cluster's own manifests.
+func (f *clusterFlags) withProposal(c *model.Cluster, files []string, replace bool, stdin io.Reader) (*model.Cluster, error) {
+	in := inputFlags{files: files, allowUnknown: f.in.allowUnknown, skipUnsupported: f.in.skipUnsupported}
+	objs, err := in.load(stdin)
+	if err != nil {
+		return nil, err
+	}
+	return whatif.Apply(c, objs, replace)
+}
+
 // readFlows reads flow records (JSON lines) from a file, or stdin for "-".
 func readFlows(path string, stdin io.Reader) ([]flow.Record, error) {
 	r := stdin
@@ -266,12 +277,7 @@ now) would be denied.`,
 			if err != nil {
 				return err
 			}
-			pin := inputFlags{files: proposed, allowUnknown: cf.in.allowUnknown, skipUnsupported: cf.in.skipUnsupported}
-			objs, err := pin.load(cmd.InOrStdin())
-			if err != nil {
-				return fmt.Errorf("--proposed: %w", err)
-			}
-			after, err := whatif.Apply(before, objs, replace)
+			after, err := cf.withProposal(before, proposed, replace, cmd.InOrStdin())
 			if err != nil {
 				return fmt.Errorf("--proposed: %w", err)
 			}

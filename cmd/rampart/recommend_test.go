@@ -21,14 +21,7 @@ const observedFlows = `{"source":{"namespace":"frontend","pod":"web-0","ip":"10.
 // The loop without a lab: recommend from observed flows, check the proposal with policy diff,
 // and see what it does to the exposure of the images' findings.
 func TestRecommendDiffWhatIf(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, body string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := tempWriter(t)
 	flows := write("flows.jsonl", observedFlows)
 	out, err := runCLI(t, "policy", "recommend", "-f", "../../examples/cluster", "--flows", flows)
 	if err != nil {

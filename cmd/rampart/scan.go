@@ -18,7 +18,6 @@ import (
 	"github.com/rampart-sec/rampart/internal/vuln/exposure"
 	"github.com/rampart-sec/rampart/internal/vuln/inventory"
 	"github.com/rampart-sec/rampart/internal/vuln/report"
-	"github.com/rampart-sec/rampart/internal/whatif"
 )
 
 func newDBCmd() *cobra.Command {
@@ -224,12 +223,7 @@ and after: which critical findings a policy change takes off the internet.`,
 			}
 			var after *policy.Evaluator
 			if len(withPols) > 0 {
-				pin := inputFlags{files: withPols, allowUnknown: cf.in.allowUnknown, skipUnsupported: cf.in.skipUnsupported}
-				objs, err := pin.load(cmd.InOrStdin())
-				if err != nil {
-					return fmt.Errorf("--with-policies: %w", err)
-				}
-				ac, err := whatif.Apply(c, objs, replace)
+				ac, err := cf.withProposal(c, withPols, replace, cmd.InOrStdin())
 				if err != nil {
 					return fmt.Errorf("--with-policies: %w", err)
 				}
