@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -251,7 +252,9 @@ func validateThreatDefense(t *ThreatDefense) field.ErrorList {
 			errs = append(errs, field.Invalid(p, f.Name, "give exactly one of file and url"))
 		}
 		if f.URL != "" {
-			errs = append(errs, field.Invalid(p.Child("url"), f.URL, "url feeds are not fetched by this version: download the list and give its file"))
+			if u, err := url.Parse(f.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				errs = append(errs, field.Invalid(p.Child("url"), f.URL, "must be an http:// or https:// URL with a host"))
+			}
 		}
 		errs = append(errs, oneOf(p.Child("format"), f.Format, FormatNetset, FormatSpamhaus)...)
 		errs = append(errs, oneOf(p.Child("action"), f.Action, ActionBlock, ActionAlert)...)

@@ -175,3 +175,20 @@ spec: {podSelector: {}}
 		t.Errorf("policyTypes = %v, want [Ingress]", q.Spec.PolicyTypes)
 	}
 }
+
+func TestThreatDefenseFeedURL(t *testing.T) {
+	for _, tc := range []struct {
+		url, want string
+	}{
+		{"https://lists.example/drop.txt", ""},
+		{"http://127.0.0.1:8080/list", ""},
+		{"ftp://lists.example/drop.txt", "spec.feeds[0].url: Invalid value"},
+		{"lists.example/drop.txt", "must be an http:// or https:// URL with a host"},
+	} {
+		doc := "apiVersion: rampart.io/v1alpha1\nkind: ThreatDefense\nmetadata: {name: default}\nspec:\n  feeds:\n  - {name: f, url: \"" + tc.url + "\"}\n"
+		_, err := Decode(strings.NewReader(doc), "td.yaml", DecodeOptions{})
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("url %q: error %v, want %q", tc.url, err, tc.want)
+		}
+	}
+}

@@ -59,6 +59,7 @@ type Engine struct {
 	protect Protected
 	// loadedAt is when the feeds were last read (they are read again every spec.feeds[].refresh).
 	loadedAt time.Time
+	fetch    *fetcher // feeds by URL
 	pods     map[netip.Addr]*podInfo
 	nss      map[string]labels.Set
 	marked   []netip.Addr // pods annotated for quarantine
@@ -125,7 +126,7 @@ func New(cfg Config) *Engine {
 	}
 	return &Engine{cfg: cfg, pods: map[netip.Addr]*podInfo{}, scans: map[scanKey]*scanState{},
 		floods: map[netip.Addr]*floodState{}, blocks: map[netip.Prefix]time.Time{}, quiet: map[string]time.Time{},
-		limits: map[netip.Addr]synLimit{}, quarAuto: map[netip.Addr]autoQuarantine{}}
+		limits: map[netip.Addr]synLimit{}, quarAuto: map[netip.Addr]autoQuarantine{}, fetch: newFetcher()}
 }
 
 // Log is where the engine's alerts go.
@@ -201,7 +202,7 @@ func (e *Engine) loadFeeds(td *model.ThreatDefense) (feedSet, error) {
 	var errs []error
 	for i := range td.Spec.Feeds {
 		f := &td.Spec.Feeds[i]
-		ps, _, err := LoadFeed(f)
+		ps, _, err := e.fetch.load(f)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("spec.feeds[%d]: %w", i, err))
 			continue

@@ -1,12 +1,16 @@
 package threat
 
 import (
+	"io"
 	"maps"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -527,6 +531,72 @@ spec:
 	}
 	if got := e.FeedEntries()["blocklist-a"]; got != 2 {
 		t.Fatalf("previous feed not kept: %d entries", got)
+	}
+}
+
+// A feed by URL (a server on loopback): read at configuration, read again at refresh with a
+// conditional request (an unchanged list is not sent again), a changed list replaces the
+// entries, and a failing server keeps the entries in force.
+func TestFeedByURL(t *testing.T) {
+	var mu sync.Mutex
+	body, etag, status, requests, notModified := "203.0.113.0/24\n", `"v1"`, http.StatusOK, 0, 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		requests++
+		if status != http.StatusOK {
+			w.WriteHeader(status)
+			return
+		}
+		if r.Header.Get("If-None-Match") == etag {
+			notModified++
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		w.Header().Set("ETag", etag)
+		_, _ = io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	td := `
+apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  feeds:
+  - {name: remote, url: "` + srv.URL + `/drop.txt", action: block, refresh: 1m}
+`
+	e, clk, b := engine(t, td)
+	if got := e.FeedEntries()["remote"]; got != 1 || len(b.got) != 1 || len(b.got[0]) != 1 {
+		t.Fatalf("entries %d, kernel given %v", got, b.got)
+	}
+	refresh := func() error {
+		t.Helper()
+		clk.t = clk.t.Add(61 * time.Second)
+		return e.RefreshFeeds(clk.t)
+	}
+	if err := refresh(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if requests != 2 || notModified != 1 {
+		t.Errorf("%d requests, %d not modified; want 2 and 1", requests, notModified)
+	}
+	body, etag = "203.0.113.0/24\n198.51.100.7\n", `"v2"`
+	mu.Unlock()
+	if err := refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.FeedEntries()["remote"]; got != 2 {
+		t.Fatalf("after the list changed: %d entries, want 2", got)
+	}
+	mu.Lock()
+	status = http.StatusServiceUnavailable
+	mu.Unlock()
+	if err := refresh(); err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "stay in force") {
+		t.Fatalf("refresh from a failing server: %v", err)
+	}
+	if got := e.FeedEntries()["remote"]; got != 2 {
+		t.Fatalf("entries lost when the server failed: %d", got)
 	}
 }
 

@@ -2,11 +2,15 @@ package threat
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/rampart-sec/rampart/internal/model"
 )
@@ -68,8 +72,11 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-// LoadFeed reads a feed's file.
+// LoadFeed reads a feed's file, or fetches its URL.
 func LoadFeed(f *model.Feed) ([]netip.Prefix, int, error) {
+	if f.URL != "" {
+		return newFetcher().load(f)
+	}
 	fh, err := os.Open(f.File)
 	if err != nil {
 		return nil, 0, fmt.Errorf("feed %s: %w", f.Name, err)
@@ -79,6 +86,90 @@ func LoadFeed(f *model.Feed) ([]netip.Prefix, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("feed %s (%s): %w", f.Name, f.File, err)
 	}
+	return ps, v6, nil
+}
+
+// Limits of a feed fetched by URL: a list larger than maxFeedBytes is refused rather than
+// truncated (a truncated list would silently unblock its tail).
+const (
+	maxFeedBytes = 64 << 20
+	fetchTimeout = 30 * time.Second
+)
+
+// fetcher reads feeds by URL, asking the server whether a list changed since it was last read
+// (ETag, Last-Modified): an unchanged list is not downloaded or parsed again.
+type fetcher struct {
+	client *http.Client
+	mu     sync.Mutex
+	seen   map[string]fetched // by URL
+}
+
+type fetched struct {
+	etag, modified string
+	format         string
+	prefixes       []netip.Prefix
+	v6             int
+}
+
+func newFetcher() *fetcher {
+	return &fetcher{client: &http.Client{Timeout: fetchTimeout}, seen: map[string]fetched{}}
+}
+
+// load reads a feed from its file or URL.
+func (fe *fetcher) load(f *model.Feed) ([]netip.Prefix, int, error) {
+	if f.URL == "" {
+		return LoadFeed(f)
+	}
+	ps, v6, err := fe.fetch(f)
+	if err != nil {
+		return nil, 0, fmt.Errorf("feed %s (%s): %w", f.Name, f.URL, err)
+	}
+	return ps, v6, nil
+}
+
+func (fe *fetcher) fetch(f *model.Feed) ([]netip.Prefix, int, error) {
+	fe.mu.Lock()
+	prev, ok := fe.seen[f.URL]
+	fe.mu.Unlock()
+	if ok && prev.format != f.Format {
+		ok = false // parsed another way before
+	}
+	req, err := http.NewRequest(http.MethodGet, f.URL, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	req.Header.Set("User-Agent", "rampart-agent")
+	if ok && prev.etag != "" {
+		req.Header.Set("If-None-Match", prev.etag)
+	}
+	if ok && prev.modified != "" {
+		req.Header.Set("If-Modified-Since", prev.modified)
+	}
+	resp, err := fe.client.Do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusNotModified && ok:
+		return prev.prefixes, prev.v6, nil
+	case resp.StatusCode != http.StatusOK:
+		return nil, 0, fmt.Errorf("%s", resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxFeedBytes+1))
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(body) > maxFeedBytes {
+		return nil, 0, fmt.Errorf("larger than %d MiB: refused, not truncated", maxFeedBytes>>20)
+	}
+	ps, v6, err := ParseFeed(bytes.NewReader(body), f.Format)
+	if err != nil {
+		return nil, 0, err
+	}
+	fe.mu.Lock()
+	fe.seen[f.URL] = fetched{etag: resp.Header.Get("ETag"), modified: resp.Header.Get("Last-Modified"), format: f.Format, prefixes: ps, v6: v6}
+	fe.mu.Unlock()
 	return ps, v6, nil
 }
 
