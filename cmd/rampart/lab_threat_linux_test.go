@@ -459,3 +459,83 @@ spec:
 		}
 	}
 }
+
+// TestLabKubeThreat: in a --kube lab the node agents (separate processes) take the
+// ThreatDefense from their --threat-config file, as a DaemonSet's agents take it from their
+// ConfigMap: lab apply writes it and returns once every agent has it in force; a feed listing
+// the server blocks it in the kernel and a decoy raises its alert; lab delete turns it off.
+func TestLabKubeThreat(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real kube-apiserver and agent processes")
+	}
+	netnstest.RequireRoot(t, "ip", "iptables-restore", "ipset")
+	dir := t.TempDir()
+	bin := rampartBinary(t)
+	name := fmt.Sprintf("kt%d", rand.Intn(100000))
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(bin, append([]string{args[0], "--name", name}, args[1:]...)...).CombinedOutput()
+		return string(out), err
+	}
+	must := func(args ...string) string {
+		t.Helper()
+		out, err := run(args...)
+		if err != nil {
+			t.Fatalf("rampart %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	t.Cleanup(func() { _, _ = run("lab", "down") })
+	must("lab", "up", "--kube", "--nodes", "2", "--dataplane", "iptables", "-f", "../../test/threat/cluster.yaml")
+	var pods []struct{ Namespace, Name, IP string }
+	if err := json.Unmarshal([]byte(must("lab", "get", "pods", "-o", "json")), &pods); err != nil {
+		t.Fatal(err)
+	}
+	ip := map[string]string{}
+	for _, p := range pods {
+		ip[p.Namespace+"/"+p.Name] = p.IP
+	}
+	connects := func(from, to string, port int) bool {
+		_, err := run("lab", "exec", from, "--", "timeout", "2", "bash", "-c", fmt.Sprintf("echo > /dev/tcp/%s/%d", ip[to], port))
+		return err == nil
+	}
+	if !connects("app/client", "app/server", 80) {
+		t.Fatal("client cannot reach the server before any ThreatDefense")
+	}
+	list := filepath.Join(dir, "list.netset")
+	if err := os.WriteFile(list, []byte(ip["app/server"]+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	td := filepath.Join(dir, "td.yaml")
+	if err := os.WriteFile(td, []byte(`apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  feeds:
+  - {name: listed, file: `+list+`, action: block}
+  honeypots:
+  - {namespace: decoy, pod: db-0}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	must("lab", "apply", "-f", td) // returns once every agent has it in force
+	if connects("app/client", "app/server", 80) {
+		t.Error("the listed server is still reachable with the ThreatDefense in force")
+	}
+	start := time.Now()
+	_, _ = run("lab", "exec", "app/busy", "--", "timeout", "1", "bash", "-c", "echo > /dev/tcp/"+ip["decoy/db-0"]+"/5432")
+	for found := false; !found; time.Sleep(200 * time.Millisecond) {
+		for _, line := range strings.Split(must("lab", "alerts", "-o", "json"), "\n") {
+			var a threat.Alert
+			if json.Unmarshal([]byte(line), &a) == nil && a.Type == threat.TypeHoneypot && a.Source.Pod == "busy" && a.Target.Pod == "db-0" {
+				found = true
+			}
+		}
+		if !found && time.Since(start) > 10*time.Second {
+			t.Fatalf("no honeypot alert from the --kube lab's agents:\n%s", must("lab", "alerts"))
+		}
+	}
+	must("lab", "delete", "threatdefense", "default")
+	if !connects("app/client", "app/server", 80) && !connects("app/client", "app/server", 80) {
+		t.Error("the server stays blocked after the ThreatDefense's deletion")
+	}
+}

@@ -116,8 +116,10 @@ type Agent struct {
 	mu       sync.Mutex
 	st       Status
 	progress chan struct{} // closed and replaced after every sync attempt
-	// fileTD is the last ThreatDefense read from Config.ThreatFile, threatSum that file's hash.
+	// fileTD is the last ThreatDefense read from Config.ThreatFile and fileSum the hash of the
+	// content it came from; threatSum is the file's hash at the last poll.
 	fileTD    *model.ThreatDefense
+	fileSum   string
 	threatSum string
 }
 
@@ -328,6 +330,7 @@ func (a *Agent) sync(ctx context.Context) error {
 // configureThreat gives the threat engine the state just put in force. The caller holds a.mu.
 func (a *Agent) configureThreat(c *model.Cluster) {
 	td, ferr := a.threatConfig(c)
+	fromFile := a.cfg.ThreatFile != "" && c.ThreatDefense == nil
 	a.st.Threat.Config = ""
 	if td != nil {
 		a.st.Threat.Config = td.Name
@@ -347,6 +350,10 @@ func (a *Agent) configureThreat(c *model.Cluster) {
 		}
 		a.st.Threat.Error = err.Error()
 		return
+	}
+	a.st.Threat.File = ""
+	if fromFile {
+		a.st.Threat.File = a.fileSum // the file's content now in force ("" : no file)
 	}
 	a.st.Threat.Error = ""
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -20,8 +21,10 @@ import (
 
 // ThreatStatus is the threat-defense part of the agent's status.
 type ThreatStatus struct {
-	// Config names the ThreatDefense in force ("" : none).
+	// Config names the ThreatDefense in force ("" : none); File is the sha256 of the
+	// Config.ThreatFile content it came from (empty when it came from the cluster or no file).
 	Config string `json:"config,omitempty"`
+	File   string `json:"file,omitempty"`
 	// Feeds are the loaded feeds' entry counts; Refused the entries not loaded because they
 	// would cut the cluster off.
 	Feeds   map[string]int `json:"feeds,omitempty"`
@@ -111,13 +114,23 @@ func (a *Agent) threatFileChanged() bool {
 	b, err := os.ReadFile(a.cfg.ThreatFile)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	sum := fmt.Sprintf("%x", sha256.Sum256(b))
+	sum := fileSum(b)
 	if err != nil {
 		sum = err.Error()
 	}
 	changed := sum != a.threatSum
 	a.threatSum = sum
 	return changed
+}
+
+func fileSum(b []byte) string { return fmt.Sprintf("%x", sha256.Sum256(b)) }
+
+// ReloadThreatFile looks at Config.ThreatFile now rather than at the next poll (SIGHUP), and
+// syncs if it changed.
+func (a *Agent) ReloadThreatFile() {
+	if a.cfg.ThreatFile != "" && a.threatFileChanged() {
+		a.run.Trigger()
+	}
 }
 
 // threatConfig returns the ThreatDefense in force: the cluster's (the lab's), else the one in
@@ -128,16 +141,15 @@ func (a *Agent) threatConfig(c *model.Cluster) (*model.ThreatDefense, error) {
 	if c.ThreatDefense != nil || a.cfg.ThreatFile == "" {
 		return c.ThreatDefense, nil
 	}
-	f, err := os.Open(a.cfg.ThreatFile)
+	b, err := os.ReadFile(a.cfg.ThreatFile)
 	if errors.Is(err, os.ErrNotExist) {
-		a.fileTD = nil
+		a.fileTD, a.fileSum = nil, ""
 		return nil, nil
 	}
 	if err != nil {
 		return a.fileTD, err
 	}
-	defer f.Close()
-	objs, err := model.Decode(f, a.cfg.ThreatFile, model.DecodeOptions{})
+	objs, err := model.Decode(bytes.NewReader(b), a.cfg.ThreatFile, model.DecodeOptions{})
 	if err != nil {
 		return a.fileTD, err
 	}
@@ -145,6 +157,7 @@ func (a *Agent) threatConfig(c *model.Cluster) (*model.ThreatDefense, error) {
 		return a.fileTD, fmt.Errorf("%s: want exactly one ThreatDefense", a.cfg.ThreatFile)
 	}
 	td := objs[0].Obj.(*model.ThreatDefense)
+	a.fileSum = fileSum(b)
 	if a.fileTD != nil && a.fileTD.Name == td.Name && reflect.DeepEqual(a.fileTD.Spec, td.Spec) {
 		return a.fileTD, nil
 	}

@@ -34,11 +34,19 @@ func TestThreatFile(t *testing.T) {
 		}
 	}
 	wait("first file", func(s ThreatStatus) bool { return s.Config == "first" && s.Error == "" })
-	write("apiVersion: rampart.io/v1alpha1\nkind: ThreatDefense\nmetadata: {name: second}\nspec:\n  detectors:\n    portScan: {action: alert}\n")
-	wait("changed file", func(s ThreatStatus) bool { return s.Config == "second" })
+	second := "apiVersion: rampart.io/v1alpha1\nkind: ThreatDefense\nmetadata: {name: second}\nspec:\n  detectors:\n    portScan: {action: alert}\n"
+	write(second)
+	// Asked to look now (SIGHUP), the agent takes it long before its next poll; the status
+	// names the content in force by its hash.
+	asked := time.Now()
+	a.ReloadThreatFile()
+	wait("changed file", func(s ThreatStatus) bool { return s.Config == "second" && s.File == fileSum([]byte(second)) })
+	if took := time.Since(asked); took > threatFilePoll {
+		t.Errorf("took %v after ReloadThreatFile", took)
+	}
 	write("apiVersion: rampart.io/v1alpha1\nkind: ThreatDefense\nmetadata: {name: third}\nspec:\n  detectors:\n    portScan: {action: nope}\n")
 	wait("bad file", func(s ThreatStatus) bool {
-		return s.Config == "second" && strings.Contains(s.Error, "spec.detectors.portScan.action")
+		return s.Config == "second" && strings.Contains(s.Error, "spec.detectors.portScan.action") && s.File == fileSum([]byte(second))
 	})
 	// The ConfigMap deleted: the file goes, and with it the ThreatDefense (no error).
 	if err := os.Remove(file); err != nil {

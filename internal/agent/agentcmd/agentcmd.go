@@ -203,6 +203,20 @@ func runAgent(parent context.Context, f agentFlags) error {
 		return err
 	}
 	go func() { errc <- a.Run(ctx) }()
+	// SIGHUP: look at --threat-config now, not at the next poll (the lab signals after a write).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				a.ReloadThreatFile()
+			}
+		}
+	}()
 	select {
 	case err := <-errc:
 		stop()

@@ -167,9 +167,6 @@ func (l *Lab) apply(ctx context.Context, y string, skipUnsupported bool) error {
 	}
 	for _, o := range objs {
 		if td, ok := o.Obj.(*model.ThreatDefense); ok {
-			if l.kube != nil {
-				return fmt.Errorf("ThreatDefense %s: not in --kube labs yet (their agents read it from a file: rampart agent --threat-config)", td.Name)
-			}
 			// Every feed must load before anything changes: the previous configuration stays.
 			for i := range td.Spec.Feeds {
 				if _, _, err := threat.LoadFeed(&td.Spec.Feeds[i]); err != nil {
@@ -179,7 +176,24 @@ func (l *Lab) apply(ctx context.Context, y string, skipUnsupported bool) error {
 		}
 	}
 	if l.kube != nil {
-		return l.kubeApply(ctx, objs)
+		var td *model.ThreatDefense
+		var rest []model.Object
+		for _, o := range objs {
+			if t, ok := o.Obj.(*model.ThreatDefense); ok {
+				td = t
+				continue
+			}
+			rest = append(rest, o)
+		}
+		if len(rest) > 0 || td == nil {
+			if err := l.kubeApply(ctx, rest); err != nil {
+				return err
+			}
+		}
+		if td != nil {
+			return l.kubeThreat(ctx, td)
+		}
+		return nil
 	}
 	return l.Change(ctx, func(c *model.Cluster) error {
 		for _, o := range objs {
@@ -272,7 +286,24 @@ func (l *Lab) Delete(ctx context.Context, req DeleteRequest) error {
 		if len(targets) == 0 {
 			return none
 		}
-		return l.kubeDelete(ctx, targets)
+		var rest [][2]string
+		threatGone := false
+		for _, t := range targets {
+			if t[0] == model.KindThreatDefense {
+				threatGone = true // the agents' file: there is one ThreatDefense
+				continue
+			}
+			rest = append(rest, t)
+		}
+		if len(rest) > 0 {
+			if err := l.kubeDelete(ctx, rest); err != nil {
+				return err
+			}
+		}
+		if threatGone {
+			return l.kubeThreat(ctx, nil)
+		}
+		return nil
 	}
 	return l.Change(ctx, func(c *model.Cluster) error {
 		allPolicies(c)

@@ -555,7 +555,8 @@ func (k *kubeMode) startAgent(l *Lab, node string) {
 	k.mu.Unlock()
 	args := []string{"agent", "--kubeconfig", k.srv.Kubeconfig, "--node-name", node, "--dataplane", l.settings.Dataplane,
 		"--netns", l.fabric.NodeNetns(node), "--health-addr", "unix:" + p.sock, "--metrics-addr", "unix:" + p.sock,
-		"--log-format", "json", "--disconnect-grace", "10s", "--pod-interface-prefix", PodInterfacePrefix}
+		"--log-format", "json", "--disconnect-grace", "10s", "--pod-interface-prefix", PodInterfacePrefix,
+		"--threat-config", threatFile(l.settings.Name)}
 	if k.pins != "" {
 		args = append(args, "--pin-dir", k.pins, "--uplink", "eth0")
 	}
