@@ -535,7 +535,11 @@ spec:
 		}
 	}
 	must("lab", "delete", "threatdefense", "default")
-	if !connects("app/client", "app/server", 80) && !connects("app/client", "app/server", 80) {
+	unblocked := false
+	for i := 0; i < 2 && !unblocked; i++ { // a probe starved on 2 cores is retried
+		unblocked = connects("app/client", "app/server", 80)
+	}
+	if !unblocked {
 		t.Error("the server stays blocked after the ThreatDefense's deletion")
 	}
 }
