@@ -25,18 +25,7 @@ func TestLabCLI(t *testing.T) {
 	dir := t.TempDir()
 	bin := rampartBinary(t)
 	name := fmt.Sprintf("c%d", rand.Intn(1000000))
-	run := func(args ...string) (string, error) {
-		out, err := exec.Command(bin, append(args, "--name", name)...).CombinedOutput()
-		return string(out), err
-	}
-	must := func(args ...string) string {
-		t.Helper()
-		out, err := run(args...)
-		if err != nil {
-			t.Fatalf("rampart %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	run, must := labCommands(t, bin, name)
 	t.Cleanup(func() {
 		if out, err := run("lab", "down"); err != nil {
 			t.Errorf("lab down: %v\n%s", err, out)
@@ -162,4 +151,23 @@ func rampartBinary(t *testing.T) string {
 		t.Fatal(binErr)
 	}
 	return binPath
+}
+
+// labCommands run the rampart binary's commands on lab name ("lab probe ...", "lab exec POD --
+// CMD ..."; the lab's --name goes right after the command group, before any "--"): run returns
+// the combined output and the error, must fails the test on an error.
+func labCommands(t *testing.T, bin, name string) (run func(args ...string) (string, error), must func(args ...string) string) {
+	run = func(args ...string) (string, error) {
+		out, err := exec.Command(bin, append([]string{args[0], "--name", name}, args[1:]...)...).CombinedOutput()
+		return string(out), err
+	}
+	must = func(args ...string) string {
+		t.Helper()
+		out, err := run(args...)
+		if err != nil {
+			t.Fatalf("rampart %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	return run, must
 }

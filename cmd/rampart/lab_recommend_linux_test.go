@@ -44,10 +44,7 @@ func (p path) args() []string {
 func labRecommend(t *testing.T, bin, dp, db, tarball string) {
 	dir := t.TempDir()
 	name := fmt.Sprintf("r%d", rand.Intn(1000000))
-	run := func(args ...string) (string, error) {
-		out, err := exec.Command(bin, append(args, "--name", name)...).CombinedOutput()
-		return string(out), err
-	}
+	run, _ := labCommands(t, bin, name)
 	// Commands reading a lab name with --lab take no --name.
 	runLab := func(args ...string) (string, error) {
 		cmd := exec.Command(bin, args...)

@@ -33,19 +33,7 @@ func testLabThreat(t *testing.T, dp string) {
 	dir := t.TempDir()
 	bin := rampartBinary(t)
 	name := fmt.Sprintf("t%d", rand.Intn(1000000))
-	run := func(args ...string) (string, error) {
-		// --name before any "--" of lab exec: `rampart lab --name N ...`.
-		out, err := exec.Command(bin, append([]string{args[0], "--name", name}, args[1:]...)...).CombinedOutput()
-		return string(out), err
-	}
-	must := func(args ...string) string {
-		t.Helper()
-		out, err := run(args...)
-		if err != nil {
-			t.Fatalf("rampart %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	run, must := labCommands(t, bin, name)
 	t.Cleanup(func() {
 		if out, err := run("lab", "down"); err != nil {
 			t.Errorf("lab down: %v\n%s", err, out)
@@ -472,18 +460,7 @@ func TestLabKubeThreat(t *testing.T) {
 	dir := t.TempDir()
 	bin := rampartBinary(t)
 	name := fmt.Sprintf("kt%d", rand.Intn(100000))
-	run := func(args ...string) (string, error) {
-		out, err := exec.Command(bin, append([]string{args[0], "--name", name}, args[1:]...)...).CombinedOutput()
-		return string(out), err
-	}
-	must := func(args ...string) string {
-		t.Helper()
-		out, err := run(args...)
-		if err != nil {
-			t.Fatalf("rampart %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	run, must := labCommands(t, bin, name)
 	t.Cleanup(func() { _, _ = run("lab", "down") })
 	must("lab", "up", "--kube", "--nodes", "2", "--dataplane", "iptables", "-f", "../../test/threat/cluster.yaml")
 	var pods []struct{ Namespace, Name, IP string }
