@@ -9,6 +9,7 @@ package recommend
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -130,7 +131,12 @@ func Recommend(c *model.Cluster, records []flow.Record, opts Options) (Result, e
 	return res, nil
 }
 
-func (r *recommender) warn(s string) { r.warnings = append(r.warnings, s) }
+// warn records a warning once.
+func (r *recommender) warn(s string) {
+	if !slices.Contains(r.warnings, s) {
+		r.warnings = append(r.warnings, s)
+	}
+}
 
 // index groups every namespace's pods into workloads and collects the cluster's addresses.
 func (r *recommender) index() {
@@ -405,7 +411,7 @@ func (r *recommender) block(p peer) netip.Prefix {
 		}
 	}
 	pfx, _ := p.addr.Prefix(bits)
-	if bits != p.addr.BitLen() && pfx.Bits() != r.prefixFor(p.addr) {
+	if !p.node && bits > r.prefixFor(p.addr) {
 		r.warn(fmt.Sprintf("address %s: aggregated to %s only, since a wider block would hold pod addresses", p.addr, pfx))
 	}
 	return pfx

@@ -52,6 +52,7 @@ func TestRecommend(t *testing.T) {
 		rec("203.0.113.9", "10.244.1.10", 8080, "TCP", flow.Allowed, now),
 		rec("10.244.0.77", "10.244.1.10", 8080, "TCP", flow.Allowed, now), // no pod there, next to the pod CIDRs
 		rec("192.168.50.12", "10.244.2.10", 8080, "TCP", flow.Allowed, now),
+		rec("10.244.1.200", "10.244.2.10", 8080, "TCP", flow.Allowed, now), // no pod, inside a pod CIDR
 		rec("10.244.1.10", "10.244.1.30", 5432, "TCP", flow.Denied, now),
 		rec("10.244.1.10", "10.244.1.30", 9187, "TCP", flow.Allowed, old),
 		rec("10.244.1.10", "10.244.1.2", 53, "UDP", flow.Allowed, now),
@@ -100,10 +101,13 @@ func TestRecommend(t *testing.T) {
 				}
 			}
 			got := strings.Join(cidrs, ",")
-			for _, w := range []string{"203.0.113.0/24", "10.244.0.0/24", "192.168.50.12/32"} {
+			for _, w := range []string{"203.0.113.0/24", "10.244.0.0/24", "192.168.50.12/32", "10.244.1.200/32"} {
 				if !strings.Contains(got, w) {
 					t.Errorf("web ingress blocks %s lack %s", got, w)
 				}
+			}
+			if w := strings.Join(res.Warnings, "\n"); strings.Count(w, "aggregated to 10.244.1.200/32 only") != 1 {
+				t.Errorf("warnings %q lack (once) the narrowed block", res.Warnings)
 			}
 		}},
 		{"denied and old records allow nothing", recommend.Options{Since: now.Add(-time.Hour)}, func(t *testing.T, res recommend.Result) {
