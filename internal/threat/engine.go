@@ -60,9 +60,13 @@ type Engine struct {
 	// loadedAt is when the feeds were last read (they are read again every spec.feeds[].refresh).
 	loadedAt time.Time
 	fetch    *fetcher // feeds by URL
-	pods     map[netip.Addr]*podInfo
-	nss      map[string]labels.Set
-	marked   []netip.Addr // pods annotated for quarantine
+	// fetchPending: the configuration in force has feeds by URL not fetched yet (Configure does
+	// not fetch); fetchTried is when RefreshFeeds last looked.
+	fetchPending bool
+	fetchTried   time.Time
+	pods         map[netip.Addr]*podInfo
+	nss          map[string]labels.Set
+	marked       []netip.Addr // pods annotated for quarantine
 	// byObject is the last index by pod object: a pod a source hands over again as the same
 	// object (an informer's cache does) is not converted again (guarded by idxMu).
 	idxMu    sync.Mutex
@@ -133,8 +137,10 @@ func New(cfg Config) *Engine {
 func (e *Engine) Log() *Log { return e.cfg.Log }
 
 // Configure takes the cluster's state: who is who (pods, namespaces) and its ThreatDefense.
-// When the ThreatDefense is new or was applied again, every feed is read again; if one cannot
-// be read the previous configuration stays in force and the error says why.
+// When the ThreatDefense is new or was applied again, every feed file is read again; if one
+// cannot be read the previous configuration stays in force and the error says why. Feeds by URL
+// are not fetched here (the caller's sync must not wait on a network): they keep the entries
+// last fetched from their URL, and the next RefreshFeeds fetches them.
 func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 	ix := e.index(c)
 	td := c.ThreatDefense
@@ -151,9 +157,10 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 	e.protect = protect
 	e.mu.Unlock()
 	var feeds feedSet
+	pending := false
 	if reload && td != nil {
 		var err error
-		if feeds, err = e.loadFeeds(td); err != nil {
+		if feeds, pending, err = e.loadFeeds(td, false); err != nil {
 			e.mu.Lock()
 			e.pods, e.nss, e.marked = ix.pods, ix.nss, ix.marked
 			e.mu.Unlock()
@@ -167,7 +174,7 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 		// A new configuration answers anew: what the last one kept quiet is reported again.
 		e.quiet = map[string]time.Time{}
 		e.key, e.td, e.loadedAt = key, td, e.cfg.Now()
-		e.feeds = feeds
+		e.feeds, e.fetchPending, e.fetchTried = feeds, pending, time.Time{}
 		for _, r := range feeds.refused {
 			e.cfg.Logger.Warn("threat feed entry refused: it would cut the cluster off", "prefix", r.Prefix, "why", r.Why)
 		}
@@ -197,12 +204,21 @@ type feedSet struct {
 	refused []Refused
 }
 
-func (e *Engine) loadFeeds(td *model.ThreatDefense) (feedSet, error) {
-	fs := feedSet{idx: prefixIndex{}}
+// loadFeeds reads td's feeds. With fetch false, a feed by URL is not fetched (Configure runs in
+// the agent's sync, which must not wait on a network): it gets the entries last fetched from
+// that URL, if any, and pending says the next RefreshFeeds must fetch it.
+func (e *Engine) loadFeeds(td *model.ThreatDefense, fetch bool) (fs feedSet, pending bool, err error) {
+	fs = feedSet{idx: prefixIndex{}}
 	var errs []error
 	for i := range td.Spec.Feeds {
 		f := &td.Spec.Feeds[i]
-		ps, _, err := e.fetch.load(f)
+		var ps []netip.Prefix
+		var err error
+		if f.URL != "" && !fetch {
+			ps, pending = e.fetch.last(f), true
+		} else {
+			ps, _, err = e.fetch.load(f)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("spec.feeds[%d]: %w", i, err))
 			continue
@@ -217,7 +233,7 @@ func (e *Engine) loadFeeds(td *model.ThreatDefense) (feedSet, error) {
 		fs.feeds = append(fs.feeds, loadedFeed{name: f.Name, action: f.Action, entries: len(ps)})
 	}
 	sortPrefixes(fs.block)
-	return fs, errors.Join(errs...)
+	return fs, pending, errors.Join(errs...)
 }
 
 // Refused are the feed entries of the configuration in force that were not loaded.
@@ -572,7 +588,9 @@ func (e *Engine) Tick(now time.Time) {
 }
 
 // RefreshFeeds reads the feeds again when the shortest refresh interval has passed since they
-// were last read (at now). A feed that cannot be read keeps the entries in force.
+// were last read (at now), or at once when feeds by URL of a new configuration have not been
+// fetched yet (retried every pendingRetry while that fails). A feed that cannot be read keeps
+// the entries in force.
 func (e *Engine) RefreshFeeds(now time.Time) error {
 	e.mu.Lock()
 	td, key := e.td, e.key
@@ -581,24 +599,35 @@ func (e *Engine) RefreshFeeds(now time.Time) error {
 		for _, f := range td.Spec.Feeds {
 			due = due || now.Sub(e.loadedAt) >= f.Refresh.Duration
 		}
+		// Feeds by URL not fetched yet (a new configuration) are fetched at once, and tried
+		// again every pendingRetry while they fail.
+		if e.fetchPending && now.Sub(e.fetchTried) >= pendingRetry {
+			due, e.fetchTried = true, now
+		}
 	}
 	e.mu.Unlock()
 	if !due {
 		return nil
 	}
-	feeds, err := e.loadFeeds(td)
+	feeds, _, err := e.loadFeeds(td, true)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.loadedAt = now // a failed read is tried again at the next refresh, not at every tick
 	if err != nil {
+		if !e.fetchPending {
+			e.loadedAt = now // a failed read is tried again at the next refresh, not at every tick
+		}
 		return fmt.Errorf("ThreatDefense %s: refresh: %w; the entries read before stay in force", td.Name, err)
 	}
 	if e.key != key {
 		return nil // reconfigured meanwhile
 	}
-	e.feeds = feeds
+	e.feeds, e.loadedAt, e.fetchPending = feeds, now, false
 	return e.pushBlocksLocked()
 }
+
+// pendingRetry is how soon a feed by URL that could not be fetched for a new configuration is
+// tried again.
+const pendingRetry = 30 * time.Second
 
 // TickInterval is how often Tick should run.
 const TickInterval = 500 * time.Millisecond

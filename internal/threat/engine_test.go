@@ -566,7 +566,17 @@ spec:
   - {name: remote, url: "` + srv.URL + `/drop.txt", action: block, refresh: 1m}
 `
 	e, clk, b := engine(t, td)
-	if got := e.FeedEntries()["remote"]; got != 1 || len(b.got) != 1 || len(b.got[0]) != 1 {
+	// Configure (the agent's sync) does not wait on the network: the first tick fetches.
+	mu.Lock()
+	fetched := requests
+	mu.Unlock()
+	if got := e.FeedEntries()["remote"]; got != 0 || fetched != 0 {
+		t.Fatalf("fetched in Configure: %d entries, %d requests", got, fetched)
+	}
+	if err := e.RefreshFeeds(clk.t); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.FeedEntries()["remote"]; got != 1 || len(b.got) == 0 || len(b.got[len(b.got)-1]) != 1 {
 		t.Fatalf("entries %d, kernel given %v", got, b.got)
 	}
 	refresh := func() error {
@@ -597,6 +607,33 @@ spec:
 	}
 	if got := e.FeedEntries()["remote"]; got != 2 {
 		t.Fatalf("entries lost when the server failed: %d", got)
+	}
+	// Applied again while the server fails: the entries last fetched stay, and the fetch is
+	// retried every pendingRetry (not at every tick) until it succeeds.
+	c := cluster(t, td)
+	c.ThreatDefense.Generation = 2
+	if err := e.Configure(c, testProtected); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.FeedEntries()["remote"]; got != 2 {
+		t.Fatalf("re-applied: %d entries, want the 2 last fetched", got)
+	}
+	mu.Lock()
+	before := requests
+	mu.Unlock()
+	for i := 0; i < 10; i++ { // 5 s of ticks: one attempt
+		_ = e.RefreshFeeds(clk.t)
+		clk.t = clk.t.Add(TickInterval)
+	}
+	mu.Lock()
+	if requests-before != 1 {
+		t.Errorf("%d fetch attempts in 5 s of ticks, want 1", requests-before)
+	}
+	status = http.StatusOK
+	mu.Unlock()
+	clk.t = clk.t.Add(pendingRetry)
+	if err := e.RefreshFeeds(clk.t); err != nil {
+		t.Fatalf("retry once the server is back: %v", err)
 	}
 }
 

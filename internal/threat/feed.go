@@ -127,6 +127,16 @@ func (fe *fetcher) load(f *model.Feed) ([]netip.Prefix, int, error) {
 	return ps, v6, nil
 }
 
+// last is what was last fetched from f's URL in f's format (nil: nothing yet).
+func (fe *fetcher) last(f *model.Feed) []netip.Prefix {
+	fe.mu.Lock()
+	defer fe.mu.Unlock()
+	if prev, ok := fe.seen[f.URL]; ok && prev.format == f.Format {
+		return prev.prefixes
+	}
+	return nil
+}
+
 func (fe *fetcher) fetch(f *model.Feed) ([]netip.Prefix, int, error) {
 	fe.mu.Lock()
 	prev, ok := fe.seen[f.URL]
