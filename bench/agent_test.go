@@ -219,7 +219,7 @@ func benchAgent(t *testing.T, bin, dp string, pods, policies, nodes, changes int
 	p.Name, p.ResourceVersion = "late-pod", ""
 	ip := "10.250.0.1"
 	p.Status.PodIP, p.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
-	createPod(t, ctx, cs, p)
+	createPod(t, ctx, cs, p.Core())
 	waitSeen := time.Now()
 	for {
 		st, _ := status(ctx)
@@ -284,7 +284,7 @@ func createCluster(t *testing.T, ctx context.Context, cs kubernetes.Interface, c
 	}
 	for _, k := range model.SortedKeys(c.Pods) {
 		p := c.Pods[k]
-		work <- func() error { return createPodErr(ctx, cs, p) }
+		work <- func() error { return createPodErr(ctx, cs, p.Core()) }
 	}
 	for _, k := range model.SortedKeys(c.NetworkPolicies) {
 		np := c.NetworkPolicies[k]

@@ -66,7 +66,7 @@ func clusterOn(pods, policies, local, others int) *model.Cluster {
 		p.Spec.Containers = []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP}}}}
 		ip := fmt.Sprintf("10.%d.%d.%d", 100+i/65536, (i/256)%256, i%256)
 		p.Status.PodIP, p.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
-		c.Pods[p.Namespace+"/"+p.Name] = p
+		c.Pods[p.Namespace+"/"+p.Name] = model.PodFrom(p)
 	}
 	for i := 0; i < policies; i++ {
 		c.NetworkPolicies[fmt.Sprintf("ns-%d/np-%d", i%scaleNamespaces, i)] = scalePolicy(i, 9090)

@@ -86,11 +86,11 @@ func cluster() *model.Cluster {
 		if i == 1 {
 			node = "n2"
 		}
-		c.Pods["shop/"+name] = &corev1.Pod{
+		c.Pods["shop/"+name] = model.PodFrom(&corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name, Labels: map[string]string{"app": name}},
 			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c"}}},
 			Status:     corev1.PodStatus{PodIP: "10.0.0." + string(rune('1'+i)), PodIPs: []corev1.PodIP{{IP: "10.0.0." + string(rune('1'+i))}}},
-		}
+		})
 	}
 	return c
 }

@@ -17,7 +17,7 @@ import (
 type Cluster struct {
 	Namespaces      map[string]*corev1.Namespace
 	Nodes           map[string]*corev1.Node
-	Pods            map[string]*corev1.Pod
+	Pods            map[string]*Pod
 	Services        map[string]*corev1.Service
 	EndpointSlices  map[string]*discoveryv1.EndpointSlice
 	NetworkPolicies map[string]*networkingv1.NetworkPolicy
@@ -36,7 +36,7 @@ func NewCluster() *Cluster {
 	return &Cluster{
 		Namespaces:      map[string]*corev1.Namespace{},
 		Nodes:           map[string]*corev1.Node{},
-		Pods:            map[string]*corev1.Pod{},
+		Pods:            map[string]*Pod{},
 		Services:        map[string]*corev1.Service{},
 		EndpointSlices:  map[string]*discoveryv1.EndpointSlice{},
 		NetworkPolicies: map[string]*networkingv1.NetworkPolicy{},
@@ -64,6 +64,8 @@ func (c *Cluster) Apply(o Object) {
 	case *corev1.Node:
 		c.Nodes[ref] = obj
 	case *corev1.Pod:
+		c.Pods[ref] = PodFrom(obj)
+	case *Pod:
 		c.Pods[ref] = obj
 	case *corev1.Service:
 		c.Services[ref] = obj
@@ -150,7 +152,7 @@ func (c *Cluster) objectsOf(kind string) refs {
 	case KindNode:
 		return objects[*corev1.Node](c.Nodes)
 	case KindPod:
-		return objects[*corev1.Pod](c.Pods)
+		return objects[*Pod](c.Pods)
 	case KindService:
 		return objects[*corev1.Service](c.Services)
 	case KindEndpointSlice:

@@ -3,13 +3,12 @@ package model
 import (
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 func TestHas(t *testing.T) {
 	c := NewCluster()
-	c.Pods["shop/web"] = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"}}
+	c.Pods["shop/web"] = &Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"}}
 	for _, tc := range []struct {
 		kind, ref string
 		want      bool

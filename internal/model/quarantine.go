@@ -20,10 +20,10 @@ const (
 )
 
 // IsQuarantined reports whether a pod carries rampart.io/quarantine: "true".
-func IsQuarantined(p *corev1.Pod) bool { return p.Annotations[QuarantineAnnotation] == "true" }
+func IsQuarantined(p *Pod) bool { return p.Annotations[QuarantineAnnotation] == "true" }
 
 // ReleasedAt is when the pod was last released (zero: never, or unreadable).
-func ReleasedAt(p *corev1.Pod) time.Time {
+func ReleasedAt(p *Pod) time.Time {
 	t, _ := time.Parse(time.RFC3339, p.Annotations[ReleasedAnnotation])
 	return t
 }
@@ -89,7 +89,7 @@ func validateQuarantineSpec(q *QuarantineSpec, p *field.Path) field.ErrorList {
 
 // SetQuarantine quarantines a pod object (on) or releases it at now, as `rampart quarantine`
 // and `rampart release` do.
-func SetQuarantine(p *corev1.Pod, on bool, now time.Time) {
+func SetQuarantine(p *Pod, on bool, now time.Time) {
 	if p.Annotations == nil {
 		p.Annotations = map[string]string{}
 	}

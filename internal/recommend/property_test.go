@@ -90,7 +90,7 @@ func genCluster(r *rand.Rand) (*model.Cluster, []genPod) {
 					ct.Ports = append(ct.Ports, cp)
 				}
 				p.Spec.Containers = []corev1.Container{ct}
-				c.Pods[ns+"/"+p.Name] = p
+				c.Pods[ns+"/"+p.Name] = model.PodFrom(p)
 				pods = append(pods, genPod{pod: p, workload: ns + "/" + name, ip: ip, ports: ports})
 			}
 		}

@@ -77,8 +77,8 @@ type conn struct {
 
 // peer is one end of a flow: a workload's pod, or an address outside the cluster's pods.
 type peer struct {
-	w    *workload   // nil: an address
-	pod  *corev1.Pod // the pod, when w is set
+	w    *workload  // nil: an address
+	pod  *model.Pod // the pod, when w is set
 	addr netip.Addr
 	node bool // the address is a node's (or a host-network pod's)
 }
@@ -88,9 +88,9 @@ type recommender struct {
 	c        *model.Cluster
 	opts     Options
 	covered  map[string]bool
-	byPod    map[*corev1.Pod]*workload
+	byPod    map[*model.Pod]*workload
 	byNS     map[string][]*workload
-	podIP    map[netip.Addr]*corev1.Pod // pod networking pods
+	podIP    map[netip.Addr]*model.Pod // pod networking pods
 	nodeIP   map[netip.Addr]bool
 	podCIDRs []netip.Prefix
 	dnsNS    map[string]bool // namespaces running cluster DNS pods
@@ -111,8 +111,8 @@ func Recommend(c *model.Cluster, records []flow.Record, opts Options) (Result, e
 	if opts.PrefixV6 < 16 || opts.PrefixV6 > 128 {
 		return Result{}, fmt.Errorf("IPv6 prefix length %d: want 16 to 128", opts.PrefixV6)
 	}
-	r := &recommender{c: c, opts: opts, covered: map[string]bool{}, byPod: map[*corev1.Pod]*workload{},
-		byNS: map[string][]*workload{}, podIP: map[netip.Addr]*corev1.Pod{}, nodeIP: map[netip.Addr]bool{}, dnsNS: map[string]bool{}}
+	r := &recommender{c: c, opts: opts, covered: map[string]bool{}, byPod: map[*model.Pod]*workload{},
+		byNS: map[string][]*workload{}, podIP: map[netip.Addr]*model.Pod{}, nodeIP: map[netip.Addr]bool{}, dnsNS: map[string]bool{}}
 	for _, ns := range opts.Namespaces {
 		if _, ok := c.Namespaces[ns]; !ok {
 			return Result{}, fmt.Errorf("namespace %q: not in the cluster", ns)
@@ -140,7 +140,7 @@ func (r *recommender) warn(s string) {
 
 // index groups every namespace's pods into workloads and collects the cluster's addresses.
 func (r *recommender) index() {
-	nsPods := map[string][]*corev1.Pod{}
+	nsPods := map[string][]*model.Pod{}
 	for _, k := range model.SortedKeys(r.c.Pods) {
 		p := r.c.Pods[k]
 		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
@@ -190,7 +190,7 @@ func (r *recommender) index() {
 	}
 }
 
-func podAddrs(p *corev1.Pod) []netip.Addr {
+func podAddrs(p *model.Pod) []netip.Addr {
 	var out []netip.Addr
 	seen := map[netip.Addr]bool{}
 	add := func(s string) {
@@ -458,7 +458,7 @@ func (r *recommender) portFor(dst peer, port uint16, proto corev1.Protocol) netw
 	return np
 }
 
-func declaredName(p *corev1.Pod, port uint16, proto corev1.Protocol) string {
+func declaredName(p *model.Pod, port uint16, proto corev1.Protocol) string {
 	for _, c := range p.Spec.Containers {
 		for _, cp := range c.Ports {
 			pr := cp.Protocol

@@ -6,7 +6,6 @@ import (
 	"sort"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -39,7 +38,7 @@ var preferredLabels = []string{
 // within the namespace unless two workloads share every stable label (they are then merged).
 type workload struct {
 	ns, name string
-	pods     []*corev1.Pod
+	pods     []*model.Pod
 	sel      metav1.LabelSelector
 }
 
@@ -47,7 +46,7 @@ type workload struct {
 func (w *workload) key() string { return w.ns + "/" + w.name }
 
 // stableLabels are a pod's labels without the volatile ones.
-func stableLabels(p *corev1.Pod) map[string]string {
+func stableLabels(p *model.Pod) map[string]string {
 	out := map[string]string{}
 	for k, v := range p.Labels {
 		if !volatileLabels[k] {
@@ -59,7 +58,7 @@ func stableLabels(p *corev1.Pod) map[string]string {
 
 // ownerName names the controller that owns p, as users know it: a ReplicaSet created by a
 // Deployment is named after the Deployment (its pod-template-hash suffix dropped).
-func ownerName(p *corev1.Pod) (string, bool) {
+func ownerName(p *model.Pod) (string, bool) {
 	ref := metav1.GetControllerOf(p)
 	if ref == nil {
 		return "", false
@@ -75,7 +74,7 @@ func ownerName(p *corev1.Pod) (string, bool) {
 
 // workloads groups the pods (with pod networking) of namespace ns and chooses each group's
 // selector. warn receives what the user should know (shared labels, pods without labels).
-func workloads(ns string, pods []*corev1.Pod, warn func(string)) []*workload {
+func workloads(ns string, pods []*model.Pod, warn func(string)) []*workload {
 	byKey := map[string]*workload{}
 	var order []string
 	for _, p := range pods {
@@ -135,7 +134,7 @@ func workloads(ns string, pods []*corev1.Pod, warn func(string)) []*workload {
 // chooseSelector sets w.sel to the fewest common stable labels, preferred ones first, that
 // select no pod of the namespace outside w; failing that, every common stable label. It
 // returns false when the pods have no stable label in common.
-func chooseSelector(w *workload, nsPods []*corev1.Pod) bool {
+func chooseSelector(w *workload, nsPods []*model.Pod) bool {
 	common := stableLabels(w.pods[0])
 	for _, p := range w.pods[1:] {
 		st := stableLabels(p)
@@ -159,7 +158,7 @@ func chooseSelector(w *workload, nsPods []*corev1.Pod) bool {
 			keys = append(keys, k)
 		}
 	}
-	members := map[*corev1.Pod]bool{}
+	members := map[*model.Pod]bool{}
 	for _, p := range w.pods {
 		members[p] = true
 	}
@@ -174,7 +173,7 @@ func chooseSelector(w *workload, nsPods []*corev1.Pod) bool {
 	return true
 }
 
-func exactly(sel map[string]string, nsPods []*corev1.Pod, members map[*corev1.Pod]bool) bool {
+func exactly(sel map[string]string, nsPods []*model.Pod, members map[*model.Pod]bool) bool {
 	s := labels.SelectorFromSet(sel)
 	for _, p := range nsPods {
 		if !members[p] && s.Matches(labels.Set(p.Labels)) {
@@ -184,7 +183,7 @@ func exactly(sel map[string]string, nsPods []*corev1.Pod, members map[*corev1.Po
 	return true
 }
 
-func selects(sel metav1.LabelSelector, pods []*corev1.Pod) bool {
+func selects(sel metav1.LabelSelector, pods []*model.Pod) bool {
 	s, err := metav1.LabelSelectorAsSelector(&sel)
 	if err != nil {
 		return false

@@ -70,7 +70,7 @@ type Engine struct {
 	// byObject is the last index by pod object: a pod a source hands over again as the same
 	// object (an informer's cache does) is not converted again (guarded by idxMu).
 	idxMu    sync.Mutex
-	byObject map[*corev1.Pod]indexed
+	byObject map[*model.Pod]indexed
 	lastNS   map[string]*corev1.Namespace
 	lastIx   clusterIndex
 
@@ -274,7 +274,7 @@ func (e *Engine) index(c *model.Cluster) clusterIndex {
 		return e.lastIx // nothing the index holds changed (a policy change)
 	}
 	ix := clusterIndex{pods: make(map[netip.Addr]*podInfo, len(c.Pods)), nss: make(map[string]labels.Set, len(c.Namespaces))}
-	byObject := make(map[*corev1.Pod]indexed, len(c.Pods))
+	byObject := make(map[*model.Pod]indexed, len(c.Pods))
 	for _, p := range c.Pods {
 		if p.Spec.HostNetwork {
 			continue
@@ -328,7 +328,7 @@ func (e *Engine) sameObjects(c *model.Cluster) bool {
 	return true
 }
 
-func podIPs(p *corev1.Pod) []netip.Addr {
+func podIPs(p *model.Pod) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range append([]corev1.PodIP{{IP: p.Status.PodIP}}, p.Status.PodIPs...) {
 		if a, err := netip.ParseAddr(s.IP); err == nil {

@@ -163,7 +163,7 @@ func (k *compiler) pods() {
 			pod.IPs = slices.Clone(k.nodeIPs(pod.Node))
 		}
 		n := 0
-		for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+		for _, cs := range [][]model.Container{p.Spec.InitContainers, p.Spec.Containers} {
 			for _, c := range cs {
 				n += len(c.Ports)
 			}
@@ -171,7 +171,7 @@ func (k *compiler) pods() {
 		if n > 0 {
 			pod.Ports = make([]ir.ContainerPort, 0, n)
 		}
-		for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+		for _, cs := range [][]model.Container{p.Spec.InitContainers, p.Spec.Containers} {
 			for _, c := range cs {
 				for _, cp := range c.Ports {
 					proto, _ := ir.ParseProtocol(string(cp.Protocol))

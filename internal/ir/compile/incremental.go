@@ -36,7 +36,7 @@ func NewCompiler(opts Options) *Compiler { return &Compiler{opts: opts} }
 // podState is what a compile derived from the cluster's pods, namespaces and nodes, and the
 // objects it derived it from.
 type podState struct {
-	pods       map[string]*corev1.Pod
+	pods       map[string]*model.Pod
 	namespaces map[string]*corev1.Namespace
 	nodes      map[string]*corev1.Node
 
@@ -116,13 +116,13 @@ func sameObjects[T comparable](a, b map[string]T, same func(T, T) bool) bool {
 
 // samePod compares what pods() and the selections read of a pod (Services read readiness from
 // the cluster itself).
-func samePod(a, b *corev1.Pod) bool {
+func samePod(a, b *model.Pod) bool {
 	if a.Namespace != b.Namespace || a.Name != b.Name || a.Spec.NodeName != b.Spec.NodeName || a.Spec.HostNetwork != b.Spec.HostNetwork ||
 		!maps.Equal(a.Labels, b.Labels) || !slices.Equal(a.Status.PodIPs, b.Status.PodIPs) {
 		return false
 	}
-	ports := func(cs []corev1.Container, ds []corev1.Container) bool {
-		return slices.EqualFunc(cs, ds, func(x, y corev1.Container) bool {
+	ports := func(cs []model.Container, ds []model.Container) bool {
+		return slices.EqualFunc(cs, ds, func(x, y model.Container) bool {
 			return slices.EqualFunc(x.Ports, y.Ports, func(p, q corev1.ContainerPort) bool {
 				return p.Name == q.Name && p.ContainerPort == q.ContainerPort && p.Protocol == q.Protocol
 			})

@@ -33,7 +33,7 @@ func TestSelectionMatchesBruteForce(t *testing.T) {
 					lbl[k] = values[r.Intn(len(values))]
 				}
 			}
-			c.Pods[ns+"/p"+fmt.Sprint(i)] = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("p%d", i), Labels: lbl}}
+			c.Pods[ns+"/p"+fmt.Sprint(i)] = model.PodFrom(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("p%d", i), Labels: lbl}})
 		}
 	}
 	k := &compiler{c: c, rs: &ir.Ruleset{}, nsLabel: map[string]labels.Set{}, nodeLbl: map[string]labels.Set{}, sels: map[*metav1.LabelSelector]selEntry{}}

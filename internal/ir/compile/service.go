@@ -66,7 +66,7 @@ func (k *compiler) selectorBackends(svc *corev1.Service, sp corev1.ServicePort, 
 
 // podReady: a pod that has finished is never a backend; one whose status reports a Ready
 // condition must have it True; a pod without conditions (hand-written manifests) counts as ready.
-func podReady(p *corev1.Pod) bool {
+func podReady(p *model.Pod) bool {
 	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || p.DeletionTimestamp != nil {
 		return false
 	}

@@ -217,7 +217,7 @@ func carryOver(c *model.Cluster, o model.Object) {
 			pod.Spec.NodeName = old.Spec.NodeName
 		}
 		if pod.Status.PodIP == "" {
-			pod.Status = old.Status
+			pod.Status = old.Core().Status
 		}
 	case model.KindThreatDefense:
 		// Each apply is a new generation, so that applying the same document again reloads

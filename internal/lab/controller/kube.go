@@ -237,7 +237,7 @@ func (k *kubeMode) writeBack(ctx context.Context, api, placed *model.Cluster) er
 				errs = append(errs, err)
 				continue
 			}
-			cur.Status = q.Status
+			cur.Status = q.Core().Status
 			if _, err := k.cs.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{}); err != nil {
 				errs = append(errs, fmt.Errorf("pod %s status: %w", key, err))
 			}
@@ -281,6 +281,9 @@ func (k *kubeMode) resource(kind, namespace string) dynamic.ResourceInterface {
 const labImage = "localhost/rampart-lab-server:latest"
 
 func toUnstructured(kind string, obj any) (*unstructured.Unstructured, error) {
+	if mp, ok := obj.(*model.Pod); ok {
+		obj = mp.Core()
+	}
 	if p, ok := obj.(*corev1.Pod); ok {
 		p = p.DeepCopy()
 		for i := range p.Spec.Containers {

@@ -115,7 +115,7 @@ func usable(ip netip.Addr) bool {
 	return ip.Is4() && !ServiceCIDR.Contains(ip) && !FabricPrefix.Contains(ip) && !ip.IsLoopback() && !ip.IsMulticast() && !ip.IsUnspecified()
 }
 
-func setPodIP(p *corev1.Pod, ip netip.Addr) {
+func setPodIP(p *model.Pod, ip netip.Addr) {
 	p.Status.PodIP = ip.String()
 	p.Status.PodIPs = []corev1.PodIP{{IP: ip.String()}}
 	if p.Status.Phase == "" {

@@ -26,13 +26,13 @@ func TestQuarantinePatch(t *testing.T) {
 	if _, err := Quarantine(ctx, cs, "app", "web", true, now); err != nil {
 		t.Fatal(err)
 	}
-	if p := get(); !model.IsQuarantined(p) || p.Annotations["keep"] != "me" {
+	if p := get(); !model.IsQuarantined(model.PodFrom(p)) || p.Annotations["keep"] != "me" {
 		t.Fatalf("after quarantine: %v", p.Annotations)
 	}
 	if _, err := Quarantine(ctx, cs, "app", "web", false, now); err != nil {
 		t.Fatal(err)
 	}
-	if p := get(); model.IsQuarantined(p) || !model.ReleasedAt(p).Equal(now) || p.Annotations["keep"] != "me" {
+	if p := get(); model.IsQuarantined(model.PodFrom(p)) || !model.ReleasedAt(model.PodFrom(p)).Equal(now) || p.Annotations["keep"] != "me" {
 		t.Fatalf("after release: %v", p.Annotations)
 	}
 	if _, err := Quarantine(ctx, cs, "app", "nope", true, now); err == nil {

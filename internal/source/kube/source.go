@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -168,10 +167,13 @@ func NewFromConfig(cfg *rest.Config, opts Options) (*Source, error) {
 }
 
 // stripManagedFields drops what no consumer reads before objects enter the caches: every
-// object's managedFields and last-applied annotation, and most of a pod (volumes, env,
-// probes, resources, most of its status), keeping what policy, Services and image scans use.
-// On a 10,000-pod cluster the caches are most of the agent's memory.
+// object's managedFields and last-applied annotation; pods are cached as model.Pod, which keeps
+// what policy, Services and image scans use. On a 10,000-pod cluster the caches are most of the
+// agent's memory.
 func stripManagedFields(obj any) (any, error) {
+	if p, ok := obj.(*corev1.Pod); ok {
+		return model.PodFrom(p), nil
+	}
 	a, err := meta.Accessor(obj)
 	if err != nil {
 		return obj, nil
@@ -180,42 +182,7 @@ func stripManagedFields(obj any) (any, error) {
 	if ann := a.GetAnnotations(); ann != nil {
 		delete(ann, corev1.LastAppliedConfigAnnotation)
 	}
-	if p, ok := obj.(*corev1.Pod); ok {
-		return slimPod(p), nil
-	}
 	return obj, nil
-}
-
-// slimPod keeps a pod's identity, labels, owners, rampart's own annotations (quarantine), node,
-// host networking, container names, images and ports, phase, addresses and Ready condition.
-// Other annotations go: clusters put large values there (CNI network status, checksums).
-func slimPod(p *corev1.Pod) *corev1.Pod {
-	out := &corev1.Pod{TypeMeta: p.TypeMeta, ObjectMeta: p.ObjectMeta}
-	out.Annotations = nil
-	for k, v := range p.Annotations {
-		if strings.HasPrefix(k, model.AnnotationPrefix) {
-			if out.Annotations == nil {
-				out.Annotations = map[string]string{}
-			}
-			out.Annotations[k] = v
-		}
-	}
-	out.Spec.NodeName, out.Spec.HostNetwork = p.Spec.NodeName, p.Spec.HostNetwork
-	slim := func(cs []corev1.Container) []corev1.Container {
-		out := make([]corev1.Container, len(cs))
-		for i, c := range cs {
-			out[i] = corev1.Container{Name: c.Name, Image: c.Image, Ports: c.Ports}
-		}
-		return out
-	}
-	out.Spec.Containers, out.Spec.InitContainers = slim(p.Spec.Containers), slim(p.Spec.InitContainers)
-	out.Status.Phase, out.Status.PodIP, out.Status.PodIPs, out.Status.HostIP = p.Status.Phase, p.Status.PodIP, p.Status.PodIPs, p.Status.HostIP
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			out.Status.Conditions = []corev1.PodCondition{{Type: c.Type, Status: c.Status}}
-		}
-	}
-	return out
 }
 
 // watch counts every event of inf, the informer of kind, as a change.
@@ -457,7 +424,7 @@ func (s *Source) Snapshot() (*model.Cluster, uint64) {
 	f := s.core
 	c.Namespaces = snapKind(s, model.KindNamespace, f.Core().V1().Namespaces().Informer(), func(n *corev1.Namespace) string { return n.Name })
 	c.Nodes = snapKind(s, model.KindNode, f.Core().V1().Nodes().Informer(), func(n *corev1.Node) string { return n.Name })
-	c.Pods = snapKind(s, model.KindPod, f.Core().V1().Pods().Informer(), func(p *corev1.Pod) string { return p.Namespace + "/" + p.Name })
+	c.Pods = snapKind(s, model.KindPod, f.Core().V1().Pods().Informer(), func(p *model.Pod) string { return p.Namespace + "/" + p.Name })
 	c.Services = snapKind(s, model.KindService, f.Core().V1().Services().Informer(), func(v *corev1.Service) string { return v.Namespace + "/" + v.Name })
 	c.EndpointSlices = snapKind(s, model.KindEndpointSlice, f.Discovery().V1().EndpointSlices().Informer(),
 		func(e *discoveryv1.EndpointSlice) string { return e.Namespace + "/" + e.Name })

@@ -61,7 +61,7 @@ func ImagesInUse(c *model.Cluster) map[string][]string {
 			continue
 		}
 		seen := map[string]bool{}
-		for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+		for _, cs := range [][]model.Container{p.Spec.InitContainers, p.Spec.Containers} {
 			for _, ct := range cs {
 				if ct.Image != "" && !seen[ct.Image] {
 					seen[ct.Image] = true
