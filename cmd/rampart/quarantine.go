@@ -39,7 +39,7 @@ func newQuarantineCmds() []*cobra.Command {
 				if err != nil {
 					return err
 				}
-				if _, err := kube.Quarantine(cmd.Context(), cs, ns, name, on, time.Now()); err != nil {
+				if _, err := kube.Quarantine(cmd.Context(), cs.CoreV1().Pods(ns), ns, name, on, time.Now()); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "pod %s/%s: %s\n", ns, name, map[bool]string{true: "quarantined", false: "released"}[on])

@@ -83,7 +83,11 @@ func TestAPIServer(t *testing.T) {
 	np := npclient.NewForConfigOrDie(cfg)
 	createObjects(t, ctx, cs)
 
-	s := New(cs, np, Options{CRDPoll: 100 * time.Millisecond, HealthPoll: 200 * time.Millisecond})
+	// The agent's own client (restAPI), not a clientset.
+	s, err := NewFromConfig(cfg, Options{CRDPoll: 100 * time.Millisecond, HealthPoll: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
 	changed := s.Subscribe(ctx)
 	go func() { _ = s.Run(ctx) }()
 	select {
@@ -283,7 +287,7 @@ func TestAPIServerUnenforcedKinds(t *testing.T) {
 		case <-time.After(time.Second):
 		}
 	}
-	if kinds, err := UnenforcedKinds(s); err != nil || len(kinds) != 1 || kinds[0] != "cilium.io/v2 CiliumNetworkPolicy" {
+	if kinds, err := UnenforcedKinds(ctx, s); err != nil || len(kinds) != 1 || kinds[0] != "cilium.io/v2 CiliumNetworkPolicy" {
 		t.Errorf("UnenforcedKinds = %v, %v", kinds, err)
 	}
 	events := NewEvents(s, "rampart-agent", "n1")

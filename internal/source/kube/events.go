@@ -3,7 +3,6 @@ package kube
 import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/rampart-sec/rampart/internal/model"
@@ -25,7 +24,7 @@ type Events struct {
 // ("rampart-agent"), host its node. Stop ends it.
 func NewEvents(s *Source, component, host string) *Events {
 	b := record.NewBroadcaster()
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.cs.CoreV1().Events("")})
+	b.StartRecordingToSink(s.api.events)
 	return &Events{b: b, rec: b.NewRecorder(runtime.NewScheme(), corev1.EventSource{Component: component, Host: host})}
 }
 

@@ -30,14 +30,14 @@ func Load(ctx context.Context, kubeconfig string) (*model.Cluster, []string, err
 		return nil, nil, err
 	}
 	// Fail fast on a server that does not answer; informers would retry it forever.
-	if _, err := s.cs.Discovery().ServerVersion(); err != nil {
+	if _, err := s.api.get(ctx, "/version"); err != nil {
 		return nil, nil, fmt.Errorf("API server %s: %w", cfg.Host, err)
 	}
 	c, err := Once(ctx, s)
 	if err != nil {
 		return nil, nil, err
 	}
-	kinds, err := UnenforcedKinds(s)
+	kinds, err := UnenforcedKinds(ctx, s)
 	return c, kinds, err
 }
 

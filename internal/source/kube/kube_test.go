@@ -72,7 +72,7 @@ func fakeSource(t *testing.T, crds bool) (*Source, *fake.Clientset, *npfake.Clie
 			t.Fatal(err)
 		}
 	}
-	return New(cs, np, Options{CRDPoll: 20 * time.Millisecond, HealthPoll: time.Hour}), cs, np
+	return newSource(clientsetAPI(cs, np), Options{CRDPoll: 20 * time.Millisecond, HealthPoll: time.Hour}), cs, np
 }
 
 // served makes the fake discovery list the network-policy-api resources.

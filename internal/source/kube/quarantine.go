@@ -5,22 +5,28 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/rampart-sec/rampart/internal/model"
 )
 
-// Quarantine annotates a pod through the API server (model.QuarantinePatch): on quarantines
-// it on every node, off releases it (an automatic quarantine begun before now too). It returns
-// the resourceVersion of the write.
-func Quarantine(ctx context.Context, cs kubernetes.Interface, ns, name string, on bool, now time.Time) (string, error) {
+// PodPatcher patches the pods of one namespace: client-go's typed client
+// (CoreV1().Pods(namespace)) is one.
+type PodPatcher interface {
+	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*corev1.Pod, error)
+}
+
+// Quarantine annotates pod ns/name through the API server (model.QuarantinePatch): on
+// quarantines it on every node, off releases it (an automatic quarantine begun before now
+// too). pods patches the pods of ns. It returns the resourceVersion of the write.
+func Quarantine(ctx context.Context, pods PodPatcher, ns, name string, on bool, now time.Time) (string, error) {
 	verb := "quarantine"
 	if !on {
 		verb = "release"
 	}
-	p, err := cs.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, model.QuarantinePatch(on, now), metav1.PatchOptions{FieldManager: "rampart"})
+	p, err := pods.Patch(ctx, name, types.MergePatchType, model.QuarantinePatch(on, now), metav1.PatchOptions{FieldManager: "rampart"})
 	if err != nil {
 		return "", fmt.Errorf("%s pod %s/%s: %w", verb, ns, name, err)
 	}

@@ -23,19 +23,19 @@ func TestQuarantinePatch(t *testing.T) {
 		}
 		return p
 	}
-	if _, err := Quarantine(ctx, cs, "app", "web", true, now); err != nil {
+	if _, err := Quarantine(ctx, cs.CoreV1().Pods("app"), "app", "web", true, now); err != nil {
 		t.Fatal(err)
 	}
 	if p := get(); !model.IsQuarantined(model.PodFrom(p)) || p.Annotations["keep"] != "me" {
 		t.Fatalf("after quarantine: %v", p.Annotations)
 	}
-	if _, err := Quarantine(ctx, cs, "app", "web", false, now); err != nil {
+	if _, err := Quarantine(ctx, cs.CoreV1().Pods("app"), "app", "web", false, now); err != nil {
 		t.Fatal(err)
 	}
 	if p := get(); model.IsQuarantined(model.PodFrom(p)) || !model.ReleasedAt(model.PodFrom(p)).Equal(now) || p.Annotations["keep"] != "me" {
 		t.Fatalf("after release: %v", p.Annotations)
 	}
-	if _, err := Quarantine(ctx, cs, "app", "nope", true, now); err == nil {
+	if _, err := Quarantine(ctx, cs.CoreV1().Pods("app"), "app", "nope", true, now); err == nil {
 		t.Fatal("quarantined a pod that does not exist")
 	}
 }

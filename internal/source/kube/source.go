@@ -14,16 +14,12 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
 	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
-	npclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
-	npinformers "sigs.k8s.io/network-policy-api/pkg/client/informers/externalversions"
 
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/source"
@@ -67,14 +63,12 @@ func (o *Options) defaults() {
 // objects enter the caches. It implements source.Source.
 type Source struct {
 	*source.Notifier
-	cs   kubernetes.Interface
-	np   npclient.Interface
+	api  api
 	md   metadata.Interface // lists objects of policy kinds rampart does not enforce; nil: kinds only
 	opts Options
 
-	core     informers.SharedInformerFactory
+	infs     map[string]cache.SharedIndexInformer // the kinds watched from the start, fixed at New
 	coreInfs []cache.SharedIndexInformer
-	npF      npinformers.SharedInformerFactory
 	anp      atomic.Pointer[cache.SharedIndexInformer] // nil until the CRDs are served
 	banp     atomic.Pointer[cache.SharedIndexInformer]
 	cnp      atomic.Pointer[cache.SharedIndexInformer] // nil until the ClusterNetworkPolicy CRD is served
@@ -100,33 +94,30 @@ type Source struct {
 
 var _ source.Source = (*Source)(nil)
 
-// New returns a source over the given clients.
-func New(cs kubernetes.Interface, np npclient.Interface, opts Options) *Source {
+// newSource returns a source over a.
+func newSource(a api, opts Options) *Source {
 	opts.defaults()
-	s := &Source{Notifier: source.NewNotifier(), cs: cs, np: np, opts: opts, synced: make(chan struct{}),
-		status: source.Status{Since: time.Now()}}
-	strip := informers.WithTransform(stripManagedFields)
-	s.core = informers.NewSharedInformerFactoryWithOptions(cs, opts.Resync, strip)
-	s.npF = npinformers.NewSharedInformerFactoryWithOptions(np, opts.Resync, npinformers.WithTransform(stripManagedFields))
+	s := &Source{Notifier: source.NewNotifier(), api: a, opts: opts, synced: make(chan struct{}),
+		status: source.Status{Since: time.Now()}, infs: map[string]cache.SharedIndexInformer{}}
 	s.kindRV, s.changes, s.snaps = map[string]*atomic.Uint64{}, map[string]*atomic.Uint64{}, map[string]kindSnap{}
 	for _, k := range model.SupportedKinds {
 		s.kindRV[k], s.changes[k] = new(atomic.Uint64), new(atomic.Uint64)
 	}
-	for _, ki := range []struct {
-		kind string
-		inf  cache.SharedIndexInformer
-	}{
-		{model.KindNamespace, s.core.Core().V1().Namespaces().Informer()},
-		{model.KindNode, s.core.Core().V1().Nodes().Informer()},
-		{model.KindPod, s.core.Core().V1().Pods().Informer()},
-		{model.KindService, s.core.Core().V1().Services().Informer()},
-		{model.KindEndpointSlice, s.core.Discovery().V1().EndpointSlices().Informer()},
-		{model.KindNetworkPolicy, s.core.Networking().V1().NetworkPolicies().Informer()},
-	} {
-		s.watch(ki.kind, ki.inf)
-		s.coreInfs = append(s.coreInfs, ki.inf)
+	for _, kind := range []string{model.KindNamespace, model.KindNode, model.KindPod, model.KindService, model.KindEndpointSlice, model.KindNetworkPolicy} {
+		inf := s.informer(kind)
+		s.infs[kind] = inf
+		s.coreInfs = append(s.coreInfs, inf)
 	}
 	return s
+}
+
+// informer returns a new informer of kind whose events count as changes; objects are
+// stripped (stripManagedFields) before they enter its cache.
+func (s *Source) informer(kind string) cache.SharedIndexInformer {
+	inf := cache.NewSharedIndexInformer(s.api.listWatch(kind), kindResource[kind].obj, s.opts.Resync, cache.Indexers{})
+	_ = inf.SetTransform(stripManagedFields)
+	s.watch(kind, inf)
+	return inf
 }
 
 // RESTConfig reads a kubeconfig ("" for the default rules: $KUBECONFIG, ~/.kube/config,
@@ -149,11 +140,7 @@ func NewFromConfig(cfg *rest.Config, opts Options) (*Source, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "rampart"
 	}
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
-	np, err := npclient.NewForConfig(cfg)
+	a, err := restAPI(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +148,7 @@ func NewFromConfig(cfg *rest.Config, opts Options) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := New(cs, np, opts)
+	s := newSource(a, opts)
 	s.md = md
 	return s, nil
 }
@@ -254,9 +241,9 @@ func (s *Source) ResourceVersions() map[string]uint64 {
 // Run starts the informers, waits for their first lists, and keeps them (and the check for
 // the policy CRDs and the API server's health) running until ctx ends.
 func (s *Source) Run(ctx context.Context) error {
-	s.core.Start(ctx.Done())
-	defer s.core.Shutdown()
-	defer s.npF.Shutdown()
+	for _, inf := range s.coreInfs {
+		go inf.RunWithContext(ctx)
+	}
 	go s.health(ctx)
 	syncs := make([]cache.InformerSynced, 0, len(s.coreInfs))
 	for _, inf := range s.coreInfs {
@@ -307,7 +294,7 @@ func (s *Source) startAdminPolicies(ctx context.Context) bool {
 	if s.anp.Load() != nil {
 		return true
 	}
-	res, err := s.cs.Discovery().ServerResourcesForGroupVersion(anpv1alpha1.GroupVersion.String())
+	res, err := s.api.resources(ctx, kindResource[model.KindANP].gv)
 	if err != nil {
 		return false
 	}
@@ -319,11 +306,9 @@ func (s *Source) startAdminPolicies(ctx context.Context) bool {
 	if !anp || !banp {
 		return false
 	}
-	ai := s.npF.Policy().V1alpha1().AdminNetworkPolicies().Informer()
-	bi := s.npF.Policy().V1alpha1().BaselineAdminNetworkPolicies().Informer()
-	s.watch(model.KindANP, ai)
-	s.watch(model.KindBANP, bi)
-	s.npF.Start(ctx.Done())
+	ai, bi := s.informer(model.KindANP), s.informer(model.KindBANP)
+	go ai.RunWithContext(ctx)
+	go bi.RunWithContext(ctx)
 	if !cache.WaitForCacheSync(ctx.Done(), ai.HasSynced, bi.HasSynced) {
 		return false
 	}
@@ -338,7 +323,7 @@ func (s *Source) startCNPs(ctx context.Context) bool {
 	if s.cnp.Load() != nil {
 		return true
 	}
-	res, err := s.cs.Discovery().ServerResourcesForGroupVersion(cnpv1alpha2.GroupVersion.String())
+	res, err := s.api.resources(ctx, kindResource[model.KindCNP].gv)
 	if err != nil {
 		return false
 	}
@@ -349,9 +334,8 @@ func (s *Source) startCNPs(ctx context.Context) bool {
 	if !served {
 		return false
 	}
-	ci := s.npF.Policy().V1alpha2().ClusterNetworkPolicies().Informer()
-	s.watch(model.KindCNP, ci)
-	s.npF.Start(ctx.Done())
+	ci := s.informer(model.KindCNP)
+	go ci.RunWithContext(ctx)
 	if !cache.WaitForCacheSync(ctx.Done(), ci.HasSynced) {
 		return false
 	}
@@ -370,12 +354,11 @@ func (s *Source) health(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		rc := s.cs.Discovery().RESTClient()
-		if rc == nil { // fake clientsets
+		if s.api.get == nil { // fake clientsets
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, s.opts.HealthPoll)
-		err := rc.Get().AbsPath("/healthz").Do(pctx).Error()
+		_, err := s.api.get(pctx, "/healthz")
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -421,14 +404,13 @@ func (s *Source) Synced() <-chan struct{} { return s.synced }
 func (s *Source) Snapshot() (*model.Cluster, uint64) {
 	rev := s.rev.Load()
 	c := model.NewCluster()
-	f := s.core
-	c.Namespaces = snapKind(s, model.KindNamespace, f.Core().V1().Namespaces().Informer(), func(n *corev1.Namespace) string { return n.Name })
-	c.Nodes = snapKind(s, model.KindNode, f.Core().V1().Nodes().Informer(), func(n *corev1.Node) string { return n.Name })
-	c.Pods = snapKind(s, model.KindPod, f.Core().V1().Pods().Informer(), func(p *model.Pod) string { return p.Namespace + "/" + p.Name })
-	c.Services = snapKind(s, model.KindService, f.Core().V1().Services().Informer(), func(v *corev1.Service) string { return v.Namespace + "/" + v.Name })
-	c.EndpointSlices = snapKind(s, model.KindEndpointSlice, f.Discovery().V1().EndpointSlices().Informer(),
+	c.Namespaces = snapKind(s, model.KindNamespace, s.infs[model.KindNamespace], func(n *corev1.Namespace) string { return n.Name })
+	c.Nodes = snapKind(s, model.KindNode, s.infs[model.KindNode], func(n *corev1.Node) string { return n.Name })
+	c.Pods = snapKind(s, model.KindPod, s.infs[model.KindPod], func(p *model.Pod) string { return p.Namespace + "/" + p.Name })
+	c.Services = snapKind(s, model.KindService, s.infs[model.KindService], func(v *corev1.Service) string { return v.Namespace + "/" + v.Name })
+	c.EndpointSlices = snapKind(s, model.KindEndpointSlice, s.infs[model.KindEndpointSlice],
 		func(e *discoveryv1.EndpointSlice) string { return e.Namespace + "/" + e.Name })
-	c.NetworkPolicies = snapKind(s, model.KindNetworkPolicy, f.Networking().V1().NetworkPolicies().Informer(),
+	c.NetworkPolicies = snapKind(s, model.KindNetworkPolicy, s.infs[model.KindNetworkPolicy],
 		func(p *networkingv1.NetworkPolicy) string { return p.Namespace + "/" + p.Name })
 	if inf := s.anp.Load(); inf != nil {
 		c.ANPs = snapKind(s, model.KindANP, *inf, func(p *anpv1alpha1.AdminNetworkPolicy) string { return p.Name })

@@ -25,9 +25,9 @@ func (k servedKind) String() string { return k.gvr.GroupVersion().String() + " "
 
 // servedUnenforced lists, from discovery, the policy kinds the API server serves that rampart
 // does not enforce. Discovery needs no RBAC beyond what every client has.
-func (s *Source) servedUnenforced() ([]servedKind, error) {
-	_, lists, err := s.cs.Discovery().ServerGroupsAndResources()
-	if err != nil && len(lists) == 0 {
+func (s *Source) servedUnenforced(ctx context.Context) ([]servedKind, error) {
+	lists, err := s.api.allResources(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
 	var out []servedKind
@@ -55,8 +55,8 @@ func (s *Source) servedUnenforced() ([]servedKind, error) {
 // UnenforcedKinds lists the policy kinds the API server serves that rampart does not enforce
 // ("cilium.io/v2 CiliumNetworkPolicy"): objects of those kinds would otherwise be silently
 // ignored.
-func UnenforcedKinds(s *Source) ([]string, error) {
-	kinds, err := s.servedUnenforced()
+func UnenforcedKinds(ctx context.Context, s *Source) ([]string, error) {
+	kinds, err := s.servedUnenforced(ctx)
 	out := make([]string, 0, len(kinds))
 	for _, k := range kinds {
 		out = append(out, k.String())
@@ -70,7 +70,7 @@ const unenforcedKindMsg = "rampart does not enforce this policy kind: the object
 // gap per object, or one per kind whose objects the agent may not list (then any object of it
 // is unenforced, and the gap says so).
 func (s *Source) findUnenforced(ctx context.Context) ([]model.Gap, error) {
-	kinds, err := s.servedUnenforced()
+	kinds, err := s.servedUnenforced(ctx)
 	if err != nil {
 		return nil, err
 	}
