@@ -187,9 +187,13 @@ spec:
 	if len(sources) != 2 {
 		t.Fatalf("want pods on both nodes, placed: %v", node)
 	}
-	testLabFeedBlock(t, ip["app/server"], sources, write, must, exec1Status(run), alerts)
+	explain := func(from, to string, port int) (string, error) {
+		out, err := exec.Command(bin, "explain", "--live", "--lab", name, "--from", from, "--to", to, "--port", fmt.Sprint(port)).CombinedOutput()
+		return string(out), err
+	}
+	testLabFeedBlock(t, ip["app/server"], sources, write, must, exec1Status(run), alerts, explain)
 	testLabSynFlood(t, ip["app/server"], write, must, run, alerts)
-	testLabQuarantine(t, ip, write, must, exec1Status(run), alerts)
+	testLabQuarantine(t, ip, write, must, exec1Status(run), alerts, explain)
 	testLabShield(t, ip["app/server"], write, must, run, alerts)
 }
 
@@ -232,8 +236,17 @@ spec:
 // checks that its connections are cut while other pods' are not, and that lab release restores
 // them.
 func testLabQuarantine(t *testing.T, ip map[string]string, write func(file, body string) string, must func(args ...string) string,
-	ok func(pod string, argv ...string) bool, alerts func() []threat.Alert) {
+	ok func(pod string, argv ...string) bool, alerts func() []threat.Alert, explain func(from, to string, port int) (string, error)) {
 	t.Helper()
+	// explain --live says why, both for a quarantine by hand and for a detector's, and agrees
+	// with the dataplanes (a disagreement fails the command).
+	explains := func(from, want string) {
+		t.Helper()
+		out, err := explain(from, "app/server", 80)
+		if err != nil || !strings.HasPrefix(out, "DENIED") || !strings.Contains(out, want) {
+			t.Errorf("explain --live %s -> app/server:80: %v, want DENIED because %q:\n%s", from, err, want, out)
+		}
+	}
 	reach := func(from string) bool {
 		for i := 0; i < 3; i++ {
 			if ok(from, "timeout", "2", "bash", "-c", fmt.Sprintf("echo > /dev/tcp/%s/80", ip["app/server"])) {
@@ -249,6 +262,7 @@ func testLabQuarantine(t *testing.T, ip map[string]string, write func(file, body
 	if !reach("app/busy") {
 		t.Error("quarantining app/client cut app/busy off too")
 	}
+	explains("app/client", "app/client is quarantined (rampart.io/quarantine), and may only reach 53/UDP, 53/TCP")
 	must("lab", "release", "app/client")
 	if !reach("app/client") {
 		t.Error("a released pod cannot reach the server")
@@ -278,6 +292,7 @@ spec:
 	if reach("app/busy") {
 		t.Error("the pod the decoy quarantined still reaches the server")
 	}
+	explains("app/busy", "app/busy is quarantined")
 	must("lab", "release", "app/busy")
 	if !reach("app/busy") {
 		t.Error("released from its automatic quarantine, app/busy cannot reach the server")
@@ -385,8 +400,17 @@ func exec1Status(run func(args ...string) (string, error)) func(pod string, argv
 // alerts name the feed and both ends, and re-applying the feed without the entry restores
 // reachability.
 func testLabFeedBlock(t *testing.T, server string, sources []string, write func(file, body string) string, must func(args ...string) string,
-	ok func(pod string, argv ...string) bool, alerts func() []threat.Alert) {
+	ok func(pod string, argv ...string) bool, alerts func() []threat.Alert, explain func(from, to string, port int) (string, error)) {
 	t.Helper()
+	// explain --live says why, naming the feed, and agrees with the dataplanes (a disagreement
+	// fails the command).
+	explains := func(from, want string) {
+		t.Helper()
+		out, err := explain(from, "app/server", 80)
+		if err != nil || !strings.HasPrefix(out, "DENIED") || !strings.Contains(out, want) {
+			t.Errorf("explain --live %s -> app/server:80: %v, want DENIED because %q:\n%s", from, err, want, out)
+		}
+	}
 	// reach retries a connection (a starved probe is retried, not taken for a drop); unreachable
 	// needs every try to fail.
 	reach := func(from, addr string) bool {
@@ -418,6 +442,7 @@ spec:
 		if reach(from, server) {
 			t.Errorf("%s still reaches the server listed by the feed", from)
 		}
+		explains(from, "is in "+server+"/32, blocked by threat feed blocklist-a")
 	}
 	// Each source's blocked attempts are alerted on by its own node.
 	var feedAlerts []threat.Alert
@@ -511,6 +536,24 @@ spec:
 			t.Fatalf("no honeypot alert from the --kube lab's agents:\n%s", must("lab", "alerts"))
 		}
 	}
+	// Applying the same document again reloads every feed at once: the list, changed on disk,
+	// is in force when apply returns, long before its hourly refresh.
+	reapply := func(content, want string, reachable bool) {
+		t.Helper()
+		if err := os.WriteFile(list, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		must("lab", "apply", "-f", td)
+		got := connects("app/client", "app/server", 80)
+		for i := 0; i < 2 && reachable && !got; i++ { // a probe starved on 2 cores is retried
+			got = connects("app/client", "app/server", 80)
+		}
+		if got != reachable {
+			t.Errorf("after applying the same ThreatDefense again with %s: server reachable %v", want, got)
+		}
+	}
+	reapply("# emptied\n", "the server taken off the list", true)
+	reapply(ip["app/server"]+"\n", "the server listed again", false)
 	must("lab", "delete", "threatdefense", "default")
 	unblocked := false
 	for i := 0; i < 2 && !unblocked; i++ { // a probe starved on 2 cores is retried

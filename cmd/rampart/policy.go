@@ -12,6 +12,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/policy"
+	"github.com/rampart-sec/rampart/internal/threat"
 )
 
 // inputFlags are the flags every command that reads manifests shares.
@@ -69,14 +70,22 @@ func (f *inputFlags) evaluators(stdin io.Reader, staged bool) (enforced, withSta
 	if err != nil {
 		return nil, nil, err
 	}
+	// Quarantines and blocking feeds decide before policy, on the nodes as here.
+	th, unread, err := threat.Threats(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, name := range unread {
+		fmt.Fprintf(os.Stderr, "warning: threat feed %s is read from its URL by the agents, not here: its blocks are not taken into account\n", name)
+	}
 	if staged && c.HasStaged() {
 		srs, err := compile.CompileWith(c, compile.Options{Staged: true})
 		if err != nil {
 			return nil, nil, err
 		}
-		withStaged = policy.New(srs)
+		withStaged = policy.New(srs).WithThreats(th)
 	}
-	return policy.New(rs), withStaged, nil
+	return policy.New(rs).WithThreats(th), withStaged, nil
 }
 
 func newPolicyCmd() *cobra.Command {

@@ -91,3 +91,64 @@ func tempWriter(t *testing.T) func(name, body string) string {
 		return p
 	}
 }
+
+// Quarantines and blocking feeds decide before policy on the nodes, and so in explain and
+// matrix: a listed pod is cut off both ways, naming the feed; a quarantined pod reaches only
+// what quarantine allows (DNS by default, then policy decides) and nothing reaches it.
+func TestExplainThreats(t *testing.T) {
+	write := tempWriter(t)
+	cluster := write("cluster.yaml", cnpCluster)
+	list := write("list.netset", "# test\n10.0.0.2\n0.0.0.0/0\n")
+	td := write("td.yaml", "apiVersion: rampart.io/v1alpha1\nkind: ThreatDefense\nmetadata: {name: default}\nspec:\n  feeds:\n  - {name: listed, file: "+list+", action: block}\n")
+	explain := func(files []string, from, to, port, proto string) string {
+		t.Helper()
+		args := []string{"explain", "--from", from, "--to", to, "--port", port, "--protocol", proto}
+		for _, f := range files {
+			args = append(args, "-f", f)
+		}
+		out, err := runCLI(t, args...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		files               []string
+		from, to, port, pr  string
+		verdict, reasonPart string
+	}{
+		{[]string{cluster}, "a/x", "a/y", "80", "TCP", "ALLOWED", "allowed by default"},
+		{[]string{cluster, td}, "a/x", "a/y", "80", "TCP", "DENIED", "is in 10.0.0.2/32, blocked by threat feed listed"},
+		{[]string{cluster, td}, "a/y", "a/x", "80", "TCP", "DENIED", "the source pod a/y (10.0.0.2) is in 10.0.0.2/32"},
+		// 0.0.0.0/0 would cut the cluster off: refused, as the agents refuse it.
+		{[]string{cluster, td}, "a/x", "198.51.100.1", "443", "TCP", "ALLOWED", "198.51.100.1 (outside the cluster's pods) is not a pod under policy"},
+	} {
+		out := explain(tc.files, tc.from, tc.to, tc.port, tc.pr)
+		if !strings.HasPrefix(out, tc.verdict) || !strings.Contains(out, tc.reasonPart) {
+			t.Errorf("%s -> %s %s/%s with %d files: want %s because %q, got\n%s", tc.from, tc.to, tc.port, tc.pr, len(tc.files), tc.verdict, tc.reasonPart, out)
+		}
+	}
+	if out, err := runCLI(t, "policy", "matrix", "-f", cluster, "-f", td); err != nil || !strings.Contains(out, "0 of 2 allowed") {
+		t.Errorf("matrix with the server listed: %v\n%s", err, out)
+	}
+	// A quarantine, with no ThreatDefense at all:
+	quarantined := write("quarantined.yaml", strings.Replace(cnpCluster, "metadata: {name: x, namespace: a}", "metadata: {name: x, namespace: a, annotations: {rampart.io/quarantine: \"true\"}}", 1))
+	for _, tc := range []struct {
+		from, to, port, pr  string
+		verdict, reasonPart string
+	}{
+		{"a/x", "a/y", "80", "TCP", "DENIED", "a/x is quarantined (rampart.io/quarantine), and may only reach 53/UDP, 53/TCP"},
+		{"a/x", "a/y", "53", "UDP", "ALLOWED", "allowed by default"},
+		{"a/y", "a/x", "80", "TCP", "DENIED", "a/x is quarantined (rampart.io/quarantine): nothing may connect to it"},
+	} {
+		out := explain([]string{quarantined}, tc.from, tc.to, tc.port, tc.pr)
+		if !strings.HasPrefix(out, tc.verdict) || !strings.Contains(out, tc.reasonPart) {
+			t.Errorf("quarantine: %s -> %s %s/%s: want %s because %q, got\n%s", tc.from, tc.to, tc.port, tc.pr, tc.verdict, tc.reasonPart, out)
+		}
+	}
+	// A feed that cannot be read fails, as it fails the agents' configuration.
+	missing := write("missing.yaml", strings.Replace(mustRead(t, td), list, list+".gone", 1))
+	if out, err := runCLI(t, "explain", "--from", "a/x", "--to", "a/y", "--port", "80", "-f", cluster, "-f", missing); err == nil || !strings.Contains(err.Error(), "list.netset.gone") {
+		t.Errorf("an unreadable feed: err %v\n%s", err, out)
+	}
+}

@@ -121,6 +121,9 @@ type Agent struct {
 	fileTD    *model.ThreatDefense
 	fileSum   string
 	threatSum string
+	// reloadTD asks the next sync to load the file's ThreatDefense as a new generation even
+	// when it is unchanged (SIGHUP), which reloads every feed at once.
+	reloadTD bool
 }
 
 // Status is what the agent has done.
@@ -331,16 +334,17 @@ func (a *Agent) sync(ctx context.Context) error {
 func (a *Agent) configureThreat(c *model.Cluster) {
 	td, ferr := a.threatConfig(c)
 	fromFile := a.cfg.ThreatFile != "" && c.ThreatDefense == nil
-	a.st.Threat.Config = ""
+	prevName, prevGen := a.st.Threat.Config, a.st.Threat.Generation
+	a.st.Threat.Config, a.st.Threat.Generation = "", 0
 	if td != nil {
-		a.st.Threat.Config = td.Name
+		a.st.Threat.Config, a.st.Threat.Generation = td.Name, td.Generation
 	}
 	if td != c.ThreatDefense {
 		cc := *c // shallow: the engine only reads
 		cc.ThreatDefense = td
 		c = &cc
 	}
-	err := a.th.Configure(c, protected(c))
+	err := a.th.Configure(c, threat.ProtectedOf(c))
 	if err == nil && ferr != nil {
 		err = fmt.Errorf("threat config %s: %w; the previous configuration stays in force", a.cfg.ThreatFile, ferr)
 	}
@@ -350,6 +354,11 @@ func (a *Agent) configureThreat(c *model.Cluster) {
 		}
 		a.st.Threat.Error = err.Error()
 		return
+	}
+	if td == nil {
+		a.st.Threat.Loaded = time.Time{}
+	} else if td.Name != prevName || td.Generation != prevGen || a.st.Threat.Loaded.IsZero() {
+		a.st.Threat.Loaded = time.Now()
 	}
 	a.st.Threat.File = ""
 	if fromFile {

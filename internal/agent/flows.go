@@ -137,8 +137,9 @@ func (f *flows) setResolver(r *flow.Resolver) {
 	}
 }
 
-// live serves the agent's live explanations (flow.LiveHandler).
-func (f *flows) live() http.Handler {
+// live serves the agent's live explanations (flow.LiveHandler), with the threat-defense
+// responses in force on this node (threats) deciding before policy, as they do in the kernel.
+func (f *flows) live(threats func() *policy.Threats) http.Handler {
 	return flow.LiveHandler(func(_ *http.Request, filt flow.Filter) (*policy.Evaluator, time.Time, []flow.Record, error) {
 		f.mu.Lock()
 		r, at := f.resolver, f.resolverAt
@@ -146,7 +147,7 @@ func (f *flows) live() http.Handler {
 		if r == nil {
 			return nil, at, nil, errors.New("no policy programmed yet")
 		}
-		return r.Evaluator(), at, f.log.Query(filt), nil
+		return r.Evaluator().WithThreats(threats()), at, f.log.Query(filt), nil
 	})
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/rampart-sec/rampart/internal/flow"
+	"github.com/rampart-sec/rampart/internal/policy"
 	"github.com/rampart-sec/rampart/internal/threat"
 )
 
@@ -38,7 +39,7 @@ func (a *Agent) HealthHandler() http.Handler {
 	mux.Handle("/v1/flows", a.FlowsHandler())
 	mux.Handle("/v1/alerts", threat.Handler(a.th.Log()))
 	if a.fl != nil {
-		mux.Handle("/v1/explain", a.fl.live())
+		mux.Handle("/v1/explain", a.fl.live(func() *policy.Threats { return a.th.InForce().Threats() }))
 	}
 	return mux
 }

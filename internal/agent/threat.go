@@ -6,9 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
-	"reflect"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +23,12 @@ type ThreatStatus struct {
 	// Config.ThreatFile content it came from (empty when it came from the cluster or no file).
 	Config string `json:"config,omitempty"`
 	File   string `json:"file,omitempty"`
+	// Generation counts the loads of the configuration in force: each change, and each reload
+	// (SIGHUP, or applying the same document again in a lab), is a new one and reloads every
+	// feed.
+	Generation int64 `json:"generation,omitempty"`
+	// Loaded is when the generation in force was loaded.
+	Loaded time.Time `json:"loaded,omitzero"`
 	// Feeds are the loaded feeds' entry counts; Refused the entries not loaded because they
 	// would cut the cluster off.
 	Feeds   map[string]int `json:"feeds,omitempty"`
@@ -125,18 +129,24 @@ func (a *Agent) threatFileChanged() bool {
 
 func fileSum(b []byte) string { return fmt.Sprintf("%x", sha256.Sum256(b)) }
 
-// ReloadThreatFile looks at Config.ThreatFile now rather than at the next poll (SIGHUP), and
-// syncs if it changed.
+// ReloadThreatFile loads Config.ThreatFile now rather than at the next poll (SIGHUP), as a new
+// generation even when it is unchanged: every feed is fetched and read again at once.
 func (a *Agent) ReloadThreatFile() {
-	if a.cfg.ThreatFile != "" && a.threatFileChanged() {
-		a.run.Trigger()
+	if a.cfg.ThreatFile == "" {
+		return
 	}
+	a.threatFileChanged()
+	a.mu.Lock()
+	a.reloadTD = true
+	a.mu.Unlock()
+	a.run.Trigger()
 }
 
 // threatConfig returns the ThreatDefense in force: the cluster's (the lab's), else the one in
 // Config.ThreatFile, read again at every sync; a file that does not decode keeps the previous
-// one, and no file at all (an optional ConfigMap that is not there) is no ThreatDefense. The
-// caller holds a.mu.
+// one, and no file at all (an optional ConfigMap that is not there) is no ThreatDefense. Changed
+// content, or a reload asked for (SIGHUP), is a new generation, which reads every feed again.
+// The caller holds a.mu.
 func (a *Agent) threatConfig(c *model.Cluster) (*model.ThreatDefense, error) {
 	if c.ThreatDefense != nil || a.cfg.ThreatFile == "" {
 		return c.ThreatDefense, nil
@@ -157,42 +167,19 @@ func (a *Agent) threatConfig(c *model.Cluster) (*model.ThreatDefense, error) {
 		return a.fileTD, fmt.Errorf("%s: want exactly one ThreatDefense", a.cfg.ThreatFile)
 	}
 	td := objs[0].Obj.(*model.ThreatDefense)
-	a.fileSum = fileSum(b)
-	if a.fileTD != nil && a.fileTD.Name == td.Name && reflect.DeepEqual(a.fileTD.Spec, td.Spec) {
+	sum := fileSum(b)
+	reload := a.reloadTD
+	a.reloadTD = false
+	if !reload && a.fileTD != nil && sum == a.fileSum {
 		return a.fileTD, nil
 	}
+	a.fileSum = sum
 	td.Generation = 1
 	if a.fileTD != nil {
 		td.Generation = a.fileTD.Generation + 1
 	}
 	a.fileTD = td
 	return td, nil
-}
-
-// protected are the ranges no feed may block: the nodes' pod ranges and addresses, and every
-// Service's cluster IPs.
-func protected(c *model.Cluster) threat.Protected {
-	var p threat.Protected
-	for _, n := range c.Nodes {
-		for _, s := range append([]string{n.Spec.PodCIDR}, n.Spec.PodCIDRs...) {
-			if pfx, err := netip.ParsePrefix(s); err == nil {
-				p.Ranges = append(p.Ranges, pfx.Masked())
-			}
-		}
-		for _, a := range n.Status.Addresses {
-			if ip, err := netip.ParseAddr(a.Address); err == nil {
-				p.Nodes = append(p.Nodes, ip)
-			}
-		}
-	}
-	for _, s := range c.Services {
-		for _, ip := range append([]string{s.Spec.ClusterIP}, s.Spec.ClusterIPs...) {
-			if a, err := netip.ParseAddr(ip); err == nil {
-				p.Ranges = append(p.Ranges, netip.PrefixFrom(a, a.BitLen()))
-			}
-		}
-	}
-	return p
 }
 
 // teeSink hands every dataplane event to the threat engine, and those that are flow records

@@ -44,9 +44,23 @@ func TestThreatFile(t *testing.T) {
 	if took := time.Since(asked); took > threatFilePoll {
 		t.Errorf("took %v after ReloadThreatFile", took)
 	}
+	// Asked again with the file unchanged, the agent loads it as a new generation (which
+	// reloads every feed), once.
+	prev := a.Status().Threat
+	gen := prev.Generation
+	a.ReloadThreatFile()
+	wait("reloaded file", func(s ThreatStatus) bool { return s.Generation > gen })
+	if s := a.Status().Threat; s.Generation != gen+1 || s.Config != "second" || s.File != fileSum([]byte(second)) || !s.Loaded.After(prev.Loaded) {
+		t.Fatalf("after a reload of generation %d: %+v", gen, s)
+	}
+	// Any change to the document is a new generation, an annotation too (re-applying an
+	// unchanged ConfigMap changes nothing on the node).
+	annotated := strings.Replace(second, "{name: second}", "{name: second, annotations: {reload: \"1\"}}", 1)
+	write(annotated)
+	wait("annotated file", func(s ThreatStatus) bool { return s.File == fileSum([]byte(annotated)) && s.Generation == gen+2 })
 	write("apiVersion: rampart.io/v1alpha1\nkind: ThreatDefense\nmetadata: {name: third}\nspec:\n  detectors:\n    portScan: {action: nope}\n")
 	wait("bad file", func(s ThreatStatus) bool {
-		return s.Config == "second" && strings.Contains(s.Error, "spec.detectors.portScan.action") && s.File == fileSum([]byte(second))
+		return s.Config == "second" && strings.Contains(s.Error, "spec.detectors.portScan.action") && s.File == fileSum([]byte(annotated))
 	})
 	// The ConfigMap deleted: the file goes, and with it the ThreatDefense (no error).
 	if err := os.Remove(file); err != nil {

@@ -102,9 +102,10 @@ type Decision struct {
 
 // Evaluator answers flows against one Ruleset. It is safe for concurrent use.
 type Evaluator struct {
-	rs    *ir.Ruleset
-	pods  map[netip.Addr]*ir.Pod
-	nodes map[netip.Addr]*ir.Node
+	rs      *ir.Ruleset
+	pods    map[netip.Addr]*ir.Pod
+	nodes   map[netip.Addr]*ir.Node
+	threats *Threats // decide before policy (WithThreats); nil: none
 }
 
 // New indexes rs for evaluation. rs must not change afterwards.
@@ -193,6 +194,7 @@ func (e *Evaluator) Verdict(f Flow) Decision {
 	d.Egress = e.side(ir.Egress, d.Src.subject(), d.Src, d.Dst, f)
 	d.Ingress = e.side(ir.Ingress, d.Dst.subject(), d.Dst, d.Src, f)
 	d.Allowed = d.Egress.Allowed && d.Ingress.Allowed
+	e.applyThreats(&d)
 	return d
 }
 

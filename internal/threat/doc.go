@@ -7,6 +7,6 @@
 // honeypots by address. Responses go to the dataplane through dataplane.Blocker (blocked
 // prefixes: feeds and automatic blocks, with expiry) and dataplane.SynLimiter (per-source SYN
 // rate limits on flooded pods). Alerts are JSON lines kept in a Log that HTTP clients read and
-// follow.
+// follow. InForce and Threats say what is in force before policy, for the evaluator.
 // The configuration is model.ThreatDefense; see docs/threat-defense.md.
 package threat

@@ -223,3 +223,29 @@ func (p Protected) Filter(in []netip.Prefix) (keep []netip.Prefix, refused []Ref
 	}
 	return keep, refused
 }
+
+// ProtectedOf are the ranges of c no feed may block: the nodes' pod ranges and addresses, and
+// every Service's cluster IPs.
+func ProtectedOf(c *model.Cluster) Protected {
+	var p Protected
+	for _, n := range c.Nodes {
+		for _, s := range append([]string{n.Spec.PodCIDR}, n.Spec.PodCIDRs...) {
+			if pfx, err := netip.ParsePrefix(s); err == nil {
+				p.Ranges = append(p.Ranges, pfx.Masked())
+			}
+		}
+		for _, a := range n.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				p.Nodes = append(p.Nodes, ip)
+			}
+		}
+	}
+	for _, s := range c.Services {
+		for _, ip := range append([]string{s.Spec.ClusterIP}, s.Spec.ClusterIPs...) {
+			if a, err := netip.ParseAddr(ip); err == nil {
+				p.Ranges = append(p.Ranges, netip.PrefixFrom(a, a.BitLen()))
+			}
+		}
+	}
+	return p
+}

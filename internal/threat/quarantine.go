@@ -10,6 +10,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/policy"
 )
 
 // autoQuarantine is a quarantine a detector put on a pod.
@@ -92,6 +93,106 @@ func (e *Engine) Quarantined() []string {
 	var out []string
 	for _, a := range e.quarantinedLocked() {
 		out = append(out, e.pods[a].ns+"/"+e.pods[a].name)
+	}
+	return out
+}
+
+// InForce is what the engine has the kernel enforce before policy, for the evaluator to
+// explain: the blocked prefixes with what blocked each (a feed's name, or the detector response
+// that did), the quarantined pods' addresses, and what those may still reach.
+type InForce struct {
+	Blocks          []BlockedBy
+	Quarantined     []netip.Addr
+	QuarantineAllow []dataplane.PortProtocol
+}
+
+// BlockedBy is a blocked prefix and what blocked it.
+type BlockedBy struct {
+	Prefix netip.Prefix
+	By     string
+}
+
+// InForce returns the responses in force now.
+func (e *Engine) InForce() InForce {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out InForce
+	for _, p := range e.feeds.block {
+		by := "a threat feed"
+		if i, ok := e.feeds.idx[p.Bits()][p]; ok {
+			by = "threat feed " + e.feeds.feeds[i].name
+		}
+		out.Blocks = append(out.Blocks, BlockedBy{Prefix: p, By: by})
+	}
+	for p := range e.blocks {
+		out.Blocks = append(out.Blocks, BlockedBy{Prefix: p, By: "an automatic block (a detector's response; see the alerts)"})
+	}
+	slices.SortFunc(out.Blocks, func(a, b BlockedBy) int { return comparePrefix(a.Prefix, b.Prefix) })
+	out.Quarantined = e.quarantinedLocked()
+	out.QuarantineAllow = quarantineAllow(e.td)
+	return out
+}
+
+// Threats are the responses a cluster's state puts in force, for the evaluator: its
+// ThreatDefense's feeds with action block (files read now; feeds by URL are not fetched, and
+// say so through unread) and its quarantined pods (rampart.io/quarantine). Detectors' automatic
+// responses happen on the nodes and are not known here. An unreadable feed is an error, as it
+// is for the agent. It returns nil when nothing is in force.
+func Threats(c *model.Cluster) (t *policy.Threats, unread []string, err error) {
+	e := New(Config{})
+	if err := e.Configure(c, ProtectedOf(c)); err != nil {
+		return nil, nil, err
+	}
+	if td := c.ThreatDefense; td != nil {
+		for _, f := range td.Spec.Feeds {
+			if f.URL != "" && f.Action == model.ActionBlock {
+				unread = append(unread, f.Name)
+			}
+		}
+	}
+	return e.InForce().Threats(), unread, nil
+}
+
+// Threats is f for the evaluator; nil when nothing is in force.
+func (f InForce) Threats() *policy.Threats {
+	if len(f.Blocks) == 0 && len(f.Quarantined) == 0 {
+		return nil
+	}
+	t := &policy.Threats{Quarantined: map[netip.Addr]bool{}}
+	for _, b := range f.Blocks {
+		t.Blocked = append(t.Blocked, policy.Block{Prefix: b.Prefix, By: b.By})
+	}
+	for _, a := range f.Quarantined {
+		t.Quarantined[a] = true
+	}
+	for _, a := range f.QuarantineAllow {
+		t.QuarantineAllow = append(t.QuarantineAllow, policy.PortProto{Port: a.Port, Protocol: a.Protocol})
+	}
+	return t
+}
+
+// Union is what any of fs has in force (the nodes a flow crosses): every block and quarantine;
+// the allowed ports are the configuration's, the same on every node.
+func Union(fs ...InForce) InForce {
+	var out InForce
+	seen := map[netip.Prefix]bool{}
+	quar := map[netip.Addr]bool{}
+	for _, f := range fs {
+		for _, b := range f.Blocks {
+			if !seen[b.Prefix] {
+				seen[b.Prefix] = true
+				out.Blocks = append(out.Blocks, b)
+			}
+		}
+		for _, a := range f.Quarantined {
+			if !quar[a] {
+				quar[a] = true
+				out.Quarantined = append(out.Quarantined, a)
+			}
+		}
+		if out.QuarantineAllow == nil {
+			out.QuarantineAllow = f.QuarantineAllow
+		}
 	}
 	return out
 }

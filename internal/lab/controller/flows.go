@@ -16,6 +16,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/model"
 	"github.com/rampart-sec/rampart/internal/policy"
+	"github.com/rampart-sec/rampart/internal/threat"
 )
 
 // nodeFlows streams one node's records matching f to fn.
@@ -174,10 +175,13 @@ func (l *Lab) agentMetrics(ctx context.Context) (map[string]string, error) {
 }
 
 // liveState is the evaluator of the lab's Ruleset, since when it is in force, and every node's
-// records matching f, for live explanations.
+// records matching f, for live explanations. The threat-defense responses decide first: those
+// in force on the nodes of the flow's ends (in-process agents), or, in --kube labs, those the
+// lab's state puts in force (feeds and quarantines; the agent processes' automatic responses
+// are theirs).
 func (l *Lab) liveState(r *http.Request, f flow.Filter) (*policy.Evaluator, time.Time, []flow.Record, error) {
 	l.mu.Lock()
-	rs, at := l.rs, l.rsAt
+	rs, at, c := l.rs, l.rsAt, l.cluster
 	l.mu.Unlock()
 	if rs == nil {
 		return nil, at, nil, errors.New("lab is not up")
@@ -186,5 +190,32 @@ func (l *Lab) liveState(r *http.Request, f flow.Filter) (*policy.Evaluator, time
 	if err != nil {
 		return nil, at, nil, err
 	}
-	return policy.New(rs), at, recs, nil
+	ev := policy.New(rs)
+	if l.kube != nil {
+		th, _, err := threat.Threats(c)
+		if err != nil {
+			return nil, at, nil, err
+		}
+		return ev.WithThreats(th), at, recs, nil
+	}
+	q := r.URL.Query()
+	var in []threat.InForce
+	l.mu.Lock()
+	for _, end := range []string{q.Get("from"), q.Get("to")} {
+		ip, err := ev.ParseEndpoint(end)
+		if err != nil {
+			continue // the handler reports it
+		}
+		node := ""
+		if ep := ev.Endpoint(ip); ep.Pod != nil {
+			node = ep.Pod.Node
+		} else if ep.Node != nil {
+			node = ep.Node.Name
+		}
+		if na := l.agents[node]; na != nil {
+			in = append(in, na.Threat().InForce())
+		}
+	}
+	l.mu.Unlock()
+	return ev.WithThreats(threat.Union(in...).Threats()), at, recs, nil
 }

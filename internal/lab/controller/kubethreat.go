@@ -17,8 +17,8 @@ import (
 
 // In --kube labs the node agents read the ThreatDefense as agents in a cluster do: from a file
 // (the DaemonSet's mounted ConfigMap, here the lab's threatdefense.yaml), through
-// --threat-config. The lab writes it, signals the agents to look now, and waits until each
-// has the file's content in force.
+// --threat-config. The lab writes it, signals the agents to load it now, and waits until each
+// has loaded the file's content.
 
 // threatFile is the ThreatDefense file of a --kube lab's agents.
 func threatFile(lab string) string { return filepath.Join(Dir(lab), "threatdefense.yaml") }
@@ -51,6 +51,9 @@ func (l *Lab) kubeThreat(ctx context.Context, td *model.ThreatDefense) error {
 		want = fmt.Sprintf("%x", sha256.Sum256(content))
 	}
 	k := l.kube
+	// Each agent loads the file as a new generation when signalled, also when it is unchanged
+	// (applying the same document again reloads every feed): wait for a load after the signal.
+	signalled := time.Now()
 	for _, p := range k.procs() {
 		p.mu.Lock()
 		if p.cmd != nil && p.cmd.Process != nil {
@@ -64,7 +67,7 @@ func (l *Lab) kubeThreat(ctx context.Context, td *model.ThreatDefense) error {
 		done := true
 		for _, p := range k.procs() {
 			st, err := p.client.Status(ctx)
-			if err != nil || st.Threat.File != want {
+			if err != nil || st.Threat.File != want || (want != "" && st.Threat.Loaded.Before(signalled)) {
 				if err == nil && st.Threat.Error != "" && st.Threat.File != want {
 					return fmt.Errorf("node %s: %s", p.node, st.Threat.Error)
 				}
