@@ -119,6 +119,7 @@ type sockMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockVariableSpecs struct {
+	RefuseWithErrno *ebpf.VariableSpec `ebpf:"refuse_with_errno"`
 }
 
 // sockObjects contains all objects after they have been loaded into the kernel.
@@ -162,6 +163,7 @@ func (m *sockMaps) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockVariables struct {
+	RefuseWithErrno *ebpf.Variable `ebpf:"refuse_with_errno"`
 }
 
 // sockPrograms contains all programs after they have been loaded into the kernel.

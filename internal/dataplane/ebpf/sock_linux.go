@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/rampart-sec/rampart/internal/ir"
@@ -38,7 +40,16 @@ type lbEntry struct {
 // The links belong to this process: they go when Close is called or the process exits.
 func NewSockLB(cgroupPath string) (*SockLB, error) {
 	s := &SockLB{current: map[sockLbSvcKey]lbEntry{}}
-	if err := loadSockObjects(&s.objs, nil); err != nil {
+	spec, err := loadSock()
+	if err != nil {
+		return nil, fmt.Errorf("load connect-time load balancer: %w", err)
+	}
+	if features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval) == nil {
+		if err := spec.Variables["refuse_with_errno"].Set(uint8(1)); err != nil {
+			return nil, fmt.Errorf("load connect-time load balancer: %w", err)
+		}
+	}
+	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
 		return nil, fmt.Errorf("load connect-time load balancer: %w", err)
 	}
 	for _, a := range []struct {

@@ -59,3 +59,33 @@ func portName(sp ir.ServicePort) string {
 	}
 	return fmt.Sprint(sp.Port)
 }
+
+// noEndpoints renders, where rampart translates Services (no kube-proxy), the chain that
+// refuses connections to Service ports without endpoints as kube-proxy does (REJECT, ICMP port
+// unreachable: the client sees "connection refused" at once), and reports whether it has any
+// rule.
+func (r *renderer) noEndpoints() (string, bool) {
+	if r.node.KubeProxy {
+		return "", false
+	}
+	c := Chain{Name: ChainPrefix + "NO-ENDPOINTS"}
+	for _, s := range r.rs.Services {
+		for _, sp := range s.Ports {
+			if len(sp.Backends) > 0 || (sp.Protocol != ir.TCP && sp.Protocol != ir.UDP && sp.Protocol != ir.SCTP) {
+				continue
+			}
+			proto := strings.ToLower(sp.Protocol.String())
+			for _, vip := range s.ClusterIPs {
+				if vip.Is4() {
+					c.Rules = append(c.Rules, fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d -m comment --comment %q -j REJECT --reject-with icmp-port-unreachable",
+						vip, proto, proto, sp.Port, s.Namespace+"/"+s.Name+":"+portName(sp)+" has no endpoints"))
+				}
+			}
+		}
+	}
+	if len(c.Rules) == 0 {
+		return "", false
+	}
+	r.addChain("filter", c)
+	return c.Name, true
+}

@@ -70,6 +70,12 @@ func (r *renderer) filter() error {
 	fwd := Chain{Name: ChainPrefix + "FORWARD", Rules: []string{establishedRule, pickupIn, pickupOut}}
 	in := Chain{Name: ChainPrefix + "INPUT", Rules: []string{establishedRule, pickupIn}}
 	out := Chain{Name: ChainPrefix + "OUTPUT", Rules: []string{establishedRule, pickupOut}}
+	if rej, ok := r.noEndpoints(); ok {
+		// Before policy, as kube-proxy's KUBE-SERVICES jump is: a Service port without
+		// endpoints refuses connections rather than letting them time out.
+		fwd.Rules = append(fwd.Rules[:1:1], append([]string{"-j " + rej}, fwd.Rules[1:]...)...)
+		out.Rules = append(out.Rules[:1:1], append([]string{"-j " + rej}, out.Rules[1:]...)...)
+	}
 	var known []string // the local pods' interfaces, for the guard
 	// In FORWARD every pod's egress comes before any pod's ingress: a packet between two local
 	// pods is judged on its way out of the source first (as the eBPF dataplane does), so the

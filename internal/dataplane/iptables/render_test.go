@@ -188,3 +188,51 @@ func TestRenderMidstreamDrop(t *testing.T) {
 		t.Errorf("without a prefix the drop is scoped: %q", r)
 	}
 }
+
+// TestRenderNoEndpoints: where rampart translates Services, a Service port without endpoints
+// is refused (REJECT, before policy, in FORWARD and OUTPUT) as kube-proxy refuses it; ports
+// with endpoints are not; beside kube-proxy, kube-proxy does it.
+func TestRenderNoEndpoints(t *testing.T) {
+	svc := policies + `---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: x}
+spec: {clusterIP: 10.96.0.30, selector: {role: nothing}, ports: [{name: web, port: 80}, {name: dns, port: 53, protocol: UDP}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {clusterIP: 10.96.0.20, selector: {role: even}, ports: [{port: 80, targetPort: http}]}
+`
+	own, err := Render(cluster(t, 4, svc), allLocal(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rejects []string
+	for _, c := range own.Tables["filter"] {
+		if c.Name == ChainPrefix+"NO-ENDPOINTS" {
+			rejects = c.Rules
+		}
+	}
+	want := []string{
+		`-d 10.96.0.30/32 -p tcp -m tcp --dport 80 -m comment --comment "x/empty:web has no endpoints" -j REJECT --reject-with icmp-port-unreachable`,
+		`-d 10.96.0.30/32 -p udp -m udp --dport 53 -m comment --comment "x/empty:dns has no endpoints" -j REJECT --reject-with icmp-port-unreachable`,
+	}
+	if fmt.Sprint(rejects) != fmt.Sprint(want) {
+		t.Fatalf("NO-ENDPOINTS rules:\n%s\nwant\n%s", strings.Join(rejects, "\n"), strings.Join(want, "\n"))
+	}
+	for _, c := range own.Tables["filter"] {
+		if (c.Name == ChainPrefix+"FORWARD" || c.Name == ChainPrefix+"OUTPUT") && (len(c.Rules) < 2 || c.Rules[1] != "-j "+ChainPrefix+"NO-ENDPOINTS") {
+			t.Errorf("%s does not refuse endpoint-less Services right after the established rule: %v", c.Name, c.Rules)
+		}
+	}
+	node := allLocal(4)
+	node.KubeProxy = true
+	beside, err := Render(cluster(t, 4, svc), node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(beside.String(), "NO-ENDPOINTS") {
+		t.Error("beside kube-proxy the spec refuses endpoint-less Services itself")
+	}
+}

@@ -106,6 +106,14 @@ struct {
 	__type(value, __u64);
 } lb_counters SEC(".maps");
 
+// refuse_with_errno is set at load where the kernel has bpf_set_retval (5.18+): a connection to
+// a Service port without endpoints then fails with ECONNREFUSED, as kube-proxy's REJECT makes
+// it; without it the hook's refusal is EPERM. Dead code is not verified, so older kernels load
+// the programs too.
+volatile const __u8 refuse_with_errno = 0;
+
+#define ECONNREFUSED 111
+
 static __always_inline void lb_count(__u32 c)
 {
 	__u64 *v = bpf_map_lookup_elem(&lb_counters, &c);
@@ -125,6 +133,8 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, __u32 counter)
 		return 1;
 	if (!sv->count) {
 		lb_count(LB_NO_BACKEND);
+		if (refuse_with_errno)
+			bpf_set_retval(-ECONNREFUSED);
 		return 0;
 	}
 	struct lb_backend_key bk = {.id = sv->id, .index = bpf_get_prandom_u32() % sv->count};
