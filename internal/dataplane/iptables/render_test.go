@@ -126,16 +126,7 @@ kind: Service
 metadata: {name: web, namespace: x}
 spec: {clusterIP: 10.96.0.20, selector: {role: even}, ports: [{port: 80, targetPort: http}]}
 `
-	own, err := Render(cluster(t, 4, svc), allLocal(4))
-	if err != nil {
-		t.Fatal(err)
-	}
-	node := allLocal(4)
-	node.KubeProxy = true
-	beside, err := Render(cluster(t, 4, svc), node)
-	if err != nil {
-		t.Fatal(err)
-	}
+	own, beside := renderOwnAndBeside(t, svc)
 	if !strings.Contains(own.String(), "10.96.0.20/32") {
 		t.Fatal("the Service is not translated by default")
 	}
@@ -204,10 +195,7 @@ kind: Service
 metadata: {name: web, namespace: x}
 spec: {clusterIP: 10.96.0.20, selector: {role: even}, ports: [{port: 80, targetPort: http}]}
 `
-	own, err := Render(cluster(t, 4, svc), allLocal(4))
-	if err != nil {
-		t.Fatal(err)
-	}
+	own, beside := renderOwnAndBeside(t, svc)
 	var rejects []string
 	for _, c := range own.Tables["filter"] {
 		if c.Name == ChainPrefix+"NO-ENDPOINTS" {
@@ -226,13 +214,23 @@ spec: {clusterIP: 10.96.0.20, selector: {role: even}, ports: [{port: 80, targetP
 			t.Errorf("%s does not refuse endpoint-less Services right after the established rule: %v", c.Name, c.Rules)
 		}
 	}
-	node := allLocal(4)
-	node.KubeProxy = true
-	beside, err := Render(cluster(t, 4, svc), node)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if strings.Contains(beside.String(), "NO-ENDPOINTS") {
 		t.Error("beside kube-proxy the spec refuses endpoint-less Services itself")
 	}
+}
+
+// renderOwnAndBeside renders 4 local pods with manifests extra where rampart translates
+// Services (own) and beside kube-proxy.
+func renderOwnAndBeside(t *testing.T, extra string) (own, beside *Spec) {
+	t.Helper()
+	own, err := Render(cluster(t, 4, extra), allLocal(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := allLocal(4)
+	node.KubeProxy = true
+	if beside, err = Render(cluster(t, 4, extra), node); err != nil {
+		t.Fatal(err)
+	}
+	return own, beside
 }
