@@ -195,6 +195,97 @@ spec:
 	testLabSynFlood(t, ip["app/server"], write, must, run, alerts)
 	testLabQuarantine(t, ip, write, must, exec1Status(run), alerts, explain)
 	testLabShield(t, ip["app/server"], write, must, run, alerts)
+	testLabConnectionLimit(t, ip["app/server"], write, must, run, alerts)
+}
+
+// connectScript, run in a pod, opens up to n TCP connections to an address and port one after
+// the other (each given timeout seconds), holding those that connect; with reopen, it then
+// closes one and opens another. It prints {"held": N, "reopened": bool}.
+const connectScript = `
+import json, socket, sys, time
+ip, port, n, timeout, reopen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"
+def connect():
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.connect((ip, port))
+        return s
+    except OSError:
+        s.close()
+        return None
+held = [s for s in (connect() for _ in range(n)) if s]
+out = {"held": len(held), "reopened": False}
+if reopen and held:
+    held.pop().close()
+    time.sleep(0.3)
+    out["reopened"] = connect() is not None
+print(json.dumps(out))
+`
+
+// testLabConnectionLimit shields the server (connection-limit): a client holds at most its
+// limit of open connections, one more after closing one, and raises a shield alert; a tight
+// rate lets a quick series of new connections through only in part.
+func testLabConnectionLimit(t *testing.T, server string, write func(file, body string) string, must func(args ...string) string,
+	run func(args ...string) (string, error), alerts func() []threat.Alert) {
+	t.Helper()
+	connect := func(n int, timeout string, reopen bool) (held int, reopened bool) {
+		t.Helper()
+		r := "0"
+		if reopen {
+			r = "1"
+		}
+		out := must("lab", "exec", "app/client", "--", "timeout", "60", "python3", "-c", connectScript, server, "80", fmt.Sprint(n), timeout, r)
+		var res struct {
+			Held     int  `json:"held"`
+			Reopened bool `json:"reopened"`
+		}
+		if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &res); err != nil {
+			t.Fatalf("connect script: %v\n%s", err, out)
+		}
+		return res.Held, res.Reopened
+	}
+	must("lab", "apply", "-f", write("td-connlimit.yaml", `apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  shields:
+  - {name: connection-limit, selector: {matchLabels: {role: server}}, connectionLimit: {concurrent: 3, perSecond: 1000}}
+`))
+	start := time.Now()
+	if held, reopened := connect(5, "1.5", true); held != 3 || !reopened {
+		t.Errorf("5 connections to a server shielded at 3 per source: %d held, another after closing one: %v; want 3, true", held, reopened)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		found := false
+		for _, a := range alerts() {
+			found = found || (a.Type == threat.TypeShield && a.Source.Pod == "client" && a.Target.Pod == "server" &&
+				strings.Contains(a.Message, "holds 3 open TCP connections") && !a.Time.Before(start))
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection-limit alert naming app/client and app/server: %+v", alerts())
+		}
+	}
+	// The connections closed, the count is back: the limit holds again at 3, not less.
+	if held, _ := connect(4, "1.5", false); held != 3 {
+		t.Errorf("after the first client's connections closed: %d held, want 3", held)
+	}
+	must("lab", "apply", "-f", write("td-connrate.yaml", `apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  shields:
+  - {name: connection-limit, selector: {matchLabels: {role: server}}, connectionLimit: {concurrent: 1000, perSecond: 2, burst: 4}}
+`))
+	if held, _ := connect(20, "0.2", false); held < 4 || held > 12 {
+		t.Errorf("20 quick connections at 2 a second (burst 4): %d connected, want the burst and a few more", held)
+	}
+	must("lab", "delete", "threatdefense", "default")
+	if held, _ := connect(20, "1", false); held != 20 {
+		t.Errorf("without the shield: %d of 20 connections", held)
+	}
 }
 
 // testLabShield shields the server (sack-panic): hping3 SYNs with an MSS of 48 get no answer

@@ -68,6 +68,9 @@ func newThreat(cfg Config, dp dataplane.Dataplane, reg prometheus.Registerer) (*
 	if q, ok := dp.(dataplane.Quarantiner); ok {
 		tc.Quarantiner = q
 	}
+	if c, ok := dp.(dataplane.ConnLimiter); ok {
+		tc.ConnLimiter = c
+	}
 	if s, ok := dp.(dataplane.Shielder); ok {
 		tc.Shielder = s
 	}

@@ -186,6 +186,21 @@ type Shielder interface {
 	SetMSSShield(s MSSShield) error
 }
 
+// ConnLimit caps the TCP connections each source holds open to Target (the connection-limit
+// shield): a SYN that would open one more is dropped. The shield's rate of new connections is
+// a SynLimit.
+type ConnLimit struct {
+	Target netip.Addr
+	Max    uint32
+}
+
+// ConnLimiter is a dataplane that can cap each source's open connections toward chosen pods,
+// reporting a sample of the drops as flow events (DropConnLimit). SetConnLimits replaces the
+// whole set; when it fails the previous set stays.
+type ConnLimiter interface {
+	SetConnLimits(limits []ConnLimit) error
+}
+
 // IPv4Prefix returns p masked as an IPv4 prefix (a 4-in-6 one converted), and false for an IPv6
 // or invalid one: the threat responses judge IPv4.
 func IPv4Prefix(p netip.Prefix) (netip.Prefix, bool) {

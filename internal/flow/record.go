@@ -120,6 +120,8 @@ const (
 	DropSynLimit   DropKind = "syn-limit"  // a SYN over its source's limit (dataplane.SynLimiter)
 	DropQuarantine DropKind = "quarantine" // to or from a quarantined pod (dataplane.Quarantiner)
 	DropShield     DropKind = "shield"     // a shield's virtual patch (dataplane.Shielder)
+	// DropConnLimit is a SYN over its source's open connections (dataplane.ConnLimiter).
+	DropConnLimit DropKind = "conn-limit"
 )
 
 // Decider is the deciding rule, in the IR's terms. The zero value: no policy decided.

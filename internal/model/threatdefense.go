@@ -119,17 +119,55 @@ type Shield struct {
 	Name              string                `json:"name"`
 	Selector          *metav1.LabelSelector `json:"selector,omitempty"`
 	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+	// ConnectionLimit sets the connection-limit shield's limits (defaults when absent).
+	ConnectionLimit *ConnectionLimit `json:"connectionLimit,omitempty"`
+}
+
+// ConnectionLimit bounds what one source may do to one selected pod over TCP: the connections
+// it holds open, and the new ones it opens a second (a token bucket of PerSecond with Burst).
+// A SYN over either limit is dropped. 0 (or absent) takes the default.
+type ConnectionLimit struct {
+	Concurrent int32 `json:"concurrent,omitempty"`
+	PerSecond  int32 `json:"perSecond,omitempty"`
+	Burst      int32 `json:"burst,omitempty"`
+}
+
+// Shield names.
+const (
+	ShieldSackPanic       = "sack-panic"
+	ShieldConnectionLimit = "connection-limit"
+)
+
+// Connection-limit defaults: generous enough for a client that keeps a pool of connections
+// and reconnects in bursts, low enough to stop one source's multi-connection flood (HTTP/2
+// rapid reset and its kin open hundreds to thousands).
+const (
+	DefaultConcurrentConnections = 256
+	DefaultConnectionsPerSecond  = 100
+	maxConnectionLimit           = 1_000_000
+)
+
+// Limits returns the limits in force: l's, with defaults for what it leaves at 0 (l may be
+// nil); the burst defaults to twice the rate.
+func (l *ConnectionLimit) Limits() (concurrent, perSecond, burst uint32) {
+	concurrent, perSecond = DefaultConcurrentConnections, DefaultConnectionsPerSecond
+	if l != nil && l.Concurrent > 0 {
+		concurrent = uint32(l.Concurrent)
+	}
+	if l != nil && l.PerSecond > 0 {
+		perSecond = uint32(l.PerSecond)
+	}
+	burst = 2 * perSecond
+	if l != nil && l.Burst > 0 {
+		burst = uint32(l.Burst)
+	}
+	return concurrent, perSecond, burst
 }
 
 // Known shields.
 var knownShields = map[string]string{
-	"sack-panic": "drop TCP SYNs with an MSS below 500 (CVE-2019-11477/11478/11479)",
-}
-
-// plannedShields are named in the design but not enforced yet: refused with a message rather
-// than accepted and silently ignored.
-var plannedShields = map[string]string{
-	"connection-limit": "not enforced by this version (per-source new-connection limits: use detectors.synFlood with action rateLimit)",
+	ShieldSackPanic:       "drop TCP SYNs with an MSS below 500 (CVE-2019-11477/11478/11479)",
+	ShieldConnectionLimit: "per-source limits on open and new TCP connections",
 }
 
 // Source names sources by address, or by the pods they are.
@@ -286,10 +324,25 @@ func validateThreatDefense(t *ThreatDefense) field.ErrorList {
 	errs = append(errs, validateQuarantineSpec(t.Spec.Quarantine, spec.Child("quarantine"))...)
 	for i, s := range t.Spec.Shields {
 		p := spec.Child("shields").Index(i)
-		if why, ok := plannedShields[s.Name]; ok {
-			errs = append(errs, field.Invalid(p.Child("name"), s.Name, why))
-		} else if _, ok := knownShields[s.Name]; !ok {
-			errs = append(errs, field.NotSupported(p.Child("name"), s.Name, []string{"sack-panic"}))
+		if _, ok := knownShields[s.Name]; !ok {
+			errs = append(errs, field.NotSupported(p.Child("name"), s.Name, []string{ShieldSackPanic, ShieldConnectionLimit}))
+		}
+		if l := s.ConnectionLimit; l != nil {
+			lp := p.Child("connectionLimit")
+			if s.Name != ShieldConnectionLimit {
+				errs = append(errs, field.Forbidden(lp, "only the connection-limit shield takes limits"))
+			}
+			for _, f := range []struct {
+				name string
+				v    int32
+			}{{"concurrent", l.Concurrent}, {"perSecond", l.PerSecond}, {"burst", l.Burst}} {
+				if f.v < 0 || f.v > maxConnectionLimit {
+					errs = append(errs, field.Invalid(lp.Child(f.name), f.v, fmt.Sprintf("must be between 1 and %d (0 or absent: the default)", maxConnectionLimit)))
+				}
+			}
+			if _, rate, burst := l.Limits(); l.Burst > 0 && burst < rate {
+				errs = append(errs, field.Invalid(lp.Child("burst"), l.Burst, fmt.Sprintf("must be at least perSecond (%d)", rate)))
+			}
 		}
 		errs = append(errs, validateOptSelector(s.Selector, p.Child("selector"))...)
 		errs = append(errs, validateOptSelector(s.NamespaceSelector, p.Child("namespaceSelector"))...)

@@ -192,3 +192,37 @@ func TestThreatDefenseFeedURL(t *testing.T) {
 		}
 	}
 }
+
+func TestThreatDefenseShields(t *testing.T) {
+	for _, tc := range []struct {
+		shield, want string
+	}{
+		{"{name: sack-panic}", ""},
+		{"{name: connection-limit, selector: {matchLabels: {app: web}}}", ""},
+		{"{name: connection-limit, connectionLimit: {concurrent: 10, perSecond: 5, burst: 5}}", ""},
+		{"{name: connection-limit, connectionLimit: {concurrent: -1}}", "spec.shields[0].connectionLimit.concurrent: Invalid value: -1"},
+		{"{name: connection-limit, connectionLimit: {perSecond: 2000000}}", "spec.shields[0].connectionLimit.perSecond: Invalid value"},
+		{"{name: connection-limit, connectionLimit: {perSecond: 10, burst: 5}}", "spec.shields[0].connectionLimit.burst: Invalid value: 5: must be at least perSecond (10)"},
+		{"{name: connection-limit, connectionLimit: {concurrent: 10, bogus: 1}}", `unknown field "spec.shields[0].connectionLimit.bogus"`},
+		{"{name: sack-panic, connectionLimit: {concurrent: 10}}", "spec.shields[0].connectionLimit: Forbidden: only the connection-limit shield takes limits"},
+		{"{name: heartbleed}", `spec.shields[0].name: Unsupported value: "heartbleed"`},
+	} {
+		doc := "apiVersion: rampart.io/v1alpha1\nkind: ThreatDefense\nmetadata: {name: default}\nspec:\n  shields:\n  - " + tc.shield + "\n"
+		_, err := Decode(strings.NewReader(doc), "td.yaml", DecodeOptions{})
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("shield %s: error %v, want %q", tc.shield, err, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		l                       *ConnectionLimit
+		concurrent, rate, burst uint32
+	}{
+		{nil, DefaultConcurrentConnections, DefaultConnectionsPerSecond, 2 * DefaultConnectionsPerSecond},
+		{&ConnectionLimit{PerSecond: 7}, DefaultConcurrentConnections, 7, 14},
+		{&ConnectionLimit{Concurrent: 3, PerSecond: 7, Burst: 9}, 3, 7, 9},
+	} {
+		if c, r, b := tc.l.Limits(); c != tc.concurrent || r != tc.rate || b != tc.burst {
+			t.Errorf("Limits of %+v: %d %d %d, want %d %d %d", tc.l, c, r, b, tc.concurrent, tc.rate, tc.burst)
+		}
+	}
+}

@@ -40,8 +40,10 @@ type Config struct {
 	Limiter dataplane.SynLimiter
 	// Quarantiner, when set, enforces quarantines (annotated pods, detectors' quarantine).
 	Quarantiner dataplane.Quarantiner
-	// Shielder, when set, enforces shields (spec.shields).
-	Shielder dataplane.Shielder
+	// Shielder, when set, enforces shields (spec.shields); ConnLimiter the connection-limit
+	// shields' caps on open connections (their rates go to Limiter).
+	Shielder    dataplane.Shielder
+	ConnLimiter dataplane.ConnLimiter
 	// OnAlert, when set, is told of every alert (Kubernetes Events, metrics).
 	OnAlert func(Alert)
 	// MaxSources bounds the sources tracked by the scan detector (default 65536).
@@ -91,7 +93,10 @@ type Engine struct {
 	limited  kernelState[[]dataplane.SynLimit]
 	quarSent kernelState[dataplane.Quarantine]
 	shielded kernelState[dataplane.MSSShield]
-	untrack  uint64 // first contacts not tracked (MaxSources reached)
+	// connLimited: the connection-limit shields' caps.
+	connLimited kernelState[[]dataplane.ConnLimit]
+	recountAt   time.Time // the last recount of open connections
+	untrack     uint64    // first contacts not tracked (MaxSources reached)
 }
 
 type podInfo struct {
@@ -186,10 +191,8 @@ func (e *Engine) Configure(c *model.Cluster, protect Protected) error {
 	e.resolveLocked()
 	// Quarantines follow the pods' annotations (and their release), with or without a
 	// ThreatDefense.
-	err := errors.Join(e.pushQuarantineLocked(), e.pushShieldsLocked())
-	if reload || e.limited.failed {
-		err = errors.Join(err, e.pushLimitsLocked())
-	}
+	// The shields follow the pods they select; each push is skipped when nothing changed.
+	err := errors.Join(e.pushQuarantineLocked(), e.pushShieldsLocked(), e.pushLimitsLocked(), e.pushConnLimitsLocked())
 	if !reload && !e.blocked.failed {
 		return err // the blocks change with the feeds, or with Observe and Tick
 	}
@@ -451,7 +454,7 @@ func (e *Engine) Observe(ev flow.Event) {
 		}
 	}
 	// A shield drops at the target's node only: that node reports it, whoever sent it.
-	if ev.Drop == flow.DropShield {
+	if ev.Drop == flow.DropShield || ev.Drop == flow.DropConnLimit {
 		e.shieldLocked(ev, now)
 		return
 	}
@@ -560,9 +563,30 @@ func comparePrefix(a, b netip.Prefix) int {
 // periods. The agent calls it every TickInterval.
 func (e *Engine) Tick(now time.Time) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	recount := e.tickLocked(now)
+	e.mu.Unlock()
+	if recount != nil { // outside the lock: it walks the kernel's flow table
+		if err := recount.RecountConns(); err != nil {
+			e.cfg.Logger.Error("recount connections", "err", err)
+		}
+	}
+}
+
+// connRecounter is a ConnLimiter that recounts open connections from its own flow table
+// (the eBPF dataplane; iptables' connlimit asks conntrack at every SYN).
+type connRecounter interface {
+	RecountConns() error
+}
+
+// RecountEvery is how often the connection-limit shield's counts are recounted while limits
+// are in force.
+const RecountEvery = 5 * time.Second
+
+// tickLocked does Tick's work and returns the dataplane to recount connections with, when it
+// is time to.
+func (e *Engine) tickLocked(now time.Time) connRecounter {
 	if e.td == nil {
-		return
+		return nil
 	}
 	e.floodTickLocked(now)
 	e.scanExpireLocked(now)
@@ -585,6 +609,11 @@ func (e *Engine) Tick(now time.Time) {
 			delete(e.quiet, k)
 		}
 	}
+	if rc, ok := e.cfg.ConnLimiter.(connRecounter); ok && len(e.connLimited.sent) > 0 && now.Sub(e.recountAt) >= RecountEvery {
+		e.recountAt = now
+		return rc
+	}
+	return nil
 }
 
 // RefreshFeeds reads the feeds again when the shortest refresh interval has passed since they

@@ -58,11 +58,20 @@ func (c *fakeClock) now() time.Time { return c.t }
 
 // blocker records what the engine gives the kernel: blocked prefixes and SYN limits.
 type blocker struct {
-	got     [][]netip.Prefix
-	limits  [][]dataplane.SynLimit
-	quar    []dataplane.Quarantine
-	shields []dataplane.MSSShield
+	got      [][]netip.Prefix
+	limits   [][]dataplane.SynLimit
+	quar     []dataplane.Quarantine
+	shields  []dataplane.MSSShield
+	conns    [][]dataplane.ConnLimit
+	recounts int
 }
+
+func (b *blocker) SetConnLimits(l []dataplane.ConnLimit) error {
+	b.conns = append(b.conns, l)
+	return nil
+}
+
+func (b *blocker) RecountConns() error { b.recounts++; return nil }
 
 func (b *blocker) SetMSSShield(s dataplane.MSSShield) error {
 	b.shields = append(b.shields, s)
@@ -105,7 +114,7 @@ func engine(t *testing.T, td string) (*Engine, *fakeClock, *blocker) {
 	t.Helper()
 	clk := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	b := &blocker{}
-	e := New(Config{Node: "n1", Now: clk.now, Blocker: b, Limiter: b, Quarantiner: b, Shielder: b})
+	e := New(Config{Node: "n1", Now: clk.now, Blocker: b, Limiter: b, Quarantiner: b, Shielder: b, ConnLimiter: b})
 	if err := e.Configure(cluster(t, td), testProtected); err != nil {
 		t.Fatal(err)
 	}
@@ -488,6 +497,67 @@ spec:
 	}
 	if last := b.shields[len(b.shields)-1]; len(last.Pods) != 0 || last.Min != 0 {
 		t.Fatalf("shield outlives its configuration: %+v", last)
+	}
+}
+
+// TestConnectionLimitShield: the shield caps the selected pods' open connections per source
+// (ConnLimiter) and their new ones per source (a SYN limit, the stricter of it and a flood
+// limit), recounts every few seconds while in force, alerts on its drops, and goes with its
+// configuration.
+func TestConnectionLimitShield(t *testing.T) {
+	td := `
+apiVersion: rampart.io/v1alpha1
+kind: ThreatDefense
+metadata: {name: default}
+spec:
+  shields:
+  - {name: connection-limit, selector: {matchLabels: {role: server}}, connectionLimit: {concurrent: 3, perSecond: 5}}
+  - {name: connection-limit}
+`
+	e, clk, b := engine(t, td)
+	server, db := netip.MustParseAddr("10.0.1.3"), netip.MustParseAddr("10.0.1.9")
+	caps := map[netip.Addr]uint32{}
+	for _, c := range b.conns[len(b.conns)-1] {
+		caps[c.Target] = c.Max
+	}
+	// The first shield selecting a pod sets its limits; the second covers the others with the
+	// defaults.
+	if caps[server] != 3 || caps[db] != model.DefaultConcurrentConnections || len(caps) != 4 {
+		t.Fatalf("connection caps %v", caps)
+	}
+	rates := map[netip.Addr]dataplane.SynLimit{}
+	for _, l := range b.lastLimits() {
+		rates[l.Target] = l
+	}
+	if r := rates[server]; r.Rate != 5 || r.Burst != 10 {
+		t.Fatalf("server's rate %+v, want 5/s burst 10", r)
+	}
+	if r := rates[db]; r.Rate != model.DefaultConnectionsPerSecond || r.Burst != 2*model.DefaultConnectionsPerSecond {
+		t.Fatalf("db's rate %+v", r)
+	}
+	e.Tick(clk.t)
+	clk.t = clk.t.Add(time.Second)
+	e.Tick(clk.t)
+	if b.recounts != 1 {
+		t.Fatalf("%d recounts in a second, want 1", b.recounts)
+	}
+	clk.t = clk.t.Add(RecountEvery)
+	e.Tick(clk.t)
+	if b.recounts != 2 {
+		t.Fatalf("%d recounts after %v, want 2", b.recounts, RecountEvery)
+	}
+	x := ev(clk, ir.Ingress, ir.TCP, flow.FlagSYN, "10.0.2.2:1000", "10.0.1.3:80")
+	x.Allowed, x.Drop = false, flow.DropConnLimit
+	e.Observe(x)
+	a := alertsOf(e, TypeShield)
+	if len(a) != 1 || a[0].Source.Pod != "remote" || a[0].Target.Pod != "server" || !strings.Contains(a[0].Message, "holds 3 open TCP connections") {
+		t.Fatalf("alerts %+v", a)
+	}
+	if err := e.Configure(cluster(t, portScanTD), testProtected); err != nil {
+		t.Fatal(err)
+	}
+	if last := b.conns[len(b.conns)-1]; len(last) != 0 || len(b.lastLimits()) != 0 {
+		t.Fatalf("the shield outlives its configuration: caps %v, rates %v", last, b.lastLimits())
 	}
 }
 

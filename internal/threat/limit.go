@@ -38,17 +38,72 @@ func (e *Engine) extendLimitLocked(dst netip.Addr, cfg *model.SynFloodDetector, 
 	}
 }
 
-// pushLimitsLocked gives the kernel the limits in force, when they changed.
+// pushLimitsLocked gives the kernel the limits in force, when they changed: the flood
+// detector's, and the connection-limit shields' rates (the stricter where both limit a pod).
 func (e *Engine) pushLimitsLocked() error {
 	if e.cfg.Limiter == nil {
 		return nil
 	}
-	want := make([]dataplane.SynLimit, 0, len(e.limits))
+	merged := map[netip.Addr]dataplane.SynLimit{}
 	for a, l := range e.limits {
-		want = append(want, dataplane.SynLimit{Target: a, Rate: l.rate, Burst: l.burst})
+		merged[a] = dataplane.SynLimit{Target: a, Rate: l.rate, Burst: l.burst}
+	}
+	for _, c := range e.connShieldsLocked() {
+		l, ok := merged[c.target]
+		if !ok || c.rate < l.Rate {
+			l.Rate = c.rate
+		}
+		if !ok || c.burst < l.Burst {
+			l.Burst = c.burst
+		}
+		l.Target = c.target
+		merged[c.target] = l
+	}
+	want := make([]dataplane.SynLimit, 0, len(merged))
+	for _, l := range merged {
+		want = append(want, l)
 	}
 	sort.Slice(want, func(i, j int) bool { return want[i].Target.Less(want[j].Target) })
 	return e.limited.push(want, slices.Equal, e.cfg.Limiter.SetSynLimits)
+}
+
+// connShield is what the connection-limit shields ask for one pod.
+type connShield struct {
+	target                  netip.Addr
+	concurrent, rate, burst uint32
+}
+
+// connShieldsLocked are the pods the connection-limit shields select with their limits (the
+// first shield selecting a pod sets them), sorted.
+func (e *Engine) connShieldsLocked() []connShield {
+	if e.td == nil {
+		return nil
+	}
+	var out []connShield
+	for a, p := range e.pods {
+		for _, s := range e.td.Spec.Shields {
+			if s.Name == model.ShieldConnectionLimit && selector(s.NamespaceSelector).Matches(e.nss[p.ns]) && selector(s.Selector).Matches(p.labels) {
+				c, r, b := s.ConnectionLimit.Limits()
+				out = append(out, connShield{target: a, concurrent: c, rate: r, burst: b})
+				break
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].target.Less(out[j].target) })
+	return out
+}
+
+// pushConnLimitsLocked gives the kernel the connection-limit shields' caps on open
+// connections, when they changed.
+func (e *Engine) pushConnLimitsLocked() error {
+	if e.cfg.ConnLimiter == nil {
+		return nil
+	}
+	var want []dataplane.ConnLimit
+	for _, c := range e.connShieldsLocked() {
+		want = append(want, dataplane.ConnLimit{Target: c.target, Max: c.concurrent})
+	}
+	return e.connLimited.push(want, slices.Equal, e.cfg.ConnLimiter.SetConnLimits)
 }
 
 // expireLimitsLocked lifts the limits whose time is up.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/flow"
+	"github.com/rampart-sec/rampart/internal/model"
 )
 
 // Shield names and what they enforce.
@@ -54,10 +55,21 @@ func (e *Engine) pushShieldsLocked() error {
 // shieldLocked alerts on a shield's drop (a sample of them: the kernel reports a few).
 func (e *Engine) shieldLocked(ev flow.Event, now time.Time) {
 	src, dst := ev.Tuple.Src.Addr(), ev.Tuple.Dst.Addr()
-	e.raiseLocked(fmt.Sprintf("shield/%s/%s", src, dst), time.Minute, now, Alert{
+	msg := fmt.Sprintf("%s sent a TCP SYN with an MSS below %d to %s: dropped by the %s shield (CVE-2019-11477)",
+		describe(e.partyLocked(src)), SackPanicMinMSS, describe(e.partyLocked(dst)), ShieldSackPanic)
+	if ev.Drop == flow.DropConnLimit {
+		limit := uint32(0)
+		for _, c := range e.connShieldsLocked() {
+			if c.target == dst {
+				limit = c.concurrent
+			}
+		}
+		msg = fmt.Sprintf("%s holds %d open TCP connections to %s, its limit: a new one was dropped by the %s shield",
+			describe(e.partyLocked(src)), limit, describe(e.partyLocked(dst)), model.ShieldConnectionLimit)
+	}
+	e.raiseLocked(fmt.Sprintf("shield/%s/%s/%s", ev.Drop, src, dst), time.Minute, now, Alert{
 		Type: TypeShield, Severity: "high", Source: e.partyLocked(src), Target: e.partyLocked(dst), Response: "drop",
 		Evidence: Evidence{Count: 1, Protocol: ev.Tuple.Protocol.String(), Ports: []uint16{ev.Tuple.Dst.Port()}, FirstSeen: now, LastSeen: now},
-		Message: fmt.Sprintf("%s sent a TCP SYN with an MSS below %d to %s: dropped by the %s shield (CVE-2019-11477)",
-			describe(e.partyLocked(src)), SackPanicMinMSS, describe(e.partyLocked(dst)), ShieldSackPanic),
+		Message:  msg,
 	})
 }

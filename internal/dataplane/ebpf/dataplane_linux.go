@@ -77,8 +77,10 @@ type Dataplane struct {
 	// quarWant the quarantine SetQuarantine asked for (nil: none given yet).
 	synWant  map[uint32]policySynLimit
 	quarWant *dataplane.Quarantine
-	// shieldWant are the shields SetMSSShield asked for, by pod (nil: none given yet).
+	// shieldWant are the shields SetMSSShield asked for, by pod (nil: none given yet);
+	// connWant the connection limits SetConnLimits asked for.
 	shieldWant map[uint32]policyShield
+	connWant   map[uint32]uint32
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
@@ -175,7 +177,7 @@ func (d *Dataplane) loadFirst() (*Objects, error) {
 	}
 	o.gen = d.gen
 	d.blockHave, d.blockSynced = nil, false // a new or adopted map: read what it holds
-	if err := errors.Join(d.writeBlocklistLocked(o.objs.Blocklist), d.writeSynLimitsLocked(o.objs.SynLimits), d.writeQuarantineLocked(o), d.writeShieldsLocked(o)); err != nil {
+	if err := errors.Join(d.writeBlocklistLocked(o.objs.Blocklist), d.writeSynLimitsLocked(o.objs.SynLimits), d.writeQuarantineLocked(o), d.writeShieldsLocked(o), d.writeConnLimitsLocked(o)); err != nil {
 		d.blockHave, d.blockSynced = nil, false
 		o.Close()
 		return nil, err

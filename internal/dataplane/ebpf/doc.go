@@ -9,5 +9,5 @@
 // host side of each local pod's veth and to the node's uplink, writes each Sync's tables as the
 // difference into the slot not in force and switches to it, load-balances Services, sweeps
 // conntrack, reads flow events and counters, and holds the threat engine's responses (blocklist
-// with XDP early drop, SYN limits, quarantine, shields).
+// with XDP early drop, SYN limits, quarantine, shields, connection limits).
 package ebpf

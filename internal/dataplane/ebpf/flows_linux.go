@@ -93,7 +93,7 @@ func (d *Dataplane) counter(i uint32) (uint64, error) {
 // dropKinds names the programs' drop kinds (enum drop_kind).
 var dropKinds = map[policyDropKind]flow.DropKind{
 	policyDropKindDROP_BLOCKLIST: flow.DropBlocklist, policyDropKindDROP_SYN_LIMIT: flow.DropSynLimit,
-	policyDropKindDROP_QUARANTINE: flow.DropQuarantine, policyDropKindDROP_SHIELD: flow.DropShield,
+	policyDropKindDROP_QUARANTINE: flow.DropQuarantine, policyDropKindDROP_SHIELD: flow.DropShield, policyDropKindDROP_CONN_LIMIT: flow.DropConnLimit,
 }
 
 // event converts a kernel event, resolving its rule id with its generation's table.

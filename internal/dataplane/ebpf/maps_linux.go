@@ -30,7 +30,7 @@ type Objects struct {
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
 // generation, its flow state (conntrack, reverse NAT, the flow-event ring), counters, blocklist,
-// SYN limits, quarantine and shields are reused, so flows survive new tables, counters keep counting and
+// SYN limits, quarantine, shields and connection limits are reused, so flows survive new tables, counters keep counting and
 // the threat engine's responses stay.
 func Load(prev *Objects) (*Objects, error) { return load(prev, genOptions{}) }
 
@@ -42,7 +42,8 @@ type genOptions struct {
 func load(prev *Objects, g genOptions) (*Objects, error) {
 	if prev != nil {
 		return loadWith(carried{prev.objs.Conntrack, prev.objs.Revnat, prev.objs.Counters, prev.objs.FlowEvents, prev.objs.Blocklist,
-			prev.objs.SynLimits, prev.objs.SynBuckets, prev.objs.Quarantine, prev.objs.QuarantineAllow, prev.objs.Shields}, g)
+			prev.objs.SynLimits, prev.objs.SynBuckets, prev.objs.Quarantine, prev.objs.QuarantineAllow, prev.objs.Shields,
+			prev.objs.ConnLimits, prev.objs.ConnCounts}, g)
 	}
 	return loadWith(carried{}, g)
 }
@@ -50,6 +51,7 @@ func load(prev *Objects, g genOptions) (*Objects, error) {
 // carried are the maps one generation hands to the next (nil: new ones).
 type carried struct {
 	conntrack, revnat, counters, flowEvents, blocklist, synLimits, synBuckets, quarantine, quarantineAllow, shields *ebpf.Map
+	connLimits, connCounts                                                                                          *ebpf.Map
 }
 
 // loadWith loads a generation using the given flow-state and counter maps.
@@ -69,7 +71,8 @@ func loadWith(c carried, g genOptions) (*Objects, error) {
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{}}
 	for name, m := range map[string]*ebpf.Map{"conntrack": c.conntrack, "revnat": c.revnat, "counters": c.counters, "flow_events": c.flowEvents,
 		"blocklist": c.blocklist, "syn_limits": c.synLimits, "syn_buckets": c.synBuckets,
-		"quarantine": c.quarantine, "quarantine_allow": c.quarantineAllow, "shields": c.shields} {
+		"quarantine": c.quarantine, "quarantine_allow": c.quarantineAllow, "shields": c.shields,
+		"conn_limits": c.connLimits, "conn_counts": c.connCounts} {
 		if m != nil {
 			opts.MapReplacements[name] = m
 		}

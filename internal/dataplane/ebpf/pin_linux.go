@@ -22,6 +22,8 @@ const (
 	pinQuar      = "quarantine"
 	pinQuarAllow = "quarantine_allow"
 	pinShields   = "shields"
+	pinConnLim   = "conn_limits"
+	pinConnCount = "conn_counts"
 	pinXDP       = "uplink-xdp" // the uplink's XDP link (beside links/, which holds TCX links only)
 )
 
@@ -57,7 +59,7 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 	// The blocks and SYN limits in force stay in force: the threat engine's next SetBlocked and
 	// SetSynLimits write the difference.
 	for name, dst := range map[string]**ebpf.Map{pinBlocklist: &c.blocklist, pinSynLimits: &c.synLimits, pinSynBucket: &c.synBuckets,
-		pinQuar: &c.quarantine, pinQuarAllow: &c.quarantineAllow, pinShields: &c.shields} {
+		pinQuar: &c.quarantine, pinQuarAllow: &c.quarantineAllow, pinShields: &c.shields, pinConnLim: &c.connLimits, pinConnCount: &c.connCounts} {
 		if m, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, name), nil); err == nil {
 			defer m.Close()
 			*dst = m
@@ -69,7 +71,7 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 		os.Remove(filepath.Join(d.PinDir, pinConntrack))
 		os.Remove(filepath.Join(d.PinDir, pinRevnat))
 		os.Remove(filepath.Join(d.PinDir, pinFlows))
-		for _, name := range []string{pinBlocklist, pinSynLimits, pinSynBucket, pinQuar, pinQuarAllow, pinShields} {
+		for _, name := range []string{pinBlocklist, pinSynLimits, pinSynBucket, pinQuar, pinQuarAllow, pinShields, pinConnLim, pinConnCount} {
 			os.Remove(filepath.Join(d.PinDir, name))
 		}
 		return load(nil, d.genOptions())
@@ -82,7 +84,8 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 func (o *Objects) pinFlowState(dir string) error {
 	for name, m := range map[string]*ebpf.Map{pinConntrack: o.objs.Conntrack, pinRevnat: o.objs.Revnat, pinFlows: o.objs.FlowEvents,
 		pinBlocklist: o.objs.Blocklist, pinSynLimits: o.objs.SynLimits, pinSynBucket: o.objs.SynBuckets,
-		pinQuar: o.objs.Quarantine, pinQuarAllow: o.objs.QuarantineAllow, pinShields: o.objs.Shields} {
+		pinQuar: o.objs.Quarantine, pinQuarAllow: o.objs.QuarantineAllow, pinShields: o.objs.Shields,
+		pinConnLim: o.objs.ConnLimits, pinConnCount: o.objs.ConnCounts} {
 		p := filepath.Join(dir, name)
 		if _, err := os.Stat(p); err == nil {
 			continue

@@ -44,8 +44,10 @@ type policyCrcOp struct{ Col [32]uint32 }
 type policyCtFlag uint32
 
 const (
-	policyCtFlagCT_REPLY policyCtFlag = 1
-	policyCtFlagCT_NAT   policyCtFlag = 2
+	policyCtFlagCT_REPLY   policyCtFlag = 1
+	policyCtFlagCT_NAT     policyCtFlag = 2
+	policyCtFlagCT_COUNTED policyCtFlag = 4
+	policyCtFlagCT_CLOSED  policyCtFlag = 8
 )
 
 type policyCtKey struct {
@@ -73,6 +75,7 @@ const (
 	policyDropKindDROP_SYN_LIMIT  policyDropKind = 2
 	policyDropKindDROP_QUARANTINE policyDropKind = 3
 	policyDropKindDROP_SHIELD     policyDropKind = 4
+	policyDropKindDROP_CONN_LIMIT policyDropKind = 5
 )
 
 type policyEndpoint struct {
@@ -246,6 +249,8 @@ type policyMapSpecs struct {
 	Backends1       *ebpf.MapSpec `ebpf:"backends1"`
 	BlockSamples    *ebpf.MapSpec `ebpf:"block_samples"`
 	Blocklist       *ebpf.MapSpec `ebpf:"blocklist"`
+	ConnCounts      *ebpf.MapSpec `ebpf:"conn_counts"`
+	ConnLimits      *ebpf.MapSpec `ebpf:"conn_limits"`
 	Conntrack       *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters        *ebpf.MapSpec `ebpf:"counters"`
 	CrcZeros        *ebpf.MapSpec `ebpf:"crc_zeros"`
@@ -306,6 +311,8 @@ type policyMaps struct {
 	Backends1       *ebpf.Map `ebpf:"backends1"`
 	BlockSamples    *ebpf.Map `ebpf:"block_samples"`
 	Blocklist       *ebpf.Map `ebpf:"blocklist"`
+	ConnCounts      *ebpf.Map `ebpf:"conn_counts"`
+	ConnLimits      *ebpf.Map `ebpf:"conn_limits"`
 	Conntrack       *ebpf.Map `ebpf:"conntrack"`
 	Counters        *ebpf.Map `ebpf:"counters"`
 	CrcZeros        *ebpf.Map `ebpf:"crc_zeros"`
@@ -339,6 +346,8 @@ func (m *policyMaps) Close() error {
 		m.Backends1,
 		m.BlockSamples,
 		m.Blocklist,
+		m.ConnCounts,
+		m.ConnLimits,
 		m.Conntrack,
 		m.Counters,
 		m.CrcZeros,

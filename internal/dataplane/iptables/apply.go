@@ -343,7 +343,7 @@ func (d *Dataplane) Close() error {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	var errs []error
-	for _, t := range []string{"raw", "filter", "nat"} {
+	for _, t := range []string{"raw", "mangle", "filter", "nat"} {
 		out, err := d.run.Run(ctx, "", "iptables-save", "-t", t)
 		if err != nil {
 			errs = append(errs, err)

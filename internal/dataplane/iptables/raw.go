@@ -14,7 +14,8 @@ import (
 )
 
 // The threat engine's responses in the raw table, before conntrack and before the filter
-// table's policy, from one chain jumped to first from PREROUTING:
+// table's policy, from one chain jumped to first from PREROUTING (and the connection-limit
+// shield's caps, which need conntrack, in the mangle table's PREROUTING):
 //   - the blocklist (dataplane.Blocker): a hash:net set of blocked prefixes; every packet from
 //     or to a member is dropped;
 //   - quarantine (dataplane.Quarantiner): a hash:ip set of quarantined pods; every packet from
@@ -38,6 +39,10 @@ const (
 	shieldDropChain = ChainPrefix + "SHIELD-DROP"
 	synChain        = ChainPrefix + "SYNLIMIT"
 	synDropChain    = ChainPrefix + "SYNLIMIT-DROP"
+	// The connection-limit shield's caps need conntrack, so they live in the mangle table's
+	// PREROUTING, right after conntrack and before routing and policy.
+	connChain     = ChainPrefix + "CONNLIMIT"
+	connDropChain = ChainPrefix + "CONNLIMIT-DROP"
 	// sampleRate bounds the flow events of dropped packets, so a flood cannot crowd the flow
 	// records out of the NFLOG group.
 	sampleRate = "20/sec --limit-burst 40"
@@ -47,7 +52,7 @@ const (
 var rawSets = map[string]string{BlockSet: "hash:net", QuarantineSet: "hash:ip", ShieldSet: "hash:ip"}
 
 // dropMarks end the prefixes of sampled drops, after "D" and the direction.
-var dropMarks = map[flow.DropKind]string{flow.DropBlocklist: "!", flow.DropSynLimit: "~", flow.DropQuarantine: "^", flow.DropShield: "%"}
+var dropMarks = map[flow.DropKind]string{flow.DropBlocklist: "!", flow.DropSynLimit: "~", flow.DropQuarantine: "^", flow.DropShield: "%", flow.DropConnLimit: "#"}
 
 // dropPrefix is the NFLOG prefix of a drop of kind in direction dir.
 func dropPrefix(kind flow.DropKind, dir ir.Direction) string {
@@ -72,6 +77,7 @@ type rawState struct {
 	limits []dataplane.SynLimit     // sorted by target
 	allow  []dataplane.PortProtocol // what quarantined pods may reach
 	minMSS uint16                   // TCP SYNs toward ShieldSet's pods with a smaller MSS are dropped (0: off)
+	conns  []dataplane.ConnLimit    // caps on each source's open connections, sorted by target
 }
 
 // dropChains are the raw table's drop chains, one per kind, each logging a sample first.
@@ -114,9 +120,12 @@ func renderRaw(podPrefix string, group uint16, st rawState) string {
 			continue
 		}
 		t := l.Target.Unmap().String()
-		// hashlimit names its table (at most 15 bytes here): one per target.
+		rate, burst := max(l.Rate, 1), max(l.Burst, 1)
+		// hashlimit names its table (at most 15 bytes here): one per target and limit. A rule
+		// naming a table that exists shares it, with the rate it was made with, so a changed
+		// limit needs a new name.
 		fmt.Fprintf(&b, "-A %s -d %s/32 -m hashlimit --hashlimit-above %d/sec --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name rl%s -j %s\n",
-			synChain, t, max(l.Rate, 1), max(l.Burst, 1), strings.ToLower(hash(t))[:10], synDropChain)
+			synChain, t, rate, burst, strings.ToLower(hash(fmt.Sprintf("%s/%d/%d", t, rate, burst)))[:10], synDropChain)
 	}
 	for _, d := range dropChains {
 		if group != 0 {
@@ -134,6 +143,21 @@ func renderRaw(podPrefix string, group uint16, st rawState) string {
 		fmt.Fprintf(&b, "-A %s -j DROP\n", d.chain)
 	}
 	b.WriteString("COMMIT\n")
+	// connlimit counts each source's connections in conntrack that passed the rule: a SYN
+	// that would open one more than Max is dropped (its entry is never confirmed, so it does
+	// not count).
+	fmt.Fprintf(&b, "*mangle\n:%s - [0:0]\n:%s - [0:0]\n", connChain, connDropChain)
+	for _, c := range st.conns {
+		if t := c.Target.Unmap(); t.Is4() && c.Max > 0 {
+			fmt.Fprintf(&b, "-A %s -d %s/32 -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m connlimit --connlimit-above %d --connlimit-mask 32 --connlimit-saddr -j %s\n",
+				connChain, t, c.Max, connDropChain)
+		}
+	}
+	if group != 0 {
+		fmt.Fprintf(&b, "-A %s -m limit --limit %s -j NFLOG --nflog-group %d --nflog-prefix %q --nflog-size 128\n",
+			connDropChain, sampleRate, group, dropPrefix(flow.DropConnLimit, ir.Ingress))
+	}
+	fmt.Fprintf(&b, "-A %s -j DROP\nCOMMIT\n", connDropChain)
 	return b.String()
 }
 
@@ -225,6 +249,20 @@ func (d *Dataplane) SetMSSShield(sh dataplane.MSSShield) error {
 	})
 }
 
+// SetConnLimits replaces the caps on each source's open connections (dataplane.ConnLimiter),
+// in one iptables-restore, so a failure leaves the previous ones.
+func (d *Dataplane) SetConnLimits(limits []dataplane.ConnLimit) error {
+	return d.changeRaw(len(limits) == 0, func(ctx context.Context) error {
+		st := d.raw
+		st.conns = slices.Clone(limits)
+		sort.Slice(st.conns, func(i, j int) bool { return st.conns[i].Target.Less(st.conns[j].Target) })
+		if slices.Equal(st.conns, d.raw.conns) {
+			return nil
+		}
+		return d.writeRawLocked(ctx, st)
+	})
+}
+
 // addrMembers renders IPv4 addresses as set members.
 func addrMembers(addrs []netip.Addr) []string {
 	var out []string
@@ -286,7 +324,7 @@ func (d *Dataplane) writeRawLocked(ctx context.Context, st rawState) error {
 		return fmt.Errorf("write raw table rules: %w", err)
 	}
 	if !d.rawInstalled {
-		if err := d.ensureJumps(ctx, &Spec{Jumps: []Jump{{Table: "raw", From: "PREROUTING", To: blockChain}}}); err != nil {
+		if err := d.ensureJumps(ctx, &Spec{Jumps: []Jump{{Table: "raw", From: "PREROUTING", To: blockChain}, {Table: "mangle", From: "PREROUTING", To: connChain}}}); err != nil {
 			return err
 		}
 		d.rawInstalled = true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -68,6 +69,30 @@ func TestBlockRendering(t *testing.T) {
 		!strings.Contains(got, `--nflog-prefix "DI%"`) {
 		t.Errorf("MSS shield:\n%s", got)
 	}
+	// A changed limit is a new hashlimit table: a rule naming an existing one shares it, and its
+	// old rate.
+	name := regexp.MustCompile(`--hashlimit-name (\S+)`)
+	target := netip.MustParseAddr("10.0.1.3")
+	slow := name.FindStringSubmatch(renderRaw("v", 0, rawState{limits: []dataplane.SynLimit{{Target: target, Rate: 2, Burst: 4}}}))
+	fast := name.FindStringSubmatch(renderRaw("v", 0, rawState{limits: []dataplane.SynLimit{{Target: target, Rate: 1000, Burst: 2000}}}))
+	if slow == nil || fast == nil || slow[1] == fast[1] || len(slow[1]) > 15 {
+		t.Errorf("hashlimit tables of one target at two rates: %q and %q", slow, fast)
+	}
+	// The connection-limit shield's caps: in the mangle table, after conntrack; IPv6 ignored.
+	conns := renderRaw("v", 1727, rawState{conns: []dataplane.ConnLimit{{Target: netip.MustParseAddr("10.0.1.3"), Max: 3}, {Target: netip.MustParseAddr("2001:db8::1"), Max: 3}}})
+	for _, want := range []string{
+		"*mangle\n:RAMPART-CONNLIMIT - [0:0]\n:RAMPART-CONNLIMIT-DROP - [0:0]\n",
+		"-A RAMPART-CONNLIMIT -d 10.0.1.3/32 -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m connlimit --connlimit-above 3 --connlimit-mask 32 --connlimit-saddr -j RAMPART-CONNLIMIT-DROP\n",
+		`--nflog-prefix "DI#"`,
+		"-A RAMPART-CONNLIMIT-DROP -j DROP\nCOMMIT\n",
+	} {
+		if !strings.Contains(conns, want) {
+			t.Errorf("connection caps: no %q in\n%s", want, conns)
+		}
+	}
+	if strings.Contains(conns, "2001:db8") {
+		t.Errorf("an IPv6 cap rendered:\n%s", conns)
+	}
 	script := setScript("s", "hash:net", ipv4Prefixes([]netip.Prefix{netip.MustParsePrefix("10.1.2.3/8"), netip.MustParsePrefix("::ffff:192.0.2.0/120"), netip.MustParsePrefix("2001:db8::/32")}))
 	want := "create s hash:net family inet maxelem 65536 -exist\nflush s\nadd s 10.0.0.0/8 -exist\nadd s 192.0.2.0/24 -exist\n"
 	if script != want {
@@ -86,7 +111,7 @@ func TestBlockRendering(t *testing.T) {
 		dir    ir.Direction
 		drop   flow.DropKind
 	}{{"DI!", ir.Ingress, flow.DropBlocklist}, {"DE!", ir.Egress, flow.DropBlocklist}, {"DE~", ir.Egress, flow.DropSynLimit},
-		{"DI^", ir.Ingress, flow.DropQuarantine}, {"DI%", ir.Ingress, flow.DropShield}, {"AI!", 0, ""}, {"DIX", 0, ""}} {
+		{"DI^", ir.Ingress, flow.DropQuarantine}, {"DI%", ir.Ingress, flow.DropShield}, {"DI#", ir.Ingress, flow.DropConnLimit}, {"AI!", 0, ""}, {"DIX", 0, ""}} {
 		dir, drop := decodeDropPrefix(p.prefix)
 		if drop != p.drop || dir != p.dir {
 			t.Errorf("decodeDropPrefix(%q) = %v, %q", p.prefix, dir, drop)

@@ -70,9 +70,14 @@ struct ct_key {
 // Each flow has two entries per endpoint, one per direction, so any packet finds its flow in
 // one lookup; the entry for the reply direction carries CT_REPLY. CT_NAT marks flows the
 // per-packet DNAT translated, so only their replies pay for the reverse-NAT lookup.
+// CT_COUNTED marks (on the forward entry at the pod's ingress) a connection the
+// connection-limit shield counts for its source, CT_CLOSED one whose first FIN or RST took it
+// off that count.
 enum ct_flag {
 	CT_REPLY = 1,
 	CT_NAT = 2,
+	CT_COUNTED = 4,
+	CT_CLOSED = 8,
 };
 
 // nat_reply: a reply of a translated flow, whose source must read as the frontend again.
@@ -336,6 +341,7 @@ enum drop_kind {
 	DROP_SYN_LIMIT = 2, // a SYN over its source's rate limit
 	DROP_QUARANTINE = 3, // to or from a quarantined pod
 	DROP_SHIELD = 4,     // a shield's drop (a virtual patch)
+	DROP_CONN_LIMIT = 5, // a SYN over its source's open connections (the connection-limit shield)
 };
 
 // Shields: virtual patches of known vulnerabilities for the selected pods. min_mss: TCP SYNs
@@ -445,6 +451,26 @@ struct {
 	__type(key, struct syn_bucket_key);
 	__type(value, struct syn_bucket);
 } syn_buckets SEC(".maps");
+
+// The connection-limit shield: the most TCP connections one source may hold open to the pod
+// (its rate of new ones is a SYN limit).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // written by the agent only
+	__type(key, __u32);                   // the pod's address, network order
+	__type(value, __u32);
+} conn_limits SEC(".maps");
+
+// Open connections per (pod, source) toward limited pods, counted at the pod's ingress: one up
+// when a SYN starts a tracked flow, one down at its first FIN or RST. The agent recounts them
+// from conntrack every few seconds (connections that end unseen, counts two CPUs raced on).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct syn_bucket_key);
+	__type(value, __u32);
+} conn_counts SEC(".maps");
 
 // The blocklist: prefixes whose packets are dropped before conntrack and policy, in either
 // direction (threat feeds with action block, automatic blocks). Each entry counts what it
@@ -758,7 +784,9 @@ static __always_inline int quarantine_drop(struct pkt *p, int dir)
 }
 
 #define NS_PER_S 1000000000ULL
+#define TCP_FIN 0x01
 #define TCP_SYN 0x02
+#define TCP_RST 0x04
 #define TCP_ACK 0x10
 
 // syn_over_limit takes a token from the bucket of the packet's source toward its destination,
@@ -799,10 +827,10 @@ static __always_inline int syn_over_limit(struct pkt *p)
 // direction only: taken for a flow's start, it would admit the other side's packets as its
 // replies, and the other side may be the one policy denies (a server retransmitting to a client
 // whose connection a policy change just cut and swept). The other side is judged on its own.
-static __always_inline void track(struct ct_key *ck, struct pkt *p)
+static __always_inline void track(struct ct_key *ck, struct pkt *p, __u32 counted)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct ct_value fwd = {.seen_ns = now, .flags = p->natflag, .packets = 1, .bytes = p->len, .tcp_flags = p->tcp_flags};
+	struct ct_value fwd = {.seen_ns = now, .flags = p->natflag | counted, .packets = 1, .bytes = p->len, .tcp_flags = p->tcp_flags};
 	bpf_map_update_elem(&conntrack, ck, &fwd, BPF_ANY);
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
 		return;
@@ -811,6 +839,59 @@ static __always_inline void track(struct ct_key *ck, struct pkt *p)
 	bpf_map_update_elem(&conntrack, &rk, &rev, BPF_ANY);
 }
 
+
+// conn_over_limit reports whether a connection attempt (a bare SYN at a pod's ingress) would
+// take its source past the pod's connection limit (lim: the limit, NULL: none). A count that a
+// race between two CPUs took below zero reads as zero until the agent's recount.
+static __always_inline int conn_over_limit(struct pkt *p, __u32 *lim)
+{
+	if (!lim)
+		return 0;
+	struct syn_bucket_key k = {.target = p->daddr, .source = p->saddr};
+	__u32 *n = bpf_map_lookup_elem(&conn_counts, &k);
+	return n && *n < 0x80000000 && *n >= *lim;
+}
+
+// conn_open counts a connection a SYN opens toward a limited pod, and returns the flag that
+// marks its entry as counted (0: not limited).
+static __always_inline __u32 conn_open(struct pkt *p, __u32 *lim)
+{
+	if (!lim)
+		return 0;
+	struct syn_bucket_key k = {.target = p->daddr, .source = p->saddr};
+	__u32 *n = bpf_map_lookup_elem(&conn_counts, &k);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+	} else {
+		__u32 one = 1;
+		bpf_map_update_elem(&conn_counts, &k, &one, BPF_ANY);
+	}
+	return CT_COUNTED;
+}
+
+// conn_close takes a counted connection off its source's count at its first FIN or RST, seen
+// in either direction at the limited pod (cv: the entry the packet matched, ck: its key).
+static __always_inline void conn_close(struct ct_key *ck, struct ct_value *cv)
+{
+	struct ct_value *fv = cv;
+	struct ct_key fk = *ck;
+	if (cv->flags & CT_REPLY) {
+		fk.saddr = ck->daddr;
+		fk.daddr = ck->saddr;
+		fk.sport = ck->dport;
+		fk.dport = ck->sport;
+		fv = bpf_map_lookup_elem(&conntrack, &fk);
+		if (!fv)
+			return;
+	}
+	if ((fv->flags & (CT_COUNTED | CT_CLOSED)) != CT_COUNTED)
+		return;
+	fv->flags |= CT_CLOSED;
+	struct syn_bucket_key k = {.target = fk.daddr, .source = fk.saddr};
+	__u32 *n = bpf_map_lookup_elem(&conn_counts, &k);
+	if (n && *n > 0 && *n < 0x80000000)
+		__sync_fetch_and_add(n, -1);
+}
 
 #define PARSE_OK 0
 #define PARSE_PASS 1 // not ours to judge (not IPv4, or a protocol policy does not speak of)
@@ -938,16 +1019,27 @@ static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __
 		__sync_fetch_and_add(&cv->bytes, p->len);
 		if ((cv->tcp_flags | p->tcp_flags) != cv->tcp_flags)
 			cv->tcp_flags |= p->tcp_flags;
+		if (p->tcp_flags & (TCP_FIN | TCP_RST))
+			conn_close(&ck, cv);
 		*ctflags = cv->flags;
 		count(C_PASS_CT);
 		return TC_ACT_OK;
+	}
+	// A new connection toward a pod whose sources may hold only so many open.
+	__u32 *climit = NULL;
+	if (dir == DIR_INGRESS && p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+		climit = bpf_map_lookup_elem(&conn_limits, &p->daddr);
+		if (conn_over_limit(p, climit)) {
+			drop_sampled(p, dir, C_DROP_SHIELD, DROP_CONN_LIMIT);
+			return TC_ACT_SHOT;
+		}
 	}
 
 	// Every flow of a local endpoint is tracked, policed or not: its replies come back in the
 	// other direction, which may be policed, and must not be judged as new flows.
 	__u32 flag = dir == DIR_EGRESS ? EP_SELECTED_EGRESS : EP_SELECTED_INGRESS;
 	if (!(ep->flags & flag)) {
-		track(&ck, p);
+		track(&ck, p, conn_open(p, climit));
 		emit_flow(p, dir, 1, 0);
 		count(C_PASS_NOT_SELECTED);
 		return TC_ACT_OK;
@@ -969,7 +1061,7 @@ static __always_inline int judge(struct endpoint *ep, struct pkt *p, int dir, __
 		count(dir == DIR_EGRESS ? C_DROP_EGRESS : C_DROP_INGRESS);
 		return TC_ACT_SHOT;
 	}
-	track(&ck, p);
+	track(&ck, p, conn_open(p, climit));
 	emit_flow(p, dir, 1, pv->rule);
 	count(dir == DIR_EGRESS ? C_ALLOW_EGRESS : C_ALLOW_INGRESS);
 	return TC_ACT_OK;
