@@ -501,9 +501,8 @@ spec:
 }
 
 // TestConnectionLimitShield: the shield caps the selected pods' open connections per source
-// (ConnLimiter) and their new ones per source (a SYN limit, the stricter of it and a flood
-// limit), recounts every few seconds while in force, alerts on its drops, and goes with its
-// configuration.
+// (ConnLimiter) and their new ones per source (a SYN limit), recounts every few seconds while
+// in force, alerts on its drops, and goes with its configuration.
 func TestConnectionLimitShield(t *testing.T) {
 	td := `
 apiVersion: rampart.io/v1alpha1
