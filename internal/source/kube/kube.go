@@ -25,7 +25,7 @@ func Load(ctx context.Context, kubeconfig string) (*model.Cluster, []string, err
 	}
 	// A CLI must not hang on an unreachable server: fail the first list instead of retrying.
 	cfg.Timeout = 30 * time.Second
-	s, err := NewFromConfig(cfg, Options{})
+	s, err := NewFromConfig(cfg, Options{UnenforcedPoll: -1}) // asked once below
 	if err != nil {
 		return nil, nil, err
 	}

@@ -33,7 +33,8 @@ type Options struct {
 	// HealthPoll is how often the API server's /healthz is checked (default 2s).
 	HealthPoll time.Duration
 	// UnenforcedPoll is how often the cluster is searched for objects of policy kinds rampart
-	// does not enforce (default 1m).
+	// does not enforce (default 1m); a negative one turns the search off (Load asks once,
+	// itself).
 	UnenforcedPoll time.Duration
 	// Resync is the informers' resync period (default none: the watch is the truth).
 	Resync time.Duration
@@ -258,7 +259,9 @@ func (s *Source) Run(ctx context.Context) error {
 	s.rev.Add(1)
 	close(s.synced)
 	s.Notify()
-	go s.watchUnenforced(ctx)
+	if s.opts.UnenforcedPoll > 0 {
+		go s.watchUnenforced(ctx)
+	}
 	if !anp || !cnp {
 		t := time.NewTicker(s.opts.CRDPoll)
 		defer t.Stop()
