@@ -324,6 +324,11 @@ func (a *Agent) sync(ctx context.Context) error {
 				a.m.entries.WithLabelValues(kind).Set(float64(n))
 			}
 		}
+		if cr, ok := a.dp.(dataplane.CapacityReporter); ok {
+			for kind, n := range cr.Capacities() {
+				a.m.capacity.WithLabelValues(kind).Set(float64(n))
+			}
+		}
 	}
 	close(a.progress)
 	a.progress = make(chan struct{})

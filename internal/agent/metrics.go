@@ -16,6 +16,7 @@ type metrics struct {
 	ready       prometheus.Gauge
 	swept       prometheus.Counter
 	entries     *prometheus.GaugeVec
+	capacity    *prometheus.GaugeVec
 	unenforced  prometheus.Gauge
 }
 
@@ -36,7 +37,9 @@ func newMetrics(reg prometheus.Registerer, dp dataplane.Dataplane) (*metrics, er
 	}
 	m.entries = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rampart_programmed_entries",
 		Help: "State the dataplane programmed at its last sync, by kind (iptables rules and ipset members; BPF map entries)."}, []string{"kind"})
-	cs := []prometheus.Collector{m.syncSeconds, m.syncErrors, m.applied, m.localPods, m.policies, m.ready, m.swept, m.entries, m.unenforced}
+	m.capacity = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rampart_programmed_capacity",
+		Help: "The most entries of each kind the dataplane holds (BPF map sizes): a sync that needs more fails and names the map."}, []string{"kind"})
+	cs := []prometheus.Collector{m.syncSeconds, m.syncErrors, m.applied, m.localPods, m.policies, m.ready, m.swept, m.entries, m.capacity, m.unenforced}
 	if cr, ok := dp.(dataplane.CounterReader); ok {
 		cs = append(cs, &counterCollector{cr: cr})
 	}

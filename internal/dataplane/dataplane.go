@@ -119,6 +119,12 @@ type FlowReader interface {
 	ReadFlows(ctx context.Context, sink flow.Sink) error
 }
 
+// CapacityReporter is a dataplane whose state has fixed room (BPF maps): the most entries of
+// each kind EntryCounter reports. A Sync that needs more fails and names the kind.
+type CapacityReporter interface {
+	Capacities() map[string]int
+}
+
 // EntryCounter is a dataplane that says how much state it programmed at its last Sync, by
 // kind (iptables rules and ipset members; BPF map entries), for rampart_programmed_entries.
 type EntryCounter interface {

@@ -158,7 +158,7 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	}
 	c := o.current()
 	d.entries = map[string]int{"policy_entries": c.policyEntries(), "ipcache_entries": len(c.ipcache.m),
-		"endpoints": len(c.endpoints), "service_frontends": c.frontends}
+		"endpoints": len(c.endpoints), "service_frontends": len(c.services), "service_backends": len(c.backends)}
 	return err
 }
 
@@ -192,6 +192,17 @@ func (d *Dataplane) generationInForce(gen uint32, tables *Tables, rs *ir.Ruleset
 	d.gen = gen
 	d.gens[gen] = generation{rules: tables.Rules, resolver: flow.NewResolverFrom(prev, rs)}
 	delete(d.gens, gen-keptGenerations)
+}
+
+// Capacities reports the most entries each kind's map holds (dataplane.CapacityReporter); nil
+// before the first Sync.
+func (d *Dataplane) Capacities() map[string]int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.objs == nil {
+		return nil
+	}
+	return d.objs.Capacities()
 }
 
 // Entries reports the map entries the last Sync wrote (dataplane.EntryCounter).

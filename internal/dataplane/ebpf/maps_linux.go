@@ -187,10 +187,8 @@ type content struct {
 	services  map[policySvcKey]policySvcValue
 	backends  map[policyBackendKey]policyBackendValue
 	svcRange  policySvcRange
-	// svcPrefix is the smallest prefix holding every Service frontend (invalid: none);
-	// frontends counts the (address, port) frontends.
+	// svcPrefix is the smallest prefix holding every Service frontend (invalid: none).
 	svcPrefix netip.Prefix
-	frontends int
 }
 
 // ipcacheContent is the ipcache's entries and the table entries they were made from;
@@ -307,6 +305,14 @@ func (o *Objects) write(c *content, gen uint32) error {
 	if gen == o.gen {
 		return fmt.Errorf("generation %d is in force already", gen)
 	}
+	// A table too small fails the whole write before any of it, never a truncated one
+	// (cilium #28337: a full policy map).
+	in := o.inner(slot)
+	for i, n := range c.sizes() {
+		if room := int((*in[i]).MaxEntries()); n > room {
+			return &MapFullError{Map: innerNames[i], Need: n, Room: room}
+		}
+	}
 	have := o.held[slot]
 	o.held[slot] = nil
 	if have == nil {
@@ -315,7 +321,7 @@ func (o *Objects) write(c *content, gen uint32) error {
 		}
 		have = &content{}
 	}
-	in := o.inner(slot)
+	in = o.inner(slot)
 	if err := errors.Join(
 		writeDiff(*in[0], have.endpoints, c.endpoints),
 		writeIPCache(*in[1], have.ipcache, c.ipcache),
@@ -332,6 +338,33 @@ func (o *Objects) write(c *content, gen uint32) error {
 	}
 	o.gen = gen
 	return nil
+}
+
+// MapFullError is a state that needs more entries than one of the tables holds: none of it
+// was written, and the generation in force stays.
+type MapFullError struct {
+	Map        string // endpoints, ipcache, policy, services, backends; lb_services, lb_backends
+	Need, Room int
+}
+
+func (e *MapFullError) Error() string {
+	return fmt.Sprintf("eBPF map %s is full: this state needs %d entries and the map holds %d; the previous policy stays in force", e.Map, e.Need, e.Room)
+}
+
+// sizes are the entries c puts in each of a slot's maps, in inner's order.
+func (c *content) sizes() [5]int {
+	ipc := 0
+	if c.ipcache != nil {
+		ipc = len(c.ipcache.m)
+	}
+	return [5]int{len(c.endpoints), ipc, c.policyEntries(), len(c.services), len(c.backends)}
+}
+
+// Capacities are the most entries each of a slot's maps holds, by the kinds Entries reports.
+func (o *Objects) Capacities() map[string]int {
+	in := o.inner(0)
+	return map[string]int{"endpoints": int((*in[0]).MaxEntries()), "ipcache_entries": int((*in[1]).MaxEntries()),
+		"policy_entries": int((*in[2]).MaxEntries()), "service_frontends": int((*in[3]).MaxEntries()), "service_backends": int((*in[4]).MaxEntries())}
 }
 
 // current is what the slot in force holds (nil before the first write).
@@ -552,7 +585,6 @@ func (o *Objects) services(rs *ir.Ruleset, c *content) {
 		}
 		c.services[f.key] = policySvcValue{Id: ids[i], Count: uint32(len(f.backends))}
 	}
-	c.frontends = len(vips)
 	c.svcRange = policySvcRange{Addr: 0, Mask: 0xffffffff} // no frontends: matches only 0.0.0.0
 	if p, ok := covering(vips); ok {
 		c.svcPrefix = p

@@ -96,6 +96,19 @@ func (s *SockLB) Sync(rs *ir.Ruleset) error {
 			}
 		}
 	}
+	backends := 0
+	for _, bs := range want {
+		backends += len(bs)
+	}
+	for _, m := range []struct {
+		name string
+		need int
+		room uint32
+	}{{"lb_services", len(want), s.objs.LbServices.MaxEntries()}, {"lb_backends", backends, s.objs.LbBackends.MaxEntries()}} {
+		if m.need > int(m.room) {
+			return &MapFullError{Map: m.name, Need: m.need, Room: int(m.room)}
+		}
+	}
 	var errs []error
 	for k, bs := range want {
 		cur, ok := s.current[k]
