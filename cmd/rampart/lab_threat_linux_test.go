@@ -329,10 +329,8 @@ spec:
 func testLabQuarantine(t *testing.T, ip map[string]string, write func(file, body string) string, must func(args ...string) string,
 	ok func(pod string, argv ...string) bool, alerts func() []threat.Alert, explain func(from, to string, port int) (string, error)) {
 	t.Helper()
-	// explain --live says why a quarantined pod's connection is denied, and agrees with the
-	// dataplanes (a disagreement fails the command). (Not asked for the detector's quarantine
-	// below: with explain --live run there before the release, the release failed to take
-	// effect in about 4 of 10 eBPF runs; the cause is not found yet.)
+	// explain --live says why, both for a quarantine by hand and for a detector's, and agrees
+	// with the dataplanes (a disagreement fails the command).
 	explains := func(from, want string) {
 		t.Helper()
 		out, err := explain(from, "app/server", 80)
@@ -385,6 +383,7 @@ spec:
 	if reach("app/busy") {
 		t.Error("the pod the decoy quarantined still reaches the server")
 	}
+	explains("app/busy", "app/busy is quarantined")
 	released := time.Now()
 	must("lab", "release", "app/busy")
 	if !reach("app/busy") {

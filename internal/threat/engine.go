@@ -466,7 +466,7 @@ func (e *Engine) Observe(ev flow.Event) {
 		return
 	}
 	e.feedLocked(ev, now)
-	if d := e.decoys[dst]; d != nil && (len(d.ports) == 0 || d.ports[ev.Tuple.Dst.Port()]) {
+	if d := e.decoys[dst]; d != nil && (len(d.ports) == 0 || d.ports[ev.Tuple.Dst.Port()]) && attempt(ev) {
 		e.honeypotLocked(ev, d, now)
 	}
 	if e.allowedLocked(src) {
@@ -475,6 +475,14 @@ func (e *Engine) Observe(ev flow.Event) {
 	if s := e.portScanCfg(dst); s != nil {
 		e.scanLocked(ev, s, now)
 	}
+}
+
+// attempt reports whether an event is an attempt to reach its destination: not a TCP packet
+// that answers or acknowledges (RST or ACK set). A source's kernel answers a decoy's
+// retransmitted SYN-ACK with a RST long after the source gave up; taken for an attempt, it would
+// quarantine the source again after its release.
+func attempt(ev flow.Event) bool {
+	return ev.Tuple.Protocol != ir.TCP || ev.TCPFlags&(flow.FlagRST|flow.FlagACK) == 0
 }
 
 // detectorsFor returns the detectors for a target: the first override naming its namespace,

@@ -453,6 +453,13 @@ spec:
 	if got := b.lastQuarantine(); len(got) != 0 {
 		t.Fatalf("released pod still quarantined: %v", got)
 	}
+	// Its kernel answering the decoy's retransmitted SYN-ACK with a RST is no new attempt.
+	clk.t = clk.t.Add(time.Second)
+	e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagRST, "10.0.1.3:1000", "10.0.1.9:5432"))
+	e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagRST|flow.FlagACK, "10.0.1.3:1000", "10.0.1.9:5432"))
+	if got := b.lastQuarantine(); len(got) != 0 {
+		t.Fatalf("a RST to the decoy after the release quarantined again: %v", got)
+	}
 	// Touched again after the release: quarantined again, lifted after blockFor.
 	clk.t = clk.t.Add(2 * time.Minute)
 	e.Observe(ev(clk, ir.Egress, ir.TCP, flow.FlagSYN, "10.0.1.3:1001", "10.0.1.9:5432"))
