@@ -76,21 +76,28 @@ type connShield struct {
 // connShieldsLocked are the pods the connection-limit shields select with their limits (the
 // first shield selecting a pod sets them), sorted.
 func (e *Engine) connShieldsLocked() []connShield {
-	if e.td == nil {
-		return nil
-	}
 	var out []connShield
 	for a, p := range e.pods {
-		for _, s := range e.td.Spec.Shields {
-			if s.Name == model.ShieldConnectionLimit && selector(s.NamespaceSelector).Matches(e.nss[p.ns]) && selector(s.Selector).Matches(p.labels) {
-				c, r, b := s.ConnectionLimit.Limits()
-				out = append(out, connShield{target: a, concurrent: c, rate: r, burst: b})
-				break
-			}
+		if c, ok := e.connShieldOfLocked(a, p); ok {
+			out = append(out, c)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].target.Less(out[j].target) })
 	return out
+}
+
+// connShieldOfLocked is what the first connection-limit shield selecting pod p (at a) asks.
+func (e *Engine) connShieldOfLocked(a netip.Addr, p *podInfo) (connShield, bool) {
+	if e.td == nil || p == nil {
+		return connShield{}, false
+	}
+	for _, s := range e.td.Spec.Shields {
+		if s.Name == model.ShieldConnectionLimit && selector(s.NamespaceSelector).Matches(e.nss[p.ns]) && selector(s.Selector).Matches(p.labels) {
+			c, r, b := s.ConnectionLimit.Limits()
+			return connShield{target: a, concurrent: c, rate: r, burst: b}, true
+		}
+	}
+	return connShield{}, false
 }
 
 // pushConnLimitsLocked gives the kernel the connection-limit shields' caps on open

@@ -58,12 +58,8 @@ func (e *Engine) shieldLocked(ev flow.Event, now time.Time) {
 	msg := fmt.Sprintf("%s sent a TCP SYN with an MSS below %d to %s: dropped by the %s shield (CVE-2019-11477)",
 		describe(e.partyLocked(src)), SackPanicMinMSS, describe(e.partyLocked(dst)), ShieldSackPanic)
 	if ev.Drop == flow.DropConnLimit {
-		limit := uint32(0)
-		for _, c := range e.connShieldsLocked() {
-			if c.target == dst {
-				limit = c.concurrent
-			}
-		}
+		c, _ := e.connShieldOfLocked(dst, e.pods[dst]) // one pod's, not every pod's: per drop event
+		limit := c.concurrent
 		msg = fmt.Sprintf("%s holds %d open TCP connections to %s, its limit: a new one was dropped by the %s shield",
 			describe(e.partyLocked(src)), limit, describe(e.partyLocked(dst)), model.ShieldConnectionLimit)
 	}
