@@ -156,9 +156,17 @@ func newLabProbeCmd(client func() *controller.Client) *cobra.Command {
 	var expect, output string
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "probe [--from NS/POD] [--to NS/POD] [--port P] [--protocol TCP|UDP|SCTP] [--via service|pod]",
-		Short: "Try connections between pods and report which the kernel let through",
-		Args:  cobra.NoArgs,
+		Use:   "probe [--from NS/POD|external] [--to NS/POD|ADDRESS] [--port P] [--protocol TCP|UDP|SCTP] [--via service|pod]",
+		Short: "Try connections between pods, or from the external client, and report which the kernel let through",
+		Long: `Try connections between pods, or to an address, and report which the kernel let through.
+
+--to ADDRESS (with --port) probes an address: a node's (node ports), an external or a
+load-balancer address of a Service, or any other. --from external probes from the external
+client, a machine on the nodes' network outside the cluster (172.30.0.250), through which
+Services of type NodePort and LoadBalancer and externalIPs are reached as from outside.
+The JSON output's "server" is the pod that answered and "client" the client's address as
+that server saw it.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "json" && output != "matrix" && output != "svg" {
 				return fmt.Errorf("--output must be table, matrix, json or svg, not %q", output)
@@ -211,8 +219,8 @@ func newLabProbeCmd(client func() *controller.Client) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&req.From, "from", "", "source pod ns/name (default: every pod)")
-	cmd.Flags().StringVar(&req.To, "to", "", "destination pod ns/name (default: every pod)")
+	cmd.Flags().StringVar(&req.From, "from", "", "source pod ns/name, or external (default: every pod)")
+	cmd.Flags().StringVar(&req.To, "to", "", "destination pod ns/name, or an address (default: every pod)")
 	cmd.Flags().Uint16Var(&req.Port, "port", 0, "destination port (default: every port the destination declares)")
 	cmd.Flags().StringVar(&req.Protocol, "protocol", "", "TCP, UDP or SCTP (default: all)")
 	cmd.Flags().StringVar(&req.Via, "via", "service", "service (the destination's ClusterIP) or pod (its IP)")
@@ -552,9 +560,13 @@ func writeGetTable(w io.Writer, what string, raw []byte) error {
 		if err := json.Unmarshal(raw, &svcs); err != nil {
 			return err
 		}
-		fmt.Fprintln(tw, "NAMESPACE\tNAME\tCLUSTER-IP\tPORT\tBACKENDS")
+		fmt.Fprintln(tw, "NAMESPACE\tNAME\tCLUSTER-IP\tEXTERNAL-IP\tPORT\tBACKENDS")
 		for _, s := range svcs {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%s\t%s\n", s.Namespace, s.Name, s.ClusterIP, s.Port, s.Protocol, strings.Join(s.Backends, ","))
+			port := fmt.Sprintf("%d/%s", s.Port, s.Protocol)
+			if s.NodePort != 0 {
+				port = fmt.Sprintf("%d:%d/%s", s.Port, s.NodePort, s.Protocol)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Namespace, s.Name, s.ClusterIP, dash(strings.Join(s.ExternalIPs, ",")), port, strings.Join(s.Backends, ","))
 		}
 	case "nodes", "node", "no":
 		var nodes []controller.NodeView
@@ -596,10 +608,17 @@ func writeGetTable(w io.Writer, what string, raw []byte) error {
 	return nil
 }
 
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
 func writeProbeTable(w io.Writer, probes []controller.Probe) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	defer tw.Flush()
-	fmt.Fprintln(tw, "FROM\tTO\tPORT\tVIA\tTARGET\tRESULT\tMS")
+	fmt.Fprintln(tw, "FROM\tTO\tPORT\tVIA\tTARGET\tRESULT\tMS\tSERVER\tCLIENT SEEN")
 	connected := 0
 	for _, p := range probes {
 		res := "denied"
@@ -607,7 +626,7 @@ func writeProbeTable(w io.Writer, probes []controller.Probe) {
 			res = "connected"
 			connected++
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d/%s\t%s\t%s\t%s\t%.1f\n", p.From, p.To, p.Port, p.Protocol, p.Via, p.Target, res, p.Ms)
+		fmt.Fprintf(tw, "%s\t%s\t%d/%s\t%s\t%s\t%s\t%.1f\t%s\t%s\n", p.From, p.To, p.Port, p.Protocol, p.Via, p.Target, res, p.Ms, dash(p.Server), dash(p.Client))
 	}
 	fmt.Fprintf(tw, "\n%d of %d connected\n", connected, len(probes))
 }

@@ -66,7 +66,9 @@ type Node struct {
 	// Interface returns the host-side interface of a local pod's veth, and false for pods that
 	// do not live on this node (or have no interface, such as host-network pods).
 	Interface func(pod *ir.Pod) (string, bool)
-	// Uplink is the node's interface toward the other nodes (optional). The eBPF dataplane
+	// Uplink is the node's interface toward the other nodes and the outside (optional).
+	// Traffic arriving on it is from outside: node ports and external and load-balancer
+	// addresses are translated for it as externalTrafficPolicy says. The eBPF dataplane also
 	// hooks it to translate the node's own traffic to Services, which crosses no pod veth.
 	Uplink string
 	// PodInterfacePrefix names the host-side interfaces of pods (the CNI plugin's veth

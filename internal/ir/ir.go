@@ -350,12 +350,30 @@ type Tier struct {
 	Policies []Policy
 }
 
-// Service is a Service with its resolved backends.
+// Service is a Service with its resolved backends and the fields kube-proxy reads
+// (services.go turns them into each node's frontends).
 type Service struct {
 	Namespace  string
 	Name       string
 	ClusterIPs []netip.Addr
-	Ports      []ServicePort
+	// ExternalIPs (spec.externalIPs) and LoadBalancerIPs (status.loadBalancer.ingress[].ip)
+	// reach the Service's ports from outside the cluster through any node.
+	ExternalIPs     []netip.Addr
+	LoadBalancerIPs []netip.Addr
+	// ExternalLocal is externalTrafficPolicy: Local: traffic from outside the cluster to a
+	// node port or an external address goes only to endpoints on the node it arrived at, and
+	// keeps its source address.
+	ExternalLocal bool
+	// InternalLocal is internalTrafficPolicy: Local: traffic from inside the cluster to a
+	// ClusterIP goes only to endpoints on the client's node.
+	InternalLocal bool
+	// AffinitySeconds is sessionAffinity: ClientIP's timeout: a client keeps its backend while
+	// it comes back within this many seconds (0: no affinity).
+	AffinitySeconds uint32
+	// HealthCheckNodePort answers, with externalTrafficPolicy: Local, whether the node has
+	// local endpoints (0: none).
+	HealthCheckNodePort uint16
+	Ports               []ServicePort
 }
 
 // ServicePort is one service port and the endpoints behind it.
@@ -363,6 +381,8 @@ type ServicePort struct {
 	Name     string
 	Port     uint16
 	Protocol Protocol
+	// NodePort is the port every node's addresses serve it on (0: none).
+	NodePort uint16
 	Backends []Backend
 }
 
@@ -371,6 +391,11 @@ type Backend struct {
 	Pod  PodID // -1 when the endpoint is not a known pod
 	IP   netip.Addr
 	Port uint16
+	// Node hosts the endpoint ("" when unknown: never local to any node).
+	Node string
+	// Terminating: a serving endpoint that is going away, used only where no ready one is
+	// left (kube-proxy's fallback).
+	Terminating bool
 }
 
 // Ruleset is everything enforcement needs, resolved.

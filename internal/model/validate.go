@@ -146,6 +146,79 @@ func validateService(svc *corev1.Service) field.ErrorList {
 		}
 	}
 	errs = append(errs, metav1validation.ValidateLabels(svc.Spec.Selector, p.Child("selector"))...)
+	return append(errs, validateServiceExposure(svc)...)
+}
+
+// validateServiceExposure checks the fields kube-proxy reads beyond ClusterIPs, as the API
+// server does (pkg/apis/core/validation).
+func validateServiceExposure(svc *corev1.Service) field.ErrorList {
+	var errs field.ErrorList
+	p := field.NewPath("spec")
+	switch svc.Spec.Type {
+	case corev1.ServiceTypeClusterIP, corev1.ServiceTypeNodePort, corev1.ServiceTypeLoadBalancer, corev1.ServiceTypeExternalName:
+	default:
+		errs = append(errs, field.NotSupported(p.Child("type"), svc.Spec.Type, []string{"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"}))
+	}
+	external := svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer
+	nodePorts := map[string]bool{}
+	for i, port := range svc.Spec.Ports {
+		pp := p.Child("ports").Index(i).Child("nodePort")
+		if port.NodePort == 0 {
+			continue
+		}
+		if !external {
+			errs = append(errs, field.Forbidden(pp, "may not be used when `type` is '"+string(svc.Spec.Type)+"'"))
+			continue
+		}
+		for _, msg := range validation.IsValidPortNum(int(port.NodePort)) {
+			errs = append(errs, field.Invalid(pp, port.NodePort, msg))
+		}
+		key := fmt.Sprintf("%d/%s", port.NodePort, port.Protocol)
+		if nodePorts[key] {
+			errs = append(errs, field.Duplicate(pp, port.NodePort))
+		}
+		nodePorts[key] = true
+	}
+	for i, ip := range svc.Spec.ExternalIPs {
+		errs = append(errs, validateIP(p.Child("externalIPs").Index(i), ip)...)
+	}
+	switch svc.Spec.ExternalTrafficPolicy {
+	case "", corev1.ServiceExternalTrafficPolicyCluster:
+	case corev1.ServiceExternalTrafficPolicyLocal:
+		if !external && len(svc.Spec.ExternalIPs) == 0 {
+			errs = append(errs, field.Invalid(p.Child("externalTrafficPolicy"), svc.Spec.ExternalTrafficPolicy, "may only be set for NodePort or LoadBalancer Services, or with externalIPs"))
+		}
+	default:
+		errs = append(errs, field.NotSupported(p.Child("externalTrafficPolicy"), svc.Spec.ExternalTrafficPolicy, []string{"Cluster", "Local"}))
+	}
+	if itp := svc.Spec.InternalTrafficPolicy; itp != nil && *itp != corev1.ServiceInternalTrafficPolicyCluster && *itp != corev1.ServiceInternalTrafficPolicyLocal {
+		errs = append(errs, field.NotSupported(p.Child("internalTrafficPolicy"), *itp, []string{"Cluster", "Local"}))
+	}
+	switch svc.Spec.SessionAffinity {
+	case "", corev1.ServiceAffinityNone:
+		if svc.Spec.SessionAffinityConfig != nil {
+			errs = append(errs, field.Forbidden(p.Child("sessionAffinityConfig"), "must not be set when sessionAffinity is None"))
+		}
+	case corev1.ServiceAffinityClientIP:
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			if t := *c.ClientIP.TimeoutSeconds; t <= 0 || t > maxAffinitySeconds {
+				errs = append(errs, field.Invalid(p.Child("sessionAffinityConfig", "clientIP", "timeoutSeconds"), t,
+					fmt.Sprintf("must be greater than 0 and less than or equal to %d", maxAffinitySeconds)))
+			}
+		}
+	default:
+		errs = append(errs, field.NotSupported(p.Child("sessionAffinity"), svc.Spec.SessionAffinity, []string{"None", "ClientIP"}))
+	}
+	if hc := svc.Spec.HealthCheckNodePort; hc != 0 {
+		for _, msg := range validation.IsValidPortNum(int(hc)) {
+			errs = append(errs, field.Invalid(p.Child("healthCheckNodePort"), hc, msg))
+		}
+	}
+	for i, in := range svc.Status.LoadBalancer.Ingress {
+		if in.IP != "" {
+			errs = append(errs, validateIP(field.NewPath("status", "loadBalancer", "ingress").Index(i).Child("ip"), in.IP)...)
+		}
+	}
 	return errs
 }
 
@@ -359,3 +432,7 @@ func ParseCIDR(s string) (netip.Prefix, error) {
 	}
 	return p.Masked(), nil
 }
+
+// maxAffinitySeconds is the API server's bound on sessionAffinityConfig.clientIP.timeoutSeconds
+// (one day).
+const maxAffinitySeconds = 86400

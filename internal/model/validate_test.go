@@ -13,6 +13,9 @@ func TestValidationErrors(t *testing.T) {
 	np := func(spec string) string {
 		return "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n" + spec
 	}
+	svc := func(spec string) string {
+		return "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\nspec:\n" + spec
+	}
 	anp := func(spec string) string {
 		return "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: a}\nspec:\n" + spec
 	}
@@ -56,6 +59,19 @@ func TestValidationErrors(t *testing.T) {
 		{"policyTypes", np("  podSelector: {}\n  policyTypes: [Ingress, Sideways]"),
 			[]string{"spec.policyTypes[1]", "Sideways"}},
 		{"unknown field", np("  podSelector: {}\n  ingres: []"), []string{`unknown field "spec.ingres"`}},
+		{"service type", svc("  type: Magic\n  ports: [{port: 80}]"), []string{"Service x/s", "spec.type", "Magic"}},
+		{"nodePort on ClusterIP", svc("  ports: [{port: 80, nodePort: 30080}]"), []string{"spec.ports[0].nodePort", "may not be used"}},
+		{"nodePort out of range", svc("  type: NodePort\n  ports: [{port: 80, nodePort: 70000}]"), []string{"spec.ports[0].nodePort", "between 1 and 65535"}},
+		{"nodePort twice", svc("  type: NodePort\n  ports: [{name: a, port: 80, nodePort: 30080}, {name: b, port: 81, nodePort: 30080}]"), []string{"spec.ports[1].nodePort", "Duplicate"}},
+		{"externalIP", svc("  externalIPs: [1.2.3]\n  ports: [{port: 80}]"), []string{"spec.externalIPs[0]"}},
+		{"externalTrafficPolicy value", svc("  type: NodePort\n  externalTrafficPolicy: Nearby\n  ports: [{port: 80}]"), []string{"spec.externalTrafficPolicy", "Nearby"}},
+		{"externalTrafficPolicy on ClusterIP", svc("  externalTrafficPolicy: Local\n  ports: [{port: 80}]"), []string{"spec.externalTrafficPolicy", "NodePort or LoadBalancer"}},
+		{"internalTrafficPolicy value", svc("  internalTrafficPolicy: Nearby\n  ports: [{port: 80}]"), []string{"spec.internalTrafficPolicy"}},
+		{"affinity value", svc("  sessionAffinity: Cookie\n  ports: [{port: 80}]"), []string{"spec.sessionAffinity", "Cookie"}},
+		{"affinity timeout", svc("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 90000}}\n  ports: [{port: 80}]"),
+			[]string{"spec.sessionAffinityConfig.clientIP.timeoutSeconds", "86400"}},
+		{"load-balancer ingress", "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\nspec: {type: LoadBalancer, ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 300.1.1.1}]}}",
+			[]string{"status.loadBalancer.ingress[0].ip"}},
 		{"duplicate field", np("  podSelector: {}\n  podSelector: {}"), []string{"podSelector"}},
 		{"malformed yaml", "kind: [", []string{"in.yaml (document 1)", "malformed YAML"}},
 		{"unsupported kind", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}", []string{"unsupported kind"}},

@@ -35,7 +35,7 @@ func New(kind dataplane.Kind, node dataplane.Node, opts dataplane.Options) (data
 			dp.Attach = opts.Attach
 		}
 		if opts.Cgroup != "" || opts.Frontend != nil {
-			return &ebpfPlane{Dataplane: dp, cgroup: opts.Cgroup, frontend: opts.Frontend}, nil
+			return &ebpfPlane{Dataplane: dp, node: node.Name, cgroup: opts.Cgroup, frontend: opts.Frontend}, nil
 		}
 		return dp, nil
 	case dataplane.KindNone:
@@ -95,6 +95,7 @@ var (
 // beside one it does not own (frontend).
 type ebpfPlane struct {
 	*ebpf.Dataplane
+	node     string
 	cgroup   string
 	sock     atomic.Pointer[ebpf.SockLB] // read by the flow aggregator too
 	frontend func(client, backend netip.AddrPort) (netip.AddrPort, bool)
@@ -131,7 +132,7 @@ func (p *ebpfPlane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		sock = s
 		p.sock.Store(s)
 	}
-	if err := sock.Sync(rs); err != nil {
+	if err := sock.Sync(rs, p.node); err != nil {
 		return fmt.Errorf("connect-time Services: %w", err)
 	}
 	return nil

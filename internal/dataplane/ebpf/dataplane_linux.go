@@ -120,6 +120,7 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		if err != nil {
 			return err
 		}
+		o.node = d.node.Name
 		c := o.contentOf(rs, tables, func(id ir.PodID) Interface { return ifaces[id] })
 		if err := o.write(c, gen); err != nil {
 			return fmt.Errorf("write maps: %w", err)

@@ -29,6 +29,9 @@ func (d *Dataplane) syncHost(o *Objects) error {
 	if err := d.attachUplink(up.Attrs().Index, o); err != nil {
 		return err
 	}
+	if err := writeHostConfig(up, o); err != nil {
+		return err
+	}
 	if err := d.attachXDP(up.Attrs().Index, o); err != nil {
 		return err
 	}
@@ -41,6 +44,26 @@ func (d *Dataplane) syncHost(o *Objects) error {
 		}
 	}
 	return d.dropServiceRoutes(up, svc)
+}
+
+// writeHostConfig tells the programs the uplink and the node's address on it, the source of
+// outside clients' flows sent on to other nodes' backends (uplink_dnat in bpf/policy.c).
+func writeHostConfig(up netlink.Link, o *Objects) error {
+	addrs, err := netlink.AddrList(up, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("addresses of %s: %w", up.Attrs().Name, err)
+	}
+	hc := policyHostConfig{Uplink: uint32(up.Attrs().Index)}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && a.Scope == int(netlink.SCOPE_UNIVERSE) {
+			hc.Addr = ipv4Key(ip)
+			break
+		}
+	}
+	if err := o.objs.Host.Put(uint32(0), hc); err != nil {
+		return fmt.Errorf("write host config: %w", err)
+	}
+	return nil
 }
 
 // xmitEncap is an LWT encapsulation running one BPF program at xmit. netlink's own BpfEncap

@@ -8,6 +8,7 @@ import (
 	"math/bits"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/cilium/ebpf"
@@ -26,6 +27,9 @@ type Objects struct {
 	held [2]*content
 	// svcIDs numbers Service frontends, so that a frontend keeps its backends' keys.
 	svcIDs numbering[policySvcKey]
+	// node is the node's name, whose frontends (its addresses' node ports, its local
+	// endpoints) the tables hold; "" for the frontends of no node in particular.
+	node string
 }
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
@@ -129,6 +133,7 @@ var CounterNames = []string{
 	"drop_ingress", "drop_spoof", "pass_other_protocol", "dnat", "reverse_nat", "no_backend",
 	"redirect_peer", "redirect_uplink", "allow_egress", "drop_egress", "flow_events_lost",
 	"drop_blocked", "xdp_drop_blocked", "drop_syn_limit", "drop_quarantine", "drop_shield",
+	"dnat_outside", "snat_outside", "nat_back",
 }
 
 // Counters sums each counter over CPUs.
@@ -548,33 +553,51 @@ func replaceMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
 	return nil
 }
 
-// services adds every ClusterIP frontend and its backends to c, and the range holding the
-// frontends. A frontend keeps its number while it exists, so its backends' keys stay.
+// services adds the node's frontends (ir.Ruleset.Frontends: ClusterIPs, node ports on its
+// addresses, external and load-balancer addresses, from inside and from outside) and their
+// backends to c, and the ranges holding the frontends reached from inside. A frontend keeps its
+// number while it exists, so its backends' keys stay.
 func (o *Objects) services(rs *ir.Ruleset, c *content) {
 	c.services, c.backends = map[policySvcKey]policySvcValue{}, map[policyBackendKey]policyBackendValue{}
 	type frontend struct {
 		key      policySvcKey
+		flags    policySvcFlag
 		backends []policyBackendValue
 	}
 	var fronts []frontend
 	var keys []policySvcKey
-	var vips []netip.Addr
-	for _, s := range rs.Services {
-		for _, sp := range s.Ports {
-			for _, vip := range s.ClusterIPs {
-				if !vip.Is4() {
-					continue
-				}
-				f := frontend{key: policySvcKey{Vip: ipv4Key(vip), Port: portKey16(sp.Port), Protocol: uint8(sp.Protocol)}}
-				for _, b := range sp.Backends {
-					if b.IP.Is4() {
-						f.backends = append(f.backends, policyBackendValue{Addr: ipv4Key(b.IP), Port: portKey16(b.Port)})
-					}
-				}
-				fronts = append(fronts, f)
-				keys = append(keys, f.key)
-				vips = append(vips, vip)
+	var vips, others []netip.Addr
+	for _, fe := range rs.Frontends(o.node) {
+		if !fe.Addr.Is4() {
+			continue
+		}
+		f := frontend{key: policySvcKey{Vip: ipv4Key(fe.Addr), Port: portKey16(fe.Listen), Protocol: uint8(fe.Port.Protocol)}}
+		if fe.Scope == ir.FromOutside {
+			f.key.Scope = 1
+		}
+		if fe.Local {
+			f.flags |= policySvcFlagSVC_LOCAL
+		}
+		if fe.NodePort {
+			f.flags |= policySvcFlagSVC_NODEPORT
+		}
+		for _, b := range fe.Backends {
+			if b.IP.Is4() {
+				f.backends = append(f.backends, policyBackendValue{Addr: ipv4Key(b.IP), Port: portKey16(b.Port)})
 			}
+		}
+		if _, dup := c.services[f.key]; dup {
+			continue // an address listed twice (a ClusterIP also given as an external IP)
+		}
+		c.services[f.key] = policySvcValue{}
+		fronts = append(fronts, f)
+		keys = append(keys, f.key)
+		switch {
+		case fe.Scope == ir.FromOutside:
+		case fe.NodePort || slices.Contains(fe.Service.ExternalIPs, fe.Addr) || slices.Contains(fe.Service.LoadBalancerIPs, fe.Addr):
+			others = append(others, fe.Addr)
+		default:
+			vips = append(vips, fe.Addr)
 		}
 	}
 	o.svcIDs.first = 1
@@ -583,12 +606,16 @@ func (o *Objects) services(rs *ir.Ruleset, c *content) {
 		for n, b := range f.backends {
 			c.backends[policyBackendKey{Id: ids[i], Index: uint32(n)}] = b
 		}
-		c.services[f.key] = policySvcValue{Id: ids[i], Count: uint32(len(f.backends))}
+		c.services[f.key] = policySvcValue{Id: ids[i], Count: uint32(len(f.backends)), Flags: f.flags}
 	}
-	c.svcRange = policySvcRange{Addr: 0, Mask: 0xffffffff} // no frontends: matches only 0.0.0.0
+	// No frontends: {0, all ones} matches only 0.0.0.0.
+	c.svcRange = policySvcRange{Addr: 0, Mask: 0xffffffff, Addr2: 0, Mask2: 0xffffffff}
 	if p, ok := covering(vips); ok {
 		c.svcPrefix = p
-		c.svcRange = policySvcRange{Addr: ipv4Key(p.Addr()), Mask: binary.NativeEndian.Uint32(net.CIDRMask(p.Bits(), 32))}
+		c.svcRange.Addr, c.svcRange.Mask = ipv4Key(p.Addr()), binary.NativeEndian.Uint32(net.CIDRMask(p.Bits(), 32))
+	}
+	if p, ok := covering(others); ok {
+		c.svcRange.Addr2, c.svcRange.Mask2 = ipv4Key(p.Addr()), binary.NativeEndian.Uint32(net.CIDRMask(p.Bits(), 32))
 	}
 }
 

@@ -114,9 +114,42 @@ type policyFlowEvent struct {
 	_          [4]byte
 }
 
+type policyHostConfig struct {
+	Addr   uint32
+	Uplink uint32
+}
+
 type policyIpcacheKey struct {
 	Prefixlen uint32
 	Addr      uint32
+}
+
+type policyNatBackKey struct {
+	Backend  uint32
+	Bport    uint16
+	Natport  uint16
+	Protocol uint32
+}
+
+type policyNatBackValue struct {
+	Client uint32
+	Vip    uint32
+	Cport  uint16
+	Vport  uint16
+}
+
+type policyNatOutKey struct {
+	Client   uint32
+	Vip      uint32
+	Cport    uint16
+	Vport    uint16
+	Protocol uint32
+}
+
+type policyNatOutValue struct {
+	Backend uint32
+	Bport   uint16
+	Natport uint16
 }
 
 type policyPolicyKey struct {
@@ -150,7 +183,7 @@ type policyRevnatKey struct {
 type policyRevnatValue struct {
 	Vip   uint32
 	Vport uint16
-	Pad   uint16
+	Flags uint16
 }
 
 type policyShield struct {
@@ -158,21 +191,31 @@ type policyShield struct {
 	Pad    uint16
 }
 
+type policySvcFlag uint32
+
+const (
+	policySvcFlagSVC_LOCAL    policySvcFlag = 1
+	policySvcFlagSVC_NODEPORT policySvcFlag = 2
+)
+
 type policySvcKey struct {
 	Vip      uint32
 	Port     uint16
 	Protocol uint8
-	Pad      uint8
+	Scope    uint8
 }
 
 type policySvcRange struct {
-	Addr uint32
-	Mask uint32
+	Addr  uint32
+	Mask  uint32
+	Addr2 uint32
+	Mask2 uint32
 }
 
 type policySvcValue struct {
 	Id    uint32
 	Count uint32
+	Flags policySvcFlag
 }
 
 type policySynBucket struct {
@@ -258,9 +301,12 @@ type policyMapSpecs struct {
 	Endpoints0      *ebpf.MapSpec `ebpf:"endpoints0"`
 	Endpoints1      *ebpf.MapSpec `ebpf:"endpoints1"`
 	FlowEvents      *ebpf.MapSpec `ebpf:"flow_events"`
+	Host            *ebpf.MapSpec `ebpf:"host"`
 	Ipcache         *ebpf.MapSpec `ebpf:"ipcache"`
 	Ipcache0        *ebpf.MapSpec `ebpf:"ipcache0"`
 	Ipcache1        *ebpf.MapSpec `ebpf:"ipcache1"`
+	NatBack         *ebpf.MapSpec `ebpf:"nat_back"`
+	NatOut          *ebpf.MapSpec `ebpf:"nat_out"`
 	Policy          *ebpf.MapSpec `ebpf:"policy"`
 	Policy0         *ebpf.MapSpec `ebpf:"policy0"`
 	Policy1         *ebpf.MapSpec `ebpf:"policy1"`
@@ -320,9 +366,12 @@ type policyMaps struct {
 	Endpoints0      *ebpf.Map `ebpf:"endpoints0"`
 	Endpoints1      *ebpf.Map `ebpf:"endpoints1"`
 	FlowEvents      *ebpf.Map `ebpf:"flow_events"`
+	Host            *ebpf.Map `ebpf:"host"`
 	Ipcache         *ebpf.Map `ebpf:"ipcache"`
 	Ipcache0        *ebpf.Map `ebpf:"ipcache0"`
 	Ipcache1        *ebpf.Map `ebpf:"ipcache1"`
+	NatBack         *ebpf.Map `ebpf:"nat_back"`
+	NatOut          *ebpf.Map `ebpf:"nat_out"`
 	Policy          *ebpf.Map `ebpf:"policy"`
 	Policy0         *ebpf.Map `ebpf:"policy0"`
 	Policy1         *ebpf.Map `ebpf:"policy1"`
@@ -355,9 +404,12 @@ func (m *policyMaps) Close() error {
 		m.Endpoints0,
 		m.Endpoints1,
 		m.FlowEvents,
+		m.Host,
 		m.Ipcache,
 		m.Ipcache0,
 		m.Ipcache1,
+		m.NatBack,
+		m.NatOut,
 		m.Policy,
 		m.Policy0,
 		m.Policy1,

@@ -72,29 +72,30 @@ func NewSockLB(cgroupPath string) (*SockLB, error) {
 	return s, nil
 }
 
-// Sync makes the frontends and backends those of rs's ClusterIP Services (IPv4, TCP and UDP:
-// socket hooks do not see SCTP, which the veth programs translate).
-func (s *SockLB) Sync(rs *ir.Ruleset) error {
+// Sync makes the frontends and backends those node translates from inside (rs.Frontends:
+// ClusterIPs, external and load-balancer addresses, node ports on its addresses; "" for a
+// balancer shared by several nodes, which leaves what depends on the node to the veth
+// programs), IPv4, TCP and UDP: socket hooks do not see SCTP, which the veth programs
+// translate.
+func (s *SockLB) Sync(rs *ir.Ruleset, node string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	want := map[sockLbSvcKey][]sockLbBackendValue{}
-	for _, svc := range rs.Services {
-		for _, sp := range svc.Ports {
-			if sp.Protocol != ir.TCP && sp.Protocol != ir.UDP {
-				continue
-			}
-			var bs []sockLbBackendValue
-			for _, b := range sp.Backends {
-				if b.IP.Is4() {
-					bs = append(bs, sockLbBackendValue{Addr: ipv4Key(b.IP), Port: portKey16(b.Port)})
-				}
-			}
-			for _, vip := range svc.ClusterIPs {
-				if vip.Is4() {
-					want[sockLbSvcKey{Vip: ipv4Key(vip), Port: portKey16(sp.Port), Protocol: uint8(sp.Protocol)}] = bs
-				}
+	for _, fe := range rs.Frontends(node) {
+		if fe.Scope != ir.FromInside || !fe.Addr.Is4() || (fe.Port.Protocol != ir.TCP && fe.Port.Protocol != ir.UDP) {
+			continue
+		}
+		k := sockLbSvcKey{Vip: ipv4Key(fe.Addr), Port: portKey16(fe.Listen), Protocol: uint8(fe.Port.Protocol)}
+		if _, dup := want[k]; dup {
+			continue
+		}
+		bs := []sockLbBackendValue{}
+		for _, b := range fe.Backends {
+			if b.IP.Is4() {
+				bs = append(bs, sockLbBackendValue{Addr: ipv4Key(b.IP), Port: portKey16(b.Port)})
 			}
 		}
+		want[k] = bs
 	}
 	backends := 0
 	for _, bs := range want {

@@ -7,50 +7,83 @@ import (
 	"github.com/rampart-sec/rampart/internal/ir"
 )
 
-// nat renders kube-proxy-style Service load balancing: ClusterIP:port is DNATed to a backend
-// chosen at random with equal weights, in PREROUTING (traffic from pods) and OUTPUT (traffic
-// from the node and host-network pods). Policy in the filter table then sees the backend's
-// address and port. A pod reaching itself through its Service is masqueraded so that its reply
-// goes back through the node and is un-NATed.
+// nat renders kube-proxy-style Service load balancing for the node's frontends
+// (ir.Ruleset.Frontends): a frontend address and port is DNATed to a backend chosen at random
+// with equal weights, in PREROUTING (traffic from pods, and from outside on the uplink) and
+// OUTPUT (traffic from the node and host-network pods). Policy in the filter table then sees
+// the backend's address and port. A pod reaching itself through its Service is masqueraded so
+// that its reply goes back through the node and is un-NATed; so is traffic from outside sent on
+// to another node's backend (externalTrafficPolicy: Cluster), so that the reply comes back
+// through this node. With externalTrafficPolicy: Local it goes only to local backends, and
+// keeps its source address.
 func (r *renderer) nat() {
 	svc := Chain{Name: ChainPrefix + "SERVICES"}
+	ext := Chain{Name: ChainPrefix + "EXT-SERVICES"}
 	post := Chain{Name: ChainPrefix + "POSTROUTING", Rules: []string{
 		fmt.Sprintf("-m mark --mark %#x/%#x -j MASQUERADE", markMasq, markMasq),
 	}}
-	for _, s := range r.rs.Services {
-		for _, sp := range s.Ports {
-			if len(sp.Backends) == 0 {
-				continue
+	made := map[string]bool{}
+	for _, fe := range r.rs.Frontends(r.node.Name) {
+		if !fe.Addr.Is4() || len(fe.Backends) == 0 || (fe.Scope == ir.FromOutside && r.node.Uplink == "") {
+			continue
+		}
+		proto := strings.ToLower(fe.Port.Protocol.String())
+		key := fe.Key()
+		lbKey := key
+		if fe.Scope == ir.FromOutside {
+			lbKey = fmt.Sprintf("%s|outside|local=%v", key, fe.Local)
+		}
+		if fe.Local {
+			for _, b := range fe.Backends {
+				lbKey += "|" + b.IP.String()
 			}
-			proto := strings.ToLower(sp.Protocol.String())
-			key := fmt.Sprintf("%s/%s:%s/%d", s.Namespace, s.Name, proto, sp.Port)
-			lb := Chain{Name: ChainPrefix + "S-" + hash(key)}
-			for i, b := range sp.Backends {
-				be := Chain{Name: ChainPrefix + "B-" + hash(fmt.Sprintf("%s|%s:%d", key, b.IP, b.Port))}
-				be.Rules = []string{
-					fmt.Sprintf("-s %s/32 -j MARK --set-xmark %#x/%#x", b.IP, markMasq, markMasq),
-					fmt.Sprintf("-p %s -m %s -j DNAT --to-destination %s:%d", proto, proto, b.IP, b.Port),
+		}
+		lb := Chain{Name: ChainPrefix + "S-" + hash(lbKey)}
+		if !made[lb.Name] {
+			made[lb.Name] = true
+			for i, b := range fe.Backends {
+				be := Chain{Name: ChainPrefix + "B-" + hash(fmt.Sprintf("%s|%s:%d", lbKey, b.IP, b.Port))}
+				switch {
+				case fe.Scope == ir.FromInside:
+					be.Rules = []string{fmt.Sprintf("-s %s/32 -j MARK --set-xmark %#x/%#x", b.IP, markMasq, markMasq)}
+				case b.Node != r.node.Name:
+					be.Rules = []string{fmt.Sprintf("-j MARK --set-xmark %#x/%#x", markMasq, markMasq)}
 				}
+				be.Rules = append(be.Rules, fmt.Sprintf("-p %s -m %s -j DNAT --to-destination %s:%d", proto, proto, b.IP, b.Port))
 				r.addChain("nat", be)
-				if n := len(sp.Backends) - i; n > 1 {
+				if n := len(fe.Backends) - i; n > 1 {
 					lb.Rules = append(lb.Rules, fmt.Sprintf("-m statistic --mode random --probability %.10f -j %s", 1/float64(n), be.Name))
 				} else {
 					lb.Rules = append(lb.Rules, "-j "+be.Name)
 				}
 			}
 			r.addChain("nat", lb)
-			for _, vip := range s.ClusterIPs {
-				if !vip.Is4() {
-					continue
-				}
-				svc.Rules = append(svc.Rules, fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d -m comment --comment %q -j %s",
-					vip, proto, proto, sp.Port, s.Namespace+"/"+s.Name+":"+portName(sp), lb.Name))
-			}
+		}
+		rule := fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d -m comment --comment %q -j %s",
+			fe.Addr, proto, proto, fe.Listen, fe.Service.Namespace+"/"+fe.Service.Name+":"+portName(*fe.Port), lb.Name)
+		if fe.Scope == ir.FromOutside {
+			ext.Rules = append(ext.Rules, rule)
+		} else {
+			svc.Rules = append(svc.Rules, rule)
 		}
 	}
 	r.addChain("nat", svc)
 	r.addChain("nat", post)
-	r.spec.Jumps = append(r.spec.Jumps, Jump{"nat", "PREROUTING", svc.Name}, Jump{"nat", "OUTPUT", svc.Name}, Jump{"nat", "POSTROUTING", post.Name})
+	pre := svc.Name
+	if r.node.Uplink != "" {
+		// Traffic arriving on the uplink is from outside: only the frontends reached from
+		// outside translate it (a node port of externalTrafficPolicy Local with no local
+		// endpoint must not fall through to the one pods use).
+		in := Chain{Name: ChainPrefix + "PREROUTING", Rules: []string{
+			fmt.Sprintf("-i %s -j %s", r.node.Uplink, ext.Name),
+			fmt.Sprintf("-i %s -j RETURN", r.node.Uplink),
+			"-j " + svc.Name,
+		}}
+		r.addChain("nat", ext)
+		r.addChain("nat", in)
+		pre = in.Name
+	}
+	r.spec.Jumps = append(r.spec.Jumps, Jump{"nat", "PREROUTING", pre}, Jump{"nat", "OUTPUT", svc.Name}, Jump{"nat", "POSTROUTING", post.Name})
 }
 
 func portName(sp ir.ServicePort) string {
@@ -69,19 +102,42 @@ func (r *renderer) noEndpoints() (string, bool) {
 		return "", false
 	}
 	c := Chain{Name: ChainPrefix + "NO-ENDPOINTS"}
-	for _, s := range r.rs.Services {
-		for _, sp := range s.Ports {
-			if len(sp.Backends) > 0 || (sp.Protocol != ir.TCP && sp.Protocol != ir.UDP && sp.Protocol != ir.SCTP) {
-				continue
-			}
-			proto := strings.ToLower(sp.Protocol.String())
-			for _, vip := range s.ClusterIPs {
-				if vip.Is4() {
-					c.Rules = append(c.Rules, fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d -m comment --comment %q -j REJECT --reject-with icmp-port-unreachable",
-						vip, proto, proto, sp.Port, s.Namespace+"/"+s.Name+":"+portName(sp)+" has no endpoints"))
-				}
-			}
+	for _, fe := range r.rs.Frontends(r.node.Name) {
+		sp := fe.Port
+		if fe.Scope != ir.FromInside || len(fe.Backends) > 0 || fe.NodePort || !fe.Addr.Is4() || (sp.Protocol != ir.TCP && sp.Protocol != ir.UDP && sp.Protocol != ir.SCTP) {
+			continue
 		}
+		proto := strings.ToLower(sp.Protocol.String())
+		c.Rules = append(c.Rules, fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d -m comment --comment %q -j REJECT --reject-with icmp-port-unreachable",
+			fe.Addr, proto, proto, fe.Listen, fe.Service.Namespace+"/"+fe.Service.Name+":"+portName(*sp)+" has no endpoints"))
+	}
+	if len(c.Rules) == 0 {
+		return "", false
+	}
+	r.addChain("filter", c)
+	return c.Name, true
+}
+
+// externalDrops renders, where rampart translates Services, the chain that drops traffic from
+// outside (on the uplink) to a frontend it reaches without an endpoint to serve it: a node port
+// or address of externalTrafficPolicy Local without a local endpoint, or an external or
+// load-balancer address without any, as kube-proxy's KUBE-EXTERNAL-SERVICES does. (A node
+// port without any endpoint is left to the node's stack, which refuses it.) It reports whether
+// the chain has any rule.
+func (r *renderer) externalDrops() (string, bool) {
+	if r.node.KubeProxy || r.node.Uplink == "" {
+		return "", false
+	}
+	c := Chain{Name: ChainPrefix + "EXT-DROP"}
+	for _, fe := range r.rs.Frontends(r.node.Name) {
+		sp := fe.Port
+		if fe.Scope != ir.FromOutside || len(fe.Backends) > 0 || (fe.NodePort && !fe.Local) || !fe.Addr.Is4() ||
+			(sp.Protocol != ir.TCP && sp.Protocol != ir.UDP && sp.Protocol != ir.SCTP) {
+			continue
+		}
+		proto := strings.ToLower(sp.Protocol.String())
+		c.Rules = append(c.Rules, fmt.Sprintf("-i %s -d %s/32 -p %s -m %s --dport %d -m comment --comment %q -j DROP",
+			r.node.Uplink, fe.Addr, proto, proto, fe.Listen, fe.Service.Namespace+"/"+fe.Service.Name+":"+portName(*sp)+" has no endpoint here"))
 	}
 	if len(c.Rules) == 0 {
 		return "", false

@@ -76,6 +76,10 @@ func (r *renderer) filter() error {
 		fwd.Rules = append(fwd.Rules[:1:1], append([]string{"-j " + rej}, fwd.Rules[1:]...)...)
 		out.Rules = append(out.Rules[:1:1], append([]string{"-j " + rej}, out.Rules[1:]...)...)
 	}
+	if drop, ok := r.externalDrops(); ok {
+		fwd.Rules = append(fwd.Rules[:1:1], append([]string{"-j " + drop}, fwd.Rules[1:]...)...)
+		in.Rules = append(in.Rules[:1:1], append([]string{"-j " + drop}, in.Rules[1:]...)...)
+	}
 	var known []string // the local pods' interfaces, for the guard
 	// In FORWARD every pod's egress comes before any pod's ingress: a packet between two local
 	// pods is judged on its way out of the source first (as the eBPF dataplane does), so the

@@ -24,9 +24,36 @@ func (k *compiler) services() {
 				s.ClusterIPs = append(s.ClusterIPs, ip)
 			}
 		}
+		external := svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer
+		if svc.Spec.Type != corev1.ServiceTypeExternalName {
+			s.ExternalIPs = parseIPs(svc.Spec.ExternalIPs)
+		}
+		if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			for _, in := range svc.Status.LoadBalancer.Ingress {
+				// An ingress reached through a proxy (ipMode Proxy) is not the node's to translate.
+				if in.IPMode == nil || *in.IPMode == corev1.LoadBalancerIPModeVIP {
+					s.LoadBalancerIPs = append(s.LoadBalancerIPs, parseIPs([]string{in.IP})...)
+				}
+			}
+		}
+		s.ExternalLocal = svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal &&
+			(external || len(s.ExternalIPs) > 0)
+		s.InternalLocal = svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
+		if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+			s.AffinitySeconds = uint32(corev1.DefaultClientIPServiceAffinitySeconds)
+			if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+				s.AffinitySeconds = uint32(*c.ClientIP.TimeoutSeconds)
+			}
+		}
+		if s.ExternalLocal && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			s.HealthCheckNodePort = uint16(svc.Spec.HealthCheckNodePort)
+		}
 		for _, sp := range svc.Spec.Ports {
 			proto, _ := ir.ParseProtocol(string(sp.Protocol))
 			port := ir.ServicePort{Name: sp.Name, Port: uint16(sp.Port), Protocol: proto}
+			if external {
+				port.NodePort = uint16(sp.NodePort)
+			}
 			if len(svc.Spec.Selector) > 0 {
 				port.Backends = k.selectorBackends(svc, sp, proto)
 			} else {
@@ -44,7 +71,11 @@ func (k *compiler) selectorBackends(svc *corev1.Service, sp corev1.ServicePort, 
 	for i := range k.rs.Pods {
 		p := &k.rs.Pods[i]
 		src := k.c.Pods[p.Key()]
-		if p.Namespace != svc.Namespace || !sel.Matches(k.podLbl[i]) || len(p.IPs) == 0 || !podReady(src) {
+		if p.Namespace != svc.Namespace || !sel.Matches(k.podLbl[i]) || len(p.IPs) == 0 {
+			continue
+		}
+		ready, terminating := podServing(src)
+		if !ready {
 			continue
 		}
 		target, ok := uint16(0), false
@@ -58,24 +89,37 @@ func (k *compiler) selectorBackends(svc *corev1.Service, sp corev1.ServicePort, 
 			}
 		}
 		if ok {
-			out = append(out, ir.Backend{Pod: p.ID, IP: p.IP(), Port: target})
+			out = append(out, ir.Backend{Pod: p.ID, IP: p.IP(), Port: target, Node: p.Node, Terminating: terminating})
 		}
 	}
 	return out
 }
 
-// podReady: a pod that has finished is never a backend; one whose status reports a Ready
-// condition must have it True; a pod without conditions (hand-written manifests) counts as ready.
-func podReady(p *model.Pod) bool {
-	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || p.DeletionTimestamp != nil {
-		return false
+// podServing: a pod that has finished is never a backend; one whose status reports a Ready
+// condition must have it True (a pod without conditions, from a hand-written manifest, counts
+// as ready). A serving pod being deleted is terminating: a backend only where no other is
+// ready, as the EndpointSlice controller's serving and terminating conditions make it.
+func podServing(p *model.Pod) (serving, terminating bool) {
+	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return false, false
 	}
+	serving = true
 	for _, c := range p.Status.Conditions {
 		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
+			serving = c.Status == corev1.ConditionTrue
 		}
 	}
-	return true
+	return serving, p.DeletionTimestamp != nil
+}
+
+func parseIPs(in []string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range in {
+		if ip, err := model.ParseIP(s); err == nil {
+			out = append(out, ip)
+		}
+	}
+	return out
 }
 
 func (k *compiler) sliceBackends(svc *corev1.Service, sp corev1.ServicePort, proto ir.Protocol) []ir.Backend {
@@ -90,18 +134,31 @@ func (k *compiler) sliceBackends(svc *corev1.Service, sp corev1.ServicePort, pro
 				continue
 			}
 			for _, e := range es.Endpoints {
-				if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+				// Ready unset means ready; a terminating endpoint is used only while serving.
+				terminating := e.Conditions.Terminating != nil && *e.Conditions.Terminating
+				ready := e.Conditions.Ready == nil || *e.Conditions.Ready
+				if terminating {
+					ready = e.Conditions.Serving == nil || *e.Conditions.Serving
+				}
+				if !ready {
 					continue
+				}
+				node := ""
+				if e.NodeName != nil {
+					node = *e.NodeName
 				}
 				pod := ir.PodID(-1)
 				if e.TargetRef != nil && e.TargetRef.Kind == "Pod" {
 					if p := k.rs.PodByKey(e.TargetRef.Namespace + "/" + e.TargetRef.Name); p != nil {
 						pod = p.ID
+						if node == "" {
+							node = p.Node
+						}
 					}
 				}
 				for _, a := range e.Addresses {
 					if ip, err := netip.ParseAddr(a); err == nil {
-						out = append(out, ir.Backend{Pod: pod, IP: ip.Unmap(), Port: uint16(*ep.Port)})
+						out = append(out, ir.Backend{Pod: pod, IP: ip.Unmap(), Port: uint16(*ep.Port), Node: node, Terminating: terminating})
 					}
 				}
 			}

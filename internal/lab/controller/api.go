@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -450,12 +451,16 @@ func podsView(c *model.Cluster, rs *ir.Ruleset) []PodView {
 
 // ServiceView is one Service port as `lab get services` shows it.
 type ServiceView struct {
-	Namespace string   `json:"namespace"`
-	Name      string   `json:"name"`
-	ClusterIP string   `json:"clusterIP"`
-	Port      uint16   `json:"port"`
-	Protocol  string   `json:"protocol"`
-	Backends  []string `json:"backends"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	ClusterIP string `json:"clusterIP"`
+	Port      uint16 `json:"port"`
+	Protocol  string `json:"protocol"`
+	// NodePort, and ExternalIPs: the external and load-balancer addresses, as reached from
+	// the external client (lab probe --from external).
+	NodePort    uint16   `json:"nodePort,omitempty"`
+	ExternalIPs []string `json:"externalIPs,omitempty"`
+	Backends    []string `json:"backends"`
 }
 
 func servicesView(rs *ir.Ruleset) []ServiceView {
@@ -465,6 +470,10 @@ func servicesView(rs *ir.Ruleset) []ServiceView {
 			v := ServiceView{Namespace: s.Namespace, Name: s.Name, Port: sp.Port, Protocol: sp.Protocol.String(), Backends: []string{}}
 			if len(s.ClusterIPs) > 0 {
 				v.ClusterIP = s.ClusterIPs[0].String()
+			}
+			v.NodePort = sp.NodePort
+			for _, ip := range append(slices.Clone(s.ExternalIPs), s.LoadBalancerIPs...) {
+				v.ExternalIPs = append(v.ExternalIPs, ip.String())
 			}
 			for _, b := range sp.Backends {
 				v.Backends = append(v.Backends, fmt.Sprintf("%s:%d", b.IP, b.Port))

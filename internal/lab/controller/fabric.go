@@ -38,6 +38,16 @@ type Topology struct {
 	// route program); otherwise the fabric routes it out of each node's uplink, where the
 	// iptables dataplane's NAT rules catch it.
 	DataplaneRoutesServices bool
+	// External are the routes of the external client (ExternalClient, outside the cluster on
+	// the nodes' uplink network): each external or load-balancer address through a node, as
+	// a load balancer or the network in front of the cluster would send its traffic.
+	External []ExternalRoute
+}
+
+// ExternalRoute sends the external client's traffic for Dst to a node.
+type ExternalRoute struct {
+	Dst netip.Addr
+	Via netip.Addr // a node's address
 }
 
 // TopoNode is one lab node.
@@ -66,9 +76,11 @@ type TopoPort struct {
 // ProbeSpec is one connection attempt from a pod to an address.
 type ProbeSpec struct {
 	FromNamespace, FromName string
-	Dst                     netip.AddrPort
-	Protocol                string
-	Timeout                 time.Duration
+	// External: from the external client instead of a pod.
+	External bool
+	Dst      netip.AddrPort
+	Protocol string
+	Timeout  time.Duration
 }
 
 // ProbeResult says whether the server answered.
@@ -76,4 +88,7 @@ type ProbeResult struct {
 	Connected bool
 	Ms        float64
 	Err       string
+	// Server is the pod that answered, and Client the client's address as it saw it (TCP
+	// and UDP).
+	Server, Client string
 }

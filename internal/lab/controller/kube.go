@@ -367,10 +367,13 @@ func (k *kubeMode) write(ctx context.Context, objs []model.Object) (uint64, map[
 			continue
 		}
 		note(cur)
-		// Status is the kubelet's (pods) and the node's (nodes) to report: write it as they would,
-		// when the manifest gives one (a pod without an address is placed by follow instead).
+		// Status is the kubelet's (pods), the node's (nodes) and a load-balancer controller's
+		// (Services) to report: write it as they would, when the manifest or the lab's
+		// placement gives one (a pod without an address is placed by follow instead).
 		st, _ := status.(map[string]any)
-		if hasStatus && (o.Kind == model.KindPod && st["podIP"] != nil || o.Kind == model.KindNode && st["addresses"] != nil) {
+		lb, _ := st["loadBalancer"].(map[string]any)
+		if hasStatus && (o.Kind == model.KindPod && st["podIP"] != nil || o.Kind == model.KindNode && st["addresses"] != nil ||
+			o.Kind == model.KindService && lb["ingress"] != nil) {
 			for attempt := 0; ; attempt++ {
 				cur.Object["status"] = st
 				var got *unstructured.Unstructured
@@ -560,8 +563,9 @@ func (k *kubeMode) startAgent(l *Lab, node string) {
 		"--netns", l.fabric.NodeNetns(node), "--health-addr", "unix:" + p.sock, "--metrics-addr", "unix:" + p.sock,
 		"--log-format", "json", "--disconnect-grace", "10s", "--pod-interface-prefix", PodInterfacePrefix,
 		"--threat-config", threatFile(l.settings.Name)}
+	args = append(args, "--uplink", "eth0") // the node's link to the fabric bridge, and the outside
 	if k.pins != "" {
-		args = append(args, "--pin-dir", k.pins, "--uplink", "eth0")
+		args = append(args, "--pin-dir", k.pins)
 	}
 	if l.settings.NoFlows {
 		args = append(args, "--flows=false")

@@ -158,9 +158,7 @@ func (l *Lab) startAgent(node string) error {
 		}
 		return l.fabric.PodInterface(p.Namespace, p.Name), true
 	}}
-	if kind == dataplane.KindEBPF {
-		dn.Uplink = "eth0" // the node's link to the fabric bridge
-	}
+	dn.Uplink = "eth0" // the node's link to the fabric bridge
 	dn.PodInterfacePrefix = PodInterfacePrefix
 	// The lab's connect-time balancer serves every node's pods: their flow records ask it which
 	// Service a connection addressed.
@@ -226,7 +224,7 @@ func (l *Lab) syncSockLB(rs *ir.Ruleset) error {
 		}
 		l.sockRef.Store(l.sock)
 	}
-	if err := l.sock.Sync(rs); err != nil {
+	if err := l.sock.Sync(rs, ""); err != nil {
 		return fmt.Errorf("connect-time load balancer: %w", err)
 	}
 	return nil
@@ -291,7 +289,60 @@ func topologyOf(c *model.Cluster, rs *ir.Ruleset) Topology {
 		}
 		t.Pods = append(t.Pods, tp)
 	}
+	t.External = externalRoutes(rs, t.Nodes)
 	return t
+}
+
+// externalRoutes sends the external client's traffic for each external and load-balancer
+// address to a node, as the network in front of a cluster does: with externalTrafficPolicy
+// Local to the first node with a usable endpoint (a cloud's load balancer checks the
+// health-check node port for that), otherwise to the first node.
+func externalRoutes(rs *ir.Ruleset, nodes []TopoNode) []ExternalRoute {
+	if len(nodes) == 0 {
+		return nil
+	}
+	ips := map[string]netip.Addr{}
+	for _, n := range nodes {
+		ips[n.Name] = n.IP
+	}
+	var out []ExternalRoute
+	seen := map[netip.Addr]bool{}
+	for _, s := range rs.Services {
+		via := nodes[0].IP
+		if s.ExternalLocal {
+			first := ""
+			for _, sp := range s.Ports {
+				for _, b := range ir.Usable(sp.Backends, nil) {
+					if ip, ok := ips[b.Node]; ok && (first == "" || b.Node < first) {
+						first, via = b.Node, ip
+					}
+				}
+			}
+		}
+		for _, list := range [][]netip.Addr{s.ExternalIPs, s.LoadBalancerIPs} {
+			for _, ip := range list {
+				if ip.Is4() && via.IsValid() && !seen[ip] && !controllerOwned(ip, nodes) {
+					seen[ip] = true
+					out = append(out, ExternalRoute{Dst: ip, Via: via})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// controllerOwned: addresses of the fabric itself (a node's, the external client's) are never
+// routed elsewhere.
+func controllerOwned(ip netip.Addr, nodes []TopoNode) bool {
+	if ip == ExternalClient {
+		return true
+	}
+	for _, n := range nodes {
+		if n.IP == ip {
+			return true
+		}
+	}
+	return false
 }
 
 // Teardown removes the lab's dataplanes and fabric.

@@ -15,10 +15,17 @@ import (
 	"github.com/rampart-sec/rampart/internal/model"
 )
 
-// Addressing of a lab. Node i (0-based) gets FabricBase+10+i and pod CIDR 10.244.(i+1).0/24.
+// Addressing of a lab. Node i (0-based) gets FabricBase+10+i and pod CIDR 10.244.(i+1).0/24;
+// the external client (a namespace on the nodes' uplink network, like a machine outside the
+// cluster) has ExternalClient; LoadBalancer Services get addresses from LoadBalancerCIDR, which
+// the external client routes to a node as a cloud's load balancer would send it there.
 var (
-	FabricPrefix = netip.MustParsePrefix("172.30.0.0/24")
-	ServiceCIDR  = netip.MustParsePrefix("10.96.0.0/16")
+	FabricPrefix     = netip.MustParsePrefix("172.30.0.0/24")
+	ServiceCIDR      = netip.MustParsePrefix("10.96.0.0/16")
+	LoadBalancerCIDR = netip.MustParsePrefix("172.30.1.0/24")
+	ExternalClient   = netip.MustParseAddr("172.30.0.250")
+	// NodePortRange is the API server's default --service-node-port-range.
+	NodePortFirst, NodePortLast = 30000, 32767
 )
 
 // NodeCIDR returns node i's pod CIDR.
@@ -162,6 +169,89 @@ func placeServices(c *model.Cluster) error {
 		s.Spec.ClusterIP = next.String()
 		s.Spec.ClusterIPs = []string{next.String()}
 		used[next] = true
+	}
+	return placeExposure(c, keys)
+}
+
+// placeExposure does for NodePort and LoadBalancer Services what the API server and a cloud's
+// load-balancer controller do: it allocates node ports (and the health-check node port of
+// externalTrafficPolicy Local) that the manifests leave out, and gives LoadBalancer Services
+// without an ingress address one from LoadBalancerCIDR. Declared values are kept.
+func placeExposure(c *model.Cluster, keys []string) error {
+	ports := map[string]string{} // "port/protocol" -> owner
+	lbIPs := map[netip.Addr]bool{}
+	claim := func(k string, port int32, proto corev1.Protocol) error {
+		key := fmt.Sprintf("%d/%s", port, proto)
+		if o, ok := ports[key]; ok && o != k {
+			return fmt.Errorf("service %s: node port %s is already in use by %s", k, key, o)
+		}
+		ports[key] = k
+		return nil
+	}
+	for _, k := range keys {
+		s := c.Services[k]
+		for _, sp := range s.Spec.Ports {
+			if sp.NodePort != 0 {
+				if err := claim(k, sp.NodePort, sp.Protocol); err != nil {
+					return err
+				}
+			}
+		}
+		if hc := s.Spec.HealthCheckNodePort; hc != 0 {
+			if err := claim(k, hc, corev1.ProtocolTCP); err != nil {
+				return err
+			}
+		}
+		for _, in := range s.Status.LoadBalancer.Ingress {
+			if ip, err := model.ParseIP(in.IP); err == nil {
+				lbIPs[ip] = true
+			}
+		}
+	}
+	free := func(k string, proto corev1.Protocol) (int32, error) {
+		for p := int32(NodePortFirst); p <= int32(NodePortLast); p++ {
+			if _, ok := ports[fmt.Sprintf("%d/%s", p, proto)]; !ok {
+				ports[fmt.Sprintf("%d/%s", p, proto)] = k
+				return p, nil
+			}
+		}
+		return 0, fmt.Errorf("service %s: no free node port in %d-%d", k, NodePortFirst, NodePortLast)
+	}
+	nextLB := LoadBalancerCIDR.Addr().Next()
+	for _, k := range keys {
+		s := c.Services[k]
+		if s.Spec.Type != corev1.ServiceTypeNodePort && s.Spec.Type != corev1.ServiceTypeLoadBalancer {
+			continue
+		}
+		for i := range s.Spec.Ports {
+			if sp := &s.Spec.Ports[i]; sp.NodePort == 0 {
+				p, err := free(k, sp.Protocol)
+				if err != nil {
+					return err
+				}
+				sp.NodePort = p
+			}
+		}
+		if s.Spec.Type != corev1.ServiceTypeLoadBalancer {
+			continue
+		}
+		if s.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal && s.Spec.HealthCheckNodePort == 0 {
+			p, err := free(k, corev1.ProtocolTCP)
+			if err != nil {
+				return err
+			}
+			s.Spec.HealthCheckNodePort = p
+		}
+		if len(s.Status.LoadBalancer.Ingress) == 0 {
+			for lbIPs[nextLB] {
+				nextLB = nextLB.Next()
+			}
+			if !LoadBalancerCIDR.Contains(nextLB) || nextLB.As4()[3] == 255 {
+				return fmt.Errorf("service %s: no free load-balancer address in %s", k, LoadBalancerCIDR)
+			}
+			s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: nextLB.String()}}
+			lbIPs[nextLB] = true
+		}
 	}
 	return nil
 }

@@ -107,3 +107,57 @@ func TestStateRoundTrip(t *testing.T) {
 		t.Errorf("state changed in a round trip")
 	}
 }
+
+// TestPlaceExposure: node ports, health-check node ports and load-balancer addresses are
+// allocated as the API server and a load-balancer controller would, keeping declared ones and
+// refusing a node port two Services claim.
+func TestPlaceExposure(t *testing.T) {
+	objs, err := model.Decode(strings.NewReader(`apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: x}
+spec: {type: NodePort, ports: [{name: p, port: 80}, {name: q, port: 81, nodePort: 30000}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: x}
+spec: {type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c, namespace: x}
+spec: {type: LoadBalancer, ports: [{port: 80, nodePort: 30500}]}
+status: {loadBalancer: {ingress: [{ip: 172.30.1.1}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: d, namespace: x}
+spec: {ports: [{port: 80}]}
+`), "t", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := model.FromObjects(objs)
+	if err := Place(c, 1); err != nil {
+		t.Fatal(err)
+	}
+	a, b, cc, d := c.Services["x/a"], c.Services["x/b"], c.Services["x/c"], c.Services["x/d"]
+	if a.Spec.Ports[0].NodePort != 30001 || a.Spec.Ports[1].NodePort != 30000 {
+		t.Errorf("a's node ports %d, %d; want 30001 (allocated), 30000 (declared)", a.Spec.Ports[0].NodePort, a.Spec.Ports[1].NodePort)
+	}
+	if b.Spec.Ports[0].NodePort != 30002 || b.Spec.HealthCheckNodePort != 30003 {
+		t.Errorf("b's node port %d and health-check node port %d; want 30002, 30003", b.Spec.Ports[0].NodePort, b.Spec.HealthCheckNodePort)
+	}
+	if got := b.Status.LoadBalancer.Ingress; len(got) != 1 || got[0].IP != "172.30.1.2" {
+		t.Errorf("b's load-balancer ingress %v, want 172.30.1.2 (172.30.1.1 is c's)", got)
+	}
+	if got := cc.Status.LoadBalancer.Ingress; len(got) != 1 || got[0].IP != "172.30.1.1" || cc.Spec.Ports[0].NodePort != 30500 {
+		t.Errorf("c changed: %v, node port %d", got, cc.Spec.Ports[0].NodePort)
+	}
+	if d.Spec.Ports[0].NodePort != 0 || len(d.Status.LoadBalancer.Ingress) != 0 {
+		t.Errorf("a ClusterIP Service got a node port or an address: %+v", d)
+	}
+	c.Services["x/c"].Spec.Ports[0].NodePort = 30000
+	if err := Place(c, 1); err == nil || !strings.Contains(err.Error(), "node port 30000/TCP is already in use") {
+		t.Errorf("a node port claimed twice: %v, want an error naming it", err)
+	}
+}

@@ -13,8 +13,8 @@ import (
 
 // ProbeRequest selects probes: empty fields mean "all".
 type ProbeRequest struct {
-	From     string        `json:"from,omitempty"` // ns/pod
-	To       string        `json:"to,omitempty"`   // ns/pod
+	From     string        `json:"from,omitempty"` // ns/pod, or "external" (the external client)
+	To       string        `json:"to,omitempty"`   // ns/pod, or an address (with Port)
 	Port     uint16        `json:"port,omitempty"`
 	Protocol string        `json:"protocol,omitempty"`
 	Via      string        `json:"via,omitempty"` // service (default) or pod
@@ -32,7 +32,15 @@ type Probe struct {
 	Connected bool    `json:"connected"`
 	Ms        float64 `json:"ms"`
 	Error     string  `json:"error,omitempty"`
+	// Server is the pod that answered, Client the client's address and port as that server
+	// saw them (TCP and UDP): the external client's own where it is preserved, a node's where
+	// it was translated.
+	Server string `json:"server,omitempty"`
+	Client string `json:"client,omitempty"`
 }
+
+// External names the external client as a probe's source.
+const External = "external"
 
 // Probe runs the selected probes: every ordered pair of distinct pods (host-network pods
 // included) on every port the destination declares, narrowed by the request's filters.
@@ -59,13 +67,48 @@ func (l *Lab) Probe(ctx context.Context, req ProbeRequest) ([]Probe, error) {
 		proto = p
 	}
 	pods := sortedPods(rs)
+	addr, toAddr := netip.Addr{}, false
+	if a, err := netip.ParseAddr(req.To); err == nil {
+		addr, toAddr = a.Unmap(), true
+		if req.Port == 0 {
+			return nil, fmt.Errorf("--to %s is an address: --port is required", req.To)
+		}
+	}
+	if req.From == External && req.To != "" && !toAddr {
+		if rs.PodByKey(req.To) == nil {
+			return nil, fmt.Errorf("no pod %s in the lab", req.To)
+		}
+		return nil, fmt.Errorf("--from external probes an address (a node's, an external or load-balancer address), not the pod %s: pods are not reachable from outside the cluster", req.To)
+	}
 	for _, k := range []string{req.From, req.To} {
-		if k != "" && rs.PodByKey(k) == nil {
+		if k != "" && k != External && (k != req.To || !toAddr) && rs.PodByKey(k) == nil {
 			return nil, fmt.Errorf("no pod %s in the lab", k)
 		}
 	}
 	var out []Probe
 	var specs []ProbeSpec
+	if toAddr {
+		if proto == 0 {
+			proto = ir.TCP
+		}
+		dst := netip.AddrPortFrom(addr, req.Port)
+		add := func(from string, spec ProbeSpec) {
+			out = append(out, Probe{From: from, To: addr.String(), Port: req.Port, Protocol: proto.String(), Via: "address", Target: dst.String()})
+			spec.Dst, spec.Protocol, spec.Timeout = dst, proto.String(), req.Timeout
+			specs = append(specs, spec)
+		}
+		if req.From == External || req.From == "" {
+			add(External, ProbeSpec{External: true})
+		}
+		for _, from := range pods {
+			if req.From == "" || req.From == from.Key() {
+				add(from.Key(), ProbeSpec{FromNamespace: from.Namespace, FromName: from.Name})
+			}
+		}
+		pods = nil
+	} else if req.From == External {
+		return nil, fmt.Errorf("--from external needs --to ADDRESS and --port")
+	}
 	for _, from := range pods {
 		if req.From != "" && from.Key() != req.From {
 			continue
@@ -94,6 +137,7 @@ func (l *Lab) Probe(ctx context.Context, req ProbeRequest) ([]Probe, error) {
 	results := l.fabric.Probe(ctx, specs)
 	for i := range out {
 		out[i].Connected, out[i].Ms, out[i].Error = results[i].Connected, results[i].Ms, results[i].Err
+		out[i].Server, out[i].Client = results[i].Server, results[i].Client
 	}
 	return out, nil
 }

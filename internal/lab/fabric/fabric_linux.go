@@ -2,7 +2,9 @@
 // one per pod joined to its node by a veth pair and routed (no bridge), and a fabric namespace
 // whose bridge joins the nodes, so that cross-node pod traffic is routed through both nodes.
 // It serves every declared port of every pod from inside the pod's namespace, all in this one
-// process, and probes connectivity from pods' namespaces. Nothing is created in the root
+// process, and probes connectivity from pods' namespaces and from an external client: a
+// namespace on the fabric bridge with an address outside the cluster, which routes the
+// Services' external and load-balancer addresses to nodes. Nothing is created in the root
 // network namespace; every namespace name starts with the lab's prefix.
 package fabric
 
@@ -38,6 +40,8 @@ type Fabric struct {
 	pods   map[string]*pod
 	// With UseCgroups: the lab's group (parent of the pods'), and where probe threads return.
 	cgLab, cgHome *cgroup.Group
+	// extRoutes are the external client's routes in place, by destination.
+	extRoutes map[netip.Addr]netip.Addr
 }
 
 type pod struct {
@@ -59,6 +63,9 @@ func New(lab string) *Fabric {
 }
 
 func (f *Fabric) fabricNetns() string { return f.prefix + "fabric" }
+
+// ExternalNetns names the external client's namespace.
+func (f *Fabric) ExternalNetns() string { return f.prefix + "external" }
 
 // NodeNetns names a node's namespace ("" for a node the fabric has not built).
 func (f *Fabric) NodeNetns(node string) string {
@@ -98,6 +105,9 @@ func (f *Fabric) Ensure(ctx context.Context, topo controller.Topology) error {
 		if err := f.bridge(); err != nil {
 			return err
 		}
+		if err := f.external(); err != nil {
+			return fmt.Errorf("external client: %w", err)
+		}
 		f.built = true
 	}
 	for _, n := range topo.Nodes {
@@ -126,7 +136,7 @@ func (f *Fabric) Ensure(ctx context.Context, topo controller.Topology) error {
 			}
 		}
 	}
-	errs = append(errs, f.routes(topo))
+	errs = append(errs, f.routes(topo), f.externalRoutes(topo.External))
 	return errors.Join(errs...)
 }
 
@@ -155,6 +165,55 @@ func (f *Fabric) bridge() error {
 	return h.LinkSetUp(br)
 }
 
+// external creates the external client: a namespace with ExternalClient on a link to the
+// fabric bridge, as a machine on the nodes' network outside the cluster.
+func (f *Fabric) external() error {
+	name := f.ExternalNetns()
+	if err := addNetns(name, false); err != nil {
+		return err
+	}
+	f.extRoutes = map[netip.Addr]netip.Addr{}
+	return f.uplink(name, "ext", controller.ExternalClient)
+}
+
+// externalRoutes makes the external client's routes those of want.
+func (f *Fabric) externalRoutes(want []controller.ExternalRoute) error {
+	h, err := handle(f.ExternalNetns())
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	keep := map[netip.Addr]bool{}
+	for _, r := range want {
+		keep[r.Dst] = true
+		if f.extRoutes[r.Dst] == r.Via {
+			continue
+		}
+		rt := &netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: prefixNet(netip.PrefixFrom(r.Dst, 32)), Gw: r.Via.AsSlice()}
+		if err := h.RouteReplace(rt); err != nil {
+			errs = append(errs, fmt.Errorf("external client: route %s via %s: %w", r.Dst, r.Via, err))
+			continue
+		}
+		f.extRoutes[r.Dst] = r.Via
+	}
+	for dst := range f.extRoutes {
+		if !keep[dst] {
+			rt := &netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: prefixNet(netip.PrefixFrom(dst, 32))}
+			if err := h.RouteDel(rt); err != nil {
+				errs = append(errs, fmt.Errorf("external client: remove route %s: %w", dst, err))
+				continue
+			}
+			delete(f.extRoutes, dst)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // addNode creates the node namespace and plugs it into the fabric bridge with the node's IP.
 // The node is recorded only once it is complete; a failure removes what was made, so the next
 // Ensure tries again from scratch.
@@ -171,6 +230,12 @@ func (f *Fabric) buildNode(n controller.TopoNode, nsName string) error {
 	if err := addNetns(nsName, true); err != nil {
 		return err
 	}
+	return f.uplink(nsName, fmt.Sprintf("n%d", n.Index), n.IP)
+}
+
+// uplink joins a namespace to the fabric bridge: its eth0 with addr, the bridge's port named
+// port.
+func (f *Fabric) uplink(nsName, port string, ip netip.Addr) error {
 	fab, err := netns.GetFromName(f.fabricNetns())
 	if err != nil {
 		return err
@@ -181,16 +246,15 @@ func (f *Fabric) buildNode(n controller.TopoNode, nsName string) error {
 		return err
 	}
 	defer h.Close()
-	port := fmt.Sprintf("n%d", n.Index)
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: port, PeerNamespace: netlink.NsFd(fab)}
 	if err := h.LinkAdd(veth); err != nil {
-		return fmt.Errorf("add node link: %w", err)
+		return fmt.Errorf("add link to the fabric: %w", err)
 	}
 	eth0, err := h.LinkByName("eth0")
 	if err != nil {
 		return err
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: n.IP.AsSlice(), Mask: net.CIDRMask(controller.FabricPrefix.Bits(), 32)}}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(controller.FabricPrefix.Bits(), 32)}}
 	if err := h.AddrAdd(eth0, addr); err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"math/rand"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,8 +30,12 @@ func (f *Fabric) Probe(ctx context.Context, specs []controller.ProbeSpec) []cont
 	out := make([]controller.ProbeResult, len(specs))
 	sem := make(chan struct{}, maxParallel)
 	var wg sync.WaitGroup
+	ext := &pod{netns: f.ExternalNetns()} // outside the cluster: no cgroup, no socket hooks
 	for i, s := range specs {
 		p, ok := pods[s.FromNamespace+"/"+s.FromName]
+		if s.External {
+			p, ok = ext, true
+		}
 		if !ok {
 			out[i] = controller.ProbeResult{Err: "no such pod in the lab"}
 			continue
@@ -52,13 +57,14 @@ func (f *Fabric) Probe(ctx context.Context, specs []controller.ProbeSpec) []cont
 func (f *Fabric) probe(ctx context.Context, p *pod, dst netip.AddrPort, proto string, timeout time.Duration) controller.ProbeResult {
 	start := time.Now()
 	var ok bool
+	var answer string
 	var perr error
 	err := f.inPod(p, func() error {
 		switch proto {
 		case "TCP":
-			ok, perr = probeTCP(ctx, dst, timeout)
+			ok, answer, perr = probeTCP(ctx, dst, timeout)
 		case "UDP":
-			ok, perr = probeUDP(dst, timeout)
+			ok, answer, perr = probeUDP(dst, timeout)
 		case "SCTP":
 			ok, perr = probeSCTP(dst, timeout)
 		default:
@@ -67,30 +73,34 @@ func (f *Fabric) probe(ctx context.Context, p *pod, dst netip.AddrPort, proto st
 		return nil
 	})
 	r := controller.ProbeResult{Connected: ok, Ms: float64(time.Since(start).Microseconds()) / 1000}
+	r.Server, r.Client, _ = strings.Cut(strings.TrimSpace(answer), " ")
 	if err = errors.Join(err, perr); err != nil {
 		r.Err = err.Error()
 	}
 	return r
 }
 
-func probeTCP(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (bool, error) {
+// probeTCP connects and reads the server's greeting: its name and the client it saw.
+func probeTCP(ctx context.Context, dst netip.AddrPort, timeout time.Duration) (bool, string, error) {
 	d := net.Dialer{Timeout: timeout}
 	c, err := d.DialContext(ctx, "tcp4", dst.String())
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	defer c.Close()
 	_ = c.SetReadDeadline(time.Now().Add(timeout))
-	if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
-		return false, fmt.Errorf("connected but no answer: %w", err)
+	answer, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return false, "", fmt.Errorf("connected but no answer: %w", err)
 	}
-	return true, nil
+	return true, answer, nil
 }
 
-func probeUDP(dst netip.AddrPort, timeout time.Duration) (bool, error) {
+// probeUDP sends a datagram and reads the server's answer: its name and the client it saw.
+func probeUDP(dst netip.AddrPort, timeout time.Duration) (bool, string, error) {
 	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	defer c.Close()
 	deadline := time.Now().Add(timeout)
@@ -99,16 +109,16 @@ func probeUDP(dst netip.AddrPort, timeout time.Duration) (bool, error) {
 	// Resend a few times within the timeout: the first datagram can be lost while ARP resolves.
 	for time.Now().Before(deadline) {
 		if _, err := c.Write([]byte("probe")); err != nil {
-			return false, err
+			return false, "", err
 		}
 		_ = c.SetReadDeadline(minTime(deadline, time.Now().Add(timeout/3)))
-		if _, err := c.Read(buf); err == nil {
-			return true, nil
+		if n, err := c.Read(buf); err == nil {
+			return true, string(buf[:n]), nil
 		} else if !isTimeout(err) {
-			return false, err
+			return false, "", err
 		}
 	}
-	return false, fmt.Errorf("no answer within %s", timeout)
+	return false, "", fmt.Errorf("no answer within %s", timeout)
 }
 
 func probeSCTP(dst netip.AddrPort, timeout time.Duration) (bool, error) {

@@ -22,7 +22,8 @@ type servers struct {
 }
 
 // startServers listens on every declared port: TCP answers each connection with the pod's
-// name, UDP answers each datagram with it, and SCTP is answered on a raw socket.
+// name and the client's address as the server sees it ("ns/name 10.244.1.10:40000"), UDP
+// answers each datagram likewise, and SCTP is answered on a raw socket.
 func startServers(nsName, who string, ports []controller.TopoPort) (*servers, error) {
 	s := &servers{}
 	sctpPorts := map[uint16]bool{}
@@ -117,7 +118,7 @@ func (s *servers) serveTCP(l net.Listener, who string) {
 			// that opens with "quit" is answered and closed at once: the server closes first
 			// (connection-rate measurements: the TIME_WAIT is the server's, not the client's).
 			defer c.Close()
-			if _, err := c.Write([]byte(who + "\n")); err != nil {
+			if _, err := c.Write([]byte(who + " " + c.RemoteAddr().String() + "\n")); err != nil {
 				return
 			}
 			_ = c.SetDeadline(time.Now().Add(10 * time.Minute))
@@ -145,7 +146,7 @@ func (s *servers) serveUDP(c net.PacketConn, who string) {
 			}
 			continue
 		}
-		_, _ = c.WriteTo([]byte(who+"\n"), from)
+		_, _ = c.WriteTo([]byte(who+" "+from.String()+"\n"), from)
 	}
 }
 

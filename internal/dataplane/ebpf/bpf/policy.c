@@ -5,7 +5,9 @@
 //   to_pod:   TC egress of the host-side veth; decides the pod's ingress for everything else.
 //   svc_xmit: route (LWT) program of the Service range: the node's own packets to Services.
 //   from_uplink: TC ingress of the node's uplink: packets for local pods, handed straight to
-//             them, and replies to svc_xmit's packets from other nodes.
+//             them; replies to svc_xmit's packets from other nodes; and traffic from outside
+//             the cluster to node ports and external and load-balancer addresses, translated
+//             here (uplink_dnat) before the node's stack sees it.
 //   xdp_uplink: XDP on the node's uplink: drops packets from or to a blocked prefix (threat
 //             feeds, automatic blocks) before the kernel allocates anything for them.
 // Every TC program drops blocked packets too (pods' own traffic never crosses the uplink's XDP),
@@ -97,17 +99,29 @@ struct ct_value {
 	__u8 pad[3];
 };
 
-// Services: a ClusterIP frontend and its backends, chosen per flow by a hash of the client.
+// Services: a frontend (ClusterIP, node port on a node address, external or load-balancer
+// address) and its backends, chosen per flow by a hash of the client. A frontend reached from
+// outside the cluster has its own entry (scope SCOPE_OUTSIDE), with its own backends
+// (externalTrafficPolicy: Local keeps only the node's).
+#define SCOPE_INSIDE 0
+#define SCOPE_OUTSIDE 1
+
 struct svc_key {
 	__u32 vip;
 	__u16 port; // network order
 	__u8 protocol;
-	__u8 pad;
+	__u8 scope;
+};
+
+enum svc_flag {
+	SVC_LOCAL = 1,    // only local backends, clients keep their address (no SNAT)
+	SVC_NODEPORT = 2, // a node port: without backends the node's stack refuses it
 };
 
 struct svc_value {
 	__u32 id;
 	__u32 count; // backends
+	enum svc_flag flags;
 };
 
 struct backend_key {
@@ -130,10 +144,52 @@ struct revnat_key {
 	__u32 protocol;
 };
 
+enum revnat_flag {
+	RN_OUTSIDE = 1, // the client is outside the node: the reply goes straight to the uplink
+};
+
 struct revnat_value {
 	__u32 vip;
 	__u16 vport;
-	__u16 pad;
+	__u16 flags; // enum revnat_flag
+};
+
+// Traffic from outside to a remote backend (externalTrafficPolicy: Cluster) leaves with the
+// node's address and a port of its own (SNAT), so that the backend's reply comes back through
+// this node. nat_out holds every outside flow's translation, so that its later packets keep
+// their backend; nat_back leads a backend's reply to the client.
+struct nat_out_key {
+	__u32 client;
+	__u32 vip;
+	__u16 cport;
+	__u16 vport;
+	__u32 protocol;
+};
+
+struct nat_out_value {
+	__u32 backend;
+	__u16 bport;
+	__u16 natport; // network order; 0: not SNATed
+};
+
+struct nat_back_key {
+	__u32 backend;
+	__u16 bport;
+	__u16 natport;
+	__u32 protocol;
+};
+
+struct nat_back_value {
+	__u32 client;
+	__u32 vip;
+	__u16 cport;
+	__u16 vport;
+};
+
+// The node's address (SNAT source) and its uplink, written by the agent.
+struct host_config {
+	__u32 addr; // network order
+	__u32 uplink; // ifindex
 };
 
 // Counters read by the observability layer, indexed by enum counter.
@@ -159,6 +215,9 @@ enum counter {
 	C_DROP_SYN_LIMIT,   // a TCP SYN over its source's rate limit toward a limited pod
 	C_DROP_QUARANTINE,  // to or from a quarantined pod, and not allowed
 	C_DROP_SHIELD,      // a TCP SYN with too small an MSS toward a shielded pod
+	C_DNAT_OUTSIDE,     // a packet from outside translated to a backend on the uplink
+	C_SNAT_OUTSIDE,     // ... and sent on to a backend on another node with the node's address
+	C_NAT_BACK,         // a backend's reply to such a packet, sent back to its client
 	C_MAX,
 };
 
@@ -241,11 +300,15 @@ struct {
 	__array(values, struct services_map);
 } services SEC(".maps") = {.values = {&services0, &services1}};
 
-// The smallest prefix holding every frontend address: packets outside it skip the Service
-// lookup. One per slot; {addr 0, mask all ones} when there are no Services.
+// The smallest prefixes holding every ClusterIP (addr, mask) and every other frontend address
+// reached from inside (node addresses, external and load-balancer addresses; addr2, mask2):
+// packets outside both skip the Service lookup. One per slot; {addr 0, mask all ones} when
+// there is none.
 struct svc_range {
 	__u32 addr; // network order
 	__u32 mask; // network order
+	__u32 addr2;
+	__u32 mask2;
 };
 
 struct {
@@ -293,6 +356,27 @@ struct {
 	__type(key, struct revnat_key);
 	__type(value, struct revnat_value);
 } revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct nat_out_key);
+	__type(value, struct nat_out_value);
+} nat_out SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct nat_back_key);
+	__type(value, struct nat_back_value);
+} nat_back SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct host_config);
+} host SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -627,6 +711,18 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u32 l3, __u32 l4, __
 	return 0;
 }
 
+// pick_backend chooses a frontend's backend for a flow by a hash of its client.
+static __always_inline struct backend_value *pick_backend(struct svc_value *sv, __u32 saddr, __u16 sport, __u8 proto,
+							  __u32 gen)
+{
+	__u32 h = saddr ^ ((__u32)sport << 16 | sport) ^ proto;
+	h ^= h >> 16;
+	h *= 0x45d9f3b;
+	h ^= h >> 16;
+	struct backend_key bk = {.id = sv->id, .index = h % sv->count};
+	return lookup_in(&backends, gen, &bk);
+}
+
 // dnat sends a packet addressed to a Service frontend to one of its backends, remembering the
 // frontend for the replies. Returns -1 to drop (no backend, or a rewrite failed).
 static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l3, __u32 l4, __u16 sport, __u16 dport,
@@ -634,9 +730,9 @@ static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l
 {
 	__u32 slot = gen & 1;
 	struct svc_range *rg = bpf_map_lookup_elem(&service_range, &slot);
-	if (!rg || (ip->daddr & rg->mask) != rg->addr)
+	if (!rg || ((ip->daddr & rg->mask) != rg->addr && (ip->daddr & rg->mask2) != rg->addr2))
 		return 0;
-	struct svc_key sk = {.vip = ip->daddr, .port = dport, .protocol = ip->protocol};
+	struct svc_key sk = {.vip = ip->daddr, .port = dport, .protocol = ip->protocol, .scope = SCOPE_INSIDE};
 	struct svc_value *sv = lookup_in(&services, gen, &sk);
 	if (!sv)
 		return 0;
@@ -644,12 +740,7 @@ static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l
 		count(C_NO_BACKEND);
 		return -1;
 	}
-	__u32 h = ip->saddr ^ ((__u32)sport << 16 | sport) ^ ip->protocol;
-	h ^= h >> 16;
-	h *= 0x45d9f3b;
-	h ^= h >> 16;
-	struct backend_key bk = {.id = sv->id, .index = h % sv->count};
-	struct backend_value *bv = lookup_in(&backends, gen, &bk);
+	struct backend_value *bv = pick_backend(sv, ip->saddr, sport, ip->protocol, gen);
 	if (!bv)
 		return -1;
 	__u8 proto = ip->protocol;
@@ -664,25 +755,39 @@ static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l
 	return 1;
 }
 
-// revnat_reply makes a backend's reply come from the frontend the client addressed.
-static __always_inline void revnat_reply(struct __sk_buff *skb)
+// revnat_reply makes a backend's reply come from the frontend the client addressed. Returns
+// the translation's flags (enum revnat_flag), or -1 when there was none.
+static __always_inline int revnat_reply(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	if ((void *)(ip + 1) > end)
-		return;
+		return -1;
 	__u32 l4 = sizeof(struct ethhdr) + ip->ihl * 4;
 	__u16 *ports = data + l4;
 	if ((void *)(ports + 2) > end)
-		return;
+		return -1;
 	struct revnat_key rk = {.client = ip->daddr, .backend = ip->saddr, .cport = ports[1], .bport = ports[0], .protocol = ip->protocol};
 	struct revnat_value *rv = bpf_map_lookup_elem(&revnat, &rk);
 	if (!rv)
-		return;
+		return -1;
 	struct revnat_value v = *rv;
-	if (!rewrite(skb, IP_OFF, l4, ip->protocol, IP_SRC, ip->saddr, v.vip, 0, ports[0], v.vport))
-		count(C_REVNAT);
+	if (rewrite(skb, IP_OFF, l4, ip->protocol, IP_SRC, ip->saddr, v.vip, 0, ports[0], v.vport))
+		return -1;
+	count(C_REVNAT);
+	return v.flags;
+}
+
+// to_uplink sends a packet out of the node's uplink, its next hop's MAC resolved by the kernel
+// (the reply to an outside client, or an outside client's packet for another node's backend).
+static __always_inline int to_uplink(void)
+{
+	__u32 zero = 0;
+	struct host_config *hc = bpf_map_lookup_elem(&host, &zero);
+	if (!hc || !hc->uplink)
+		return TC_ACT_OK; // the node's stack routes it
+	return bpf_redirect_neigh(hc->uplink, NULL, 0, 0);
 }
 
 // pkt is what policy and conntrack read of a packet (after any per-packet DNAT).
@@ -1131,10 +1236,16 @@ int from_pod(struct __sk_buff *skb)
 		if (r >= 0)
 			return r;
 	}
-	// A reply to a flow translated on its way in: the node's own (MARK_HOST_NAT), or a local
-	// pod's that could not be handed over directly (its to_pod then finds nothing to reverse).
-	if (nat_reply(ctflags))
-		revnat_reply(skb);
+	// A reply to a flow translated on its way in: the node's own (MARK_HOST_NAT), a local
+	// pod's that could not be handed over directly (its to_pod then finds nothing to reverse),
+	// or a client's outside the node, sent straight out of the uplink: its source is now a
+	// frontend address, perhaps the node's own, which the node's stack would take for a
+	// martian arriving from a pod.
+	if (nat_reply(ctflags)) {
+		int rn = revnat_reply(skb);
+		if (rn > 0 && (rn & RN_OUTSIDE))
+			return to_uplink();
+	}
 	return TC_ACT_OK;
 }
 
@@ -1182,9 +1293,130 @@ int svc_xmit(struct __sk_buff *skb)
 	return BPF_LWT_REROUTE;
 }
 
+#define NAT_PORT_TRIES 8
+#define UPLINK_LOCAL -2
+
+// snat_port picks the port an outside client's flow leaves with toward a remote backend: the
+// client's own where no other flow holds it toward that backend, else one of a few others
+// derived from the flow.
+static __always_inline __u16 snat_port(struct nat_back_key *bk, struct nat_back_value *bv)
+{
+	__u32 h = bv->client ^ ((__u32)bv->cport << 16) ^ bv->vip;
+	for (int i = 0; i < NAT_PORT_TRIES; i++) {
+		struct nat_back_value *held = bpf_map_lookup_elem(&nat_back, bk);
+		if (!held || (held->client == bv->client && held->cport == bv->cport))
+			return bk->natport;
+		h = h * 0x45d9f3b + 0x9e3779b9;
+		bk->natport = bpf_htons(32768 + (h >> 8) % 28000);
+	}
+	return 0;
+}
+
+// uplink_dnat translates a packet from outside the cluster addressed to a frontend reached
+// from outside (a node port on this node's address, an external or load-balancer address)
+// toward a backend. A local backend gets the packet with the client's address (the caller
+// delivers it: *local set); a remote one, with externalTrafficPolicy: Cluster, gets it from
+// the node's address (SNAT) and it leaves by the uplink here. Returns -1 when the packet is no
+// frontend's, UPLINK_LOCAL when translated to a local backend, or the TC action.
+static __always_inline int uplink_dnat(struct __sk_buff *skb, struct pkt *p)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
+		return -1;
+	struct nat_out_key ok = {.client = p->saddr, .vip = p->daddr, .cport = p->sport, .vport = p->dport, .protocol = p->proto};
+	struct nat_out_value nv;
+	struct nat_out_value *held = bpf_map_lookup_elem(&nat_out, &ok);
+	__u32 zero = 0;
+	struct host_config *hc = bpf_map_lookup_elem(&host, &zero);
+	if (!hc)
+		return -1;
+	if (held) {
+		nv = *held;
+	} else {
+		struct svc_key sk = {.vip = p->daddr, .port = p->dport, .protocol = p->proto, .scope = SCOPE_OUTSIDE};
+		struct svc_value *sv = lookup_in(&services, p->gen, &sk);
+		if (!sv)
+			return -1;
+		if (!sv->count) {
+			count(C_NO_BACKEND);
+			// A node port nothing serves is the node's stack's to refuse (RST, port
+			// unreachable), as kube-proxy's REJECT; an address elsewhere is dropped.
+			return (sv->flags & SVC_NODEPORT) && !(sv->flags & SVC_LOCAL) ? TC_ACT_OK : TC_ACT_SHOT;
+		}
+		struct backend_value *bv = pick_backend(sv, p->saddr, p->sport, p->proto, p->gen);
+		if (!bv)
+			return TC_ACT_SHOT;
+		nv.backend = bv->addr;
+		nv.bport = bv->port;
+		nv.natport = 0;
+		if (!(sv->flags & SVC_LOCAL) && !lookup_in(&endpoints, p->gen, &bv->addr)) {
+			struct nat_back_key bk = {.backend = nv.backend, .bport = nv.bport, .natport = p->sport, .protocol = p->proto};
+			struct nat_back_value back = {.client = p->saddr, .vip = p->daddr, .cport = p->sport, .vport = p->dport};
+			nv.natport = snat_port(&bk, &back);
+			if (!nv.natport)
+				return TC_ACT_SHOT; // every port tried is taken
+			bpf_map_update_elem(&nat_back, &bk, &back, BPF_ANY);
+		}
+		bpf_map_update_elem(&nat_out, &ok, &nv, BPF_ANY);
+	}
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > end)
+		return TC_ACT_SHOT;
+	__u32 l4 = IP_OFF + ip->ihl * 4;
+	if (rewrite(skb, IP_OFF, l4, p->proto, IP_DST, p->daddr, nv.backend, 2, p->dport, nv.bport))
+		return TC_ACT_SHOT;
+	count(C_DNAT_OUTSIDE);
+	if (nv.natport) {
+		if (rewrite(skb, IP_OFF, l4, p->proto, IP_SRC, p->saddr, hc->addr, 0, p->sport, nv.natport))
+			return TC_ACT_SHOT;
+		count(C_SNAT_OUTSIDE);
+		return bpf_redirect_neigh(hc->uplink, NULL, 0, 0);
+	}
+	struct revnat_key rk = {.client = p->saddr, .backend = nv.backend, .cport = p->sport, .bport = nv.bport, .protocol = p->proto};
+	struct revnat_value rv = {.vip = p->daddr, .vport = p->dport, .flags = RN_OUTSIDE};
+	bpf_map_update_elem(&revnat, &rk, &rv, BPF_ANY);
+	p->orig_daddr = p->daddr;
+	p->orig_dport = p->dport;
+	p->daddr = nv.backend;
+	p->dport = nv.bport;
+	p->natflag = CT_NAT;
+	skb->mark |= MARK_HOST_NAT; // for to_pod, should the packet take the node's path
+	return UPLINK_LOCAL;
+}
+
+// nat_back_reply sends a remote backend's reply to an outside client's SNATed flow back to the
+// client, from the frontend it addressed. Returns -1 when the packet is no such reply.
+static __always_inline int nat_back_reply(struct __sk_buff *skb, struct pkt *p)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
+		return -1;
+	struct nat_back_key bk = {.backend = p->saddr, .bport = p->sport, .natport = p->dport, .protocol = p->proto};
+	struct nat_back_value *bv = bpf_map_lookup_elem(&nat_back, &bk);
+	if (!bv)
+		return -1;
+	__u32 zero = 0;
+	struct host_config *hc = bpf_map_lookup_elem(&host, &zero);
+	if (!hc || hc->addr != p->daddr)
+		return -1;
+	struct nat_back_value v = *bv;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > end)
+		return TC_ACT_SHOT;
+	__u32 l4 = IP_OFF + ip->ihl * 4;
+	if (rewrite(skb, IP_OFF, l4, p->proto, IP_SRC, p->saddr, v.vip, 0, p->sport, v.vport) ||
+	    rewrite(skb, IP_OFF, l4, p->proto, IP_DST, p->daddr, v.client, 2, p->dport, v.cport))
+		return TC_ACT_SHOT;
+	count(C_NAT_BACK);
+	return bpf_redirect_neigh(hc->uplink, NULL, 0, 0);
+}
+
 // from_uplink, on TC ingress of the node's link to the other nodes, hands packets for local
-// pods straight to them (judging their ingress, as to_pod would), and reverses the translation
-// of svc_xmit for replies from backends on other nodes.
+// pods straight to them (judging their ingress, as to_pod would), translates traffic from
+// outside to its frontends' backends, and reverses translations for replies: svc_xmit's from
+// backends on other nodes, and the SNAT of outside flows.
 SEC("tc")
 int from_uplink(struct __sk_buff *skb)
 {
@@ -1196,8 +1428,19 @@ int from_uplink(struct __sk_buff *skb)
 		return TC_ACT_OK; // to_pod judges whatever reaches a pod
 	struct endpoint *dst = lookup_in(&endpoints, p.gen, &p.daddr);
 	if (!dst) {
-		revnat_reply(skb);
-		return TC_ACT_OK;
+		r = nat_back_reply(skb, &p);
+		if (r >= 0)
+			return r;
+		r = uplink_dnat(skb, &p);
+		if (r >= 0)
+			return r;
+		if (r != UPLINK_LOCAL) {
+			revnat_reply(skb);
+			return TC_ACT_OK;
+		}
+		dst = lookup_in(&endpoints, p.gen, &p.daddr);
+		if (!dst)
+			return TC_ACT_SHOT;
 	}
 	r = deliver(skb, 0, dst, &p);
 	return r >= 0 ? r : TC_ACT_OK;

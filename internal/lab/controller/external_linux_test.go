@@ -1,0 +1,169 @@
+package controller_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rampart-sec/rampart/internal/lab/controller"
+	"github.com/rampart-sec/rampart/internal/lab/labtest"
+)
+
+// externalCluster: web (node-1) and remote, guarded (node-2) behind Services of every type that
+// reaches them from outside. guarded admits only the external client's own address.
+const externalCluster = `apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: x, labels: {app: web}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 81, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: remote, namespace: x, labels: {app: remote}}
+spec: {nodeName: node-2, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 81, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: guarded, namespace: x, labels: {app: guarded}}
+spec: {nodeName: node-2, containers: [{name: c, ports: [{containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x, labels: {app: client}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: guarded-from-outside, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: guarded}}
+  ingress: [{from: [{ipBlock: {cidr: 172.30.0.250/32}}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-np, namespace: x}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: tcp, port: 80, nodePort: 30080}, {name: udp, port: 81, protocol: UDP, nodePort: 30081}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: remote-lb, namespace: x}
+spec:
+  type: LoadBalancer
+  selector: {app: remote}
+  ports: [{name: tcp, port: 80, nodePort: 30180}, {name: udp, port: 81, protocol: UDP, nodePort: 30181}]
+status: {loadBalancer: {ingress: [{ip: 172.30.1.10}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: guarded-local, namespace: x}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: guarded}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30280}]
+status: {loadBalancer: {ingress: [{ip: 172.30.1.20}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: guarded-cluster, namespace: x}
+spec:
+  type: NodePort
+  selector: {app: guarded}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30380}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-ext, namespace: x}
+spec:
+  selector: {app: web}
+  externalIPs: [203.0.113.10]
+  ports: [{port: 8000, targetPort: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty-np, namespace: x}
+spec:
+  type: NodePort
+  selector: {app: nothing}
+  ports: [{port: 80, nodePort: 30480}]
+`
+
+// TestLabExternalServices: node ports, load-balancer and external addresses reached from the
+// external client (outside the cluster) and from pods, on both dataplanes: the backend that
+// answers, the client address it sees (the client's own with externalTrafficPolicy Local or a
+// local backend, the node's when the traffic was sent on to another node), policy decided on
+// the backend with that address, and refusal without endpoints.
+func TestLabExternalServices(t *testing.T) {
+	node1, node2, ext := controller.NodeIP(0).String(), controller.NodeIP(1).String(), controller.ExternalClient.String()
+	cases := []struct {
+		name, from, to string
+		port           uint16
+		proto          string
+		server         string // "" when the probe must fail
+		client         string // the address the server must see ("" when not checked)
+		failure        string // what a failure must say: "refused" (at once), "timeout" (dropped)
+	}{
+		{"node port, local backend", "external", node1, 30080, "TCP", "x/web", ext, ""},
+		{"node port, backend on the other node", "external", node2, 30080, "TCP", "x/web", node2, ""},
+		{"node port UDP, backend on the other node", "external", node2, 30081, "UDP", "x/web", node2, ""},
+		{"load balancer, Cluster", "external", "172.30.1.10", 80, "TCP", "x/remote", node1, ""},
+		{"load balancer UDP, Cluster", "external", "172.30.1.10", 81, "UDP", "x/remote", node1, ""},
+		{"load balancer, Local", "external", "172.30.1.20", 80, "TCP", "x/guarded", ext, ""},
+		{"node port, Local, node with the endpoint", "external", node2, 30280, "TCP", "x/guarded", ext, ""},
+		{"node port, Local, node without an endpoint", "external", node1, 30280, "TCP", "", "", "timeout"},
+		{"node port, Cluster, policy sees the node", "external", node1, 30380, "TCP", "", "", ""},
+		{"external IP", "external", "203.0.113.10", 8000, "TCP", "x/web", ext, ""},
+		{"node port without endpoints", "external", node1, 30480, "TCP", "", "", "refused"},
+		{"pod to load balancer", "x/client", "172.30.1.10", 80, "TCP", "x/remote", "", ""},
+		{"pod to node port on its node", "x/client", node1, 30080, "TCP", "x/web", "", ""},
+		{"pod to node port on the other node", "x/client", node2, 30180, "TCP", "x/remote", "", ""},
+		{"pod to external IP", "x/client", "203.0.113.10", 8000, "UDP", "", "", ""},
+	}
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) {
+			l := labtest.New(t, 2, dp, externalCluster)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			for _, c := range cases {
+				// A probe starved on 2 cores, or sent before a neighbour answered, is retried.
+				var got controller.Probe
+				for try := 0; try < 3; try++ {
+					res, err := l.Probe(ctx, controller.ProbeRequest{From: c.from, To: c.to, Port: c.port, Protocol: c.proto, Timeout: time.Second})
+					if err != nil {
+						t.Fatalf("%s: %v", c.name, err)
+					}
+					if len(res) != 1 {
+						t.Fatalf("%s: %d probes, want 1", c.name, len(res))
+					}
+					got = res[0]
+					if got.Connected == (c.server != "") {
+						break
+					}
+				}
+				desc := fmt.Sprintf("%s: %s -> %s:%d/%s", c.name, c.from, c.to, c.port, c.proto)
+				switch {
+				case c.server == "" && got.Connected:
+					t.Errorf("%s: connected (answered by %s, client %s), want no connection", desc, got.Server, got.Client)
+				case c.server != "" && !got.Connected:
+					t.Errorf("%s: not connected (%s), want %s to answer", desc, got.Error, c.server)
+				case c.server != "" && got.Server != c.server:
+					t.Errorf("%s: answered by %s, want %s", desc, got.Server, c.server)
+				case c.client != "" && !strings.HasPrefix(got.Client, c.client+":"):
+					t.Errorf("%s: the server saw client %s, want %s", desc, got.Client, c.client)
+				case c.failure == "refused" && (!strings.Contains(got.Error, "refused") || got.Ms > 900):
+					t.Errorf("%s: %q after %.0f ms, want refused at once", desc, got.Error, got.Ms)
+				case c.failure == "timeout" && !strings.Contains(got.Error, "timeout"):
+					t.Errorf("%s: %q, want the packets dropped (a timeout)", desc, got.Error)
+				}
+			}
+		})
+	}
+}
