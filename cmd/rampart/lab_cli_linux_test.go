@@ -114,6 +114,48 @@ spec:
 	if out, err := run("lab", "probe", "--from", "z/a", "--to", "x/a", "--port", "80", "--protocol", "TCP"); err != nil || !strings.Contains(out, "1 of 1 connected") {
 		t.Fatalf("after delete: %v\n%s", err, out)
 	}
+	// From outside the cluster: a LoadBalancer Service (its address allocated by the lab) with
+	// externalTrafficPolicy Local, probed from the external client, keeps the client's address.
+	lb := filepath.Join(dir, "lb.yaml")
+	if err := os.WriteFile(lb, []byte(`apiVersion: v1
+kind: Service
+metadata: {name: a-lb, namespace: x}
+spec: {type: LoadBalancer, externalTrafficPolicy: Local, selector: {pod: a}, ports: [{port: 80}]}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	must("lab", "apply", "-f", lb)
+	var svcs []struct {
+		Name        string
+		NodePort    int
+		ExternalIPs []string
+	}
+	if err := json.Unmarshal([]byte(must("lab", "get", "services", "-o", "json")), &svcs); err != nil {
+		t.Fatal(err)
+	}
+	var lbIP string
+	for _, s := range svcs {
+		if s.Name == "a-lb" && len(s.ExternalIPs) == 1 && s.NodePort >= 30000 {
+			lbIP = s.ExternalIPs[0]
+		}
+	}
+	if lbIP == "" {
+		t.Fatalf("a-lb has no load-balancer address or node port: %+v", svcs)
+	}
+	var ext []struct {
+		Connected      bool
+		Server, Client string
+	}
+	if err := json.Unmarshal([]byte(must("lab", "probe", "--from", "external", "--to", lbIP, "--port", "80", "-o", "json")), &ext); err != nil {
+		t.Fatal(err)
+	}
+	if len(ext) != 1 || !ext[0].Connected || ext[0].Server != "x/a" || !strings.HasPrefix(ext[0].Client, "172.30.0.250:") {
+		t.Errorf("external probe of %s:80: %+v, want x/a answering and seeing 172.30.0.250", lbIP, ext)
+	}
+	if out, err := run("lab", "probe", "--from", "external", "--to", "x/a", "--port", "80"); err == nil || !strings.Contains(out, "not reachable from outside") {
+		t.Errorf("--from external --to a pod: %v\n%s", err, out)
+	}
+
 	if out, err := run("lab", "apply", "-f", "/nonexistent.yaml"); err == nil {
 		t.Fatalf("apply of a missing file succeeded:\n%s", out)
 	}
