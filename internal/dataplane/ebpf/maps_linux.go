@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"math/bits"
 	"net"
@@ -562,6 +563,7 @@ func (o *Objects) services(rs *ir.Ruleset, c *content) {
 	type frontend struct {
 		key      policySvcKey
 		flags    policySvcFlag
+		affinity uint32
 		backends []policyBackendValue
 	}
 	var fronts []frontend
@@ -571,7 +573,8 @@ func (o *Objects) services(rs *ir.Ruleset, c *content) {
 		if !fe.Addr.Is4() {
 			continue
 		}
-		f := frontend{key: policySvcKey{Vip: ipv4Key(fe.Addr), Port: portKey16(fe.Listen), Protocol: uint8(fe.Port.Protocol)}}
+		f := frontend{key: policySvcKey{Vip: ipv4Key(fe.Addr), Port: portKey16(fe.Listen), Protocol: uint8(fe.Port.Protocol)},
+			affinity: fe.Service.AffinitySeconds}
 		if fe.Scope == ir.FromOutside {
 			f.key.Scope = 1
 		}
@@ -606,7 +609,7 @@ func (o *Objects) services(rs *ir.Ruleset, c *content) {
 		for n, b := range f.backends {
 			c.backends[policyBackendKey{Id: ids[i], Index: uint32(n)}] = b
 		}
-		c.services[f.key] = policySvcValue{Id: ids[i], Count: uint32(len(f.backends)), Flags: f.flags}
+		c.services[f.key] = policySvcValue{Id: ids[i], Count: uint32(len(f.backends)), Flags: f.flags, Affinity: f.affinity, Rev: backendsRev(f.backends)}
 	}
 	// No frontends: {0, all ones} matches only 0.0.0.0.
 	c.svcRange = policySvcRange{Addr: 0, Mask: 0xffffffff, Addr2: 0, Mask2: 0xffffffff}
@@ -617,6 +620,16 @@ func (o *Objects) services(rs *ir.Ruleset, c *content) {
 	if p, ok := covering(others); ok {
 		c.svcRange.Addr2, c.svcRange.Mask2 = ipv4Key(p.Addr()), binary.NativeEndian.Uint32(net.CIDRMask(p.Bits(), 32))
 	}
+}
+
+// backendsRev identifies a list of backends, so that session affinity (which remembers a
+// client's backend by its index) holds only while the list is the same.
+func backendsRev(bs []policyBackendValue) uint32 {
+	h := fnv.New32a()
+	for _, b := range bs {
+		_ = binary.Write(h, binary.NativeEndian, b)
+	}
+	return h.Sum32()
 }
 
 // covering is the longest prefix holding every address (IPv4).

@@ -12,6 +12,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type policyAffinityKey struct {
+	Client uint32
+	Id     uint32
+}
+
+type policyAffinityValue struct {
+	LastNs uint64
+	Index  uint32
+	Rev    uint32
+}
+
 type policyBackendKey struct {
 	Id    uint32
 	Index uint32
@@ -213,9 +224,11 @@ type policySvcRange struct {
 }
 
 type policySvcValue struct {
-	Id    uint32
-	Count uint32
-	Flags policySvcFlag
+	Id       uint32
+	Count    uint32
+	Flags    policySvcFlag
+	Affinity uint32
+	Rev      uint32
 }
 
 type policySynBucket struct {
@@ -287,6 +300,7 @@ type policyProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type policyMapSpecs struct {
 	Active          *ebpf.MapSpec `ebpf:"active"`
+	Affinity        *ebpf.MapSpec `ebpf:"affinity"`
 	Backends        *ebpf.MapSpec `ebpf:"backends"`
 	Backends0       *ebpf.MapSpec `ebpf:"backends0"`
 	Backends1       *ebpf.MapSpec `ebpf:"backends1"`
@@ -352,6 +366,7 @@ func (o *policyObjects) Close() error {
 // It can be passed to loadPolicyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type policyMaps struct {
 	Active          *ebpf.Map `ebpf:"active"`
+	Affinity        *ebpf.Map `ebpf:"affinity"`
 	Backends        *ebpf.Map `ebpf:"backends"`
 	Backends0       *ebpf.Map `ebpf:"backends0"`
 	Backends1       *ebpf.Map `ebpf:"backends1"`
@@ -390,6 +405,7 @@ type policyMaps struct {
 func (m *policyMaps) Close() error {
 	return _PolicyClose(
 		m.Active,
+		m.Affinity,
 		m.Backends,
 		m.Backends0,
 		m.Backends1,

@@ -12,6 +12,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type sockLbAffinityKey struct {
+	Netns uint64
+	Svc   sockLbSvcKey
+}
+
+type sockLbAffinityValue struct {
+	LastNs uint64
+	Index  uint32
+	Id     uint32
+}
+
 type sockLbBackendKey struct {
 	Id    uint32
 	Index uint32
@@ -51,8 +62,9 @@ type sockLbSvcKey struct {
 }
 
 type sockLbSvcValue struct {
-	Id    uint32
-	Count uint32
+	Id       uint32
+	Count    uint32
+	Affinity uint32
 }
 
 // loadSock returns the embedded CollectionSpec for sock.
@@ -108,6 +120,7 @@ type sockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
+	LbAffinity *ebpf.MapSpec `ebpf:"lb_affinity"`
 	LbBackends *ebpf.MapSpec `ebpf:"lb_backends"`
 	LbCounters *ebpf.MapSpec `ebpf:"lb_counters"`
 	LbFlows    *ebpf.MapSpec `ebpf:"lb_flows"`
@@ -142,6 +155,7 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
+	LbAffinity *ebpf.Map `ebpf:"lb_affinity"`
 	LbBackends *ebpf.Map `ebpf:"lb_backends"`
 	LbCounters *ebpf.Map `ebpf:"lb_counters"`
 	LbFlows    *ebpf.Map `ebpf:"lb_flows"`
@@ -151,6 +165,7 @@ type sockMaps struct {
 
 func (m *sockMaps) Close() error {
 	return _SockClose(
+		m.LbAffinity,
 		m.LbBackends,
 		m.LbCounters,
 		m.LbFlows,

@@ -33,6 +33,7 @@ type SockLB struct {
 
 type lbEntry struct {
 	id       uint32
+	affinity uint32
 	backends []sockLbBackendValue
 }
 
@@ -81,6 +82,7 @@ func (s *SockLB) Sync(rs *ir.Ruleset, node string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	want := map[sockLbSvcKey][]sockLbBackendValue{}
+	affinity := map[sockLbSvcKey]uint32{}
 	for _, fe := range rs.Frontends(node) {
 		if fe.Scope != ir.FromInside || !fe.Addr.Is4() || (fe.Port.Protocol != ir.TCP && fe.Port.Protocol != ir.UDP) {
 			continue
@@ -96,6 +98,7 @@ func (s *SockLB) Sync(rs *ir.Ruleset, node string) error {
 			}
 		}
 		want[k] = bs
+		affinity[k] = fe.Service.AffinitySeconds
 	}
 	backends := 0
 	for _, bs := range want {
@@ -114,6 +117,15 @@ func (s *SockLB) Sync(rs *ir.Ruleset, node string) error {
 	for k, bs := range want {
 		cur, ok := s.current[k]
 		if ok && slices.Equal(cur.backends, bs) {
+			if cur.affinity != affinity[k] {
+				// Affinity switched on or off: the same backends, under the same id.
+				if err := s.objs.LbServices.Put(k, sockLbSvcValue{Id: cur.id, Count: uint32(len(bs)), Affinity: affinity[k]}); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				cur.affinity = affinity[k]
+				s.current[k] = cur
+			}
 			continue
 		}
 		s.nextID++
@@ -127,7 +139,7 @@ func (s *SockLB) Sync(rs *ir.Ruleset, node string) error {
 			s.dropBackends(id, len(bs))
 			continue // the frontend keeps its previous backends
 		}
-		if err := s.objs.LbServices.Put(k, sockLbSvcValue{Id: id, Count: uint32(len(bs))}); err != nil {
+		if err := s.objs.LbServices.Put(k, sockLbSvcValue{Id: id, Count: uint32(len(bs)), Affinity: affinity[k]}); err != nil {
 			errs = append(errs, err)
 			s.dropBackends(id, len(bs))
 			continue
@@ -135,7 +147,7 @@ func (s *SockLB) Sync(rs *ir.Ruleset, node string) error {
 		if ok {
 			s.dropBackends(cur.id, len(cur.backends))
 		}
-		s.current[k] = lbEntry{id: id, backends: bs}
+		s.current[k] = lbEntry{id: id, affinity: affinity[k], backends: bs}
 	}
 	for k, cur := range s.current {
 		if _, ok := want[k]; ok {

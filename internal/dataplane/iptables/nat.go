@@ -41,6 +41,7 @@ func (r *renderer) nat() {
 		lb := Chain{Name: ChainPrefix + "S-" + hash(lbKey)}
 		if !made[lb.Name] {
 			made[lb.Name] = true
+			var sticky []string
 			for i, b := range fe.Backends {
 				be := Chain{Name: ChainPrefix + "B-" + hash(fmt.Sprintf("%s|%s:%d", lbKey, b.IP, b.Port))}
 				switch {
@@ -49,7 +50,15 @@ func (r *renderer) nat() {
 				case b.Node != r.node.Name:
 					be.Rules = []string{fmt.Sprintf("-j MARK --set-xmark %#x/%#x", markMasq, markMasq)}
 				}
-				be.Rules = append(be.Rules, fmt.Sprintf("-p %s -m %s -j DNAT --to-destination %s:%d", proto, proto, b.IP, b.Port))
+				remember := ""
+				if t := fe.Service.AffinitySeconds; t > 0 {
+					// Session affinity as kube-proxy does it: each backend's chain records the
+					// clients it took (xt_recent), and the Service's chain sends a client
+					// seen within the timeout back to the same backend.
+					remember = fmt.Sprintf("-m recent --name %s --mask 255.255.255.255 --rsource --set ", be.Name)
+					sticky = append(sticky, fmt.Sprintf("-m recent --name %s --mask 255.255.255.255 --rsource --rcheck --seconds %d --reap -j %s", be.Name, t, be.Name))
+				}
+				be.Rules = append(be.Rules, fmt.Sprintf("-p %s %s-m %s -j DNAT --to-destination %s:%d", proto, remember, proto, b.IP, b.Port))
 				r.addChain("nat", be)
 				if n := len(fe.Backends) - i; n > 1 {
 					lb.Rules = append(lb.Rules, fmt.Sprintf("-m statistic --mode random --probability %.10f -j %s", 1/float64(n), be.Name))
@@ -57,6 +66,7 @@ func (r *renderer) nat() {
 					lb.Rules = append(lb.Rules, "-j "+be.Name)
 				}
 			}
+			lb.Rules = append(sticky, lb.Rules...)
 			r.addChain("nat", lb)
 		}
 		rule := fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d -m comment --comment %q -j %s",

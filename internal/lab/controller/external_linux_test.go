@@ -167,3 +167,98 @@ func TestLabExternalServices(t *testing.T) {
 		})
 	}
 }
+
+const affinityCluster = `apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: s1, namespace: x, labels: {app: s}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 81, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: s2, namespace: x, labels: {app: s}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 81, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: s3, namespace: x, labels: {app: s}}
+spec: {nodeName: node-2, containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 81, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x}
+spec: {nodeName: node-2, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: x}
+spec:
+  type: NodePort
+  sessionAffinity: ClientIP
+  selector: {app: s}
+  ports: [{name: tcp, port: 80, nodePort: 30080}, {name: udp, port: 81, protocol: UDP, nodePort: 30081}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: spread, namespace: x}
+spec:
+  type: NodePort
+  selector: {app: s}
+  ports: [{name: tcp, port: 80, nodePort: 30180}]
+`
+
+// TestLabSessionAffinity: with sessionAffinity ClientIP every connection of a client goes to
+// the same backend, from a pod (its ClusterIP) and from outside (a node port), on TCP and UDP,
+// on both dataplanes; without it, connections spread over the backends.
+func TestLabSessionAffinity(t *testing.T) {
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) {
+			l := labtest.New(t, 2, dp, affinityCluster)
+			_, rs := l.Snapshot()
+			vips := map[string]string{}
+			for _, s := range rs.Services {
+				vips[s.Name] = s.ClusterIPs[0].String()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			servers := func(from, to string, port uint16, proto string) map[string]int {
+				seen := map[string]int{}
+				for i := 0; i < 12; i++ {
+					res, err := l.Probe(ctx, controller.ProbeRequest{From: from, To: to, Port: port, Protocol: proto, Timeout: time.Second})
+					if err != nil || len(res) != 1 {
+						t.Fatalf("probe %s -> %s:%d: %v %v", from, to, port, res, err)
+					}
+					if res[0].Connected {
+						seen[res[0].Server]++
+					}
+				}
+				return seen
+			}
+			node1 := controller.NodeIP(0).String()
+			for _, c := range []struct {
+				from, to string
+				port     uint16
+				proto    string
+			}{
+				{"x/client", vips["sticky"], 80, "TCP"},
+				{"x/client", vips["sticky"], 81, "UDP"},
+				{"external", node1, 30080, "TCP"},
+				{"external", node1, 30081, "UDP"},
+			} {
+				if seen := servers(c.from, c.to, c.port, c.proto); len(seen) != 1 {
+					t.Errorf("%s -> %s:%d/%s with affinity: answered by %v, want one backend every time", c.from, c.to, c.port, c.proto, seen)
+				}
+			}
+			// 12 connections all to one of three backends by chance: (1/3)^11.
+			if seen := servers("x/client", vips["spread"], 80, "TCP"); len(seen) < 2 {
+				t.Errorf("without affinity: answered by %v, want connections spread", seen)
+			}
+			if seen := servers("external", node1, 30180, "TCP"); len(seen) < 2 {
+				t.Errorf("without affinity, from outside: answered by %v, want connections spread", seen)
+			}
+		})
+	}
+}

@@ -122,6 +122,20 @@ struct svc_value {
 	__u32 id;
 	__u32 count; // backends
 	enum svc_flag flags;
+	__u32 affinity; // sessionAffinity ClientIP's timeout in seconds (0: none)
+	__u32 rev;      // changes with the backends: a client's affinity holds within one rev
+};
+
+// Session affinity (ClientIP): the backend (by index) a client last used, per frontend.
+struct affinity_key {
+	__u32 client;
+	__u32 id; // the frontend's
+};
+
+struct affinity_value {
+	__u64 last_ns;
+	__u32 index;
+	__u32 rev;
 };
 
 struct backend_key {
@@ -356,6 +370,13 @@ struct {
 	__type(key, struct revnat_key);
 	__type(value, struct revnat_value);
 } revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+} affinity SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -711,7 +732,9 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u32 l3, __u32 l4, __
 	return 0;
 }
 
-// pick_backend chooses a frontend's backend for a flow by a hash of its client.
+// pick_backend chooses a frontend's backend for a flow by a hash of its client, or, with
+// session affinity, the one the client used last if it came back within the timeout and the
+// backends have not changed since.
 static __always_inline struct backend_value *pick_backend(struct svc_value *sv, __u32 saddr, __u16 sport, __u8 proto,
 							  __u32 gen)
 {
@@ -720,6 +743,18 @@ static __always_inline struct backend_value *pick_backend(struct svc_value *sv, 
 	h *= 0x45d9f3b;
 	h ^= h >> 16;
 	struct backend_key bk = {.id = sv->id, .index = h % sv->count};
+	if (sv->affinity) {
+		__u64 now = bpf_ktime_get_ns();
+		struct affinity_key ak = {.client = saddr, .id = sv->id};
+		struct affinity_value *av = bpf_map_lookup_elem(&affinity, &ak);
+		if (av && av->rev == sv->rev && av->index < sv->count && now - av->last_ns <= (__u64)sv->affinity * 1000000000ULL) {
+			av->last_ns = now;
+			bk.index = av->index;
+		} else {
+			struct affinity_value nv = {.last_ns = now, .index = bk.index, .rev = sv->rev};
+			bpf_map_update_elem(&affinity, &ak, &nv, BPF_ANY);
+		}
+	}
 	return lookup_in(&backends, gen, &bk);
 }
 

@@ -23,8 +23,21 @@ struct lb_svc_key {
 };
 
 struct lb_svc_value {
-	__u32 id;
-	__u32 count; // backends
+	__u32 id;       // changes with the backends
+	__u32 count;    // backends
+	__u32 affinity; // sessionAffinity ClientIP's timeout in seconds (0: none)
+};
+
+// Session affinity: the backend a client (a network namespace: a pod) used last, per frontend.
+struct lb_affinity_key {
+	__u64 netns;
+	struct lb_svc_key svc;
+};
+
+struct lb_affinity_value {
+	__u64 last_ns;
+	__u32 index;
+	__u32 id; // the frontend's backends it was chosen among
 };
 
 struct lb_backend_key {
@@ -95,6 +108,13 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1 << 18);
+	__type(key, struct lb_affinity_key);
+	__type(value, struct lb_affinity_value);
+} lb_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
 	__type(key, struct lb_flow_key);
 	__type(value, struct lb_revnat_value);
 } lb_flows SEC(".maps");
@@ -138,6 +158,20 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, __u32 counter)
 		return 0;
 	}
 	struct lb_backend_key bk = {.id = sv->id, .index = bpf_get_prandom_u32() % sv->count};
+	if (sv->affinity) {
+		// The client is the socket's network namespace (a pod's): its address is not
+		// known before the socket is bound.
+		__u64 now = bpf_ktime_get_ns();
+		struct lb_affinity_key ak = {.netns = bpf_get_netns_cookie(ctx), .svc = sk};
+		struct lb_affinity_value *av = bpf_map_lookup_elem(&lb_affinity, &ak);
+		if (av && av->id == sv->id && av->index < sv->count && now - av->last_ns <= (__u64)sv->affinity * 1000000000ULL) {
+			av->last_ns = now;
+			bk.index = av->index;
+		} else {
+			struct lb_affinity_value nv = {.last_ns = now, .index = bk.index, .id = sv->id};
+			bpf_map_update_elem(&lb_affinity, &ak, &nv, BPF_ANY);
+		}
+	}
 	struct lb_backend_value *bv = bpf_map_lookup_elem(&lb_backends, &bk);
 	if (!bv)
 		return 1;
