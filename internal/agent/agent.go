@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -58,6 +59,10 @@ type Config struct {
 	// none of their own (the Kubernetes one); it is read at every sync and looked at every few
 	// seconds for changes.
 	ThreatFile string
+	// ServiceHealth, when set, opens a listener on the node (ListenIn): the agent then answers
+	// the health checks of Services with externalTrafficPolicy Local on their
+	// healthCheckNodePort, as kube-proxy does. Unset where kube-proxy runs.
+	ServiceHealth func(port uint16) (net.Listener, error)
 }
 
 // Defaults fills unset fields.
@@ -106,6 +111,7 @@ type Agent struct {
 	m   *metrics
 	fl  *flows // nil: no flow records
 	th  *threat.Engine
+	hc  *svcHealth // nil: Services' health checks are kube-proxy's
 	// compiler carries what the last sync resolved to the next (used by sync only, which the
 	// runner never runs twice at once).
 	compiler *compile.Compiler
@@ -176,6 +182,9 @@ func New(cfg Config, src source.Source, dp dataplane.Dataplane) (*Agent, error) 
 	if a.th, err = newThreat(cfg, dp, cfg.Registry); err != nil {
 		return nil, err
 	}
+	if cfg.ServiceHealth != nil {
+		a.hc = newSvcHealth(cfg.ServiceHealth)
+	}
 	return a, nil
 }
 
@@ -209,6 +218,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			<-done
+			if a.hc != nil {
+				a.hc.close()
+			}
 			return a.release()
 		case <-changes:
 			a.run.Trigger()
@@ -311,6 +323,11 @@ func (a *Agent) sync(ctx context.Context) error {
 		}
 		a.reportGaps(gaps)
 		a.configureThreat(c)
+		if a.hc != nil {
+			if err := a.hc.update(rs, a.cfg.Node); err != nil {
+				a.cfg.Logger.Warn("Service health checks", "err", err)
+			}
+		}
 		a.resolver = resolver
 		if a.fl != nil {
 			a.fl.setResolver(resolver)

@@ -175,9 +175,13 @@ func runAgent(parent context.Context, f agentFlags) error {
 	}
 	events := kube.NewEvents(src, "rampart-agent", f.nodeName)
 	defer events.Stop()
-	a, err := agent.New(agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace, PodInterfacePrefix: f.podPrefix, ThreatFile: f.threatFile,
+	acfg := agent.Config{Node: f.nodeName, Dataplane: kind, Logger: log, DisconnectGrace: f.grace, PodInterfacePrefix: f.podPrefix, ThreatFile: f.threatFile,
 		Runner: runner.Config{MinInterval: f.minInterval}, OnUnenforced: events.Gap, OnAlert: events.Alert,
-		Flows: agent.FlowConfig{Off: !f.flows, File: f.flowLog, FileMaxBytes: f.flowLogMaxBytes, Aggregate: flow.Config{MaxConnections: f.flowMaxConns}}}, src, dp)
+		Flows: agent.FlowConfig{Off: !f.flows, File: f.flowLog, FileMaxBytes: f.flowLogMaxBytes, Aggregate: flow.Config{MaxConnections: f.flowMaxConns}}}
+	if f.services != "kube-proxy" && kind != dataplane.KindNone {
+		acfg.ServiceHealth = agent.ListenIn(f.netns) // what kube-proxy would answer
+	}
+	a, err := agent.New(acfg, src, dp)
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,12 @@
 package controller_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -67,6 +71,7 @@ metadata: {name: guarded-local, namespace: x}
 spec:
   type: LoadBalancer
   externalTrafficPolicy: Local
+  healthCheckNodePort: 31000
   selector: {app: guarded}
   ports: [{port: 80, targetPort: 8080, nodePort: 30280}]
 status: {loadBalancer: {ingress: [{ip: 172.30.1.20}]}}
@@ -132,6 +137,21 @@ func TestLabExternalServices(t *testing.T) {
 			l := labtest.New(t, 2, dp, externalCluster)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
+			// The health-check node port of guarded-local answers as kube-proxy's: healthy
+			// only on the node with its endpoint.
+			err := l.Fabric.InExternal(func() error {
+				for node, want := range map[string]int{node1: 503, node2: 200} {
+					body, code, err := httpGet(ctx, node+":31000")
+					if err != nil || code != want || !strings.Contains(body, `"name":"guarded-local"`) ||
+						!strings.Contains(body, fmt.Sprintf(`"localEndpoints":%d`, map[int]int{200: 1, 503: 0}[want])) {
+						t.Errorf("health check on %s: %d %q %v, want %d", node, code, body, err, want)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
 			for _, c := range cases {
 				// A probe starved on 2 cores, or sent before a neighbour answered, is retried.
 				var got controller.Probe
@@ -166,6 +186,32 @@ func TestLabExternalServices(t *testing.T) {
 			}
 		})
 	}
+}
+
+// httpGet fetches http://addr/ over a plain TCP connection (HTTP/1.0), retried while the
+// connection fails (a listener being opened), and returns the body and status code.
+func httpGet(ctx context.Context, addr string) (string, int, error) {
+	var err error
+	for try := 0; try < 20; try++ {
+		var c net.Conn
+		d := net.Dialer{Timeout: time.Second}
+		if c, err = d.DialContext(ctx, "tcp4", addr); err != nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err = c.Write([]byte("GET / HTTP/1.0\r\nHost: " + addr + "\r\n\r\n")); err != nil {
+			return "", 0, err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return "", 0, err
+		}
+		b, err := io.ReadAll(resp.Body)
+		return string(b), resp.StatusCode, err
+	}
+	return "", 0, err
 }
 
 const affinityCluster = `apiVersion: v1

@@ -177,6 +177,9 @@ func (l *Lab) startAgent(node string) error {
 		// Changes are applied as they come: Change waits for them.
 		Runner: runner.Config{MinInterval: 0, RetryMin: 50 * time.Millisecond, RetryMax: 2 * time.Second},
 		Flows:  agent.FlowConfig{Off: l.settings.NoFlows, Aggregate: flow.Config{MaxConnections: l.settings.FlowMaxConnections}},
+		// The lab's dataplanes translate Services (no kube-proxy): the agents answer their
+		// health checks, on the node's address.
+		ServiceHealth: agent.ListenIn(l.fabric.NodeNetns(node)),
 	}, l.store, dp)
 	if err != nil {
 		return err

@@ -186,6 +186,9 @@ func (f *Fabric) InPod(ns, name string, fn func() error) error {
 	return f.inPod(p, fn)
 }
 
+// InExternal runs fn in the external client's namespace (outside the cluster).
+func (f *Fabric) InExternal(fn func() error) error { return inNetns(f.ExternalNetns(), fn) }
+
 // DialTCP opens a TCP connection from a pod's namespace; tests use it to hold a connection
 // open across policy changes.
 func (f *Fabric) DialTCP(ctx context.Context, ns, name string, dst netip.AddrPort) (net.Conn, error) {
