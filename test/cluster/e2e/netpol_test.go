@@ -1,8 +1,9 @@
-// Package e2e is the upstream Kubernetes e2e suite cut down to the NetworkPolicy tests
-// (k8s.io/kubernetes/test/e2e/network/netpol, "[sig-network] Netpol"): the same framework,
-// flags and TestMain as upstream's e2e.test, linked with one test package instead of all of
-// them, so it builds in minutes. Run it with the upstream flags (--kubeconfig, --ginkgo.focus,
-// --ginkgo.skip, --report-dir, ...).
+// Package e2e is the upstream Kubernetes e2e suite cut down to the network tests: the
+// NetworkPolicy tests (k8s.io/kubernetes/test/e2e/network/netpol, "[sig-network] Netpol") and
+// the rest of sig-network (k8s.io/kubernetes/test/e2e/network: "[sig-network] Services", DNS,
+// ...), with the same framework, flags and TestMain as upstream's e2e.test, linked with two test
+// packages instead of all of them, so it builds in minutes. Run it with the upstream flags
+// (--kubeconfig, --ginkgo.focus, --ginkgo.skip, --report-dir, ...).
 package e2e
 
 import (
@@ -20,6 +21,7 @@ import (
 	testfixtures "k8s.io/kubernetes/test/fixtures"
 
 	_ "k8s.io/kubernetes/test/e2e/feature"
+	_ "k8s.io/kubernetes/test/e2e/network"
 	_ "k8s.io/kubernetes/test/e2e/network/netpol"
 
 	_ "k8s.io/kubernetes/test/e2e/framework/debug/init"
