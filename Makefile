@@ -14,7 +14,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CLUSTER_PACKAGES := containerd runc containernetworking-plugins openssl curl netcat-openbsd bind9-dnsutils
 DATAPLANE ?= iptables
 
-.PHONY: all build deps demo test vet fmt-check staticcheck generate check-generate fuzz bench image clean cluster cluster-down e2e cluster-smoke conformance cnp-conformance
+.PHONY: e2e-services all build deps demo test vet fmt-check staticcheck generate check-generate fuzz bench image clean cluster cluster-down e2e cluster-smoke conformance cnp-conformance
 
 all: build
 
@@ -89,6 +89,15 @@ e2e:
 	if [ ! -f .cluster/env ] || { [ -n "$$want" ] && ! grep -qx "DATAPLANE=$$want" .cluster/env; }; then \
 	  $(MAKE) cluster DATAPLANE=$${want:-iptables}; fi
 	@scripts/cluster.sh e2e
+
+# The upstream [sig-network] Services tests marked [Conformance] (all 17 run on one node) against
+# the running cluster, made first as for e2e: with DATAPLANE=ebpf rampart replaces kube-proxy,
+# with DATAPLANE=iptables kube-proxy translates (the reference). Report in .cluster/e2e/.
+e2e-services:
+	@want=$(if $(filter command line environment,$(origin DATAPLANE)),$(DATAPLANE)); \
+	if [ ! -f .cluster/env ] || { [ -n "$$want" ] && ! grep -qx "DATAPLANE=$$want" .cluster/env; }; then \
+	  $(MAKE) cluster DATAPLANE=$${want:-ebpf}; fi
+	@E2E_FOCUS='\[sig-network\] Services .*\[Conformance\]' scripts/cluster.sh e2e
 
 # The upstream ClusterNetworkPolicy conformance suite (network-policy-api; SCTP left out: this
 # kernel has no SCTP sockets) against the running cluster, made first as for e2e. Report in

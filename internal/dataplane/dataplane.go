@@ -54,6 +54,9 @@ type Options struct {
 	Cgroup string
 	// NoFlowEvents turns flow events off in the dataplane itself (measurements of their cost).
 	NoFlowEvents bool
+	// MapSizes (eBPF) sizes its maps by kind (ebpf.MapKinds: services, backends, policy,
+	// conntrack, ...) where the defaults do not fit; a state needing more fails its sync whole.
+	MapSizes map[string]uint32
 	// Frontend (eBPF, optional) names the Service address a TCP connection's client addressed
 	// where a connect-time load balancer the dataplane does not own translated it (the lab's,
 	// shared by its nodes); with Cgroup the dataplane asks its own.

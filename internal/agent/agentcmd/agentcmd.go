@@ -27,6 +27,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/agent/runner"
 	"github.com/rampart-sec/rampart/internal/dataplane"
 	"github.com/rampart-sec/rampart/internal/dataplane/backend"
+	"github.com/rampart-sec/rampart/internal/dataplane/ebpf"
 	"github.com/rampart-sec/rampart/internal/doctor"
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/model"
@@ -37,7 +38,7 @@ import (
 // agentFlags are `rampart agent`'s flags.
 type agentFlags struct {
 	kubeconfig, nodeName, dp, metricsAddr, healthAddr, logFormat, threatFile string
-	netns, pinDir, uplink, podPrefix, services, cgroup                       string
+	netns, pinDir, uplink, podPrefix, services, cgroup, mapSizes             string
 	minInterval, grace                                                       time.Duration
 	flows                                                                    bool
 	flowLog                                                                  string
@@ -80,6 +81,7 @@ it.`,
 	fl.StringVar(&f.uplink, "uplink", "", "the node's interface toward other nodes (default: the default route's)")
 	fl.StringVar(&f.podPrefix, "pod-interface-prefix", "veth", "host-side pod interfaces start with this (the CNI's veth prefix); their traffic is dropped until the agent has programmed them (empty: off)")
 	fl.StringVar(&f.services, "services", "rampart", "who translates Services: rampart, or kube-proxy (iptables dataplane only: rampart then enforces policy on kube-proxy's translated traffic)")
+	fl.StringVar(&f.mapSizes, "ebpf-map-sizes", "", "eBPF: entries of the dataplane's maps by kind, KIND=N,... (kinds: "+strings.Join(ebpf.MapKinds(), ", ")+"); a state needing more fails its sync whole, and rampart_programmed_capacity reports the sizes")
 	fl.StringVar(&f.cgroup, "cgroup", "", "eBPF: cgroup v2 directory holding the pods (kubelet's cgroupRoot in the unified hierarchy) whose sockets connect to Service backends directly (empty: Services translated per packet only)")
 	fl.DurationVar(&f.minInterval, "min-sync-interval", 0, "least time between two dataplane syncs (0: as changes come; bursts coalesce)")
 	fl.BoolVar(&f.flows, "flows", true, "publish flow records (GET /v1/flows on the health address); false: the dataplane writes no flow events")
@@ -133,6 +135,10 @@ func runAgent(parent context.Context, f agentFlags) error {
 	if err := f.check(kind); err != nil {
 		return err
 	}
+	sizes, err := ebpf.ParseMapSizes(f.mapSizes)
+	if err != nil {
+		return fmt.Errorf("--ebpf-map-sizes: %w", err)
+	}
 	if f.threatFile != "" {
 		// A bad file stops the start with its errors; later changes that do not decode keep the
 		// configuration in force (and show in /status). No file is no ThreatDefense (yet): the
@@ -161,13 +167,14 @@ func runAgent(parent context.Context, f agentFlags) error {
 	}
 	defer ifaces.Close()
 	dn := dataplane.Node{Name: f.nodeName, Interface: ifaces.Interface, Uplink: f.uplink, PodInterfacePrefix: f.podPrefix, KubeProxy: f.services == "kube-proxy"}
-	if kind == dataplane.KindEBPF && dn.Uplink == "" {
+	if (kind == dataplane.KindEBPF || !dn.KubeProxy) && dn.Uplink == "" {
 		dn.Uplink = ifaces.DefaultRouteLink()
 	}
 	opts := dataplane.Options{Netns: f.netns, NoFlowEvents: !f.flows}
 	if kind == dataplane.KindEBPF {
 		opts.PinDir = filepath.Join(f.pinDir, f.nodeName)
 		opts.Cgroup = f.cgroup
+		opts.MapSizes = sizes
 	}
 	dp, err := backend.New(kind, dn, opts)
 	if err != nil {

@@ -31,11 +31,12 @@ func New(kind dataplane.Kind, node dataplane.Node, opts dataplane.Options) (data
 		dp := ebpf.New(node, opts.Netns)
 		dp.PinDir = opts.PinDir
 		dp.NoFlowEvents = opts.NoFlowEvents
+		dp.MapSizes = opts.MapSizes
 		if opts.Attach != "" {
 			dp.Attach = opts.Attach
 		}
 		if opts.Cgroup != "" || opts.Frontend != nil {
-			return &ebpfPlane{Dataplane: dp, node: node.Name, cgroup: opts.Cgroup, frontend: opts.Frontend}, nil
+			return &ebpfPlane{Dataplane: dp, node: node.Name, cgroup: opts.Cgroup, sizes: opts.MapSizes, frontend: opts.Frontend}, nil
 		}
 		return dp, nil
 	case dataplane.KindNone:
@@ -97,6 +98,7 @@ type ebpfPlane struct {
 	*ebpf.Dataplane
 	node     string
 	cgroup   string
+	sizes    ebpf.MapSizes
 	sock     atomic.Pointer[ebpf.SockLB] // read by the flow aggregator too
 	frontend func(client, backend netip.AddrPort) (netip.AddrPort, bool)
 }
@@ -125,7 +127,7 @@ func (p *ebpfPlane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	}
 	sock := p.sock.Load()
 	if sock == nil {
-		s, err := ebpf.NewSockLB(p.cgroup)
+		s, err := ebpf.NewSockLB(p.cgroup, p.sizes)
 		if err != nil {
 			return fmt.Errorf("connect-time Services: %w", err)
 		}

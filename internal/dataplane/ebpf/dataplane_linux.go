@@ -48,6 +48,8 @@ type Dataplane struct {
 
 	// NoFlowEvents stops the programs from writing flow events (set before the first Sync).
 	NoFlowEvents bool
+	// MapSizes sizes the maps where bpf/policy.c's sizes do not fit (set before the first Sync).
+	MapSizes MapSizes
 
 	mu   sync.Mutex
 	objs *Objects
@@ -224,7 +226,7 @@ const keptGenerations = 4
 
 // genOptions are the programs' load-time constants. The caller holds d.mu.
 func (d *Dataplane) genOptions() genOptions {
-	return genOptions{noFlows: d.NoFlowEvents}
+	return genOptions{noFlows: d.NoFlowEvents, sizes: d.MapSizes}
 }
 
 // attach creates the links of local pods that have none (or points them at programs loaded

@@ -31,6 +31,8 @@ type Objects struct {
 	// node is the node's name, whose frontends (its addresses' node ports, its local
 	// endpoints) the tables hold; "" for the frontends of no node in particular.
 	node string
+	// sizes are the maps' sizes where not bpf/policy.c's (a fresh slot gets them too).
+	sizes MapSizes
 }
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
@@ -41,7 +43,8 @@ func Load(prev *Objects) (*Objects, error) { return load(prev, genOptions{}) }
 
 // genOptions are the programs' load-time constants.
 type genOptions struct {
-	noFlows bool // write no flow events
+	noFlows bool     // write no flow events
+	sizes   MapSizes // maps' sizes other than bpf/policy.c's
 }
 
 func load(prev *Objects, g genOptions) (*Objects, error) {
@@ -61,11 +64,12 @@ type carried struct {
 
 // loadWith loads a generation using the given flow-state and counter maps.
 func loadWith(c carried, g genOptions) (*Objects, error) {
-	o := &Objects{}
+	o := &Objects{sizes: g.sizes}
 	spec, err := loadPolicy()
 	if err != nil {
 		return nil, err
 	}
+	g.sizes.apply(collSpec{spec})
 	on := uint32(1)
 	if g.noFlows {
 		on = 0
@@ -398,6 +402,7 @@ func (o *Objects) freshSlot(slot uint32) error {
 	if err != nil {
 		return err
 	}
+	o.sizes.apply(collSpec{spec})
 	outers := [5]*ebpf.Map{o.objs.Endpoints, o.objs.Ipcache, o.objs.Policy, o.objs.Services, o.objs.Backends}
 	for i, m := range o.inner(slot) {
 		fresh, err := ebpf.NewMap(spec.Maps[innerNames[i]+strconv.Itoa(int(slot))])

@@ -39,12 +39,13 @@ type lbEntry struct {
 
 // NewSockLB loads the programs and attaches them to the cgroup (v2) directory at cgroupPath.
 // The links belong to this process: they go when Close is called or the process exits.
-func NewSockLB(cgroupPath string) (*SockLB, error) {
+func NewSockLB(cgroupPath string, sizes MapSizes) (*SockLB, error) {
 	s := &SockLB{current: map[sockLbSvcKey]lbEntry{}}
 	spec, err := loadSock()
 	if err != nil {
 		return nil, fmt.Errorf("load connect-time load balancer: %w", err)
 	}
+	sizes.apply(collSpec{spec})
 	if features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval) == nil {
 		if err := spec.Variables["refuse_with_errno"].Set(uint8(1)); err != nil {
 			return nil, fmt.Errorf("load connect-time load balancer: %w", err)

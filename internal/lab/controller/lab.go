@@ -241,7 +241,7 @@ func (l *Lab) startSockLB() error {
 	// Several labs may share the process (tests): each gets its own group, named after it.
 	cg, err := cgroup.NewThreaded(home, "lab-"+l.settings.Name)
 	if err == nil {
-		if l.sock, err = ebpf.NewSockLB(cg.Path); err == nil {
+		if l.sock, err = ebpf.NewSockLB(cg.Path, nil); err == nil {
 			if err = l.fabric.UseCgroups(cg, &cgroup.Group{Path: home}); err != nil {
 				l.sock.Close()
 				l.sock = nil
