@@ -11,8 +11,11 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/lab/labtest"
+	"github.com/rampart-sec/rampart/internal/model"
 )
 
 // externalCluster: web (node-1) and remote, guarded (node-2) behind Services of every type that
@@ -304,6 +307,101 @@ func TestLabSessionAffinity(t *testing.T) {
 			}
 			if seen := servers("external", node1, 30180, "TCP"); len(seen) < 2 {
 				t.Errorf("without affinity, from outside: answered by %v, want connections spread", seen)
+			}
+		})
+	}
+}
+
+const terminatingCluster = `apiVersion: v1
+kind: Pod
+metadata: {name: s1, namespace: default, labels: {app: s}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: s2, namespace: default, labels: {app: s}}
+spec: {nodeName: node-2, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: np, namespace: default}
+spec: {type: NodePort, selector: {app: s}, ports: [{port: 80, nodePort: 30080}]}
+`
+
+// TestLabTerminatingEndpoints: from outside, through a node port translated per packet, a held
+// connection keeps its backend when that backend starts terminating (and its Service's
+// backends change), new connections go to the ready one, and when every backend is
+// terminating, they go to those still serving (kube-proxy's fallback).
+func TestLabTerminatingEndpoints(t *testing.T) {
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) {
+			l := labtest.New(t, 2, dp, terminatingCluster)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			node1 := controller.NodeIP(0).String()
+			var conn net.Conn
+			if err := l.Fabric.InExternal(func() error {
+				var err error
+				conn, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "tcp4", node1+":30080")
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			r := bufio.NewReader(conn)
+			_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+			greeting, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("greeting: %v", err)
+			}
+			held, _, _ := strings.Cut(strings.TrimSpace(greeting), " ")
+			echo := func(msg string) error {
+				_ = conn.SetDeadline(time.Now().Add(time.Second))
+				if _, err := conn.Write([]byte(msg + "\n")); err != nil {
+					return err
+				}
+				got, err := r.ReadString('\n')
+				if err == nil && got != msg+"\n" {
+					err = fmt.Errorf("echo %q, want %q", got, msg)
+				}
+				return err
+			}
+			terminate := func(keys ...string) {
+				err := l.Change(ctx, func(c *model.Cluster) error {
+					for _, k := range keys {
+						now := metav1.Now()
+						c.Pods[k].DeletionTimestamp = &now
+					}
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			servers := func() map[string]int {
+				seen := map[string]int{}
+				for i := 0; i < 8; i++ {
+					res, err := l.Probe(ctx, controller.ProbeRequest{From: "external", To: node1, Port: 30080, Timeout: time.Second})
+					if err != nil || len(res) != 1 {
+						t.Fatalf("probe: %v %v", res, err)
+					}
+					seen[res[0].Server]++
+				}
+				return seen
+			}
+			terminate(held)
+			if err := echo("still there"); err != nil {
+				t.Errorf("the connection held to %s, now terminating: %v", held, err)
+			}
+			if seen := servers(); len(seen) != 1 || seen[held] > 0 || seen[""] > 0 {
+				t.Errorf("new connections with %s terminating: %v, want all to the other backend", held, seen)
+			}
+			terminate("default/s1", "default/s2")
+			if seen := servers(); seen[""] > 0 || len(seen) != 2 {
+				t.Errorf("new connections with every backend terminating: %v, want both still serving", seen)
+			}
+			if err := echo("still there"); err != nil {
+				t.Errorf("the held connection after every backend began terminating: %v", err)
 			}
 		})
 	}

@@ -26,6 +26,11 @@
 #define DIR_INGRESS 0
 #define DIR_EGRESS 1
 
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
 // Endpoint flags (an enum so that bpf2go gives the loader the same values).
 enum ep_flag {
 	EP_SELECTED_INGRESS = 1, // some policy selects the endpoint for ingress
@@ -738,9 +743,13 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u32 l3, __u32 l4, __
 static __always_inline struct backend_value *pick_backend(struct svc_value *sv, __u32 saddr, __u16 sport, __u8 proto,
 							  __u32 gen)
 {
-	__u32 h = saddr ^ ((__u32)sport << 16 | sport) ^ proto;
+	// Every bit of the client counts (Linux gives connect() even source ports): murmur3's
+	// finalizer over the mixed address, port and protocol.
+	__u32 h = saddr * 0x9e3779b1 ^ (__u32)sport * 0x85ebca77 ^ proto;
 	h ^= h >> 16;
-	h *= 0x45d9f3b;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
 	h ^= h >> 16;
 	struct backend_key bk = {.id = sv->id, .index = h % sv->count};
 	if (sv->affinity) {
@@ -761,7 +770,7 @@ static __always_inline struct backend_value *pick_backend(struct svc_value *sv, 
 // dnat sends a packet addressed to a Service frontend to one of its backends, remembering the
 // frontend for the replies. Returns -1 to drop (no backend, or a rewrite failed).
 static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l3, __u32 l4, __u16 sport, __u16 dport,
-				__u32 gen)
+				__u8 tcp_flags, __u32 gen)
 {
 	__u32 slot = gen & 1;
 	struct svc_range *rg = bpf_map_lookup_elem(&service_range, &slot);
@@ -771,16 +780,31 @@ static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l
 	struct svc_value *sv = lookup_in(&services, gen, &sk);
 	if (!sv)
 		return 0;
-	if (!sv->count) {
-		count(C_NO_BACKEND);
-		return -1;
-	}
-	struct backend_value *bv = pick_backend(sv, ip->saddr, sport, ip->protocol, gen);
-	if (!bv)
-		return -1;
 	__u8 proto = ip->protocol;
-	__u32 client = ip->saddr, vip = ip->daddr, backend = bv->addr;
-	__u16 bport = bv->port;
+	__u32 client = ip->saddr, vip = ip->daddr, backend;
+	__u16 bport;
+	// A flow keeps the backend it started with (as conntrack keeps kube-proxy's DNAT), even
+	// when the backends change; a TCP SYN starts a new one.
+	struct nat_out_key ok = {.client = client, .vip = vip, .cport = sport, .vport = dport, .protocol = proto};
+	struct nat_out_value *held = NULL;
+	if (proto != IPPROTO_TCP || (tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+		held = bpf_map_lookup_elem(&nat_out, &ok);
+	if (held) {
+		backend = held->backend;
+		bport = held->bport;
+	} else {
+		if (!sv->count) {
+			count(C_NO_BACKEND);
+			return -1;
+		}
+		struct backend_value *bv = pick_backend(sv, client, sport, proto, gen);
+		if (!bv)
+			return -1;
+		backend = bv->addr;
+		bport = bv->port;
+		struct nat_out_value nv = {.backend = backend, .bport = bport};
+		bpf_map_update_elem(&nat_out, &ok, &nv, BPF_ANY);
+	}
 	struct revnat_key rk = {.client = client, .backend = backend, .cport = sport, .bport = bport, .protocol = proto};
 	struct revnat_value rv = {.vip = vip, .vport = dport};
 	bpf_map_update_elem(&revnat, &rk, &rv, BPF_ANY);
@@ -924,10 +948,6 @@ static __always_inline int quarantine_drop(struct pkt *p, int dir)
 }
 
 #define NS_PER_S 1000000000ULL
-#define TCP_FIN 0x01
-#define TCP_SYN 0x02
-#define TCP_RST 0x04
-#define TCP_ACK 0x10
 
 // syn_over_limit takes a token from the bucket of the packet's source toward its destination,
 // when the destination is limited: 1 when there is none left (drop).
@@ -1100,7 +1120,7 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 	}
 	__u32 daddr0 = ip->daddr;
 	if (dir == DIR_EGRESS) {
-		int nat = dnat(skb, ip, IP_OFF, (void *)ports - data, p->sport, p->dport, p->gen);
+		int nat = dnat(skb, ip, IP_OFF, (void *)ports - data, p->sport, p->dport, p->tcp_flags, p->gen);
 		if (nat < 0)
 			return PARSE_DROP;
 		if (nat > 0) { // the packet changed: read it again
@@ -1319,7 +1339,11 @@ int svc_xmit(struct __sk_buff *skb)
 	__u16 *ports = (void *)ip + ip->ihl * 4;
 	if ((void *)(ports + 2) > end)
 		return BPF_OK;
-	int nat = dnat(skb, ip, 0, (void *)ports - data, ports[0], ports[1], active_gen());
+	__u8 flags = 0;
+	__u8 *fl = (void *)ports + 13; // the flags byte of the TCP header
+	if (proto == IPPROTO_TCP && (void *)(fl + 1) <= end)
+		flags = *fl;
+	int nat = dnat(skb, ip, 0, (void *)ports - data, ports[0], ports[1], flags, active_gen());
 	if (nat < 0)
 		return BPF_DROP;
 	if (nat == 0)
@@ -1359,7 +1383,9 @@ static __always_inline int uplink_dnat(struct __sk_buff *skb, struct pkt *p)
 		return -1;
 	struct nat_out_key ok = {.client = p->saddr, .vip = p->daddr, .cport = p->sport, .vport = p->dport, .protocol = p->proto};
 	struct nat_out_value nv;
-	struct nat_out_value *held = bpf_map_lookup_elem(&nat_out, &ok);
+	struct nat_out_value *held = NULL;
+	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+		held = bpf_map_lookup_elem(&nat_out, &ok); // a flow keeps its backend; a SYN starts anew
 	__u32 zero = 0;
 	struct host_config *hc = bpf_map_lookup_elem(&host, &zero);
 	if (!hc)
