@@ -378,21 +378,21 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, 1 << 16); // LRU maps are preallocated: memory the agent's limit counts
 	__type(key, struct affinity_key);
 	__type(value, struct affinity_value);
 } affinity SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, 1 << 16); // LRU maps are preallocated: memory the agent's limit counts
 	__type(key, struct nat_out_key);
 	__type(value, struct nat_out_value);
 } nat_out SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, 1 << 16); // LRU maps are preallocated: memory the agent's limit counts
 	__type(key, struct nat_back_key);
 	__type(value, struct nat_back_value);
 } nat_back SEC(".maps");

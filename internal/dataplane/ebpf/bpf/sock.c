@@ -107,7 +107,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, 1 << 16); // LRU maps are preallocated: memory the agent's limit counts
 	__type(key, struct lb_affinity_key);
 	__type(value, struct lb_affinity_value);
 } lb_affinity SEC(".maps");
