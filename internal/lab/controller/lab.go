@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"sort"
@@ -159,6 +160,7 @@ func (l *Lab) startAgent(node string) error {
 		return l.fabric.PodInterface(p.Namespace, p.Name), true
 	}}
 	dn.Uplink = "eth0" // the node's link to the fabric bridge
+	dn.KubeProxy = l.settings.KubeProxy && kind == dataplane.KindIPTables
 	dn.PodInterfacePrefix = PodInterfacePrefix
 	// The lab's connect-time balancer serves every node's pods: their flow records ask it which
 	// Service a connection addressed.
@@ -179,7 +181,7 @@ func (l *Lab) startAgent(node string) error {
 		Flows:  agent.FlowConfig{Off: l.settings.NoFlows, Aggregate: flow.Config{MaxConnections: l.settings.FlowMaxConnections}},
 		// The lab's dataplanes translate Services (no kube-proxy): the agents answer their
 		// health checks, on the node's address.
-		ServiceHealth: agent.ListenIn(l.fabric.NodeNetns(node)),
+		ServiceHealth: serviceHealth(!dn.KubeProxy, l.fabric.NodeNetns(node)),
 	}, l.store, dp)
 	if err != nil {
 		return err
@@ -257,6 +259,15 @@ func (l *Lab) startSockLB() error {
 	}
 	l.cg, l.releaseCG = cg, release
 	return nil
+}
+
+// serviceHealth is the agent's listener for Services' health checks, nil where kube-proxy
+// answers them.
+func serviceHealth(on bool, netns string) func(uint16) (net.Listener, error) {
+	if !on {
+		return nil
+	}
+	return agent.ListenIn(netns)
 }
 
 // SockLB returns the connect-time load balancer, nil when the lab has none.

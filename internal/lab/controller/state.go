@@ -29,6 +29,10 @@ type Settings struct {
 	// NoFlows turns flow records off (the dataplanes write no flow events): measurements of
 	// what records cost.
 	NoFlows bool `json:"noFlows,omitempty"`
+	// KubeProxy (iptables dataplane): kube-proxy, run by someone else in the node namespaces
+	// against an API server holding the lab's Services, translates Services; the dataplane
+	// only enforces policy, as beside kube-proxy on a real node (measurements against it).
+	KubeProxy bool `json:"kubeProxy,omitempty"`
 	// FlowMaxConnections bounds each agent's flow aggregation (0: the agent's default).
 	FlowMaxConnections int `json:"flowMaxConnections,omitempty"`
 	// Log receives the node agents' logs (not saved; default: discarded).

@@ -9,6 +9,7 @@ import (
 	"math/rand"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -287,6 +288,42 @@ func (f *Fabric) ConnectLoad(ctx context.Context, ns, name string, dst netip.Add
 func (f *Fabric) Connections(ctx context.Context, ns, name string, dst netip.AddrPort, proto string, count int) (ok, failed int, err error) {
 	ok, failed, _, err = f.connections(ctx, ns, name, dst, proto, func(i int, _ time.Time) bool { return i < count })
 	return ok, failed, err
+}
+
+// ConnectLatency makes count TCP connections as ConnectLoad does and returns the median time
+// connect() took (the SYN's round trip, where a Service's first packet is translated) and how
+// many attempts failed.
+func (f *Fabric) ConnectLatency(ctx context.Context, ns, name string, dst netip.AddrPort, count int) (time.Duration, int, error) {
+	f.mu.Lock()
+	p, ok := f.pods[ns+"/"+name]
+	f.mu.Unlock()
+	if !ok {
+		return 0, 0, fmt.Errorf("no pod %s/%s", ns, name)
+	}
+	var took []time.Duration
+	failed := 0
+	err := f.inPod(p, func() error {
+		buf := make([]byte, 256)
+		for i := 0; i < count && ctx.Err() == nil; i++ {
+			start := time.Now()
+			c, err := net.DialTimeout("tcp4", dst.String(), 250*time.Millisecond)
+			if err != nil {
+				failed++
+				continue
+			}
+			took = append(took, time.Since(start))
+			_ = c.SetDeadline(time.Now().Add(250 * time.Millisecond))
+			_, _ = c.Write([]byte("quit\n"))
+			_, _ = c.Read(buf) // the greeting; the server closes first
+			c.Close()
+		}
+		return nil
+	})
+	if err != nil || len(took) == 0 {
+		return 0, failed, errors.Join(err, fmt.Errorf("no connection to %s completed", dst))
+	}
+	slices.Sort(took)
+	return took[len(took)/2], failed, nil
 }
 
 func (f *Fabric) connections(ctx context.Context, ns, name string, dst netip.AddrPort, proto string, more func(i int, start time.Time) bool) (n, failed int, elapsed time.Duration, err error) {

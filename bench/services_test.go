@@ -1,0 +1,315 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rampart-sec/rampart/internal/lab/apiserver"
+	"github.com/rampart-sec/rampart/internal/lab/controller"
+	"github.com/rampart-sec/rampart/internal/lab/labtest"
+	"github.com/rampart-sec/rampart/internal/model"
+)
+
+// svcCluster: a client on node-1 and three servers on node-2, the endpoints of every Service.
+const svcCluster = `apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x}
+spec: {nodeName: node-1, containers: [{name: c}]}
+status: {podIP: 10.244.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-1, namespace: x}
+spec: {nodeName: node-2, containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.2.11}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-2, namespace: x}
+spec: {nodeName: node-2, containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.2.12}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-3, namespace: x}
+spec: {nodeName: node-2, containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.2.13}
+`
+
+// svcVIP is the ClusterIP of Service i (10.96.1.1 onwards).
+func svcVIP(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, 96, byte(1 + i/250), byte(1 + i%250)})
+}
+
+// services: n selector-less Services on port 80, each with an EndpointSlice of the three
+// servers, as the EndpointSlice controller would write it.
+func services(n int) string {
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, `---
+apiVersion: v1
+kind: Service
+metadata: {name: s-%d, namespace: x}
+spec: {clusterIP: %s, ports: [{port: 80, targetPort: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-%d-1, namespace: x, labels: {kubernetes.io/service-name: s-%d}}
+addressType: IPv4
+ports: [{name: "", port: 80, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.2.11], nodeName: node-2, conditions: {ready: true}}
+- {addresses: [10.244.2.12], nodeName: node-2, conditions: {ready: true}}
+- {addresses: [10.244.2.13], nodeName: node-2, conditions: {ready: true}}
+`, i, svcVIP(i), i, i)
+	}
+	return b.String()
+}
+
+// svcPair is one comparison of a set-up against a reference in alternating slices.
+type svcPair struct {
+	Mode        string  `json:"mode"`
+	Services    int     `json:"services"`
+	Reference   string  `json:"reference"`
+	RefServices int     `json:"reference_services"`
+	Metric      string  `json:"metric"` // tcp_connections, first_packet, request_response
+	Value       float64 `json:"value"`  // median: per second, or microseconds for first_packet
+	RefValue    float64 `json:"reference_value"`
+	// Ratio is the median over slice pairs of how much faster the set-up is than the
+	// reference: rate / reference rate, or reference latency / latency (above 1: faster).
+	Ratio  float64   `json:"ratio"`
+	Ratios []float64 `json:"ratios"`
+	Failed int       `json:"failed"`
+}
+
+// TestBenchServices measures Services with 10, 1,000 and 10,000 of them (three endpoints each,
+// on the other node), rampart's eBPF dataplane (connect-time translation) against kube-proxy
+// in iptables mode (the real binary, against a real API server holding the same objects,
+// beside rampart's iptables dataplane enforcing policy), on the 2-node lab: new TCP
+// connections to the last Service created (connect, request, server close), the first
+// packet's round trip (connect() time), and request/response on an established connection.
+// Each comparison alternates 300 ms slices; results go to bench/results/services.json.
+func TestBenchServices(t *testing.T) {
+	if os.Getenv("RAMPART_BENCH") == "" {
+		t.Skip("set RAMPART_BENCH=1 (make bench) to run the Services benchmark")
+	}
+	proxyBin := kubeProxyBinary(t)
+	ctx := context.Background()
+	counts := []int{10, 1000, 10000}
+	type setup struct {
+		name string
+		n    int
+		lab  labtest.Lab
+	}
+	var setups []setup
+	for _, n := range counts {
+		objs := svcCluster + services(n)
+		l := labtest.NewWith(t, controller.Settings{Nodes: 2, Dataplane: "ebpf"}, objs)
+		setups = append(setups, setup{"rampart eBPF", n, l})
+		k := labtest.NewWith(t, controller.Settings{Nodes: 2, Dataplane: "iptables", KubeProxy: true}, objs)
+		runKubeProxy(t, ctx, k, proxyBin, objs)
+		setups = append(setups, setup{"kube-proxy iptables", n, k})
+	}
+	for _, s := range setups {
+		waitService(t, ctx, s.lab, svcVIP(s.n-1), s.name)
+	}
+	find := func(name string, n int) int {
+		for i, s := range setups {
+			if s.name == name && s.n == n {
+				return i
+			}
+		}
+		t.Fatalf("no set-up %s/%d", name, n)
+		return -1
+	}
+	type cmp struct{ a, ref int }
+	var cmps []cmp
+	for _, name := range []string{"rampart eBPF", "kube-proxy iptables"} {
+		for _, n := range counts[1:] {
+			cmps = append(cmps, cmp{find(name, n), find(name, counts[0])})
+		}
+	}
+	for _, n := range counts {
+		cmps = append(cmps, cmp{find("rampart eBPF", n), find("kube-proxy iptables", n)})
+	}
+	const slices, slice = 11, 300 * time.Millisecond
+	measure := func(i int, metric string) (float64, int) {
+		s := setups[i]
+		dst := netip.AddrPortFrom(svcVIP(s.n-1), 80)
+		switch metric {
+		case "request_response":
+			_, rr, err := s.lab.Fabric.Load(ctx, "x", "client", dst, slice)
+			if err != nil {
+				t.Fatalf("%s, %d Services: %v", s.name, s.n, err)
+			}
+			return rr, 0
+		case "first_packet":
+			d, failed, err := s.lab.Fabric.ConnectLatency(ctx, "x", "client", dst, 100)
+			if err != nil {
+				t.Fatalf("%s, %d Services: %v", s.name, s.n, err)
+			}
+			return float64(d.Microseconds()), failed
+		}
+		v, failed, err := s.lab.Fabric.ConnectLoad(ctx, "x", "client", dst, "TCP", slice)
+		if err != nil {
+			t.Fatalf("%s, %d Services: %v", s.name, s.n, err)
+		}
+		return v, failed
+	}
+	var results []svcPair
+	for _, c := range cmps {
+		for _, metric := range []string{"tcp_connections", "first_packet", "request_response"} {
+			var a, ref, ratios []float64
+			failed := 0
+			for s := 0; s < slices; s++ {
+				r, _ := measure(c.ref, metric)
+				v, f := measure(c.a, metric)
+				failed += f
+				ratio := v / r
+				if metric == "first_packet" {
+					ratio = r / v
+				}
+				a, ref, ratios = append(a, v), append(ref, r), append(ratios, round3(ratio))
+			}
+			results = append(results, svcPair{Mode: setups[c.a].name, Services: setups[c.a].n, Reference: setups[c.ref].name,
+				RefServices: setups[c.ref].n, Metric: metric, Value: round3(median(a)), RefValue: round3(median(ref)),
+				Ratio: median(ratios), Ratios: ratios, Failed: failed})
+		}
+	}
+	for _, r := range results {
+		t.Logf("%-20s %6d vs %-20s %6d  %-17s %10.1f vs %10.1f  ratio %.3f", r.Mode, r.Services, r.Reference, r.RefServices, r.Metric, r.Value, r.RefValue, r.Ratio)
+		if r.Failed > 0 {
+			t.Errorf("%s, %d Services, %s: %d attempts failed", r.Mode, r.Services, r.Metric, r.Failed)
+		}
+	}
+	b, _ := json.MarshalIndent(results, "", "  ")
+	if err := os.WriteFile("results/services.json", append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("wrote bench/results/services.json")
+}
+
+// kubeProxyBinary builds (or finds cached) the test cluster's Kubernetes binaries and returns
+// kube-proxy's path.
+func kubeProxyBinary(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("../scripts/cluster-build.sh").Output()
+	if err != nil {
+		t.Fatalf("build kube-proxy (scripts/cluster-build.sh): %v", err)
+	}
+	bin := filepath.Join(strings.TrimSpace(string(out)), "kube-proxy")
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// runKubeProxy gives a lab what kube-proxy needs: a real API server holding its nodes and
+// objs, and kube-proxy (iptables mode) in each node's namespace, ended when the test ends.
+func runKubeProxy(t *testing.T, ctx context.Context, l labtest.Lab, bin, objs string) {
+	t.Helper()
+	dir := t.TempDir()
+	srv, err := apiserver.Start(ctx, filepath.Join(dir, "apiserver"), apiserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.QPS, cfg.Burst = 2000, 2000
+	cs := kubernetes.NewForConfigOrDie(cfg)
+	decoded, err := model.Decode(strings.NewReader(objs), "bench", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := l.Snapshot()
+	for _, name := range model.SortedKeys(c.Nodes) {
+		n := c.Nodes[name].DeepCopy()
+		n.ResourceVersion = ""
+		if _, err := cs.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, o := range decoded {
+		var err error
+		switch obj := o.Obj.(type) {
+		case *corev1.Namespace:
+			_, err = cs.CoreV1().Namespaces().Create(ctx, obj, metav1.CreateOptions{})
+		case *corev1.Service:
+			_, err = cs.CoreV1().Services(obj.Namespace).Create(ctx, obj, metav1.CreateOptions{})
+		case *discoveryv1.EndpointSlice:
+			_, err = cs.DiscoveryV1().EndpointSlices(obj.Namespace).Create(ctx, obj, metav1.CreateOptions{})
+		}
+		if err != nil {
+			t.Fatalf("create %s %s: %v", o.Kind, o.Ref(), err)
+		}
+	}
+	for _, name := range model.SortedKeys(c.Nodes) {
+		conf := filepath.Join(dir, name+".yaml")
+		if err := os.WriteFile(conf, []byte(fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection: {kubeconfig: %q, qps: 1000, burst: 1000}
+hostnameOverride: %s
+clusterCIDR: 10.244.0.0/16
+detectLocalMode: ClusterCIDR
+oomScoreAdj: 0
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+`, srv.Kubeconfig, name)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		logf, err := os.Create(filepath.Join(dir, name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("nsenter", "--net=/run/netns/"+l.Fabric.NodeNetns(name), "--", bin, "--config", conf)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill() // ours, by PID
+			_ = cmd.Wait()
+			logf.Close()
+		})
+	}
+}
+
+// waitService waits until the client reaches vip:80 (kube-proxy programs its rules in its
+// own time).
+func waitService(t *testing.T, ctx context.Context, l labtest.Lab, vip netip.Addr, name string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		ok, _, err := l.Fabric.Connections(ctx, "x", "client", netip.AddrPortFrom(vip, 80), "TCP", 1)
+		if err == nil && ok == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s:80 not reachable after 5 minutes: %v", name, vip, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
