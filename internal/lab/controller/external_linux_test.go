@@ -406,3 +406,41 @@ func TestLabTerminatingEndpoints(t *testing.T) {
 		})
 	}
 }
+
+const hairpinCluster = `apiVersion: v1
+kind: Pod
+metadata: {name: self, namespace: default, labels: {app: self}}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: self, namespace: default}
+spec: {selector: {app: self}, ports: [{port: 8080, targetPort: 80}]}
+`
+
+// TestLabHairpin: a pod reaches itself through its own Service from a process outside the
+// lab's cgroups (lab exec), whose connections the eBPF dataplane translates per packet, not at
+// connect time; on both dataplanes.
+func TestLabHairpin(t *testing.T) {
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) {
+			l := labtest.New(t, 1, dp, hairpinCluster)
+			_, rs := l.Snapshot()
+			vip := rs.Services[0].ClusterIPs[0]
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			var out []byte
+			var err error
+			for try := 0; try < 3; try++ {
+				out, err = l.Fabric.Exec(ctx, "default", "self", []string{"timeout", "3", "bash", "-c",
+					fmt.Sprintf("exec 3<>/dev/tcp/%s/8080 && head -n 1 <&3 && echo quit >&3", vip)})
+				if err == nil && strings.HasPrefix(string(out), "default/self ") {
+					break
+				}
+			}
+			if err != nil || !strings.HasPrefix(string(out), "default/self ") {
+				t.Fatalf("the pod through its own Service %s:8080: %v\n%s", vip, err, out)
+			}
+		})
+	}
+}

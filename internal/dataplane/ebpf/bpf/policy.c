@@ -1274,6 +1274,57 @@ static __always_inline int endpoint_of(struct __sk_buff *skb, int dir, struct pk
 	return -1;
 }
 
+// HAIRPIN_ADDR (169.254.42.1) stands for the client of a pod that reached itself through its
+// Service per packet: the backend (the pod itself) would answer its own address inside the
+// pod, where nothing reverses the translation, so the packet arrives from this address
+// instead, and the answer comes back out through the veth to be translated back.
+#define HAIRPIN_ADDR bpf_htonl(0xa9fe2a01)
+
+// back_into_pod hands a packet from a pod straight back to it, as a routed hop from the node.
+static __always_inline int back_into_pod(struct __sk_buff *skb, struct endpoint *ep)
+{
+	if (!(ep->flags & EP_FAST) || !ep->ifindex ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), ep->mac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), ep->host_mac, ETH_ALEN, 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(ep->ifindex, 0);
+}
+
+// hairpin sends a pod's packet, translated to the pod itself, back into it from HAIRPIN_ADDR.
+static __always_inline int hairpin(struct __sk_buff *skb, struct endpoint *ep, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > end)
+		return TC_ACT_SHOT;
+	if (rewrite(skb, IP_OFF, IP_OFF + ip->ihl * 4, p->proto, IP_SRC, p->saddr, HAIRPIN_ADDR, 0, p->sport, p->sport))
+		return TC_ACT_SHOT;
+	return back_into_pod(skb, ep);
+}
+
+// hairpin_reply translates a pod's answer to HAIRPIN_ADDR back into the reply its own client
+// expects: from the frontend it addressed, to itself.
+static __always_inline int hairpin_reply(struct __sk_buff *skb, struct endpoint *ep, struct pkt *p)
+{
+	struct revnat_key rk = {.client = p->saddr, .backend = p->saddr, .cport = p->dport, .bport = p->sport, .protocol = p->proto};
+	struct revnat_value *rv = bpf_map_lookup_elem(&revnat, &rk);
+	if (!rv)
+		return TC_ACT_SHOT;
+	struct revnat_value v = *rv;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > end)
+		return TC_ACT_SHOT;
+	__u32 l4 = IP_OFF + ip->ihl * 4;
+	if (rewrite(skb, IP_OFF, l4, p->proto, IP_SRC, p->saddr, v.vip, 0, p->sport, v.vport) ||
+	    rewrite(skb, IP_OFF, l4, p->proto, IP_DST, HAIRPIN_ADDR, p->saddr, 2, p->dport, p->dport))
+		return TC_ACT_SHOT;
+	count(C_REVNAT);
+	return back_into_pod(skb, ep);
+}
+
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
@@ -1282,9 +1333,15 @@ int from_pod(struct __sk_buff *skb)
 	int r = endpoint_of(skb, DIR_EGRESS, &p, &ep);
 	if (r >= 0)
 		return r;
+	if (p.daddr == HAIRPIN_ADDR && p.proto != IPPROTO_ICMP)
+		return hairpin_reply(skb, ep, &p);
 	__u32 ctflags = 0;
 	if (judge(ep, &p, DIR_EGRESS, &ctflags) != TC_ACT_OK)
 		return TC_ACT_SHOT;
+	// A pod that reached itself through its Service (the pod's own ingress is not judged: a
+	// pod may always reach itself, as on its loopback).
+	if (p.natflag && p.daddr == p.saddr)
+		return hairpin(skb, ep, &p);
 	struct endpoint *dst;
 	if (ep->ifindex && (dst = lookup_in(&endpoints, p.gen, &p.daddr))) {
 		r = deliver(skb, ep->ifindex, dst, &p);
