@@ -172,9 +172,23 @@ func (r *Resolver) index(ev *policy.Evaluator) {
 	r.ev, r.svcs = ev, map[svcKey]*ir.Service{}
 	for i := range r.rs.Services {
 		s := &r.rs.Services[i]
-		for _, ip := range s.ClusterIPs {
-			for _, sp := range s.Ports {
-				r.svcs[svcKey{ip, sp.Port, sp.Protocol}] = s
+		// Every address a Service is reached at: its ClusterIPs, external and load-balancer
+		// addresses, and its node ports on every node's addresses.
+		for _, list := range [][]netip.Addr{s.ClusterIPs, s.ExternalIPs, s.LoadBalancerIPs} {
+			for _, ip := range list {
+				for _, sp := range s.Ports {
+					r.svcs[svcKey{ip, sp.Port, sp.Protocol}] = s
+				}
+			}
+		}
+		for _, sp := range s.Ports {
+			if sp.NodePort == 0 {
+				continue
+			}
+			for _, n := range r.rs.Nodes {
+				for _, ip := range n.IPs {
+					r.svcs[svcKey{ip, sp.NodePort, sp.Protocol}] = s
+				}
 			}
 		}
 	}

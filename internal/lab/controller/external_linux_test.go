@@ -13,6 +13,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/lab/labtest"
 	"github.com/rampart-sec/rampart/internal/model"
@@ -186,6 +187,20 @@ func TestLabExternalServices(t *testing.T) {
 				case c.failure == "timeout" && !strings.Contains(got.Error, "timeout"):
 					t.Errorf("%s: %q, want the packets dropped (a timeout)", desc, got.Error)
 				}
+			}
+			// Flow records name the Service an outside client addressed, with its address.
+			var named bool
+			var recs []flow.Record
+			for deadline := time.Now().Add(5 * time.Second); !named && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+				recs = labFlows(t, l, "pod=x/guarded&verdict=allowed")
+				for _, r := range recs {
+					if s := r.Destination.Service; s != nil && s.Name == "guarded-local" && s.IP == "172.30.1.20" && r.Source.IP == ext {
+						named = true
+					}
+				}
+			}
+			if !named {
+				t.Errorf("no allowed record from %s naming Service guarded-local at 172.30.1.20: %+v", ext, recs)
 			}
 		})
 	}
