@@ -589,6 +589,9 @@ func (o *Objects) services(rs *ir.Ruleset, c *content) {
 		if fe.NodePort {
 			f.flags |= policySvcFlagSVC_NODEPORT
 		}
+		if len(ir.Usable(fe.Port.Backends, nil)) == 0 {
+			f.flags |= policySvcFlagSVC_NO_ENDPOINTS
+		}
 		for _, b := range fe.Backends {
 			if b.IP.Is4() {
 				f.backends = append(f.backends, policyBackendValue{Addr: ipv4Key(b.IP), Port: portKey16(b.Port)})

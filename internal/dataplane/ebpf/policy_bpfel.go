@@ -205,8 +205,9 @@ type policyShield struct {
 type policySvcFlag uint32
 
 const (
-	policySvcFlagSVC_LOCAL    policySvcFlag = 1
-	policySvcFlagSVC_NODEPORT policySvcFlag = 2
+	policySvcFlagSVC_LOCAL        policySvcFlag = 1
+	policySvcFlagSVC_NODEPORT     policySvcFlag = 2
+	policySvcFlagSVC_NO_ENDPOINTS policySvcFlag = 4
 )
 
 type policySvcKey struct {

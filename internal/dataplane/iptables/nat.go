@@ -128,12 +128,12 @@ func (r *renderer) noEndpoints() (string, bool) {
 	return c.Name, true
 }
 
-// externalDrops renders, where rampart translates Services, the chain that drops traffic from
-// outside (on the uplink) to a frontend it reaches without an endpoint to serve it: a node port
-// or address of externalTrafficPolicy Local without a local endpoint, or an external or
-// load-balancer address without any, as kube-proxy's KUBE-EXTERNAL-SERVICES does. (A node
-// port without any endpoint is left to the node's stack, which refuses it.) It reports whether
-// the chain has any rule.
+// externalDrops renders, where rampart translates Services, the chain that stops traffic from
+// outside (on the uplink) to a frontend it reaches without an endpoint to serve it, as
+// kube-proxy's KUBE-EXTERNAL-SERVICES does: dropped where only other nodes have endpoints
+// (externalTrafficPolicy Local), refused (port unreachable) where there are none. (A node port
+// without any endpoint is left to the node's stack, which refuses it.) It reports whether the
+// chain has any rule.
 func (r *renderer) externalDrops() (string, bool) {
 	if r.node.KubeProxy || r.node.Uplink == "" {
 		return "", false
@@ -146,8 +146,12 @@ func (r *renderer) externalDrops() (string, bool) {
 			continue
 		}
 		proto := strings.ToLower(sp.Protocol.String())
-		c.Rules = append(c.Rules, fmt.Sprintf("-i %s -d %s/32 -p %s -m %s --dport %d -m comment --comment %q -j DROP",
-			r.node.Uplink, fe.Addr, proto, proto, fe.Listen, fe.Service.Namespace+"/"+fe.Service.Name+":"+portName(*sp)+" has no endpoint here"))
+		verdict, why := "DROP", " has no endpoint here"
+		if len(ir.Usable(sp.Backends, nil)) == 0 {
+			verdict, why = "REJECT --reject-with icmp-port-unreachable", " has no endpoints"
+		}
+		c.Rules = append(c.Rules, fmt.Sprintf("-i %s -d %s/32 -p %s -m %s --dport %d -m comment --comment %q -j %s",
+			r.node.Uplink, fe.Addr, proto, proto, fe.Listen, fe.Service.Namespace+"/"+fe.Service.Name+":"+portName(*sp)+why, verdict))
 	}
 	if len(c.Rules) == 0 {
 		return "", false

@@ -1,9 +1,12 @@
 package controller_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -69,6 +72,13 @@ func TestLabServiceWithoutEndpoints(t *testing.T) {
 			})
 			if err != nil {
 				t.Fatal(err)
+			}
+			// From a process outside the lab's cgroups (lab exec), translated per packet on
+			// the veth: refused too (eBPF: an ICMP port unreachable from the ClusterIP).
+			out, _ := l.Fabric.Exec(context.Background(), "x", "a", []string{"timeout", "3", "bash", "-c",
+				fmt.Sprintf("exec 3<>/dev/tcp/%s/8080", vip)})
+			if !strings.Contains(string(out), "Connection refused") {
+				t.Errorf("TCP to %s:8080 without endpoints, per packet: %q, want connection refused", vip, out)
 			}
 		})
 	}

@@ -119,8 +119,9 @@ struct svc_key {
 };
 
 enum svc_flag {
-	SVC_LOCAL = 1,    // only local backends, clients keep their address (no SNAT)
-	SVC_NODEPORT = 2, // a node port: without backends the node's stack refuses it
+	SVC_LOCAL = 1,        // only local backends, clients keep their address (no SNAT)
+	SVC_NODEPORT = 2,     // a node port: without backends the node's stack refuses it
+	SVC_NO_ENDPOINTS = 4, // the Service port has no endpoint at all: refused, not dropped
 };
 
 struct svc_value {
@@ -767,6 +768,8 @@ static __always_inline struct backend_value *pick_backend(struct svc_value *sv, 
 	return lookup_in(&backends, gen, &bk);
 }
 
+#define DNAT_REFUSE -2
+
 // dnat sends a packet addressed to a Service frontend to one of its backends, remembering the
 // frontend for the replies. Returns -1 to drop (no backend, or a rewrite failed).
 static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l3, __u32 l4, __u16 sport, __u16 dport,
@@ -795,7 +798,9 @@ static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l
 	} else {
 		if (!sv->count) {
 			count(C_NO_BACKEND);
-			return -1;
+			// No endpoint at all is refused, as kube-proxy's REJECT; none on this node
+			// (internalTrafficPolicy Local) is dropped, as kube-proxy does.
+			return sv->flags & SVC_NO_ENDPOINTS ? DNAT_REFUSE : -1;
 		}
 		struct backend_value *bv = pick_backend(sv, client, sport, proto, gen);
 		if (!bv)
@@ -1056,6 +1061,7 @@ static __always_inline void conn_close(struct ct_key *ck, struct ct_value *cv)
 #define PARSE_OK 0
 #define PARSE_PASS 1 // not ours to judge (not IPv4, or a protocol policy does not speak of)
 #define PARSE_DROP 2
+#define PARSE_REFUSE 4 // to a Service port without endpoints: answered with port unreachable
 #define PARSE_BLOCKED 3 // from or to a blocked prefix: dropped (counted and sampled here)
 
 // parse reads the packet, sending packets from a pod to a Service frontend to a backend first
@@ -1121,6 +1127,8 @@ static __always_inline int parse(struct __sk_buff *skb, int dir, struct pkt *p)
 	__u32 daddr0 = ip->daddr;
 	if (dir == DIR_EGRESS) {
 		int nat = dnat(skb, ip, IP_OFF, (void *)ports - data, p->sport, p->dport, p->tcp_flags, p->gen);
+		if (nat == DNAT_REFUSE)
+			return PARSE_REFUSE;
 		if (nat < 0)
 			return PARSE_DROP;
 		if (nat > 0) { // the packet changed: read it again
@@ -1252,6 +1260,61 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 from_ifindex, st
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
+// back_into_pod hands a packet from a pod straight back to it, as a routed hop from the node.
+static __always_inline int back_into_pod(struct __sk_buff *skb, struct endpoint *ep)
+{
+	if (!(ep->flags & EP_FAST) || !ep->ifindex ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), ep->mac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), ep->host_mac, ETH_ALEN, 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(ep->ifindex, 0);
+}
+
+// fold16 folds a 32-bit one's complement sum into a checksum.
+static __always_inline __u16 fold16(__s64 sum)
+{
+	__u32 s = (__u32)sum;
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+// port_unreachable turns a packet into the ICMP port unreachable its sender gets from a
+// refusing host: from the address it sent to, carrying its IP header and first 8 bytes.
+// Returns nonzero when the packet cannot be turned (then it is dropped).
+struct icmp_refusal {
+	struct iphdr ip;
+	__u8 type, code;
+	__u16 csum;
+	__u32 unused;
+	__u8 orig[28]; // the original IP header (no options) and 8 bytes of its payload
+};
+_Static_assert(sizeof(struct icmp_refusal) == 56, "no padding: the packet is the struct");
+
+static __always_inline int port_unreachable(struct __sk_buff *skb, struct pkt *p)
+{
+	struct icmp_refusal m = {};
+	if (bpf_skb_load_bytes(skb, IP_OFF, m.orig, sizeof(m.orig)))
+		return -1;
+	if ((m.orig[0] & 0x0f) != 5)
+		return -1; // IP options: not answered
+	__u32 dst = p->saddr, src = p->daddr; // refused before any translation
+	m.ip.version = 4;
+	m.ip.ihl = 5;
+	m.ip.tot_len = bpf_htons(sizeof(m));
+	m.ip.ttl = 64;
+	m.ip.protocol = IPPROTO_ICMP;
+	m.ip.saddr = src;
+	m.ip.daddr = dst;
+	m.type = 3; // destination unreachable
+	m.code = 3; // port unreachable
+	m.ip.check = fold16(bpf_csum_diff(NULL, 0, (__be32 *)&m.ip, sizeof(m.ip), 0));
+	m.csum = fold16(bpf_csum_diff(NULL, 0, (__be32 *)&m.type, sizeof(m) - sizeof(m.ip), 0));
+	if (bpf_skb_change_tail(skb, IP_OFF + sizeof(m), 0) || bpf_skb_store_bytes(skb, IP_OFF, &m, sizeof(m), 0))
+		return -1;
+	return 0;
+}
+
 // endpoint_of parses a packet on a pod's veth and finds the local endpoint it is judged for:
 // its source leaving the pod (egress), its destination entering it (ingress). Returns -1 with
 // *ep set to go on, or the TC action for the packet: not ours, or an address that does not
@@ -1259,6 +1322,13 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 from_ifindex, st
 static __always_inline int endpoint_of(struct __sk_buff *skb, int dir, struct pkt *p, struct endpoint **ep)
 {
 	int r = parse(skb, dir, p);
+	if (r == PARSE_REFUSE) {
+		// Refused before policy, as kube-proxy's REJECT in the filter table's first chain.
+		struct endpoint *src = lookup_in(&endpoints, p->gen, &p->saddr);
+		if (!src || (src->ifindex && src->ifindex != skb->ifindex) || port_unreachable(skb, p))
+			return TC_ACT_SHOT;
+		return back_into_pod(skb, src);
+	}
 	if (r != PARSE_OK)
 		return r == PARSE_PASS ? TC_ACT_OK : TC_ACT_SHOT;
 	__u32 addr = dir == DIR_EGRESS ? p->saddr : p->daddr;
@@ -1279,16 +1349,6 @@ static __always_inline int endpoint_of(struct __sk_buff *skb, int dir, struct pk
 // pod, where nothing reverses the translation, so the packet arrives from this address
 // instead, and the answer comes back out through the veth to be translated back.
 #define HAIRPIN_ADDR bpf_htonl(0xa9fe2a01)
-
-// back_into_pod hands a packet from a pod straight back to it, as a routed hop from the node.
-static __always_inline int back_into_pod(struct __sk_buff *skb, struct endpoint *ep)
-{
-	if (!(ep->flags & EP_FAST) || !ep->ifindex ||
-	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), ep->mac, ETH_ALEN, 0) ||
-	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), ep->host_mac, ETH_ALEN, 0))
-		return TC_ACT_SHOT;
-	return bpf_redirect(ep->ifindex, 0);
-}
 
 // hairpin sends a pod's packet, translated to the pod itself, back into it from HAIRPIN_ADDR.
 static __always_inline int hairpin(struct __sk_buff *skb, struct endpoint *ep, struct pkt *p)
@@ -1456,9 +1516,14 @@ static __always_inline int uplink_dnat(struct __sk_buff *skb, struct pkt *p)
 			return -1;
 		if (!sv->count) {
 			count(C_NO_BACKEND);
-			// A node port nothing serves is the node's stack's to refuse (RST, port
-			// unreachable), as kube-proxy's REJECT; an address elsewhere is dropped.
-			return (sv->flags & SVC_NODEPORT) && !(sv->flags & SVC_LOCAL) ? TC_ACT_OK : TC_ACT_SHOT;
+			// Without any endpoint, refused as kube-proxy's REJECT: a node port by the node's
+			// stack (RST, port unreachable), an external or load-balancer address here. With
+			// endpoints on other nodes only (externalTrafficPolicy Local): dropped.
+			if (!(sv->flags & SVC_NO_ENDPOINTS))
+				return TC_ACT_SHOT;
+			if (sv->flags & SVC_NODEPORT)
+				return TC_ACT_OK;
+			return port_unreachable(skb, p) ? TC_ACT_SHOT : to_uplink();
 		}
 		struct backend_value *bv = pick_backend(sv, p->saddr, p->sport, p->proto, p->gen);
 		if (!bv)
