@@ -103,10 +103,10 @@ type ebpfPlane struct {
 	frontend func(client, backend netip.AddrPort) (netip.AddrPort, bool)
 }
 
-// ServiceOf names the Service a TCP connection's client addressed when a connect-time load
+// ServiceOf names the Service a TCP or UDP flow's client addressed when a connect-time load
 // balancer sent its socket to the backend (the packets never carried the Service address).
 func (p *ebpfPlane) ServiceOf(c flow.Conn) (netip.AddrPort, bool) {
-	if c.Tuple.Protocol != ir.TCP {
+	if c.Tuple.Protocol != ir.TCP && c.Tuple.Protocol != ir.UDP {
 		return netip.AddrPort{}, false
 	}
 	if sock := p.sock.Load(); sock != nil {

@@ -114,6 +114,7 @@ type sockProgramSpecs struct {
 	LbRecvmsg4     *ebpf.ProgramSpec `ebpf:"lb_recvmsg4"`
 	LbSendmsg4     *ebpf.ProgramSpec `ebpf:"lb_sendmsg4"`
 	LbSockops      *ebpf.ProgramSpec `ebpf:"lb_sockops"`
+	LbUdpEgress    *ebpf.ProgramSpec `ebpf:"lb_udp_egress"`
 }
 
 // sockMapSpecs contains maps before they are loaded into the kernel.
@@ -190,6 +191,7 @@ type sockPrograms struct {
 	LbRecvmsg4     *ebpf.Program `ebpf:"lb_recvmsg4"`
 	LbSendmsg4     *ebpf.Program `ebpf:"lb_sendmsg4"`
 	LbSockops      *ebpf.Program `ebpf:"lb_sockops"`
+	LbUdpEgress    *ebpf.Program `ebpf:"lb_udp_egress"`
 }
 
 func (p *sockPrograms) Close() error {
@@ -199,6 +201,7 @@ func (p *sockPrograms) Close() error {
 		p.LbRecvmsg4,
 		p.LbSendmsg4,
 		p.LbSockops,
+		p.LbUdpEgress,
 	)
 }
 

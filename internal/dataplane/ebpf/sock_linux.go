@@ -63,6 +63,7 @@ func NewSockLB(cgroupPath string, sizes MapSizes) (*SockLB, error) {
 		{s.objs.LbRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg},
 		{s.objs.LbGetpeername4, ebpf.AttachCgroupInet4GetPeername},
 		{s.objs.LbSockops, ebpf.AttachCGroupSockOps},
+		{s.objs.LbUdpEgress, ebpf.AttachCGroupInetEgress},
 	} {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: a.at, Program: a.prog})
 		if err != nil {

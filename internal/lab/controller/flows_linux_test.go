@@ -453,3 +453,43 @@ func labFlowRecordsNameService(t *testing.T, dp string) {
 		}
 	}
 }
+
+// TestLabFlowRecordsNameUDPService: a UDP exchange addressed to a Service, which the eBPF
+// dataplane's socket hooks send to the backend before any packet leaves, is recorded with the
+// Service named, as TCP is; on both dataplanes.
+func TestLabFlowRecordsNameUDPService(t *testing.T) {
+	const cluster = `apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: default}
+spec: {nodeName: node-1, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: default, labels: {app: b}}
+spec: {nodeName: node-2, containers: [{name: c, ports: [{containerPort: 53, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: default}
+spec: {selector: {app: b}, ports: [{port: 53, protocol: UDP}]}
+`
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) {
+			l := labtest.New(t, 2, dp, cluster)
+			got, err := l.Probe(context.Background(), controller.ProbeRequest{From: "default/a", To: "default/b", Port: 53, Protocol: "UDP", Timeout: time.Second})
+			if err != nil || len(got) != 1 || !got[0].Connected || got[0].Via != "service" {
+				t.Fatalf("probe a -> b via the Service: %+v %v", got, err)
+			}
+			var recs []flow.Record
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+				recs = labFlows(t, l, "node=node-1&pod=default/a")
+				for _, r := range recs {
+					if s := r.Destination.Service; r.Protocol == "UDP" && r.Verdict == "allowed" && s != nil && s.Name == "dns" && s.Port == 53 {
+						return
+					}
+				}
+			}
+			t.Fatalf("no allowed UDP record of node-1 naming Service dns: %+v", recs)
+		})
+	}
+}

@@ -7,12 +7,17 @@
 //   sockops:      when a translated TCP socket opens (its source port now known), the frontend
 //                 it addressed is noted by the connection's addresses, so the agent's flow
 //                 records name the Service (lb_flows).
+//   udp_egress:   likewise for UDP, on a translated socket's datagrams as they leave (cgroup
+//                 skb egress: UDP has no open event, and its source port is chosen after
+//                 connect4 and sendmsg4 ran).
 // Packets then carry the backend address from the start, so the veth programs decide policy on
 // the backend and need no per-packet NAT. Every socket created in the cgroup the programs are
 // attached to (or below it) is translated: on a node that is the root, in the lab the lab's
 // cgroup, whose children are its pods.
 #include <linux/bpf.h>
 #include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 
 struct lb_svc_key {
@@ -237,6 +242,32 @@ int lb_sockops(struct bpf_sock_ops *ctx)
 	if (!rv)
 		return 1;
 	struct lb_flow_key fk = {.saddr = ctx->local_ip4, .daddr = ctx->remote_ip4, .sport = __builtin_bswap16((__u16)ctx->local_port), .dport = dport};
+	struct lb_revnat_value fv = *rv;
+	bpf_map_update_elem(&lb_flows, &fk, &fv, BPF_ANY);
+	return 1;
+}
+
+// lb_udp_egress notes the frontend of a UDP datagram's flow when its socket was translated
+// (connected or unconnected), once per flow. Other packets pass untouched: the program only
+// observes (returns 1: allow).
+SEC("cgroup_skb/egress")
+int lb_udp_egress(struct __sk_buff *skb)
+{
+	if (skb->family != 2 /* AF_INET */ || skb->protocol != __builtin_bswap16(0x0800))
+		return 1;
+	struct iphdr ip;
+	if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) || ip.protocol != IPPROTO_UDP || ip.ihl != 5)
+		return 1;
+	struct udphdr uh;
+	if (bpf_skb_load_bytes(skb, sizeof(ip), &uh, sizeof(uh)))
+		return 1;
+	struct lb_flow_key fk = {.saddr = ip.saddr, .daddr = ip.daddr, .sport = uh.source, .dport = uh.dest};
+	if (bpf_map_lookup_elem(&lb_flows, &fk))
+		return 1;
+	struct lb_revnat_key rk = {.cookie = bpf_get_socket_cookie(skb), .backend = ip.daddr, .port = uh.dest};
+	struct lb_revnat_value *rv = bpf_map_lookup_elem(&lb_revnat, &rk);
+	if (!rv)
+		return 1;
 	struct lb_revnat_value fv = *rv;
 	bpf_map_update_elem(&lb_flows, &fk, &fv, BPF_ANY);
 	return 1;
