@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +25,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/lab/labtest"
 	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/nsexec"
 )
 
 // svcCluster: a client on node-1 and three servers on node-2, the endpoints of every Service.
@@ -114,6 +118,16 @@ func TestBenchServices(t *testing.T) {
 	proxyBin := kubeProxyBinary(t)
 	ctx := context.Background()
 	counts := []int{10, 1000, 10000}
+	if v := os.Getenv("RAMPART_BENCH_SERVICES"); v != "" { // e.g. "10,10000"
+		counts = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil || n < 1 || n > 20000 {
+				t.Fatalf("RAMPART_BENCH_SERVICES=%q: want counts from 1 to 20000", v)
+			}
+			counts = append(counts, n)
+		}
+	}
 	type setup struct {
 		name string
 		n    int
@@ -264,7 +278,22 @@ func runKubeProxy(t *testing.T, ctx context.Context, l labtest.Lab, bin, objs st
 			t.Fatalf("create %s %s: %v", o.Kind, o.Ref(), err)
 		}
 	}
+	host := strings.TrimPrefix(cfg.Host, "https://")
+	// kube-proxy runs the iptables commands it finds first on its PATH: the legacy backend's.
+	// Debian's default, iptables-nft, took over four minutes here to restore the first state
+	// of 10,000 Services (kube-proxy's own advice at that scale is its nftables mode).
+	legacy := filepath.Join(dir, "legacy")
+	if err := os.MkdirAll(legacy, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tool := range []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"} {
+		target := "/usr/sbin/" + strings.Replace(tool, "tables", "tables-legacy", 1)
+		if err := os.Symlink(target, filepath.Join(legacy, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, name := range model.SortedKeys(c.Nodes) {
+		forward(t, l.Fabric.NodeNetns(name), host)
 		conf := filepath.Join(dir, name+".yaml")
 		if err := os.WriteFile(conf, []byte(fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -280,12 +309,17 @@ healthzBindAddress: 127.0.0.1:10256
 `, srv.Kubeconfig, name)), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		logf, err := os.Create(filepath.Join(dir, name+".log"))
+		logDir := filepath.Join(os.TempDir(), "rampart-bench-kube-proxy", l.Settings().Name)
+		if err := os.MkdirAll(logDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		logf, err := os.Create(filepath.Join(logDir, name+".log")) // kept: kube-proxy's account of its syncs
 		if err != nil {
 			t.Fatal(err)
 		}
 		cmd := exec.Command("nsenter", "--net=/run/netns/"+l.Fabric.NodeNetns(name), "--", bin, "--config", conf)
 		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.Env = append(os.Environ(), "PATH="+legacy+":"+os.Getenv("PATH"))
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -297,18 +331,52 @@ healthzBindAddress: 127.0.0.1:10256
 	}
 }
 
+// forward makes the API server, listening on addr (loopback) in this namespace, reachable at
+// the same address inside netns, where kube-proxy runs: a socket keeps the namespace it was
+// made in, so the listener is opened there and each connection dialled from here.
+func forward(t *testing.T, netns, addr string) {
+	t.Helper()
+	var l net.Listener
+	if err := nsexec.Do(netns, func() error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				go func() { _, _ = io.Copy(u, c) }()
+				_, _ = io.Copy(c, u)
+			}()
+		}
+	}()
+}
+
 // waitService waits until the client reaches vip:80 (kube-proxy programs its rules in its
 // own time).
 func waitService(t *testing.T, ctx context.Context, l labtest.Lab, vip netip.Addr, name string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Minute)
+	deadline := time.Now().Add(10 * time.Minute)
 	for {
 		ok, _, err := l.Fabric.Connections(ctx, "x", "client", netip.AddrPortFrom(vip, 80), "TCP", 1)
 		if err == nil && ok == 1 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s:80 not reachable after 5 minutes: %v", name, vip, err)
+			t.Fatalf("%s: %s:80 not reachable after 10 minutes: %v", name, vip, err)
 		}
 		time.Sleep(time.Second)
 	}
