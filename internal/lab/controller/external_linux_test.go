@@ -377,24 +377,8 @@ func TestLabTerminatingEndpoints(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			r := bufio.NewReader(conn)
-			_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-			greeting, err := r.ReadString('\n')
-			if err != nil {
-				t.Fatalf("greeting: %v", err)
-			}
-			held, _, _ := strings.Cut(strings.TrimSpace(greeting), " ")
-			echo := func(msg string) error {
-				_ = conn.SetDeadline(time.Now().Add(time.Second))
-				if _, err := conn.Write([]byte(msg + "\n")); err != nil {
-					return err
-				}
-				got, err := r.ReadString('\n')
-				if err == nil && got != msg+"\n" {
-					err = fmt.Errorf("echo %q, want %q", got, msg)
-				}
-				return err
-			}
+			greeting, echo := labtest.Greeted(t, conn)
+			held, _, _ := strings.Cut(greeting, " ")
 			terminate := func(keys ...string) {
 				err := l.Change(ctx, func(c *model.Cluster) error {
 					for _, k := range keys {

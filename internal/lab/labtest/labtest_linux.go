@@ -88,12 +88,20 @@ func newLabSettings(t testing.TB, s controller.Settings, manifests, exe string) 
 // returned function sends one line and checks the echo, within a second.
 func Echo(t testing.TB, conn net.Conn) func(msg string) error {
 	t.Helper()
+	_, echo := Greeted(t, conn)
+	return echo
+}
+
+// Greeted is Echo that also returns the server's greeting: "ns/pod client-address".
+func Greeted(t testing.TB, conn net.Conn) (string, func(msg string) error) {
+	t.Helper()
 	r := bufio.NewReader(conn)
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := r.ReadString('\n'); err != nil {
+	greeting, err := r.ReadString('\n')
+	if err != nil {
 		t.Fatalf("greeting: %v", err)
 	}
-	return func(msg string) error {
+	return strings.TrimSpace(greeting), func(msg string) error {
 		_ = conn.SetDeadline(time.Now().Add(time.Second))
 		if _, err := conn.Write([]byte(msg + "\n")); err != nil {
 			return err
