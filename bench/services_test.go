@@ -110,7 +110,8 @@ type svcPair struct {
 // beside rampart's iptables dataplane enforcing policy), on the 2-node lab: new TCP
 // connections to the last Service created (connect, request, server close), the first
 // packet's round trip (connect() time), and request/response on an established connection.
-// Each comparison alternates 300 ms slices; results go to bench/results/services.json.
+// Each comparison alternates 300 ms slices of its two set-ups, and the comparisons take turns
+// (after a settling minute and a discarded round); results go to bench/results/services.json.
 func TestBenchServices(t *testing.T) {
 	if os.Getenv("RAMPART_BENCH") == "" {
 		t.Skip("set RAMPART_BENCH=1 (make bench) to run the Services benchmark")
@@ -188,24 +189,47 @@ func TestBenchServices(t *testing.T) {
 		}
 		return v, failed
 	}
-	var results []svcPair
+	// The set-ups settle first (twelve nodes' agents, three API servers and kube-proxy's
+	// first syncs): a minute, then one discarded round. Then the comparisons take turns slice
+	// by slice, so that each sees the machine's moods alike.
+	time.Sleep(time.Minute)
+	metrics := []string{"tcp_connections", "first_packet", "request_response"}
 	for _, c := range cmps {
-		for _, metric := range []string{"tcp_connections", "first_packet", "request_response"} {
-			var a, ref, ratios []float64
-			failed := 0
-			for s := 0; s < slices; s++ {
+		for _, metric := range metrics {
+			measure(c.ref, metric)
+			measure(c.a, metric)
+		}
+	}
+	type acc struct {
+		a, ref, ratios []float64
+		failed         int
+	}
+	accs := make([][]acc, len(cmps))
+	for i := range accs {
+		accs[i] = make([]acc, len(metrics))
+	}
+	for s := 0; s < slices; s++ {
+		for i, c := range cmps {
+			for j, metric := range metrics {
 				r, _ := measure(c.ref, metric)
 				v, f := measure(c.a, metric)
-				failed += f
 				ratio := v / r
 				if metric == "first_packet" {
 					ratio = r / v
 				}
-				a, ref, ratios = append(a, v), append(ref, r), append(ratios, round3(ratio))
+				x := &accs[i][j]
+				x.failed += f
+				x.a, x.ref, x.ratios = append(x.a, v), append(x.ref, r), append(x.ratios, round3(ratio))
 			}
+		}
+	}
+	var results []svcPair
+	for i, c := range cmps {
+		for j, metric := range metrics {
+			x := accs[i][j]
 			results = append(results, svcPair{Mode: setups[c.a].name, Services: setups[c.a].n, Reference: setups[c.ref].name,
-				RefServices: setups[c.ref].n, Metric: metric, Value: round3(median(a)), RefValue: round3(median(ref)),
-				Ratio: median(ratios), Ratios: ratios, Failed: failed})
+				RefServices: setups[c.ref].n, Metric: metric, Value: round3(median(x.a)), RefValue: round3(median(x.ref)),
+				Ratio: median(x.ratios), Ratios: x.ratios, Failed: x.failed})
 		}
 	}
 	for _, r := range results {
