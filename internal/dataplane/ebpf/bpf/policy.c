@@ -812,7 +812,10 @@ static __always_inline int dnat(struct __sk_buff *skb, struct iphdr *ip, __u32 l
 	}
 	struct revnat_key rk = {.client = client, .backend = backend, .cport = sport, .bport = bport, .protocol = proto};
 	struct revnat_value rv = {.vip = vip, .vport = dport};
-	bpf_map_update_elem(&revnat, &rk, &rv, BPF_ANY);
+	// A held flow's reverse entry is there already (a lookup is cheaper than an update), unless
+	// it was evicted.
+	if (!held || !bpf_map_lookup_elem(&revnat, &rk))
+		bpf_map_update_elem(&revnat, &rk, &rv, BPF_ANY);
 	if (rewrite(skb, l3, l4, proto, IP_DST, vip, backend, 2, dport, bport))
 		return -1;
 	count(C_DNAT);
@@ -1558,7 +1561,8 @@ static __always_inline int uplink_dnat(struct __sk_buff *skb, struct pkt *p)
 	}
 	struct revnat_key rk = {.client = p->saddr, .backend = nv.backend, .cport = p->sport, .bport = nv.bport, .protocol = p->proto};
 	struct revnat_value rv = {.vip = p->daddr, .vport = p->dport, .flags = RN_OUTSIDE};
-	bpf_map_update_elem(&revnat, &rk, &rv, BPF_ANY);
+	if (!held || !bpf_map_lookup_elem(&revnat, &rk)) // as in dnat
+		bpf_map_update_elem(&revnat, &rk, &rv, BPF_ANY);
 	p->orig_daddr = p->daddr;
 	p->orig_dport = p->dport;
 	p->daddr = nv.backend;
