@@ -23,7 +23,7 @@ func (r *renderer) nat() {
 		fmt.Sprintf("-m mark --mark %#x/%#x -j MASQUERADE", markMasq, markMasq),
 	}}
 	made := map[string]bool{}
-	for _, fe := range r.rs.Frontends(r.node.Name) {
+	for _, fe := range r.frontends() {
 		if !fe.Addr.Is4() || len(fe.Backends) == 0 || (fe.Scope == ir.FromOutside && r.node.Uplink == "") {
 			continue
 		}
@@ -96,6 +96,15 @@ func (r *renderer) nat() {
 	r.spec.Jumps = append(r.spec.Jumps, Jump{"nat", "PREROUTING", pre}, Jump{"nat", "OUTPUT", svc.Name}, Jump{"nat", "POSTROUTING", post.Name})
 }
 
+// frontends lists the node's frontends once per render: the NAT, NO-ENDPOINTS and EXT-DROP
+// chains all read them.
+func (r *renderer) frontends() []ir.Frontend {
+	if r.fronts == nil {
+		r.fronts = r.rs.Frontends(r.node.Name)
+	}
+	return r.fronts
+}
+
 func portName(sp ir.ServicePort) string {
 	if sp.Name != "" {
 		return sp.Name
@@ -112,7 +121,7 @@ func (r *renderer) noEndpoints() (string, bool) {
 		return "", false
 	}
 	c := Chain{Name: ChainPrefix + "NO-ENDPOINTS"}
-	for _, fe := range r.rs.Frontends(r.node.Name) {
+	for _, fe := range r.frontends() {
 		sp := fe.Port
 		if fe.Scope != ir.FromInside || len(fe.Backends) > 0 || fe.NodePort || !fe.Addr.Is4() || (sp.Protocol != ir.TCP && sp.Protocol != ir.UDP && sp.Protocol != ir.SCTP) {
 			continue
@@ -139,7 +148,7 @@ func (r *renderer) externalDrops() (string, bool) {
 		return "", false
 	}
 	c := Chain{Name: ChainPrefix + "EXT-DROP"}
-	for _, fe := range r.rs.Frontends(r.node.Name) {
+	for _, fe := range r.frontends() {
 		sp := fe.Port
 		if fe.Scope != ir.FromOutside || len(fe.Backends) > 0 || (fe.NodePort && !fe.Local) || !fe.Addr.Is4() ||
 			(sp.Protocol != ir.TCP && sp.Protocol != ir.UDP && sp.Protocol != ir.SCTP) {

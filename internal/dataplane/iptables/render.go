@@ -51,6 +51,7 @@ type renderer struct {
 	spec         *Spec
 	usedSets     map[string]bool   // ipset names referenced by rules
 	policyChains map[string]string // policy key -> chain name, rendered once per node
+	fronts       []ir.Frontend     // the node's Service frontends (frontends), listed once
 }
 
 func hash(s string) string {
