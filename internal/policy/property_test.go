@@ -63,6 +63,27 @@ func TestPropertyOrderIndependent(t *testing.T) {
 	}
 }
 
+// Rules that match no address of the cluster, put before every rule list, change no verdict
+// (the differential lab tests use them to reach the iptables chain guards).
+func TestPropertyPaddingChangesNothing(t *testing.T) {
+	base := decode(t, randpolicy.Cluster())
+	changed := 0
+	for seed := int64(0); seed < seeds; seed++ {
+		opts := randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3}
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), opts)
+		opts.Pad = 9
+		padded := randpolicy.Generate(rand.New(rand.NewSource(seed)), opts)
+		if padded != y {
+			changed++
+		}
+		want := matrixOf(t, append(append([]model.Object{}, base...), decode(t, y)...))
+		diff(t, seed, "padded", want, matrixOf(t, append(append([]model.Object{}, base...), decode(t, padded)...)), padded)
+	}
+	if changed < seeds/2 {
+		t.Errorf("padding changed only %d of %d policy sets", changed, seeds)
+	}
+}
+
 // An AdminNetworkPolicy that passes everything, ahead of every other, is the same as having
 // no admin-tier policies at all (AdminNetworkPolicies, Admin-tier ClusterNetworkPolicies).
 func TestPropertyPassAllEqualsNoAdmin(t *testing.T) {

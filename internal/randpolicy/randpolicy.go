@@ -68,11 +68,14 @@ type Options struct {
 	AdminPolicies   int // at most this many
 	Baseline        bool
 	ClusterPolicies int // ClusterNetworkPolicies (either tier), at most this many
+	// Pad puts this many rules that match no lab address before each generated rule list:
+	// long policies, as dataplanes that treat them differently (the iptables chain guards) see.
+	Pad int
 }
 
 // Generate returns random valid policies as multi-document YAML.
 func Generate(r *rand.Rand, o Options) string {
-	g := gen{r: r}
+	g := gen{r: r, pad: o.Pad}
 	var docs []string
 	for i := 0; i < r.Intn(o.NetworkPolicies+1); i++ {
 		docs = append(docs, g.networkPolicy(i))
@@ -89,7 +92,10 @@ func Generate(r *rand.Rand, o Options) string {
 	return strings.Join(docs, "\n---\n") + "\n"
 }
 
-type gen struct{ r *rand.Rand }
+type gen struct {
+	r   *rand.Rand
+	pad int
+}
 
 func (g gen) pick(list []string) string { return list[g.r.Intn(len(list))] }
 
@@ -160,6 +166,20 @@ func (g gen) npPort() string {
 	}
 }
 
+// padded puts g.pad rules made from format (with their index) before a non-empty list's rules.
+func (g gen) padded(list, format string) string {
+	if g.pad == 0 || list == "[]" {
+		// An empty list stays empty: rules in it would make a NetworkPolicy without
+		// policyTypes isolate that direction.
+		return list
+	}
+	pads := make([]string, g.pad)
+	for i := range pads {
+		pads[i] = fmt.Sprintf(format, i)
+	}
+	return "[" + strings.Join(pads, ", ") + ", " + list[1:]
+}
+
 func (g gen) list(n int, f func() string) string {
 	items := make([]string, n)
 	for i := range items {
@@ -187,10 +207,10 @@ func (g gen) networkPolicy(i int) string {
 		fmt.Fprintf(&b, "  policyTypes: %s\n", types)
 	}
 	if g.r.Intn(4) != 0 {
-		fmt.Fprintf(&b, "  ingress: %s\n", g.list(g.r.Intn(3), func() string { return g.npRule("from") }))
+		fmt.Fprintf(&b, "  ingress: %s\n", g.padded(g.list(g.r.Intn(3), func() string { return g.npRule("from") }), "{from: [{ipBlock: {cidr: 198.51.100.%d/32}}]}"))
 	}
 	if g.r.Intn(3) == 0 {
-		fmt.Fprintf(&b, "  egress: %s\n", g.list(g.r.Intn(3), func() string { return g.npRule("to") }))
+		fmt.Fprintf(&b, "  egress: %s\n", g.padded(g.list(g.r.Intn(3), func() string { return g.npRule("to") }), "{to: [{ipBlock: {cidr: 198.51.100.%d/32}}]}"))
 	}
 	return strings.TrimRight(b.String(), "\n")
 }
@@ -273,10 +293,12 @@ func (g gen) adminRule(egress bool, actions []string) string {
 
 func (g gen) adminRules(b *strings.Builder, actions []string) {
 	if g.r.Intn(3) != 0 {
-		fmt.Fprintf(b, "  ingress: %s\n", g.list(1+g.r.Intn(3), func() string { return g.adminRule(false, actions) }))
+		fmt.Fprintf(b, "  ingress: %s\n", g.padded(g.list(1+g.r.Intn(3), func() string { return g.adminRule(false, actions) }),
+			"{action: Deny, from: [{namespaces: {matchLabels: {pad: p%d}}}]}"))
 	}
 	if g.r.Intn(2) == 0 {
-		fmt.Fprintf(b, "  egress: %s\n", g.list(1+g.r.Intn(3), func() string { return g.adminRule(true, actions) }))
+		fmt.Fprintf(b, "  egress: %s\n", g.padded(g.list(1+g.r.Intn(3), func() string { return g.adminRule(true, actions) }),
+			"{action: Deny, to: [{networks: [198.51.100.%d/32]}]}"))
 	}
 }
 

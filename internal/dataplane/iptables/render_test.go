@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -233,4 +234,71 @@ func renderOwnAndBeside(t *testing.T, extra string) (own, beside *Spec) {
 		t.Fatal(err)
 	}
 	return own, beside
+}
+
+// TestRenderGuards: a policy of guardMin rules or more begins with one lookup in the union of
+// its peers (a return when the peer is in none); policies with a rule that names no peers or
+// covers every address, and short ones, have no guard.
+func TestRenderGuards(t *testing.T) {
+	long := func(name, extra string) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: %s, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: p0}}\n  ingress:\n", name)
+		for i := 0; i < guardMin-1; i++ {
+			fmt.Fprintf(&b, "  - {from: [{ipBlock: {cidr: 192.0.2.%d/32}}], ports: [{port: 80}]}\n", i)
+		}
+		b.WriteString("  - " + extra + "\n")
+		return b.String()
+	}
+	rs := cluster(t, 3, long("guarded", "{from: [{podSelector: {matchLabels: {pod: p1}}}, {ipBlock: {cidr: 192.0.2.0/31}}]}")+
+		long("any-peer", "{ports: [{port: 81}]}")+long("everything", "{from: [{ipBlock: {cidr: 0.0.0.0/0}}]}")+
+		"---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: short, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]\n")
+	spec, err := Render(rs, allLocal(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets := map[string]IPSet{}
+	for _, s := range spec.Sets {
+		sets[s.Name] = s
+	}
+	guarded := 0
+	for _, c := range spec.Tables["filter"] {
+		if !strings.Contains(c.Name, "-P-") {
+			continue
+		}
+		var guard string
+		for _, r := range c.Rules {
+			if strings.Contains(r, "no rule names this peer") {
+				guard = r
+			}
+		}
+		name := c.Rules[0] // the policy's comment
+		if !strings.Contains(name, "x/guarded ") {
+			if guard != "" {
+				t.Errorf("%s has a guard: %s", name, guard)
+			}
+			continue
+		}
+		guarded++
+		if guard != c.Rules[1] {
+			t.Fatalf("%s: the guard is not the first rule: %q", name, c.Rules)
+		}
+		set, ok := sets[strings.Fields(guard)[4]]
+		if !ok || set.Type != "hash:net" {
+			t.Fatalf("guard %q: no hash:net set in %v", guard, spec.Sets)
+		}
+		// The peers of every rule, each once: the /32s, the /31 (covering 192.0.2.0/32 too), p1.
+		want := []string{"10.0.0.2/32", "192.0.2.0/31"}
+		for i := 0; i < guardMin-1; i++ {
+			want = append(want, fmt.Sprintf("192.0.2.%d/32", i))
+		}
+		slices.Sort(want)
+		got := slices.Clone(set.Entries)
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("guard set %v, want %v", got, want)
+		}
+	}
+	if guarded != 1 {
+		t.Errorf("%d guarded chains for the guarded policy, want 1", guarded)
+	}
 }

@@ -72,8 +72,8 @@ func TestLabWithoutPolicyEverythingConnects(t *testing.T) {
 	}
 }
 
-// TestLabRandomPoliciesMatchEvaluator: for random policy sets, what the kernel lets through
-// (2 nodes, each dataplane) equals the reference evaluator's matrix, probe for probe.
+// TestLabRandomPoliciesMatchEvaluator: for random policy sets, short and long, what the kernel
+// lets through (2 nodes, each dataplane) equals the reference evaluator's matrix, probe for probe.
 func TestLabRandomPoliciesMatchEvaluator(t *testing.T) {
 	for _, dp := range []string{"iptables", "ebpf"} {
 		t.Run(dp, func(t *testing.T) { randomPoliciesMatchEvaluator(t, dp) })
@@ -97,8 +97,12 @@ func randomPoliciesMatchEvaluator(t *testing.T, dp string) {
 		_, rs := l.Snapshot()
 		return policy.New(rs)
 	}
-	for seed := int64(1); seed <= 8; seed++ {
-		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3})
+	for seed := int64(1); seed <= 14; seed++ {
+		opts := randpolicy.Options{NetworkPolicies: 4, AdminPolicies: 3, Baseline: true, ClusterPolicies: 3}
+		if seed > 8 {
+			opts.Pad = 9 // long rule lists: the iptables policy chains' guards
+		}
+		y := randpolicy.Generate(rand.New(rand.NewSource(seed)), opts)
 		ev := apply(y)
 		if ev == nil {
 			t.Fatalf("seed %d: the lab rejected a generated policy set:\n%s", seed, y)
