@@ -182,7 +182,7 @@ func (p *iptablesPlane) ReadFlows(ctx context.Context, sink flow.Sink) error {
 
 // ConnCounts reads connections' counts from the kernel's conntrack.
 func (p *iptablesPlane) ConnCounts(conns []flow.Conn) ([]flow.Counts, error) {
-	return ctsweep.Counts(p.netns, conns)
+	return p.ct.Counts(conns)
 }
 
 // ServiceOf names the Service address a connection's client addressed, from the conntrack

@@ -121,13 +121,18 @@ func Counts(nsName string, conns []flow.Conn) ([]flow.Counts, error) {
 			out[i].Gone = true
 			continue
 		}
-		out[i].Packets = e.CountersOrig.Packets + e.CountersReply.Packets
-		out[i].Bytes = e.CountersOrig.Bytes + e.CountersReply.Bytes
-		if tcp := e.ProtoInfo.TCP; tcp != nil {
-			out[i].TCPFlags, out[i].Closed = tcpStateFlags(tcp.State)
-		}
+		out[i] = countsOf(e)
 	}
 	return out, nil
+}
+
+// countsOf reads an entry's counts, both directions summed.
+func countsOf(e *conntrack.Flow) flow.Counts {
+	c := flow.Counts{Packets: e.CountersOrig.Packets + e.CountersReply.Packets, Bytes: e.CountersOrig.Bytes + e.CountersReply.Bytes}
+	if tcp := e.ProtoInfo.TCP; tcp != nil {
+		c.TCPFlags, c.Closed = tcpStateFlags(tcp.State)
+	}
+	return c
 }
 
 // EnableAccounting turns on conntrack's packet and byte counters in the named network

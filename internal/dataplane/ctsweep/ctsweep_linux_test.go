@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/model"
@@ -273,5 +275,68 @@ func TestTrackerNamesFrontends(t *testing.T) {
 			t.Fatal("a destroyed connection still names its frontend")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestTrackerCounts reads connections' entries one by one, translated ones by the address the
+// client addressed, and agrees with the dump (Counts).
+func TestTrackerCounts(t *testing.T) {
+	ns := netnstest.New(t, "rt-ctc")
+	h, err := handle(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	add := func(sport uint16, dst string, dport uint16, state uint8) {
+		t.Helper()
+		f := &netlink.ConntrackFlow{FamilyType: netlink.FAMILY_V4, TimeOut: 100,
+			Forward:   netlink.IPTuple{SrcIP: net.ParseIP("10.0.0.2").To4(), DstIP: net.ParseIP(dst).To4(), Protocol: 6, SrcPort: sport, DstPort: dport},
+			Reverse:   netlink.IPTuple{SrcIP: net.ParseIP("10.0.0.1").To4(), DstIP: net.ParseIP("10.0.0.2").To4(), Protocol: 6, SrcPort: 80, DstPort: sport},
+			ProtoInfo: &netlink.ProtoInfoTCP{State: state}}
+		if err := h.ConntrackCreate(netlink.ConntrackTable, netlink.FAMILY_V4, f); err != nil {
+			t.Fatalf("create conntrack entry: %v", err)
+		}
+	}
+	const established, timeWait = 3, 7
+	add(42000, "10.0.0.1", 80, established)  // not translated
+	add(42001, "10.96.0.10", 8080, timeWait) // translated, closed
+	tr := NewTracker(ns)
+	defer tr.Close()
+	if _, err := tr.Sweep(policy.New(&ir.Ruleset{})); err != nil {
+		t.Fatal(err)
+	}
+	conn := func(sport uint16) flow.Conn {
+		return flow.Conn{Direction: ir.Ingress, Tuple: flow.Tuple{Protocol: ir.TCP,
+			Src: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), sport), Dst: netip.MustParseAddrPort("10.0.0.1:80")}}
+	}
+	conns := []flow.Conn{conn(42000), conn(42001), conn(42002)}
+	// More than one batch of requests, found and missing entries interleaved.
+	for p := uint16(43000); p < 43000+getBatch+50; p++ {
+		if p%3 != 0 {
+			add(p, "10.0.0.1", 80, established)
+		}
+		conns = append(conns, conn(p))
+	}
+	got, err := tr.Counts(conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dumped, err := Counts(ns, conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, dumped) {
+		t.Errorf("tracker read %+v, the dump %+v", got, dumped)
+	}
+	if got[0].Gone || got[0].Closed || got[1].Gone || !got[1].Closed || !got[2].Gone {
+		t.Errorf("want found, found closed, gone: %+v", got)
+	}
+	for i, c := range got[3:] {
+		if want := (43000+i)%3 == 0; c.Gone != want {
+			t.Errorf("entry %d: Gone %v, want %v", 43000+i, c.Gone, want)
+		}
+	}
+	if got[0].TCPFlags == 0 {
+		t.Errorf("established entry reports no TCP flags: %+v", got[0])
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/nsexec"
 	"github.com/rampart-sec/rampart/internal/policy"
@@ -46,7 +47,8 @@ type Tracker struct {
 	listen     *conntrack.Conn // nil: not listening
 	stop       chan struct{}   // closed with listen
 	ctl        *conntrack.Conn
-	noEvents   error // why events could not be had; sweeps dump until noEventsAt+resyncEvery
+	get        *getter // reads entries by tuple (Counts)
+	noEvents   error   // why events could not be had; sweeps dump until noEventsAt+resyncEvery
 	noEventsAt time.Time
 	listening  sync.WaitGroup
 }
@@ -93,6 +95,47 @@ func (t *Tracker) Frontend(proto uint8, client, backend netip.AddrPort) (netip.A
 	defer t.mu.Unlock()
 	fe, ok := t.nat[natKey{proto, client.Addr().As4(), backend.Addr().As4(), client.Port(), backend.Port()}]
 	return fe, ok
+}
+
+// Counts is the package's Counts, for the tracker's namespace: each connection's entry is asked
+// for by its original tuple (with the address the client addressed, when the tracker saw it
+// translated), in batches, instead of dumping the table, which walks every namespace's entries
+// and decoded thousands of them per read under a load of short connections. Without events it
+// dumps.
+func (t *Tracker) Counts(conns []flow.Conn) ([]flow.Counts, error) {
+	t.mu.Lock()
+	get := t.get
+	qs := make([]query, 0, len(conns))
+	idx := make([]int, 0, len(conns))
+	for i, c := range conns {
+		src, dst := c.Tuple.Src, c.Tuple.Dst
+		if !src.Addr().Is4() || !dst.Addr().Is4() {
+			continue // Gone: the tracker follows IPv4
+		}
+		if fe, ok := t.nat[natKey{uint8(c.Tuple.Protocol), src.Addr().As4(), dst.Addr().As4(), src.Port(), dst.Port()}]; ok {
+			dst = fe
+		}
+		qs = append(qs, query{uint8(c.Tuple.Protocol), src, dst})
+		idx = append(idx, i)
+	}
+	t.mu.Unlock()
+	if get == nil {
+		return Counts(t.nsName, conns)
+	}
+	flows, err := get.get(qs)
+	if err != nil {
+		return nil, fmt.Errorf("read conntrack in %q: %w", t.nsName, err)
+	}
+	out := make([]flow.Counts, len(conns))
+	for i := range out {
+		out[i].Gone = true
+	}
+	for j, f := range flows {
+		if f != nil {
+			out[idx[j]] = countsOf(f)
+		}
+	}
+	return out, nil
 }
 
 func (t *Tracker) addLocked(k connKey) {
@@ -167,10 +210,13 @@ func (t *Tracker) stopLocked() error {
 	if t.ctl != nil {
 		err = t.ctl.Close()
 	}
+	if t.get != nil {
+		err = errors.Join(err, t.get.close())
+	}
 	if t.stop != nil {
 		close(t.stop)
 	}
-	t.listen, t.stop, t.ctl, t.synced = nil, nil, nil, false
+	t.listen, t.stop, t.ctl, t.get, t.synced = nil, nil, nil, nil, false
 	return err
 }
 
@@ -206,7 +252,13 @@ func (t *Tracker) start() error {
 		l.Close()
 		return err
 	}
-	t.ctl, t.listen, t.stop, t.synced = ctl, l, make(chan struct{}), false
+	get, err := newGetter(t.nsName)
+	if err != nil {
+		ctl.Close()
+		l.Close()
+		return err
+	}
+	t.ctl, t.get, t.listen, t.stop, t.synced = ctl, get, l, make(chan struct{}), false
 	t.listening.Add(1)
 	go t.follow(l, t.stop, events, errc)
 	return nil
