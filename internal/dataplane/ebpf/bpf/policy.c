@@ -446,6 +446,9 @@ struct {
 	__uint(max_entries, 1 << 20);
 } flow_events SEC(".maps");
 
+// Unread bytes in flow_events past which an event wakes the agent (a sixteenth of the ring).
+#define FLOW_WAKEUP_BYTES (1 << 16)
+
 // Drops that policy did not decide, reported in flow_event.blocked.
 enum drop_kind {
 	DROP_BLOCKLIST = 1, // from or to a blocked prefix
@@ -896,7 +899,10 @@ static __always_inline void emit_event(struct pkt *p, int dir, __u32 allowed, __
 		.tcp_flags = p->tcp_flags,
 		.blocked = blocked,
 	};
-	if (bpf_ringbuf_output(&flow_events, &ev, sizeof(ev), 0))
+	// The agent drains the ring on a short timer; waking it per event cost more than the
+	// event (a thread wake-up per new connection). A ring filling up still wakes it at once.
+	__u64 wake = bpf_ringbuf_query(&flow_events, BPF_RB_AVAIL_DATA) >= FLOW_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&flow_events, &ev, sizeof(ev), wake))
 		count(C_FLOW_LOST);
 }
 
