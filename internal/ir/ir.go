@@ -142,6 +142,7 @@ type Node struct {
 	Name     string
 	IPs      []netip.Addr // InternalIP first
 	PodCIDRs []netip.Prefix
+	Zone     string // the topology.kubernetes.io/zone label, for topology hints
 }
 
 // SetID indexes Ruleset.Sets.
@@ -396,6 +397,11 @@ type Backend struct {
 	// Terminating: a serving endpoint that is going away, used only where no ready one is
 	// left (kube-proxy's fallback).
 	Terminating bool
+	// ZoneHints and NodeHints are the EndpointSlice's topology hints (hints.forZones,
+	// hints.forNodes): the zones, and the nodes, that should prefer this endpoint for
+	// cluster-wide traffic.
+	ZoneHints []string
+	NodeHints []string
 }
 
 // Ruleset is everything enforcement needs, resolved.

@@ -2,6 +2,7 @@ package ir
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 )
 
@@ -66,6 +67,72 @@ func Usable(bs []Backend, keep func(Backend) bool) []Backend {
 	return term
 }
 
+// hinting says how topology hints choose among bs on node in zone, as kube-proxy's
+// topologyModeFromHints: by node when every ready endpoint carries node hints and one names
+// node, otherwise by zone when every ready one carries zone hints and one names zone, otherwise
+// not at all ("").
+func hinting(bs []Backend, node, zone string) string {
+	allNode, allZone, forNode, forZone, ready := true, true, false, false, false
+	for _, b := range bs {
+		if b.Terminating {
+			continue
+		}
+		ready = true
+		allNode = allNode && len(b.NodeHints) > 0
+		allZone = allZone && len(b.ZoneHints) > 0
+		forNode = forNode || (node != "" && slices.Contains(b.NodeHints, node))
+		forZone = forZone || (zone != "" && slices.Contains(b.ZoneHints, zone))
+	}
+	switch {
+	case !ready:
+		return ""
+	case allNode && forNode:
+		return "node"
+	case allZone && forZone:
+		return "zone"
+	}
+	return ""
+}
+
+// Hinted reports whether topology hints may choose among bs on some node: every ready
+// endpoint carries zone or node hints (the EndpointSlice controller hints all of a Service's
+// endpoints, or none).
+func Hinted(bs []Backend) bool {
+	allNode, allZone, ready := true, true, false
+	for _, b := range bs {
+		if !b.Terminating {
+			ready = true
+			allNode = allNode && len(b.NodeHints) > 0
+			allZone = allZone && len(b.ZoneHints) > 0
+		}
+	}
+	return ready && (allNode || allZone)
+}
+
+// ClusterBackends returns the endpoints kube-proxy on node, in zone, sends cluster-wide
+// traffic to (traffic no Local policy keeps on the node): the usable ones, and with topology
+// hints only the ready ones hinted for the node, or for its zone (hints that name neither are
+// ignored, as they are on a node without a zone label). Terminating endpoints are the
+// fallback without regard to topology.
+func ClusterBackends(bs []Backend, node, zone string) []Backend {
+	var keep func(Backend) bool
+	switch hinting(bs, node, zone) {
+	case "node":
+		keep = func(b Backend) bool { return slices.Contains(b.NodeHints, node) }
+	case "zone":
+		keep = func(b Backend) bool { return slices.Contains(b.ZoneHints, zone) }
+	default:
+		return Usable(bs, nil)
+	}
+	var out []Backend
+	for _, b := range bs {
+		if !b.Terminating && keep(b) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // Frontends lists what a node translates, as kube-proxy does on it:
 //   - every ClusterIP port, from inside, to every usable endpoint (only the node's own with
 //     internalTrafficPolicy Local);
@@ -73,14 +140,16 @@ func Usable(bs []Backend, keep func(Backend) bool) []Backend {
 //     addresses, twice: from inside (the node and its pods) to every usable endpoint, and from
 //     outside to every usable endpoint, or only the node's own with externalTrafficPolicy Local.
 //
-// With node "", the frontends whose backends do not depend on the node: a connect-time
-// balancer shared by several nodes (the lab's) translates those and leaves the rest to each
-// node's per-packet translation.
+// Cluster-wide traffic follows topology hints where the endpoints carry them (ClusterBackends).
+// With node "", the frontends whose backends do not depend on the node (no Local policy, no
+// hints): a connect-time balancer shared by several nodes (the lab's) translates those and
+// leaves the rest to each node's per-packet translation.
 func (r *Ruleset) Frontends(node string) []Frontend {
 	var nodeIPs []netip.Addr
+	zone := ""
 	for _, n := range r.Nodes {
 		if n.Name == node {
-			nodeIPs = n.IPs
+			nodeIPs, zone = n.IPs, n.Zone
 		}
 	}
 	local := func(b Backend) bool { return node != "" && b.Node == node }
@@ -89,7 +158,10 @@ func (r *Ruleset) Frontends(node string) []Frontend {
 		s := &r.Services[si]
 		for pi := range s.Ports {
 			sp := &s.Ports[pi]
-			all := Usable(sp.Backends, nil)
+			if node == "" && Hinted(sp.Backends) {
+				continue
+			}
+			all := ClusterBackends(sp.Backends, node, zone)
 			add := func(addr netip.Addr, port uint16, scope Scope, isLocal, nodePort bool) {
 				bs := all
 				if isLocal {

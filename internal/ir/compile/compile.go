@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -50,6 +51,8 @@ type compiler struct {
 	// (a Compiler's, kept for the next compile).
 	defs []string
 	nps  map[*networkingv1.NetworkPolicy]npMemo
+	// hinted: the EndpointSlices with topology hints, by Service (built on first use).
+	hinted map[string][]*discoveryv1.EndpointSlice
 }
 
 type selEntry struct {
@@ -111,7 +114,7 @@ func (k *compiler) policiesAndServices() (*ir.Ruleset, error) {
 func (k *compiler) nodes() {
 	for _, name := range model.SortedKeys(k.c.Nodes) {
 		n := k.c.Nodes[name]
-		node := ir.Node{Name: name}
+		node := ir.Node{Name: name, Zone: n.Labels[corev1.LabelTopologyZone]}
 		for _, t := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
 			for _, a := range n.Status.Addresses {
 				if a.Type == t {

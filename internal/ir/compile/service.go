@@ -16,6 +16,7 @@ import (
 // (targetPort by number, or by name on each pod), or, for Services without a selector, the
 // ready endpoints of their EndpointSlices.
 func (k *compiler) services() {
+	k.hinted = nil
 	for _, key := range model.SortedKeys(k.c.Services) {
 		svc := k.c.Services[key]
 		s := ir.Service{Namespace: svc.Namespace, Name: svc.Name}
@@ -92,7 +93,91 @@ func (k *compiler) selectorBackends(svc *corev1.Service, sp corev1.ServicePort, 
 			out = append(out, ir.Backend{Pod: p.ID, IP: p.IP(), Port: target, Node: p.Node, Terminating: terminating})
 		}
 	}
+	k.hint(svc, out)
 	return out
+}
+
+// hint gives a selector Service's backends their topology hints: those of the Service's
+// EndpointSlices where a controller wrote them (a cluster), otherwise, for a Service asking for
+// a traffic distribution, the ones the EndpointSlice controller would write (the lab has no
+// controller): each endpoint hinted for its node's zone (and, for PreferSameNode, its node),
+// none when an endpoint's node has no zone.
+func (k *compiler) hint(svc *corev1.Service, bs []ir.Backend) {
+	if len(bs) == 0 {
+		return
+	}
+	if hs := k.hintedSlices()[svc.Namespace+"/"+svc.Name]; len(hs) > 0 {
+		type hints struct{ zones, nodes []string }
+		byIP := map[netip.Addr]hints{}
+		for _, es := range hs {
+			for i := range es.Endpoints {
+				zones, nodes := hintsOf(&es.Endpoints[i])
+				for _, a := range es.Endpoints[i].Addresses {
+					if ip, err := netip.ParseAddr(a); err == nil {
+						byIP[ip.Unmap()] = hints{zones, nodes}
+					}
+				}
+			}
+		}
+		for i := range bs {
+			h := byIP[bs[i].IP]
+			bs[i].ZoneHints, bs[i].NodeHints = h.zones, h.nodes
+		}
+		return
+	}
+	td := ""
+	if svc.Spec.TrafficDistribution != nil {
+		td = *svc.Spec.TrafficDistribution
+	}
+	if td != corev1.ServiceTrafficDistributionPreferClose && td != corev1.ServiceTrafficDistributionPreferSameZone && td != corev1.ServiceTrafficDistributionPreferSameNode {
+		return
+	}
+	for i := range bs {
+		if bs[i].Node == "" || k.nodeLbl[bs[i].Node][corev1.LabelTopologyZone] == "" {
+			for j := range bs {
+				bs[j].ZoneHints, bs[j].NodeHints = nil, nil
+			}
+			return
+		}
+		bs[i].ZoneHints = []string{k.nodeLbl[bs[i].Node][corev1.LabelTopologyZone]}
+		if td == corev1.ServiceTrafficDistributionPreferSameNode {
+			bs[i].NodeHints = []string{bs[i].Node}
+		}
+	}
+}
+
+// hintedSlices indexes, once per compile, the EndpointSlices that carry topology hints by
+// their Service ("namespace/name"); most clusters have none.
+func (k *compiler) hintedSlices() map[string][]*discoveryv1.EndpointSlice {
+	if k.hinted != nil {
+		return k.hinted
+	}
+	k.hinted = map[string][]*discoveryv1.EndpointSlice{}
+	for _, key := range model.SortedKeys(k.c.EndpointSlices) {
+		es := k.c.EndpointSlices[key]
+		for i := range es.Endpoints {
+			if h := es.Endpoints[i].Hints; h != nil && (len(h.ForZones) > 0 || len(h.ForNodes) > 0) {
+				svc := es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]
+				k.hinted[svc] = append(k.hinted[svc], es)
+				break
+			}
+		}
+	}
+	return k.hinted
+}
+
+// hintsOf reads an endpoint's topology hints.
+func hintsOf(e *discoveryv1.Endpoint) (zones, nodes []string) {
+	if e.Hints == nil {
+		return nil, nil
+	}
+	for _, z := range e.Hints.ForZones {
+		zones = append(zones, z.Name)
+	}
+	for _, n := range e.Hints.ForNodes {
+		nodes = append(nodes, n.Name)
+	}
+	return zones, nodes
 }
 
 // podServing: a pod that has finished is never a backend; one whose status reports a Ready
@@ -156,9 +241,10 @@ func (k *compiler) sliceBackends(svc *corev1.Service, sp corev1.ServicePort, pro
 						}
 					}
 				}
+				zones, nodes := hintsOf(&e)
 				for _, a := range e.Addresses {
 					if ip, err := netip.ParseAddr(a); err == nil {
-						out = append(out, ir.Backend{Pod: pod, IP: ip.Unmap(), Port: uint16(*ep.Port), Node: node, Terminating: terminating})
+						out = append(out, ir.Backend{Pod: pod, IP: ip.Unmap(), Port: uint16(*ep.Port), Node: node, Terminating: terminating, ZoneHints: zones, NodeHints: nodes})
 					}
 				}
 			}

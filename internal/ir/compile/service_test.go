@@ -87,3 +87,127 @@ endpoints:
 		}
 	}
 }
+
+// TestTopologyHintsCompiled: backends carry their EndpointSlices' topology hints; a selector
+// Service takes them from its slices where a controller wrote some, and otherwise, asking for
+// a traffic distribution, gets those the EndpointSlice controller would write (none when an
+// endpoint's node has no zone).
+func TestTopologyHintsCompiled(t *testing.T) {
+	const in = `apiVersion: v1
+kind: Node
+metadata: {name: n1, labels: {topology.kubernetes.io/zone: za}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2, labels: {topology.kubernetes.io/zone: zb}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {podIP: 10.0.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: a}}
+spec: {nodeName: n2, containers: [{name: c}]}
+status: {podIP: 10.0.2.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {app: c}}
+spec: {nodeName: n3, containers: [{name: c}]}
+status: {podIP: 10.0.3.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: d, namespace: x, labels: {app: c}}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {podIP: 10.0.1.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: close, namespace: x}
+spec: {clusterIP: 10.96.0.1, selector: {app: a}, trafficDistribution: PreferClose, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: same-node, namespace: x}
+spec: {clusterIP: 10.96.0.2, selector: {app: a}, trafficDistribution: PreferSameNode, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: no-zone, namespace: x}
+spec: {clusterIP: 10.96.0.3, selector: {app: c}, trafficDistribution: PreferClose, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: x}
+spec: {clusterIP: 10.96.0.4, selector: {app: a}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: auto, namespace: x, annotations: {service.kubernetes.io/topology-mode: Auto}}
+spec: {clusterIP: 10.96.0.5, selector: {app: a}, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: auto-1, namespace: x, labels: {kubernetes.io/service-name: auto}}
+addressType: IPv4
+ports: [{port: 80, protocol: TCP}]
+endpoints:
+- {addresses: [10.0.1.1], nodeName: n1, hints: {forZones: [{name: za}, {name: zc}]}}
+- {addresses: [10.0.2.1], nodeName: n2, hints: {forZones: [{name: zb}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: external, namespace: x}
+spec: {clusterIP: 10.96.0.6, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: external-1, namespace: x, labels: {kubernetes.io/service-name: external}}
+addressType: IPv4
+ports: [{port: 80, protocol: TCP}]
+endpoints:
+- {addresses: [10.0.9.1], nodeName: n9, hints: {forZones: [{name: zb}], forNodes: [{name: n9}]}}
+`
+	objs, err := model.Decode(strings.NewReader(in), "in.yaml", model.DecodeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := compile.Compile(model.FromObjects(objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, s := range rs.Services {
+		var bs []string
+		for _, b := range s.Ports[0].Backends {
+			bs = append(bs, fmt.Sprintf("%s zones=%v nodes=%v", b.IP, b.ZoneHints, b.NodeHints))
+		}
+		got[s.Name] = strings.Join(bs, "; ")
+	}
+	want := map[string]string{
+		"close":     "10.0.1.1 zones=[za] nodes=[]; 10.0.2.1 zones=[zb] nodes=[]",
+		"same-node": "10.0.1.1 zones=[za] nodes=[n1]; 10.0.2.1 zones=[zb] nodes=[n2]",
+		"no-zone":   "10.0.3.1 zones=[] nodes=[]; 10.0.1.2 zones=[] nodes=[]",
+		"plain":     "10.0.1.1 zones=[] nodes=[]; 10.0.2.1 zones=[] nodes=[]",
+		"auto":      "10.0.1.1 zones=[za zc] nodes=[]; 10.0.2.1 zones=[zb] nodes=[]",
+		"external":  "10.0.9.1 zones=[zb] nodes=[n9]",
+	}
+	for name, w := range want {
+		if got[name] != w {
+			t.Errorf("%s: %s\n want %s", name, got[name], w)
+		}
+	}
+	for _, n := range rs.Nodes {
+		if want := map[string]string{"n1": "za", "n2": "zb"}[n.Name]; n.Zone != want {
+			t.Errorf("node %s zone %q, want %q", n.Name, n.Zone, want)
+		}
+	}
+}

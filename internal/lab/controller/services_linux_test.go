@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/lab/labtest"
 )
 
@@ -96,4 +98,98 @@ func udpRoundTrip(dst netip.AddrPort) error {
 	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 	_, err = c.Read(make([]byte, 16))
 	return err
+}
+
+const topologyCluster = `apiVersion: v1
+kind: Node
+metadata: {name: node-1, labels: {topology.kubernetes.io/zone: za}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2, labels: {topology.kubernetes.io/zone: zb}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: s1, namespace: x, labels: {app: s}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: s2, namespace: x, labels: {app: s}}
+spec: {nodeName: node-2, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: s3, namespace: x, labels: {app: s}}
+spec: {nodeName: node-2, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c1, namespace: x, labels: {app: c}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c2, namespace: x, labels: {app: c}}
+spec: {nodeName: node-2, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: close, namespace: x}
+spec: {type: NodePort, selector: {app: s}, trafficDistribution: PreferClose, ports: [{port: 80, nodePort: 30080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: spread, namespace: x}
+spec: {selector: {app: s}, ports: [{port: 80}]}
+`
+
+// TestLabTopologyHints: with trafficDistribution PreferClose, cluster-wide traffic stays in the
+// client node's zone (the lab writes the hints the EndpointSlice controller would), from pods
+// and from outside through a node port; without it, it spreads over every zone.
+func TestLabTopologyHints(t *testing.T) {
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) {
+			l := labtest.New(t, 2, dp, topologyCluster)
+			_, rs := l.Snapshot()
+			vips := map[string]string{}
+			for _, s := range rs.Services {
+				vips[s.Name] = s.ClusterIPs[0].String()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			servers := func(from, to string, port uint16, n int) map[string]int {
+				seen := map[string]int{}
+				for i := 0; i < n; i++ {
+					res, err := l.Probe(ctx, controller.ProbeRequest{From: from, To: to, Port: port, Protocol: "TCP", Timeout: time.Second})
+					if err != nil || len(res) != 1 {
+						t.Fatalf("probe %s -> %s:%d: %v %v", from, to, port, res, err)
+					}
+					if !res[0].Connected {
+						t.Fatalf("probe %s -> %s:%d did not connect: %+v", from, to, port, res[0])
+					}
+					seen[res[0].Server]++
+				}
+				return seen
+			}
+			check := func(what string, seen map[string]int, want ...string) {
+				t.Helper()
+				for s := range seen {
+					if !slices.Contains(want, s) {
+						t.Errorf("%s: answered by %v, want only %v", what, seen, want)
+						return
+					}
+				}
+			}
+			check("from node-1 (zone za)", servers("x/c1", vips["close"], 80, 12), "x/s1")
+			check("from node-2 (zone zb)", servers("x/c2", vips["close"], 80, 12), "x/s2", "x/s3")
+			check("from outside through node-1's node port", servers("external", controller.NodeIP(0).String(), 30080, 12), "x/s1")
+			check("from outside through node-2's node port", servers("external", controller.NodeIP(1).String(), 30080, 12), "x/s2", "x/s3")
+			// 24 connections, all in one zone by chance: (2/3)^24 + (1/3)^24, under 1 in 10,000.
+			seen := servers("x/c1", vips["spread"], 80, 24)
+			if seen["x/s1"] == 0 || seen["x/s1"] == 24 {
+				t.Errorf("without hints: answered by %v, want connections spread over both zones", seen)
+			}
+		})
+	}
 }
