@@ -51,8 +51,8 @@ type compiler struct {
 	// (a Compiler's, kept for the next compile).
 	defs []string
 	nps  map[*networkingv1.NetworkPolicy]npMemo
-	// hinted: the EndpointSlices with topology hints, by Service (built on first use).
-	hinted map[string][]*discoveryv1.EndpointSlice
+	// slices: each Service's EndpointSlices ("namespace/name"), built by services().
+	slices map[string][]*discoveryv1.EndpointSlice
 }
 
 type selEntry struct {

@@ -16,7 +16,16 @@ import (
 // (targetPort by number, or by name on each pod), or, for Services without a selector, the
 // ready endpoints of their EndpointSlices.
 func (k *compiler) services() {
-	k.hinted = nil
+	// Each Service's EndpointSlices, in name order: looked up per Service port (a scan of
+	// every slice per port was quadratic in the Services of a cluster of selector-less ones).
+	k.slices = map[string][]*discoveryv1.EndpointSlice{}
+	for _, key := range model.SortedKeys(k.c.EndpointSlices) {
+		es := k.c.EndpointSlices[key]
+		if es.AddressType != discoveryv1.AddressTypeFQDN {
+			svc := es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]
+			k.slices[svc] = append(k.slices[svc], es)
+		}
+	}
 	for _, key := range model.SortedKeys(k.c.Services) {
 		svc := k.c.Services[key]
 		s := ir.Service{Namespace: svc.Namespace, Name: svc.Name}
@@ -106,7 +115,7 @@ func (k *compiler) hint(svc *corev1.Service, bs []ir.Backend) {
 	if len(bs) == 0 {
 		return
 	}
-	if hs := k.hintedSlices()[svc.Namespace+"/"+svc.Name]; len(hs) > 0 {
+	if hs := k.slices[svc.Namespace+"/"+svc.Name]; hinted(hs) {
 		type hints struct{ zones, nodes []string }
 		byIP := map[netip.Addr]hints{}
 		for _, es := range hs {
@@ -146,24 +155,16 @@ func (k *compiler) hint(svc *corev1.Service, bs []ir.Backend) {
 	}
 }
 
-// hintedSlices indexes, once per compile, the EndpointSlices that carry topology hints by
-// their Service ("namespace/name"); most clusters have none.
-func (k *compiler) hintedSlices() map[string][]*discoveryv1.EndpointSlice {
-	if k.hinted != nil {
-		return k.hinted
-	}
-	k.hinted = map[string][]*discoveryv1.EndpointSlice{}
-	for _, key := range model.SortedKeys(k.c.EndpointSlices) {
-		es := k.c.EndpointSlices[key]
+// hinted reports whether a controller wrote topology hints into any of slices.
+func hinted(slices []*discoveryv1.EndpointSlice) bool {
+	for _, es := range slices {
 		for i := range es.Endpoints {
 			if h := es.Endpoints[i].Hints; h != nil && (len(h.ForZones) > 0 || len(h.ForNodes) > 0) {
-				svc := es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]
-				k.hinted[svc] = append(k.hinted[svc], es)
-				break
+				return true
 			}
 		}
 	}
-	return k.hinted
+	return false
 }
 
 // hintsOf reads an endpoint's topology hints.
@@ -209,11 +210,7 @@ func parseIPs(in []string) []netip.Addr {
 
 func (k *compiler) sliceBackends(svc *corev1.Service, sp corev1.ServicePort, proto ir.Protocol) []ir.Backend {
 	var out []ir.Backend
-	for _, key := range model.SortedKeys(k.c.EndpointSlices) {
-		es := k.c.EndpointSlices[key]
-		if es.Namespace != svc.Namespace || es.Labels[discoveryv1.LabelServiceName] != svc.Name || es.AddressType == discoveryv1.AddressTypeFQDN {
-			continue
-		}
+	for _, es := range k.slices[svc.Namespace+"/"+svc.Name] {
 		for _, ep := range es.Ports {
 			if ep.Port == nil || string(*ep.Protocol) != proto.String() || (ep.Name != nil && *ep.Name != sp.Name) || (ep.Name == nil && sp.Name != "") {
 				continue
