@@ -368,3 +368,25 @@ func (e *Evaluator) portMatches(p ir.Ports, f Flow) (bool, string) {
 	}
 	return false, fmt.Sprintf("%d/%s is not among its ports (%s)", f.Port, f.Protocol, strings.Join(descs, ", "))
 }
+
+// Allowed memoizes Verdict(f).Allowed over one pass through many connections (a conntrack
+// sweep): connections differ in their source ports, which policy does not read, so most
+// entries of a busy node share a flow, and a verdict with its explanation costs far more than
+// a map lookup. Not safe for concurrent use.
+type Allowed struct {
+	ev   *Evaluator
+	seen map[Flow]bool
+}
+
+// NewAllowed returns an empty memo over e.
+func (e *Evaluator) NewAllowed() *Allowed { return &Allowed{ev: e, seen: map[Flow]bool{}} }
+
+// Allowed reports whether f is allowed.
+func (a *Allowed) Allowed(f Flow) bool {
+	ok, seen := a.seen[f]
+	if !seen {
+		ok = a.ev.Verdict(f).Allowed
+		a.seen[f] = ok
+	}
+	return ok
+}

@@ -545,3 +545,37 @@ func TestMatrixDefaultsToDeclaredPorts(t *testing.T) {
 		t.Fatalf("got %d cells with --ports, want 20", len(cells))
 	}
 }
+
+// TestAllowedMemo: the memo answers as Verdict does, the first time and from memory.
+func TestAllowedMemo(t *testing.T) {
+	ev := evaluator(t, `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-b, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.1.2/32}}], ports: [{port: 80}]}]`)
+	memo := ev.NewAllowed()
+	var flows []policy.Flow
+	for _, src := range []string{"10.0.1.1", "10.0.1.2", "10.0.2.1"} {
+		for _, dst := range []string{"10.0.1.1", "10.0.1.2", "10.0.2.1"} {
+			for _, port := range []uint16{80, 81} {
+				flows = append(flows, policy.Flow{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Protocol: ir.TCP, Port: port})
+			}
+		}
+	}
+	denied := 0
+	for round := 0; round < 2; round++ {
+		for _, f := range flows {
+			want := ev.Verdict(f).Allowed
+			if got := memo.Allowed(f); got != want {
+				t.Errorf("round %d, %s: memo %v, Verdict %v", round, f, got, want)
+			}
+			if !want && round == 0 {
+				denied++
+			}
+		}
+	}
+	if denied == 0 || denied == len(flows) {
+		t.Fatalf("%d of %d flows denied: the cluster does not tell the verdicts apart", denied, len(flows))
+	}
+}

@@ -33,7 +33,7 @@ func Sweep(nsName string, ev *policy.Evaluator) (uint, error) {
 		return 0, err
 	}
 	defer h.Close()
-	n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.FAMILY_V4, filter{ev})
+	n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.FAMILY_V4, filter{ev.NewAllowed()})
 	if err != nil {
 		return n, fmt.Errorf("sweep conntrack in %q: %w", nsName, err)
 	}
@@ -52,7 +52,7 @@ func handle(nsName string) (*netlink.Handle, error) {
 	return netlink.NewHandleAt(ns)
 }
 
-type filter struct{ ev *policy.Evaluator }
+type filter struct{ ev *policy.Allowed }
 
 // MatchConntrackFlow reports true for flows to delete.
 func (f filter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
@@ -60,7 +60,7 @@ func (f filter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 	if !ok {
 		return false
 	}
-	return !f.ev.Verdict(fl).Allowed
+	return !f.ev.Allowed(fl)
 }
 
 // Flow turns a conntrack entry into the flow policy decides: original source to the reply's

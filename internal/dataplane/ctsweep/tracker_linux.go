@@ -175,8 +175,9 @@ func (t *Tracker) Sweep(ev *policy.Evaluator) (uint, error) {
 	}
 	var n uint
 	var errs []error
+	allowed := ev.NewAllowed()
 	for k := range t.conns {
-		if ev.Verdict(k.flow()).Allowed {
+		if allowed.Allowed(k.flow()) {
 			continue
 		}
 		err := t.ctl.Delete(k.orig())

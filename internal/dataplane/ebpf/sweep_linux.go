@@ -29,6 +29,7 @@ func (d *Dataplane) Sweep(ev *policy.Evaluator) (int, error) {
 		stale   []policyCtKey
 		replies []policyCtKey
 	)
+	allowed := ev.NewAllowed()
 	it := ct.Iterate()
 	for it.Next(&k, &v) {
 		if v.Flags&policyCtFlagCT_REPLY != 0 {
@@ -40,7 +41,7 @@ func (d *Dataplane) Sweep(ev *policy.Evaluator) (int, error) {
 			continue
 		}
 		f := policy.Flow{Src: addrOf(k.Saddr), Dst: addrOf(k.Daddr), Protocol: proto, Port: portOf(k.Dport)}
-		if !ev.Verdict(f).Allowed {
+		if !allowed.Allowed(f) {
 			stale = append(stale, k)
 		}
 	}
