@@ -5,7 +5,7 @@ BIN := bin/rampart
 # Debian packages the lab, the dataplanes and the tests use (util-linux: nsenter; clang, llvm and
 # libbpf-dev: make generate, which compiles the BPF programs; the build itself needs none of them;
 # nmap and hping3: the threat-defense tests attack lab pods with them).
-APT_PACKAGES := iproute2 iptables ipset util-linux clang llvm libbpf-dev linux-libc-dev python3 librsvg2-bin nmap hping3
+APT_PACKAGES := iproute2 iptables ipset nftables util-linux clang llvm libbpf-dev linux-libc-dev python3 librsvg2-bin nmap hping3
 
 # staticcheck, pinned: `make test` fails on its findings.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2

@@ -57,7 +57,9 @@ func rules(n int, clientPorts string) string {
 			fmt.Fprintf(&b, "  - {from: [{ipBlock: {cidr: 172.16.%d.%d/32}}], ports: [{port: 80}]}\n", p, r)
 		}
 	}
-	fmt.Fprintf(&b, "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-client, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: client}}}], ports: %s}]\n", clientPorts)
+	// Named to come last: iptables walks NetworkPolicies in name order, and a new connection from
+	// the client is to be judged after every other rule, as in the worst case.
+	fmt.Fprintf(&b, "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: zz-allow-client, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: client}}}], ports: %s}]\n", clientPorts)
 	return b.String()
 }
 

@@ -106,8 +106,8 @@ type svcPair struct {
 
 // TestBenchServices measures Services with 10, 1,000 and 10,000 of them (three endpoints each,
 // on the other node), rampart's eBPF dataplane (connect-time translation) against kube-proxy
-// in iptables mode (the real binary, against a real API server holding the same objects,
-// beside rampart's iptables dataplane enforcing policy), on the 2-node lab: new TCP
+// in iptables and in nftables mode (the real binary, against a real API server holding the
+// same objects, beside rampart's iptables dataplane enforcing policy), on the 2-node lab: new TCP
 // connections to the last Service created (connect, request, server close), the first
 // packet's round trip (connect() time), and request/response on an established connection.
 // Each comparison alternates 300 ms slices of its two set-ups, and the comparisons take turns
@@ -139,9 +139,11 @@ func TestBenchServices(t *testing.T) {
 		objs := svcCluster + services(n)
 		l := labtest.NewWith(t, controller.Settings{Nodes: 2, Dataplane: "ebpf"}, objs)
 		setups = append(setups, setup{"rampart eBPF", n, l})
-		k := labtest.NewWith(t, controller.Settings{Nodes: 2, Dataplane: "iptables", KubeProxy: true}, objs)
-		runKubeProxy(t, ctx, k, proxyBin, objs)
-		setups = append(setups, setup{"kube-proxy iptables", n, k})
+		for _, mode := range []string{"nftables", "iptables"} {
+			k := labtest.NewWith(t, controller.Settings{Nodes: 2, Dataplane: "iptables", KubeProxy: true}, objs)
+			runKubeProxy(t, ctx, k, proxyBin, mode, objs)
+			setups = append(setups, setup{"kube-proxy " + mode, n, k})
+		}
 	}
 	for _, s := range setups {
 		waitService(t, ctx, s.lab, svcVIP(s.n-1), s.name)
@@ -157,13 +159,13 @@ func TestBenchServices(t *testing.T) {
 	}
 	type cmp struct{ a, ref int }
 	var cmps []cmp
-	for _, name := range []string{"rampart eBPF", "kube-proxy iptables"} {
+	for _, name := range []string{"rampart eBPF", "kube-proxy iptables", "kube-proxy nftables"} {
 		for _, n := range counts[1:] {
 			cmps = append(cmps, cmp{find(name, n), find(name, counts[0])})
 		}
 	}
 	for _, n := range counts {
-		cmps = append(cmps, cmp{find("rampart eBPF", n), find("kube-proxy iptables", n)})
+		cmps = append(cmps, cmp{find("rampart eBPF", n), find("kube-proxy iptables", n)}, cmp{find("rampart eBPF", n), find("kube-proxy nftables", n)})
 	}
 	const slices, slice = 11, 300 * time.Millisecond
 	measure := func(i int, metric string) (float64, int) {
@@ -261,8 +263,9 @@ func kubeProxyBinary(t *testing.T) string {
 }
 
 // runKubeProxy gives a lab what kube-proxy needs: a real API server holding its nodes and
-// objs, and kube-proxy (iptables mode) in each node's namespace, ended when the test ends.
-func runKubeProxy(t *testing.T, ctx context.Context, l labtest.Lab, bin, objs string) {
+// objs, and kube-proxy (mode iptables or nftables) in each node's namespace, ended when the
+// test ends.
+func runKubeProxy(t *testing.T, ctx context.Context, l labtest.Lab, bin, mode, objs string) {
 	t.Helper()
 	dir := t.TempDir()
 	srv, err := apiserver.Start(ctx, filepath.Join(dir, "apiserver"), apiserver.Options{})
@@ -303,7 +306,8 @@ func runKubeProxy(t *testing.T, ctx context.Context, l labtest.Lab, bin, objs st
 		}
 	}
 	host := strings.TrimPrefix(cfg.Host, "https://")
-	// kube-proxy runs the iptables commands it finds first on its PATH: the legacy backend's.
+	// In iptables mode, kube-proxy runs the iptables commands it finds first on its PATH: the
+	// legacy backend's. (nftables mode runs nft.)
 	// Debian's default, iptables-nft, took over four minutes here to restore the first state
 	// of 10,000 Services (kube-proxy's own advice at that scale is its nftables mode).
 	legacy := filepath.Join(dir, "legacy")
@@ -321,7 +325,7 @@ func runKubeProxy(t *testing.T, ctx context.Context, l labtest.Lab, bin, objs st
 		conf := filepath.Join(dir, name+".yaml")
 		if err := os.WriteFile(conf, []byte(fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
-mode: iptables
+mode: %s
 clientConnection: {kubeconfig: %q, qps: 1000, burst: 1000}
 hostnameOverride: %s
 clusterCIDR: 10.244.0.0/16
@@ -330,7 +334,7 @@ oomScoreAdj: 0
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
-`, srv.Kubeconfig, name)), 0o644); err != nil {
+`, mode, srv.Kubeconfig, name)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		logDir := filepath.Join(os.TempDir(), "rampart-bench-kube-proxy", l.Settings().Name)
