@@ -102,7 +102,7 @@ metadata: {name: empty-lb, namespace: x}
 spec:
   type: LoadBalancer
   selector: {app: nothing}
-  ports: [{port: 80, nodePort: 30580}]
+  ports: [{name: tcp, port: 80, nodePort: 30580}, {name: udp, port: 81, protocol: UDP, nodePort: 30581}]
 status: {loadBalancer: {ingress: [{ip: 172.30.1.30}]}}
 ---
 apiVersion: v1
@@ -111,7 +111,7 @@ metadata: {name: empty-np, namespace: x}
 spec:
   type: NodePort
   selector: {app: nothing}
-  ports: [{port: 80, nodePort: 30480}]
+  ports: [{name: tcp, port: 80, nodePort: 30480}, {name: udp, port: 81, protocol: UDP, nodePort: 30481}]
 `
 
 // TestLabExternalServices: node ports, load-balancer and external addresses reached from the
@@ -140,9 +140,11 @@ func TestLabExternalServices(t *testing.T) {
 		{"node port, Cluster, policy sees the node", "external", node1, 30380, "TCP", "", "", ""},
 		{"external IP", "external", "203.0.113.10", 8000, "TCP", "x/web", ext, ""},
 		{"node port without endpoints", "external", node1, 30480, "TCP", "", "", "refused"},
+		{"UDP node port without endpoints", "external", node1, 30481, "UDP", "", "", "refused"},
 		// eBPF refuses with a port unreachable from the address (the lab's iptables nodes have no
 		// route for load-balancer addresses, so nothing reaches the REJECT: a timeout).
 		{"load balancer without endpoints", "external", "172.30.1.30", 80, "TCP", "", "", "refused-ebpf"},
+		{"UDP load balancer without endpoints", "external", "172.30.1.30", 81, "UDP", "", "", "refused-ebpf"},
 		{"pod to load balancer", "x/client", "172.30.1.10", 80, "TCP", "x/remote", "", ""},
 		{"pod to node port on its node", "x/client", node1, 30080, "TCP", "x/web", "", ""},
 		{"pod to node port on the other node", "x/client", node2, 30180, "TCP", "x/remote", "", ""},
