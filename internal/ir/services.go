@@ -67,70 +67,52 @@ func Usable(bs []Backend, keep func(Backend) bool) []Backend {
 	return term
 }
 
-// hinting says how topology hints choose among bs on node in zone, as kube-proxy's
-// topologyModeFromHints: by node when every ready endpoint carries node hints and one names
-// node, otherwise by zone when every ready one carries zone hints and one names zone, otherwise
-// not at all ("").
-func hinting(bs []Backend, node, zone string) string {
-	allNode, allZone, forNode, forZone, ready := true, true, false, false, false
+// hints summarizes the topology hints of bs's ready endpoints for node in zone.
+type hints struct {
+	ready            bool // some endpoint is ready
+	allNode, allZone bool // every ready one carries node (zone) hints
+	forNode, forZone bool // a ready one names node (zone)
+}
+
+func hintsFor(bs []Backend, node, zone string) hints {
+	h := hints{allNode: true, allZone: true}
 	for _, b := range bs {
 		if b.Terminating {
 			continue
 		}
-		ready = true
-		allNode = allNode && len(b.NodeHints) > 0
-		allZone = allZone && len(b.ZoneHints) > 0
-		forNode = forNode || (node != "" && slices.Contains(b.NodeHints, node))
-		forZone = forZone || (zone != "" && slices.Contains(b.ZoneHints, zone))
+		h.ready = true
+		h.allNode = h.allNode && len(b.NodeHints) > 0
+		h.allZone = h.allZone && len(b.ZoneHints) > 0
+		h.forNode = h.forNode || (node != "" && slices.Contains(b.NodeHints, node))
+		h.forZone = h.forZone || (zone != "" && slices.Contains(b.ZoneHints, zone))
 	}
-	switch {
-	case !ready:
-		return ""
-	case allNode && forNode:
-		return "node"
-	case allZone && forZone:
-		return "zone"
-	}
-	return ""
+	return h
 }
 
 // Hinted reports whether topology hints may choose among bs on some node: every ready
 // endpoint carries zone or node hints (the EndpointSlice controller hints all of a Service's
 // endpoints, or none).
 func Hinted(bs []Backend) bool {
-	allNode, allZone, ready := true, true, false
-	for _, b := range bs {
-		if !b.Terminating {
-			ready = true
-			allNode = allNode && len(b.NodeHints) > 0
-			allZone = allZone && len(b.ZoneHints) > 0
-		}
-	}
-	return ready && (allNode || allZone)
+	h := hintsFor(bs, "", "")
+	return h.ready && (h.allNode || h.allZone)
 }
 
 // ClusterBackends returns the endpoints kube-proxy on node, in zone, sends cluster-wide
-// traffic to (traffic no Local policy keeps on the node): the usable ones, and with topology
-// hints only the ready ones hinted for the node, or for its zone (hints that name neither are
-// ignored, as they are on a node without a zone label). Terminating endpoints are the
-// fallback without regard to topology.
+// traffic to (traffic no Local policy keeps on the node), as its topologyModeFromHints picks
+// them: the ready ones hinted for the node when every ready one carries node hints and one
+// names the node, otherwise those hinted for the zone when every one carries zone hints and
+// one names the zone, otherwise (hints naming neither are ignored, as on a node without a zone
+// label) every usable one. Terminating endpoints are the fallback, without regard to topology.
 func ClusterBackends(bs []Backend, node, zone string) []Backend {
-	var keep func(Backend) bool
-	switch hinting(bs, node, zone) {
-	case "node":
-		keep = func(b Backend) bool { return slices.Contains(b.NodeHints, node) }
-	case "zone":
-		keep = func(b Backend) bool { return slices.Contains(b.ZoneHints, zone) }
-	default:
-		return Usable(bs, nil)
+	h := hintsFor(bs, node, zone)
+	switch {
+	case h.allNode && h.forNode:
+		// A ready endpoint passes keep, so Usable returns only ready ones.
+		return Usable(bs, func(b Backend) bool { return slices.Contains(b.NodeHints, node) })
+	case h.allZone && h.forZone:
+		return Usable(bs, func(b Backend) bool { return slices.Contains(b.ZoneHints, zone) })
 	}
-	var out []Backend
-	for _, b := range bs {
-		if !b.Terminating && keep(b) {
-			out = append(out, b)
-		}
-	}
-	return out
+	return Usable(bs, nil)
 }
 
 // Frontends lists what a node translates, as kube-proxy does on it:
