@@ -5,8 +5,10 @@ package nsexec
 import (
 	"fmt"
 	"runtime"
+	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Do runs fn on an OS thread switched into the named namespace ("" runs fn where it is). If the
@@ -38,4 +40,30 @@ func Do(name string, fn func() error) error {
 		runtime.UnlockOSThread()
 	}
 	return ferr
+}
+
+// NetlinkSocket opens a netlink socket of proto in the named namespace, bound, with a receive
+// buffer of rcvbuf bytes (forced past the sysctl limit when root; best effort) and reads that
+// give up after timeout (a lost message must not block its reader forever).
+func NetlinkSocket(name string, proto, rcvbuf int, timeout time.Duration) (int, error) {
+	fd := -1
+	err := Do(name, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+		return err
+	})
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf)
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"syscall"
+	"time"
 
 	mdnetlink "github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
@@ -47,31 +48,12 @@ const (
 
 // newGetter opens a netfilter netlink socket in the named namespace ("" for the current one).
 func newGetter(nsName string) (*getter, error) {
-	g := &getter{fd: -1, buf: make([]byte, 1<<16)}
-	err := nsexec.Do(nsName, func() error {
-		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-		if err != nil {
-			return err
-		}
-		g.fd = fd
-		if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-			return err
-		}
-		// A lost reply must not block the reader forever; a dropped batch costs one round.
-		tv := unix.Timeval{Sec: 2}
-		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-			return err
-		}
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 1<<20) // best effort
-		return nil
-	})
+	// A lost reply must not block the reader forever; a dropped batch costs one round.
+	fd, err := nsexec.NetlinkSocket(nsName, unix.NETLINK_NETFILTER, 1<<20, 2*time.Second)
 	if err != nil {
-		if g.fd >= 0 {
-			unix.Close(g.fd)
-		}
 		return nil, fmt.Errorf("conntrack socket in %q: %w", nsName, err)
 	}
-	return g, nil
+	return &getter{fd: fd, buf: make([]byte, 1<<16)}, nil
 }
 
 func (g *getter) close() error {

@@ -55,24 +55,12 @@ type nflogSocket struct {
 // openNFLOG binds group in the named network namespace ("" for the current one): the socket
 // belongs to the namespace it was created in.
 func openNFLOG(netns string, group uint16) (*nflogSocket, error) {
-	var fd int
-	err := nsexec.Do(netns, func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-		return err
-	})
+	// A large receive buffer absorbs bursts; what still overflows is counted from sequence gaps.
+	fd, err := nsexec.NetlinkSocket(netns, unix.NETLINK_NETFILTER, 8<<20, 500*time.Millisecond)
 	if err != nil {
 		return nil, fmt.Errorf("nflog socket: %w", err)
 	}
 	s := &nflogSocket{fd: fd, group: group}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("nflog bind: %w", err)
-	}
-	// A large receive buffer absorbs bursts; what still overflows is counted from sequence gaps.
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
-	tv := unix.NsecToTimeval(int64(500 * time.Millisecond))
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	mode := make([]byte, 6)
 	binary.BigEndian.PutUint32(mode, 128) // copy range
 	mode[4] = nfulnlCopyPacket
