@@ -36,7 +36,7 @@ var actionMark = map[ir.Action]uint32{ir.Allow: markAllow, ir.Deny: markDeny, ir
 
 // Render computes the spec that makes node enforce rs. It is pure and deterministic.
 func Render(rs *ir.Ruleset, node dataplane.Node) (*Spec, error) {
-	r := &renderer{rs: rs, node: node, spec: &Spec{Tables: map[string][]Chain{}}, usedSets: map[string]bool{}, policyChains: map[string]string{}}
+	r := &renderer{rs: rs, node: node, spec: &Spec{Tables: map[string][]Chain{}}, usedSets: map[string]bool{}, units: map[string]*unit{}}
 	if err := r.filter(); err != nil {
 		return nil, err
 	}
@@ -48,12 +48,12 @@ func Render(rs *ir.Ruleset, node dataplane.Node) (*Spec, error) {
 }
 
 type renderer struct {
-	rs           *ir.Ruleset
-	node         dataplane.Node
-	spec         *Spec
-	usedSets     map[string]bool   // ipset names referenced by rules
-	policyChains map[string]string // policy key -> chain name, rendered once per node
-	fronts       []ir.Frontend     // the node's Service frontends (frontends), listed once
+	rs       *ir.Ruleset
+	node     dataplane.Node
+	spec     *Spec
+	usedSets map[string]bool  // ipset names referenced by rules
+	units    map[string]*unit // policy key or block chain -> unit, rendered once per node
+	fronts   []ir.Frontend    // the node's Service frontends (frontends), listed once
 }
 
 func hash(s string) string {
@@ -197,8 +197,8 @@ func (r *renderer) podChain(pod *ir.Pod, dir ir.Direction) (string, bool) {
 	stage2 := Chain{Name: ChainPrefix + d + "2-" + id}
 	if len(np) > 0 {
 		stage2.Rules = append(stage2.Rules, clearMark)
-		for _, p := range np {
-			stage2.Rules = append(stage2.Rules, "-j "+r.policyChain(p), fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", markAllow, markMask))
+		for _, u := range r.calls(np) {
+			stage2.Rules = append(stage2.Rules, u.call(), fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", markAllow, markMask))
 		}
 		if log := r.nflog(isolationPrefix(dir)); log != "" {
 			stage2.Rules = append(stage2.Rules, log)
@@ -206,13 +206,22 @@ func (r *renderer) podChain(pod *ir.Pod, dir ir.Direction) (string, bool) {
 		stage2.Rules = append(stage2.Rules, dropTarget(pod, dir, "isolated by NetworkPolicy"))
 	} else {
 		// Baseline policies in priority order; a Pass leaves the tier, for the default allow.
-		for _, p := range baseline {
-			stage2.Rules = append(stage2.Rules, clearMark, "-j "+r.policyChain(p),
+		log := r.nflog(defaultPrefix(dir))
+		for _, u := range r.calls(baseline) {
+			stage2.Rules = append(stage2.Rules, clearMark, u.call(),
 				fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", markAllow, markMask),
 				fmt.Sprintf("-m mark --mark %#x/%#x %s", markDeny, markMask, dropTarget(pod, dir, "baseline deny")))
-			if hasPass(p) {
+			if u.pass {
+				if log != "" {
+					stage2.Rules = append(stage2.Rules, fmt.Sprintf("-m mark --mark %#x/%#x %s", markPass, markMask, log))
+				}
 				stage2.Rules = append(stage2.Rules, fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", markPass, markMask))
 			}
+		}
+		// Allowed by default: no rule of any tier decided (the pod is an admin or baseline
+		// policy's subject, so it has a chain, but none matched).
+		if log != "" {
+			stage2.Rules = append(stage2.Rules, log)
 		}
 	}
 	if len(admin) == 0 {
@@ -221,8 +230,8 @@ func (r *renderer) podChain(pod *ir.Pod, dir ir.Direction) (string, bool) {
 		return name, true
 	}
 	first := Chain{Name: name}
-	for _, p := range admin {
-		first.Rules = append(first.Rules, clearMark, "-j "+r.policyChain(p),
+	for _, u := range r.calls(admin) {
+		first.Rules = append(first.Rules, clearMark, u.call(),
 			fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", markAllow, markMask),
 			fmt.Sprintf("-m mark --mark %#x/%#x %s", markDeny, markMask, dropTarget(pod, dir, "admin deny")),
 			fmt.Sprintf("-m mark --mark %#x/%#x -g %s", markPass, markMask, stage2.Name))
@@ -257,19 +266,130 @@ func dropTarget(pod *ir.Pod, dir ir.Direction, why string) string {
 	return fmt.Sprintf("-m comment --comment %q -j DROP", fmt.Sprintf("%s %s: %s", pod.Key(), dir, why))
 }
 
-// policyChain renders a policy's rules once per node and returns its chain. Each rule that
+// unit is what a pod chain calls: one policy's chain, or a block calling several in order.
+// A unit that can be guarded knows every peer address its rules name, and its call is skipped
+// for a packet whose peer is none of them.
+type unit struct {
+	chain     string
+	peerDir   string // src for ingress, dst for egress
+	set       string // the guard: a hash:net set of prefixes ("" for an unguarded call)
+	guardable bool   // no rule names any peer or covers every address
+	prefixes  []netip.Prefix
+	rules     int
+	pass      bool // a rule may Pass
+}
+
+func (u *unit) call() string {
+	if u.set == "" {
+		return "-j " + u.chain
+	}
+	return fmt.Sprintf("-m set --match-set %s %s -j %s", u.set, u.peerDir, u.chain)
+}
+
+// Guards: a policy of guardMin rules or more is called only for peers one of its rules names
+// (one set lookup instead of one per rule, and two mark checks per rule). Runs of consecutive
+// policies that can be guarded are called through a tree of blocks of up to guardFanout calls,
+// each guarded by the union of its peers: a new connection from a peer that a long list of
+// policies does not name costs one lookup, and one that a policy names costs a lookup per
+// level. Calls keep their order, so the first matching rule still decides, and the rule a flow
+// record names does not change.
+const (
+	guardMin    = 8
+	guardFanout = 8
+)
+
+// calls returns the units that call ps in order, guarded where that saves work.
+func (r *renderer) calls(ps []*ir.Policy) []*unit {
+	var out, run []*unit
+	flush := func() {
+		out = append(out, r.tree(run)...)
+		run = nil
+	}
+	for _, p := range ps {
+		u := r.policyUnit(p)
+		if !u.guardable {
+			flush()
+			out = append(out, u)
+			continue
+		}
+		run = append(run, u)
+	}
+	flush()
+	return out
+}
+
+// tree groups a run of guardable units into blocks until one is left, when the run is worth
+// guarding.
+func (r *renderer) tree(run []*unit) []*unit {
+	rules := 0
+	for _, u := range run {
+		rules += u.rules
+	}
+	if len(run) < 2 || rules < guardMin {
+		return run
+	}
+	for len(run) > 1 {
+		var next []*unit
+		for i := 0; i < len(run); i += guardFanout {
+			chunk := run[i:min(i+guardFanout, len(run))]
+			if len(chunk) == 1 {
+				next = append(next, chunk[0])
+				continue
+			}
+			next = append(next, r.block(chunk))
+		}
+		run = next
+	}
+	return run
+}
+
+// block renders a chain calling units in order, returning as soon as one has set a verdict
+// mark, once per node for a given list.
+func (r *renderer) block(units []*unit) *unit {
+	var names strings.Builder
+	for _, u := range units {
+		names.WriteString(u.chain + "|")
+	}
+	h := hash(names.String())
+	name := ChainPrefix + "B-" + h
+	if u, ok := r.units[name]; ok {
+		return u
+	}
+	b := &unit{chain: name, peerDir: units[0].peerDir, guardable: true}
+	c := Chain{Name: name}
+	for i, u := range units {
+		c.Rules = append(c.Rules, u.call())
+		if i < len(units)-1 {
+			c.Rules = append(c.Rules, fmt.Sprintf("-m mark ! --mark 0x0/%#x -j RETURN", markMask))
+		}
+		b.prefixes = append(b.prefixes, u.prefixes...)
+		b.rules += u.rules
+		b.pass = b.pass || u.pass
+	}
+	b.prefixes = sortedPrefixes(b.prefixes)
+	b.set = r.guardSet(SetPrefix+"B-"+h, b.prefixes)
+	r.addChain("filter", c)
+	r.units[name] = b
+	return b
+}
+
+// policyUnit renders a policy's rules once per node and returns its unit. Each rule that
 // matches sets its action's mark bit and returns, so the first matching rule decides.
-func (r *renderer) policyChain(p *ir.Policy) string {
+func (r *renderer) policyUnit(p *ir.Policy) *unit {
 	key := fmt.Sprintf("%s|%s|%s|%s", p.Tier, p.Namespace, p.Name, p.Direction)
-	if name, ok := r.policyChains[key]; ok {
-		return name
+	if u, ok := r.units[key]; ok {
+		return u
 	}
-	name := ChainPrefix + "P-" + hash(key)
-	r.policyChains[key] = name
-	c := Chain{Name: name, Rules: []string{fmt.Sprintf("-m comment --comment %q", p.Ref()+" "+p.Direction.String())}}
-	if guard, ok := r.guard(p, key); ok {
-		c.Rules = append(c.Rules, guard)
+	u := &unit{chain: ChainPrefix + "P-" + hash(key), peerDir: "src", rules: len(p.Rules), pass: hasPass(p)}
+	if p.Direction == ir.Egress {
+		u.peerDir = "dst"
 	}
+	u.prefixes, u.guardable = peerPrefixes(r.rs, p)
+	if u.guardable && len(p.Rules) >= guardMin {
+		u.set = r.guardSet(SetPrefix+"G-"+hash(key), u.prefixes)
+	}
+	r.units[key] = u
+	c := Chain{Name: u.chain, Rules: []string{fmt.Sprintf("-m comment --comment %q", p.Ref()+" "+p.Direction.String())}}
 	for _, rule := range p.Rules {
 		mark := actionMark[rule.Action]
 		for _, m := range r.matches(p.Direction, &rule) {
@@ -282,54 +402,50 @@ func (r *renderer) policyChain(p *ir.Policy) string {
 		c.Rules = append(c.Rules, fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", mark, markMask))
 	}
 	r.addChain("filter", c)
-	return name
+	return u
 }
 
-// guardMin is the number of rules from which a policy chain is guarded.
-const guardMin = 8
-
-// guard returns the rule that leaves a policy's chain at once when the packet's peer address
-// is in none of its rules' peers: one set lookup instead of one per rule (and two mark checks
-// per rule), for the policies that do not match, which is most of them under many policies.
-// Rules are still walked in order when the guard passes, so the rule a flow record names does
-// not change. No guard when a rule names no peers or covers every address.
-func (r *renderer) guard(p *ir.Policy, key string) (string, bool) {
-	if len(p.Rules) < guardMin {
-		return "", false
-	}
+// peerPrefixes lists every IPv4 peer prefix p's rules name (the rendered rules match IPv4
+// only), or reports false when a rule names no peers or covers every address.
+func peerPrefixes(rs *ir.Ruleset, p *ir.Policy) ([]netip.Prefix, bool) {
 	var prefixes []netip.Prefix
 	for i := range p.Rules {
 		if p.Rules[i].AnyPeer {
-			return "", false
+			return nil, false
 		}
 		for _, peer := range p.Rules[i].Peers {
-			for _, pfx := range r.rs.Sets[peer.Set].Prefixes() {
+			for _, pfx := range rs.Sets[peer.Set].Prefixes() {
 				if !pfx.Addr().Is4() {
 					continue
 				}
 				if pfx.Bits() == 0 {
-					return "", false
+					return nil, false
 				}
 				prefixes = append(prefixes, pfx)
 			}
 		}
 	}
+	return sortedPrefixes(prefixes), true
+}
+
+func sortedPrefixes(prefixes []netip.Prefix) []netip.Prefix {
 	slices.SortFunc(prefixes, func(a, b netip.Prefix) int {
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
 			return c
 		}
 		return a.Bits() - b.Bits()
 	})
-	set := IPSet{Name: SetPrefix + "G-" + hash(key), Type: "hash:net", Family: "inet"}
-	for _, pfx := range slices.Compact(prefixes) {
+	return slices.Compact(prefixes)
+}
+
+// guardSet adds a hash:net set of prefixes and returns its name.
+func (r *renderer) guardSet(name string, prefixes []netip.Prefix) string {
+	set := IPSet{Name: name, Type: "hash:net", Family: "inet", Entries: make([]string, 0, len(prefixes))}
+	for _, pfx := range prefixes {
 		set.Entries = append(set.Entries, pfx.String())
 	}
 	r.spec.Sets = append(r.spec.Sets, set)
-	dir := "src"
-	if p.Direction == ir.Egress {
-		dir = "dst"
-	}
-	return fmt.Sprintf("-m set ! --match-set %s %s -m comment --comment %q -j RETURN", set.Name, dir, "no rule names this peer"), true
+	return name
 }
 
 // matches renders a rule's condition as alternative iptables matches: one per (peer, port)

@@ -236,9 +236,10 @@ func renderOwnAndBeside(t *testing.T, extra string) (own, beside *Spec) {
 	return own, beside
 }
 
-// TestRenderGuards: a policy of guardMin rules or more begins with one lookup in the union of
-// its peers (a return when the peer is in none); policies with a rule that names no peers or
-// covers every address, and short ones, have no guard.
+// TestRenderGuards: a policy of guardMin rules or more is called only for peers in the union of
+// its rules' peers; policies with a rule that names no peers or covers every address are called
+// unguarded; runs of policies that can be guarded are called through a tree of guarded blocks.
+// (TestRenderMatchesEvaluator checks what the guards decide.)
 func TestRenderGuards(t *testing.T) {
 	long := func(name, extra string) string {
 		var b strings.Builder
@@ -250,8 +251,7 @@ func TestRenderGuards(t *testing.T) {
 		return b.String()
 	}
 	rs := cluster(t, 3, long("guarded", "{from: [{podSelector: {matchLabels: {pod: p1}}}, {ipBlock: {cidr: 192.0.2.0/31}}]}")+
-		long("any-peer", "{ports: [{port: 81}]}")+long("everything", "{from: [{ipBlock: {cidr: 0.0.0.0/0}}]}")+
-		"---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: short, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]\n")
+		long("any-peer", "{ports: [{port: 81}]}")+long("everything", "{from: [{ipBlock: {cidr: 0.0.0.0/0}}]}"))
 	spec, err := Render(rs, allLocal(3))
 	if err != nil {
 		t.Fatal(err)
@@ -260,31 +260,35 @@ func TestRenderGuards(t *testing.T) {
 	for _, s := range spec.Sets {
 		sets[s.Name] = s
 	}
-	guarded := 0
+	// The call of each policy's chain, by the policy's comment.
+	comment, calls := map[string]string{}, map[string][]string{}
 	for _, c := range spec.Tables["filter"] {
-		if !strings.Contains(c.Name, "-P-") {
-			continue
+		if strings.Contains(c.Name, "-P-") {
+			comment[c.Name] = c.Rules[0]
 		}
-		var guard string
 		for _, r := range c.Rules {
-			if strings.Contains(r, "no rule names this peer") {
-				guard = r
+			if f := strings.Fields(r); f[len(f)-2] == "-j" && strings.Contains(f[len(f)-1], "-P-") {
+				calls[f[len(f)-1]] = append(calls[f[len(f)-1]], r)
 			}
 		}
-		name := c.Rules[0] // the policy's comment
-		if !strings.Contains(name, "x/guarded ") {
-			if guard != "" {
-				t.Errorf("%s has a guard: %s", name, guard)
+	}
+	for chain, cmt := range comment {
+		if len(calls[chain]) != 1 {
+			t.Fatalf("%s: calls %q, want one", cmt, calls[chain])
+		}
+		call := strings.Fields(calls[chain][0])
+		if !strings.Contains(cmt, "x/guarded ") {
+			if len(call) != 2 {
+				t.Errorf("%s is called with a guard: %s", cmt, call)
 			}
 			continue
 		}
-		guarded++
-		if guard != c.Rules[1] {
-			t.Fatalf("%s: the guard is not the first rule: %q", name, c.Rules)
+		if len(call) != 7 || call[2] != "--match-set" || call[4] != "src" {
+			t.Fatalf("%s: call %q, want a guard on the source", cmt, call)
 		}
-		set, ok := sets[strings.Fields(guard)[4]]
+		set, ok := sets[call[3]]
 		if !ok || set.Type != "hash:net" {
-			t.Fatalf("guard %q: no hash:net set in %v", guard, spec.Sets)
+			t.Fatalf("guard %q: no hash:net set in %v", call, spec.Sets)
 		}
 		// The peers of every rule, each once: the /32s, the /31 (covering 192.0.2.0/32 too), p1.
 		want := []string{"10.0.0.2/32", "192.0.2.0/31"}
@@ -298,7 +302,54 @@ func TestRenderGuards(t *testing.T) {
 			t.Errorf("guard set %v, want %v", got, want)
 		}
 	}
-	if guarded != 1 {
-		t.Errorf("%d guarded chains for the guarded policy, want 1", guarded)
+
+	// 100 policies of guardMin rules each: p0's chain makes one guarded call, to a tree of
+	// blocks of at most guardFanout calls, the top one guarded by every peer.
+	var b strings.Builder
+	for p := 0; p < 100; p++ {
+		fmt.Fprintf(&b, "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np-%02d, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: p0}}\n  ingress:\n", p)
+		for r := 0; r < guardMin; r++ {
+			fmt.Fprintf(&b, "  - {from: [{ipBlock: {cidr: 172.16.%d.%d/32}}]}\n", p, r)
+		}
+	}
+	if spec, err = Render(cluster(t, 1, b.String()), allLocal(1)); err != nil {
+		t.Fatal(err)
+	}
+	chains := map[string][]string{}
+	for _, c := range spec.Tables["filter"] {
+		chains[c.Name] = c.Rules
+	}
+	var top []string
+	for _, r := range chains[ChainPrefix+"I-"+hash("x/p0")] {
+		if strings.Contains(r, " -j "+ChainPrefix) {
+			top = append(top, r)
+		}
+	}
+	if len(top) != 1 || !strings.Contains(top[0], "-m set --match-set "+SetPrefix+"B-") {
+		t.Fatalf("p0's calls: %q, want one guarded block", top)
+	}
+	for _, s := range spec.Sets {
+		if f := strings.Fields(top[0]); s.Name == f[3] && len(s.Entries) != 100*guardMin {
+			t.Errorf("top guard: %d entries, want %d", len(s.Entries), 100*guardMin)
+		}
+	}
+	var walk func(chain string) int
+	walk = func(chain string) int {
+		if !strings.Contains(chain, "-B-") {
+			return 1
+		}
+		if n := len(chains[chain]); n > 2*guardFanout-1 {
+			t.Errorf("block %s has %d rules", chain, n)
+		}
+		leaves := 0
+		for _, r := range chains[chain] {
+			if f := strings.Fields(r); f[len(f)-2] == "-j" && strings.HasPrefix(f[len(f)-1], ChainPrefix) {
+				leaves += walk(f[len(f)-1])
+			}
+		}
+		return leaves
+	}
+	if n := walk(strings.Fields(top[0])[len(strings.Fields(top[0]))-1]); n != 100 {
+		t.Errorf("the tree calls %d policies, want 100", n)
 	}
 }
