@@ -30,7 +30,9 @@ type ConnCounter interface {
 
 // ServiceFinder is a dataplane whose events cannot say which Service address a connection's
 // client addressed, but whose connection tracking can, once the connection is tracked (the
-// iptables dataplane: netfilter's NAT, followed through conntrack events).
+// iptables dataplane: netfilter's NAT, followed through conntrack events), or whose
+// connect-time balancer noted it before the first packet (the eBPF dataplane's socket hooks,
+// for denied connections too).
 type ServiceFinder interface {
 	ServiceOf(c Conn) (netip.AddrPort, bool)
 }
@@ -226,11 +228,11 @@ func (a *Aggregator) Tick(now time.Time, final bool) {
 		switch {
 		case !e.published:
 			publish = true
-			if k.allowed && !e.ev.Service.IsValid() && a.finder != nil {
+			if !e.ev.Service.IsValid() && a.finder != nil {
 				if svc, ok := a.finder.ServiceOf(Conn{k.dir, k.tuple}); ok {
 					e.ev.Service = svc
-				} else if !final && now.Sub(e.first) < serviceWait {
-					continue // the next tick
+				} else if k.allowed && !final && now.Sub(e.first) < serviceWait {
+					continue // the next tick (a denied connection is never tracked)
 				}
 			}
 		case final:

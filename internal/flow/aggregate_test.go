@@ -125,12 +125,34 @@ func (f finderCounter) ServiceOf(c Conn) (netip.AddrPort, bool) {
 
 // TestAggregatorAsksForTheService: a new allowed connection whose events name no Service waits
 // (briefly) for the dataplane's tracking to name it; a connection that turns out not to be
-// addressed to a Service is published without one once the wait is over; denied ones never wait.
+// addressed to a Service is published without one once the wait is over; denied ones never wait,
+// and are named when the dataplane knows at once (a connect-time balancer's note).
 func TestAggregatorAsksForTheService(t *testing.T) {
 	log := NewLog(100, nil)
 	viaSvc, direct, denied := tuple("10.0.0.1:40000", "10.0.0.2:80"), tuple("10.0.0.1:40001", "10.0.0.2:80"), tuple("10.0.0.3:40000", "10.0.0.2:80")
-	dp := finderCounter{fakeCounter{viaSvc: {Packets: 1}, direct: {Packets: 1}}, map[Tuple]netip.AddrPort{}}
+	deniedSvc := tuple("10.0.0.3:40001", "10.0.0.2:80")
+	dp := finderCounter{fakeCounter{viaSvc: {Packets: 1}, direct: {Packets: 1}}, map[Tuple]netip.AddrPort{deniedSvc: netip.MustParseAddrPort("10.96.0.10:8080")}}
 	a, err := NewAggregator(Config{Node: "n1"}, log, dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tu := range []Tuple{viaSvc, direct} {
+		a.Observe(Event{Time: t0, Direction: ir.Egress, Allowed: true, Tuple: tu, Bytes: 60, TCPFlags: FlagSYN})
+	}
+	a.Observe(Event{Time: t0, Direction: ir.Ingress, Tuple: denied, Bytes: 60, TCPFlags: FlagSYN})
+	a.Observe(Event{Time: t0, Direction: ir.Ingress, Tuple: deniedSvc, Bytes: 60, TCPFlags: FlagSYN})
+	a.Tick(t0.Add(10*time.Millisecond), false)
+	recs := log.Query(Filter{})
+	if len(recs) != 2 || recs[0].Verdict != Denied || recs[1].Verdict != Denied {
+		t.Fatalf("before the tracking knows: want only the denied records, got %+v", recs)
+	}
+	for _, r := range recs {
+		if named := r.Destination.Service != nil && r.Destination.Service.Port == 8080; named != (r.Source.Port == 40001) {
+			t.Errorf("denied record %+v: Service %+v", r, r.Destination.Service)
+		}
+	}
+	log = NewLog(100, nil)
+	a, err = NewAggregator(Config{Node: "n1"}, log, dp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +166,7 @@ func TestAggregatorAsksForTheService(t *testing.T) {
 	}
 	dp.known[viaSvc] = netip.MustParseAddrPort("10.96.0.10:8080")
 	a.Tick(t0.Add(20*time.Millisecond), false)
-	recs := log.Query(Filter{})
+	recs = log.Query(Filter{})
 	if len(recs) != 2 || recs[1].Destination.Service == nil || recs[1].Destination.Service.IP != "10.96.0.10" || recs[1].Destination.Service.Port != 8080 {
 		t.Fatalf("once the tracking knows: %+v", recs)
 	}

@@ -56,7 +56,7 @@ func (d *Dataplane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 		return err
 	}
 	d.mu.Lock()
-	d.prefixes[0], d.prefixes[1] = newPrefixTable(rs, d.prefixes[0]), d.prefixes[0]
+	d.prefixes[0], d.prefixes[1] = newPrefixTable(rs, spec.Frontends, d.prefixes[0]), d.prefixes[0]
 	d.entries = spec.Entries()
 	d.mu.Unlock()
 	return nil

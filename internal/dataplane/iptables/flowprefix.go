@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,12 +82,33 @@ type prefixTable struct {
 	byID  map[string]*ir.Policy // "#"+hash(policyKey) -> policy
 	// resolver names the policies isolating a pod, as of this Ruleset.
 	resolver *flow.Resolver
+	// fronts are the frontends the NAT marked packets for (Spec.Frontends).
+	fronts map[uint32]MarkedFrontend
 }
 
-// newPrefixTable returns the table of rs; prev (nil: none) is the table it follows, whose
+// frontend returns the frontend a packet's mark names, when it translates to the packet's
+// destination: ids are positions in one render, so the tables are tried newest first and
+// the backend checked.
+func frontend(mark uint32, t flow.Tuple, tables ...*prefixTable) (netip.AddrPort, bool) {
+	id := mark & markFront
+	if id == 0 {
+		return netip.AddrPort{}, false
+	}
+	for _, tb := range tables {
+		if tb == nil {
+			continue
+		}
+		if f, ok := tb.fronts[id]; ok && f.Protocol == t.Protocol && f.Backends[t.Dst] {
+			return f.Addr, true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+// newPrefixTable returns the table of rs and the frontends its render marks; prev (nil: none) is the table it follows, whose
 // address index its resolver may share.
-func newPrefixTable(rs *ir.Ruleset, prev *prefixTable) *prefixTable {
-	t := &prefixTable{rs: rs}
+func newPrefixTable(rs *ir.Ruleset, fronts map[uint32]MarkedFrontend, prev *prefixTable) *prefixTable {
+	t := &prefixTable{rs: rs, fronts: fronts}
 	if prev != nil {
 		t.resolver = flow.NewResolverFrom(prev.resolver, rs)
 	} else {

@@ -1,9 +1,12 @@
 package iptables
 
 import (
+	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 )
 
@@ -20,7 +23,7 @@ func TestFlowPrefixes(t *testing.T) {
 		{Kind: ir.TierBaseline, Policies: []ir.Policy{{Tier: ir.TierBaseline, Name: "default", Direction: ir.Egress,
 			Rules: []ir.Rule{{Index: 0, Action: ir.Allow}}}}},
 	}
-	tab := newPrefixTable(rs, nil)
+	tab := newPrefixTable(rs, nil, nil)
 	admin, np, base := &rs.Tiers[ir.Ingress][0].Policies[0], &rs.Tiers[ir.Ingress][1].Policies[0], &rs.Tiers[ir.Egress][0].Policies[0]
 	for _, tc := range []struct {
 		prefix  string
@@ -57,6 +60,68 @@ func TestFlowPrefixes(t *testing.T) {
 	for _, bad := range []string{"", "x", "AIQ1|a", "AIN|a", "AINx|a", "DI"} {
 		if _, _, _, ok := decodePrefix(bad, tab); ok {
 			t.Errorf("%q decoded", bad)
+		}
+	}
+}
+
+// TestFrontendMarks: each Service frontend the NAT translates gets its own chain marking the
+// packet with the frontend's id, and a packet's mark resolves to the frontend only when the
+// frontend translates to the packet's destination, in the newest table that does.
+func TestFrontendMarks(t *testing.T) {
+	svc := `---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {role: even}
+  ports: [{name: web, port: 80, targetPort: 8000}, {name: dns, port: 53, protocol: UDP, targetPort: 8000}]
+`
+	spec, err := Render(cluster(t, 4, svc), allLocal(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(spec.Frontends) != 2 {
+		t.Fatalf("frontends %+v, want web's two ports", spec.Frontends)
+	}
+	marks := map[uint32]bool{}
+	for _, c := range spec.Tables["nat"] {
+		if strings.HasPrefix(c.Name, ChainPrefix+"F-") {
+			var id, mask uint32
+			if _, err := fmt.Sscanf(c.Rules[0], "-j MARK --set-xmark %v/%v", &id, &mask); err != nil || mask != markFront || len(c.Rules) != 2 {
+				t.Fatalf("frontend chain %s: %q", c.Name, c.Rules)
+			}
+			marks[id] = true
+		}
+	}
+	tcp := flow.Tuple{Protocol: ir.TCP, Dst: netip.MustParseAddrPort("10.0.0.1:8000")}
+	for id, f := range spec.Frontends {
+		if !marks[id] {
+			t.Errorf("frontend %d (%+v) is marked by no chain", id, f)
+		}
+		got, ok := frontend(markAllow|id, tcp, newPrefixTable(nil, spec.Frontends, nil))
+		if want := f.Protocol == ir.TCP; ok != want || (ok && got != netip.MustParseAddrPort("10.96.0.10:80")) {
+			t.Errorf("mark %d resolves to %v %v", id, got, ok)
+		}
+	}
+	// A mark of another render: the frontend with that id there translates elsewhere.
+	other := map[uint32]MarkedFrontend{}
+	for id := range spec.Frontends {
+		other[id] = MarkedFrontend{Addr: netip.MustParseAddrPort("10.96.0.99:1"), Protocol: ir.TCP, Backends: map[netip.AddrPort]bool{}}
+	}
+	cur, prev := newPrefixTable(nil, other, nil), newPrefixTable(nil, spec.Frontends, nil)
+	for id, f := range spec.Frontends {
+		if got, ok := frontend(id, tcp, cur, prev); ok != (f.Protocol == ir.TCP) || ok && got != netip.MustParseAddrPort("10.96.0.10:80") {
+			t.Errorf("mark %d resolves to %v, not the previous render's frontend", id, got)
+		}
+	}
+	if _, ok := frontend(markAllow, tcp, prev); ok {
+		t.Error("a packet without a frontend id resolves")
+	}
+	tcp.Dst = netip.MustParseAddrPort("10.0.0.2:8000") // p1: odd, not web's
+	for id := range spec.Frontends {
+		if got, ok := frontend(id, tcp, prev); ok {
+			t.Errorf("mark %d resolves to %v for a destination it does not translate to", id, got)
 		}
 	}
 }

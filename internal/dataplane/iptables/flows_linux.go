@@ -21,22 +21,24 @@ func (d *Dataplane) ReadFlows(ctx context.Context, netns string, sink flow.Sink)
 		return err
 	}
 	defer s.Close()
-	return s.read(ctx, func(prefix string, ts time.Time, payload []byte, origDst netip.AddrPort) {
+	return s.read(ctx, func(prefix string, ts time.Time, payload []byte, origDst netip.AddrPort, mark uint32) {
 		ev, ok := packetEvent(payload)
 		if !ok {
 			return
 		}
+		d.mu.Lock()
+		cur, prev := d.prefixes[0], d.prefixes[1]
+		d.mu.Unlock()
 		if origDst.IsValid() && origDst != ev.Tuple.Dst {
 			ev.Service = origDst // translated: the client addressed a Service (ours or kube-proxy's)
+		} else if fe, ok := frontend(mark, ev.Tuple, cur, prev); ok {
+			ev.Service = fe // translated by this node's NAT
 		}
 		if dir, drop := decodeDropPrefix(prefix); drop != "" {
 			ev.Time, ev.Direction, ev.Drop = ts, dir, drop
 			sink.Observe(ev)
 			return
 		}
-		d.mu.Lock()
-		cur, prev := d.prefixes[0], d.prefixes[1]
-		d.mu.Unlock()
 		dir, allowed, dec, ok := decodePrefix(prefix, cur, prev)
 		if !ok {
 			return // another tool's NFLOG rule on the same group

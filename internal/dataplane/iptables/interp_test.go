@@ -267,7 +267,7 @@ func TestRenderMatchesEvaluator(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			in, ev, table := newInterp(t, spec), policy.New(rs), newPrefixTable(rs, nil)
+			in, ev, table := newInterp(t, spec), policy.New(rs), newPrefixTable(rs, nil, nil)
 			type end struct {
 				ip  netip.Addr
 				dev string

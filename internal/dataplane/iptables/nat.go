@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/rampart-sec/rampart/internal/ir"
@@ -69,8 +70,26 @@ func (r *renderer) nat() {
 			lb.Rules = append(sticky, lb.Rules...)
 			r.addChain("nat", lb)
 		}
+		target := lb.Name
+		addr := netip.AddrPortFrom(fe.Addr, fe.Listen)
+		if id := uint32(len(r.spec.Frontends) + 1); id <= markFront {
+			// The frontend's own chain marks the packet with its id, for flow events.
+			target = ChainPrefix + "F-" + hash(fmt.Sprintf("%s|%s|%s|%d", lbKey, addr, proto, fe.Scope))
+			if !made[target] {
+				made[target] = true
+				mf := MarkedFrontend{Addr: addr, Protocol: fe.Port.Protocol, Backends: map[netip.AddrPort]bool{}}
+				for _, b := range fe.Backends {
+					mf.Backends[netip.AddrPortFrom(b.IP, b.Port)] = true
+				}
+				if r.spec.Frontends == nil {
+					r.spec.Frontends = map[uint32]MarkedFrontend{}
+				}
+				r.spec.Frontends[id] = mf
+				r.addChain("nat", Chain{Name: target, Rules: []string{fmt.Sprintf("-j MARK --set-xmark %#x/%#x", id, markFront), "-g " + lb.Name}})
+			}
+		}
 		rule := fmt.Sprintf("-d %s/32 -p %s -m %s --dport %d -m comment --comment %q -j %s",
-			fe.Addr, proto, proto, fe.Listen, fe.Service.Namespace+"/"+fe.Service.Name+":"+portName(*fe.Port), lb.Name)
+			fe.Addr, proto, proto, fe.Listen, fe.Service.Namespace+"/"+fe.Service.Name+":"+portName(*fe.Port), target)
 		if fe.Scope == ir.FromOutside {
 			ext.Rules = append(ext.Rules, rule)
 		} else {

@@ -32,6 +32,7 @@ const (
 	nfulnlCfgFSeq    = 1
 	nfulnlCfgFCt     = 2 // NFULNL_CFG_F_CONNTRACK: each packet's conntrack entry comes with it
 
+	nfulaMark      = 2
 	nfulaTimestamp = 3
 	nfulaPayload   = 9
 	nfulaPrefix    = 10
@@ -121,9 +122,9 @@ func (s *nflogSocket) config(seq uint32, attrs []byte) error {
 func (s *nflogSocket) Close() error { return unix.Close(s.fd) }
 
 // read delivers logged packets to fn until ctx ends, with the destination their connection's
-// first packet was addressed to (before DNAT; invalid when unknown); lost reports messages the
+// first packet was addressed to (before DNAT; invalid when unknown) and their mark; lost reports messages the
 // kernel dropped (sequence gaps, and a socket overflow before any gap is seen).
-func (s *nflogSocket) read(ctx context.Context, fn func(prefix string, ts time.Time, payload []byte, origDst netip.AddrPort), lost func(n uint64)) error {
+func (s *nflogSocket) read(ctx context.Context, fn func(prefix string, ts time.Time, payload []byte, origDst netip.AddrPort, mark uint32), lost func(n uint64)) error {
 	buf := make([]byte, 1<<16)
 	var lastSeq uint32
 	haveSeq := false
@@ -148,6 +149,7 @@ func (s *nflogSocket) read(ctx context.Context, fn func(prefix string, ts time.T
 			var prefix string
 			var payload []byte
 			var origDst netip.AddrPort
+			var mark uint32
 			ts := time.Now()
 			for a := range attrs(m.Data[4:]) {
 				switch a.typ {
@@ -157,6 +159,10 @@ func (s *nflogSocket) read(ctx context.Context, fn func(prefix string, ts time.T
 					payload = a.val
 				case nfulaCt:
 					origDst = ctOrigDst(a.val)
+				case nfulaMark:
+					if len(a.val) == 4 {
+						mark = binary.BigEndian.Uint32(a.val)
+					}
 				case nfulaTimestamp:
 					if len(a.val) == 16 {
 						ts = time.Unix(int64(binary.BigEndian.Uint64(a.val)), int64(binary.BigEndian.Uint64(a.val[8:]))*1000)
@@ -171,7 +177,7 @@ func (s *nflogSocket) read(ctx context.Context, fn func(prefix string, ts time.T
 					}
 				}
 			}
-			fn(prefix, ts, payload, origDst)
+			fn(prefix, ts, payload, origDst, mark)
 		}
 	}
 	return nil

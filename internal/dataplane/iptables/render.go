@@ -30,6 +30,10 @@ const (
 	markMask  = 0x07000000
 	// markMasq asks POSTROUTING to masquerade (a pod reaching itself through a Service).
 	markMasq = 0x08000000
+	// markFront holds the id of the Service frontend the NAT translated a connection's first
+	// packet for (Spec.Frontends): NFLOG reports the packet's mark, so a flow event, denied ones
+	// included, names the Service the client addressed (the kernel logs no conntrack entry).
+	markFront = 0x00ffffff
 )
 
 var actionMark = map[ir.Action]uint32{ir.Allow: markAllow, ir.Deny: markDeny, ir.Pass: markPass}

@@ -2,8 +2,11 @@ package iptables
 
 import (
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
+
+	"github.com/rampart-sec/rampart/internal/ir"
 )
 
 // Spec is everything the dataplane installs on a node, rendered from a Ruleset.
@@ -13,6 +16,17 @@ type Spec struct {
 	Tables map[string][]Chain
 	// Jumps are the single rules that hook rampart's chains into built-in chains.
 	Jumps []Jump
+	// Frontends are the Service frontends the NAT translates, by the id their rules mark
+	// packets with (markFront).
+	Frontends map[uint32]MarkedFrontend
+}
+
+// MarkedFrontend is a frontend as flow events name it: the address and port the client
+// addressed, and the backends it translates to.
+type MarkedFrontend struct {
+	Addr     netip.AddrPort
+	Protocol ir.Protocol
+	Backends map[netip.AddrPort]bool
 }
 
 // IPSet is one ipset with its members.

@@ -493,3 +493,55 @@ spec: {selector: {app: b}, ports: [{port: 53, protocol: UDP}]}
 		})
 	}
 }
+
+// TestLabFlowRecordsNameServiceDenied: a connection addressed to a Service and denied, on the
+// backend's ingress and then on the client's egress, on the node that translated it, is
+// recorded with the Service named; on both dataplanes (iptables reads the frontend from the
+// packet's mark: the kernel logs denied packets without their conntrack entry).
+func TestLabFlowRecordsNameServiceDenied(t *testing.T) {
+	const onlyFromC = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-c, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: c}}}]}]
+`
+	const aNoEgress = `---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-no-egress, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  policyTypes: [Egress]
+`
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) {
+			l := labtest.New(t, 2, dp, serviceFlowCluster)
+			ctx := context.Background()
+			for _, step := range []struct{ policies, direction, policy string }{{onlyFromC, "ingress", "b-from-c"}, {onlyFromC + aNoEgress, "egress", "a-no-egress"}} {
+				if err := l.Apply(ctx, step.policies); err != nil {
+					t.Fatal(err)
+				}
+				got, err := l.Probe(ctx, controller.ProbeRequest{From: "x/a", To: "x/b", Port: 80, Protocol: "TCP", Via: "service", Timeout: time.Second})
+				if err != nil || len(got) != 1 || got[0].Connected {
+					t.Fatalf("probe a -> svc-b: %+v %v, want refused by policy", got, err)
+				}
+				var recs []flow.Record
+				found := false
+				for deadline := time.Now().Add(5 * time.Second); !found && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+					recs = labFlows(t, l, "node=node-1&pod=x/a&verdict=denied")
+					for _, r := range recs {
+						s := r.Destination.Service
+						if r.Direction == step.direction && r.Policy != nil && r.Policy.Name == step.policy && r.Destination.Pod == "b" &&
+							s != nil && s.Name == "svc-b" && s.Namespace == "x" && s.Port == 8080 && s.IP != r.Destination.IP {
+							found = true
+						}
+					}
+				}
+				if !found {
+					t.Fatalf("no denied %s record of node-1 by %s naming svc-b: %+v", step.direction, step.policy, recs)
+				}
+			}
+		})
+	}
+}
