@@ -120,7 +120,9 @@ func ClusterBackends(bs []Backend, node, zone string) []Backend {
 //     internalTrafficPolicy Local);
 //   - every external and load-balancer address, and every node port on the node's own
 //     addresses, twice: from inside (the node and its pods) to every usable endpoint, and from
-//     outside to every usable endpoint, or only the node's own with externalTrafficPolicy Local.
+//     outside to every usable endpoint, or only the node's own with externalTrafficPolicy Local;
+//   - every node port on Loopback, from inside (the node's own sockets), to every usable
+//     endpoint.
 //
 // Cluster-wide traffic follows topology hints where the endpoints carry them (ClusterBackends).
 // With node "", the frontends whose backends do not depend on the node (no Local policy, no
@@ -171,7 +173,13 @@ func (r *Ruleset) Frontends(node string) []Frontend {
 				add(ip, sp.NodePort, FromInside, false, true)
 				add(ip, sp.NodePort, FromOutside, s.ExternalLocal, true)
 			}
+			add(Loopback, sp.NodePort, FromInside, false, true)
 		}
 	}
 	return out
 }
+
+// Loopback is where the node's own sockets reach node ports too, as kube-proxy's iptables mode
+// lets them (its localhost node ports), to every usable endpoint: a dataplane serves it only
+// to the node's own network namespace (a pod's loopback is its own).
+var Loopback = netip.AddrFrom4([4]byte{127, 0, 0, 1})

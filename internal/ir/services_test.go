@@ -58,6 +58,7 @@ func TestFrontends(t *testing.T) {
 			"lb 172.30.1.1:80 outside local -> ",
 			"lb 172.30.0.10:30080 inside nodeport -> 10.0.2.1",
 			"lb 172.30.0.10:30080 outside local nodeport -> ",
+			"lb 127.0.0.1:30080 inside nodeport -> 10.0.2.1",
 			"term 10.96.0.4:53 inside -> 10.0.1.1,10.0.1.2",
 			"term 203.0.113.1:53 inside -> 10.0.1.1,10.0.1.2",
 			"term 203.0.113.1:53 outside -> 10.0.1.1,10.0.1.2",
@@ -70,15 +71,18 @@ func TestFrontends(t *testing.T) {
 			"lb 172.30.1.1:80 outside local -> 10.0.2.1",
 			"lb 172.30.0.11:30080 inside nodeport -> 10.0.2.1",
 			"lb 172.30.0.11:30080 outside local nodeport -> 10.0.2.1",
+			"lb 127.0.0.1:30080 inside nodeport -> 10.0.2.1",
 			"term 10.96.0.4:53 inside -> 10.0.1.1,10.0.1.2",
 			"term 203.0.113.1:53 inside -> 10.0.1.1,10.0.1.2",
 			"term 203.0.113.1:53 outside -> 10.0.1.1,10.0.1.2",
 		}},
-		// A balancer shared by nodes: nothing whose backends depend on the node.
+		// A balancer shared by nodes: nothing whose backends depend on the node; the node
+		// port on 127.0.0.1 goes to every endpoint on every node.
 		{"", []string{
 			"plain 10.96.0.1:80 inside -> 10.0.1.1,10.0.2.1",
 			"lb 10.96.0.3:80 inside -> 10.0.2.1",
 			"lb 172.30.1.1:80 inside -> 10.0.2.1",
+			"lb 127.0.0.1:30080 inside nodeport -> 10.0.2.1",
 			"term 10.96.0.4:53 inside -> 10.0.1.1,10.0.1.2",
 			"term 203.0.113.1:53 inside -> 10.0.1.1,10.0.1.2",
 		}},

@@ -67,3 +67,21 @@ func NetlinkSocket(name string, proto, rcvbuf int, timeout time.Duration) (int, 
 	}
 	return fd, nil
 }
+
+// NetnsCookie returns the cookie of the named namespace ("" for the current one): the id BPF
+// programs read with bpf_get_netns_cookie (SO_NETNS_COOKIE, Linux 5.14).
+func NetnsCookie(name string) (uint64, error) {
+	var cookie uint64
+	err := Do(name, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE); err != nil {
+			return fmt.Errorf("netns cookie: %w", err)
+		}
+		return nil
+	})
+	return cookie, err
+}

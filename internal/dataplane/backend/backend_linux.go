@@ -16,6 +16,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/dataplane/iptables"
 	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
+	"github.com/rampart-sec/rampart/internal/nsexec"
 	"github.com/rampart-sec/rampart/internal/policy"
 )
 
@@ -36,7 +37,7 @@ func New(kind dataplane.Kind, node dataplane.Node, opts dataplane.Options) (data
 			dp.Attach = opts.Attach
 		}
 		if opts.Cgroup != "" || opts.Frontend != nil {
-			return &ebpfPlane{Dataplane: dp, node: node.Name, cgroup: opts.Cgroup, sizes: opts.MapSizes, frontend: opts.Frontend}, nil
+			return &ebpfPlane{Dataplane: dp, node: node.Name, netns: opts.Netns, cgroup: opts.Cgroup, sizes: opts.MapSizes, frontend: opts.Frontend}, nil
 		}
 		return dp, nil
 	case dataplane.KindNone:
@@ -97,6 +98,7 @@ var (
 type ebpfPlane struct {
 	*ebpf.Dataplane
 	node     string
+	netns    string // the node's network namespace ("": the agent's own)
 	cgroup   string
 	sizes    ebpf.MapSizes
 	sock     atomic.Pointer[ebpf.SockLB] // read by the flow aggregator too
@@ -129,6 +131,15 @@ func (p *ebpfPlane) Sync(ctx context.Context, rs *ir.Ruleset) error {
 	if sock == nil {
 		s, err := ebpf.NewSockLB(p.cgroup, p.sizes)
 		if err != nil {
+			return fmt.Errorf("connect-time Services: %w", err)
+		}
+		// The node's own sockets (host-network pods) reach node ports on 127.0.0.1.
+		cookie, err := nsexec.NetnsCookie(p.netns)
+		if err == nil {
+			err = s.SetHostNetns([]uint64{cookie})
+		}
+		if err != nil {
+			s.Close()
 			return fmt.Errorf("connect-time Services: %w", err)
 		}
 		sock = s

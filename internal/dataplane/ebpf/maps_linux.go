@@ -575,8 +575,8 @@ func (o *Objects) services(rs *ir.Ruleset, c *content) {
 	var keys []policySvcKey
 	var vips, others []netip.Addr
 	for _, fe := range rs.Frontends(o.node) {
-		if !fe.Addr.Is4() {
-			continue
+		if !fe.Addr.Is4() || fe.Addr.IsLoopback() {
+			continue // node ports on 127.0.0.1: the node's sockets, at connect time (SockLB)
 		}
 		f := frontend{key: policySvcKey{Vip: ipv4Key(fe.Addr), Port: portKey16(fe.Listen), Protocol: uint8(fe.Port.Protocol)},
 			affinity: fe.Service.AffinitySeconds}

@@ -121,12 +121,13 @@ type sockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
-	LbAffinity *ebpf.MapSpec `ebpf:"lb_affinity"`
-	LbBackends *ebpf.MapSpec `ebpf:"lb_backends"`
-	LbCounters *ebpf.MapSpec `ebpf:"lb_counters"`
-	LbFlows    *ebpf.MapSpec `ebpf:"lb_flows"`
-	LbRevnat   *ebpf.MapSpec `ebpf:"lb_revnat"`
-	LbServices *ebpf.MapSpec `ebpf:"lb_services"`
+	LbAffinity  *ebpf.MapSpec `ebpf:"lb_affinity"`
+	LbBackends  *ebpf.MapSpec `ebpf:"lb_backends"`
+	LbCounters  *ebpf.MapSpec `ebpf:"lb_counters"`
+	LbFlows     *ebpf.MapSpec `ebpf:"lb_flows"`
+	LbHostNetns *ebpf.MapSpec `ebpf:"lb_host_netns"`
+	LbRevnat    *ebpf.MapSpec `ebpf:"lb_revnat"`
+	LbServices  *ebpf.MapSpec `ebpf:"lb_services"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -156,12 +157,13 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
-	LbAffinity *ebpf.Map `ebpf:"lb_affinity"`
-	LbBackends *ebpf.Map `ebpf:"lb_backends"`
-	LbCounters *ebpf.Map `ebpf:"lb_counters"`
-	LbFlows    *ebpf.Map `ebpf:"lb_flows"`
-	LbRevnat   *ebpf.Map `ebpf:"lb_revnat"`
-	LbServices *ebpf.Map `ebpf:"lb_services"`
+	LbAffinity  *ebpf.Map `ebpf:"lb_affinity"`
+	LbBackends  *ebpf.Map `ebpf:"lb_backends"`
+	LbCounters  *ebpf.Map `ebpf:"lb_counters"`
+	LbFlows     *ebpf.Map `ebpf:"lb_flows"`
+	LbHostNetns *ebpf.Map `ebpf:"lb_host_netns"`
+	LbRevnat    *ebpf.Map `ebpf:"lb_revnat"`
+	LbServices  *ebpf.Map `ebpf:"lb_services"`
 }
 
 func (m *sockMaps) Close() error {
@@ -170,6 +172,7 @@ func (m *sockMaps) Close() error {
 		m.LbBackends,
 		m.LbCounters,
 		m.LbFlows,
+		m.LbHostNetns,
 		m.LbRevnat,
 		m.LbServices,
 	)

@@ -76,7 +76,8 @@ func NewSockLB(cgroupPath string, sizes MapSizes) (*SockLB, error) {
 }
 
 // Sync makes the frontends and backends those node translates from inside (rs.Frontends:
-// ClusterIPs, external and load-balancer addresses, node ports on its addresses; "" for a
+// ClusterIPs, external and load-balancer addresses, node ports on its addresses and on
+// 127.0.0.1, which only the namespaces SetHostNetns names reach; "" for a
 // balancer shared by several nodes, which leaves what depends on the node to the veth
 // programs), IPv4, TCP and UDP: socket hooks do not see SCTP, which the veth programs
 // translate.
@@ -158,6 +159,34 @@ func (s *SockLB) Sync(rs *ir.Ruleset, node string) error {
 		errs = append(errs, s.objs.LbServices.Delete(k))
 		s.dropBackends(cur.id, len(cur.backends))
 		delete(s.current, k)
+	}
+	return errors.Join(errs...)
+}
+
+// SetHostNetns names the nodes' own network namespaces, by cookie (NetnsCookie): their sockets
+// reach node ports on 127.0.0.0/8 as kube-proxy's localhost node ports do. Sockets of other
+// namespaces (pods) keep their loopback to themselves.
+func (s *SockLB) SetHostNetns(cookies []uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.objs.LbHostNetns == nil {
+		return errors.New("connect-time load balancer closed")
+	}
+	want := map[uint64]bool{}
+	var errs []error
+	for _, c := range cookies {
+		want[c] = true
+		errs = append(errs, s.objs.LbHostNetns.Put(c, uint8(1)))
+	}
+	var k uint64
+	var stale []uint64
+	for it := s.objs.LbHostNetns.Iterate(); it.Next(&k, new(uint8)); {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	for _, k := range stale {
+		errs = append(errs, s.objs.LbHostNetns.Delete(k))
 	}
 	return errors.Join(errs...)
 }

@@ -25,7 +25,9 @@ func (r *renderer) nat() {
 	}}
 	made := map[string]bool{}
 	for _, fe := range r.frontends() {
-		if !fe.Addr.Is4() || len(fe.Backends) == 0 || (fe.Scope == ir.FromOutside && r.node.Uplink == "") {
+		// Node ports on 127.0.0.1 (ir.Loopback) would need route_localnet and a masquerade of
+		// the node's loopback source; the lab's NAT leaves them out.
+		if !fe.Addr.Is4() || fe.Addr.IsLoopback() || len(fe.Backends) == 0 || (fe.Scope == ir.FromOutside && r.node.Uplink == "") {
 			continue
 		}
 		proto := strings.ToLower(fe.Port.Protocol.String())

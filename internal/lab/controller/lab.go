@@ -25,6 +25,7 @@ import (
 	"github.com/rampart-sec/rampart/internal/ir/compile"
 	"github.com/rampart-sec/rampart/internal/lab/cgroup"
 	"github.com/rampart-sec/rampart/internal/model"
+	"github.com/rampart-sec/rampart/internal/nsexec"
 	"github.com/rampart-sec/rampart/internal/source/store"
 )
 
@@ -56,6 +57,8 @@ type Lab struct {
 	cg        *cgroup.Group               // the lab's, parent of its pods' groups
 	releaseCG func() error
 	sockErr   error // why connect-time balancing is off, if it is
+	// netnsCookies caches the nodes' namespace cookies, by namespace name.
+	netnsCookies map[string]uint64
 }
 
 // nodeAgent is one node's agent and the goroutine running it.
@@ -67,7 +70,7 @@ type nodeAgent struct {
 // New returns a lab over fabric; Reconcile brings it up.
 func New(s Settings, c *model.Cluster, f Fabric) *Lab {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Lab{settings: s, cluster: c, fabric: f, agents: map[string]*nodeAgent{}, agentCtx: ctx, stopAgents: cancel}
+	return &Lab{settings: s, cluster: c, fabric: f, agents: map[string]*nodeAgent{}, agentCtx: ctx, stopAgents: cancel, netnsCookies: map[string]uint64{}}
 }
 
 // Reconcile realises the current objects: placement, fabric, agents.
@@ -230,6 +233,26 @@ func (l *Lab) syncSockLB(rs *ir.Ruleset) error {
 		l.sockRef.Store(l.sock)
 	}
 	if err := l.sock.Sync(rs, ""); err != nil {
+		return fmt.Errorf("connect-time load balancer: %w", err)
+	}
+	// The nodes' namespaces reach node ports on 127.0.0.1 (their host-network pods' sockets).
+	var cookies []uint64
+	for _, n := range rs.Nodes {
+		netns := l.fabric.NodeNetns(n.Name)
+		if netns == "" {
+			continue
+		}
+		c, ok := l.netnsCookies[netns]
+		if !ok {
+			var err error
+			if c, err = nsexec.NetnsCookie(netns); err != nil {
+				return fmt.Errorf("connect-time load balancer: node %s: %w", n.Name, err)
+			}
+			l.netnsCookies[netns] = c
+		}
+		cookies = append(cookies, c)
+	}
+	if err := l.sock.SetHostNetns(cookies); err != nil {
 		return fmt.Errorf("connect-time load balancer: %w", err)
 	}
 	return nil

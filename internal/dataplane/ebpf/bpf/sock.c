@@ -124,6 +124,15 @@ struct {
 	__type(value, struct lb_revnat_value);
 } lb_flows SEC(".maps");
 
+// Node network namespaces, by cookie: their sockets reach node ports on 127.0.0.0/8 as well
+// (kube-proxy's localhost node ports). A pod's loopback is its own, and is left alone.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, __u8);
+} lb_host_netns SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, LB_MAX);
@@ -138,6 +147,7 @@ struct {
 volatile const __u8 refuse_with_errno = 0;
 
 #define ECONNREFUSED 111
+#define LOOPBACK_VIP 0x0100007f // 127.0.0.1, network order
 
 static __always_inline void lb_count(__u32 c)
 {
@@ -153,6 +163,12 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, __u32 counter)
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
 	struct lb_svc_key sk = {.vip = ctx->user_ip4, .port = (__u16)ctx->user_port, .protocol = (__u8)ctx->protocol};
+	if ((sk.vip & 0xff) == 127) { // 127.0.0.0/8 (network order, first byte lowest)
+		__u64 ns = bpf_get_netns_cookie(ctx);
+		if (!bpf_map_lookup_elem(&lb_host_netns, &ns))
+			return 1;
+		sk.vip = LOOPBACK_VIP; // node ports are listed once, on 127.0.0.1
+	}
 	struct lb_svc_value *sv = bpf_map_lookup_elem(&lb_services, &sk);
 	if (!sv)
 		return 1;
@@ -181,7 +197,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, __u32 counter)
 	if (!bv)
 		return 1;
 	struct lb_revnat_key rk = {.cookie = bpf_get_socket_cookie(ctx), .backend = bv->addr, .port = bv->port};
-	struct lb_revnat_value rv = {.vip = sk.vip, .port = sk.port};
+	struct lb_revnat_value rv = {.vip = ctx->user_ip4, .port = sk.port}; // the address as addressed
 	bpf_map_update_elem(&lb_revnat, &rk, &rv, BPF_ANY);
 	ctx->user_ip4 = bv->addr;
 	ctx->user_port = bv->port;
