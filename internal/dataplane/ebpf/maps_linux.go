@@ -36,9 +36,10 @@ type Objects struct {
 }
 
 // Load loads the programs and creates their maps (not pinned, not attached). Given the previous
-// generation, its flow state (conntrack, reverse NAT, the flow-event ring), counters, blocklist,
-// SYN limits, quarantine, shields and connection limits are reused, so flows survive new tables, counters keep counting and
-// the threat engine's responses stay.
+// generation, its flow state (conntrack, reverse NAT, Service affinity and outside SNAT, the
+// flow-event ring), counters, blocklist, SYN limits, quarantine, shields and connection limits
+// are reused (carriedMaps), so flows survive new tables, counters keep counting and the threat
+// engine's responses stay.
 func Load(prev *Objects) (*Objects, error) { return load(prev, genOptions{}) }
 
 // genOptions are the programs' load-time constants.
@@ -47,19 +48,37 @@ type genOptions struct {
 	sizes   MapSizes // maps' sizes other than bpf/policy.c's
 }
 
-func load(prev *Objects, g genOptions) (*Objects, error) {
-	if prev != nil {
-		return loadWith(carried{prev.objs.Conntrack, prev.objs.Revnat, prev.objs.Counters, prev.objs.FlowEvents, prev.objs.Blocklist,
-			prev.objs.SynLimits, prev.objs.SynBuckets, prev.objs.Quarantine, prev.objs.QuarantineAllow, prev.objs.Shields,
-			prev.objs.ConnLimits, prev.objs.ConnCounts}, g)
+// carriedMaps are the maps a generation takes over from the one before it (and, pinned, from
+// a previous process: pinFlowState), by their names in bpf/policy.c.
+var carriedMaps = []string{"conntrack", "revnat", "affinity", "nat_out", "nat_back", "counters", "flow_events",
+	"blocklist", "syn_limits", "syn_buckets", "quarantine", "quarantine_allow", "shields", "conn_limits", "conn_counts"}
+
+// carried maps a generation reuses, by name (carriedMaps); missing ones are created.
+type carried map[string]*ebpf.Map
+
+// carried returns the maps of o to carry.
+func (o *Objects) carried() carried {
+	c := carried{}
+	for _, name := range carriedMaps {
+		c[name] = o.mapNamed(name)
 	}
-	return loadWith(carried{}, g)
+	return c
 }
 
-// carried are the maps one generation hands to the next (nil: new ones).
-type carried struct {
-	conntrack, revnat, counters, flowEvents, blocklist, synLimits, synBuckets, quarantine, quarantineAllow, shields *ebpf.Map
-	connLimits, connCounts                                                                                          *ebpf.Map
+// mapNamed returns the map the programs call name.
+func (o *Objects) mapNamed(name string) *ebpf.Map {
+	m := o.objs.policyMaps
+	return map[string]*ebpf.Map{"conntrack": m.Conntrack, "revnat": m.Revnat, "affinity": m.Affinity, "nat_out": m.NatOut,
+		"nat_back": m.NatBack, "counters": m.Counters, "flow_events": m.FlowEvents, "blocklist": m.Blocklist,
+		"syn_limits": m.SynLimits, "syn_buckets": m.SynBuckets, "quarantine": m.Quarantine,
+		"quarantine_allow": m.QuarantineAllow, "shields": m.Shields, "conn_limits": m.ConnLimits, "conn_counts": m.ConnCounts}[name]
+}
+
+func load(prev *Objects, g genOptions) (*Objects, error) {
+	if prev != nil {
+		return loadWith(prev.carried(), g)
+	}
+	return loadWith(nil, g)
 }
 
 // loadWith loads a generation using the given flow-state and counter maps.
@@ -78,10 +97,7 @@ func loadWith(c carried, g genOptions) (*Objects, error) {
 		return nil, fmt.Errorf("set flow_events_on: %w", err)
 	}
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{}}
-	for name, m := range map[string]*ebpf.Map{"conntrack": c.conntrack, "revnat": c.revnat, "counters": c.counters, "flow_events": c.flowEvents,
-		"blocklist": c.blocklist, "syn_limits": c.synLimits, "syn_buckets": c.synBuckets,
-		"quarantine": c.quarantine, "quarantine_allow": c.quarantineAllow, "shields": c.shields,
-		"conn_limits": c.connLimits, "conn_counts": c.connCounts} {
+	for name, m := range c {
 		if m != nil {
 			opts.MapReplacements[name] = m
 		}

@@ -5,26 +5,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
 )
 
-// Pinned objects under PinDir: links/<interface>-in|-out, conntrack, revnat, flow_events.
+// Pinned objects under PinDir: links/<interface>-in|-out, uplink-xdp, and the flow-state
+// maps (pinnedMaps) by their names.
 const (
-	pinLinks     = "links"
-	pinConntrack = "conntrack"
-	pinRevnat    = "revnat"
-	pinFlows     = "flow_events"
-	pinBlocklist = "blocklist"
-	pinSynLimits = "syn_limits"
-	pinSynBucket = "syn_buckets"
-	pinQuar      = "quarantine"
-	pinQuarAllow = "quarantine_allow"
-	pinShields   = "shields"
-	pinConnLim   = "conn_limits"
-	pinConnCount = "conn_counts"
-	pinXDP       = "uplink-xdp" // the uplink's XDP link (beside links/, which holds TCX links only)
+	pinLinks = "links"
+	pinXDP   = "uplink-xdp" // the uplink's XDP link (beside links/, which holds TCX links only)
 )
 
 func (d *Dataplane) linkPin(iface string) string {
@@ -32,46 +23,33 @@ func (d *Dataplane) linkPin(iface string) string {
 }
 
 // loadAdopting loads the first generation of this process, reusing the flow-state maps a
-// previous process pinned, if any.
+// previous process pinned (pinFlowState), if any.
 func (d *Dataplane) loadAdopting() (*Objects, error) {
 	if err := os.MkdirAll(filepath.Join(d.PinDir, pinLinks), 0o700); err != nil {
 		return nil, err
 	}
-	ct, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, pinConntrack), nil)
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(d.PinDir, "conntrack")); errors.Is(err, os.ErrNotExist) {
 		return load(nil, d.genOptions())
 	}
-	if err != nil {
-		return nil, fmt.Errorf("adopt pinned conntrack: %w", err)
-	}
-	defer ct.Close()
-	rn, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, pinRevnat), nil)
-	if err != nil {
-		return nil, fmt.Errorf("adopt pinned reverse NAT: %w", err)
-	}
-	defer rn.Close()
-	c := carried{conntrack: ct, revnat: rn}
-	// The programs left in force write their flow events here until the new ones take over.
-	if fe, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, pinFlows), nil); err == nil {
-		defer fe.Close()
-		c.flowEvents = fe
-	}
-	// The blocks and SYN limits in force stay in force: the threat engine's next SetBlocked and
-	// SetSynLimits write the difference.
-	for name, dst := range map[string]**ebpf.Map{pinBlocklist: &c.blocklist, pinSynLimits: &c.synLimits, pinSynBucket: &c.synBuckets,
-		pinQuar: &c.quarantine, pinQuarAllow: &c.quarantineAllow, pinShields: &c.shields, pinConnLim: &c.connLimits, pinConnCount: &c.connCounts} {
-		if m, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, name), nil); err == nil {
-			defer m.Close()
-			*dst = m
+	c := carried{}
+	for _, name := range pinnedMaps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(d.PinDir, name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // pinned by a version that did not carry it: created afresh
 		}
+		if err != nil {
+			for _, m := range c {
+				m.Close()
+			}
+			return nil, fmt.Errorf("adopt pinned %s: %w", name, err)
+		}
+		defer m.Close()
+		c[name] = m
 	}
 	o, err := loadWith(c, d.genOptions())
 	if err != nil {
 		// Maps of an incompatible (older) layout: start afresh rather than not at all.
-		os.Remove(filepath.Join(d.PinDir, pinConntrack))
-		os.Remove(filepath.Join(d.PinDir, pinRevnat))
-		os.Remove(filepath.Join(d.PinDir, pinFlows))
-		for _, name := range []string{pinBlocklist, pinSynLimits, pinSynBucket, pinQuar, pinQuarAllow, pinShields, pinConnLim, pinConnCount} {
+		for _, name := range pinnedMaps {
 			os.Remove(filepath.Join(d.PinDir, name))
 		}
 		return load(nil, d.genOptions())
@@ -79,18 +57,20 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 	return o, nil
 }
 
-// pinFlowState pins the generation's conntrack, reverse-NAT, flow-event, blocklist, SYN limit,
-// quarantine and shield maps, unless they already are (later generations share the first one's maps).
+// pinnedMaps are the maps a restarted agent adopts: the carried ones (the programs left in
+// force keep writing flow events, and the blocks, SYN limits and quarantines in force stay until
+// the threat engine's next writes) but the counters, which start again with the process.
+var pinnedMaps = slices.DeleteFunc(slices.Clone(carriedMaps), func(n string) bool { return n == "counters" })
+
+// pinFlowState pins the generation's pinnedMaps, unless they already are (later generations
+// share the first one's maps).
 func (o *Objects) pinFlowState(dir string) error {
-	for name, m := range map[string]*ebpf.Map{pinConntrack: o.objs.Conntrack, pinRevnat: o.objs.Revnat, pinFlows: o.objs.FlowEvents,
-		pinBlocklist: o.objs.Blocklist, pinSynLimits: o.objs.SynLimits, pinSynBucket: o.objs.SynBuckets,
-		pinQuar: o.objs.Quarantine, pinQuarAllow: o.objs.QuarantineAllow, pinShields: o.objs.Shields,
-		pinConnLim: o.objs.ConnLimits, pinConnCount: o.objs.ConnCounts} {
+	for _, name := range pinnedMaps {
 		p := filepath.Join(dir, name)
 		if _, err := os.Stat(p); err == nil {
 			continue
 		}
-		if err := m.Pin(p); err != nil {
+		if err := o.mapNamed(name).Pin(p); err != nil {
 			return fmt.Errorf("pin %s: %w", name, err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	cebpf "github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/rampart-sec/rampart/internal/dataplane"
@@ -137,6 +138,29 @@ func TestPinnedRestart(t *testing.T) {
 	if !reach("client") || reach("other") {
 		t.Fatal("policy not enforced after adoption")
 	}
+	// The new programs use the first process's flow state: connections, Service affinity and
+	// outside clients' SNAT stay as they were.
+	mapIDs := append(linkedMaps(t, filepath.Join(pinDir, "links", l.Fabric.PodInterface("x", "server")+"-in")),
+		linkedMaps(t, filepath.Join(pinDir, "links", "uplink-in"))...)
+	uses := map[cebpf.MapID]bool{}
+	for _, id := range mapIDs {
+		uses[id] = true
+	}
+	for _, name := range []string{"conntrack", "revnat", "affinity", "nat_out", "nat_back", "flow_events"} {
+		m, err := cebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
+		if err != nil {
+			t.Errorf("%s not pinned: %v", name, err)
+			continue
+		}
+		info, err := m.Info()
+		m.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id, _ := info.ID(); !uses[id] {
+			t.Errorf("the adopting programs do not use the pinned %s (map %d; they use %v)", name, id, mapIDs)
+		}
+	}
 
 	if err := dp2.Remove(); err != nil {
 		t.Fatal(err)
@@ -150,6 +174,31 @@ func TestPinnedRestart(t *testing.T) {
 	if !reach("other") {
 		t.Error("still enforcing after Remove")
 	}
+}
+
+// linkedMaps returns the maps of the program behind a pinned link.
+func linkedMaps(t *testing.T, pin string) []cebpf.MapID {
+	t.Helper()
+	l, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog, err := cebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	pi, err := prog.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, _ := pi.MapIDs()
+	return ids
 }
 
 func podIP(rs *ir.Ruleset, key string) netip.Addr {
