@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand"
 	"net/http/httptest"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/lab/controller"
 	"github.com/rampart-sec/rampart/internal/lab/fabric"
 	"github.com/rampart-sec/rampart/internal/lab/labtest"
@@ -44,7 +46,9 @@ func TestLabKube(t *testing.T) {
 }
 
 func labKube(t *testing.T, dp, bin string) {
-	l := labtest.NewKube(t, 2, dp, randpolicy.Cluster(), bin)
+	// A Service in front of y/b: probes "via service" address it, and flow records name it.
+	const svc = "---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: y}\nspec: {selector: {pod: b}, ports: [{port: 80}]}\n"
+	l := labtest.NewKube(t, 2, dp, randpolicy.Cluster()+svc, bin)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	cfg, err := clientcmd.BuildConfigFromFlags("", controller.Kubeconfig(l.Settings().Name))
@@ -89,6 +93,31 @@ func labKube(t *testing.T, dp, bin string) {
 		return !ps[0].Connected
 	}
 	agree("no policy")
+	// The agent processes' records name the Services the probes addressed (on eBPF through the
+	// notes of the lab's connect-time balancer, which the agents inherit as a descriptor).
+	servicesNamed := func(what string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			w := httptest.NewRecorder()
+			l.Handler(func() {}).ServeHTTP(w, httptest.NewRequest("GET", "/flows?verdict=allowed&pod=y/b", nil))
+			named := 0
+			for _, line := range strings.Split(strings.TrimSpace(w.Body.String()), "\n") {
+				var r flow.Record
+				if json.Unmarshal([]byte(line), &r) == nil && r.Destination.Pod == "b" && r.Destination.Namespace == "y" {
+					if s := r.Destination.Service; s != nil && s.Namespace == "y" && s.Name != "" && s.IP != r.Destination.IP {
+						named++
+					}
+				}
+			}
+			if named > 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no allowed record to y/b names its Service: %d %s", what, w.Code, w.Body)
+			}
+		}
+	}
+	servicesNamed("no policy")
 
 	// An open connection z/a -> y/b that policy keeps allowing throughout.
 	_, rs := l.Snapshot()
@@ -183,6 +212,7 @@ func labKube(t *testing.T, dp, bin string) {
 		t.Fatalf("the open connection broke after the agents came back: %v", err)
 	}
 	agree("after the agents' restart")
+	servicesNamed("after the agents' restart")
 
 	// The API server goes away: enforcement stays as it is. Once it is back, a change made
 	// right away is enforced (the agents' watches resume or relist).

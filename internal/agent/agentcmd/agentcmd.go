@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	cebpf "github.com/cilium/ebpf"
 	"github.com/spf13/cobra"
 
 	"github.com/rampart-sec/rampart/internal/agent"
@@ -46,6 +48,7 @@ type agentFlags struct {
 	flowMaxConns                                                             int
 	pprof                                                                    bool
 	gcPercent                                                                int
+	lbFlowsFD                                                                int
 }
 
 // New returns the agent's command, named use ("agent" under rampart, "rampart-agent" alone).
@@ -91,6 +94,10 @@ it.`,
 	fl.IntVar(&f.gcPercent, "gc-percent", 40, "heap growth that triggers Go's garbage collector (as GOGC; when the flag is not given, $GOGC wins): below Go's 100 it holds the heap, most of it the cluster's objects, closer to what is live for a little more CPU, as felix's GoGCPercent does")
 	fl.BoolVar(&f.pprof, "pprof", false, "also serve Go's profiles (/debug/pprof/) on the health address, for diagnosing the agent's CPU and memory")
 	fl.DurationVar(&f.grace, "disconnect-grace", 30*time.Second, "how long the API server may be unreachable before /readyz fails (enforcement goes on)")
+	// A lab's connect-time balancer is the lab's, shared by its nodes: its agents get the
+	// balancer's flow notes as an inherited descriptor, to name Services in flow records.
+	fl.IntVar(&f.lbFlowsFD, "lb-flows-fd", -1, "eBPF: descriptor of the flow notes (lb_flows) of a connect-time balancer another process runs")
+	_ = fl.MarkHidden("lb-flows-fd")
 	return cmd
 }
 
@@ -175,6 +182,16 @@ func runAgent(parent context.Context, f agentFlags) error {
 		opts.PinDir = filepath.Join(f.pinDir, f.nodeName)
 		opts.Cgroup = f.cgroup
 		opts.MapSizes = sizes
+		if f.lbFlowsFD >= 0 {
+			notes, err := cebpf.NewMapFromFD(f.lbFlowsFD)
+			if err != nil {
+				return fmt.Errorf("--lb-flows-fd: %w", err)
+			}
+			defer notes.Close()
+			opts.Frontend = func(client, backend netip.AddrPort) (netip.AddrPort, bool) {
+				return ebpf.FrontendIn(notes, client, backend)
+			}
+		}
 	}
 	dp, err := backend.New(kind, dn, opts)
 	if err != nil {

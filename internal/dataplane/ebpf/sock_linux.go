@@ -197,20 +197,35 @@ func (s *SockLB) dropBackends(id uint32, n int) {
 	}
 }
 
-// Frontend returns the Service address and port a TCP connection from client to backend
-// addressed, when connect4 translated it (false otherwise, or once the LRU map let it go).
+// Frontend returns the Service address and port a TCP connection (or UDP flow) from client to
+// backend addressed, when the hooks translated it (false otherwise, or once the LRU map let it
+// go).
 func (s *SockLB) Frontend(client, backend netip.AddrPort) (netip.AddrPort, bool) {
-	if !client.Addr().Is4() || !backend.Addr().Is4() {
-		return netip.AddrPort{}, false
-	}
-	k := sockLbFlowKey{Saddr: ipv4Key(client.Addr()), Daddr: ipv4Key(backend.Addr()), Sport: portKey16(client.Port()), Dport: portKey16(backend.Port())}
-	var v sockLbRevnatValue
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.objs.LbFlows == nil {
 		return netip.AddrPort{}, false // closed
 	}
-	if err := s.objs.LbFlows.Lookup(k, &v); err != nil {
+	return FrontendIn(s.objs.LbFlows, client, backend)
+}
+
+// FlowNotes returns the map in which the hooks note each translated flow's frontend (lb_flows),
+// for the flow records of agents in other processes (FrontendIn); nil once closed. It stays
+// the balancer's: callers duplicate its descriptor rather than close it.
+func (s *SockLB) FlowNotes() *ebpf.Map {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.objs.LbFlows
+}
+
+// FrontendIn is Frontend on a balancer's notes (FlowNotes), possibly another process's.
+func FrontendIn(notes *ebpf.Map, client, backend netip.AddrPort) (netip.AddrPort, bool) {
+	if !client.Addr().Is4() || !backend.Addr().Is4() {
+		return netip.AddrPort{}, false
+	}
+	k := sockLbFlowKey{Saddr: ipv4Key(client.Addr()), Daddr: ipv4Key(backend.Addr()), Sport: portKey16(client.Port()), Dport: portKey16(backend.Port())}
+	var v sockLbRevnatValue
+	if err := notes.Lookup(k, &v); err != nil {
 		return netip.AddrPort{}, false
 	}
 	return netip.AddrPortFrom(addrOf(v.Vip), portOf(v.Port)), true

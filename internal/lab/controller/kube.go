@@ -573,9 +573,25 @@ func (k *kubeMode) startAgent(l *Lab, node string) {
 	if n := l.settings.FlowMaxConnections; n > 0 {
 		args = append(args, "--flow-max-connections", strconv.Itoa(n))
 	}
+	// The lab's connect-time balancer is this process's: the agent reads its flow notes through
+	// an inherited descriptor (fd 3), so its records name the Services it balanced.
+	var notes *os.File
+	if s := l.sockRef.Load(); s != nil {
+		if m := s.FlowNotes(); m != nil {
+			if fd, err := unix.FcntlInt(uintptr(m.FD()), unix.F_DUPFD_CLOEXEC, 3); err == nil {
+				notes = os.NewFile(uintptr(fd), "lb_flows")
+				args = append(args, "--lb-flows-fd", "3")
+			} else {
+				k.log.Warn("agent flow records will not name connect-time Services", "node", node, "err", err)
+			}
+		}
+	}
 	k.wg.Add(1)
 	go func() {
 		defer k.wg.Done()
+		if notes != nil {
+			defer notes.Close()
+		}
 		for {
 			logf, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 			if err != nil {
@@ -584,6 +600,9 @@ func (k *kubeMode) startAgent(l *Lab, node string) {
 			}
 			cmd := exec.Command(k.exe, args...)
 			cmd.Stdout, cmd.Stderr = logf, logf
+			if notes != nil {
+				cmd.ExtraFiles = []*os.File{notes}
+			}
 			err = cmd.Start()
 			if err == nil {
 				p.mu.Lock()

@@ -154,7 +154,9 @@ func placeServices(c *model.Cluster) error {
 			used[ip] = true
 		}
 	}
-	next := ServiceCIDR.Addr().Next()
+	// From the range's second address: the first is the API server's own Service (default/
+	// kubernetes), which a --kube lab's API server allocates before any of the lab's.
+	next := ServiceCIDR.Addr().Next().Next()
 	for _, k := range keys {
 		s := c.Services[k]
 		if s.Spec.ClusterIP != "" {
