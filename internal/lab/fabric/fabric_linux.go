@@ -310,6 +310,12 @@ func (f *Fabric) routes(topo controller.Topology) error {
 		}
 		if !topo.DataplaneRoutesServices {
 			add(controller.ServiceCIDR, netip.Addr{})
+			// External and load-balancer addresses too: traffic for one that no rule
+			// translates (no endpoints) is then forwarded, through the filter table's FORWARD
+			// chain, where the iptables dataplane refuses it as kube-proxy does.
+			for _, e := range topo.External {
+				add(netip.PrefixFrom(e.Dst, 32), netip.Addr{})
+			}
 		}
 		for _, o := range topo.Nodes {
 			if o.Name != n.Name && o.PodCIDR.IsValid() {

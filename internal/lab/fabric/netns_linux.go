@@ -31,7 +31,10 @@ func addNetns(name string, forward bool) error {
 	args := []string{"ip", "netns", "exec", name, "sysctl", "-q", "-w",
 		"net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"}
 	if forward {
-		args = append(args, "net.ipv4.ip_forward=1")
+		// Nodes: forwarding, and no per-host limit on ICMP errors (1/s by default): the lab's
+		// probes come from few clients in quick succession, and a refusal (port unreachable)
+		// held back by the limit would look like a drop.
+		args = append(args, "net.ipv4.ip_forward=1", "net.ipv4.icmp_ratelimit=0")
 	}
 	if err := run(args...); err != nil {
 		return err
