@@ -512,8 +512,21 @@ EOF
   $k -n "$ns" delete networkpolicy deny-server >/dev/null
   t0=$(date +%s.%N)
   allow=$(until_sees 0 "$t0") || die "check: deleting the policy never let traffic through again"
+  # The node's own sockets (a host-network pod's) reach a node port on 127.0.0.1, as kube-proxy's
+  # localhost node ports; a pod's 127.0.0.1 is its own.
+  local np
+  $k -n "$ns" expose pod server --type=NodePort --port=8080 --name=web >/dev/null
+  $k -n "$ns" run hostclient --image=registry.k8s.io/e2e-test-images/agnhost:2.53 \
+    --overrides='{"apiVersion": "v1", "spec": {"hostNetwork": true}}' -- pause >/dev/null
+  $k -n "$ns" wait --for=condition=Ready pod/hostclient --timeout=120s >/dev/null
+  np=$($k -n "$ns" get service web -o jsonpath='{.spec.ports[0].nodePort}')
+  retry 30 $k -n "$ns" exec hostclient -- /agnhost connect "127.0.0.1:$np" --timeout=1s --protocol=tcp ||
+    die "check: a host-network pod cannot reach node port $np on 127.0.0.1"
+  if $k -n "$ns" exec client -- /agnhost connect "127.0.0.1:$np" --timeout=1s --protocol=tcp >/dev/null 2>&1; then
+    die "check: a pod reached node port $np on its own 127.0.0.1"
+  fi
   $k delete namespace "$ns" --wait=false >/dev/null
-  log "check ($DATAPLANE): policy in force ${deny}s after kubectl apply, lifted ${allow}s after kubectl delete"
+  log "check ($DATAPLANE): policy in force ${deny}s after kubectl apply, lifted ${allow}s after kubectl delete; node port on 127.0.0.1 served"
   awk -v a="$deny" -v b="$allow" 'BEGIN {exit !(a <= 1 && b <= 1)}' || die "check: slower than 1s"
 }
 
