@@ -213,6 +213,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 		defer func() { <-flowsDone }()
 	}
+	if c, ok := a.dp.(dataplane.Collector); ok {
+		gcDone := make(chan struct{})
+		go func() { a.expire(ctx, c); close(gcDone) }()
+		defer func() { <-gcDone }()
+	}
 	a.run.Trigger()
 	for {
 		select {
@@ -225,6 +230,27 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-changes:
 			a.run.Trigger()
 		}
+	}
+}
+
+// expireEvery is how often the agent has a dataplane with its own connection tracking remove
+// the flows idle past their timeout.
+const expireEvery = 30 * time.Second
+
+func (a *Agent) expire(ctx context.Context, c dataplane.Collector) {
+	t := time.NewTicker(expireEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := c.CollectGarbage()
+		if err != nil {
+			a.cfg.Logger.Warn("expire idle connections", "err", err)
+		}
+		a.m.expired.Add(float64(n))
 	}
 }
 

@@ -15,6 +15,7 @@ type metrics struct {
 	policies    prometheus.Gauge
 	ready       prometheus.Gauge
 	swept       prometheus.Counter
+	expired     prometheus.Counter
 	entries     *prometheus.GaugeVec
 	capacity    *prometheus.GaugeVec
 	unenforced  prometheus.Gauge
@@ -32,6 +33,8 @@ func newMetrics(reg prometheus.Registerer, dp dataplane.Dataplane) (*metrics, er
 		policies:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_policies", Help: "Policies in force in the cluster."}),
 		ready:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_agent_ready", Help: "1 when the agent is ready (policy programmed, source reachable)."}),
 		swept:      prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_swept_connections_total", Help: "Tracked connections removed because a new policy denies them."}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{Name: "rampart_expired_connections_total",
+			Help: "Tracked connections removed after they were idle past their protocol's timeout (dataplanes with their own connection tracking: eBPF)."}),
 		unenforced: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rampart_unenforced_policy_fields",
 			Help: "Fields of the cluster's policies that rampart does not enforce as written (compiled fail-closed), and objects of policy kinds it does not enforce; the agent's /status lists them."}),
 	}
@@ -39,7 +42,7 @@ func newMetrics(reg prometheus.Registerer, dp dataplane.Dataplane) (*metrics, er
 		Help: "State the dataplane programmed at its last sync, by kind (iptables rules and ipset members; BPF map entries)."}, []string{"kind"})
 	m.capacity = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rampart_programmed_capacity",
 		Help: "The most entries of each kind the dataplane holds (BPF map sizes): a sync that needs more fails and names the map."}, []string{"kind"})
-	cs := []prometheus.Collector{m.syncSeconds, m.syncErrors, m.applied, m.localPods, m.policies, m.ready, m.swept, m.entries, m.capacity, m.unenforced}
+	cs := []prometheus.Collector{m.syncSeconds, m.syncErrors, m.applied, m.localPods, m.policies, m.ready, m.swept, m.expired, m.entries, m.capacity, m.unenforced}
 	if cr, ok := dp.(dataplane.CounterReader); ok {
 		cs = append(cs, &counterCollector{cr: cr})
 	}

@@ -105,6 +105,13 @@ type Sweeper interface {
 	Sweep(ev *policy.Evaluator) (int, error)
 }
 
+// Collector is a dataplane with its own connection tracking, whose flows idle past their
+// timeout the agent has it remove periodically (the kernel's conntrack ages its own entries).
+// It returns how many flows it removed.
+type Collector interface {
+	CollectGarbage() (int, error)
+}
+
 // CounterReader is a dataplane that counts packets by name (allowed/denied per direction and
 // its own path counters); counters only grow.
 type CounterReader interface {

@@ -65,6 +65,8 @@ var (
 	_ dataplane.Guarder       = (*ebpf.Dataplane)(nil)
 
 	_ dataplane.Sweeper       = (*ebpfPlane)(nil)
+	_ dataplane.Collector     = (*ebpfPlane)(nil)
+	_ dataplane.Collector     = (*ebpf.Dataplane)(nil)
 	_ dataplane.Releaser      = (*ebpfPlane)(nil)
 	_ dataplane.CounterReader = (*ebpfPlane)(nil)
 	_ dataplane.Guarder       = (*ebpfPlane)(nil)

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"math/bits"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/policy"
@@ -107,4 +109,100 @@ func portOf(p uint16) uint16 {
 		return bits.ReverseBytes16(p)
 	}
 	return p
+}
+
+// Idle timeouts of tracked flows (as Cilium's conntrack GC; the kernel's conntrack ages its own
+// entries, the programs' LRU map only evicts when full). A flow idle past its timeout is
+// removed: its next packet is a new flow, decided by policy again.
+const (
+	ctIdleTCP        = 6 * time.Hour    // established
+	ctIdleTCPOpening = time.Minute      // no ACK seen yet
+	ctIdleTCPClosing = 10 * time.Second // a FIN or RST seen
+	ctIdleOther      = 3 * time.Minute  // UDP, SCTP: replies seen or not
+)
+
+// TCP flags as the programs record them (struct ct_value.tcp_flags).
+const (
+	tcpFIN = 0x01
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+// expired says whether a flow whose forward entry is fwd (and reply entry rev, nil when gone)
+// has been idle past its timeout at now (bpf_ktime_get_ns's clock).
+func expired(k policyCtKey, fwd policyCtValue, rev *policyCtValue, now uint64) bool {
+	seen, flags := fwd.SeenNs, fwd.TcpFlags
+	if rev != nil {
+		seen, flags = max(seen, rev.SeenNs), flags|rev.TcpFlags
+	}
+	if now <= seen {
+		return false
+	}
+	idle := time.Duration(now - seen)
+	switch {
+	case k.Protocol != 6: // not TCP
+		return idle > ctIdleOther
+	case flags&(tcpFIN|tcpRST) != 0:
+		return idle > ctIdleTCPClosing
+	case flags&tcpACK == 0:
+		return idle > ctIdleTCPOpening
+	}
+	return idle > ctIdleTCP
+}
+
+// CollectGarbage removes the tracked flows idle past their timeout (expired), forward and
+// reply entries together, and reply entries left without their flow, returning how many flows
+// it removed (dataplane.Collector). The agent calls it periodically: without it, entries of
+// flows long gone stay until the LRU map is full and evicts, then the least recently used,
+// which may be a live flow that is quiet.
+func (d *Dataplane) CollectGarbage() (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.objs == nil {
+		return 0, nil
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, err
+	}
+	return collect(d.objs.objs.Conntrack, uint64(ts.Nano()))
+}
+
+// ctIterMap is what collect needs of the conntrack map.
+type ctIterMap interface {
+	ctMap
+	Iterate() *ebpf.MapIterator
+}
+
+func collect(ct ctIterMap, now uint64) (int, error) {
+	var (
+		k       policyCtKey
+		v       policyCtValue
+		stale   []policyCtKey
+		replies []policyCtKey
+	)
+	fwd := map[policyCtKey]policyCtValue{}
+	rev := map[policyCtKey]policyCtValue{} // by the forward entry's key
+	it := ct.Iterate()
+	for it.Next(&k, &v) {
+		if v.Flags&policyCtFlagCT_REPLY != 0 {
+			replies = append(replies, k)
+			rev[reverse(k)] = v
+			continue
+		}
+		fwd[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return 0, err
+	}
+	for k, v := range fwd {
+		var r *policyCtValue
+		if rv, ok := rev[k]; ok {
+			r = &rv
+		}
+		if expired(k, v, r, now) {
+			stale = append(stale, k)
+		}
+	}
+	return removeFlows(ct, stale, replies)
 }
