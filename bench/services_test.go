@@ -68,11 +68,15 @@ func svcVIP(i int) netip.Addr {
 func services(n int) string {
 	var b strings.Builder
 	for i := 0; i < n; i++ {
+		spec := fmt.Sprintf("{clusterIP: %s, ports: [{port: 80, targetPort: 80}]}", svcVIP(i))
+		if i == n-1 { // the one measured: from the pods, and from outside on a node port
+			spec = fmt.Sprintf("{type: NodePort, clusterIP: %s, ports: [{port: 80, targetPort: 80, nodePort: %d}]}", svcVIP(i), svcNodePort)
+		}
 		fmt.Fprintf(&b, `---
 apiVersion: v1
 kind: Service
 metadata: {name: s-%d, namespace: x}
-spec: {clusterIP: %s, ports: [{port: 80, targetPort: 80}]}
+spec: %s
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -83,10 +87,13 @@ endpoints:
 - {addresses: [10.244.2.11], nodeName: node-2, conditions: {ready: true}}
 - {addresses: [10.244.2.12], nodeName: node-2, conditions: {ready: true}}
 - {addresses: [10.244.2.13], nodeName: node-2, conditions: {ready: true}}
-`, i, svcVIP(i), i, i)
+`, i, spec, i, i)
 	}
 	return b.String()
 }
+
+// svcNodePort is the node port of the Service measured.
+const svcNodePort = 30080
 
 // svcPair is one comparison of a set-up against a reference in alternating slices.
 type svcPair struct {
@@ -94,7 +101,7 @@ type svcPair struct {
 	Services    int     `json:"services"`
 	Reference   string  `json:"reference"`
 	RefServices int     `json:"reference_services"`
-	Metric      string  `json:"metric"` // tcp_connections, first_packet, request_response
+	Metric      string  `json:"metric"` // tcp_connections, first_packet, request_response, outside_tcp_connections
 	Value       float64 `json:"value"`  // median: per second, or microseconds for first_packet
 	RefValue    float64 `json:"reference_value"`
 	// Ratio is the median over slice pairs of how much faster the set-up is than the
@@ -109,8 +116,9 @@ type svcPair struct {
 // in iptables and in nftables mode (the real binary, against a real API server holding the
 // same objects, beside rampart's iptables dataplane enforcing policy), on the 2-node lab: new TCP
 // connections to the last Service created (connect, request, server close), the first
-// packet's round trip (connect() time), and request/response on an established connection.
-// Each comparison alternates 300 ms slices of its two set-ups, and the comparisons take turns
+// packet's round trip (connect() time), request/response on an established connection, and
+// new TCP connections from outside the cluster to the same Service's node port (translated per
+// packet, with the endpoints on the other node). Each comparison alternates 300 ms slices of its two set-ups, and the comparisons take turns
 // (after a settling minute and a discarded round); results go to bench/results/services.json.
 func TestBenchServices(t *testing.T) {
 	if os.Getenv("RAMPART_BENCH") == "" {
@@ -185,7 +193,14 @@ func TestBenchServices(t *testing.T) {
 			}
 			return float64(d.Microseconds()), failed
 		}
-		v, failed, err := s.lab.Fabric.ConnectLoad(ctx, "x", "client", dst, "TCP", slice)
+		ns, from := "x", "client"
+		if metric == "outside_tcp_connections" {
+			// From the external client to the first node's node port: translated per packet
+			// (rampart: the uplink's TC program; kube-proxy: its NAT rules), the endpoints
+			// being on the other node.
+			ns, from, dst = "", controller.External, netip.AddrPortFrom(controller.NodeIP(0), svcNodePort)
+		}
+		v, failed, err := s.lab.Fabric.ConnectLoad(ctx, ns, from, dst, "TCP", slice)
 		if err != nil {
 			t.Fatalf("%s, %d Services: %v", s.name, s.n, err)
 		}
@@ -195,7 +210,7 @@ func TestBenchServices(t *testing.T) {
 	// first syncs): a minute, then one discarded round. Then the comparisons take turns slice
 	// by slice, so that each sees the machine's moods alike.
 	time.Sleep(time.Minute)
-	metrics := []string{"tcp_connections", "first_packet", "request_response"}
+	metrics := []string{"tcp_connections", "first_packet", "request_response", "outside_tcp_connections"}
 	for _, c := range cmps {
 		for _, metric := range metrics {
 			measure(c.ref, metric)
@@ -236,8 +251,13 @@ func TestBenchServices(t *testing.T) {
 	}
 	for _, r := range results {
 		t.Logf("%-20s %6d vs %-20s %6d  %-17s %10.1f vs %10.1f  ratio %.3f", r.Mode, r.Services, r.Reference, r.RefServices, r.Metric, r.Value, r.RefValue, r.Ratio)
-		if r.Failed > 0 {
+		// rampart's failed attempts fail the benchmark; kube-proxy's are its own, kept in the
+		// results (it is the reference, not what is tested).
+		switch {
+		case r.Failed > 0 && strings.HasPrefix(r.Mode, "rampart"):
 			t.Errorf("%s, %d Services, %s: %d attempts failed", r.Mode, r.Services, r.Metric, r.Failed)
+		case r.Failed > 0:
+			t.Logf("%s, %d Services, %s: %d attempts failed", r.Mode, r.Services, r.Metric, r.Failed)
 		}
 	}
 	b, _ := json.MarshalIndent(results, "", "  ")

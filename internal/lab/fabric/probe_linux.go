@@ -272,8 +272,8 @@ func (f *Fabric) Load(ctx context.Context, ns, name string, dst netip.AddrPort, 
 	return bytesPerSec, float64(n) / time.Since(start).Seconds(), nil
 }
 
-// ConnectLoad opens new connections from a pod to the server at dst, one after the other, for
-// d: TCP connect, "quit", the server's greeting and close (the server closes first), or a UDP
+// ConnectLoad opens new connections from a pod (or, with ns "" and name controller.External,
+// from the external client) to the server at dst, one after the other, for d: TCP connect, "quit", the server's greeting and close (the server closes first), or a UDP
 // request from a new socket and its reply. It returns the completed connections per second
 // and how many attempts failed (refused, reset or no answer within 250 ms). Bounded in time.
 func (f *Fabric) ConnectLoad(ctx context.Context, ns, name string, dst netip.AddrPort, proto string, d time.Duration) (perSec float64, failed int, err error) {
@@ -327,16 +327,21 @@ func (f *Fabric) ConnectLatency(ctx context.Context, ns, name string, dst netip.
 }
 
 func (f *Fabric) connections(ctx context.Context, ns, name string, dst netip.AddrPort, proto string, more func(i int, start time.Time) bool) (n, failed int, elapsed time.Duration, err error) {
-	f.mu.Lock()
-	p, ok := f.pods[ns+"/"+name]
-	f.mu.Unlock()
-	if !ok {
-		return 0, 0, 0, fmt.Errorf("no pod %s/%s", ns, name)
+	// From a pod, or from the external client (name controller.External, no namespace).
+	in := f.InExternal
+	if ns != "" || name != controller.External {
+		f.mu.Lock()
+		p, ok := f.pods[ns+"/"+name]
+		f.mu.Unlock()
+		if !ok {
+			return 0, 0, 0, fmt.Errorf("no pod %s/%s", ns, name)
+		}
+		in = func(fn func() error) error { return f.inPod(p, fn) }
 	}
 	if proto != "TCP" && proto != "UDP" {
 		return 0, 0, 0, fmt.Errorf("connect load: protocol %q: want TCP or UDP", proto)
 	}
-	err = f.inPod(p, func() error {
+	err = in(func() error {
 		buf := make([]byte, 256)
 		start := time.Now()
 		for i := 0; more(i, start) && ctx.Err() == nil; i++ {
