@@ -126,14 +126,7 @@ spec:
 // the backend with that address, and refusal without endpoints.
 func TestLabExternalServices(t *testing.T) {
 	node1, node2, ext := controller.NodeIP(0).String(), controller.NodeIP(1).String(), controller.ExternalClient.String()
-	cases := []struct {
-		name, from, to string
-		port           uint16
-		proto          string
-		server         string // "" when the probe must fail; "any" when it must connect
-		client         string // the address the server must see ("" when not checked)
-		failure        string // what a failure must say: "refused" (at once), "timeout" (dropped); "ebpf-only": a case for eBPF alone
-	}{
+	cases := []externalCase{
 		{"node port, local backend", "external", node1, 30080, "TCP", "x/web", ext, ""},
 		{"node port, backend on the other node", "external", node2, 30080, "TCP", "x/web", node2, ""},
 		{"node port UDP, backend on the other node", "external", node2, 30081, "UDP", "x/web", node2, ""},
@@ -164,74 +157,122 @@ func TestLabExternalServices(t *testing.T) {
 	}
 	for _, dp := range []string{"iptables", "ebpf"} {
 		t.Run(dp, func(t *testing.T) {
-			l := labtest.New(t, 2, dp, externalCluster)
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			// The health-check node port of guarded-local answers as kube-proxy's: healthy
-			// only on the node with its endpoint.
-			err := l.Fabric.InExternal(func() error {
-				for node, want := range map[string]int{node1: 503, node2: 200} {
-					body, code, err := httpGet(ctx, node+":31000")
-					if err != nil || code != want || !strings.Contains(body, `"name":"guarded-local"`) ||
-						!strings.Contains(body, fmt.Sprintf(`"localEndpoints":%d`, map[int]int{200: 1, 503: 0}[want])) {
-						t.Errorf("health check on %s: %d %q %v, want %d", node, code, body, err, want)
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, c := range cases {
-				if c.failure == "ebpf-only" && dp != "ebpf" {
-					continue
-				}
-				// A probe starved on 2 cores, or sent before a neighbour answered, is retried.
-				var got controller.Probe
-				for try := 0; try < 3; try++ {
-					res, err := l.Probe(ctx, controller.ProbeRequest{From: c.from, To: c.to, Port: c.port, Protocol: c.proto, Timeout: time.Second})
-					if err != nil {
-						t.Fatalf("%s: %v", c.name, err)
-					}
-					if len(res) != 1 {
-						t.Fatalf("%s: %d probes, want 1", c.name, len(res))
-					}
-					got = res[0]
-					if got.Connected == (c.server != "") {
-						break
-					}
-				}
-				desc := fmt.Sprintf("%s: %s -> %s:%d/%s", c.name, c.from, c.to, c.port, c.proto)
-				switch {
-				case c.server == "" && got.Connected:
-					t.Errorf("%s: connected (answered by %s, client %s), want no connection", desc, got.Server, got.Client)
-				case c.server != "" && !got.Connected:
-					t.Errorf("%s: not connected (%s), want %s to answer", desc, got.Error, c.server)
-				case c.server != "" && c.server != "any" && got.Server != c.server:
-					t.Errorf("%s: answered by %s, want %s", desc, got.Server, c.server)
-				case c.client != "" && !strings.HasPrefix(got.Client, c.client+":"):
-					t.Errorf("%s: the server saw client %s, want %s", desc, got.Client, c.client)
-				case c.failure == "refused" && (!strings.Contains(got.Error, "refused") || got.Ms > 900):
-					t.Errorf("%s: %q after %.0f ms, want refused at once", desc, got.Error, got.Ms)
-				case c.failure == "timeout" && !strings.Contains(got.Error, "timeout"):
-					t.Errorf("%s: %q, want the packets dropped (a timeout)", desc, got.Error)
-				}
-			}
-			// Flow records name the Service an outside client addressed, with its address.
-			var named bool
-			var recs []flow.Record
-			for deadline := time.Now().Add(5 * time.Second); !named && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-				recs = labFlows(t, l, "pod=x/guarded&verdict=allowed")
-				for _, r := range recs {
-					if s := r.Destination.Service; s != nil && s.Name == "guarded-local" && s.IP == "172.30.1.20" && r.Source.IP == ext {
-						named = true
-					}
-				}
-			}
-			if !named {
-				t.Errorf("no allowed record from %s naming Service guarded-local at 172.30.1.20: %+v", ext, recs)
-			}
+			runExternalCases(t, labtest.New(t, 2, dp, externalCluster), dp, cases, map[string]int{node1: 503, node2: 200})
 		})
+	}
+}
+
+// TestLabExternalServicesOneNode: the same Services on a 1-node lab, every endpoint local: the
+// external client keeps its address through every frontend (so guarded admits it through its
+// Cluster node port too), and the health check is healthy.
+func TestLabExternalServicesOneNode(t *testing.T) {
+	node1, ext := controller.NodeIP(0).String(), controller.ExternalClient.String()
+	cases := []externalCase{
+		{"node port", "external", node1, 30080, "TCP", "x/web", ext, ""},
+		{"node port UDP", "external", node1, 30081, "UDP", "x/web", ext, ""},
+		{"node port SCTP", "external", node1, 30082, "SCTP", "any", "", ""},
+		{"load balancer, Cluster", "external", "172.30.1.10", 80, "TCP", "x/remote", ext, ""},
+		{"load balancer UDP, Cluster", "external", "172.30.1.10", 81, "UDP", "x/remote", ext, ""},
+		{"load balancer, Local", "external", "172.30.1.20", 80, "TCP", "x/guarded", ext, ""},
+		{"node port, Local", "external", node1, 30280, "TCP", "x/guarded", ext, ""},
+		{"node port, Cluster, local backend keeps the client", "external", node1, 30380, "TCP", "x/guarded", ext, ""},
+		{"external IP", "external", "203.0.113.10", 8000, "TCP", "x/web", ext, ""},
+		{"node port without endpoints", "external", node1, 30480, "TCP", "", "", "refused"},
+		{"UDP node port without endpoints", "external", node1, 30481, "UDP", "", "", "refused"},
+		{"load balancer without endpoints", "external", "172.30.1.30", 80, "TCP", "", "", "refused"},
+		{"pod to load balancer", "x/client", "172.30.1.10", 80, "TCP", "x/remote", "", ""},
+		{"pod to node port", "x/client", node1, 30080, "TCP", "x/web", "", ""},
+		{"node to its node port on 127.0.0.1", "x/host", "127.0.0.1", 30080, "TCP", "x/web", "", "ebpf-only"},
+		{"pod to 127.0.0.1: its own loopback", "x/client", "127.0.0.1", 30080, "TCP", "", "", "refused"},
+	}
+	oneNode := strings.ReplaceAll(externalCluster, "nodeName: node-2", "nodeName: node-1")
+	for _, dp := range []string{"iptables", "ebpf"} {
+		t.Run(dp, func(t *testing.T) {
+			runExternalCases(t, labtest.New(t, 1, dp, oneNode), dp, cases, map[string]int{node1: 200})
+		})
+	}
+}
+
+// externalCase is one probe of the external Services tests and what it must show.
+type externalCase struct {
+	name, from, to string
+	port           uint16
+	proto          string
+	server         string // "" when the probe must fail; "any" when it must connect
+	client         string // the address the server must see ("" when not checked)
+	failure        string // what a failure must say: "refused" (at once), "timeout" (dropped); "ebpf-only": a case for eBPF alone
+}
+
+// runExternalCases checks guarded-local's health-check node port on each node (the HTTP status
+// wanted), probes every case, and checks that flow records name guarded-local for the
+// external client.
+func runExternalCases(t *testing.T, l labtest.Lab, dp string, cases []externalCase, health map[string]int) {
+	ext := controller.ExternalClient.String()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// The health-check node port of guarded-local answers as kube-proxy's: healthy
+	// only on the node with its endpoint.
+	err := l.Fabric.InExternal(func() error {
+		for node, want := range health {
+			body, code, err := httpGet(ctx, node+":31000")
+			if err != nil || code != want || !strings.Contains(body, `"name":"guarded-local"`) ||
+				!strings.Contains(body, fmt.Sprintf(`"localEndpoints":%d`, map[int]int{200: 1, 503: 0}[want])) {
+				t.Errorf("health check on %s: %d %q %v, want %d", node, code, body, err, want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		if c.failure == "ebpf-only" && dp != "ebpf" {
+			continue
+		}
+		// A probe starved on 2 cores, or sent before a neighbour answered, is retried.
+		var got controller.Probe
+		for try := 0; try < 3; try++ {
+			res, err := l.Probe(ctx, controller.ProbeRequest{From: c.from, To: c.to, Port: c.port, Protocol: c.proto, Timeout: time.Second})
+			if err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+			if len(res) != 1 {
+				t.Fatalf("%s: %d probes, want 1", c.name, len(res))
+			}
+			got = res[0]
+			if got.Connected == (c.server != "") {
+				break
+			}
+		}
+		desc := fmt.Sprintf("%s: %s -> %s:%d/%s", c.name, c.from, c.to, c.port, c.proto)
+		switch {
+		case c.server == "" && got.Connected:
+			t.Errorf("%s: connected (answered by %s, client %s), want no connection", desc, got.Server, got.Client)
+		case c.server != "" && !got.Connected:
+			t.Errorf("%s: not connected (%s), want %s to answer", desc, got.Error, c.server)
+		case c.server != "" && c.server != "any" && got.Server != c.server:
+			t.Errorf("%s: answered by %s, want %s", desc, got.Server, c.server)
+		case c.client != "" && !strings.HasPrefix(got.Client, c.client+":"):
+			t.Errorf("%s: the server saw client %s, want %s", desc, got.Client, c.client)
+		case c.failure == "refused" && (!strings.Contains(got.Error, "refused") || got.Ms > 900):
+			t.Errorf("%s: %q after %.0f ms, want refused at once", desc, got.Error, got.Ms)
+		case c.failure == "timeout" && !strings.Contains(got.Error, "timeout"):
+			t.Errorf("%s: %q, want the packets dropped (a timeout)", desc, got.Error)
+		}
+	}
+	// Flow records name the Service an outside client addressed, with its address.
+	var named bool
+	var recs []flow.Record
+	for deadline := time.Now().Add(5 * time.Second); !named && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		recs = labFlows(t, l, "pod=x/guarded&verdict=allowed")
+		for _, r := range recs {
+			if s := r.Destination.Service; s != nil && s.Name == "guarded-local" && s.IP == "172.30.1.20" && r.Source.IP == ext {
+				named = true
+			}
+		}
+	}
+	if !named {
+		t.Errorf("no allowed record from %s naming Service guarded-local at 172.30.1.20: %+v", ext, recs)
 	}
 }
 
