@@ -277,7 +277,7 @@ type unit struct {
 	chain     string
 	peerDir   string // src for ingress, dst for egress
 	set       string // the guard: a hash:net set of prefixes ("" for an unguarded call)
-	guardable bool   // no rule names any peer or covers every address
+	guardable bool   // every rule names its peers, none covers every address
 	prefixes  []netip.Prefix
 	rules     int
 	pass      bool // a rule may Pass
