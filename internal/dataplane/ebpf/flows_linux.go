@@ -172,9 +172,18 @@ func (d *Dataplane) ConnCounts(conns []flow.Conn) ([]flow.Counts, error) {
 
 // bootTime is when CLOCK_MONOTONIC was zero (bpf_ktime_get_ns counts from there).
 func bootTime() time.Time {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+	now, err := ktimeNow()
+	if err != nil {
 		return time.Now()
 	}
-	return time.Now().Add(-time.Duration(ts.Nano()))
+	return time.Now().Add(-time.Duration(now))
+}
+
+// ktimeNow reads the programs' clock (bpf_ktime_get_ns: CLOCK_MONOTONIC) in nanoseconds.
+func ktimeNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, err
+	}
+	return uint64(ts.Nano()), nil
 }

@@ -38,10 +38,7 @@ func (d *Dataplane) loadAdopting() (*Objects, error) {
 			continue // pinned by a version that did not carry it: created afresh
 		}
 		if err != nil {
-			for _, m := range c {
-				m.Close()
-			}
-			return nil, fmt.Errorf("adopt pinned %s: %w", name, err)
+			return nil, fmt.Errorf("adopt pinned %s: %w", name, err) // the deferred Closes release those adopted
 		}
 		defer m.Close()
 		c[name] = m

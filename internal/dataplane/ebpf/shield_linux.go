@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/rampart-sec/rampart/internal/dataplane"
 )
 
@@ -92,11 +90,10 @@ func (d *Dataplane) RecountConns() error {
 	if o == nil {
 		return nil
 	}
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+	now, err := ktimeNow()
+	if err != nil {
 		return err
 	}
-	now := uint64(ts.Nano()) // bpf_ktime_get_ns's clock
 	counts := map[policySynBucketKey]uint32{}
 	var k policyCtKey
 	var v policyCtValue

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/ir"
 	"github.com/rampart-sec/rampart/internal/policy"
 )
@@ -121,13 +121,6 @@ const (
 	ctIdleOther      = 3 * time.Minute  // UDP, SCTP: replies seen or not
 )
 
-// TCP flags as the programs record them (struct ct_value.tcp_flags).
-const (
-	tcpFIN = 0x01
-	tcpRST = 0x04
-	tcpACK = 0x10
-)
-
 // expired says whether a flow whose forward entry is fwd (and reply entry rev, nil when gone)
 // has been idle past its timeout at now (bpf_ktime_get_ns's clock).
 func expired(k policyCtKey, fwd policyCtValue, rev *policyCtValue, now uint64) bool {
@@ -142,9 +135,9 @@ func expired(k policyCtKey, fwd policyCtValue, rev *policyCtValue, now uint64) b
 	switch {
 	case k.Protocol != 6: // not TCP
 		return idle > ctIdleOther
-	case flags&(tcpFIN|tcpRST) != 0:
+	case flags&(flow.FlagFIN|flow.FlagRST) != 0: // ct_value.tcp_flags: the header's flags byte
 		return idle > ctIdleTCPClosing
-	case flags&tcpACK == 0:
+	case flags&flow.FlagACK == 0:
 		return idle > ctIdleTCPOpening
 	}
 	return idle > ctIdleTCP
@@ -161,11 +154,11 @@ func (d *Dataplane) CollectGarbage() (int, error) {
 	if d.objs == nil {
 		return 0, nil
 	}
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+	now, err := ktimeNow()
+	if err != nil {
 		return 0, err
 	}
-	return collect(d.objs.objs.Conntrack, uint64(ts.Nano()))
+	return collect(d.objs.objs.Conntrack, now)
 }
 
 // ctIterMap is what collect needs of the conntrack map.

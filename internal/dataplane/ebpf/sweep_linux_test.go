@@ -8,6 +8,7 @@ import (
 
 	cebpf "github.com/cilium/ebpf"
 
+	"github.com/rampart-sec/rampart/internal/flow"
 	"github.com/rampart-sec/rampart/internal/netnstest"
 )
 
@@ -69,20 +70,20 @@ func TestCollectExpiresIdleFlows(t *testing.T) {
 	defer m.Close()
 	const now = uint64(100 * time.Hour)
 	ago := func(d time.Duration) uint64 { return now - uint64(d) }
-	type flow struct {
+	type idleFlow struct {
 		name       string
 		proto      uint32
 		fwd, rev   uint64 // last packet of each direction (rev 0: no reply entry)
 		fwdF, revF uint8  // TCP flags each direction saw
 		gone       bool
 	}
-	flows := []flow{
-		{"established, quiet for an hour", 6, ago(time.Hour), ago(time.Hour), tcpACK, tcpACK, false},
-		{"established, quiet for 7 hours", 6, ago(7 * time.Hour), ago(7 * time.Hour), tcpACK, tcpACK, true},
-		{"established, the reply direction recent", 6, ago(7 * time.Hour), ago(time.Minute), tcpACK, tcpACK, false},
-		{"closing, 11 s ago", 6, ago(11 * time.Second), ago(11 * time.Second), tcpACK | tcpFIN, tcpACK, true},
-		{"closing, the FIN on the reply side", 6, ago(11 * time.Second), ago(11 * time.Second), tcpACK, tcpACK | tcpFIN, true},
-		{"closing, 5 s ago", 6, ago(5 * time.Second), ago(5 * time.Second), tcpACK | tcpRST, tcpACK, false},
+	flows := []idleFlow{
+		{"established, quiet for an hour", 6, ago(time.Hour), ago(time.Hour), flow.FlagACK, flow.FlagACK, false},
+		{"established, quiet for 7 hours", 6, ago(7 * time.Hour), ago(7 * time.Hour), flow.FlagACK, flow.FlagACK, true},
+		{"established, the reply direction recent", 6, ago(7 * time.Hour), ago(time.Minute), flow.FlagACK, flow.FlagACK, false},
+		{"closing, 11 s ago", 6, ago(11 * time.Second), ago(11 * time.Second), flow.FlagACK | flow.FlagFIN, flow.FlagACK, true},
+		{"closing, the FIN on the reply side", 6, ago(11 * time.Second), ago(11 * time.Second), flow.FlagACK, flow.FlagACK | flow.FlagFIN, true},
+		{"closing, 5 s ago", 6, ago(5 * time.Second), ago(5 * time.Second), flow.FlagACK | flow.FlagRST, flow.FlagACK, false},
 		{"opening, SYN 2 minutes ago", 6, ago(2 * time.Minute), ago(2 * time.Minute), 0x02, 0, true},
 		{"opening, SYN 30 s ago", 6, ago(30 * time.Second), ago(30 * time.Second), 0x02, 0, false},
 		{"UDP, 4 minutes ago", 17, ago(4 * time.Minute), ago(4 * time.Minute), 0, 0, true},
