@@ -105,8 +105,8 @@ func frontend(mark uint32, t flow.Tuple, tables ...*prefixTable) (netip.AddrPort
 	return netip.AddrPort{}, false
 }
 
-// newPrefixTable returns the table of rs and the frontends its render marks; prev (nil: none) is the table it follows, whose
-// address index its resolver may share.
+// newPrefixTable returns the table of rs and of the frontends its render marks; prev (nil:
+// none) is the table it follows, whose address index its resolver may share.
 func newPrefixTable(rs *ir.Ruleset, fronts map[uint32]MarkedFrontend, prev *prefixTable) *prefixTable {
 	t := &prefixTable{rs: rs, fronts: fronts}
 	if prev != nil {
